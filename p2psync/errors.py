@@ -1,0 +1,127 @@
+"""Typed errors for p2psync.
+
+Every error raised on bad input (from the network, from disk, from a user) is a subclass of
+:class:`P2PSyncError`, so callers can catch one family and show its message to a user.
+"""
+
+from __future__ import annotations
+
+
+class P2PSyncError(Exception):
+    """Base of every error p2psync raises on purpose."""
+
+
+# --- encoding ---------------------------------------------------------------------------------
+class DecodeError(P2PSyncError):
+    """Bytes are not a well-formed record: bad msgpack, wrong types, trailing bytes, too big."""
+
+
+class UnsupportedVersion(DecodeError):
+    """A record or message carries a format version this build does not understand."""
+
+
+# --- crypto & identity -----------------------------------------------------------------------
+class CryptoError(P2PSyncError):
+    """A cryptographic check failed."""
+
+
+class BadSignature(CryptoError):
+    """A signature does not verify against the claimed key."""
+
+
+class BadId(CryptoError):
+    """A printable id is malformed or its checksum does not match."""
+
+
+class DecryptionFailed(CryptoError):
+    """Ciphertext did not authenticate under the given key (wrong key or tampered bytes)."""
+
+
+class BadCertificate(CryptoError):
+    """A device certificate is malformed, expired, or not signed by the claimed account."""
+
+
+class BadRecoveryPhrase(P2PSyncError):
+    """A BIP39 recovery phrase has an unknown word or a wrong checksum."""
+
+
+class KeystoreError(P2PSyncError):
+    """The keystore file is missing, corrupt, or unreadable."""
+
+
+class WrongPassphrase(KeystoreError):
+    """The keystore passphrase is wrong (the keystore is left untouched)."""
+
+
+# --- replica ----------------------------------------------------------------------------------
+class ReplicaError(P2PSyncError):
+    """A space, ACL record or tree change was rejected."""
+
+
+class BadSpaceHeader(ReplicaError):
+    """A space header is malformed, badly signed, or does not match its space id."""
+
+
+class IdMismatch(ReplicaError):
+    """A record's content id does not match the hash of its bytes."""
+
+
+class WrongTree(ReplicaError):
+    """A change belongs to another tree or space than the one it was offered to."""
+
+
+class UnknownReadKey(ReplicaError):
+    """A change is encrypted under a read key this replica does not know."""
+
+
+class AccessDenied(ReplicaError):
+    """The author is not allowed to do this at the ACL state the record names."""
+
+
+class InvalidChange(ReplicaError):
+    """A tree change is structurally invalid (e.g. bad parents, ACL head moving backwards)."""
+
+
+class InvalidAclRecord(ReplicaError):
+    """An ACL record is structurally invalid or not allowed at its position."""
+
+
+class StoreError(ReplicaError):
+    """The local store cannot be used (corrupt, locked, disk full)."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer p2psync; upgrade before opening it."""
+
+
+class DocumentError(ReplicaError):
+    """An Automerge document operation failed (bad path, bad value, corrupt change bytes)."""
+
+
+# --- transport & sync -------------------------------------------------------------------------
+class TransportError(P2PSyncError):
+    """A connection failed or was closed because of what the peer sent."""
+
+
+class HandshakeError(TransportError):
+    """The Noise handshake failed (bad message, wrong key, bad certificate, bad version)."""
+
+
+class IncompatibleVersion(HandshakeError):
+    """The peer speaks a protocol version we cannot talk to."""
+
+
+class FrameError(TransportError):
+    """A frame is malformed, oversized, or failed authentication."""
+
+
+class PeerTimeout(TransportError):
+    """The peer went silent past the keepalive / idle limit."""
+
+
+class ProtocolError(P2PSyncError):
+    """A sync protocol message is malformed, unexpected, or unknown."""
+
+
+class RateLimited(ProtocolError):
+    """The peer exceeded a per-peer rate or size limit."""

@@ -1,0 +1,1 @@
+"""The replica: spaces, ACLs, object trees, Automerge documents and their SQLite store."""
