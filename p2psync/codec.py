@@ -108,7 +108,7 @@ class Reader:
         v = self._next(name)
         return self._check_bytes(name, v, size, max_len)
 
-    def optional_bytes(
+    def optional_blob(
         self, name: str, *, size: int | None = None, max_len: int = MAX_RECORD_SIZE
     ) -> bytes | None:
         v = self._next(name)
@@ -133,7 +133,7 @@ class Reader:
             self._fail(name, f"{len(v)} chars exceeds {max_len}")
         return v
 
-    def bytes_list(
+    def blob_list(
         self, name: str, *, size: int | None = None, max_items: int = 1024,
         max_len: int = MAX_RECORD_SIZE,
     ) -> list[bytes]:
