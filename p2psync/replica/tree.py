@@ -1,0 +1,381 @@
+"""The object tree: a sans-IO, in-memory DAG of signed tree changes.
+
+A change is *attached* once its id and signature verify, all its parents are attached, its ACL
+head is known to the :class:`~p2psync.replica.acl_gate.AclGate`, and the gate allows it. Until
+then it *waits* (in memory only) and attaches as soon as the missing piece arrives. The tree never
+decrypts: that is the document's job, so replicators can hold and serve trees they cannot read.
+
+Every :meth:`ObjectTree.add` is all-or-nothing for the changes it was given: a bad one raises a
+typed error and leaves the tree as it was. A ``persist`` hook runs before the result is final
+(the store writes the attached changes and new heads in one transaction there); if it raises, the
+tree rolls back too, so memory and disk never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from p2psync.codec import content_id
+from p2psync.crypto.keys import SigningKey
+from p2psync.errors import (
+    InvalidChange,
+    ReplicaError,
+    UnknownReadKey,
+    WrongTree,
+)
+from p2psync.replica.acl_gate import AclGate
+from p2psync.replica.change import Change, build_change, parse_change, verify_change
+
+
+@dataclass
+class AddResult:
+    """What one :meth:`ObjectTree.add` did."""
+
+    attached: list[Change] = field(default_factory=list)  #: newly attached, causal order
+    waiting: list[bytes] = field(default_factory=list)  #: ids now waiting (parents / ACL head)
+    duplicates: list[bytes] = field(default_factory=list)  #: ids already attached or waiting
+    #: earlier-waiting changes dropped because the gate refused them once they could attach
+    rejected: list[tuple[bytes, ReplicaError]] = field(default_factory=list)
+    heads: tuple[bytes, ...] = ()  #: heads after the add
+
+
+Persist = Callable[["ObjectTree", AddResult], None]
+
+
+class ObjectTree:
+    """A verified change DAG for one tree (document) of one space."""
+
+    def __init__(self, space_id: str, gate: AclGate, root: Change) -> None:
+        """Start a tree from its root change, which must already be verified by the caller."""
+        if not root.is_root:
+            raise InvalidChange("a tree starts from a root change (one without a tree id)")
+        if root.space_id != space_id:
+            raise WrongTree(f"root change belongs to space {root.space_id!r}, not {space_id!r}")
+        self.space_id = space_id
+        self.gate = gate
+        self.root = root
+        self._changes: dict[bytes, Change] = {root.id: root}
+        self._index: dict[bytes, int] = {root.id: 0}  #: attach position, a topological order
+        self._order: list[Change] = [root]
+        self._heads: set[bytes] = {root.id}
+        self._waiting: dict[bytes, Change] = {}
+        self._blocked_on: dict[bytes, list[bytes]] = {}  #: missing parent id -> waiting ids
+        self._acl_blocked: dict[bytes, list[bytes]] = {}  #: unknown ACL head -> waiting ids
+        self._latest_snapshot: Change | None = root if root.snapshot else None
+        self._replay_cache: list[Change] | None = None
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_root(cls, space_id: str, gate: AclGate, raw_root: bytes) -> ObjectTree:
+        """Verify a received root change (signature + ACL) and start a tree from it."""
+        root = verify_change(raw_root)
+        if not root.is_root:
+            raise InvalidChange("expected a root change")
+        cls._check_root_acl(gate, root)
+        return cls(space_id, gate, root)
+
+    @classmethod
+    def create(
+        cls, space_id: str, gate: AclGate, author: SigningKey, plaintext: bytes,
+        *, timestamp: int | None = None,
+    ) -> ObjectTree:
+        """Create a new tree whose root change carries ``plaintext`` (encrypted)."""
+        acl_head, rk_id = gate.write_position(author.public)
+        key = gate.read_key(rk_id)
+        if key is None:
+            raise UnknownReadKey("cannot create a tree: this replica holds no current read key")
+        root = build_change(author, key, plaintext, space_id=space_id, tree_id=None, prev_ids=(),
+                            acl_head=acl_head, read_key_id=rk_id, timestamp=timestamp)
+        cls._check_root_acl(gate, root)
+        return cls(space_id, gate, root)
+
+    @classmethod
+    def from_trusted(
+        cls, space_id: str, gate: AclGate, raws: Iterable[tuple[bytes, bytes]],
+        *, verify_signatures: bool = False,
+    ) -> ObjectTree:
+        """Rebuild a tree from ``(id, raw)`` pairs in a stored topological order (root first).
+
+        Ids are always recomputed (cheap: catches bit rot); signatures and ACL checks are skipped
+        unless ``verify_signatures``: these bytes were verified before they were stored.
+        """
+        it = iter(raws)
+        try:
+            rid, rraw = next(it)
+        except StopIteration:
+            raise InvalidChange("stored tree has no changes") from None
+        check = verify_change if verify_signatures else parse_change
+        tree = cls(space_id, gate, check(rraw, expected_id=rid))
+        for cid, raw in it:
+            ch = check(raw, expected_id=cid)
+            tree._structural_check(ch)
+            if any(p not in tree._changes for p in ch.prev_ids):
+                raise InvalidChange("stored tree is not in topological order")
+            if ch.id not in tree._changes:
+                tree._attach(ch, [])
+        return tree
+
+    @staticmethod
+    def _check_root_acl(gate: AclGate, root: Change) -> None:
+        if not gate.knows_head(root.acl_head):
+            raise InvalidChange("root change names an ACL head this replica does not know")
+        gate.check_change(root.author, root.acl_head, root.read_key_id, [])
+
+    # --- read side ---------------------------------------------------------------------------
+    @property
+    def id(self) -> bytes:
+        return self.root.id
+
+    @property
+    def heads(self) -> tuple[bytes, ...]:
+        """Current heads, sorted (so equal trees give equal tuples)."""
+        return tuple(sorted(self._heads))
+
+    def heads_hash(self) -> bytes:
+        """BLAKE2b-256 over the sorted heads: equal iff two replicas have the same heads."""
+        return heads_digest(self._heads)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, change_id: object) -> bool:
+        return change_id in self._changes
+
+    def get(self, change_id: bytes) -> Change:
+        return self._changes[change_id]
+
+    def changes(self) -> list[Change]:
+        """All attached changes in attach order (a topological order, root first)."""
+        return list(self._order)
+
+    @property
+    def waiting_ids(self) -> list[bytes]:
+        return list(self._waiting)
+
+    @property
+    def latest_snapshot(self) -> Change | None:
+        """The most recently attached snapshot change (or None)."""
+        return self._latest_snapshot
+
+    def replay_order(self) -> list[Change]:
+        """Deterministic topological order: among ready changes the smallest id goes first."""
+        if self._replay_cache is None:
+            children: dict[bytes, list[bytes]] = {}
+            pending: dict[bytes, int] = {}
+            for ch in self._order:
+                pending[ch.id] = len(ch.prev_ids)
+                for p in ch.prev_ids:
+                    children.setdefault(p, []).append(ch.id)
+            ready = [self.root.id]
+            out: list[Change] = []
+            while ready:
+                cid = heapq.heappop(ready)
+                out.append(self._changes[cid])
+                for c in children.get(cid, ()):
+                    pending[c] -= 1
+                    if pending[c] == 0:
+                        heapq.heappush(ready, c)
+            self._replay_cache = out
+        return list(self._replay_cache)
+
+    def changes_for(self, their_heads: Sequence[bytes]) -> list[Change]:
+        """Changes a peer with heads ``their_heads`` lacks, in causal order.
+
+        Heads we do not know are ignored (the peer is ahead there; it may get a few changes it
+        already has, never miss one). Cost is proportional to the changes walked back from our
+        heads to where both histories meet, not to the tree size.
+        """
+        ours, theirs = 1, 2
+        color: dict[bytes, int] = {}
+        heap: list[tuple[int, bytes]] = []
+        for h in their_heads:
+            if h in self._changes and h not in color:
+                color[h] = theirs
+                heapq.heappush(heap, (-self._index[h], h))
+        ours_left = 0
+        for h in self._heads:
+            if h not in color:
+                color[h] = ours
+                ours_left += 1
+                heapq.heappush(heap, (-self._index[h], h))
+        found: list[bytes] = []
+        while ours_left and heap:
+            _, cid = heapq.heappop(heap)
+            c = color[cid]
+            if c == ours:
+                ours_left -= 1
+                found.append(cid)
+            for p in self._changes[cid].prev_ids:
+                pc = color.get(p)
+                if pc is None:
+                    color[p] = c
+                    heapq.heappush(heap, (-self._index[p], p))
+                    if c == ours:
+                        ours_left += 1
+                elif pc == ours and c == theirs:
+                    color[p] = theirs
+                    ours_left -= 1
+        found.sort(key=self._index.__getitem__)
+        return [self._changes[c] for c in found]
+
+    def past(self, heads: Sequence[bytes]) -> set[bytes]:
+        """Ids of ``heads`` and all their ancestors (KeyError on an unknown head)."""
+        seen: set[bytes] = set()
+        stack = [self._changes[h].id for h in heads]
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            stack.extend(p for p in self._changes[cid].prev_ids if p not in seen)
+        return seen
+
+    # --- write side --------------------------------------------------------------------------
+    def create_change(
+        self, author: SigningKey, plaintext: bytes, *, snapshot: bool = False,
+        timestamp: int | None = None, persist: Persist | None = None,
+    ) -> Change:
+        """Sign a new local change on top of the current heads, attach it and return it."""
+        acl_head, rk_id = self.gate.write_position(author.public)
+        key = self.gate.read_key(rk_id)
+        if key is None:
+            raise UnknownReadKey("cannot write: this replica holds no current read key")
+        ch = build_change(author, key, plaintext, space_id=self.space_id, tree_id=self.id,
+                          prev_ids=self.heads, acl_head=acl_head, read_key_id=rk_id,
+                          snapshot=snapshot, timestamp=timestamp)
+        self._add_parsed([ch], persist)
+        return ch
+
+    def add(self, raws: Iterable[bytes], *, persist: Persist | None = None) -> AddResult:
+        """Verify and add received changes; all-or-nothing for the given changes.
+
+        Raises DecodeError / BadSignature / WrongTree / InvalidChange / AccessDenied /
+        UnknownReadKey (or whatever ``persist`` raises) and then the tree is unchanged.
+        """
+        parsed: list[Change] = []
+        dup: list[bytes] = []
+        seen: set[bytes] = set()
+        for raw in raws:
+            cid = content_id(raw)
+            if cid in self._changes or cid in self._waiting or cid in seen:
+                dup.append(cid)
+                continue
+            seen.add(cid)
+            ch = verify_change(raw)
+            self._structural_check(ch)
+            parsed.append(ch)
+        result = self._add_parsed(parsed, persist)
+        result.duplicates = dup
+        return result
+
+    def recheck_waiting(self, *, persist: Persist | None = None) -> AddResult:
+        """Retry changes waiting for ACL heads (call after the ACL learned new records)."""
+        return self._add_parsed([], persist, acl_retry=True)
+
+    def _structural_check(self, ch: Change) -> None:
+        if ch.space_id != self.space_id:
+            raise WrongTree(f"change belongs to space {ch.space_id!r}, not {self.space_id!r}")
+        if ch.is_root:
+            raise WrongTree("a different root change was offered to this tree")
+        if ch.tree_id != self.id:
+            raise WrongTree("change belongs to another tree")
+
+    def _add_parsed(
+        self, parsed: list[Change], persist: Persist | None, *, acl_retry: bool = False,
+    ) -> AddResult:
+        undo: list[Callable[[], None]] = []
+        result = AddResult()
+        mine = {ch.id for ch in parsed}
+        try:
+            queue: deque[Change] = deque(parsed)
+            if acl_retry:
+                for head in [h for h in self._acl_blocked if self.gate.knows_head(h)]:
+                    queue.extend(self._unblock(self._acl_blocked, head, undo))
+            while queue:
+                ch = queue.popleft()
+                missing = next((p for p in ch.prev_ids if p not in self._changes), None)
+                if missing is not None or not self.gate.knows_head(ch.acl_head):
+                    self._park(ch, missing, undo)
+                    continue
+                parent_acl = [self._changes[p].acl_head for p in ch.prev_ids]
+                try:
+                    self.gate.check_change(ch.author, ch.acl_head, ch.read_key_id, parent_acl)
+                except ReplicaError as exc:
+                    if ch.id in mine:
+                        raise
+                    result.rejected.append((ch.id, exc))
+                    continue
+                self._attach(ch, undo)
+                result.attached.append(ch)
+                queue.extend(self._unblock(self._blocked_on, ch.id, undo))
+            result.waiting = [cid for cid in mine if cid in self._waiting]
+            result.heads = self.heads
+            if persist is not None and result.attached:
+                persist(self, result)
+        except BaseException:
+            for fn in reversed(undo):
+                fn()
+            self._replay_cache = None
+            raise
+        return result
+
+    def _park(self, ch: Change, missing: bytes | None, undo: list[Callable[[], None]]) -> None:
+        index, key = (self._blocked_on, missing) if missing is not None else (
+            self._acl_blocked, ch.acl_head)
+        if ch.id not in self._waiting:
+            self._waiting[ch.id] = ch
+            undo.append(lambda: self._forget_waiting(ch.id))
+        lst = index.setdefault(key, [])
+        lst.append(ch.id)
+        undo.append(lambda: self._drop_last(lst))
+
+    def _forget_waiting(self, cid: bytes) -> None:
+        self._waiting.pop(cid, None)
+
+    @staticmethod
+    def _drop_last(lst: list[bytes]) -> None:
+        lst.pop()
+
+    def _unblock(
+        self, index: dict[bytes, list[bytes]], key: bytes, undo: list[Callable[[], None]],
+    ) -> list[Change]:
+        ids = index.pop(key, None)
+        if not ids:
+            return []
+        undo.append(lambda: index.__setitem__(key, ids))
+        out = []
+        for cid in ids:
+            ch = self._waiting.pop(cid)
+            undo.append(lambda c=ch: self._waiting.__setitem__(c.id, c))  # type: ignore[misc]
+            out.append(ch)
+        return out
+
+    def _attach(self, ch: Change, undo: list[Callable[[], None]]) -> None:
+        old_heads = set(self._heads)
+        old_snap = self._latest_snapshot
+        self._changes[ch.id] = ch
+        self._index[ch.id] = len(self._order)
+        self._order.append(ch)
+        self._heads.difference_update(ch.prev_ids)
+        self._heads.add(ch.id)
+        if ch.snapshot:
+            self._latest_snapshot = ch
+        self._replay_cache = None
+
+        def revert() -> None:
+            del self._changes[ch.id]
+            del self._index[ch.id]
+            self._order.pop()
+            self._heads = old_heads
+            self._latest_snapshot = old_snap
+
+        undo.append(revert)
+
+
+def heads_digest(heads: Iterable[bytes]) -> bytes:
+    """The :meth:`ObjectTree.heads_hash` of an arbitrary head set (for comparing with a peer)."""
+    return hashlib.blake2b(b"".join(sorted(heads)), digest_size=32).digest()
