@@ -1,0 +1,474 @@
+"""An Automerge document over an object tree: local edits, coalescing, remote apply, snapshots.
+
+The core is sans-IO: :meth:`Document.edit` records Automerge changes, :attr:`Document.due_at`
+says when the coalescing window closes, :meth:`Document.flush` turns everything pending into ONE
+signed tree change. :class:`AsyncFlusher` is the thin asyncio shell that flushes on time.
+
+Payload plaintext (inside the encrypted tree-change payload)::
+
+    pack([1, automerge_heads_after, [automerge change bytes, ...]])   # normal change
+    pack([1, automerge_heads_after, [automerge save() bytes]])        # snapshot change
+
+``automerge_heads_after`` are the Automerge heads of the author's document right after the
+change, i.e. of its whole causal past; that is how a past *tree* state maps to Automerge heads.
+
+Counters: Automerge counters panic in this automerge build, so a counter is a map
+``{"$counter": true, <actor hex>: int, ...}`` where each actor only writes its own entry; its
+value is the sum. Create it once (:meth:`Editor.make_counter`) before sharing: two concurrent
+creations of the same key conflict like any map put and one of them wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as _dt
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from automerge import core
+
+from p2psync.codec import Reader, pack, unpack
+from p2psync.crypto.keys import SigningKey
+from p2psync.errors import DecodeError, DocumentError, UnknownReadKey
+from p2psync.replica import automerge_adapter as am
+from p2psync.replica.change import Change
+from p2psync.replica.tree import AddResult, ObjectTree, Persist
+
+ObjId = bytes
+ROOT: ObjId = core.ROOT
+COUNTER_MARK = "$counter"
+PAYLOAD_VERSION = 1
+DEFAULT_WINDOW = 0.050
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Decrypted content of a tree change."""
+
+    am_heads: tuple[bytes, ...]
+    items: tuple[bytes, ...]  #: Automerge change bytes, or one save() for a snapshot
+
+
+def encode_payload(am_heads: Sequence[bytes], items: Sequence[bytes]) -> bytes:
+    return pack([PAYLOAD_VERSION, sorted(am_heads), list(items)])
+
+
+def decode_payload(plain: bytes) -> Payload:
+    """Strictly decode a decrypted payload; :class:`DocumentError` if malformed."""
+    try:
+        r = Reader(unpack(plain, what="change payload"), "change payload")
+        r.version([PAYLOAD_VERSION])
+        heads = r.blob_list("am_heads", size=32, max_items=4096)
+        items = r.blob_list("items", max_items=1_000_000)
+        r.end()
+    except DecodeError as exc:
+        raise DocumentError(f"malformed change payload: {exc}") from exc
+    return Payload(tuple(heads), tuple(items))
+
+
+def actor_for(author: bytes, device: bytes) -> bytes:
+    """Stable 16-byte Automerge actor for one author on one device (two actors must differ)."""
+    return hashlib.blake2b(author + device, digest_size=16, person=b"p2psync-actor").digest()
+
+
+class Text(str):
+    """Marks a string to be stored as editable Automerge text (one code point per element)."""
+
+
+class Editor:
+    """Typed edits inside one Automerge transaction (see :meth:`Document.edit`)."""
+
+    def __init__(self, tx: core.Transaction, actor_key: str) -> None:
+        self._tx = tx
+        self._actor_key = actor_key
+
+    def put(self, obj: ObjId, key: str | int, value: Any) -> ObjId | None:
+        """Set ``obj[key] = value``; dicts/lists/:class:`Text` create nested objects (returned)."""
+        made = _new_object(value)
+        if made is not None:
+            child: ObjId = self._tx.put_object(obj, key, made)
+            self._fill(child, value)
+            return child
+        self._tx.put(obj, key, *_scalar(value))
+        return None
+
+    def insert(self, obj: ObjId, index: int, value: Any) -> ObjId | None:
+        """Insert ``value`` into list ``obj`` at ``index``."""
+        made = _new_object(value)
+        if made is not None:
+            child: ObjId = self._tx.insert_object(obj, index, made)
+            self._fill(child, value)
+            return child
+        self._tx.insert(obj, index, *_scalar(value))
+        return None
+
+    def delete(self, obj: ObjId, key: str | int) -> None:
+        self._tx.delete(obj, key)
+
+    def splice_text(self, obj: ObjId, pos: int, delete: int, text: str) -> None:
+        """Delete ``delete`` code points at ``pos`` then insert ``text`` one code point per op."""
+        for _ in range(delete):
+            self._tx.delete(obj, pos)
+        for i, ch in enumerate(text):
+            self._tx.insert(obj, pos + i, core.ScalarType.Str, ch)
+
+    def make_counter(self, obj: ObjId, key: str | int, start: int = 0) -> ObjId:
+        """Create a counter (see module doc) at ``obj[key]`` with our share set to ``start``."""
+        c: ObjId = self._tx.put_object(obj, key, core.ObjType.Map)
+        self._tx.put(c, COUNTER_MARK, core.ScalarType.Boolean, True)
+        if start:
+            self._tx.put(c, self._actor_key, core.ScalarType.Int, start)
+        return c
+
+    def increment(self, obj: ObjId, key: str | int, delta: int = 1) -> None:
+        """Add ``delta`` to the counter at ``obj[key]`` by bumping only our own entry."""
+        got = self._tx.get(obj, key)
+        if got is None or got[0] != core.ObjType.Map or self._tx.get(got[1], COUNTER_MARK) is None:
+            raise DocumentError(f"{key!r} is not a counter (create it with make_counter)")
+        cid = got[1]
+        mine = self._tx.get(cid, self._actor_key)
+        current = 0
+        if mine is not None and not isinstance(mine[0], core.ObjType):
+            v = mine[0][1]
+            if isinstance(v, int) and not isinstance(v, bool):
+                current = v
+        self._tx.put(cid, self._actor_key, core.ScalarType.Int, current + delta)
+
+    def get(self, obj: ObjId, key: str | int) -> Any:
+        """Read inside the transaction (plain values; objects come back as their id)."""
+        got = self._tx.get(obj, key)
+        if got is None:
+            return None
+        if isinstance(got[0], core.ObjType):
+            return got[1]
+        return _plain(got[0])
+
+    def length(self, obj: ObjId) -> int:
+        return int(self._tx.length(obj))
+
+    def _fill(self, child: ObjId, value: Any) -> None:
+        if isinstance(value, Text):
+            self.splice_text(child, 0, 0, value)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                self.put(child, k, v)
+        else:
+            for i, v in enumerate(value):
+                self.insert(child, i, v)
+
+
+def _new_object(value: Any) -> Any:
+    if isinstance(value, Text):
+        return core.ObjType.Text
+    if isinstance(value, dict):
+        return core.ObjType.Map
+    if isinstance(value, (list, tuple)):
+        return core.ObjType.List
+    return None
+
+
+def _scalar(value: Any) -> tuple[Any, Any]:
+    if value is None:
+        return core.ScalarType.Null, None
+    if isinstance(value, bool):
+        return core.ScalarType.Boolean, value
+    if isinstance(value, int):
+        return core.ScalarType.Int, value
+    if isinstance(value, float):
+        return core.ScalarType.F64, value
+    if isinstance(value, str):
+        return core.ScalarType.Str, value
+    if isinstance(value, (bytes, bytearray)):
+        return core.ScalarType.Bytes, bytes(value)
+    if isinstance(value, _dt.datetime):
+        return core.ScalarType.Timestamp, value
+    raise DocumentError(f"cannot store a {type(value).__name__} in a document")
+
+
+def _plain(scalar: tuple[Any, Any]) -> Any:
+    kind, v = scalar
+    if kind == core.ScalarType.Bytes:
+        return bytes(v)
+    return v
+
+
+def _json_scalar(scalar: tuple[Any, Any]) -> Any:
+    kind, v = scalar
+    if kind == core.ScalarType.Bytes:
+        return {"$bytes": base64.b64encode(bytes(v)).decode()}
+    if kind == core.ScalarType.Timestamp:
+        return {"$timestamp": v.isoformat()}
+    return v
+
+
+@dataclass
+class _Pending:
+    items: list[bytes] = field(default_factory=list)
+    since: float | None = None
+
+
+class Document:
+    """One Automerge document over one object tree, written by ``author`` on ``device``.
+
+    The Automerge document is materialised lazily (first read or edit); until then receiving
+    changes only verifies and stores them. ``persist`` is the store hook every new tree change
+    goes through (see :meth:`p2psync.replica.store.Store.persister`).
+    """
+
+    def __init__(
+        self, tree: ObjectTree, author: SigningKey, device: bytes, *,
+        window: float = DEFAULT_WINDOW, persist: Persist | None = None,
+        use_snapshots: bool = True,
+    ) -> None:
+        self.tree = tree
+        self.author = author
+        self.actor = actor_for(author.public, device)
+        self.window = window
+        self.persist = persist
+        self.use_snapshots = use_snapshots
+        self._doc: core.Document | None = None
+        self._pending = _Pending()
+        self._am_heads: dict[bytes, tuple[bytes, ...]] = {}
+        #: tree changes whose content could not be applied (corrupt Automerge bytes)
+        self.skipped: list[bytes] = []
+        self._seen: set[bytes] = set()  #: tree changes whose content the Automerge doc holds
+
+    # --- materialisation --------------------------------------------------------------------
+    @property
+    def materialized(self) -> bool:
+        return self._doc is not None
+
+    def _payload(self, ch: Change) -> Payload:
+        key = self.tree.gate.read_key(ch.read_key_id)
+        if key is None:
+            raise UnknownReadKey("this replica does not hold the read key of the change")
+        p = decode_payload(ch.decrypt(key))
+        self._am_heads[ch.id] = p.am_heads
+        return p
+
+    def _ensure(self) -> core.Document:
+        if self._doc is not None:
+            if len(self._seen) != len(self.tree):  # someone added to the tree directly
+                missing = [c for c in self.tree.changes() if c.id not in self._seen]
+                self._apply(self._doc, [(c, self._payload(c)) for c in missing])
+            return self._doc
+        order = self.tree.replay_order()
+        snap = self.tree.latest_snapshot if self.use_snapshots else None
+        if snap is not None:
+            p = self._payload(snap)
+            doc = am.load(p.items[0] if p.items else b"", self.actor)
+            covered = self.tree.past([snap.id])
+            self._seen.update(covered)
+            order = [c for c in order if c.id not in covered]
+        else:
+            doc = am.new_document(self.actor)
+        self._apply(doc, [(c, self._payload(c)) for c in order])
+        self._doc = doc
+        return doc
+
+    def _apply(self, doc: core.Document, items: list[tuple[Change, Payload]]) -> None:
+        """Apply payloads in the given (causal) order; one message, per-change on failure."""
+        self._seen.update(c.id for c, _ in items)
+        normal = [(c, p) for c, p in items if not c.snapshot]
+        try:
+            am.apply_changes(doc, [b for _, p in normal for b in p.items])
+        except DocumentError:
+            for c, p in normal:
+                try:
+                    am.apply_changes(doc, p.items)
+                except DocumentError:
+                    self.skipped.append(c.id)
+
+    # --- local edits ------------------------------------------------------------------------
+    @contextmanager
+    def edit(self, now: float | None = None) -> Iterator[Editor]:
+        """One Automerge transaction; an exception rolls it back. Flushes at once if window=0."""
+        doc = self._ensure()
+        before = am.heads(doc)
+        with doc.transaction() as tx:
+            yield Editor(tx, self.actor.hex())
+        new = am.changes_since(doc, before)
+        if new:
+            self._pending.items.extend(new)
+            if self._pending.since is None:
+                self._pending.since = time.monotonic() if now is None else now
+        if self.window <= 0:
+            self.flush()
+
+    @property
+    def due_at(self) -> float | None:
+        """When the coalescing window of the pending edits closes (None: nothing pending)."""
+        return None if self._pending.since is None else self._pending.since + self.window
+
+    @property
+    def pending(self) -> int:
+        """Automerge changes made locally and not yet in a tree change."""
+        return len(self._pending.items)
+
+    def poll(self, now: float) -> Change | None:
+        """Flush if the window has closed at ``now``."""
+        due = self.due_at
+        return self.flush() if due is not None and now >= due else None
+
+    def flush(self) -> Change | None:
+        """Put all pending Automerge changes into ONE signed tree change (pending kept on error)."""
+        if not self._pending.items:
+            return None
+        doc = self._ensure()
+        heads = am.heads(doc)
+        ch = self.tree.create_change(
+            self.author, encode_payload(heads, self._pending.items), persist=self.persist)
+        self._am_heads[ch.id] = tuple(sorted(heads))
+        self._seen.add(ch.id)
+        self._pending = _Pending()
+        return ch
+
+    def snapshot(self) -> Change:
+        """Flush, then emit a snapshot change (encrypted Automerge ``save()``)."""
+        self.flush()
+        doc = self._ensure()
+        heads = am.heads(doc)
+        ch = self.tree.create_change(
+            self.author, encode_payload(heads, [am.save(doc)]), snapshot=True,
+            persist=self.persist)
+        self._am_heads[ch.id] = tuple(sorted(heads))
+        self._seen.add(ch.id)
+        return ch
+
+    # --- remote changes ---------------------------------------------------------------------
+    def receive(self, raws: Sequence[bytes]) -> AddResult:
+        """Add changes from a peer; they are decrypted before being stored (a payload that
+        does not decrypt rejects the batch: DecryptionFailed, nothing stored) and applied
+        incrementally if the document is materialised."""
+        decoded: list[tuple[Change, Payload]] = []
+
+        def hook(tree: ObjectTree, result: AddResult) -> None:
+            decoded.clear()
+            decoded.extend((c, self._payload(c)) for c in result.attached)
+            if self.persist is not None:
+                self.persist(tree, result)
+
+        result = self.tree.add(raws, persist=hook)
+        if self._doc is not None and decoded:
+            self._apply(self._doc, decoded)
+        return result
+
+    def recheck_waiting(self) -> AddResult:
+        """After the ACL learned records: attach changes that waited for them."""
+        decoded: list[tuple[Change, Payload]] = []
+
+        def hook(tree: ObjectTree, result: AddResult) -> None:
+            decoded.extend((c, self._payload(c)) for c in result.attached)
+            if self.persist is not None:
+                self.persist(tree, result)
+
+        result = self.tree.recheck_waiting(persist=hook)
+        if self._doc is not None and decoded:
+            self._apply(self._doc, decoded)
+        return result
+
+    # --- reading ----------------------------------------------------------------------------
+    def _am_heads_at(self, tree_heads: Sequence[bytes] | None) -> list[bytes] | None:
+        if tree_heads is None:
+            return None
+        out: set[bytes] = set()
+        for h in tree_heads:
+            if h not in self.tree:
+                raise DocumentError(f"unknown tree head {h.hex()[:16]}…")
+            if h not in self._am_heads:
+                self._payload(self.tree.get(h))
+            out.update(self._am_heads[h])
+        return sorted(out)
+
+    def obj(self, path: Sequence[str | int], *, heads: Sequence[bytes] | None = None) -> ObjId:
+        """The object id at ``path`` from the root (DocumentError if missing or not an object)."""
+        doc = self._ensure()
+        amh = self._am_heads_at(heads)
+        cur = ROOT
+        for key in path:
+            got = doc.get(cur, key) if amh is None else doc.get(cur, key, heads=amh)
+            if got is None or not isinstance(got[0], core.ObjType):
+                raise DocumentError(f"no object at {list(path)!r}")
+            cur = got[1]
+        return cur
+
+    def get(self, path: Sequence[str | int], *, heads: Sequence[bytes] | None = None) -> Any:
+        """JSON value at ``path`` (None if absent), at current or past tree ``heads``."""
+        doc = self._ensure()
+        amh = self._am_heads_at(heads)
+        if not path:
+            return self._render(doc, ROOT, core.ObjType.Map, amh)
+        parent = self.obj(path[:-1], heads=heads)
+        got = (doc.get(parent, path[-1]) if amh is None
+               else doc.get(parent, path[-1], heads=amh))
+        return None if got is None else self._render_value(doc, got, amh)
+
+    def to_json(self, heads: Sequence[bytes] | None = None) -> Any:
+        """The whole document as JSON-able Python values, at current or past tree ``heads``."""
+        return self.get([], heads=heads)
+
+    def to_json_text(self, heads: Sequence[bytes] | None = None) -> str:
+        return json.dumps(self.to_json(heads), sort_keys=True, ensure_ascii=False)
+
+    def _render_value(self, doc: core.Document, got: Any, amh: list[bytes] | None) -> Any:
+        if isinstance(got[0], core.ObjType):
+            return self._render(doc, got[1], got[0], amh)
+        return _json_scalar(got[0])
+
+    def _render(self, doc: core.Document, obj: ObjId, kind: Any, amh: list[bytes] | None) -> Any:
+        kw: dict[str, Any] = {} if amh is None else {"heads": amh}
+        if kind == core.ObjType.Text:
+            return doc.text(obj, **kw)
+        if kind == core.ObjType.List:
+            return [self._render_value(doc, v, amh) for v in doc.values(obj, **kw)]
+        keys = list(doc.keys(obj, **kw))
+        if COUNTER_MARK in keys:
+            total = 0
+            for k in keys:
+                if k != COUNTER_MARK:
+                    v = doc.get(obj, k, **kw)
+                    if v is not None and not isinstance(v[0], core.ObjType) and isinstance(
+                            v[0][1], int) and not isinstance(v[0][1], bool):
+                        total += v[0][1]
+            return total
+        return {k: self._render_value(doc, doc.get(obj, k, **kw), amh) for k in keys}
+
+    def automerge_heads(self) -> list[bytes]:
+        return am.heads(self._ensure())
+
+
+class AsyncFlusher:
+    """Thin asyncio shell: after an edit, flush when the document's window closes."""
+
+    def __init__(self, doc: Document, on_change: Callable[[Change], None] | None = None) -> None:
+        self.doc = doc
+        self.on_change = on_change
+        self._timer: asyncio.TimerHandle | None = None
+
+    @contextmanager
+    def edit(self) -> Iterator[Editor]:
+        loop = asyncio.get_running_loop()
+        with self.doc.edit(loop.time()) as ed:
+            yield ed
+        due = self.doc.due_at
+        if due is not None and self._timer is None:
+            self._timer = loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        ch = self.doc.flush()
+        if ch is not None and self.on_change is not None:
+            self.on_change(ch)
+
+    def close(self) -> Change | None:
+        """Cancel the timer and flush what is pending now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return self.doc.flush()
