@@ -125,3 +125,16 @@ class ProtocolError(P2PSyncError):
 
 class RateLimited(ProtocolError):
     """The peer exceeded a per-peer rate or size limit."""
+
+
+# --- sync protocol (appended by the sync layer) ------------------------------------------------
+class UnknownMessageType(ProtocolError):
+    """A sync message has a type this build does not know; it is refused, never guessed at."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A sync message or batch exceeds its size cap."""
+
+
+class UnknownSpace(ProtocolError):
+    """The peer asked about a space we do not share with it (also said to non-members)."""
