@@ -238,6 +238,8 @@ class Document:
         #: tree changes whose content could not be applied (corrupt Automerge bytes)
         self.skipped: list[bytes] = []
         self._seen: set[bytes] = set()  #: tree changes whose content the Automerge doc holds
+        #: id of the snapshot change the document was materialised from (None: full replay)
+        self.loaded_snapshot: bytes | None = None
 
     # --- materialisation --------------------------------------------------------------------
     @property
@@ -263,6 +265,7 @@ class Document:
         if snap is not None:
             p = self._payload(snap)
             doc = am.load(p.items[0] if p.items else b"", self.actor)
+            self.loaded_snapshot = snap.id
             covered = self.tree.past([snap.id])
             self._seen.update(covered)
             order = [c for c in order if c.id not in covered]
