@@ -138,3 +138,41 @@ class MessageTooLarge(ProtocolError):
 
 class UnknownSpace(ProtocolError):
     """The peer asked about a space we do not share with it (also said to non-members)."""
+
+
+# --- transport details (appended by the transport layer) -------------------------------------
+class PeerCertificateInvalid(HandshakeError):
+    """The peer's device certificate does not verify or does not match its Noise static key."""
+
+
+class UnexpectedPeer(HandshakeError):
+    """The peer authenticated fine but is not the device we meant to reach."""
+
+
+class RefusedByPeer(HandshakeError):
+    """The peer refused our handshake; the message carries the reason it gave."""
+
+
+class ConnectionClosed(TransportError):
+    """The connection is closed (by us, by the peer, or after an error); see the reason."""
+
+
+class EndOfStream(TransportError):
+    """The peer finished sending on this stream: a clean end, not a failure."""
+
+
+class StreamReset(TransportError):
+    """The peer (or we) aborted this stream; other streams of the connection are unaffected."""
+
+
+class StreamLimitExceeded(TransportError):
+    """The peer opened more concurrent streams than we allow."""
+
+
+class FlowControlError(FrameError):
+    """The peer sent more data than the credit we granted it."""
+
+
+# --- discovery --------------------------------------------------------------------------------
+class DiscoveryError(P2PSyncError):
+    """A peer address, static-peer entry or mDNS advertisement is malformed or unusable."""
