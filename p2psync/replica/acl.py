@@ -1,0 +1,903 @@
+"""The space ACL: a causal DAG of signed records, replayed deterministically, sans-IO.
+
+* :class:`Acl` holds the records of one space (in memory), admits new raw records, exports them
+  in causal order, builds new records for a local author, and implements the
+  :class:`~p2psync.replica.acl_gate.AclGate` protocol for object trees.
+* :class:`AclState` is the result of replaying a down-closed set of records: members and roles,
+  invites, pending join requests, replicators, the read-key graph, and skipped records with the
+  reason.
+
+Rules in brief (full text with examples in ``docs/acl.md``):
+
+* **Admission**: a record is stored only if it is well formed, signed, and valid in the state of
+  its *own causal past* (so strangers and privilege escalations are refused with a typed error
+  and change nothing). Records whose parents are missing wait.
+* **Replay order**: topological by ``(depth, id)`` where depth is the longest path from the root;
+  the order is intrinsic to each record, so the state of any head is the same on every replica.
+* **Conflicts**: records valid in their past may still be skipped at their replay position
+  (e.g. the target is already gone). Strong removal: records by an account that a concurrent
+  record removes or demotes below admin are vetoed; joins concurrent with the revocation of their
+  invite are vetoed; among concurrent permission changes of one member the lowest role wins.
+* **Read keys**: every key-introducing record (root, remove, rotate) adds a key to a key graph
+  whatever its validity (keys are facts: content may exist under them). The current key is the
+  latest *clean* tip (held by members and open invites only). Several tips, an unclean or
+  incomplete current key raise :attr:`AclState.rotation_needed`; an admin answers with
+  :meth:`Acl.rotate`, which wraps every tip so one key unlocks all history.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from p2psync.crypto.box import ReadKey, seal, unseal
+from p2psync.crypto.keys import SigningKey, verify
+from p2psync.errors import (
+    AccessDenied,
+    BadId,
+    BadSignature,
+    DecryptionFailed,
+    InvalidAclRecord,
+    InvalidChange,
+    ReplicaError,
+    UnknownReadKey,
+)
+from p2psync.replica.acl_records import (
+    JOIN_DOMAIN,
+    Accept,
+    AclRecord,
+    AddReplicator,
+    Decline,
+    Invite,
+    InviteJoin,
+    KeyEntry,
+    Kind,
+    Leave,
+    Merge,
+    Payload,
+    PermissionChange,
+    Remove,
+    RemoveReplicator,
+    RequestJoin,
+    RevokeInvite,
+    Role,
+    Root,
+    Rotate,
+    Rotation,
+    TransferOwnership,
+    build_record,
+    decode_record,
+    join_proof_message,
+)
+
+__all__ = ["Acl", "AclState", "AddResult", "InviteCode", "Role"]
+
+#: At most this many records may wait for missing parents (bounds memory against junk).
+MAX_PENDING = 4096
+_MEMBER, _INVITE = 0, 1
+Holder = tuple[int, bytes]
+Order = tuple[int, bytes]
+_Failure = tuple[type[ReplicaError], str]
+
+
+def wrap_aad(space_id: str, old_key_id: bytes) -> bytes:
+    """Associated data binding a wrapped old key to its space and id."""
+    return b"p2psync/acl-wrap\0" + space_id.encode() + b"\0" + old_key_id
+
+
+def _can_grant(actor: Role | None, role: Role) -> bool:
+    """Only the owner grants admin; admins grant writer and reader; nobody grants owner."""
+    if actor is None or role == Role.OWNER:
+        return False
+    if role == Role.ADMIN:
+        return actor == Role.OWNER
+    return actor >= Role.ADMIN
+
+
+def _can_manage(actor: Role | None, target: Role) -> bool:
+    """May ``actor`` change or remove a member holding ``target``? (nobody above own rank)."""
+    if actor is None or target == Role.OWNER:
+        return False
+    if target == Role.ADMIN:
+        return actor == Role.OWNER
+    return actor >= Role.ADMIN
+
+
+@dataclass(frozen=True)
+class InviteCode:
+    """The out-of-band invite secret: the invite record id and the invite key's private seed."""
+
+    invite_id: bytes
+    seed: bytes
+
+    PREFIX = "p2psync-invite1:"
+
+    def encode(self) -> str:
+        return self.PREFIX + base64.b32encode(self.invite_id + self.seed).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> InviteCode:
+        if not text.startswith(cls.PREFIX):
+            raise BadId("not a p2psync invite code")
+        body = text[len(cls.PREFIX):].strip().upper()
+        try:
+            raw = base64.b32decode(body + "=" * (-len(body) % 8))
+        except ValueError as exc:
+            raise BadId("invite code is not valid base32") from exc
+        if len(raw) != 64:
+            raise BadId("invite code has the wrong length")
+        return cls(raw[:32], raw[32:])
+
+    @property
+    def key(self) -> SigningKey:
+        return SigningKey(self.seed)
+
+
+@dataclass(frozen=True)
+class InviteInfo:
+    record_id: bytes
+    invite_key: bytes
+    anyone_can_join: bool
+    role: Role
+    author: bytes
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    record_id: bytes
+    joiner: bytes
+    invite_id: bytes
+
+
+@dataclass
+class AclState:
+    """ACL state after replaying a down-closed set of records (mutable only during replay)."""
+
+    owner: bytes = b""
+    members: dict[bytes, Role] = field(default_factory=dict)
+    replicators: set[bytes] = field(default_factory=set)
+    invites: dict[bytes, InviteInfo] = field(default_factory=dict)
+    requests: dict[bytes, RequestInfo] = field(default_factory=dict)
+    role_set_by: dict[bytes, bytes] = field(default_factory=dict)
+    #: account -> id of the record that removed it (or its leave record).
+    departed: dict[bytes, bytes] = field(default_factory=dict)
+    #: record id -> why it had no effect at its replay position.
+    skipped: dict[bytes, str] = field(default_factory=dict)
+    key_order: dict[bytes, Order] = field(default_factory=dict)
+    wrapped: set[bytes] = field(default_factory=set)
+    holders: dict[bytes, set[Holder]] = field(default_factory=dict)
+
+    def copy(self) -> AclState:
+        return AclState(
+            self.owner, dict(self.members), set(self.replicators), dict(self.invites),
+            dict(self.requests), dict(self.role_set_by), dict(self.departed),
+            dict(self.skipped), dict(self.key_order), set(self.wrapped),
+            {k: set(v) for k, v in self.holders.items()},
+        )
+
+    def role(self, account: bytes) -> Role | None:
+        return self.members.get(account)
+
+    def can_write(self, account: bytes) -> bool:
+        r = self.members.get(account)
+        return r is not None and r >= Role.WRITER
+
+    @property
+    def tips(self) -> list[bytes]:
+        """Read keys not wrapped by a newer key, oldest first in replay order."""
+        return sorted((k for k in self.key_order if k not in self.wrapped),
+                      key=self.key_order.__getitem__)
+
+    def _clean(self, key_id: bytes) -> bool:
+        for kind, who in self.holders.get(key_id, set()):
+            if kind == _MEMBER and who not in self.members:
+                return False
+            if kind == _INVITE and (who not in self.invites
+                                    or not self.invites[who].anyone_can_join):
+                return False
+        return True
+
+    @property
+    def current_key_id(self) -> bytes:
+        """The key new content is encrypted under: the latest clean tip, else the latest tip."""
+        tips = self.tips
+        clean = [k for k in tips if self._clean(k)]
+        return (clean or tips)[-1]
+
+    @property
+    def rotation_reasons(self) -> list[str]:
+        """Why an admin should rotate now (empty when the current key is fine)."""
+        reasons = []
+        tips = self.tips
+        if len(tips) > 1:
+            reasons.append(f"{len(tips)} concurrent read keys must be merged")
+        cur = self.current_key_id
+        if not self._clean(cur):
+            reasons.append("the current read key is held by someone who is no longer a member")
+        holders = {who for kind, who in self.holders.get(cur, set()) if kind == _MEMBER}
+        if any(m not in holders for m in self.members):
+            reasons.append("a member does not hold the current read key")
+        return reasons
+
+    @property
+    def rotation_needed(self) -> bool:
+        return bool(self.rotation_reasons)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """Everything replay decides, in a comparable form (for convergence tests)."""
+        return (
+            self.owner, sorted(self.members.items()), sorted(self.replicators),
+            sorted(self.invites), sorted(self.requests), sorted(self.departed.items()),
+            sorted(self.skipped.items()), self.tips, self.current_key_id,
+            self.rotation_reasons,
+        )
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Outcome of :meth:`Acl.add`: the record's status, and waiters it released or dropped."""
+
+    id: bytes
+    status: Literal["added", "duplicate", "waiting"]
+    released: tuple[bytes, ...] = ()
+    rejected: tuple[tuple[bytes, str], ...] = ()
+
+
+class Acl:
+    """All known ACL records of one space, their replayed states, and the AclGate on top."""
+
+    def __init__(
+        self, space_id: str, root_raw: bytes, *, me: SigningKey | None = None,
+        owner: bytes | None = None,
+    ) -> None:
+        root = decode_record(root_raw, space_id)
+        if not isinstance(root.payload, Root):
+            raise InvalidAclRecord("the first ACL record must be the root")
+        if owner is not None and root.author != owner:
+            raise AccessDenied("the ACL root is not signed by the space owner")
+        self.space_id = space_id
+        self.me = me
+        self.root_id = root.id
+        self._records: dict[bytes, AclRecord] = {}
+        self._bit: dict[bytes, int] = {}
+        self._anc: dict[bytes, int] = {}
+        self._order: dict[bytes, Order] = {}
+        self._heads: set[bytes] = set()
+        self._state_at: dict[bytes, AclState] = {}
+        self._set_states: dict[int, AclState] = {}
+        self._pending: dict[bytes, AclRecord] = {}
+        self._waiting_on: dict[bytes, set[bytes]] = {}
+        self.rejected: dict[bytes, str] = {}
+        self._sealed: dict[bytes, list[tuple[bytes, bytes]]] = {}  # key id -> (to, blob)
+        self._wraps: dict[bytes, list[tuple[bytes, bytes]]] = {}  # new key -> (old id, ct)
+        self._invite_sealed: dict[bytes, dict[bytes, bytes]] = {}  # invite -> key id -> blob
+        self._keyrings: dict[bytes, dict[bytes, ReadKey]] = {}
+        self._ring_size: dict[bytes, int] = {}
+        self._register(root)
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, space_id: str, owner: SigningKey) -> Acl:
+        """A new space ACL: the root record names ``owner`` and seals the first read key."""
+        key = ReadKey.generate()
+        raw = build_record(owner, space_id, (), Root(seal(key.key, owner.public)))
+        return cls(space_id, raw, me=owner, owner=owner.public)
+
+    @classmethod
+    def from_records(
+        cls, space_id: str, raws: Iterable[bytes], *, me: SigningKey | None = None,
+        owner: bytes | None = None,
+    ) -> Acl:
+        """Rebuild from stored records in any order; bad ones are recorded in ``rejected``."""
+        raws = list(raws)
+        roots = []
+        for raw in raws:
+            try:
+                rec = decode_record(raw, space_id)
+            except InvalidAclRecord:
+                continue
+            if isinstance(rec.payload, Root):
+                roots.append(raw)
+        if len(roots) != 1:
+            raise InvalidAclRecord(f"expected exactly one ACL root, found {len(roots)}")
+        acl = cls(space_id, roots[0], me=me, owner=owner)
+        for raw in raws:
+            try:
+                acl.add(raw)
+            except ReplicaError as exc:
+                acl.rejected[_safe_id(raw)] = str(exc)
+        return acl
+
+    # --- adding and exporting ----------------------------------------------------------------
+    def add(self, raw: bytes) -> AddResult:
+        """Admit one raw record. Raises InvalidAclRecord / AccessDenied and changes nothing if
+        it is malformed, forged, for another space, or not allowed in its own causal past."""
+        rec = decode_record(raw, self.space_id)
+        if rec.id in self._records:
+            return AddResult(rec.id, "duplicate")
+        if rec.id in self._pending:
+            return AddResult(rec.id, "waiting")
+        if isinstance(rec.payload, Root):
+            raise InvalidAclRecord("a space has exactly one ACL root")
+        missing = [p for p in rec.prev if p not in self._records]
+        if missing:
+            if len(self._pending) >= MAX_PENDING:
+                raise InvalidAclRecord("too many ACL records waiting for missing parents")
+            self._pending[rec.id] = rec
+            for p in missing:
+                self._waiting_on.setdefault(p, set()).add(rec.id)
+            return AddResult(rec.id, "waiting")
+        self._admit(rec)
+        released: list[bytes] = []
+        rejected: list[tuple[bytes, str]] = []
+        queue = [rec.id]
+        while queue:
+            done = queue.pop()
+            for wid in sorted(self._waiting_on.pop(done, set())):
+                w = self._pending.get(wid)
+                if w is None or any(p not in self._records for p in w.prev):
+                    continue
+                del self._pending[wid]
+                try:
+                    self._admit(w)
+                except ReplicaError as exc:
+                    self.rejected[wid] = str(exc)
+                    rejected.append((wid, str(exc)))
+                    continue
+                released.append(wid)
+                queue.append(wid)
+        return AddResult(rec.id, "added", tuple(released), tuple(rejected))
+
+    def export(self) -> list[bytes]:
+        """Every admitted record, raw, in causal (replay) order: parents before children."""
+        return [self._records[i].raw for i in sorted(self._records, key=self._order.__getitem__)]
+
+    def record(self, record_id: bytes) -> AclRecord:
+        return self._records[record_id]
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def heads(self) -> list[bytes]:
+        return sorted(self._heads, key=self._order.__getitem__)
+
+    @property
+    def waiting(self) -> list[bytes]:
+        """Ids of records that wait for missing parents."""
+        return sorted(self._pending)
+
+    @property
+    def state(self) -> AclState:
+        """The state after replaying every admitted record."""
+        heads = list(self._heads)
+        if len(heads) == 1:
+            return self.state_at(heads[0])
+        mask = 0
+        for h in heads:
+            mask |= self._anc[h]
+        return self._replay(mask)
+
+    def state_at(self, record_id: bytes) -> AclState:
+        """The state of the causal past of ``record_id`` (itself included); cached."""
+        if record_id not in self._records:
+            raise InvalidChange("unknown ACL head")
+        chain: list[bytes] = []
+        cur = record_id
+        while cur not in self._state_at:
+            prev = self._records[cur].prev
+            if len(prev) != 1:
+                break
+            chain.append(cur)
+            cur = prev[0]
+        if cur not in self._state_at:
+            self._state_at[cur] = self._replay(self._anc[cur])
+        state = self._state_at[cur]
+        for rid in reversed(chain):
+            state = state.copy()
+            self._apply(state, self._records[rid], None)
+            self._state_at[rid] = state
+        return state
+
+    def is_ancestor(self, ancestor: bytes, descendant: bytes) -> bool:
+        """Whether ``ancestor`` is in the causal past of ``descendant`` (or equal)."""
+        return bool(self._anc[descendant] >> self._bit[ancestor] & 1)
+
+    def concurrent(self, a: bytes, b: bytes) -> bool:
+        return not self.is_ancestor(a, b) and not self.is_ancestor(b, a)
+
+    # --- AclGate -----------------------------------------------------------------------------
+    def knows_head(self, acl_head: bytes) -> bool:
+        return acl_head in self._records
+
+    def check_change(
+        self, author: bytes, acl_head: bytes, read_key_id: bytes,
+        parent_acl_heads: Sequence[bytes],
+    ) -> None:
+        """A tree change is allowed iff its author may write at ``acl_head``, the head does not
+        go back from its parents' heads, and its read key is a current key tip at the head."""
+        if acl_head not in self._records:
+            raise InvalidChange("change names an unknown ACL head")
+        for ph in parent_acl_heads:
+            if ph not in self._records:
+                raise InvalidChange("a parent change names an unknown ACL head")
+            if not self.is_ancestor(ph, acl_head):
+                raise InvalidChange("change's ACL head is earlier than (or concurrent with) "
+                                    "its parents' ACL heads")
+        st = self.state_at(acl_head)
+        if not st.can_write(author):
+            raise AccessDenied("the author may not write at this ACL head")
+        if read_key_id not in st.key_order or read_key_id in st.wrapped:
+            raise UnknownReadKey("change is not encrypted under a current read key of its head")
+
+    def read_key(self, read_key_id: bytes) -> ReadKey | None:
+        if self.me is None:
+            return None
+        return self._keyring(self.me).get(read_key_id)
+
+    def write_position(self, author: bytes) -> tuple[bytes, bytes]:
+        """The latest head (replay order) at which ``author`` may write, and its current key.
+        With several ACL heads, call :meth:`merge` first so changes can name one head."""
+        for h in reversed(self.heads):
+            st = self.state_at(h)
+            if st.can_write(author):
+                return h, st.current_key_id
+        raise AccessDenied("you may not write in this space")
+
+    def concurrent_removal(self, author: bytes, acl_head: bytes) -> bytes | None:
+        """Id of a removal (or leave) of ``author`` concurrent with ``acl_head``, if any.
+
+        Such changes are accepted by the gate (their head allows them) but an application may
+        flag or hide them: they may be back-dated edits by a removed member.
+        """
+        for rid, rec in self._records.items():
+            p = rec.payload
+            hit = (isinstance(p, Remove) and author in p.members) or (
+                isinstance(p, Leave) and rec.author == author)
+            if hit and self.concurrent(rid, acl_head):
+                return rid
+        return None
+
+    # --- keys --------------------------------------------------------------------------------
+    def _keyring(self, who: SigningKey) -> dict[bytes, ReadKey]:
+        """Every read key ``who`` can open: sealed to it, or wrapped by a key it holds."""
+        ring = self._keyrings.setdefault(who.public, {})
+        if self._ring_size.get(who.public) == len(self._records):
+            return ring
+        self._ring_size[who.public] = len(self._records)
+        for kid in sorted(self._sealed.keys() | self._wraps.keys(),
+                          key=self._order.__getitem__, reverse=True):
+            if kid not in ring:
+                for to, blob in self._sealed.get(kid, ()):
+                    if to == who.public:
+                        try:
+                            ring[kid] = ReadKey(unseal(blob, who))
+                            break
+                        except (DecryptionFailed, ValueError):
+                            continue
+            if kid in ring:
+                for old, ct in self._wraps.get(kid, ()):
+                    if old not in ring:
+                        try:
+                            ring[old] = ReadKey(ring[kid].decrypt(ct, wrap_aad(self.space_id,
+                                                                               old)))
+                        except (DecryptionFailed, ValueError):
+                            continue
+        return ring
+
+    def keys_of(self, who: SigningKey) -> dict[bytes, ReadKey]:
+        """Read keys an account can open from the records (for tests and key export)."""
+        return dict(self._keyring(who))
+
+    def _key_for(self, who: SigningKey, key_id: bytes) -> ReadKey:
+        key = self._keyring(who).get(key_id)
+        if key is None:
+            raise AccessDenied("you do not hold the current read key")
+        return key
+
+    # --- record builders ---------------------------------------------------------------------
+    def _emit(self, author: SigningKey, payload: Payload) -> bytes:
+        raw = build_record(author, self.space_id, self.heads, payload)
+        self.add(raw)
+        return raw
+
+    def _sealed_tips(self, author: SigningKey, to: bytes) -> tuple[KeyEntry, ...]:
+        return tuple(KeyEntry(k, seal(self._key_for(author, k).key, to)) for k in self.state.tips)
+
+    def _rotation(self, author: SigningKey, st: AclState, members: Iterable[bytes]) -> Rotation:
+        new = ReadKey.generate()
+        return Rotation(
+            members=tuple(KeyEntry(m, seal(new.key, m)) for m in sorted(members)),
+            invites=tuple(KeyEntry(i, seal(new.key, inv.invite_key))
+                          for i, inv in sorted(st.invites.items()) if inv.anyone_can_join),
+            wraps=tuple(KeyEntry(k, new.encrypt(self._key_for(author, k).key,
+                                                wrap_aad(self.space_id, k)))
+                        for k in st.tips),
+        )
+
+    def invite(
+        self, author: SigningKey, role: Role = Role.WRITER, *, anyone_can_join: bool = False,
+    ) -> tuple[bytes, InviteCode]:
+        """Create an invite; hand the returned code to the invitee out of band."""
+        ikey = SigningKey.generate()
+        keys = self._sealed_tips(author, ikey.public) if anyone_can_join else ()
+        raw = self._emit(author, Invite(ikey.public, anyone_can_join, role, keys))
+        return raw, InviteCode(decode_record(raw).id, ikey.seed)
+
+    def request_join(self, joiner: SigningKey, code: InviteCode) -> bytes:
+        """Ask to join through an approval-required invite (an admin must accept)."""
+        proof = code.key.sign(JOIN_DOMAIN, join_proof_message(self.space_id, code.invite_id,
+                                                              joiner.public))
+        return self._emit(joiner, RequestJoin(code.invite_id, proof))
+
+    def join(self, joiner: SigningKey, code: InviteCode) -> bytes:
+        """Join through an anyone-can-join invite: the code unlocks the current read key."""
+        proof = code.key.sign(JOIN_DOMAIN, join_proof_message(self.space_id, code.invite_id,
+                                                              joiner.public))
+        entries = []
+        sealed = self._invite_sealed.get(code.invite_id, {})
+        for k in self.state.tips:
+            if k not in sealed:
+                raise AccessDenied("this invite does not unlock the current read key")
+            entries.append(KeyEntry(k, seal(unseal(sealed[k], code.key), joiner.public)))
+        return self._emit(joiner, InviteJoin(code.invite_id, proof, tuple(entries)))
+
+    def accept(self, author: SigningKey, request_id: bytes, role: Role | None = None) -> bytes:
+        """Accept a join request: seal the current key(s) to the joiner with ``role``."""
+        req = self._records.get(request_id)
+        if req is None or not isinstance(req.payload, RequestJoin):
+            raise InvalidAclRecord("no such join request")
+        if role is None:
+            inv = self._records.get(req.payload.invite_id)
+            role = inv.payload.role if inv and isinstance(inv.payload, Invite) else Role.READER
+        return self._emit(author, Accept(request_id, role,
+                                         self._sealed_tips(author, req.author)))
+
+    def decline(self, author: SigningKey, request_id: bytes) -> bytes:
+        return self._emit(author, Decline(request_id))
+
+    def revoke_invite(self, author: SigningKey, invite_id: bytes) -> bytes:
+        return self._emit(author, RevokeInvite(invite_id))
+
+    def change_permission(self, author: SigningKey, member: bytes, role: Role) -> bytes:
+        return self._emit(author, PermissionChange(member, role))
+
+    def remove(self, author: SigningKey, members: Sequence[bytes]) -> bytes:
+        """Remove members and rotate the read key to everyone who stays."""
+        st = self.state
+        stay = [m for m in st.members if m not in set(members)]
+        return self._emit(author, Remove(tuple(sorted(set(members))),
+                                         self._rotation(author, st, stay)))
+
+    def leave(self, author: SigningKey) -> bytes:
+        """Leave the space; an admin then rotates (the state reports ``rotation_needed``)."""
+        return self._emit(author, Leave())
+
+    def transfer_ownership(self, author: SigningKey, new_owner: bytes) -> bytes:
+        return self._emit(author, TransferOwnership(new_owner))
+
+    def add_replicator(self, author: SigningKey, account: bytes) -> bytes:
+        return self._emit(author, AddReplicator(account))
+
+    def remove_replicator(self, author: SigningKey, account: bytes) -> bytes:
+        return self._emit(author, RemoveReplicator(account))
+
+    def rotate(self, author: SigningKey) -> bytes:
+        """New read key for all members, wrapping every current tip (merges concurrent keys)."""
+        st = self.state
+        return self._emit(author, Rotate(self._rotation(author, st, st.members)))
+
+    def merge(self, author: SigningKey) -> bytes:
+        """A no-op record joining all current ACL heads (any member or replicator may)."""
+        return self._emit(author, Merge())
+
+    # --- admission, replay -------------------------------------------------------------------
+    def _state_before(self, rec: AclRecord) -> AclState:
+        if len(rec.prev) == 1:
+            return self.state_at(rec.prev[0])
+        mask = 0
+        for p in rec.prev:
+            mask |= self._anc[p]
+        return self._replay(mask)
+
+    def _admit(self, rec: AclRecord) -> None:
+        past = self._state_before(rec)
+        fail = self._check_structure(past, rec) or self._check(past, rec)
+        if fail is not None:
+            raise fail[0](fail[1])
+        self._register(rec)
+
+    def _register(self, rec: AclRecord) -> None:
+        bit = len(self._bit)
+        self._bit[rec.id] = bit
+        anc = 1 << bit
+        depth = 0
+        for parent in rec.prev:
+            anc |= self._anc[parent]
+            depth = max(depth, self._order[parent][0] + 1)
+            self._heads.discard(parent)
+        self._anc[rec.id] = anc
+        self._order[rec.id] = (depth, rec.id)
+        self._heads.add(rec.id)
+        self._records[rec.id] = rec
+        p = rec.payload
+        if isinstance(p, Root):
+            self._sealed.setdefault(rec.id, []).append((rec.author, p.sealed_key))
+        rot = rec.rotation
+        if rot is not None:
+            self._sealed.setdefault(rec.id, []).extend((e.ref, e.blob) for e in rot.members)
+            self._wraps[rec.id] = [(e.ref, e.blob) for e in rot.wraps]
+            for e in rot.invites:
+                self._invite_sealed.setdefault(e.ref, {})[rec.id] = e.blob
+        if isinstance(p, Invite):
+            for e in p.keys:
+                self._invite_sealed.setdefault(rec.id, {})[e.ref] = e.blob
+        if isinstance(p, (Accept, InviteJoin)):
+            joiner = self._joiner(rec)
+            for e in p.keys:
+                self._sealed.setdefault(e.ref, []).append((joiner, e.blob))
+
+    def _joiner(self, rec: AclRecord) -> bytes:
+        if isinstance(rec.payload, Accept):
+            return self._records[rec.payload.request_id].author
+        return rec.author
+
+    def _replay(self, mask: int) -> AclState:
+        """Replay the records in ``mask`` (a down-closed set) in (depth, id) order; cached."""
+        cached = self._set_states.get(mask)
+        if cached is not None:
+            return cached
+        ids = sorted((rid for rid, b in self._bit.items() if mask >> b & 1),
+                     key=self._order.__getitem__)
+        vetoers: dict[bytes, list[bytes]] = {}
+        revokes: dict[bytes, list[bytes]] = {}
+        for rid in ids:
+            p = self._records[rid].payload
+            if isinstance(p, Remove):
+                for m in p.members:
+                    vetoers.setdefault(m, []).append(rid)
+            elif isinstance(p, PermissionChange) and p.role < Role.ADMIN:
+                vetoers.setdefault(p.member, []).append(rid)
+            elif isinstance(p, RevokeInvite):
+                revokes.setdefault(p.invite_id, []).append(rid)
+        state = AclState()
+        for rid in ids:
+            rec = self._records[rid]
+            veto = None
+            if rec.kind not in (Kind.ROOT, Kind.LEAVE, Kind.MERGE):
+                for d in vetoers.get(rec.author, ()):
+                    if self.concurrent(d, rid):
+                        veto = f"vetoed: its author is removed or demoted by concurrent {d.hex()}"
+                        break
+            if isinstance(rec.payload, (RequestJoin, InviteJoin)):
+                for d in revokes.get(rec.payload.invite_id, ()):
+                    if self.concurrent(d, rid):
+                        veto = f"vetoed: its invite is revoked by concurrent {d.hex()}"
+                        break
+            self._apply(state, rec, veto)
+        if len(self._set_states) > 256:
+            self._set_states.clear()
+        self._set_states[mask] = state
+        return state
+
+    def _apply(self, s: AclState, rec: AclRecord, veto: str | None) -> None:
+        """Apply one record at its replay position: key-graph facts always, effects if valid."""
+        p = rec.payload
+        rid = rec.id
+        if rec.introduces_key:
+            s.key_order[rid] = self._order[rid]
+            holders: set[Holder] = {(_MEMBER, rec.author)}
+            rot = rec.rotation
+            if rot is not None:
+                s.wrapped.update(e.ref for e in rot.wraps)
+                holders.update((_MEMBER, e.ref) for e in rot.members)
+                holders.update((_INVITE, e.ref) for e in rot.invites)
+            s.holders[rid] = holders
+        if isinstance(p, Invite):
+            for e in p.keys:
+                s.holders.setdefault(e.ref, set()).add((_INVITE, rid))
+        if isinstance(p, (Accept, InviteJoin)):
+            joiner = self._joiner(rec)
+            for e in p.keys:
+                s.holders.setdefault(e.ref, set()).add((_MEMBER, joiner))
+        if isinstance(p, Root):
+            s.owner = rec.author
+            s.members[rec.author] = Role.OWNER
+            s.role_set_by[rec.author] = rid
+            return
+        if veto is not None:
+            s.skipped[rid] = veto
+            return
+        fail = self._check(s, rec)
+        if fail is not None:
+            s.skipped[rid] = fail[1]
+            return
+        author = rec.author
+        match p:
+            case Invite():
+                s.invites[rid] = InviteInfo(rid, p.invite_key, p.anyone_can_join, p.role,
+                                            author)
+            case RequestJoin():
+                s.requests[rid] = RequestInfo(rid, author, p.invite_id)
+            case InviteJoin():
+                self._set_role(s, author, s.invites[p.invite_id].role, rid)
+            case Accept():
+                req = s.requests.pop(p.request_id)
+                self._set_role(s, req.joiner, p.role, rid)
+            case Decline():
+                del s.requests[p.request_id]
+            case RevokeInvite():
+                del s.invites[p.invite_id]
+            case PermissionChange():
+                self._set_role(s, p.member, p.role, rid)
+            case Remove():
+                for m in p.members:
+                    if m in s.members:
+                        self._depart(s, m, rid)
+            case Leave():
+                self._depart(s, author, rid)
+            case TransferOwnership():
+                self._set_role(s, author, Role.ADMIN, rid)
+                self._set_role(s, p.new_owner, Role.OWNER, rid)
+                s.owner = p.new_owner
+            case AddReplicator():
+                s.replicators.add(p.account)
+            case RemoveReplicator():
+                s.replicators.discard(p.account)
+            case Rotate() | Merge():
+                pass
+
+    @staticmethod
+    def _set_role(s: AclState, who: bytes, role: Role, rid: bytes) -> None:
+        s.members[who] = role
+        s.role_set_by[who] = rid
+        s.departed.pop(who, None)
+
+    @staticmethod
+    def _depart(s: AclState, who: bytes, rid: bytes) -> None:
+        del s.members[who]
+        s.role_set_by.pop(who, None)
+        s.departed[who] = rid
+
+    def _check(self, s: AclState, rec: AclRecord) -> _Failure | None:
+        """Is ``rec`` allowed in state ``s``? ``None`` if yes, else (error type, reason)."""
+        p = rec.payload
+        a = rec.author
+        ra = s.role(a)
+        denied = AccessDenied
+        bad = InvalidAclRecord
+        match p:
+            case Root():
+                return bad, "a space has exactly one ACL root"
+            case Invite():
+                if not _can_grant(ra, p.role):
+                    return denied, f"author may not invite as {p.role.name.lower()}"
+                if p.anyone_can_join and p.role > Role.WRITER:
+                    return bad, "anyone-can-join invites grant reader or writer only"
+            case RequestJoin() | InviteJoin():
+                inv = s.invites.get(p.invite_id)
+                if inv is None:
+                    return bad, "the invite does not exist or was revoked"
+                if inv.anyone_can_join != isinstance(p, InviteJoin):
+                    return bad, "wrong join kind for this invite"
+                if ra is not None:
+                    return bad, "the joiner is already a member"
+            case Accept():
+                req = s.requests.get(p.request_id)
+                if req is None:
+                    return bad, "the join request is not pending"
+                if not _can_grant(ra, p.role):
+                    return denied, f"author may not accept as {p.role.name.lower()}"
+                if req.joiner in s.members:
+                    return bad, "the joiner is already a member"
+            case Decline():
+                if p.request_id not in s.requests:
+                    return bad, "the join request is not pending"
+                if ra is None or ra < Role.ADMIN:
+                    return denied, "only admins decline join requests"
+            case RevokeInvite():
+                inv = s.invites.get(p.invite_id)
+                if inv is None:
+                    return bad, "the invite does not exist or was revoked"
+                if not _can_grant(ra, inv.role):
+                    return denied, "author may not revoke this invite"
+            case PermissionChange():
+                target = s.role(p.member)
+                if target is None:
+                    return bad, "not a member"
+                if not _can_manage(ra, target) or not _can_grant(ra, p.role):
+                    return denied, "author may not change this member's role"
+                if target == p.role:
+                    return bad, "role unchanged"
+                setter = s.role_set_by.get(p.member)
+                if setter is not None and target < p.role and self.concurrent(setter, rec.id):
+                    return bad, "a concurrent change set a lower role (lowest role wins)"
+            case Remove():
+                if ra is None or ra < Role.ADMIN:
+                    return denied, "only admins and the owner remove members"
+                present = [m for m in p.members if m in s.members]
+                if not present:
+                    return bad, "every named member is already gone"
+                for m in present:
+                    if not _can_manage(ra, s.members[m]):
+                        return denied, "author may not remove a member of equal or higher rank"
+            case Leave():
+                if ra is None:
+                    return bad, "not a member"
+                if ra == Role.OWNER:
+                    return denied, "the owner must transfer ownership before leaving"
+            case TransferOwnership():
+                if ra != Role.OWNER:
+                    return denied, "only the owner transfers ownership"
+                if p.new_owner not in s.members or p.new_owner == a:
+                    return bad, "the new owner must be another member"
+            case AddReplicator():
+                if ra is None or ra < Role.ADMIN:
+                    return denied, "only admins and the owner add replicators"
+                if p.account in s.replicators or p.account in s.members:
+                    return bad, "already a replicator or a member"
+            case RemoveReplicator():
+                if ra is None or ra < Role.ADMIN:
+                    return denied, "only admins and the owner remove replicators"
+                if p.account not in s.replicators:
+                    return bad, "not a replicator"
+            case Rotate():
+                if ra is None or ra < Role.ADMIN:
+                    return denied, "only admins and the owner rotate the read key"
+            case Merge():
+                if ra is None and a not in s.replicators:
+                    return denied, "only members and replicators merge ACL heads"
+        return None
+
+    def _check_structure(self, past: AclState, rec: AclRecord) -> _Failure | None:
+        """Checks that only make sense against the author's own causal past (done once)."""
+        p = rec.payload
+        bad = InvalidAclRecord
+        tips = set(past.tips)
+        if isinstance(p, Invite):
+            want = tips if p.anyone_can_join else set()
+            if {e.ref for e in p.keys} != want:
+                return bad, "invite must seal exactly the current read key(s) (anyone-can-join)"
+        if isinstance(p, (RequestJoin, InviteJoin)):
+            inv = past.invites.get(p.invite_id)
+            if inv is None:
+                return bad, "the invite does not exist or was revoked"
+            try:
+                verify(inv.invite_key, JOIN_DOMAIN,
+                       join_proof_message(self.space_id, p.invite_id, rec.author), p.proof)
+            except BadSignature:
+                return AccessDenied, "join proof does not match the invite (wrong invite code)"
+        if isinstance(p, (InviteJoin, Accept)) and {e.ref for e in p.keys} != tips:
+            return bad, "must seal exactly the current read key(s) to the joiner"
+        if isinstance(p, Accept):
+            req = self._records.get(p.request_id)
+            if req is None or not isinstance(req.payload, RequestJoin):
+                return bad, "accept names no join request"
+        if isinstance(p, Remove) and any(m not in past.members for m in p.members):
+            return bad, "remove names an account that is not a member"
+        rot = rec.rotation
+        if rot is not None:
+            gone = set(p.members) if isinstance(p, Remove) else set()
+            stay = set(past.members) - gone
+            if {e.ref for e in rot.members} != stay:
+                return bad, "rotation must seal the new key to exactly the remaining members"
+            open_inv = {i for i, inv in past.invites.items() if inv.anyone_can_join}
+            if {e.ref for e in rot.invites} != open_inv:
+                return bad, "rotation must seal the new key to exactly the open invites"
+            if {e.ref for e in rot.wraps} != tips:
+                return bad, "rotation must wrap exactly the current read key tips"
+        return None
+
+
+def _safe_id(raw: bytes) -> bytes:
+    from p2psync.codec import content_id
+
+    try:
+        return content_id(bytes(raw))
+    except TypeError:
+        return b""
