@@ -1,0 +1,568 @@
+"""The asyncio shell shared by both carriers: handshake driving, Connection and Stream.
+
+A carrier (TCP or QUIC) turns bytes into frame bodies per route and hands them to a
+:class:`Link`; the link runs the sans-IO handshake, decrypts records and feeds the sans-IO
+:class:`~p2psync.transport.session.Session`, then wakes the :class:`Stream` objects. Nothing
+here blocks: waits are futures completed by incoming records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2psync.crypto.cert import DeviceCertificate
+from p2psync.crypto.keys import DeviceKey
+from p2psync.errors import (
+    ConnectionClosed,
+    EndOfStream,
+    FrameError,
+    HandshakeError,
+    PeerTimeout,
+    RefusedByPeer,
+    StreamReset,
+    TransportError,
+)
+from p2psync.transport.framing import HEADER, Record, RecordType, decode_record, encode_record
+from p2psync.transport.handshake import HandshakeResult, Limits, SecureHandshake
+from p2psync.transport.noise import CipherState
+from p2psync.transport.session import (
+    CONTROL,
+    Accepted,
+    CloseCode,
+    CreditAvailable,
+    Event,
+    Keepalive,
+    MessageReceived,
+    PeerClosed,
+    Session,
+    StreamFinished,
+    StreamOpened,
+    StreamsAvailable,
+    StreamWasReset,
+    close_code_for,
+)
+
+log = logging.getLogger("p2psync.transport")
+_SID = struct.Struct(">Q")
+
+
+def _SID_OF(record: bytes) -> int:
+    return int.from_bytes(record[1:5], "big")
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Tunables shared by both carriers (defaults suit a LAN)."""
+
+    limits: Limits = field(default_factory=Limits)
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    handshake_timeout: float = 10.0
+    features: tuple[str, ...] = ()
+    #: QUIC only: UDP payload size (1452 fits a 1500-byte Ethernet MTU over IPv6/IPv4 + UDP).
+    max_datagram_size: int = 1452
+    #: QUIC only: socket receive buffer to ask the kernel for.
+    udp_rcvbuf: int = 4 << 20
+    #: QUIC only: aioquic flow-control windows (our own credit bounds memory anyway).
+    quic_window: int = 4 << 20
+
+
+def stream_key(secret: bytes, from_initiator: bool, sid: int) -> bytes:
+    """Per-stream, per-direction ChaCha20-Poly1305 key (QUIC carrier)."""
+    label = b"p2psync stream " + (b"i>r" if from_initiator else b"r>i") + _SID.pack(sid)
+    return hashlib.blake2b(label, key=secret, digest_size=32).digest()
+
+
+class Link:
+    """One physical connection's protocol state; the carrier calls in, we call it back."""
+
+    def __init__(
+        self, carrier: Carrier, *, initiator: bool, device_key: DeviceKey,
+        certificate: DeviceCertificate, config: TransportConfig, binding: bytes,
+        expected_peer: str | None = None, per_stream_keys: bool = False,
+        on_ready: Callable[[Connection], None] | None = None,
+        on_failed: Callable[[TransportError], None] | None = None,
+    ) -> None:
+        self.carrier = carrier
+        self.initiator = initiator
+        self.config = config
+        self.per_stream_keys = per_stream_keys
+        self.hs: SecureHandshake | None = SecureHandshake(
+            initiator=initiator, device_key=device_key, certificate=certificate,
+            binding=binding, expected_peer=expected_peer, limits=config.limits,
+            features=config.features)
+        self.result: HandshakeResult | None = None
+        self.session: Session | None = None
+        self.connection: Connection | None = None
+        self._send_ciphers: dict[int, CipherState] = {}
+        self._recv_ciphers: dict[int, CipherState] = {}
+        self._on_ready = on_ready
+        self._on_failed = on_failed
+        self.error: TransportError | None = None
+        self.loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self.loop.call_later(
+            config.handshake_timeout, self._handshake_timeout)
+
+    # --- handshake ---------------------------------------------------------------------------
+    def start(self) -> None:
+        assert self.hs is not None
+        self.carrier.write_frames(CONTROL, [HEADER.pack(n) + m for m in [self.hs.start()]
+                                            for n in [len(m)]])
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.connection is None:
+            self.fail(PeerTimeout(
+                f"handshake not completed within {self.config.handshake_timeout:g} s"))
+
+    def on_frames(self, route: int, bodies: list[bytes]) -> None:
+        """Frame bodies received on ``route`` (always 0 on TCP). Never raises."""
+        if self.error is not None:
+            return
+        try:
+            i = 0
+            while self.hs is not None and i < len(bodies):
+                if route != CONTROL:
+                    raise HandshakeError("stream data before the handshake completed")
+                self._handshake_step(bodies[i])
+                i += 1
+            if i < len(bodies):
+                self._on_secure(route, bodies[i:] if i else bodies)
+        except TransportError as exc:
+            self.fail(exc)
+
+    def _handshake_step(self, body: bytes) -> None:
+        hs = self.hs
+        assert hs is not None
+        try:
+            reply = hs.receive(body)
+        except HandshakeError as exc:
+            noise = hs._noise
+            if noise.complete and noise.send_cipher is not None:
+                # Responder refusing the initiator's Hello: tell it why, encrypted.
+                self._send_ciphers[CONTROL] = noise.send_cipher
+                self._write_records([(CONTROL, encode_record(
+                    RecordType.CLOSE, CONTROL,
+                    struct.pack(">H", CloseCode.REFUSED) + str(exc).encode()[:512]))])
+            raise
+        if reply is not None:
+            self.carrier.write_frames(CONTROL, [HEADER.pack(len(reply)) + reply])
+        if hs.result is None:
+            return
+        self.result = res = hs.result
+        self.hs = None
+        self._send_ciphers[CONTROL] = res.send_cipher
+        self._recv_ciphers[CONTROL] = res.recv_cipher
+        self.session = Session(initiator=self.initiator, local=self.config.limits,
+                               remote=res.remote_limits, keepalive=self.config.keepalive,
+                               now=self.loop.time())
+        if not self.initiator:
+            self.session.accept()
+            self._ready()
+
+    def _ready(self) -> None:
+        assert self.result is not None and self.session is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self.connection = Connection(self)
+        self._timer = self.loop.call_later(self.config.keepalive.interval / 2, self._on_timer)
+        self.flush()
+        log.debug("connection up", extra={"peer": self.result.peer_id,
+                                         "initiator": self.initiator})
+        if self._on_ready is not None:
+            self._on_ready(self.connection)
+
+    # --- secure records ----------------------------------------------------------------------
+    def _cipher(self, table: dict[int, CipherState], route: int, outgoing: bool) -> CipherState:
+        c = table.get(route)
+        if c is None:
+            assert self.result is not None
+            if not self.per_stream_keys:
+                return table[CONTROL]
+            from_initiator = self.initiator == outgoing
+            c = table[route] = CipherState(
+                stream_key(self.result.stream_secret, from_initiator, route))
+        return c
+
+    def _on_secure(self, route: int, bodies: list[bytes]) -> None:
+        session = self.session
+        assert session is not None
+        cipher = self._cipher(self._recv_ciphers, route, False)
+        records: list[Record] = [decode_record(cipher.decrypt_with_ad(None, b)) for b in bodies]
+        events = session.receive(records, route if self.per_stream_keys else None,
+                                 self.loop.time())
+        self._dispatch(events)
+        self.flush()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        conn = self.connection
+        for ev in events:
+            if isinstance(ev, Accepted):
+                if conn is not None:
+                    raise FrameError("duplicate ACCEPT record")
+                self._ready()
+                conn = self.connection
+                continue
+            if isinstance(ev, PeerClosed):
+                if ev.code == CloseCode.REFUSED:
+                    raise RefusedByPeer(f"peer refused the connection: {ev.reason}")
+                reason = ev.reason or "no reason given"
+                raise ConnectionClosed(f"peer closed the connection: {reason}")
+            if conn is None:
+                raise FrameError("stream records before the handshake was accepted")
+            conn._on_event(ev)
+
+    def flush(self) -> None:
+        if self.session is not None:
+            out = self.session.take_outgoing()
+            if out:
+                self._write_records(out)
+                self.session.sent_at(self.loop.time())
+
+    def _write_records(self, records: list[tuple[int, bytes]]) -> None:
+        by_route: dict[int, list[bytes]] = {}
+        for route, rec in records:
+            if not self.per_stream_keys:
+                route = CONTROL
+            c = self._cipher(self._send_ciphers, route, True)
+            ct = c.encrypt_with_ad(None, rec)
+            by_route.setdefault(route, []).append(HEADER.pack(len(ct)) + ct)
+        for route, frames in by_route.items():
+            self.carrier.write_frames(route, frames)
+        if self.per_stream_keys:
+            for route, rec in records:
+                if rec[0] == RecordType.FIN:
+                    self.carrier.end_route(route)
+                elif rec[0] == RecordType.RESET:
+                    self.carrier.end_route(_SID_OF(rec))
+
+    def on_route_end(self, route: int) -> None:
+        """QUIC: the peer ended the QUIC stream ``route``; it must have sent FIN first."""
+        st = self.session.streams.get(route) if self.session is not None else None
+        if st is not None and st.recv_open:
+            self.fail(FrameError(f"stream {route} ended without a FIN record"))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.session is None or self.error is not None:
+            return
+        try:
+            nxt = self.session.on_timer(self.loop.time())
+        except TransportError as exc:
+            if self.carrier.pending_bytes():
+                exc = PeerTimeout(f"{exc} (stopped mid-frame)")
+            self.fail(exc)
+            return
+        self.flush()
+        self._timer = self.loop.call_at(nxt, self._on_timer)
+
+    # --- ending ------------------------------------------------------------------------------
+    def fail(self, exc: TransportError, *, send_close: bool = True) -> None:
+        """End this connection (only this one) with ``exc`` as the reason."""
+        if self.error is not None:
+            return
+        self.error = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        code = CloseCode.NORMAL if isinstance(exc, ConnectionClosed) else close_code_for(exc)
+        if send_close and self.session is not None:
+            try:
+                self.session.close(code, str(exc))
+                self.flush()
+            except TransportError:
+                pass
+        level = logging.DEBUG if isinstance(exc, ConnectionClosed) else logging.INFO
+        log.log(level, "connection ended: %s", exc,
+                extra={"peer": self.result.peer_id if self.result else None,
+                       "error": type(exc).__name__})
+        self.carrier.teardown(code, str(exc))
+        if self.connection is not None:
+            self.connection._on_closed(exc)
+        elif self._on_failed is not None:
+            self._on_failed(exc)
+
+    def on_transport_lost(self, exc: TransportError) -> None:
+        """The carrier's socket went away (peer closed, reset, QUIC terminated)."""
+        self.fail(exc, send_close=False)
+
+
+class Carrier:
+    """What a Link needs from TCP or QUIC."""
+
+    transport_name = "?"
+
+    def write_frames(self, route: int, frames: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def teardown(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def end_route(self, route: int) -> None:
+        """QUIC: end our half of the QUIC stream (after FIN or RESET)."""
+
+    def pending_bytes(self) -> int:
+        """Bytes of incomplete frames buffered (to report a stall mid-frame)."""
+        return 0
+
+    async def drain(self) -> None:
+        """Wait while the carrier's send buffer is over its high-water mark."""
+
+    def remote_address(self) -> Any:
+        return None
+
+    async def wait_closed(self) -> None:
+        """Wait until the carrier's sockets are released."""
+
+
+class Stream:
+    """A message-oriented bidirectional stream: ``await send(bytes)`` / ``await recv()``."""
+
+    def __init__(self, conn: Connection, sid: int) -> None:
+        self._conn = conn
+        self.id = sid
+        self._messages: deque[bytes] = deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._send_waiter: asyncio.Future[None] | None = None
+        self._peer_finished = False
+        self._error: TransportError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.id} of {self._conn.peer_id}>"
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message; waits while the peer's credit is used up (backpressure)."""
+        conn = self._conn
+        link = conn._link
+        session = link.session
+        assert session is not None
+        if len(data) > session.remote.max_message:
+            raise TransportError(f"message of {len(data)} bytes exceeds the peer's limit of "
+                                 f"{session.remote.max_message}")
+        view = memoryview(data).cast("B")
+        while True:
+            self._check_send()
+            n = session.write(self.id, view, True)
+            if n:
+                link.flush()
+            if n == len(view):  # all of it, or an empty message's DATA_END
+                break
+            view = view[n:]
+            await self._wait_send()
+        await link.carrier.drain()
+
+    def _check_send(self) -> None:
+        if self._error is not None:
+            raise self._error
+        err = self._conn._link.error
+        if err is not None:
+            raise err
+
+    async def _wait_send(self) -> None:
+        fut = self._send_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await fut
+        finally:
+            self._send_waiter = None
+
+    async def recv(self) -> bytes:
+        """The next message; :class:`EndOfStream` once the peer finished the stream."""
+        while not self._messages:
+            if self._error is not None:
+                raise self._error
+            if self._peer_finished:
+                raise EndOfStream(f"peer finished stream {self.id}")
+            if self._conn._link.error is not None:
+                raise self._conn._link.error
+            fut = self._recv_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await fut
+            finally:
+                self._recv_waiter = None
+        msg = self._messages.popleft()
+        link = self._conn._link
+        if link.session is not None and link.error is None:
+            link.session.consumed(self.id, len(msg))
+            link.flush()
+        return msg
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except EndOfStream:
+            raise StopAsyncIteration from None
+
+    def finish(self) -> None:
+        """Half-close: tell the peer we will send no more messages on this stream."""
+        link = self._conn._link
+        if link.session is not None and link.error is None:
+            link.session.finish(self.id)
+            link.flush()
+
+    def reset(self, reason: str = "") -> None:
+        """Abort the stream both ways (the peer sees :class:`StreamReset` with ``reason``)."""
+        link = self._conn._link
+        if self._error is None:
+            self._error = StreamReset(f"stream {self.id} reset locally: {reason}")
+        if link.session is not None and link.error is None:
+            link.session.reset(self.id, reason)
+            link.flush()
+        self._conn._streams.pop(self.id, None)
+        self._wake()
+
+    def _wake(self) -> None:
+        for fut in (self._recv_waiter, self._send_waiter):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+
+class Connection:
+    """An authenticated, encrypted connection to one peer device (QUIC or TCP)."""
+
+    def __init__(self, link: Link) -> None:
+        assert link.result is not None
+        self._link = link
+        self.result = link.result
+        self._streams: dict[int, Stream] = {}
+        self._incoming: deque[Stream] = deque()
+        self._accept_waiter: asyncio.Future[None] | None = None
+        self._open_waiter: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[TransportError] = link.loop.create_future()
+
+    # --- identity ----------------------------------------------------------------------------
+    @property
+    def peer_id(self) -> str:
+        return self.result.peer_id
+
+    @property
+    def account_id(self) -> str:
+        return self.result.account_id
+
+    @property
+    def certificate(self) -> DeviceCertificate:
+        return self.result.certificate
+
+    @property
+    def protocol_version(self) -> int:
+        return self.result.version
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self.result.features
+
+    @property
+    def transport(self) -> str:
+        return self._link.carrier.transport_name
+
+    @property
+    def remote_address(self) -> Any:
+        return self._link.carrier.remote_address()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.transport} {self.peer_id}>"
+
+    # --- streams -----------------------------------------------------------------------------
+    async def open_stream(self) -> Stream:
+        """Open a new stream; waits while the peer's concurrent-stream limit is reached."""
+        link = self._link
+        assert link.session is not None
+        while not link.session.can_open():
+            self._raise_if_closed()
+            fut = self._open_waiter = link.loop.create_future()
+            try:
+                await fut
+            finally:
+                self._open_waiter = None
+        self._raise_if_closed()
+        sid = link.session.open_stream()
+        st = self._streams[sid] = Stream(self, sid)
+        return st
+
+    async def accept_stream(self) -> Stream:
+        """The next stream the peer opened."""
+        while not self._incoming:
+            self._raise_if_closed()
+            fut = self._accept_waiter = self._link.loop.create_future()
+            try:
+                await fut
+            finally:
+                self._accept_waiter = None
+        return self._incoming.popleft()
+
+    def _raise_if_closed(self) -> None:
+        if self._link.error is not None:
+            raise self._link.error
+
+    # --- closing -----------------------------------------------------------------------------
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    @property
+    def close_reason(self) -> TransportError | None:
+        return self._closed.result() if self._closed.done() else None
+
+    async def close(self, reason: str = "") -> None:
+        """Close with ``reason`` (sent to the peer) and release the sockets."""
+        self._link.fail(ConnectionClosed(f"closed locally{': ' + reason if reason else ''}"))
+        await self._link.carrier.wait_closed()
+
+    async def wait_closed(self) -> TransportError:
+        """Wait until the connection is closed; returns the reason (never raises it)."""
+        return await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- from the link -----------------------------------------------------------------------
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, MessageReceived):
+            st = self._streams.get(ev.stream)
+            if st is not None:
+                st._messages.append(ev.data)
+                st._wake()
+        elif isinstance(ev, StreamOpened):
+            st = self._streams[ev.stream] = Stream(self, ev.stream)
+            self._incoming.append(st)
+            _wake(self._accept_waiter)
+        elif isinstance(ev, StreamFinished):
+            st = self._streams.get(ev.stream)
+            if st is not None:
+                st._peer_finished = True
+                st._wake()
+        elif isinstance(ev, StreamWasReset):
+            st = self._streams.pop(ev.stream, None)
+            if st is not None:
+                st._error = StreamReset(f"peer reset stream {ev.stream}: {ev.reason}")
+                st._wake()
+        elif isinstance(ev, CreditAvailable):
+            st = self._streams.get(ev.stream)
+            if st is not None:
+                _wake(st._send_waiter)
+        elif isinstance(ev, StreamsAvailable):
+            _wake(self._open_waiter)
+
+    def _on_closed(self, exc: TransportError) -> None:
+        if not self._closed.done():
+            self._closed.set_result(exc)
+        for st in self._streams.values():
+            st._wake()
+        _wake(self._accept_waiter)
+        _wake(self._open_waiter)
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)

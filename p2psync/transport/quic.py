@@ -1,0 +1,199 @@
+"""QUIC carrier (aioquic): TLS for packet protection only, Noise for identity, bound together.
+
+* TLS uses an ephemeral self-signed Ed25519 certificate that nobody checks; the peer's identity
+  comes from the Noise handshake on QUIC stream 0.
+* Channel binding: the Noise prologue includes a hash of both 1-RTT TLS traffic secrets of this
+  QUIC connection, which only its two endpoints know; a Noise handshake relayed onto another QUIC
+  connection (different TLS secrets) fails authentication.
+* Each logical stream is its own QUIC stream with its own per-direction key derived from the
+  Noise session, so a lost packet on one stream never blocks another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.tls import Epoch
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from p2psync.errors import (
+    ConnectionClosed,
+    FrameError,
+    HandshakeError,
+    PeerTimeout,
+    RefusedByPeer,
+    StreamLimitExceeded,
+    TransportError,
+)
+from p2psync.transport.connection import Carrier, Link
+from p2psync.transport.framing import FrameDecoder
+from p2psync.transport.session import CloseCode
+
+log = logging.getLogger("p2psync.transport")
+ALPN = "p2psync/1"
+#: QUIC application error codes are CLOSE codes offset by this.
+APP_ERROR_BASE = 0x100
+
+
+def ephemeral_certificate() -> tuple[x509.Certificate, ed25519.Ed25519PrivateKey]:
+    """A throwaway self-signed Ed25519 certificate: TLS here is encryption, not identity."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2psync")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, None))
+    return cert, key
+
+
+def quic_configuration(*, is_client: bool, max_datagram_size: int, window: int,
+                       idle_timeout: float) -> QuicConfiguration:
+    """The QuicConfiguration p2psync uses (also used by the raw-aioquic benchmark)."""
+    cfg = QuicConfiguration(is_client=is_client, alpn_protocols=[ALPN],
+                            max_datagram_size=max_datagram_size, idle_timeout=idle_timeout,
+                            max_data=window * 4, max_stream_data=window)
+    if is_client:
+        cfg.verify_mode = ssl.CERT_NONE
+    else:
+        cfg.certificate, cfg.private_key = ephemeral_certificate()
+    return cfg
+
+
+def tls_binding(quic: QuicConnection) -> bytes:
+    """A value both endpoints of this QUIC connection derive and nobody else can: a hash of
+    the client and server 1-RTT traffic secrets."""
+    pair = quic._cryptos[Epoch.ONE_RTT]
+    send, recv = pair.send.secret, pair.recv.secret
+    if send is None or recv is None:
+        raise HandshakeError("QUIC 1-RTT keys not available for channel binding")
+    client, server = (send, recv) if quic._is_client else (recv, send)
+    return hashlib.blake2b(client + server, digest_size=32,
+                           person=b"p2psync-quicbind").digest()
+
+
+def raise_rcvbuf(sock: socket.socket | None, size: int) -> None:
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:  # capped by net.core.rmem_max; best effort
+        log.debug("could not raise SO_RCVBUF")
+
+
+class QuicCarrier(QuicConnectionProtocol, Carrier):
+    """One QUIC connection; creates its :class:`Link` once TLS is up."""
+
+    transport_name = "quic"
+
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None, *,
+                 make_link: Callable[[QuicCarrier], Link]) -> None:
+        super().__init__(quic, stream_handler)
+        self._make_link = make_link
+        self.link: Link | None = None
+        self._decoders: dict[int, FrameDecoder] = {}
+        self._ended: set[int] = set()
+        self._peer_addr: Any = None
+
+    def ensure_link(self) -> Link:
+        if self.link is None:
+            self.link = self._make_link(self)
+        return self.link
+
+    # aioquic events
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self._on_stream_data(event)
+        elif isinstance(event, events.HandshakeCompleted):
+            if not self._quic._is_client:
+                self.ensure_link()
+        elif isinstance(event, events.ConnectionTerminated):
+            self._on_terminated(event)
+        elif isinstance(event, events.StreamReset):
+            self._decoders.pop(event.stream_id, None)
+
+    def _on_stream_data(self, event: events.StreamDataReceived) -> None:
+        sid = event.stream_id
+        link = self.ensure_link()
+        if link.error is not None:
+            return
+        dec = self._decoders.get(sid)
+        try:
+            if dec is None:
+                if sid % 4 in (2, 3):
+                    raise FrameError("unidirectional QUIC streams are not used by p2psync")
+                if sid != 0:
+                    if link.session is None:
+                        raise HandshakeError("stream opened before the handshake completed")
+                    link.session.check_peer_stream(sid)
+                dec = self._decoders[sid] = FrameDecoder()
+            bodies = dec.feed(event.data) if event.data else []
+            if event.end_stream:
+                dec.eof()
+        except (FrameError, HandshakeError, StreamLimitExceeded) as exc:
+            link.fail(exc)
+            return
+        if bodies:
+            link.on_frames(sid, bodies)
+        if event.end_stream and link.error is None:
+            self._decoders.pop(sid, None)
+            link.on_route_end(sid)
+
+    def _on_terminated(self, event: events.ConnectionTerminated) -> None:
+        reason = event.reason_phrase or "no reason given"
+        code = event.error_code - APP_ERROR_BASE
+        exc: TransportError
+        if event.frame_type is None and code == CloseCode.REFUSED:
+            exc = RefusedByPeer(f"peer refused the connection: {reason}")
+        elif reason == "Idle timeout":
+            exc = PeerTimeout("QUIC idle timeout: the peer vanished")
+        else:
+            exc = ConnectionClosed(f"peer closed the connection: {reason}")
+        if self.link is not None:
+            self.link.on_transport_lost(exc)
+        self._decoders.clear()
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        self._peer_addr = addr
+        super().datagram_received(data, addr)
+
+    # Carrier
+    def write_frames(self, route: int, frames: list[bytes]) -> None:
+        if route in self._ended:
+            return
+        self._quic.send_stream_data(route, b"".join(frames) if len(frames) > 1 else frames[0])
+        self._transmit_soon()
+
+    def end_route(self, route: int) -> None:
+        if route and route not in self._ended:
+            self._ended.add(route)
+            with contextlib.suppress(Exception):  # stream already gone in aioquic
+                self._quic.send_stream_data(route, b"", end_stream=True)
+            self._transmit_soon()
+
+    def teardown(self, code: int, reason: str) -> None:
+        self.transmit()  # push any CLOSE record out before CONNECTION_CLOSE
+        self.close(error_code=APP_ERROR_BASE + code, reason_phrase=reason[:200])
+
+    def pending_bytes(self) -> int:
+        return sum(d.pending for d in self._decoders.values())
+
+    def remote_address(self) -> Any:
+        return self._peer_addr or self._quic._network_paths[0].addr \
+            if self._quic._network_paths else self._peer_addr
+
+    async def wait_closed(self) -> None:
+        await super().wait_closed()
