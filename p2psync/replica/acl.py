@@ -815,7 +815,8 @@ class Acl:
                 if target == p.role:
                     return bad, "role unchanged"
                 setter = s.role_set_by.get(p.member)
-                if setter is not None and target < p.role and self.concurrent(setter, rec.id):
+                if (setter is not None and target < p.role and rec.id in self._bit
+                        and self.concurrent(setter, rec.id)):
                     return bad, "a concurrent change set a lower role (lowest role wins)"
             case Remove():
                 if ra is None or ra < Role.ADMIN:
