@@ -119,6 +119,11 @@ class MdnsDiscovery:
     ) -> None:
         self.advert = advert
         self.config = config or MdnsConfig()
+        zc_log = logging.getLogger("zeroconf")
+        if zc_log.level == logging.NOTSET:
+            # zeroconf warns on every send to a vanished link; expected here, so keep it quiet
+            # unless the application configured that logger itself
+            zc_log.setLevel(logging.ERROR)
         self._on_event = on_event
         self._queues: list[asyncio.Queue[DiscoveryEvent | None]] = []
         self._session: _Session | None = None
@@ -166,8 +171,9 @@ class MdnsDiscovery:
         async with self._lock:
             await self._stop_session()
         for q in self._queues:
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(None)
+            if q.full():  # the end marker must get through, even at the cost of one event
+                q.get_nowait()
+            q.put_nowait(None)
 
     async def __aenter__(self) -> MdnsDiscovery:
         await self.start()
@@ -177,11 +183,14 @@ class MdnsDiscovery:
         await self.close()
 
     async def refresh(self) -> None:
-        """Query the LAN again now: restart the browser and re-resolve every known peer.
+        """Query the LAN again now: restart zeroconf if interfaces changed, else restart the
+        browser and re-resolve every known peer.
 
         Use after anything that may have made us miss announcements (resume from sleep, a
         link flap shorter than the poll interval). Cheap: a few packets.
         """
+        if await self.recheck_interfaces():
+            return
         async with self._lock:
             s = self._session
             if s is None or s.azc is None:
@@ -194,6 +203,8 @@ class MdnsDiscovery:
 
     async def recheck_interfaces(self) -> bool:
         """Compare interfaces now (instead of waiting for the poll); restart if they changed."""
+        if not self._started or self._closed:
+            return False
         snap = self._snapshot()
         if self._session is not None and snap == self._session.addrs:
             return False
