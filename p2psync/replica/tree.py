@@ -116,7 +116,7 @@ class ObjectTree:
             if any(p not in tree._changes for p in ch.prev_ids):
                 raise InvalidChange("stored tree is not in topological order")
             if ch.id not in tree._changes:
-                tree._attach(ch, [])
+                tree._attach(ch, None)
         return tree
 
     @staticmethod
@@ -354,23 +354,26 @@ class ObjectTree:
             out.append(ch)
         return out
 
-    def _attach(self, ch: Change, undo: list[Callable[[], None]]) -> None:
-        old_heads = set(self._heads)
+    def _attach(self, ch: Change, undo: list[Callable[[], None]] | None) -> None:
+        removed = [p for p in ch.prev_ids if p in self._heads]
         old_snap = self._latest_snapshot
         self._changes[ch.id] = ch
         self._index[ch.id] = len(self._order)
         self._order.append(ch)
-        self._heads.difference_update(ch.prev_ids)
+        self._heads.difference_update(removed)
         self._heads.add(ch.id)
         if ch.snapshot:
             self._latest_snapshot = ch
         self._replay_cache = None
+        if undo is None:
+            return
 
         def revert() -> None:
             del self._changes[ch.id]
             del self._index[ch.id]
             self._order.pop()
-            self._heads = old_heads
+            self._heads.discard(ch.id)
+            self._heads.update(removed)
             self._latest_snapshot = old_snap
 
         undo.append(revert)
