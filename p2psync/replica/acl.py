@@ -292,17 +292,17 @@ class Acl:
     ) -> Acl:
         """Rebuild from stored records in any order; bad ones are recorded in ``rejected``."""
         raws = list(raws)
-        roots = []
+        roots: dict[bytes, bytes] = {}
         for raw in raws:
             try:
                 rec = decode_record(raw, space_id)
             except InvalidAclRecord:
                 continue
             if isinstance(rec.payload, Root):
-                roots.append(raw)
+                roots[rec.id] = rec.raw
         if len(roots) != 1:
             raise InvalidAclRecord(f"expected exactly one ACL root, found {len(roots)}")
-        acl = cls(space_id, roots[0], me=me, owner=owner)
+        acl = cls(space_id, next(iter(roots.values())), me=me, owner=owner)
         for raw in raws:
             try:
                 acl.add(raw)
@@ -488,6 +488,16 @@ class Acl:
                                                                                old)))
                         except (DecryptionFailed, ValueError):
                             continue
+        return ring
+
+    def history_keys(self, key_id: bytes, key: ReadKey) -> dict[bytes, ReadKey]:
+        """Every older key reachable from one key by unwrapping rotations (no account key)."""
+        ring = {key_id: key}
+        for kid in sorted(self._wraps, key=self._order.__getitem__, reverse=True):
+            if kid in ring:
+                for old, ct in self._wraps[kid]:
+                    if old not in ring:
+                        ring[old] = ReadKey(ring[kid].decrypt(ct, wrap_aad(self.space_id, old)))
         return ring
 
     def keys_of(self, who: SigningKey) -> dict[bytes, ReadKey]:
