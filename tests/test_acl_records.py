@@ -123,7 +123,7 @@ def test_rotation_must_not_seal_to_the_removed_member() -> None:
     st = acl.state
     good = decode_record(acl.remove(OWNER, [BOB.public]))
     assert isinstance(good.payload, Remove)
-    leaky = Rotation(good.payload.rotation.members + (KeyEntry(BOB.public, b"\x00" * 80),),
+    leaky = Rotation((*good.payload.rotation.members, KeyEntry(BOB.public, b"\x00" * 80)),
                      (), good.payload.rotation.wraps)
     raw = build_record(OWNER, SPACE, good.prev, Remove((CARL.public,), leaky))
     _assert_refused(acl, raw, InvalidAclRecord)
