@@ -35,7 +35,7 @@ from automerge import core
 
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.keys import SigningKey
-from p2psync.errors import DecodeError, DocumentError, UnknownReadKey
+from p2psync.errors import DecodeError, DecryptionFailed, DocumentError, UnknownReadKey
 from p2psync.replica import automerge_adapter as am
 from p2psync.replica.change import Change
 from p2psync.replica.tree import AddResult, ObjectTree, Persist
@@ -254,24 +254,45 @@ class Document:
         self._am_heads[ch.id] = p.am_heads
         return p
 
+    def _payloads(self, changes: Sequence[Change]) -> list[tuple[Change, Payload]]:
+        """Decrypt payloads for materialisation; one that fails is skipped and reported.
+
+        The sync path stores any change whose signature and ACL check pass without decrypting
+        it (so members and backups hold identical trees); content that does not decrypt or
+        decode is left out of the document and listed in :attr:`skipped`.
+        """
+        out: list[tuple[Change, Payload]] = []
+        for c in changes:
+            try:
+                out.append((c, self._payload(c)))
+            except (DecryptionFailed, DocumentError, UnknownReadKey):
+                self._seen.add(c.id)
+                self.skipped.append(c.id)
+        return out
+
     def _ensure(self) -> core.Document:
         if self._doc is not None:
             if len(self._seen) != len(self.tree):  # someone added to the tree directly
                 missing = [c for c in self.tree.changes() if c.id not in self._seen]
-                self._apply(self._doc, [(c, self._payload(c)) for c in missing])
+                self._apply(self._doc, self._payloads(missing))
             return self._doc
         order = self.tree.replay_order()
         snap = self.tree.latest_snapshot if self.use_snapshots else None
+        doc: core.Document | None = None
         if snap is not None:
-            p = self._payload(snap)
-            doc = am.load(p.items[0] if p.items else b"", self.actor)
-            self.loaded_snapshot = snap.id
-            covered = self.tree.past([snap.id])
-            self._seen.update(covered)
-            order = [c for c in order if c.id not in covered]
-        else:
+            try:
+                p = self._payload(snap)
+                doc = am.load(p.items[0] if p.items else b"", self.actor)
+            except (DecryptionFailed, DocumentError, UnknownReadKey):
+                doc = None  # unreadable snapshot: fall back to a full replay
+            if doc is not None:
+                self.loaded_snapshot = snap.id
+                covered = self.tree.past([snap.id])
+                self._seen.update(covered)
+                order = [c for c in order if c.id not in covered]
+        if doc is None:
             doc = am.new_document(self.actor)
-        self._apply(doc, [(c, self._payload(c)) for c in order])
+        self._apply(doc, self._payloads(order))
         self._doc = doc
         return doc
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from p2psync.codec import Reader, content_id, pack, unpack
 from p2psync.crypto.ids import account_id, short_hash
-from p2psync.crypto.keys import AccountKey, verify
+from p2psync.crypto.keys import SigningKey, verify
 from p2psync.crypto.signed import make_signed, open_signed
 from p2psync.errors import BadSignature, BadSpaceHeader, DecodeError
 
@@ -52,7 +52,7 @@ class SpaceHeader:
         return account_id(self.owner)
 
     @classmethod
-    def create(cls, owner: AccountKey, space_type: str = "default") -> SpaceHeader:
+    def create(cls, owner: SigningKey, space_type: str = "default") -> SpaceHeader:
         created = int(time.time())
         seed = os.urandom(16)
         rkey = int.from_bytes(os.urandom(8), "big")

@@ -1,0 +1,254 @@
+"""One space on this device: its verified header, ACL, object trees and documents, persisted.
+
+This is the seam the sync engine, the agent and the CLI use. It keeps the two paths apart:
+
+* the **sync path** (:meth:`Space.add_acl_records`, :meth:`Space.add_changes`) verifies and
+  stores signed ciphertext and never decrypts — a backup peer runs exactly this;
+* the **app path** (:meth:`Space.document`, :meth:`Space.new_document`) materialises Automerge
+  documents lazily and only on devices that hold read keys.
+
+Everything a peer sends is checked before it is stored; a rejected record or change raises a
+typed error and leaves the store unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from p2psync.codec import content_id
+from p2psync.crypto.keys import SigningKey
+from p2psync.errors import DecodeError, InvalidChange, ReplicaError, StoreError, WrongTree
+from p2psync.replica.acl import Acl
+from p2psync.replica.acl_records import Role, decode_record
+from p2psync.replica.change import parse_change
+from p2psync.replica.document import DEFAULT_WINDOW, Document, encode_payload
+from p2psync.replica.header import SpaceHeader
+from p2psync.replica.store import Store
+from p2psync.replica.tree import AddResult, ObjectTree
+
+#: Called after trees change (space id, tree id, the add result) — the engine pushes from here.
+TreeListener = Callable[[str, bytes, AddResult], None]
+#: Called after ACL records were admitted (space id, new record ids).
+AclListener = Callable[[str, list[bytes]], None]
+
+
+@dataclass(frozen=True)
+class AclAddResult:
+    """What :meth:`Space.add_acl_records` did."""
+
+    added: list[bytes]  #: record ids admitted (including ones released from waiting)
+    waiting: list[bytes]  #: records whose parents are still missing
+    rejected: list[tuple[bytes, str]]  #: (record id or b"", reason)
+
+
+class Space:
+    """A space held by this device (as a member, or as a replicator holding no read keys)."""
+
+    def __init__(
+        self, header: SpaceHeader, acl: Acl, store: Store, me: SigningKey, device: bytes,
+        *, window: float = DEFAULT_WINDOW,
+    ) -> None:
+        self.header = header
+        self.acl = acl
+        self.store = store
+        self.me = me
+        self.device = device
+        self.window = window
+        self._trees: dict[bytes, ObjectTree] = {}
+        self._docs: dict[bytes, Document] = {}
+        self._known_trees: set[bytes] = set(store.list_trees(header.space_id))
+        self.tree_listeners: list[TreeListener] = []
+        self.acl_listeners: list[AclListener] = []
+
+    # --- construction ------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.header.space_id
+
+    @classmethod
+    def create(cls, store: Store, me: SigningKey, device: bytes, *,
+               space_type: str = "default", window: float = DEFAULT_WINDOW) -> Space:
+        """A new space owned by ``me``: header + ACL root, stored (ACL first, then header, so a
+        crash in between leaves no half-made space visible)."""
+        header = SpaceHeader.create(me, space_type)
+        acl = Acl.create(header.space_id, me)
+        store.add_acl_records(header.space_id, _id_raws(acl))
+        store.put_space(header.space_id, header.raw)
+        return cls(header, acl, store, me, device, window=window)
+
+    @classmethod
+    def open(cls, store: Store, me: SigningKey, device: bytes, space_id: str, *,
+             window: float = DEFAULT_WINDOW) -> Space:
+        """Load a stored space (header re-verified, ACL replayed from its records)."""
+        raw = store.get_space(space_id)
+        if raw is None:
+            raise StoreError(f"no space {space_id} on this device")
+        header = SpaceHeader.verify(raw, space_id)
+        raws = [r for _, r in store.list_acl_records(space_id)]
+        acl = Acl.from_records(space_id, raws, me=me, owner=header.owner)
+        return cls(header, acl, store, me, device, window=window)
+
+    @classmethod
+    def adopt(cls, store: Store, me: SigningKey, device: bytes, space_id: str,
+              header_raw: bytes, acl_raws: Sequence[bytes], *,
+              window: float = DEFAULT_WINDOW) -> Space:
+        """Take in a space received from a peer (bootstrap): verify header and ACL, store."""
+        header = SpaceHeader.verify(header_raw, space_id)
+        acl = Acl.from_records(space_id, acl_raws, me=me, owner=header.owner)
+        store.add_acl_records(space_id, _id_raws(acl))
+        store.put_space(space_id, header.raw)
+        return cls(header, acl, store, me, device, window=window)
+
+    # --- ACL ---------------------------------------------------------------------------------
+    def role(self, account: bytes | None = None) -> Role | None:
+        return self.acl.state.role(self.me.public if account is None else account)
+
+    def members(self) -> list[tuple[bytes, Role]]:
+        st = self.acl.state
+        return sorted(st.members.items(), key=lambda kv: (-int(kv[1]), kv[0]))
+
+    def acl_records(self) -> list[bytes]:
+        """Every admitted ACL record, parents before children."""
+        return self.acl.export()
+
+    def add_acl_records(self, raws: Iterable[bytes]) -> AclAddResult:
+        """Sync path: admit ACL records from a peer; store the admitted ones; re-check trees
+        whose changes waited for them. Invalid records are reported, never stored."""
+        added: list[bytes] = []
+        waiting: list[bytes] = []
+        rejected: list[tuple[bytes, str]] = []
+        for raw in raws:
+            try:
+                res = self.acl.add(raw)
+            except (ReplicaError, DecodeError) as exc:
+                rejected.append((_safe_record_id(raw), str(exc)))
+                continue
+            if res.status == "added":
+                added.append(res.id)
+            elif res.status == "waiting":
+                waiting.append(res.id)
+            added.extend(res.released)
+            rejected.extend((rid, why) for rid, why in res.rejected)
+        if added:
+            self._persist_acl(added)
+        return AclAddResult(added, [w for w in waiting if w not in set(added)], rejected)
+
+    def _persist_acl(self, ids: list[bytes]) -> None:
+        self.store.add_acl_records(self.id, [(i, self.acl.record(i).raw) for i in ids])
+        for tree in self._trees.values():
+            if tree.waiting_ids:
+                res = tree.recheck_waiting(persist=self.store.persister())
+                if res.attached:
+                    self._notify(tree.id, res)
+        for listener in self.acl_listeners:
+            listener(self.id, ids)
+
+    def commit_acl(self, raw: bytes) -> bytes:
+        """Store a record a local ACL action just made (``space.acl.invite(...)`` etc.), so it
+        survives restarts and reaches peers; returns its id."""
+        rid = content_id(raw)
+        self._persist_acl([rid])
+        return rid
+
+    def emit_acl(self, make: Callable[[Acl], bytes]) -> bytes:
+        """Run a local ACL action (``lambda acl: acl.remove(me, [bob])``) and store its record."""
+        raw = make(self.acl)
+        self.commit_acl(raw)
+        return raw
+
+    # --- trees (sync path: ciphertext only) --------------------------------------------------
+    def tree_ids(self) -> list[bytes]:
+        return sorted(self._known_trees)
+
+    def has_tree(self, tree_id: bytes) -> bool:
+        return tree_id in self._known_trees
+
+    def tree(self, tree_id: bytes) -> ObjectTree:
+        """The tree with that id, loaded from the store on first use."""
+        tree = self._trees.get(tree_id)
+        if tree is None:
+            if tree_id not in self._known_trees:
+                raise WrongTree(f"space {self.id} has no object {tree_id.hex()[:16]}…")
+            tree = self.store.load_tree(self.id, tree_id, self.acl)
+            self._trees[tree_id] = tree
+        return tree
+
+    def heads(self, tree_id: bytes) -> tuple[bytes, ...]:
+        """Current heads of a tree, without loading it when it is not in memory."""
+        tree = self._trees.get(tree_id)
+        return tree.heads if tree is not None else self.store.get_heads(tree_id)
+
+    def add_changes(self, tree_id: bytes, raws: Sequence[bytes]) -> AddResult:
+        """Sync path: verify and store changes for one tree; a new tree needs its root among
+        ``raws``. Never decrypts; the document (if materialised) catches up on next read."""
+        if tree_id not in self._known_trees:
+            root_raw = next((r for r in raws if _is_root(r, tree_id)), None)
+            if root_raw is None:
+                raise InvalidChange("changes for an unknown object arrived without its root")
+            tree = ObjectTree.from_root(self.id, self.acl, root_raw)
+            if tree.id != tree_id:
+                raise WrongTree("root change does not match the object id it was sent for")
+            self.store.save_tree(tree)
+            self._trees[tree_id] = tree
+            self._known_trees.add(tree_id)
+            raws = [r for r in raws if r is not root_raw]
+            first = AddResult(attached=[tree.root], heads=tree.heads)
+            if not raws:
+                self._notify(tree_id, first)
+                return first
+        tree = self.tree(tree_id)
+        res = tree.add(raws, persist=self.store.persister())
+        if res.attached:
+            self._notify(tree_id, res)
+        return res
+
+    def _notify(self, tree_id: bytes, res: AddResult) -> None:
+        for listener in self.tree_listeners:
+            listener(self.id, tree_id, res)
+
+    # --- documents (app path) ----------------------------------------------------------------
+    def new_document(self) -> Document:
+        """Create a new, empty document (a new tree whose root carries an empty payload)."""
+        tree = ObjectTree.create(self.id, self.acl, self.me, encode_payload([], []))
+        self.store.save_tree(tree)
+        self._trees[tree.id] = tree
+        self._known_trees.add(tree.id)
+        self._notify(tree.id, AddResult(attached=[tree.root], heads=tree.heads))
+        return self.document(tree.id)
+
+    def document(self, tree_id: bytes) -> Document:
+        """The document of a tree (materialised lazily on first read or edit)."""
+        doc = self._docs.get(tree_id)
+        if doc is None:
+            doc = Document(self.tree(tree_id), self.me, self.device, window=self.window,
+                           persist=self._doc_persist)
+            self._docs[tree_id] = doc
+        return doc
+
+    def _doc_persist(self, tree: ObjectTree, res: AddResult) -> None:
+        self.store.persister()(tree, res)
+        self._notify(tree.id, res)
+
+    def flush(self) -> int:
+        """Flush every document's pending edits; returns how many tree changes were made."""
+        return sum(1 for d in self._docs.values() if d.flush() is not None)
+
+
+def _id_raws(acl: Acl) -> list[tuple[bytes, bytes]]:
+    return [(content_id(r), r) for r in acl.export()]
+
+
+def _is_root(raw: bytes, tree_id: bytes) -> bool:
+    try:
+        ch = parse_change(raw)
+    except (DecodeError, ReplicaError):
+        return False
+    return ch.is_root and ch.id == tree_id
+
+
+def _safe_record_id(raw: bytes) -> bytes:
+    try:
+        return decode_record(raw).id
+    except (DecodeError, ReplicaError):
+        return b""
