@@ -47,11 +47,11 @@ bad = [
 ]
 async def main():
     azc = AsyncZeroconf(interfaces=[ip], ip_version=IPVersion.V4Only)
-    tasks = []
-    for i, (name, props, addr) in enumerate(bad):
-        info = AsyncServiceInfo(T, f"{name}.{T}", port=1, properties=props,
-                                server=f"h{i}.local.", parsed_addresses=[addr])
-        tasks.append(await azc.async_register_service(info))
+    infos = [AsyncServiceInfo(T, f"{name}.{T}", port=1, properties=props,
+                              server=f"h{i}.local.", parsed_addresses=[addr])
+             for i, (name, props, addr) in enumerate(bad)]
+    # probe all at once (each registration probes for ~1 s before returning its task)
+    tasks = await asyncio.gather(*(azc.async_register_service(i) for i in infos))
     await asyncio.gather(*tasks)
     good = pid()
     info = AsyncServiceInfo(T, f"{good}.{T}", port=9, properties={"id": good, "v": "1", "q": "9"},
