@@ -180,7 +180,7 @@ def test_address_reused_by_another_peer_forgets_old_history() -> None:
     b.failed(ep, 1.0)
     b.mdns_seen(P2, ["10.0.0.2"], 1, None, now=2.0)
     (c,) = b.candidates(2.0)
-    assert (c.peer_id, c.failures, c.sources) == (P2, 0, {Source.MDNS})
+    assert (c.peer_id, c.failures, c.sources) == (P2, 0, frozenset({Source.MDNS}))
 
 
 def test_stale_sightings_and_known_addresses_expire() -> None:
