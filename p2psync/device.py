@@ -1,0 +1,120 @@
+"""This device's replica: its identity, its store, and every space it holds, by id or name.
+
+Space names are local labels (a ``space_names`` file in the home): a space id is a hash, so a
+person needs a name, but names are not part of the signed space and never leave the device.
+Documents are referred to by their object id in base32, or any unique prefix of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from p2psync.crypto.ids import parse_hash, short_hash
+from p2psync.crypto.keystore import Keystore
+from p2psync.errors import P2PSyncError, StoreError
+from p2psync.home import Home
+from p2psync.replica.document import DEFAULT_WINDOW
+from p2psync.replica.space import Space
+from p2psync.replica.store import Store
+
+NAMES = "space_names.json"
+
+
+class NotFound(P2PSyncError):
+    """A space or document reference matches nothing (or more than one thing)."""
+
+
+class LocalDevice:
+    """The spaces of one home, opened on demand."""
+
+    def __init__(self, home: Home, keys: Keystore, *, window: float = DEFAULT_WINDOW) -> None:
+        self.home = home
+        self.keys = keys
+        self.window = window
+        self.store = Store(home.store_path)
+        self._spaces: dict[str, Space] = {}
+
+    def close(self) -> None:
+        for space in self._spaces.values():
+            space.flush()
+        self.store.close()
+
+    def __enter__(self) -> LocalDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- names -----------------------------------------------------------------------------
+    @property
+    def _names_path(self) -> Path:
+        return self.home.path / NAMES
+
+    def names(self) -> dict[str, str]:
+        """space id -> local name."""
+        try:
+            data = json.loads(self._names_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self._names_path} is unreadable: {exc}") from exc
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def set_name(self, space_id: str, name: str) -> None:
+        names = self.names()
+        names[space_id] = name
+        tmp = self._names_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(names, indent=1, sort_keys=True))
+        os.replace(tmp, self._names_path)
+
+    # --- spaces ----------------------------------------------------------------------------
+    def space_ids(self) -> list[str]:
+        return self.store.list_spaces()
+
+    def create_space(self, name: str) -> Space:
+        space = Space.create(self.store, self.keys.account, self.keys.device.public,
+                             window=self.window)
+        self._spaces[space.id] = space
+        self.set_name(space.id, name)
+        return space
+
+    def open_space(self, space_id: str) -> Space:
+        space = self._spaces.get(space_id)
+        if space is None:
+            space = Space.open(self.store, self.keys.account, self.keys.device.public, space_id,
+                               window=self.window)
+            self._spaces[space_id] = space
+        return space
+
+    def resolve_space(self, ref: str) -> Space:
+        """A space by exact id, local name, or unique id prefix."""
+        ids = self.space_ids()
+        if ref in ids:
+            return self.open_space(ref)
+        by_name = [sid for sid, n in self.names().items() if n == ref and sid in ids]
+        hits = by_name or [sid for sid in ids if sid.startswith(ref)]
+        if len(hits) == 1:
+            return self.open_space(hits[0])
+        if not hits:
+            raise NotFound(f"no space {ref!r} on this device (see `p2psync space list`)")
+        raise NotFound(f"{ref!r} matches {len(hits)} spaces; use more of the id")
+
+
+def doc_ref(space: Space, ref: str) -> bytes:
+    """A document (object) id of ``space`` from its base32 id or a unique prefix."""
+    ref = ref.strip().lower()
+    ids = space.tree_ids()
+    hits = [t for t in ids if short_hash(t).startswith(ref)] if ref else []
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        try:
+            full = parse_hash(ref)
+        except P2PSyncError:
+            full = b""
+        if full in ids:
+            return full
+        raise NotFound(f"no document {ref!r} in space {space.id}")
+    raise NotFound(f"{ref!r} matches {len(hits)} documents; use more of the id")
