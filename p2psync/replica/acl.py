@@ -32,12 +32,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.box import ReadKey, seal, unseal
 from p2psync.crypto.keys import SigningKey, verify
 from p2psync.errors import (
     AccessDenied,
     BadId,
     BadSignature,
+    DecodeError,
     DecryptionFailed,
     InvalidAclRecord,
     InvalidChange,
@@ -107,25 +109,50 @@ def _can_manage(actor: Role | None, target: Role) -> bool:
 
 @dataclass(frozen=True)
 class InviteCode:
-    """The out-of-band invite secret: the invite record id and the invite key's private seed."""
+    """The out-of-band invite secret: the invite record id and the invite key's private seed,
+    plus (format 2) the space id and optional ``host:port`` hints so ``join CODE`` can find a
+    peer that holds the space."""
 
     invite_id: bytes
     seed: bytes
+    space_id: str = ""
+    addresses: tuple[str, ...] = ()
 
     PREFIX = "p2psync-invite1:"
+    PREFIX2 = "p2psync-invite2:"
+    MAX_ADDRESSES = 8
 
     def encode(self) -> str:
-        return self.PREFIX + base64.b32encode(self.invite_id + self.seed).decode().rstrip("=")
+        if not self.space_id:
+            return self.PREFIX + base64.b32encode(self.invite_id + self.seed).decode().rstrip("=")
+        body = pack([self.invite_id, self.seed, self.space_id,
+                     list(self.addresses[:self.MAX_ADDRESSES])])
+        return self.PREFIX2 + base64.b32encode(body).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str) -> InviteCode:
-        if not text.startswith(cls.PREFIX):
+        text = text.strip()
+        v2 = text.startswith(cls.PREFIX2)
+        if not v2 and not text.startswith(cls.PREFIX):
             raise BadId("not a p2psync invite code")
         body = text[len(cls.PREFIX):].strip().upper()
         try:
             raw = base64.b32decode(body + "=" * (-len(body) % 8))
         except ValueError as exc:
             raise BadId("invite code is not valid base32") from exc
+        if v2:
+            try:
+                r = Reader(unpack(raw, max_size=4096, what="invite code"), "invite code")
+                invite_id = r.blob("invite_id", size=32)
+                seed = r.blob("seed", size=32)
+                space_id = r.text("space_id", max_len=128)
+                addrs = r.array("addresses", max_items=cls.MAX_ADDRESSES)
+                r.end()
+            except DecodeError as exc:
+                raise BadId(f"invite code is damaged: {exc}") from exc
+            if not space_id or not all(isinstance(a, str) and 0 < len(a) <= 256 for a in addrs):
+                raise BadId("invite code is damaged: bad space id or address")
+            return cls(invite_id, seed, space_id, tuple(addrs))
         if len(raw) != 64:
             raise BadId("invite code has the wrong length")
         return cls(raw[:32], raw[32:])
@@ -537,7 +564,7 @@ class Acl:
         ikey = SigningKey.generate()
         keys = self._sealed_tips(author, ikey.public) if anyone_can_join else ()
         raw = self._emit(author, Invite(ikey.public, anyone_can_join, role, keys))
-        return raw, InviteCode(decode_record(raw).id, ikey.seed)
+        return raw, InviteCode(decode_record(raw).id, ikey.seed, self.space_id)
 
     def request_join(self, joiner: SigningKey, code: InviteCode) -> bytes:
         """Ask to join through an approval-required invite (an admin must accept)."""
@@ -762,6 +789,20 @@ class Acl:
             case Rotate() | Merge():
                 pass
 
+    def _role_seen(self, s: AclState, rec: AclRecord, member: bytes) -> Role | None:
+        """The member's role for judging ``rec``'s right to act on them.
+
+        If a record concurrent with ``rec`` set the member's current role, ``rec``'s author
+        could not have seen it: judge against the role in ``rec``'s own causal past instead, so
+        the outcome (remove wins, lowest role wins) does not depend on the id tie-break.
+        """
+        current = s.role(member)
+        setter = s.role_set_by.get(member)
+        if setter is None or rec.id not in self._bit or not self.concurrent(setter, rec.id):
+            return current
+        seen = self._state_before(rec).role(member)
+        return current if seen is None else seen
+
     @staticmethod
     def _set_role(s: AclState, who: bytes, role: Role, rid: bytes) -> None:
         s.members[who] = role
@@ -820,7 +861,8 @@ class Acl:
                 target = s.role(p.member)
                 if target is None:
                     return bad, "not a member"
-                if not _can_manage(ra, target) or not _can_grant(ra, p.role):
+                if not _can_manage(ra, self._role_seen(s, rec, p.member)) or not _can_grant(
+                        ra, p.role):
                     return denied, "author may not change this member's role"
                 if target == p.role:
                     return bad, "role unchanged"
@@ -835,7 +877,7 @@ class Acl:
                 if not present:
                     return bad, "every named member is already gone"
                 for m in present:
-                    if not _can_manage(ra, s.members[m]):
+                    if not _can_manage(ra, self._role_seen(s, rec, m)):
                         return denied, "author may not remove a member of equal or higher rank"
             case Leave():
                 if ra is None:
