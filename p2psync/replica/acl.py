@@ -789,14 +789,13 @@ class Acl:
             case Rotate() | Merge():
                 pass
 
-    def _role_seen(self, s: AclState, rec: AclRecord, member: bytes) -> Role | None:
+    def _role_seen(self, s: AclState, rec: AclRecord, member: bytes, current: Role) -> Role:
         """The member's role for judging ``rec``'s right to act on them.
 
         If a record concurrent with ``rec`` set the member's current role, ``rec``'s author
         could not have seen it: judge against the role in ``rec``'s own causal past instead, so
         the outcome (remove wins, lowest role wins) does not depend on the id tie-break.
         """
-        current = s.role(member)
         setter = s.role_set_by.get(member)
         if setter is None or rec.id not in self._bit or not self.concurrent(setter, rec.id):
             return current
@@ -861,7 +860,7 @@ class Acl:
                 target = s.role(p.member)
                 if target is None:
                     return bad, "not a member"
-                if not _can_manage(ra, self._role_seen(s, rec, p.member)) or not _can_grant(
+                if not _can_manage(ra, self._role_seen(s, rec, p.member, target)) or not _can_grant(
                         ra, p.role):
                     return denied, "author may not change this member's role"
                 if target == p.role:
@@ -877,7 +876,7 @@ class Acl:
                 if not present:
                     return bad, "every named member is already gone"
                 for m in present:
-                    if not _can_manage(ra, self._role_seen(s, rec, m)):
+                    if not _can_manage(ra, self._role_seen(s, rec, m, s.members[m])):
                         return denied, "author may not remove a member of equal or higher rank"
             case Leave():
                 if ra is None:
