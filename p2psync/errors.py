@@ -176,3 +176,17 @@ class FlowControlError(FrameError):
 # --- discovery --------------------------------------------------------------------------------
 class DiscoveryError(P2PSyncError):
     """A peer address, static-peer entry or mDNS advertisement is malformed or unusable."""
+
+
+# --- sync engine (appended by the engine) -------------------------------------------------------
+class PeerRefused(ProtocolError):
+    """The peer answered one of our requests with an error message (code and retry hint kept)."""
+
+    def __init__(self, message: str, code: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class JoinError(P2PSyncError):
+    """Joining a space failed: no reachable peer holds it, or the invite is unknown or revoked."""

@@ -60,6 +60,22 @@ def exchange_key(first_read_key: bytes, space_id: str) -> bytes:
     return hkdf.derive(first_read_key)
 
 
+_HEADER_KDF_SALT = b"p2psync space exchange key from header v1"
+
+
+def header_exchange_key(header_raw: bytes, space_id: str) -> bytes:
+    """The exchange key the engine uses: HKDF-SHA256 of the full signed space header.
+
+    Every member *and* replicator holds the header (a replicator holds no read key, so a key
+    derived from a read key would shut it out). The header carries a random seed, so the key
+    cannot be computed from the space id alone. Holders of the header who are no longer
+    members (removed members) still match; the engine lists a space only for a peer whose
+    account is a member or replicator in our ACL copy and checks the ACL on every request."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=_HEADER_KDF_SALT,
+                info=space_id.encode())
+    return hkdf.derive(header_raw)
+
+
 def space_token(key: bytes, sender: bytes, receiver: bytes, sender_nonce: bytes,
                 receiver_nonce: bytes, channel_binding: bytes = b"") -> bytes:
     """The token ``sender`` sends to ``receiver`` for the space whose exchange key is ``key``."""

@@ -1,0 +1,163 @@
+"""The spaces of one device as the sync engines see them (no I/O of its own).
+
+:class:`Replicas` owns the opened :class:`~p2psync.replica.space.Space` objects of one store,
+keeps each space's head-sync set (:class:`~p2psync.sync.ldiff.LDiff`) up to date from the
+space listeners, answers the access question ("may this account receive this space?"), and
+fans every new tree change or ACL record out to the connected engines (push). It also wakes
+anyone waiting for "something changed" (status, tests) without polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from p2psync.crypto.keys import AccountKey, DeviceKey
+from p2psync.replica.acl import AclState
+from p2psync.replica.header import SpaceHeader
+from p2psync.replica.space import AclAddResult, Space
+from p2psync.replica.store import Store
+from p2psync.replica.tree import AddResult
+from p2psync.sync.ldiff import LDiff, heads_hash
+from p2psync.sync.spacex import header_exchange_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+
+class Pusher(Protocol):
+    """What an engine offers the fan-out: non-blocking pushes (they only enqueue)."""
+
+    def push_tree(self, space: Space, tree_id: bytes, result: AddResult) -> None: ...
+
+    def push_acl(self, space: Space, record_ids: list[bytes]) -> None: ...
+
+
+def may_access(state: AclState, account: bytes) -> bool:
+    """The serving rule: members (any role) and replicators receive a space; nobody else."""
+    return account in state.members or account in state.replicators
+
+
+class Replicas:
+    """Every space held in one store, with head-sync sets, access checks and push fan-out."""
+
+    def __init__(self, store: Store, account: AccountKey, device: DeviceKey, *,
+                 window: float = 0.0) -> None:
+        self.store = store
+        self.account = account
+        self.device = device
+        self.window = window
+        self.spaces: dict[str, Space] = {}
+        self._ldiffs: dict[str, LDiff] = {}
+        self._xkeys: dict[str, bytes] = {}
+        self.pushers: list[Pusher] = []
+        #: The engine whose input is being applied right now (not pushed back to it).
+        self.source: Pusher | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self.version = 0  #: bumped on every change anyone may wait for
+        for sid in store.list_spaces():
+            self._attach(Space.open(store, account, device.public, sid, window=window))
+
+    # --- spaces --------------------------------------------------------------------------------
+    def _attach(self, space: Space) -> Space:
+        ld = LDiff()
+        for tid in space.tree_ids():
+            ld.set(tid, heads_hash(space.heads(tid)))
+        self.spaces[space.id] = space
+        self._ldiffs[space.id] = ld
+        self._xkeys[space.id] = header_exchange_key(space.header.raw, space.id)
+        space.tree_listeners.append(self._on_tree)
+        space.acl_listeners.append(self._on_acl)
+        self.notify()
+        return space
+
+    def create_space(self, space_type: str = "default") -> Space:
+        """A new space owned by this account."""
+        return self._attach(Space.create(self.store, self.account, self.device.public,
+                                         space_type=space_type, window=self.window))
+
+    def adopt(self, space_id: str, header_raw: bytes, acl_raws: Sequence[bytes]) -> Space:
+        """Take in a space received from a peer (verifies header and ACL; see Space.adopt)."""
+        existing = self.spaces.get(space_id)
+        if existing is not None:
+            return existing
+        return self._attach(Space.adopt(self.store, self.account, self.device.public, space_id,
+                                        header_raw, acl_raws, window=self.window))
+
+    def ldiff(self, space_id: str) -> LDiff:
+        return self._ldiffs[space_id]
+
+    def header(self, space_id: str) -> SpaceHeader:
+        return self.spaces[space_id].header
+
+    # --- access --------------------------------------------------------------------------------
+    def may_access(self, space_id: str, account: bytes) -> bool:
+        """Whether ``account`` may receive ``space_id`` from us (False for unknown spaces)."""
+        space = self.spaces.get(space_id)
+        return space is not None and may_access(space.acl.state, account)
+
+    def exchange_keys_for(self, account: bytes) -> dict[str, bytes]:
+        """Exchange keys of the spaces we would list to ``account``: only spaces where it is a
+        member or replicator in our ACL copy, so strangers get nothing but padding."""
+        return {sid: k for sid, k in self._xkeys.items() if self.may_access(sid, account)}
+
+    # --- applying remote input -----------------------------------------------------------------
+    def apply_changes(self, source: Pusher, space: Space, tree_id: bytes,
+                      raws: Sequence[bytes]) -> AddResult:
+        """Verify and store changes from ``source`` (not echoed back to it)."""
+        prev, self.source = self.source, source
+        try:
+            return space.add_changes(tree_id, raws)
+        finally:
+            self.source = prev
+
+    def apply_acl(self, source: Pusher, space: Space, raws: Sequence[bytes]) -> AclAddResult:
+        """Admit ACL records from ``source`` (not echoed back to it)."""
+        prev, self.source = self.source, source
+        try:
+            return space.add_acl_records(raws)
+        finally:
+            self.source = prev
+
+    # --- listeners -----------------------------------------------------------------------------
+    def _on_tree(self, space_id: str, tree_id: bytes, result: AddResult) -> None:
+        space = self.spaces.get(space_id)
+        if space is None:
+            return
+        self._ldiffs[space_id].set(tree_id, heads_hash(result.heads))
+        for p in list(self.pushers):
+            if p is not self.source:
+                p.push_tree(space, tree_id, result)
+        self.notify()
+
+    def _on_acl(self, space_id: str, record_ids: list[bytes]) -> None:
+        space = self.spaces.get(space_id)
+        if space is None:
+            return
+        for p in list(self.pushers):
+            if p is not self.source:
+                p.push_acl(space, record_ids)
+        self.notify()
+
+    # --- change notification -------------------------------------------------------------------
+    def notify(self) -> None:
+        """Wake everyone waiting in :meth:`wait_for`."""
+        self.version += 1
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def changed(self) -> None:
+        """Return after the next :meth:`notify`."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        await fut
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``predicate()`` holds, re-checking on every change; TimeoutError after
+        ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self.changed()
