@@ -144,20 +144,18 @@ class Server:
         self._tcp: asyncio.base_events.Server | None = None
         self._quic: QuicServer | None = None
         self._carriers: set[Any] = set()
-        self._error_event = asyncio.Event()
+        self._unread: asyncio.Queue[TransportError] = asyncio.Queue(maxsize=64)
 
     async def next_error(self) -> TransportError:
-        """Wait for the next connection failure (mostly for tests and diagnostics)."""
-        seen = len(self.errors)
-        while len(self.errors) == seen:
-            self._error_event.clear()
-            await self._error_event.wait()
-        return self.errors[-1]
+        """The oldest connection failure not returned yet (for tests and diagnostics)."""
+        return await self._unread.get()
 
     def _failed(self, exc: TransportError) -> None:
         log.info("incoming connection failed: %s", exc, extra={"error": type(exc).__name__})
         self.errors.append(exc)
-        self._error_event.set()
+        if self._unread.full():
+            self._unread.get_nowait()
+        self._unread.put_nowait(exc)
 
     async def close(self) -> None:
         if self._tcp is not None:
