@@ -106,12 +106,13 @@ class _Dialer:
         self.last_error: str | None = None
         self.kick = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.removed = False
 
     async def run(self) -> None:
         node = self.node
         backoff = Backoff(base=node.config.reconnect_base, cap=node.config.reconnect_cap,
                           rng=node.rng)
-        while True:
+        while not node.closed and not self.removed:
             self.next_attempt = None
             try:
                 conn = await node._dial(self.address, self.transport)
@@ -119,6 +120,9 @@ class _Dialer:
                 self.attempts += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
             else:
+                if node.closed or self.removed:
+                    await conn.close("node closing")
+                    return
                 self.attempts = 0
                 self.engine = node._engine_for(conn)
                 node.replicas.notify()
@@ -184,6 +188,8 @@ class Node:
             return
         self.closed = True
         for d in self.dialers.values():
+            d.removed = True
+            d.kick.set()
             if d.task is not None:
                 d.task.cancel()
         for engine in list(self.engines):
@@ -329,6 +335,7 @@ class Node:
         d = self.dialers.pop(f"{transport}:{address}", None)
         if d is None:
             return
+        d.removed = True
         if d.task is not None:
             d.task.cancel()
         if d.engine is not None:

@@ -856,6 +856,13 @@ class PeerEngine:
         return space
 
     # --- status --------------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No job queued, retrying or in flight, and no push waiting to be sent."""
+        st = self.sched.status()
+        return (self.ready.is_set() and not self._push_queue
+                and st.queued == st.retrying == st.in_flight == 0)
+
     def status(self) -> PeerStatus:
         spaces = []
         for sid in sorted(self.shared):
