@@ -189,7 +189,9 @@ class PeerEngine:
             now=now, rate=cfg.in_rate, burst=cfg.in_burst, max_concurrent=cfg.in_concurrency)
         #: Spaces both sides hold (space exchange, bootstrap, or pushes from an allowed peer).
         self.shared: set[str] = set()
-        self._invited: set[str] = set()  #: spaces the peer proved an invite for (ACL only)
+        #: space -> invite the peer proved on this connection (ACL access only, while the
+        #: invite stays open and the peer has not been a member that left or was removed)
+        self._invited: dict[str, bytes] = {}
         self._state: dict[str, _SpaceState] = {}
         self._stuck: dict[tuple[str, bytes], int] = {}
         self._out: Stream | None = None
@@ -438,10 +440,19 @@ class PeerEngine:
             raise UnknownSpace(_UNKNOWN)
         if self.replicas.may_access(space_id, self.remote_account):
             self.shared.add(space_id)
+            self._invited.pop(space_id, None)
             return space
-        if acl_only and space_id in self._invited:
+        if acl_only and self._invite_open(space):
             return space
         raise UnknownSpace(_UNKNOWN)
+
+    def _invite_open(self, space: Space) -> bool:
+        """The peer proved an invite for this space here, the invite is still open, and the
+        peer was never removed from (or left) the space."""
+        invite_id = self._invited.get(space.id)
+        st = space.acl.state
+        return (invite_id is not None and invite_id in st.invites
+                and self.remote_account not in st.departed)
 
     def _answer(self, msg: Message) -> Message:
         if isinstance(msg, HeadSyncRequest):
@@ -487,9 +498,10 @@ class PeerEngine:
             raise UnknownSpace(_UNKNOWN)
         member = self.replicas.may_access(sid, self.remote_account)
         if not member:
-            if msg.proof is None or not self._proof_ok(space, msg.proof):
+            invite_id = None if msg.proof is None else self._proof_ok(space, msg.proof)
+            if invite_id is None or self.remote_account in space.acl.state.departed:
                 raise UnknownSpace(_UNKNOWN)
-            self._invited.add(sid)
+            self._invited[sid] = invite_id
         self.shared.add(sid)
         header = space.header.raw if msg.after is None else None
         records, _ = take_batch(space.acl_records(), self.config.batch_bytes)
@@ -503,21 +515,23 @@ class PeerEngine:
                 next_after = ids[-1]
         return BootstrapResponse(sid, header, tuple(records), tuple(ids), next_after)
 
-    def _proof_ok(self, space: Space, proof: bytes) -> bool:
+    def _proof_ok(self, space: Space, proof: bytes) -> bytes | None:
+        """The invite id if ``proof`` is a signature by an open invite's key over this
+        session's challenge, else None."""
         try:
             invite_id, sig = _parse_proof(proof)
         except DecodeError:
-            return False
+            return None
         inv = space.acl.state.invites.get(invite_id)
         if inv is None:
-            return False
+            return None
         data = bootstrap_message(space.id, invite_id, self._my_nonce, self.remote_device,
                                  self.replicas.device.public, self.binding)
         try:
             verify(inv.invite_key, BOOTSTRAP_DOMAIN, data, sig)
         except BadSignature:
-            return False
-        return True
+            return None
+        return invite_id
 
     def _acl_lacking(self, space: Space, their_heads: Sequence[bytes]) -> list[bytes]:
         """Our ACL records not in the causal past of ``their_heads`` (unknown heads ignored)."""
@@ -599,7 +613,7 @@ class PeerEngine:
         sid = msg.space_id
         space = self.replicas.spaces.get(sid)
         if space is None or not (self.replicas.may_access(sid, self.remote_account)
-                                 or sid in self._invited):
+                                 or self._invite_open(space)):
             self._strike("ACL push for a space the peer may not access")
             return
         was_member = self.replicas.may_access(sid, self.replicas.account.public)
