@@ -426,6 +426,9 @@ class PeerEngine:
             except StoreError as exc:
                 log.warning("store error while serving %s: %s", self.conn.peer_id, exc)
                 reply = ErrorMessage(ErrorCode.INTERNAL)
+            except Exception:  # a bug of ours: answer, log, keep serving
+                log.exception("internal error while serving %s", self.conn.peer_id)
+                reply = ErrorMessage(ErrorCode.INTERNAL)
             await self._send(stream, reply, rid)
         except TransportError:
             pass
@@ -582,7 +585,9 @@ class PeerEngine:
         if ok:
             try:
                 self.replicas.apply_changes(self, space, tid, ok)
-            except (ReplicaError, DecodeError) as exc:
+            except StoreError:
+                raise
+            except P2PSyncError as exc:
                 # all-or-nothing: nothing of this batch was stored
                 self._strike(f"changes refused: {type(exc).__name__}: {exc}")
                 if isinstance(exc, AccessDenied):
