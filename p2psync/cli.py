@@ -8,28 +8,30 @@ usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from p2psync import __version__
-from p2psync.crypto.ids import account_id, decode_key, short_hash
-from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase, verify
-from p2psync.device import LocalDevice, NotFound, doc_ref
+from p2psync.agent import ops
+from p2psync.agent.run import run_loop
+from p2psync.api import ApiClient, ApiError, agent_running
+from p2psync.config import load_config
+from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
+from p2psync.device import LocalDevice, NotFound
 from p2psync.errors import P2PSyncError
 from p2psync.home import Home, default_home, passphrase
-from p2psync.replica.acl_records import Role
-from p2psync.replica.change import CHANGE_DOMAIN
-from p2psync.replica.document import Document, Text
+from p2psync.replica.acl import InviteCode
 
-ROLES = {"reader": Role.READER, "writer": Role.WRITER, "admin": Role.ADMIN}
+ROLES = ops.ROLES
 
 
-class CliError(P2PSyncError):
-    """A user-facing command error (bad argument, nothing to do)."""
+CliError = ops.OpError  #: a user-facing command error (bad argument, nothing to do)
 
 
 class Out:
@@ -59,27 +61,6 @@ def _device(args: argparse.Namespace) -> LocalDevice:
     if not home.exists():
         raise CliError(f"no identity in {home.path}: run `p2psync init` first")
     return LocalDevice(home, home.open_keys())
-
-
-def _parse_path(doc: Document, text: str) -> list[str | int]:
-    """``a/b/0`` → keys; a segment is a list index when the object it indexes is a list."""
-    parts = [p for p in text.strip("/").split("/") if p != ""]
-    out: list[str | int] = []
-    for part in parts:
-        parent = doc.get(out) if out else doc.to_json()
-        if isinstance(parent, list):
-            try:
-                out.append(int(part))
-            except ValueError as exc:
-                raise CliError(f"{'/'.join(map(str, out))} is a list: use a number, "
-                               f"not {part!r}") from exc
-        else:
-            out.append(part)
-    return out
-
-
-def _role_name(role: Role | None) -> str:
-    return role.name.lower() if role is not None else "none"
 
 
 def _ts(ms: int) -> str:
@@ -124,179 +105,296 @@ def cmd_whoami(args: argparse.Namespace, out: Out) -> None:
              f"account  {keys.account.id}\npeer     {keys.device.id}")
 
 
+# --- routing: the running agent, or the store directly ----------------------------------------
+def _agent_up(args: argparse.Namespace) -> bool:
+    return agent_running(_home(args).path)
+
+
+def _call(args: argparse.Namespace, op: str, **params: Any) -> Any:
+    """Run ``op`` on the running agent of this home (one writer, edits sync at once), or on the
+    store directly when no agent runs."""
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+    if agent_running(home.path):
+        with ApiClient(home.path) as client:
+            return client.call(op, **params)
+    with _device(args) as dev:
+        return ops.run_local(dev, op, params)
+
+
 # --- spaces -----------------------------------------------------------------------------------
 def cmd_space_create(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.create_space(args.name)
-        out.emit({"space_id": space.id, "name": args.name}, space.id)
+    data = _call(args, "space.create", name=args.name)
+    out.emit(data, data["space_id"])
 
 
 def cmd_space_list(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        names = dev.names()
-        rows = []
-        for sid in dev.space_ids():
-            sp = dev.open_space(sid)
-            rows.append({"space_id": sid, "name": names.get(sid, ""), "role": _role_name(
-                sp.role()), "documents": len(sp.tree_ids()), "members": len(sp.members())})
+    rows = _call(args, "space.list")
 
-        def human() -> None:
-            if not rows:
-                print("no spaces yet (create one: p2psync space create NAME)")
-            for r in rows:
-                print(f"{r['name'] or '-':16} {r['role']:7} {r['documents']:4} docs "
-                      f"{r['members']:3} members  {r['space_id']}")
-        out.emit(rows, human)
+    def human() -> None:
+        if not rows:
+            print("no spaces yet (create one: p2psync space create NAME)")
+        for r in rows:
+            print(f"{r['name'] or '-':16} {r['role']:10} {r['documents']:4} docs "
+                  f"{r['members']:3} members  {r['space_id']}")
+    out.emit(rows, human)
 
 
 def cmd_space_invite(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        raw, code = space.acl.invite(dev.keys.account, ROLES[args.role],
-                                     anyone_can_join=args.no_approval)
-        space.commit_acl(raw)
-        text = code.encode()
-        out.emit({"space_id": space.id, "invite": text, "role": args.role,
-                  "approval_required": not args.no_approval}, text)
+    data = _call(args, "space.invite", space=args.space, role=args.role,
+                 no_approval=args.no_approval)
+    out.emit(data, data["invite"])
 
 
 def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        st = space.acl.state
-        rows = [{"account_id": account_id(a), "role": _role_name(r)} for a, r in space.members()]
-        rows += [{"account_id": account_id(a), "role": "replicator"}
-                 for a in sorted(st.replicators)]
+    rows = _call(args, "space.members", space=args.space)
+    me = "" if args.json else _call(args, "whoami")["account_id"]
 
-        def human() -> None:
-            for r in rows:
-                me = " (you)" if r["account_id"] == dev.keys.account.id else ""
-                print(f"{r['role']:10} {r['account_id']}{me}")
-        out.emit(rows, human)
+    def human() -> None:
+        for r in rows:
+            mark = " (you)" if r["account_id"] == me else ""
+            print(f"{r['role']:10} {r['account_id']}{mark}")
+    out.emit(rows, human)
 
 
 def cmd_space_remove(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        who = decode_key("a", args.account)
-        if space.role(who) is None:
-            raise CliError(f"{args.account} is not a member of {space.id}")
-        space.emit_acl(lambda acl: acl.remove(dev.keys.account, [who]))
-        out.emit({"space_id": space.id, "removed": args.account, "read_key_rotated": True},
-                 f"removed {args.account}; the read key was rotated")
+    data = _call(args, "space.remove", space=args.space, account=args.account)
+    out.emit(data, f"removed {args.account}; the read key was rotated")
 
 
 def cmd_space_requests(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        rows = [{"request": short_hash(rid), "account_id": account_id(req.joiner)}
-                for rid, req in sorted(space.acl.state.requests.items())]
+    rows = _call(args, "space.requests", space=args.space)
 
-        def human() -> None:
-            if not rows:
-                print("no pending join requests")
-            for r in rows:
-                print(f"{r['request']}  {r['account_id']}")
-        out.emit(rows, human)
+    def human() -> None:
+        if not rows:
+            print("no pending join requests")
+        for r in rows:
+            print(f"{r['request']}  {r['account_id']}")
+    out.emit(rows, human)
 
 
 def cmd_space_accept(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        reqs = [rid for rid in space.acl.state.requests if short_hash(rid).startswith(
-            args.request.lower())]
-        if len(reqs) != 1:
-            raise CliError(f"{args.request!r} matches {len(reqs)} pending requests")
-        role = ROLES[args.role] if args.role else None
-        space.emit_acl(lambda acl: acl.accept(dev.keys.account, reqs[0], role))
-        out.emit({"space_id": space.id, "accepted": short_hash(reqs[0])}, "accepted")
+    data = _call(args, "space.accept", space=args.space, request=args.request, role=args.role)
+    out.emit(data, "accepted")
+
+
+def cmd_space_replicator(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.add_replicator", space=args.space, account=args.account)
+    out.emit(data, f"{args.account} now stores and serves {data['space_id']} (ciphertext only)")
+
+
+def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
+    """Join by invite: through the running agent, or a short-lived one that syncs and exits."""
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+    peers = list(args.peer or [])
+    if agent_running(home.path):
+        with ApiClient(home.path, timeout=args.timeout + 10) as client:
+            data = client.call("space.join", code=args.code, peers=peers, name=args.name,
+                               timeout=args.timeout)
+            with _progress(out, "initial sync") as progress:
+                state = client.call("space.sync_state", space=data["space_id"])
+                progress(state)
+                state = client.call("space.wait_synced", space=data["space_id"],
+                                    timeout=args.timeout)
+                progress(state)
+        data.update(documents=state["documents"], synced=True)
+    else:
+        data = run_loop(lambda: _join_offline(home, args, peers, out))
+    out.emit(data, f"joined {data['space_id']} as {data['role']} "
+                   f"({data['documents']} documents)")
+
+
+async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
+                        out: Out) -> dict[str, Any]:
+    from p2psync.agent.core import Agent
+
+    cfg = load_config(home.config_path)
+    cfg = replace(cfg, quic_port=None, tcp_port=0, listen="127.0.0.1",
+                  mdns=cfg.mdns and not args.no_mdns)
+    agent = await Agent(home, home.open_keys(), cfg).start()
+    try:
+        if not peers and agent.mdns is not None and not InviteCode.decode(args.code).addresses:
+            # no hint and no peer given: give mDNS a moment to sight devices on the LAN
+            with contextlib.suppress(TimeoutError):
+                await agent.node.wait_for(lambda: bool(agent.events_seen), 5.0)
+        space = await agent.join(args.code, peers, args.name, timeout=args.timeout)
+        with _progress(out, "initial sync") as progress:
+            await agent.wait_synced(space.id, args.timeout, progress)
+        return {"space_id": space.id, "role": ops.role_name(space.role()),
+                "documents": len(space.tree_ids()), "synced": True}
+    finally:
+        await agent.close()
+
+
+@contextlib.contextmanager
+def _progress(out: Out, what: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A rich progress bar on stderr (terminals only; never with --json)."""
+    if out.as_json or not sys.stderr.isatty():
+        yield lambda st: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(st: dict[str, Any]) -> None:
+            total = st["documents"] + st["pending"]
+            bar.update(task, total=max(total, 1), completed=st["documents"],
+                       description=f"{what}: {st['documents']} docs, {st['pending']} pending")
+        yield update
 
 
 # --- documents --------------------------------------------------------------------------------
 def cmd_doc_new(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        doc = space.new_document()
-        out.emit({"space_id": space.id, "doc": short_hash(doc.tree.id)}, short_hash(doc.tree.id))
+    data = _call(args, "doc.new", space=args.space)
+    out.emit(data, data["doc"])
 
 
 def cmd_doc_set(args: argparse.Namespace, out: Out) -> None:
-    try:
-        value = json.loads(args.value)
-    except ValueError as exc:
-        raise CliError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from exc
-    if args.text:
-        if not isinstance(value, str):
-            raise CliError("--text needs a JSON string value")
-        value = Text(value)
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        doc = space.document(doc_ref(space, args.doc))
-        path = _parse_path(doc, args.path)
-        if not path:
-            raise CliError("give a PATH inside the document (e.g. title or items/0)")
-        parent = doc.obj(path[:-1])
-        with doc.edit() as e:
-            key = path[-1]
-            if isinstance(key, int) and key == e.length(parent):
-                e.insert(parent, key, value)
-            else:
-                e.put(parent, key, value)
-        ch = doc.flush()
-        out.emit({"doc": short_hash(doc.tree.id), "change": short_hash(ch.id) if ch else None,
-                  "heads": [short_hash(h) for h in doc.tree.heads]}, "ok")
+    value = ops.decode_json_value(args.value)
+    data = _call(args, "doc.set", space=args.space, doc=args.doc, path=args.path, value=value,
+                 text=args.text)
+    out.emit(data, "ok")
 
 
 def cmd_doc_get(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        doc = space.document(doc_ref(space, args.doc))
-        heads = None
-        if args.at:
-            heads = []
-            for ref in args.at.split(","):
-                hits = [c.id for c in doc.tree.changes() if short_hash(c.id).startswith(
-                    ref.strip().lower())]
-                if len(hits) != 1:
-                    raise CliError(f"--at {ref!r} matches {len(hits)} changes")
-                heads.append(hits[0])
-        value = doc.get(_parse_path(doc, args.path), heads=heads) if args.path else \
-            doc.to_json(heads)
-        print(json.dumps(value, indent=None if args.json else 1, sort_keys=True,
-                         ensure_ascii=False))
+    value = _call(args, "doc.get", space=args.space, doc=args.doc, path=args.path, at=args.at)
+    print(json.dumps(value, indent=None if args.json else 1, sort_keys=True,
+                     ensure_ascii=False))
 
 
 def cmd_doc_history(args: argparse.Namespace, out: Out) -> None:
-    with _device(args) as dev:
-        space = dev.resolve_space(args.space)
-        tree = space.tree(doc_ref(space, args.doc))
-        rows: list[dict[str, Any]] = []
-        for ch in tree.replay_order():
-            try:
-                verify(ch.author, CHANGE_DOMAIN, ch.body, ch.signature)
-                ok = True
-            except P2PSyncError:
-                ok = False
-            rows.append({"change": short_hash(ch.id), "author": account_id(ch.author),
-                         "time": _ts(ch.timestamp), "parents": [short_hash(p) for p in
-                                                                ch.prev_ids],
-                         "snapshot": ch.snapshot, "signature_ok": ok})
+    rows = _call(args, "doc.history", space=args.space, doc=args.doc)
 
-        def human() -> None:
-            for r in rows:
-                mark = "✓" if r["signature_ok"] else "✗ BAD SIGNATURE"
-                snap = " snapshot" if r["snapshot"] else ""
-                parents = ",".join(p[:10] for p in r["parents"]) or "root"
-                print(f"{r['change'][:12]}  {r['time']}  {r['author'][:14]}…  "
-                      f"<- {parents}{snap}  {mark}")
-        out.emit(rows, human)
+    def human() -> None:
+        for r in rows:
+            mark = "✓" if r["signature_ok"] else "✗ BAD SIGNATURE"
+            snap = " snapshot" if r["snapshot"] else ""
+            parents = ",".join(p[:10] for p in r["parents"]) or "root"
+            print(f"{r['change'][:12]}  {r['time']}  {r['author'][:14]}…  "
+                  f"<- {parents}{snap}  {mark}")
+    out.emit(rows, human)
+
+
+def cmd_doc_watch(args: argparse.Namespace, out: Out) -> None:
+    """Print the document now and after every change (one JSON line each) until interrupted."""
+    home = _home(args)
+    if not agent_running(home.path):
+        raise CliError("doc watch needs a running agent: start one with `p2psync run`")
+    with ApiClient(home.path, timeout=None) as client:
+        sub = client.call("subscribe", space=args.space, doc=args.doc)
+
+        def show(event: dict[str, Any]) -> None:
+            value = client.call("doc.get", space=sub["space_id"], doc=args.doc)
+            line = {"event": event.get("event", "change"), "origin": event.get("origin"),
+                    "heads": event.get("heads"), "value": value}
+            print(json.dumps(line, sort_keys=True, ensure_ascii=False), flush=True)
+
+        show({"event": "snapshot"})
+        count = 0
+        while args.count is None or count < args.count:
+            ev = client.read()
+            if ev.get("event") == "closed":
+                raise CliError("the agent stopped")
+            if ev.get("event") == "change":
+                show(ev)
+                count += 1
+
+
+# --- agent ------------------------------------------------------------------------------------
+def cmd_peers(args: argparse.Namespace, out: Out) -> None:
+    home = _home(args)
+    if not agent_running(home.path):
+        raise CliError("no agent runs on this home: start one with `p2psync run` "
+                       "(peers are the devices it is connected to)")
+    with ApiClient(home.path) as client:
+        rows = client.call("peers")
+
+    def human() -> None:
+        if not rows:
+            print("no peers connected")
+        for r in rows:
+            way = "out" if r["outgoing"] else "in"
+            print(f"{r['peer_id'][:20]}…  {r['transport']:4} {way:3} "
+                  f"{len(r['shared_spaces'])} shared spaces  account {r['account_id'][:16]}…")
+    out.emit(rows, human)
+
+
+def cmd_status(args: argparse.Namespace, out: Out) -> None:
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+    if agent_running(home.path):
+        with ApiClient(home.path) as client:
+            data = client.call("status")
+        data["agent"] = True
+    else:
+        with _device(args) as dev:
+            data = {"agent": False, "peer_id": dev.keys.device.id,
+                    "account_id": dev.keys.account.id, "home": str(home.path),
+                    "spaces": ops.space_list(dev), "peers": [], "endpoints": []}
+
+    def human() -> None:
+        state = "running" if data["agent"] else "not running (start: p2psync run)"
+        print(f"agent    {state}\npeer     {data['peer_id']}\naccount  {data['account_id']}")
+        if data["agent"]:
+            print(f"listen   {', '.join(data['listening'])}")
+        for s in data["spaces"]:
+            extra = (f"{s['peers_in_sync']}/{s['peers']} peers in sync" if data["agent"]
+                     else f"{s['members']} members")
+            print(f"space    {s.get('name') or '-':12} {s['role'] or '-':10} "
+                  f"{s.get('objects', s.get('documents'))} docs  {extra}  {s['space_id']}")
+        for p in data["peers"]:
+            print(f"peer     {p['peer_id'][:20]}… {p['transport']}"
+                  + (f" last error: {p['last_error']}" if p["last_error"] else ""))
+            for ps in p["spaces"]:
+                when = _ts(int(ps["last_success"] * 1000)) if ps["last_success"] else "never"
+                print(f"  {ps['space_id'][:20]}… in_sync={ps['in_sync']} "
+                      f"pending={ps['pending_trees']} last_success={when}"
+                      + (f" last_error={ps['last_error']}" if ps["last_error"] else ""))
+        for e in data["endpoints"]:
+            if not e["connected"] and e["last_error"]:
+                print(f"dial     {e['endpoint']} failures={e['failures']} {e['last_error']}")
+    out.emit(data, human)
+
+
+def cmd_run(args: argparse.Namespace, out: Out) -> None:
+    from p2psync.agent.run import serve, setup_logging
+
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+    cfg = load_config(home.config_path)
+    if args.port is not None:
+        cfg = cfg.with_ports(args.port)
+    if args.no_mdns:
+        cfg = replace(cfg, mdns=False)
+    for peer in args.peer or []:
+        cfg.peers.append(peer)
+    if args.log_level:
+        cfg = replace(cfg, log_level=args.log_level)
+    setup_logging(cfg.log_level)
+    keys = home.open_keys()
+
+    def emit(obj: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(obj), flush=True)
+        elif obj["event"] == "ready":
+            print(f"p2psync agent {obj['peer_id'][:16]}… listening on "
+                  f"{', '.join(obj['listening'])}; Ctrl-C to stop", flush=True)
+    run_loop(lambda: serve(home, keys, cfg, emit))
 
 
 # --- demo -------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace, out: Out) -> None:
     from p2psync.demo import run_demo
 
-    run_demo(out_json=args.json, base=Path(args.dir) if args.dir else None)
+    report = run_demo(out_json=args.json, base=Path(args.dir) if args.dir else None)
+    if not report.get("converged"):
+        raise CliError("the demo devices did not converge: " + str(report.get("error", "")))
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -338,6 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
     rm = cmd(space, "remove", cmd_space_remove, "remove a member (rotates the read key)")
     rm.add_argument("space")
     rm.add_argument("account")
+    rep = cmd(space, "add-replicator", cmd_space_replicator,
+              "let a backup peer's account store and serve the space (ciphertext only)")
+    rep.add_argument("space")
+    rep.add_argument("account")
+    jn = cmd(space, "join", cmd_space_join, "join a space with an invite code")
+    jn.add_argument("code")
+    jn.add_argument("--peer", action="append", help="HOST:PORT of a device holding the space "
+                    "(repeatable; default: the code's hints, connected peers, mDNS)")
+    jn.add_argument("--name", help="a local name for the space")
+    jn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    jn.add_argument("--no-mdns", action="store_true", help="do not browse mDNS for a peer")
     cmd(space, "requests", cmd_space_requests, "pending join requests").add_argument("space")
     acc = cmd(space, "accept", cmd_space_accept, "accept a join request")
     acc.add_argument("space")
@@ -362,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("space")
     hi.add_argument("doc")
 
+    wt = cmd(doc, "watch", cmd_doc_watch,
+             "print the document as a JSON line now and on every change (needs `run`)")
+    wt.add_argument("space")
+    wt.add_argument("doc")
+    wt.add_argument("--count", type=int, help="exit after this many changes")
+
+    cmd(sub, "peers", cmd_peers, "devices the running agent is connected to")
+    cmd(sub, "status", cmd_status, "spaces, peers, sync state, last success and errors")
+    rn = cmd(sub, "run", cmd_run, "run the agent: listen, discover, connect, sync")
+    rn.add_argument("--port", type=int, help="QUIC and TCP port (0: any; default: config "
+                    "or 4433)")
+    rn.add_argument("--peer", action="append", help="a static peer HOST:PORT (repeatable)")
+    rn.add_argument("--no-mdns", action="store_true", help="no mDNS advertise/browse")
+    rn.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
     return p
@@ -373,7 +497,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Out(args.json)
     try:
         args.fn(args, out)
-    except (P2PSyncError, NotFound) as exc:
+    except (P2PSyncError, NotFound, ApiError) as exc:
+        print(f"p2psync: error: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print("p2psync: error: timed out (is the other device reachable?)", file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"p2psync: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

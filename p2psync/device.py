@@ -18,6 +18,7 @@ from p2psync.home import Home
 from p2psync.replica.document import DEFAULT_WINDOW
 from p2psync.replica.space import Space
 from p2psync.replica.store import Store
+from p2psync.sync.replicas import Replicas
 
 NAMES = "space_names.json"
 
@@ -27,19 +28,28 @@ class NotFound(P2PSyncError):
 
 
 class LocalDevice:
-    """The spaces of one home, opened on demand."""
+    """The spaces of one home, opened on demand.
 
-    def __init__(self, home: Home, keys: Keystore, *, window: float = DEFAULT_WINDOW) -> None:
+    Either it owns the store (the CLI with no agent running), or it is a view over a running
+    node's :class:`~p2psync.sync.replicas.Replicas` (the agent), so that both paths share one
+    set of operations and the agent stays the only writer of its store.
+    """
+
+    def __init__(self, home: Home, keys: Keystore, *, window: float = DEFAULT_WINDOW,
+                 replicas: Replicas | None = None) -> None:
         self.home = home
         self.keys = keys
         self.window = window
-        self.store = Store(home.store_path)
-        self._spaces: dict[str, Space] = {}
+        self.replicas = replicas
+        self.store = replicas.store if replicas is not None else Store(home.store_path)
+        self._spaces: dict[str, Space] = replicas.spaces if replicas is not None else {}
 
     def close(self) -> None:
+        """Flush pending edits; close the store only if we opened it."""
         for space in self._spaces.values():
             space.flush()
-        self.store.close()
+        if self.replicas is None:
+            self.store.close()
 
     def __enter__(self) -> LocalDevice:
         return self
@@ -71,12 +81,17 @@ class LocalDevice:
 
     # --- spaces ----------------------------------------------------------------------------
     def space_ids(self) -> list[str]:
+        if self.replicas is not None:
+            return sorted(self.replicas.spaces)
         return self.store.list_spaces()
 
     def create_space(self, name: str) -> Space:
-        space = Space.create(self.store, self.keys.account, self.keys.device.public,
-                             window=self.window)
-        self._spaces[space.id] = space
+        if self.replicas is not None:
+            space = self.replicas.create_space()
+        else:
+            space = Space.create(self.store, self.keys.account, self.keys.device.public,
+                                 window=self.window)
+            self._spaces[space.id] = space
         self.set_name(space.id, name)
         return space
 

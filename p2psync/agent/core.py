@@ -1,0 +1,553 @@
+"""The agent: one home's node, kept connected to its peers, with a local API for apps.
+
+:class:`Agent` wraps a :class:`~p2psync.node.Node` (store, keys, spaces, listeners, engines)
+and adds what a long-running device needs: mDNS advertise/browse, an address book of static,
+backup, last-known and sighted endpoints dialled with per-endpoint backoff, one connection per
+peer, newly created or joined spaces offered to connected members, change notifications for
+subscribers, truthful status, and a clean shutdown (pending edits flushed, goodbye sent, store
+closed). It is an asyncio shell; the decisions live in :mod:`p2psync.agent.links`, the address
+book and the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from p2psync import __version__
+from p2psync.agent import ops
+from p2psync.agent.links import Link, duplicates_to_close, plan_dials
+from p2psync.config import DEFAULT_PORT, AgentConfig
+from p2psync.crypto.ids import short_hash
+from p2psync.crypto.keystore import Keystore
+from p2psync.device import LocalDevice
+from p2psync.discovery.mdns import (
+    DiscoveryEvent,
+    MdnsConfig,
+    MdnsDiscovery,
+    NetworkChanged,
+    PeerGone,
+    PeerSeen,
+)
+from p2psync.discovery.netwatch import local_addresses
+from p2psync.discovery.peers import (
+    KNOWN_PEERS_FILE,
+    AddressBook,
+    BackoffPolicy,
+    DialCandidate,
+    Endpoint,
+    Transport,
+    load_known_file,
+    parse_endpoints,
+    save_known_file,
+)
+from p2psync.discovery.records import Advert
+from p2psync.errors import JoinError, P2PSyncError, TransportError
+from p2psync.home import Home
+from p2psync.node import Node, NodeConfig
+from p2psync.replica.acl import InviteCode
+from p2psync.replica.space import Space
+from p2psync.replica.tree import AddResult
+from p2psync.sync.engine import EngineConfig, PeerEngine
+from p2psync.transport.api import TransportName
+
+log = logging.getLogger("p2psync.agent")
+
+MAX_DIALS = 8  #: dials in flight at once
+DIAL_TIMEOUT = 8.0  #: seconds for connect + handshake + space exchange
+IDLE_WAKE = 5.0  #: the dial loop re-checks at least this often
+
+
+def kv(event: str, **fields: Any) -> str:
+    """A structured log line: ``event=... key=value ...`` (values with spaces are quoted)."""
+    parts = [f"event={event}"]
+    for k, v in fields.items():
+        text = str(v)
+        parts.append(f'{k}="{text}"' if (" " in text or not text) else f"{k}={text}")
+    return " ".join(parts)
+
+
+@dataclass
+class Subscription:
+    """A subscriber to document changes of one space (or every space), optionally one doc."""
+
+    sub_id: int
+    space_id: str | None
+    doc: bytes | None
+    queue: asyncio.Queue[dict[str, Any]] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=4096))
+    dropped: int = 0
+
+    def offer(self, event: dict[str, Any]) -> None:
+        if self.space_id is not None and event.get("space_id") != self.space_id:
+            return
+        if self.doc is not None and event.get("doc") != short_hash(self.doc):
+            return
+        try:
+            self.queue.put_nowait(dict(event, subscription=self.sub_id))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+
+@dataclass
+class _DialState:
+    last_error: str | None = None
+    last_ok: float | None = None
+    attempts: int = 0
+
+
+class Agent:
+    """A running device: ``await Agent(home, keys, config).start()`` … ``await agent.close()``."""
+
+    def __init__(self, home: Home, keys: Keystore, config: AgentConfig | None = None) -> None:
+        self.home = home
+        self.keys = keys
+        self.config = config or AgentConfig()
+        c = self.config
+        listen: list[tuple[str, int, TransportName]] = []
+        if c.quic_port is not None:
+            listen.append((c.listen, c.quic_port, "quic"))
+        if c.tcp_port is not None:
+            listen.append((c.listen, c.tcp_port, "tcp"))
+        self.node = Node(home.store_path, keys.account, keys.device,
+                         certificate=home.certificate(keys),
+                         config=NodeConfig(listen=listen, durable=c.durable,
+                                           engine=EngineConfig(
+                                               head_sync_interval=c.head_sync_interval),
+                                           reconnect_cap=c.reconnect_cap))
+        self.book = AddressBook(static=c.peers, backup=c.backup,
+                                backup_peer_id=c.backup_peer_id,
+                                self_peer_id=keys.device.id, default_port=DEFAULT_PORT,
+                                policy=BackoffPolicy(base=0.5, cap=c.reconnect_cap))
+        self.mdns: MdnsDiscovery | None = None
+        self.device: LocalDevice | None = None
+        self.started_at = 0.0
+        self.closed = False
+        self._outgoing: dict[int, PeerEngine] = {}
+        self._dialing: dict[Endpoint, str | None] = {}
+        self._aliases: dict[tuple[str, int], str] = {}
+        self._dial_state: dict[Endpoint, _DialState] = {}
+        self._kick = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._hooked: set[str] = set()
+        self._subs: dict[int, Subscription] = {}
+        self._next_sub = 0
+        self.events_seen: list[str] = []  #: peer ids sighted on mDNS (for status)
+        self.first_sync: dict[str, float] = {}  #: space id -> monotonic time first in sync
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> Agent:
+        """Open the store, listen, load known peers, start mDNS and the dial loop."""
+        self.started_at = time.monotonic()
+        await self.node.start()
+        self.device = LocalDevice(self.home, self.keys, window=0,
+                                  replicas=self.node.replicas)
+        load_known_file(self.book, self.home.path / KNOWN_PEERS_FILE)
+        self._hook_spaces()
+        if self.config.mdns:
+            quic = self._port("quic")
+            tcp = self._port("tcp")
+            self.mdns = MdnsDiscovery(
+                Advert(self.keys.device.id, quic_port=quic, tcp_port=tcp),
+                on_event=self._on_discovery,
+                config=MdnsConfig(poll_interval=self.config.mdns_poll,
+                                  interfaces=self.config.interfaces or None))
+            await self.mdns.start()
+        self._spawn(self._dial_loop())
+        self._spawn(self._watch_loop())
+        log.info(kv("started", peer=self.keys.device.id, listening=",".join(
+            self.node.addresses), mdns=self.config.mdns))
+        return self
+
+    async def close(self) -> None:
+        """Graceful stop: flush edits, say goodbye on mDNS, close connections and the store."""
+        if self.closed:
+            return
+        self.closed = True
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in list(self._subs.values()):
+            with contextlib.suppress(asyncio.QueueFull):
+                sub.queue.put_nowait({"event": "closed", "subscription": sub.sub_id})
+        if self.node.store is not None:
+            for space in list(self.node.spaces.values()):
+                space.flush()
+        if self.mdns is not None:
+            await self.mdns.close()
+        with contextlib.suppress(OSError):
+            save_known_file(self.book, self.home.path / KNOWN_PEERS_FILE)
+        await self.node.close()
+        log.info(kv("stopped", peer=self.keys.device.id))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _port(self, transport: str) -> int | None:
+        for s in self.node.servers:
+            if s.transport == transport:
+                return s.port
+        return None
+
+    # --- addresses -----------------------------------------------------------------------------
+    def reachable_addresses(self) -> list[str]:
+        """``transport:host:port`` others can dial (invite hints): LAN addresses first, then
+        loopback (useful on this machine; harmless elsewhere: the handshake checks who answers).
+        """
+        hosts: list[str] = []
+        host = self.config.listen
+        unspecified = host in ("0.0.0.0", "::", "")
+        if unspecified:
+            with contextlib.suppress(OSError):
+                for a in local_addresses(self.config.interfaces or None, ipv6=False):
+                    if a.version == 4 and a.ip not in hosts:
+                        hosts.append(a.ip)
+            hosts.append("127.0.0.1")
+        else:
+            hosts.append(host)
+        out = []
+        for h in hosts[:4]:
+            hh = f"[{h}]" if ":" in h else h
+            for s in self.node.servers:
+                out.append(f"{s.transport}:{hh}:{s.port}")
+        return out[:InviteCode.MAX_ADDRESSES]
+
+    # --- discovery -----------------------------------------------------------------------------
+    def _on_discovery(self, ev: DiscoveryEvent) -> None:
+        now = time.time()
+        if isinstance(ev, PeerSeen):
+            if ev.peer_id not in self.events_seen:
+                self.events_seen.append(ev.peer_id)
+            self.book.mdns_seen(ev.peer_id, ev.addresses, ev.quic_port, ev.tcp_port, now)
+            log.info(kv("mdns_seen", peer=ev.peer_id, addresses=",".join(ev.addresses)))
+        elif isinstance(ev, PeerGone):
+            self.book.mdns_gone(ev.peer_id)
+            log.info(kv("mdns_gone", peer=ev.peer_id))
+        elif isinstance(ev, NetworkChanged):
+            log.info(kv("network_changed", addresses=",".join(ev.addresses) or "none"))
+            if ev.addresses:
+                self.node.reconnect_now()
+        self._kick.set()
+
+    # --- connections ---------------------------------------------------------------------------
+    def connected_peers(self) -> set[str]:
+        return {e.conn.peer_id for e in self.node.engines if not e.conn.is_closed}
+
+    async def _dial_loop(self) -> None:
+        """Dial due candidates; sleep until the next one is due or something changes."""
+        while True:
+            self._kick.clear()
+            now = time.time()
+            connected = self.connected_peers()
+            todo = plan_dials(self.book.candidates(now, connected), connected=connected,
+                              dialing=self._dialing.keys(),
+                              dialing_peers={p for p in self._dialing.values() if p},
+                              aliases=self._aliases, limit=MAX_DIALS)
+            for cand in todo:
+                self._dialing[cand.endpoint] = cand.peer_id
+                self._spawn(self._dial(cand))
+            due = self.book.next_due(time.time(), connected)
+            wait = IDLE_WAKE if due is None else min(IDLE_WAKE, max(0.05, due - time.time()))
+            with contextlib.suppress(TimeoutError):
+                # the book's backoff timer (or an event that changes the plan), not a sync wait
+                await asyncio.wait_for(self._kick.wait(), wait)
+
+    async def _dial(self, cand: DialCandidate) -> None:
+        ep = cand.endpoint
+        st = self._dial_state.setdefault(ep, _DialState())
+        st.attempts += 1
+        host = f"[{ep.host}]" if ":" in ep.host else ep.host
+        try:
+            engine = await asyncio.wait_for(
+                self.node.connect(f"{host}:{ep.port}", ep.transport.value), DIAL_TIMEOUT)
+        except (TransportError, OSError, TimeoutError) as exc:
+            st.last_error = f"{type(exc).__name__}: {exc}"
+            self.book.failed(ep, time.time())
+            log.info(kv("dial_failed", endpoint=ep, error=st.last_error))
+            self._dialing.pop(ep, None)
+            self._kick.set()
+            return
+        pid = engine.conn.peer_id
+        self._dialing.pop(ep, None)
+        if cand.peer_id is not None and pid != cand.peer_id:
+            # the address now belongs to another device (DHCP reuse) or someone is squatting
+            st.last_error = f"expected {cand.peer_id}, reached {pid}"
+            await engine.close("unexpected peer")
+            self.book.failed(ep, time.time())
+            self._kick.set()
+            return
+        st.last_ok, st.last_error = time.time(), None
+        self._aliases[(ep.host, ep.port)] = pid
+        self.book.connected(ep, pid, time.time())
+        self._outgoing[id(engine)] = engine
+        log.info(kv("connected", peer=pid, endpoint=ep))
+        self._after_connect()
+        try:
+            await engine.finished.wait()
+        finally:
+            self._outgoing.pop(id(engine), None)
+            log.info(kv("disconnected", peer=pid, endpoint=ep,
+                        error=engine.last_error or "-"))
+            if not self.closed:
+                self._kick.set()
+
+    def _after_connect(self) -> None:
+        self._offer_spaces()
+        self._close_duplicates()
+
+    def _close_duplicates(self) -> None:
+        links = [Link(id(e), e.conn.peer_id, id(e) in self._outgoing)
+                 for e in self.node.engines if not e.conn.is_closed and e.ready.is_set()]
+        by_key = {id(e): e for e in self.node.engines}
+        for key in duplicates_to_close(self.keys.device.id, links):
+            engine = by_key.get(key)
+            if engine is not None:
+                self._spawn(engine.close("duplicate connection"))
+
+    def _offer_spaces(self) -> None:
+        """Sync spaces the space exchange could not list (created or joined after the peer
+        connected) with every connected peer our ACL lets have them."""
+        for engine in list(self.node.engines):
+            if not engine.ready.is_set() or engine.conn.is_closed:
+                continue
+            for sid in self.node.spaces:
+                if sid not in engine.shared and self.node.replicas.may_access(
+                        sid, engine.remote_account):
+                    engine.shared.add(sid)
+                    engine.submit(("space", sid, b""), 2)
+
+    async def _watch_loop(self) -> None:
+        """On every sync event: hook new spaces, offer spaces, drop duplicate connections,
+        note first convergence, and wake the dial loop when connections changed."""
+        peers = self.connected_peers()
+        while True:
+            await self.node.replicas.changed()
+            self._hook_spaces()
+            self._offer_spaces()
+            self._close_duplicates()
+            now_peers = self.connected_peers()
+            if now_peers != peers:
+                peers = now_peers
+                self._kick.set()
+            for engine in self.node.engines:
+                for ps in engine.status().spaces:
+                    if ps.in_sync and ps.space_id not in self.first_sync:
+                        self.first_sync[ps.space_id] = time.monotonic()
+                        log.info(kv("first_sync", space=ps.space_id, peer=engine.conn.peer_id,
+                                    seconds=round(time.monotonic() - self.started_at, 3)))
+
+    # --- change notifications ------------------------------------------------------------------
+    def _hook_spaces(self) -> None:
+        for sid, space in list(self.node.spaces.items()):
+            if sid not in self._hooked:
+                self._hooked.add(sid)
+                space.tree_listeners.append(self._on_tree)
+
+    def _on_tree(self, space_id: str, tree_id: bytes, result: AddResult) -> None:
+        if not self._subs:
+            return
+        origin = "peer" if self.node.replicas.source is not None else "local"
+        ev = {"event": "change", "space_id": space_id, "doc": short_hash(tree_id),
+              "heads": [short_hash(h) for h in result.heads], "origin": origin,
+              "changes": len(result.attached)}
+        for sub in list(self._subs.values()):
+            sub.offer(ev)
+
+    def subscribe(self, space: str | None = None, doc: str | None = None) -> Subscription:
+        """Change events of one space (by id/name/prefix) or all, optionally one document."""
+        assert self.device is not None
+        sid = tid = None
+        if space is not None:
+            sp = self.device.resolve_space(space)
+            sid = sp.id
+            if doc is not None:
+                from p2psync.device import doc_ref
+
+                tid = doc_ref(sp, doc)
+        self._next_sub += 1
+        sub = Subscription(self._next_sub, sid, tid)
+        self._subs[sub.sub_id] = sub
+        return sub
+
+    def unsubscribe(self, sub_id: int) -> bool:
+        return self._subs.pop(sub_id, None) is not None
+
+    # --- operations ----------------------------------------------------------------------------
+    async def join(self, code: str, peers: list[str] | None = None, name: str | None = None,
+                   timeout: float = 30.0) -> Space:
+        """Join a space by invite: ask connected peers first, then ``peers``, the code's hints,
+        then every endpoint in the address book; the first that offers the space wins."""
+        ic = InviteCode.decode(code)
+        if not ic.space_id:
+            raise JoinError("this invite code does not name its space (old format)")
+        if ic.space_id in self.node.spaces:
+            return self.node.spaces[ic.space_id]
+        errors: list[str] = []
+        async with asyncio.timeout(timeout):
+            for engine in [e for e in self.node.engines if e.ready.is_set()]:
+                space = await self._try_bootstrap(engine, ic, errors)
+                if space is not None:
+                    return self._joined(space, name)
+            endpoints: list[Endpoint] = []
+            for text in peers or []:
+                endpoints += parse_endpoints(text, DEFAULT_PORT)
+            for hint in ic.addresses:
+                endpoints += _hint_endpoints(hint)
+            for cand in self.book.candidates(time.time() + 3600, ()):
+                endpoints.append(cand.endpoint)
+            tried: set[tuple[str, int]] = set()
+            for ep in endpoints:
+                if (ep.host, ep.port) in tried or _is_self(ep, self):
+                    continue
+                tried.add((ep.host, ep.port))
+                host = f"[{ep.host}]" if ":" in ep.host else ep.host
+                try:
+                    engine = await asyncio.wait_for(
+                        self.node.connect(f"{host}:{ep.port}", ep.transport.value), DIAL_TIMEOUT)
+                except (TransportError, OSError, TimeoutError) as exc:
+                    errors.append(f"{ep}: {type(exc).__name__}: {exc}")
+                    continue
+                self._outgoing[id(engine)] = engine
+                self.book.connected(ep, engine.conn.peer_id, time.time())
+                self._spawn(self._forget_when_done(engine))
+                space = await self._try_bootstrap(engine, ic, errors)
+                if space is not None:
+                    return self._joined(space, name)
+        raise JoinError("could not join: " + ("; ".join(errors[-4:]) or
+                                               "no peer to ask (give --peer HOST:PORT)"))
+
+    async def _forget_when_done(self, engine: PeerEngine) -> None:
+        await engine.finished.wait()
+        self._outgoing.pop(id(engine), None)
+        self._kick.set()
+
+    async def _try_bootstrap(self, engine: PeerEngine, ic: InviteCode,
+                             errors: list[str]) -> Space | None:
+        try:
+            return await engine.bootstrap(ic.space_id, ic)
+        except (P2PSyncError, TimeoutError) as exc:
+            errors.append(f"{engine.conn.peer_id[:12]}…: {exc}")
+            return None
+
+    def _joined(self, space: Space, name: str | None) -> Space:
+        assert self.device is not None
+        if name:
+            self.device.set_name(space.id, name)
+        self._hook_spaces()
+        self._offer_spaces()
+        log.info(kv("joined", space=space.id, role=ops.role_name(space.role())))
+        return space
+
+    async def replicate(self, space_id: str, timeout: float = 30.0) -> Space:
+        """Fetch a space this account replicates (or a member's space on a new device) from
+        a connected peer that holds it."""
+        if space_id in self.node.spaces:
+            return self.node.spaces[space_id]
+        errors: list[str] = []
+        async with asyncio.timeout(timeout):
+            for engine in [e for e in self.node.engines if e.ready.is_set()]:
+                try:
+                    space = await self.node.fetch_space(space_id, engine)
+                except (P2PSyncError, TimeoutError) as exc:
+                    errors.append(str(exc))
+                    continue
+                return self._joined(space, None)
+        raise JoinError("no connected peer offers that space: " + "; ".join(errors[-3:]))
+
+    def sync_state(self, space_id: str) -> dict[str, Any]:
+        """How far one space is with the connected peers that share it (for progress)."""
+        peers = [ps for e in self.node.engines for ps in e.status().spaces
+                 if ps.space_id == space_id]
+        space = self.node.spaces.get(space_id)
+        return {"space_id": space_id, "documents": len(space.tree_ids()) if space else 0,
+                "peers": len(peers), "in_sync": sum(1 for p in peers if p.in_sync),
+                "pending": sum(p.pending_trees for p in peers)}
+
+    async def wait_synced(self, space_id: str, timeout: float = 30.0,
+                          on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Until at least one connected peer agrees with us on the space (nothing pending)."""
+        def done() -> bool:
+            st = self.sync_state(space_id)
+            if on_progress is not None:
+                on_progress(st)
+            return bool(st["in_sync"] > 0 and st["pending"] == 0)
+
+        for e in self.node.engines:
+            if space_id in e.shared:
+                e.sync_now(space_id)
+        await self.node.wait_for(done, timeout)
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Connected peers and every endpoint we know, with dial state."""
+        rows: list[dict[str, Any]] = []
+        for e in sorted(self.node.engines, key=lambda e: e.conn.peer_id):
+            st = e.status()
+            rows.append({"peer_id": st.peer_id, "account_id": st.account_id,
+                         "transport": st.transport, "connected": st.connected,
+                         "outgoing": id(e) in self._outgoing,
+                         "shared_spaces": [s.space_id for s in st.spaces],
+                         "last_error": st.last_error})
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        """Everything in one JSON-able dict, read from live state."""
+        ns = self.node.status()
+        endpoints = []
+        connected = self.connected_peers()
+        for cand in self.book.candidates(time.time() + 10 * 86400, ()):
+            ds = self._dial_state.get(cand.endpoint, _DialState())
+            pid = cand.peer_id or self._aliases.get((cand.endpoint.host, cand.endpoint.port))
+            endpoints.append({"endpoint": str(cand.endpoint), "peer_id": pid,
+                              "sources": sorted(s.value for s in cand.sources),
+                              "failures": cand.failures, "connected": pid in connected,
+                              "last_ok": ds.last_ok, "last_error": ds.last_error})
+        names = self.device.names() if self.device else {}
+        spaces = [dict(asdict(s), name=names.get(s.space_id, "")) for s in ns.spaces]
+        return {"version": __version__, "peer_id": ns.peer_id, "account_id": ns.account_id,
+                "home": str(self.home.path), "listening": ns.listening,
+                "uptime": round(time.monotonic() - self.started_at, 3),
+                "mdns": {"enabled": self.mdns is not None,
+                         "local_addresses": list(self.mdns.local_addresses) if self.mdns
+                         else [], "sighted": list(self.events_seen)},
+                "spaces": spaces, "peers": [asdict(p) for p in ns.peers],
+                "endpoints": endpoints}
+
+
+def _hint_endpoints(hint: str) -> list[Endpoint]:
+    """``tcp:host:port`` / ``quic:host:port`` (invite hints) as endpoints; bad ones skipped."""
+    head, _, rest = hint.partition(":")
+    transport = {"tcp": Transport.TCP, "quic": Transport.QUIC}.get(head)
+    if transport is None:
+        transport, rest = Transport.QUIC, hint
+    try:
+        return [Endpoint(ep.host, ep.port, transport) for ep in parse_endpoints(
+            f"{transport.value}://{rest}")]
+    except P2PSyncError:
+        return []
+
+
+def _is_self(ep: Endpoint, agent: Agent) -> bool:
+    """Whether ``ep`` is one of our own listeners (an invite made here, used here)."""
+    ports = {s.port for s in agent.node.servers}
+    if ep.port not in ports:
+        return False
+    try:
+        ip = ipaddress.ip_address(ep.host)
+    except ValueError:
+        return False
+    if ip.is_loopback:
+        return True
+    try:
+        mine = {str(a.ip) for a in local_addresses(None, ipv6=True)}
+    except OSError:
+        return False
+    return ep.host in mine
