@@ -479,11 +479,13 @@ class Agent:
             st = self.sync_state(space_id)
             if on_progress is not None:
                 on_progress(st)
-            return bool(st["in_sync"] > 0 and st["pending"] == 0)
-
-        for e in self.node.engines:
-            if space_id in e.shared:
-                e.sync_now(space_id)
+            if st["in_sync"] > 0 and st["pending"] == 0:
+                return True
+            for e in list(self.node.engines):
+                # fetched everything it announced but not yet compared again: confirm now
+                if space_id in e.shared and e.idle:
+                    e.sync_now(space_id)
+            return False
         await self.node.wait_for(done, timeout)
 
     def peers(self) -> list[dict[str, Any]]:
