@@ -9,6 +9,7 @@ polls of ``status`` with a deadline; namespaces and processes are removed even o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -30,19 +31,18 @@ PORT = 4433
 DEADLINE = 30.0
 
 
-def config(peers: list[str] = ()) -> str:  # type: ignore[assignment]
-    plist = ", ".join(f'"{p}"' for p in peers)
+def config(peers: list[str] | None = None) -> str:
+    plist = ", ".join(f'"{p}"' for p in peers or [])
     return (f"port = {PORT}\nmdns = true\nmdns_poll = 0.5\nreconnect_cap = 2.0\n"
             f"head_sync_interval = 5.0\nlog_level = \"info\"\npeers = [{plist}]\n")
 
 
-def init_home(path: Path, peers: list[str] = ()) -> str:  # type: ignore[assignment]
+def init_home(path: Path, peers: list[str] | None = None) -> str:
     env = dict(os.environ, P2PSYNC_PASSPHRASE="")
     out = subprocess.run([sys.executable, "-m", "p2psync", "--json", "init", "--home",
                           str(path)], capture_output=True, text=True, env=env, check=True,
                          timeout=60)
     (path / "config.toml").write_text(config(peers))
-    import json
     return str(json.loads(out.stdout)["peer_id"])
 
 
@@ -141,7 +141,6 @@ async def test_mdns_lan_join_edit_flap_and_a_stranger_learns_nothing(
     try:
         await until("stranger connected", lambda: connected_to(stranger, set(ids[:3])))
     except AssertionError:
-        import json
         print(json.dumps(await call(stranger, "status"), indent=1)[:6000])
         print(await procs[3].stderr())
         raise
