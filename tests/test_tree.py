@@ -228,3 +228,24 @@ def test_from_trusted_rechecks_ids() -> None:
     pairs[7] = (cid, bytes(bad))
     with pytest.raises(IdMismatch):
         ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), pairs)
+
+
+def test_orphans_forever_cost_bounded_memory() -> None:
+    """A peer sending changes whose parents never exist cannot grow the waiting set (or its
+    indexes) without limit; a late parent still attaches what is left waiting."""
+    tree = fresh()
+    tree.max_waiting = 50
+
+    def change(prev: list[bytes]) -> bytes:
+        return build_change(OWNER.account, OWNER.key, b"x", space_id=SPACE_ID, tree_id=tree.id,
+                            prev_ids=prev, acl_head=OWNER.acl_root,
+                            read_key_id=OWNER.acl_root).raw
+
+    orphans = [change([os.urandom(32)]) for _ in range(120)]
+    evicted = [cid for raw in orphans for cid in tree.add([raw]).evicted]
+    assert evicted == [parse_change(r).id for r in orphans[:70]]  # the oldest go first
+    assert len(tree.waiting_ids) == 50 and len(tree._blocked_on) == 50
+    parent = change([tree.id])
+    child = change([parse_change(parent).id])
+    tree.add([child])
+    assert [c.raw for c in tree.add([parent]).attached] == [parent, child]

@@ -41,13 +41,22 @@ class AddResult:
     #: earlier-waiting changes dropped because the gate refused them once they could attach
     rejected: list[tuple[bytes, ReplicaError]] = field(default_factory=list)
     heads: tuple[bytes, ...] = ()  #: heads after the add
+    #: oldest waiting changes dropped to keep the waiting set bounded (sync re-fetches gaps)
+    evicted: list[bytes] = field(default_factory=list)
 
 
 Persist = Callable[["ObjectTree", AddResult], None]
 
 
+#: Changes a tree keeps waiting for parents / ACL heads; past it the oldest are dropped, so a
+#: peer sending orphans forever costs bounded memory (honest gaps are re-fetched by sync).
+MAX_WAITING = 10_000
+
+
 class ObjectTree:
     """A verified change DAG for one tree (document) of one space."""
+
+    max_waiting: int = MAX_WAITING
 
     def __init__(self, space_id: str, gate: AclGate, root: Change) -> None:
         """Start a tree from its root change, which must already be verified by the caller."""
@@ -321,7 +330,29 @@ class ObjectTree:
                 fn()
             self._replay_cache = None
             raise
+        if len(self._waiting) > self.max_waiting:
+            result.evicted = self._trim_waiting()
+            gone = set(result.evicted)
+            result.waiting = [cid for cid in result.waiting if cid not in gone]
         return result
+
+    def _trim_waiting(self) -> list[bytes]:
+        """Drop the oldest waiting changes beyond :attr:`max_waiting`, index entries too."""
+        evicted: list[bytes] = []
+        while len(self._waiting) > self.max_waiting:
+            cid, ch = next(iter(self._waiting.items()))
+            del self._waiting[cid]
+            evicted.append(cid)
+            # Parents before the first missing one were present at park time and stay so.
+            missing = next((p for p in ch.prev_ids if p not in self._changes), None)
+            index, key = ((self._blocked_on, missing) if missing is not None
+                          else (self._acl_blocked, ch.acl_head))
+            ids = index.get(key)
+            if ids is not None:
+                ids[:] = [i for i in ids if i != cid]
+                if not ids:
+                    del index[key]
+        return evicted
 
     def _park(self, ch: Change, missing: bytes | None, undo: list[Callable[[], None]]) -> None:
         index, key = (self._blocked_on, missing) if missing is not None else (
