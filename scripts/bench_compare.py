@@ -103,6 +103,9 @@ def machine() -> dict[str, Any]:
         "automerge_js": pkgs.get("node_modules/@automerge/automerge"),
         "git_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                      capture_output=True, text=True).stdout.strip(),
+        # other engineers share this checkout: say whether p2psync/ had uncommitted changes
+        "p2psync_dirty": subprocess.run(["git", "status", "--porcelain", "p2psync"], cwd=REPO,
+                                        capture_output=True, text=True).stdout.split("\n")[:-1],
     }
 
 
@@ -189,7 +192,8 @@ class Run:
              keys: Path | None = None) -> Peer:
         name = f"{system}-{role}"
         if system == BASELINE:
-            argv = ["node", str(JS_PEER)]
+            # e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile that side
+            argv = ["node", *os.environ.get("BENCH_NODE_ARGS", "").split(), str(JS_PEER)]
         else:
             argv = [sys.executable, str(PY_PEER), "--store", str(self.tmp / (store or name))]
             if keys is not None:
@@ -385,6 +389,7 @@ def plot(results: dict[str, dict[str, Any]], stem: Path) -> list[str]:
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     series = {s: np.array(r["latency_us"]) / 1000 for s, r in results.items() if "latency_us" in r}
@@ -401,6 +406,8 @@ def plot(results: dict[str, dict[str, Any]], stem: Path) -> list[str]:
         ax2.hist(v, bins=bins, histtype="step", linewidth=1.5, label=s)
     for ax in (ax1, ax2):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("edit propagation latency (ms, log scale)")
         ax.grid(True, which="both", alpha=0.3)
     ax1.set_ylabel("fraction of edits ≤ x")
