@@ -78,8 +78,16 @@ def npm_ci() -> None:
     if installed.exists() and _lock_packages(installed) == _lock_packages(lock):
         return
     log("npm ci (scripts/compare) ...")
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=COMPARE,
-                   check=True, stdout=subprocess.DEVNULL)
+    quiet = ["--no-audit", "--no-fund", "--loglevel=error"]
+    ci = subprocess.run(["npm", "ci", *quiet], cwd=COMPARE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True)
+    if ci.returncode != 0:
+        # A registry mirror without cbor-x's optional native helpers (@cbor-extract/*) makes
+        # the lockfile lack them and `npm ci` refuse it; `npm install --no-save` installs the
+        # same locked versions without the optional helper and leaves the lockfile untouched.
+        log("npm ci refused the lockfile; falling back to npm install --no-save (same pins)")
+        subprocess.run(["npm", "install", "--no-save", *quiet], cwd=COMPARE, check=True,
+                       stdout=subprocess.DEVNULL)
 
 
 def _lock_packages(path: Path) -> dict[str, str]:
