@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 from p2psync.codec import Reader, content_id, pack, unpack
 from p2psync.crypto.ids import account_id, short_hash
@@ -43,7 +44,7 @@ class SpaceHeader:
     space_type: str
     raw: bytes
 
-    @property
+    @cached_property
     def space_id(self) -> str:
         return space_id_of(self.raw, self.replication_key)
 
