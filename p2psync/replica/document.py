@@ -238,6 +238,7 @@ class Document:
         #: tree changes whose content could not be applied (corrupt Automerge bytes)
         self.skipped: list[bytes] = []
         self._seen: set[bytes] = set()  #: tree changes whose content the Automerge doc holds
+        self._cursor = 0  #: tree attach positions below this were considered for the doc
         #: id of the snapshot change the document was materialised from (None: full replay)
         self.loaded_snapshot: bytes | None = None
 
@@ -272,8 +273,10 @@ class Document:
 
     def _ensure(self) -> core.Document:
         if self._doc is not None:
-            if len(self._seen) != len(self.tree):  # someone added to the tree directly
-                missing = [c for c in self.tree.changes() if c.id not in self._seen]
+            if self._cursor != len(self.tree):  # changes reached the tree by the sync path
+                fresh = self.tree.changes_from(self._cursor)
+                self._cursor = len(self.tree)
+                missing = [c for c in fresh if c.id not in self._seen]
                 self._apply(self._doc, self._payloads(missing))
             return self._doc
         order = self.tree.replay_order()
@@ -293,6 +296,7 @@ class Document:
         if doc is None:
             doc = am.new_document(self.actor)
         self._apply(doc, self._payloads(order))
+        self._cursor = len(self.tree)
         self._doc = doc
         return doc
 

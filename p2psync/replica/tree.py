@@ -161,6 +161,10 @@ class ObjectTree:
         """All attached changes in attach order (a topological order, root first)."""
         return list(self._order)
 
+    def changes_from(self, start: int) -> list[Change]:
+        """Attached changes from attach position ``start`` on (attach order only grows)."""
+        return self._order[start:]
+
     @property
     def waiting_ids(self) -> list[bytes]:
         return list(self._waiting)
