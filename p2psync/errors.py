@@ -190,3 +190,14 @@ class PeerRefused(ProtocolError):
 
 class JoinError(P2PSyncError):
     """Joining a space failed: no reachable peer holds it, or the invite is unknown or revoked."""
+
+
+# --- backup peers (appended by the backup) --------------------------------------------------------
+class QuotaExceeded(P2PSyncError):
+    """A backup refused to store a batch: it would exceed a per-space or per-account quota.
+    Nothing of the batch was stored; free space (delete objects) or raise the quota."""
+
+
+class ObjectDeleted(ReplicaError):
+    """The object (or its whole space) was deleted by a signed tombstone; changes to it are
+    refused and its history is dropped."""

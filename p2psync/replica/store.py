@@ -218,6 +218,29 @@ class Store:
         return int(self._query("SELECT count(*) FROM changes WHERE tree_id = ?",
                                (tree_id,))[0][0])
 
+    def delete_trees(self, tree_ids: Sequence[bytes]) -> None:
+        """Drop objects (a tombstone): their changes and heads, in one transaction, with
+        ``secure_delete`` so the freed pages are zeroed rather than left readable on disk."""
+        if not tree_ids:
+            return
+        self._query("PRAGMA secure_delete=ON")
+        try:
+            with self._tx() as db:
+                args = [(t,) for t in tree_ids]
+                db.executemany("DELETE FROM changes WHERE tree_id = ?", args)
+                db.executemany("DELETE FROM heads WHERE tree_id = ?", args)
+                db.executemany("DELETE FROM trees WHERE tree_id = ?", args)
+        finally:
+            self._query("PRAGMA secure_delete=OFF")
+
+    def space_usage(self) -> dict[str, tuple[int, int]]:
+        """``space id -> (bytes of raw changes, number of changes)`` for every space (one
+        scan; a backup reads it once at start and then counts what it stores)."""
+        rows = self._query("SELECT t.space_id, coalesce(sum(length(c.raw)), 0), count(c.seq) "
+                           "FROM trees t JOIN changes c ON c.tree_id = t.tree_id "
+                           "GROUP BY t.space_id")
+        return {str(a): (int(b), int(c)) for a, b, c in rows}
+
     def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
         """``(id, raw)`` of a tree in storage order (a topological order, root first)."""
         rows = self._query("SELECT change_id, raw FROM changes WHERE tree_id = ? ORDER BY seq",

@@ -41,6 +41,7 @@ from p2psync.errors import (
     P2PSyncError,
     PeerRefused,
     ProtocolError,
+    QuotaExceeded,
     ReplicaError,
     StoreError,
     TransportError,
@@ -55,6 +56,7 @@ from p2psync.sync.ldiff import HeadSyncSession
 from p2psync.sync.messages import (
     MAX_HEADS,
     MAX_OBJECT_PAGE,
+    NONCE_SIZE,
     AclHeadUpdate,
     AclSyncRequest,
     AclSyncResponse,
@@ -68,8 +70,12 @@ from p2psync.sync.messages import (
     HeadSyncResponse,
     HeadUpdate,
     Message,
+    ReceiptRequest,
+    ReceiptResponse,
     SpaceHello,
+    SpaceOffer,
     SpaceTokens,
+    StorageRefused,
     decode,
     encode,
     error_for,
@@ -216,6 +222,10 @@ class PeerEngine:
         self.messages_in = self.messages_out = 0
         self.bytes_in = self.bytes_out = 0
         self.last_error: str | None = None
+        #: backup peers: refusals we sent (quota) and the last the peer sent us, per space
+        self.quota_refusals = 0
+        self.refused_by_peer: dict[str, StorageRefused] = {}
+        self._offered: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<PeerEngine {self.conn.peer_id}>"
@@ -284,6 +294,7 @@ class PeerEngine:
                 self.shared.add(sid)
                 self.submit(("space", sid, b""))
         self.ready.set()
+        self.offer_replicated()
         self.replicas.notify()
         self._spawn(self._periodic())
         await asyncio.wait([closed, *readers], return_when=asyncio.FIRST_COMPLETED)
@@ -383,8 +394,10 @@ class PeerEngine:
                 await self._on_head_update(msg)
             elif isinstance(msg, AclHeadUpdate):
                 self._on_acl_update(msg)
+            elif isinstance(msg, (SpaceOffer, StorageRefused)):
+                self._on_backup_push(msg)
             elif isinstance(msg, (HeadSyncRequest, FullSyncRequest, AclSyncRequest,
-                                  BootstrapRequest)):
+                                  BootstrapRequest, ReceiptRequest)):
                 await self._admit(stream, msg, rid)
             else:
                 self._strike(f"{type(msg).__name__} is not a request")
@@ -467,6 +480,8 @@ class PeerEngine:
             return self._answer_acl(msg)
         if isinstance(msg, BootstrapRequest):
             return self._answer_bootstrap(msg)
+        if isinstance(msg, ReceiptRequest):
+            return self._answer_receipt(msg)
         raise ProtocolError("not a request")
 
     def _answer_full(self, msg: FullSyncRequest) -> FullSyncResponse:
@@ -587,6 +602,12 @@ class PeerEngine:
                 self.replicas.apply_changes(self, space, tid, ok)
             except StoreError:
                 raise
+            except QuotaExceeded as exc:
+                # a backup's quota: not misbehaviour; tell the pushing device why (nothing stored)
+                self._state_of(space.id).last_error = f"QuotaExceeded: {exc}"
+                self.quota_refusals += 1
+                self._enqueue(StorageRefused(space.id, tid, ErrorCode.QUOTA_EXCEEDED,
+                                             str(exc)[:256]), space.id)
             except P2PSyncError as exc:
                 # all-or-nothing: nothing of this batch was stored
                 self._strike(f"changes refused: {type(exc).__name__}: {exc}")
@@ -659,6 +680,7 @@ class PeerEngine:
 
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None:
         if not self._may_push(space.id):
+            self.offer_replicated(space.id)
             return
         raws = [space.acl.record(i).raw for i in record_ids if i in space.acl]
         batch, _ = take_batch(raws, self.config.batch_bytes) if raws else ([], False)
@@ -901,3 +923,43 @@ class PeerEngine:
             push_queue=len(self._push_queue), pushes_dropped=self.pushes_dropped,
             strikes=self.strikes, messages_in=self.messages_in, messages_out=self.messages_out,
             bytes_in=self.bytes_in, bytes_out=self.bytes_out, last_error=self.last_error)
+
+    # --- backup peers (docs/backup.md) ---------------------------------------------------------
+    def offer_replicated(self, space_id: str | None = None) -> None:
+        """Offer the peer the spaces our ACL names it replicator of that it does not share yet
+        (the exchange cannot list a space the peer has never held); it fetches them."""
+        if self._closing or not self.ready.is_set():
+            return
+        for sid in [space_id] if space_id else list(self.replicas.spaces):
+            space = self.replicas.spaces.get(sid)
+            if (space is None or sid in self.shared or sid in self._offered
+                    or self.remote_account not in space.acl.state.replicators):
+                continue
+            self._offered.add(sid)
+            self._enqueue(SpaceOffer(sid), sid)
+
+    def _on_backup_push(self, msg: SpaceOffer | StorageRefused) -> None:
+        policy = self.replicas.policy
+        if isinstance(msg, StorageRefused):
+            if msg.space_id in self.shared:
+                self.refused_by_peer[msg.space_id] = msg
+                self._state_of(msg.space_id).last_error = (
+                    f"peer refused to store: {msg.code.name.lower()}: {msg.message}")
+                self.replicas.notify()
+            return
+        on_offer = getattr(policy, "on_offer", None)
+        if on_offer is None:
+            return  # only backups fetch offered spaces; members join by invite
+        on_offer(self, msg.space_id)
+
+    def _answer_receipt(self, msg: ReceiptRequest) -> ReceiptResponse:
+        space = self._space_for(msg.space_id)
+        sign = getattr(self.replicas.policy, "receipt", None)
+        if sign is None or len(msg.nonce) != NONCE_SIZE:
+            raise ProtocolError("this peer issues no storage receipts")
+        return ReceiptResponse(sign(space, msg.nonce))
+
+    async def request_receipt(self, space_id: str, nonce: bytes) -> bytes:
+        """Ask the peer (a backup) for a signed storage receipt of one space."""
+        resp = await self._request(ReceiptRequest(space_id, nonce), ReceiptResponse)
+        return resp.receipt

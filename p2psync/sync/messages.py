@@ -26,6 +26,7 @@ from p2psync.errors import (
     MessageTooLarge,
     P2PSyncError,
     ProtocolError,
+    QuotaExceeded,
     RateLimited,
     UnknownMessageType,
     UnknownSpace,
@@ -76,6 +77,10 @@ class MsgType(IntEnum):
     ACL_SYNC_RESPONSE = 32
     BOOTSTRAP_REQUEST = 40
     BOOTSTRAP_RESPONSE = 41
+    SPACE_OFFER = 50  #: backup peers (docs/backup.md); peers without them answer type 5
+    RECEIPT_REQUEST = 51
+    RECEIPT_RESPONSE = 52
+    STORAGE_REFUSED = 53
     ERROR = 63
 
 
@@ -90,6 +95,7 @@ class ErrorCode(IntEnum):
     MALFORMED = 6
     UNSUPPORTED_VERSION = 7
     INTERNAL = 8  #: our fault; the peer may retry later
+    QUOTA_EXCEEDED = 9  #: a backup refused to store a batch (its per-space/account quota)
 
 
 # --- field helpers ------------------------------------------------------------------------------
@@ -465,6 +471,83 @@ class BootstrapResponse:
         return cls(space, header, tuple(records), tuple(objects), next_after)
 
 
+# --- backup peers (docs/backup.md) ----------------------------------------------------------------
+MAX_RECEIPT_SIZE = 1024 * 1024  #: one signed storage receipt
+
+
+@dataclass(frozen=True)
+class SpaceOffer:
+    """Pushed by a member to a peer its ACL names as the space's replicator when the space
+    exchange did not list the space there: "fetch it from me" (the peer bootstraps it)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SPACE_OFFER
+    space_id: str
+
+    def fields(self) -> list[Any]:
+        return [self.space_id]
+
+    @classmethod
+    def read(cls, r: Reader) -> SpaceOffer:
+        return cls(_space_id(r))
+
+
+@dataclass(frozen=True)
+class ReceiptRequest:
+    """Asks a backup which heads of a space it holds; ``nonce`` makes the answer fresh."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RECEIPT_REQUEST
+    space_id: str
+    nonce: bytes
+
+    def fields(self) -> list[Any]:
+        return [self.space_id, self.nonce]
+
+    @classmethod
+    def read(cls, r: Reader) -> ReceiptRequest:
+        return cls(_space_id(r), r.blob("nonce", size=NONCE_SIZE))
+
+
+@dataclass(frozen=True)
+class ReceiptResponse:
+    """A storage receipt signed by the backup's device key (opaque here; see
+    p2psync.backup.receipt)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RECEIPT_RESPONSE
+    receipt: bytes
+
+    def fields(self) -> list[Any]:
+        return [self.receipt]
+
+    @classmethod
+    def read(cls, r: Reader) -> ReceiptResponse:
+        return cls(r.blob("receipt", max_len=MAX_RECEIPT_SIZE))
+
+
+@dataclass(frozen=True)
+class StorageRefused:
+    """Pushed by a backup that refused to store a batch of changes (nothing of it stored)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.STORAGE_REFUSED
+    space_id: str
+    object_id: bytes
+    code: ErrorCode
+    message: str
+
+    def fields(self) -> list[Any]:
+        return [self.space_id, self.object_id, int(self.code), self.message]
+
+    @classmethod
+    def read(cls, r: Reader) -> StorageRefused:
+        space = _space_id(r)
+        obj = r.blob("object_id", size=ID_SIZE)
+        raw_code = r.integer("code", min_value=0, max_value=255)
+        try:
+            code = ErrorCode(raw_code)
+        except ValueError:
+            raise DecodeError(f"{r.what}.code: unknown error code {raw_code}") from None
+        return cls(space, obj, code, r.text("message", max_len=MAX_ERROR_TEXT))
+
+
 # --- errors -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ErrorMessage:
@@ -525,6 +608,8 @@ def error_for(exc: BaseException, *, retry_after_ms: int | None = None) -> Error
         code = ErrorCode.UNKNOWN_SPACE
     elif isinstance(exc, AccessDenied):
         code = ErrorCode.ACCESS_DENIED
+    elif isinstance(exc, QuotaExceeded):
+        code = ErrorCode.QUOTA_EXCEEDED
     else:
         code = ErrorCode.INTERNAL
     text = str(exc)[:MAX_ERROR_TEXT] if isinstance(exc, P2PSyncError) else ""
@@ -538,6 +623,7 @@ Message: TypeAlias = (
     SpaceHello | SpaceTokens | HeadSyncRequest | HeadSyncResponse | HeadUpdate
     | FullSyncRequest | FullSyncResponse | AclHeadUpdate | AclSyncRequest | AclSyncResponse
     | BootstrapRequest | BootstrapResponse | ErrorMessage
+    | SpaceOffer | ReceiptRequest | ReceiptResponse | StorageRefused
 )
 
 _READERS: dict[int, Callable[[Reader], Message]] = {
@@ -546,6 +632,7 @@ _READERS: dict[int, Callable[[Reader], Message]] = {
         SpaceHello, SpaceTokens, HeadSyncRequest, HeadSyncResponse, HeadUpdate,
         FullSyncRequest, FullSyncResponse, AclHeadUpdate, AclSyncRequest, AclSyncResponse,
         BootstrapRequest, BootstrapResponse, ErrorMessage,
+        SpaceOffer, ReceiptRequest, ReceiptResponse, StorageRefused,
     )
 }
 

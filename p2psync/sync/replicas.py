@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from p2psync.crypto.keys import AccountKey, DeviceKey
-from p2psync.replica.acl import AclState
+from p2psync.replica.acl import Acl, AclState
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import AclAddResult, Space
 from p2psync.replica.store import Store
@@ -32,6 +32,15 @@ class Pusher(Protocol):
     def push_tree(self, space: Space, tree_id: bytes, result: AddResult) -> None: ...
 
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None: ...
+
+
+class StoragePolicy(Protocol):
+    """Extra admission rules of a backup peer (p2psync.backup): checked before anything from
+    a peer is stored; raising refuses it with nothing stored."""
+
+    def admit_space(self, space_id: str, header: SpaceHeader, acl: Acl) -> None: ...
+
+    def admit_changes(self, space: Space, tree_id: bytes, raws: Sequence[bytes]) -> None: ...
 
 
 def may_access(state: AclState, account: bytes) -> bool:
@@ -56,12 +65,15 @@ class Replicas:
         self.source: Pusher | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self.version = 0  #: bumped on every change anyone may wait for
+        #: A backup's quotas and admission rules (None on ordinary devices).
+        self.policy: StoragePolicy | None = None
         for sid in store.list_spaces():
             self._attach(Space.open(store, account, device.public, sid, window=window))
 
     # --- spaces --------------------------------------------------------------------------------
     def _attach(self, space: Space) -> Space:
         ld = LDiff()
+        space.purged.clear()
         for tid in space.tree_ids():
             ld.set(tid, heads_hash(space.heads(tid)))
         self.spaces[space.id] = space
@@ -82,6 +94,10 @@ class Replicas:
         existing = self.spaces.get(space_id)
         if existing is not None:
             return existing
+        if self.policy is not None:
+            header = SpaceHeader.verify(header_raw, space_id)
+            self.policy.admit_space(space_id, header, Acl.from_records(
+                space_id, acl_raws, me=self.account, owner=header.owner))
         return self._attach(Space.adopt(self.store, self.account, self.device.public, space_id,
                                         header_raw, acl_raws, window=self.window))
 
@@ -106,6 +122,8 @@ class Replicas:
     def apply_changes(self, source: Pusher, space: Space, tree_id: bytes,
                       raws: Sequence[bytes]) -> AddResult:
         """Verify and store changes from ``source`` (not echoed back to it)."""
+        if self.policy is not None:
+            self.policy.admit_changes(space, tree_id, raws)
         prev, self.source = self.source, source
         try:
             return space.add_changes(tree_id, raws)
@@ -135,6 +153,8 @@ class Replicas:
         space = self.spaces.get(space_id)
         if space is None:
             return
+        while space.purged:  # objects a tombstone dropped leave head sync too
+            self._ldiffs[space_id].remove(space.purged.pop())
         for p in list(self.pushers):
             if p is not self.source:
                 p.push_acl(space, record_ids)
