@@ -52,6 +52,8 @@ from p2psync.replica.acl_records import (
     AclRecord,
     AddReplicator,
     Decline,
+    DeleteObjects,
+    DeleteSpace,
     Invite,
     InviteJoin,
     KeyEntry,
@@ -195,14 +197,23 @@ class AclState:
     key_order: dict[bytes, Order] = field(default_factory=dict)
     wrapped: set[bytes] = field(default_factory=set)
     holders: dict[bytes, set[Holder]] = field(default_factory=dict)
+    #: object id -> id of the tombstone record that deleted it (docs/backup.md "Deletion").
+    deleted: dict[bytes, bytes] = field(default_factory=dict)
+    #: id of the record that deleted the whole space, if any.
+    space_deleted: bytes | None = None
 
     def copy(self) -> AclState:
         return AclState(
             self.owner, dict(self.members), set(self.replicators), dict(self.invites),
             dict(self.requests), dict(self.role_set_by), dict(self.departed),
             dict(self.skipped), dict(self.key_order), set(self.wrapped),
-            {k: set(v) for k, v in self.holders.items()},
+            {k: set(v) for k, v in self.holders.items()}, dict(self.deleted),
+            self.space_deleted,
         )
+
+    def is_deleted(self, object_id: bytes) -> bool:
+        """Whether a tombstone deleted this object or the whole space."""
+        return self.space_deleted is not None or object_id in self.deleted
 
     def role(self, account: bytes) -> Role | None:
         return self.members.get(account)
@@ -258,7 +269,7 @@ class AclState:
             self.owner, sorted(self.members.items()), sorted(self.replicators),
             sorted(self.invites), sorted(self.requests), sorted(self.departed.items()),
             sorted(self.skipped.items()), self.tips, self.current_key_id,
-            self.rotation_reasons,
+            self.rotation_reasons, sorted(self.deleted), self.space_deleted,
         )
 
 
@@ -633,6 +644,14 @@ class Acl:
         """A no-op record joining all current ACL heads (any member or replicator may)."""
         return self._emit(author, Merge())
 
+    def delete_objects(self, author: SigningKey, objects: Sequence[bytes]) -> bytes:
+        """A tombstone: these objects are deleted everywhere (writers and above may)."""
+        return self._emit(author, DeleteObjects(tuple(sorted(set(objects)))))
+
+    def delete_space(self, author: SigningKey) -> bytes:
+        """A tombstone for the whole space: every object dropped, no new changes (owner)."""
+        return self._emit(author, DeleteSpace())
+
     # --- admission, replay -------------------------------------------------------------------
     def _state_before(self, rec: AclRecord) -> AclState:
         if len(rec.prev) == 1:
@@ -788,6 +807,11 @@ class Acl:
                 s.replicators.discard(p.account)
             case Rotate() | Merge():
                 pass
+            case DeleteObjects():
+                for obj in p.objects:
+                    s.deleted.setdefault(obj, rid)
+            case DeleteSpace():
+                s.space_deleted = rid
 
     def _role_seen(self, s: AclState, rec: AclRecord, member: bytes, current: Role) -> Role:
         """The member's role for judging ``rec``'s right to act on them.
@@ -904,6 +928,16 @@ class Acl:
             case Merge():
                 if ra is None and a not in s.replicators:
                     return denied, "only members and replicators merge ACL heads"
+            case DeleteObjects():
+                if ra is None or ra < Role.WRITER:
+                    return denied, "only writers, admins and the owner delete objects"
+                if all(o in s.deleted for o in p.objects):
+                    return bad, "every named object is already deleted"
+            case DeleteSpace():
+                if ra != Role.OWNER:
+                    return denied, "only the owner deletes the space"
+                if s.space_deleted is not None:
+                    return bad, "the space is already deleted"
         return None
 
     def _check_structure(self, past: AclState, rec: AclRecord) -> _Failure | None:

@@ -63,6 +63,8 @@ class Kind(enum.IntEnum):
     REMOVE_REPLICATOR = 12
     ROTATE = 13
     MERGE = 14
+    DELETE_OBJECTS = 15  #: tombstones for objects (docs/backup.md "Deletion")
+    DELETE_SPACE = 16
 
 
 @dataclass(frozen=True)
@@ -172,10 +174,20 @@ class Merge:
     pass
 
 
+@dataclass(frozen=True)
+class DeleteObjects:
+    objects: tuple[bytes, ...]  #: object (tree) ids, sorted, unique, 1..MAX_ENTRIES
+
+
+@dataclass(frozen=True)
+class DeleteSpace:
+    pass
+
+
 Payload = (
     Root | Invite | RequestJoin | InviteJoin | Accept | Decline | RevokeInvite
     | PermissionChange | Remove | Leave | TransferOwnership | AddReplicator | RemoveReplicator
-    | Rotate | Merge
+    | Rotate | Merge | DeleteObjects | DeleteSpace
 )
 
 _KIND_OF: dict[type[Any], Kind] = {
@@ -185,6 +197,7 @@ _KIND_OF: dict[type[Any], Kind] = {
     Remove: Kind.REMOVE, Leave: Kind.LEAVE, TransferOwnership: Kind.TRANSFER_OWNERSHIP,
     AddReplicator: Kind.ADD_REPLICATOR, RemoveReplicator: Kind.REMOVE_REPLICATOR,
     Rotate: Kind.ROTATE, Merge: Kind.MERGE,
+    DeleteObjects: Kind.DELETE_OBJECTS, DeleteSpace: Kind.DELETE_SPACE,
 }
 
 
@@ -255,8 +268,10 @@ def _payload_fields(p: Payload) -> list[Any]:
             return [p.account]
         case Rotate():
             return [_rotation(p.rotation)]
-        case Leave() | Merge():
+        case Leave() | Merge() | DeleteSpace():
             return []
+        case DeleteObjects():
+            return [sorted(p.objects)]
     raise TypeError(f"unknown payload {p!r}")  # pragma: no cover
 
 
@@ -352,6 +367,14 @@ def _read_payload(kind: Kind, value: Any) -> Payload:
             p = Rotate(_read_rotation(r))
         case Kind.MERGE:
             p = Merge()
+        case Kind.DELETE_OBJECTS:
+            objects = tuple(r.blob_list("objects", size=ID_SIZE, max_items=MAX_ENTRIES))
+            _sorted_unique("objects", objects)
+            if not objects:
+                raise DecodeError("delete objects: names no object")
+            p = DeleteObjects(objects)
+        case Kind.DELETE_SPACE:
+            p = DeleteSpace()
     r.end()
     return p
 

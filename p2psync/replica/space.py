@@ -18,9 +18,16 @@ from dataclasses import dataclass
 
 from p2psync.codec import content_id
 from p2psync.crypto.keys import SigningKey
-from p2psync.errors import DecodeError, InvalidChange, ReplicaError, StoreError, WrongTree
+from p2psync.errors import (
+    DecodeError,
+    InvalidChange,
+    ObjectDeleted,
+    ReplicaError,
+    StoreError,
+    WrongTree,
+)
 from p2psync.replica.acl import Acl
-from p2psync.replica.acl_records import Role, decode_record
+from p2psync.replica.acl_records import DeleteObjects, DeleteSpace, Role, decode_record
 from p2psync.replica.change import parse_change
 from p2psync.replica.document import DEFAULT_WINDOW, Document, encode_payload
 from p2psync.replica.header import SpaceHeader
@@ -60,6 +67,9 @@ class Space:
         self._known_trees: set[bytes] = set(store.list_trees(header.space_id))
         self.tree_listeners: list[TreeListener] = []
         self.acl_listeners: list[AclListener] = []
+        #: objects dropped by tombstones since the sync layer last looked (it drains this)
+        self.purged: list[bytes] = []
+        self._apply_tombstones()
 
     # --- construction ------------------------------------------------------------------------
     @property
@@ -136,6 +146,9 @@ class Space:
 
     def _persist_acl(self, ids: list[bytes]) -> None:
         self.store.add_acl_records(self.id, [(i, self.acl.record(i).raw) for i in ids])
+        if any(isinstance(self.acl.record(i).payload, (DeleteObjects, DeleteSpace))
+               for i in ids):
+            self._apply_tombstones()
         for tree in self._trees.values():
             if tree.waiting_ids:
                 res = tree.recheck_waiting(persist=self.store.persister())
@@ -156,6 +169,34 @@ class Space:
         raw = make(self.acl)
         self.commit_acl(raw)
         return raw
+
+    # --- deletion (signed tombstones in the ACL; docs/backup.md) -----------------------------
+    def _apply_tombstones(self) -> None:
+        """Drop every held object the ACL says is deleted: store rows (zeroed), memory, docs."""
+        st = self.acl.state
+        gone = [t for t in self._known_trees if st.is_deleted(t)]
+        if not gone:
+            return
+        self.store.delete_trees(gone)
+        for t in gone:
+            self._known_trees.discard(t)
+            self._trees.pop(t, None)
+            self._docs.pop(t, None)
+        self.purged.extend(gone)
+
+    def is_deleted(self, tree_id: bytes | None = None) -> bool:
+        """Whether the space (``tree_id`` None) or that object was deleted by a tombstone."""
+        st = self.acl.state
+        return st.space_deleted is not None if tree_id is None else st.is_deleted(tree_id)
+
+    def delete_objects(self, tree_ids: Sequence[bytes]) -> bytes:
+        """Delete objects everywhere: a signed tombstone record (we must be a writer)."""
+        return self.emit_acl(lambda acl: acl.delete_objects(self.me, tree_ids))
+
+    def delete_space(self) -> bytes:
+        """Delete the whole space everywhere (owner only); its header and ACL remain as the
+        tombstone's carrier so the deletion keeps propagating."""
+        return self.emit_acl(lambda acl: acl.delete_space(self.me))
 
     # --- trees (sync path: ciphertext only) --------------------------------------------------
     def tree_ids(self) -> list[bytes]:
@@ -182,6 +223,8 @@ class Space:
     def add_changes(self, tree_id: bytes, raws: Sequence[bytes]) -> AddResult:
         """Sync path: verify and store changes for one tree; a new tree needs its root among
         ``raws``. Never decrypts; the document (if materialised) catches up on next read."""
+        if self.acl.state.is_deleted(tree_id):
+            raise ObjectDeleted("that object was deleted; its changes are no longer accepted")
         if tree_id not in self._known_trees:
             root_raw = next((r for r in raws if _is_root(r, tree_id)), None)
             if root_raw is None:
@@ -197,8 +240,13 @@ class Space:
             if not raws:
                 self._notify(tree_id, first)
                 return first
+            created = True
+        else:
+            created = False
         tree = self.tree(tree_id)
         res = tree.add(raws, persist=self.store.persister())
+        if created:  # a new tree: listeners (push, counting) see its root with the rest
+            res.attached.insert(0, tree.root)
         if res.attached:
             self._notify(tree_id, res)
         return res
@@ -210,6 +258,8 @@ class Space:
     # --- documents (app path) ----------------------------------------------------------------
     def new_document(self) -> Document:
         """Create a new, empty document (a new tree whose root carries an empty payload)."""
+        if self.is_deleted():
+            raise ObjectDeleted("this space was deleted")
         tree = ObjectTree.create(self.id, self.acl, self.me, encode_payload([], []))
         self.store.save_tree(tree)
         self._trees[tree.id] = tree
