@@ -102,6 +102,16 @@ async def _run(agent: Agent, op: str, params: dict[str, Any], subscribe: Any) ->
         _check_params(agent.replicate, params, 0)
         space = await agent.replicate(**params)
         return {"space_id": space.id, "documents": len(space.tree_ids())}
+    if op == "space.add_backup":
+        from p2psync.backup.client import add_backup_agent
+
+        return await add_backup_agent(agent, str(params.get("space", "")),
+                                      str(params.get("address", "")))
+    if op == "space.backup_status":
+        from p2psync.backup.client import backup_status
+
+        return await backup_status(agent, str(params.get("space", "")),
+                                   float(params.get("timeout", 10.0)))
     if op == "space.sync_state":
         sid = agent.device.resolve_space(str(params.get("space", ""))).id
         return agent.sync_state(sid)

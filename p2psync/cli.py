@@ -184,6 +184,133 @@ def cmd_space_replicator(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, f"{args.account} now stores and serves {data['space_id']} (ciphertext only)")
 
 
+def cmd_space_add_backup(args: argparse.Namespace, out: Out) -> None:
+    """Identify the backup at ADDRESS, make its account the space's replicator, remember it."""
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+    if agent_running(home.path):
+        with ApiClient(home.path) as client:
+            data = client.call("space.add_backup", space=args.space, address=args.address)
+    else:
+        from p2psync.backup.client import (
+            add_replicator_record,
+            identify,
+            write_backup_config,
+        )
+
+        with _device(args) as dev:
+            space = dev.resolve_space(args.space)
+            cert = home.certificate(dev.keys)
+            who = run_loop(lambda: identify(args.address, dev.keys.device, cert))
+            written = add_replicator_record(space, dev.keys.account, who.account)
+            write_backup_config(home.config_path, who.address, who.peer_id)
+            data = {"space_id": space.id, "backup_peer": who.peer_id,
+                    "backup_account": who.account_id, "address": who.address,
+                    "record_written": written}
+    out.emit(data, f"backup {data['backup_peer'][:20]}… ({data['address']}) now stores "
+             f"{data['space_id']} as ciphertext; it syncs whenever this device runs")
+
+
+def cmd_space_backup_status(args: argparse.Namespace, out: Out) -> None:
+    home = _home(args)
+    if not agent_running(home.path):
+        raise CliError("backup-status asks the connected backup for a signed receipt: start "
+                       "the agent (`p2psync run`) first")
+    with ApiClient(home.path) as client:
+        data = client.call("space.backup_status", space=args.space, timeout=args.timeout)
+
+    def human() -> None:
+        if not data["receipts"]:
+            print(f"{data['space_id']}: {data.get('note', 'no backup connected')}")
+        for r in data["receipts"]:
+            if "error" in r:
+                print(f"backup {r['backup_peer'][:20]}…: NOT VERIFIED: {r['error']}")
+                continue
+            state = "everything backed up" if r["all_backed_up"] else \
+                f"{r['documents_backed_up']}/{r['documents']} documents backed up at current heads"
+            print(f"backup {r['backup_peer'][:20]}… (signed receipt, "
+                  f"{_ts(int(r['receipt_time'] * 1000))}): {state}; it holds "
+                  f"{r['backup_changes']} changes, {r['backup_bytes']} bytes")
+    out.emit(data, human)
+
+
+def cmd_space_delete_docs(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.delete_docs", space=args.space, docs=args.docs)
+    out.emit(data, f"deleted {len(data['deleted'])} document(s) everywhere (signed tombstone)")
+
+
+def cmd_space_delete(args: argparse.Namespace, out: Out) -> None:
+    if not args.yes:
+        raise CliError("deleting a space drops every document on every device and backup: "
+                       "add --yes to confirm")
+    data = _call(args, "space.delete", space=args.space)
+    out.emit(data, f"space {data['space_id']} deleted everywhere (signed tombstone)")
+
+
+# --- backup peer --------------------------------------------------------------------------------
+def cmd_backup_run(args: argparse.Namespace, out: Out) -> None:
+    from p2psync.agent.run import setup_logging
+    from p2psync.backup.service import serve_backup
+
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync --home {home.path} init` "
+                       "first (the backup's own account; it never holds read keys)")
+    cfg = load_config(home.config_path)
+    if args.port is not None:
+        cfg = cfg.with_ports(args.port)
+    if args.no_mdns:
+        cfg = replace(cfg, mdns=False)
+    if args.metrics_port is not None:
+        cfg = replace(cfg, replicator=replace(cfg.replicator, metrics_port=args.metrics_port))
+    if args.log_level:
+        cfg = replace(cfg, log_level=args.log_level)
+    setup_logging(cfg.log_level)
+    keys = home.open_keys()
+
+    def emit(obj: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(obj), flush=True)
+        elif obj["event"] == "ready":
+            print(f"p2psync backup {obj['peer_id'][:16]}… listening on "
+                  f"{', '.join(obj['listening'])}"
+                  + (f"; metrics {obj['metrics']}" if obj["metrics"] else ""), flush=True)
+    run_loop(lambda: serve_backup(home, keys, cfg, emit))
+
+
+def cmd_backup_id(args: argparse.Namespace, out: Out) -> None:
+    """The backup's identity and the addresses devices pass to `space add-backup`."""
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+    keys = home.open_keys()
+    cfg = load_config(home.config_path)
+    if agent_running(home.path):
+        with ApiClient(home.path) as client:
+            listening = client.call("status")["listening"]
+    else:
+        listening = [f"{t}:{cfg.listen}:{p}" for t, p in (("quic", cfg.quic_port),
+                                                          ("tcp", cfg.tcp_port)) if p is not None]
+    addresses = []
+    for item in listening:
+        transport, _, hostport = item.partition(":")
+        host, _, port = hostport.rpartition(":")
+        hosts = [host]
+        if host in ("0.0.0.0", "::", ""):
+            from p2psync.discovery.netwatch import local_addresses
+
+            with contextlib.suppress(OSError):
+                hosts = [a.ip for a in local_addresses(None, ipv6=False) if a.version == 4]
+            hosts = hosts or ["127.0.0.1"]
+        addresses += [f"{transport}://{h}:{port}" for h in hosts]
+    data = {"peer_id": keys.device.id, "account_id": keys.account.id, "addresses": addresses}
+    out.emit(data, f"peer     {keys.device.id}\naccount  {keys.account.id}\n"
+             + "\n".join(f"address  {a}" for a in addresses)
+             + "\n\non a device: p2psync space add-backup SPACE " + (addresses[0] if addresses
+                                                                   else "HOST:PORT"))
+
+
 def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
     """Join by invite: through the running agent, or a short-lived one that syncs and exits."""
     home = _home(args)
@@ -440,6 +567,21 @@ def build_parser() -> argparse.ArgumentParser:
               "let a backup peer's account store and serve the space (ciphertext only)")
     rep.add_argument("space")
     rep.add_argument("account")
+    ab = cmd(space, "add-backup", cmd_space_add_backup,
+             "add the backup peer at ADDRESS (its account stores ciphertext, never reads)")
+    ab.add_argument("space")
+    ab.add_argument("address", help="[tcp://|quic://]HOST:PORT (see `p2psync backup id`)")
+    bs = cmd(space, "backup-status", cmd_space_backup_status,
+             "what the backup holds of the space (signed receipt, verified)")
+    bs.add_argument("space")
+    bs.add_argument("--timeout", type=float, default=10.0)
+    dd = cmd(space, "delete-docs", cmd_space_delete_docs,
+             "delete documents on every device and backup (signed tombstone)")
+    dd.add_argument("space")
+    dd.add_argument("docs", nargs="+")
+    ds = cmd(space, "delete", cmd_space_delete, "delete the whole space everywhere (owner)")
+    ds.add_argument("space")
+    ds.add_argument("--yes", action="store_true", help="confirm")
     jn = cmd(space, "join", cmd_space_join, "join a space with an invite code")
     jn.add_argument("code")
     jn.add_argument("--peer", action="append", help="HOST:PORT of a device holding the space "
@@ -485,6 +627,16 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--peer", action="append", help="a static peer HOST:PORT (repeatable)")
     rn.add_argument("--no-mdns", action="store_true", help="no mDNS advertise/browse")
     rn.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    backup = sub.add_parser("backup", help="run a backup peer (stores ciphertext only)"
+                            ).add_subparsers(dest="backup_command", required=True)
+    br = cmd(backup, "run", cmd_backup_run,
+             "the agent in replicator mode, headless (docs/backup.md)")
+    br.add_argument("--port", type=int, help="QUIC and TCP port (default: config or 4433)")
+    br.add_argument("--no-mdns", action="store_true", help="no mDNS advertise/browse")
+    br.add_argument("--metrics-port", type=int, help="Prometheus metrics on localhost (0 off)")
+    br.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    cmd(backup, "id", cmd_backup_id, "print the backup's peer id, account id and addresses")
 
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2psync.backup.config import ReplicatorConfig, parse_replicator
 from p2psync.discovery.peers import BadPeerAddress, parse_endpoints
 from p2psync.errors import P2PSyncError
 
@@ -52,6 +53,8 @@ class AgentConfig:
     reconnect_cap: float = 30.0  #: longest wait between dials of one endpoint
     durable: bool = True  #: fsync each commit (False: faster, loses the last ms on power cut)
     mdns_poll: float = 3.0  #: interface poll interval for mDNS restarts
+    #: ``[replicator]``: quotas, allowed owners, metrics of `p2psync backup run` (docs/backup.md)
+    replicator: ReplicatorConfig = field(default_factory=ReplicatorConfig)
 
     def with_ports(self, port: int) -> AgentConfig:
         """A copy listening on ``port`` for both carriers that are on."""
@@ -63,7 +66,7 @@ class AgentConfig:
 
 _KEYS = {"listen", "port", "quic_port", "tcp_port", "mdns", "interfaces", "peers", "backup",
          "backup_peer_id", "log_level", "head_sync_interval", "reconnect_cap", "durable",
-         "mdns_poll"}
+         "mdns_poll", "replicator"}
 
 
 def _port(data: dict[str, Any], key: str, default: int | None) -> int | None:
@@ -137,6 +140,10 @@ def parse_config(data: dict[str, Any]) -> AgentConfig:
     cfg.head_sync_interval = _number(data, "head_sync_interval", cfg.head_sync_interval, 0.1)
     cfg.reconnect_cap = _number(data, "reconnect_cap", cfg.reconnect_cap, 0.1)
     cfg.mdns_poll = _number(data, "mdns_poll", cfg.mdns_poll, 0.1)
+    try:
+        cfg.replicator = parse_replicator(data.get("replicator"))
+    except P2PSyncError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from p2psync import __version__
 from p2psync.agent import ops
 from p2psync.agent.links import Link, duplicates_to_close, plan_dials
+from p2psync.backup.client import load_receipts
 from p2psync.config import DEFAULT_PORT, AgentConfig
 from p2psync.crypto.ids import short_hash
 from p2psync.crypto.keystore import Keystore
@@ -105,8 +106,12 @@ class _DialState:
 class Agent:
     """A running device: ``await Agent(home, keys, config).start()`` … ``await agent.close()``."""
 
-    def __init__(self, home: Home, keys: Keystore, config: AgentConfig | None = None) -> None:
+    def __init__(self, home: Home, keys: Keystore, config: AgentConfig | None = None, *,
+                 setup: Callable[[Node], None] | None = None) -> None:
         self.home = home
+        #: called right after the node opened its store, before any peer is served (a backup
+        #: installs its storage policy here)
+        self.setup = setup
         self.keys = keys
         self.config = config or AgentConfig()
         c = self.config
@@ -146,6 +151,8 @@ class Agent:
         """Open the store, listen, load known peers, start mDNS and the dial loop."""
         self.started_at = time.monotonic()
         await self.node.start()
+        if self.setup is not None:
+            self.setup(self.node)
         self.device = LocalDevice(self.home, self.keys, window=0,
                                   replicas=self.node.replicas)
         load_known_file(self.book, self.home.path / KNOWN_PEERS_FILE)
@@ -521,7 +528,7 @@ class Agent:
                          "local_addresses": list(self.mdns.local_addresses) if self.mdns
                          else [], "sighted": list(self.events_seen)},
                 "spaces": spaces, "peers": [asdict(p) for p in ns.peers],
-                "endpoints": endpoints}
+                "endpoints": endpoints, "backup_receipts": load_receipts(self.home.path)}
 
 
 def _hint_endpoints(hint: str) -> list[Endpoint]:

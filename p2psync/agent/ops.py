@@ -133,6 +133,23 @@ def space_add_replicator(dev: LocalDevice, space: str, account: str) -> dict[str
 
 
 # --- documents --------------------------------------------------------------------------------
+def space_delete_docs(dev: LocalDevice, space: str, docs: list[str]) -> dict[str, Any]:
+    """Delete documents everywhere with a signed tombstone (writers and above)."""
+    sp = dev.resolve_space(space)
+    ids = [doc_ref(sp, str(d)) for d in docs]
+    if not ids:
+        raise OpError("name at least one document to delete")
+    sp.delete_objects(ids)
+    return {"space_id": sp.id, "deleted": [short_hash(t) for t in ids]}
+
+
+def space_delete(dev: LocalDevice, space: str) -> dict[str, Any]:
+    """Delete a whole space everywhere (owner only): every document dropped, edits refused."""
+    sp = dev.resolve_space(space)
+    sp.delete_space()
+    return {"space_id": sp.id, "deleted": True}
+
+
 def doc_new(dev: LocalDevice, space: str) -> dict[str, Any]:
     sp = dev.resolve_space(space)
     doc = sp.new_document()
@@ -218,6 +235,8 @@ LOCAL_OPS: dict[str, Callable[..., Any]] = {
     "space.requests": space_requests,
     "space.accept": space_accept,
     "space.add_replicator": space_add_replicator,
+    "space.delete_docs": space_delete_docs,
+    "space.delete": space_delete,
     "doc.new": doc_new,
     "doc.list": doc_list,
     "doc.set": doc_set,

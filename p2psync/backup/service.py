@@ -1,0 +1,151 @@
+"""``p2psync backup run`` / ``backup id``: the agent in replicator mode, headless.
+
+The process is an ordinary :class:`~p2psync.agent.core.Agent` (listeners, mDNS, address book,
+local API socket) with three additions: the :class:`BackupPolicy` installed in its sync layer
+before any peer is served, the document guard (:mod:`p2psync.backup.guard`), and the metrics
+endpoint. It holds no read keys: it is a replicator, never a member, of the spaces it stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from p2psync.agent.core import Agent
+from p2psync.backup import guard
+from p2psync.backup.metrics import MetricsServer, Sample
+from p2psync.backup.policy import BackupPolicy
+from p2psync.config import AgentConfig
+from p2psync.crypto.keystore import Keystore
+from p2psync.home import Home
+from p2psync.node import Node
+
+
+class BackupService:
+    """A running backup: agent + policy + metrics. ``await start()`` … ``await close()``."""
+
+    def __init__(self, home: Home, keys: Keystore, config: AgentConfig) -> None:
+        self.home = home
+        self.keys = keys
+        self.config = config
+        self.policy: BackupPolicy | None = None
+        self.agent = Agent(home, keys, config, setup=self._setup)
+        self.metrics: MetricsServer | None = None
+        self.started = time.monotonic()
+        self._errors_closed = 0  #: sync errors of connections that have ended
+        self._errors_live: dict[int, int] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    def _setup(self, node: Node) -> None:
+        guard.forbid_documents()
+        self.policy = BackupPolicy(node.replicas, self.config.replicator).install()
+
+    async def start(self) -> BackupService:
+        await self.agent.start()
+        rc = self.config.replicator
+        if rc.metrics_port:
+            self.metrics = await MetricsServer(self.collect, rc.metrics_listen,
+                                               rc.metrics_port).start()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_errors())
+        return self
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.metrics is not None:
+            await self.metrics.close()
+        await self.agent.close()
+
+    async def _watch_errors(self) -> None:
+        """Keep sync-error counts of ended connections (each engine's last value counts)."""
+        replicas = self.agent.node.replicas
+        while True:
+            await replicas.changed()
+            self._tally_errors()
+
+    def _tally_errors(self) -> int:
+        live: dict[int, int] = {}
+        for e in list(self.agent.node.engines):
+            st = e.sched.status()
+            live[id(e)] = e.strikes + st.given_up
+        for key, value in self._errors_live.items():
+            if key not in live:
+                self._errors_closed += value
+        self._errors_live = live
+        return self._errors_closed + sum(live.values())
+
+    def collect(self) -> list[Sample]:
+        """The metrics, read from live state."""
+        node = self.agent.node
+        assert self.policy is not None
+        usage = self.policy.usage.total
+        objects = sum(len(node.replicas.ldiff(s)) for s in node.spaces)
+        store_bytes = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                store_bytes += os.stat(str(node.store_path) + suffix).st_size
+        quota_out = sum(e.quota_refusals for e in node.engines)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return [
+            Sample("p2psync_backup_up", "1 while the backup runs", "gauge", 1),
+            Sample("p2psync_backup_uptime_seconds", "seconds since start", "gauge",
+                   round(time.monotonic() - self.started, 3)),
+            Sample("p2psync_backup_spaces", "spaces stored", "gauge", len(node.spaces)),
+            Sample("p2psync_backup_objects", "objects (documents) stored", "gauge", objects),
+            Sample("p2psync_backup_changes", "signed changes stored", "gauge", usage.changes),
+            Sample("p2psync_backup_bytes", "bytes of raw changes stored", "gauge", usage.bytes),
+            Sample("p2psync_backup_store_file_bytes", "SQLite files on disk incl. WAL", "gauge",
+                   store_bytes),
+            Sample("p2psync_backup_peers", "connected peers", "gauge",
+                   len(self.agent.connected_peers())),
+            Sample("p2psync_backup_sync_errors_total",
+                   "protocol violations and abandoned sync jobs", "counter",
+                   self._tally_errors()),
+            Sample("p2psync_backup_quota_refusals_total", "batches refused by a quota",
+                   "counter", self.policy.usage.refusals),
+            Sample("p2psync_backup_quota_notices_sent", "refusals told to live peers", "gauge",
+                   quota_out),
+            Sample("p2psync_backup_spaces_fetched_total", "spaces fetched after an offer",
+                   "counter", self.policy.fetches),
+            Sample("p2psync_backup_spaces_refused_total", "offered spaces refused", "counter",
+                   self.policy.refused_spaces),
+            Sample("p2psync_backup_document_loads_total",
+                   "attempts to load a document (must stay 0)", "counter", guard.attempts),
+            Sample("p2psync_backup_max_rss_bytes", "peak resident memory", "gauge", rss),
+        ]
+
+
+async def serve_backup(home: Home, keys: Keystore, config: AgentConfig,
+                       emit: Callable[[dict[str, Any]], None]) -> int:
+    """Run the backup until SIGTERM/SIGINT (the local API socket runs too); exit code."""
+    from p2psync.api import ApiServer
+
+    svc = BackupService(home, keys, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    api: ApiServer | None = None
+    try:
+        await svc.start()
+        api = await ApiServer(svc.agent).start()
+        emit({"event": "ready", "mode": "backup", "peer_id": keys.device.id,
+              "account_id": keys.account.id, "listening": svc.agent.node.addresses,
+              "addresses": svc.agent.reachable_addresses(), "socket": str(api.path),
+              "metrics": None if svc.metrics is None else
+              f"http://{svc.metrics.host}:{svc.metrics.port}/metrics"})
+        await stop.wait()
+    finally:
+        if api is not None:
+            await api.close()
+        await svc.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    emit({"event": "stopped"})
+    return 0
