@@ -64,7 +64,7 @@ async def test_store_and_forward_and_live_push_through_the_backup(tmp_path: Path
 
 
 async def test_backup_refuses_spaces_that_do_not_name_it(tmp_path: Path) -> None:
-    backup, policy = await make_backup(tmp_path)
+    backup, _ = await make_backup(tmp_path)
     laptop = await make_node(tmp_path, "laptop")
     try:
         space = laptop.create_space()
@@ -148,7 +148,7 @@ async def test_quota_refusal_reaches_the_pushing_device_and_nothing_partial_is_s
         await wait_any([laptop], lambda: space.id in engine.refused_by_peer)
         refusal = engine.refused_by_peer[space.id]
         assert refusal.code == ErrorCode.QUOTA_EXCEEDED
-        status = [ps for p in laptop.status().peers for ps in p.spaces][0]
+        status = next(ps for p in laptop.status().peers for ps in p.spaces)
         assert status.last_error is not None and "quota_exceeded" in status.last_error
         assert held(backup, space.id, doc.tree.id) == 6
         assert policy.usage.spaces[space.id].changes == 6
