@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, cast
 
 from p2psync.errors import ConnectionClosed, FrameError, TransportError
 from p2psync.transport.connection import Carrier, Link
@@ -36,8 +36,9 @@ class TcpCarrier(asyncio.Protocol, Carrier):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport has the Transport methods but does not subclass it: no assert.
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         self._peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None:
