@@ -136,7 +136,8 @@ class _Dialer:
             self.kick.clear()
             with contextlib.suppress(TimeoutError):
                 # a reconnect timer (woken early by reconnect_now), not synchronisation
-                await asyncio.wait_for(self.kick.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self.kick.wait()
 
     def status(self) -> DialStatus:
         return DialStatus(self.address, self.transport, self.engine is not None,

@@ -127,6 +127,7 @@ class PeerSpaceStatus:
     in_sync: bool = False  #: agreed_hash is our current fingerprint
     pending_trees: int = 0  #: trees head sync found different and not yet synced
     last_head_sync: float | None = None  #: wall time of the last completed head sync
+    head_sync_rounds: int = 0  #: round trips the last head sync we ran took
     last_success: float | None = None  #: wall time of the last completed job
     last_error: str | None = None
 
@@ -157,6 +158,7 @@ class _SpaceState:
     pending: set[bytes] = field(default_factory=set)
     agreed_hash: bytes | None = None
     last_head_sync: float | None = None
+    head_sync_rounds: int = 0
     last_success: float | None = None
     last_error: str | None = None
 
@@ -221,6 +223,8 @@ class PeerEngine:
         self.strikes = 0
         self.messages_in = self.messages_out = 0
         self.bytes_in = self.bytes_out = 0
+        #: (direction, message type name) -> [messages, bytes]; for status and benchmarks
+        self.traffic: dict[tuple[str, str], list[int]] = {}
         self.last_error: str | None = None
         #: backup peers: refusals we sent (quota) and the last the peer sent us, per space
         self.quota_refusals = 0
@@ -281,13 +285,15 @@ class PeerEngine:
         hello = self._exchange.start()
         self._my_nonce = hello.nonce
         await self._send(self._out, hello, 0)
-        self._in = await asyncio.wait_for(self.conn.accept_stream(), cfg.exchange_timeout)
+        async with asyncio.timeout(cfg.exchange_timeout):
+            self._in = await self.conn.accept_stream()
         readers = [self._spawn(self._read_requests(self._in)),
                    self._spawn(self._read_responses(self._out))]
         self._spawn(self._push_loop())
         self._spawn(self._sched_loop())
         closed = self._spawn(self.conn.wait_closed())
-        await asyncio.wait_for(self._exchanged.wait(), cfg.exchange_timeout)
+        async with asyncio.timeout(cfg.exchange_timeout):
+            await self._exchanged.wait()
         assert self._exchange.shared is not None
         for sid in self._exchange.shared:
             if self.replicas.may_access(sid, self.remote_account):
@@ -307,6 +313,12 @@ class PeerEngine:
             await stream.send(raw)
         self.messages_out += 1
         self.bytes_out += len(raw)
+        self._count("out", message, len(raw))
+
+    def _count(self, direction: str, message: Message, size: int) -> None:
+        slot = self.traffic.setdefault((direction, message.TYPE.name), [0, 0])
+        slot[0] += 1
+        slot[1] += size
 
     async def _request(self, message: Message, expect: type[M]) -> M:
         """Send one request on our stream and wait for its answer (typed errors on refusal)."""
@@ -318,7 +330,8 @@ class PeerEngine:
             self._pending[rid] = fut
             try:
                 await self._send(self._out, message, rid)
-                resp = await asyncio.wait_for(fut, self.config.request_timeout)
+                async with asyncio.timeout(self.config.request_timeout):
+                    resp = await fut
             finally:
                 self._pending.pop(rid, None)
         if isinstance(resp, ErrorMessage):
@@ -357,6 +370,7 @@ class PeerEngine:
                 self._strike(f"bad response: {exc}")
                 continue
             msg = env.message
+            self._count("in", msg, len(raw))
             if isinstance(msg, SpaceTokens):
                 await self._on_tokens(msg)
                 continue
@@ -388,6 +402,7 @@ class PeerEngine:
                 await self._send(stream, error_for(exc), peek_request_id(raw) or 0)
                 continue
             msg, rid = env.message, env.request_id
+            self._count("in", msg, len(raw))
             if isinstance(msg, SpaceHello):
                 await self._on_hello(stream, msg, rid)
             elif isinstance(msg, HeadUpdate):
@@ -689,7 +704,7 @@ class PeerEngine:
 
     async def _push_loop(self) -> None:
         assert self._out is not None
-        while True:
+        while not self._closing:
             while not self._push_queue:
                 self._push_event.clear()
                 await self._push_event.wait()
@@ -710,18 +725,20 @@ class PeerEngine:
             self.submit(("space", sid, b""), 2)
 
     async def _sched_loop(self) -> None:
-        while True:
+        while not self._closing:
             self._sched_event.clear()
             now = time.monotonic()
             for key in self.sched.poll(now):
                 self._spawn(self._job(key))
             wake = self.sched.next_wakeup(now)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sched_event.wait(),
-                                       None if wake is None else max(0.0, wake - now) + 0.001)
+                async with asyncio.timeout(None if wake is None else max(0.0, wake - now)
+                                           + 0.001):
+                    await self._sched_event.wait()
 
     async def _periodic(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.config.head_sync_interval)  # a timer, not synchronisation
             self.sync_now()
 
@@ -776,7 +793,9 @@ class PeerEngine:
         await self._sync_acl(sid)
         ld = self.replicas.ldiff(sid)
         session = HeadSyncSession(ld, sid)
+        rounds = 0
         while not session.done:
+            rounds += 1
             batch = []
             while (nxt := session.next_request()) is not None:
                 batch.append(nxt)
@@ -787,6 +806,7 @@ class PeerEngine:
         diff = session.result
         st = self._state_of(sid)
         st.last_head_sync = time.time()
+        st.head_sync_rounds = rounds
         todo = diff.remote_only | diff.changed
         st.pending = set(todo)
         st.agreed_hash = ld.hash() if diff.empty else None
@@ -865,7 +885,8 @@ class PeerEngine:
         """Fetch a space from this peer: with an invite code (proving the invite key by signing
         this session's challenge) or, for a member's new device or a replicator, without.
         With a code, the join record (or join request) is created and pushed."""
-        await asyncio.wait_for(self.ready.wait(), self.config.exchange_timeout)
+        async with asyncio.timeout(self.config.exchange_timeout):
+            await self.ready.wait()
         proof = None
         if code is not None:
             data = bootstrap_message(space_id, code.invite_id, self._their_nonce,
@@ -915,6 +936,7 @@ class PeerEngine:
                 agreed_hash=None if st.agreed_hash is None else st.agreed_hash.hex(),
                 in_sync=st.agreed_hash is not None and st.agreed_hash == local,
                 pending_trees=len(st.pending), last_head_sync=st.last_head_sync,
+                head_sync_rounds=st.head_sync_rounds,
                 last_success=st.last_success, last_error=st.last_error))
         return PeerStatus(
             peer_id=self.conn.peer_id, account_id=self.conn.account_id,
