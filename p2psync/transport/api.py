@@ -114,7 +114,12 @@ async def _quic_dial(host: str, port: int, cfg: TransportConfig,
     proto._closer = closer  # type: ignore[attr-defined]
     proto.connect(addr)
     try:
-        await asyncio.wait_for(proto.wait_connected(), cfg.handshake_timeout)
+        # Awaited directly, never through wait_for(): on Python 3.11 wait_for runs it in a new
+        # task one loop iteration later, and uvloop may deliver the server's whole answer in
+        # between. aioquic only resolves a waiter that exists at HandshakeCompleted, so a fast
+        # answer (or a preempted dialer) left the dial hanging until the timeout.
+        async with asyncio.timeout(cfg.handshake_timeout):
+            await proto.wait_connected()
     except (TimeoutError, ConnectionError) as exc:
         proto.close()
         raise PeerTimeout(f"no QUIC handshake with {host}:{port}: {exc or 'timed out'}") \
