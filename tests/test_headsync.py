@@ -259,3 +259,24 @@ def test_full_depth_ranges_are_enumerated_even_above_threshold() -> None:
     result, stats = reconcile(a, b, threshold=2)
     assert result.remote_only == {k for k, _ in items[5:]}
     assert stats.round_trips == 1 + 64 // 4  # every level down to the 64-bit prefix
+
+
+def test_small_spaces_cost_memory_in_proportion_to_their_objects() -> None:
+    """A backup holds thousands of spaces: an index of 10 objects must not preallocate every
+    leaf bucket; emptying it releases its leaves."""
+    import os
+    import tracemalloc
+
+    pairs = [(os.urandom(32), os.urandom(32)) for _ in range(10)]
+    tracemalloc.start()
+    try:
+        small = [LDiff(pairs) for _ in range(50)]
+        per_space = tracemalloc.get_traced_memory()[0] / len(small)
+    finally:
+        tracemalloc.stop()
+    assert per_space < 32 * 1024, f"{per_space / 1024:.0f} KiB for a 10-object space"
+    d = small[0]
+    for oid, _ in pairs:
+        d.remove(oid)
+    assert len(d) == 0 and d.summary(4, 3) == (bytes(32), 0) and not d.elements(2, 1)
+    assert d.hash() == LDiff().hash()

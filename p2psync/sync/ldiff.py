@@ -83,11 +83,11 @@ class LDiff:
         if not 0 <= leaf_bits <= 20:
             raise ValueError("leaf_bits must be between 0 and 20")
         self.leaf_bits = leaf_bits
-        size = 1 << leaf_bits
-        # bucket: object id -> (heads hash, element hash)
-        self._buckets: list[dict[bytes, tuple[bytes, int]]] = [{} for _ in range(size)]
-        self._sums = [0] * size
-        self._counts = [0] * size
+        # Sparse: only occupied leaves exist, so a space with 10 objects costs a few KiB, not
+        # 2^leaf_bits empty buckets (a backup holds thousands of spaces).
+        # leaf -> {object id -> (heads hash, element hash)}; leaf -> sum of element hashes
+        self._buckets: dict[int, dict[bytes, tuple[bytes, int]]] = {}
+        self._sums: dict[int, int] = {}
         self._total = 0
         self._n = 0
         for object_id, heads in items:
@@ -99,7 +99,10 @@ class LDiff:
         if len(object_id) != ID_SIZE or len(heads) != ID_SIZE:
             raise ValueError("object ids and heads hashes are 32 bytes")
         leaf = _prefix_of(object_id, self.leaf_bits)
-        bucket = self._buckets[leaf]
+        bucket = self._buckets.get(leaf)
+        if bucket is None:
+            bucket = self._buckets[leaf] = {}
+            self._sums[leaf] = 0
         old = bucket.get(object_id)
         if old is not None:
             if old[0] == heads:
@@ -107,7 +110,6 @@ class LDiff:
             self._sums[leaf] -= old[1]
             self._total -= old[1]
         else:
-            self._counts[leaf] += 1
             self._n += 1
         eh = element_hash(object_id, heads)
         bucket[object_id] = (heads, eh)
@@ -119,13 +121,16 @@ class LDiff:
         if len(object_id) != ID_SIZE:
             return False
         leaf = _prefix_of(object_id, self.leaf_bits)
-        old = self._buckets[leaf].pop(object_id, None)
-        if old is None:
+        bucket = self._buckets.get(leaf)
+        old = None if bucket is None else bucket.pop(object_id, None)
+        if bucket is None or old is None:
             return False
-        self._sums[leaf] = (self._sums[leaf] - old[1]) & _MASK
         self._total = (self._total - old[1]) & _MASK
-        self._counts[leaf] -= 1
         self._n -= 1
+        if bucket:
+            self._sums[leaf] = (self._sums[leaf] - old[1]) & _MASK
+        else:
+            del self._buckets[leaf], self._sums[leaf]
         return True
 
     # --- queries -----------------------------------------------------------------------------
@@ -139,12 +144,13 @@ class LDiff:
         """The heads hash stored for ``object_id``, or None."""
         if len(object_id) != ID_SIZE:
             return None
-        entry = self._buckets[_prefix_of(object_id, self.leaf_bits)].get(object_id)
+        bucket = self._buckets.get(_prefix_of(object_id, self.leaf_bits))
+        entry = None if bucket is None else bucket.get(object_id)
         return None if entry is None else entry[0]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """All (object id, heads hash), in no particular order."""
-        for bucket in self._buckets:
+        for bucket in self._buckets.values():
             for object_id, (heads, _) in bucket.items():
                 yield object_id, heads
 
@@ -158,19 +164,26 @@ class LDiff:
         if bits == 0:
             return self.hash(), self._n
         if bits <= self.leaf_bits:
-            shift = self.leaf_bits - bits
-            lo, hi = prefix << shift, (prefix + 1) << shift
-            total = sum(self._sums[lo:hi]) & _MASK
-            return total.to_bytes(ID_SIZE, "big"), sum(self._counts[lo:hi])
+            leaves = self._leaves(bits, prefix)
+            total = sum(self._sums[leaf] for leaf in leaves) & _MASK
+            return total.to_bytes(ID_SIZE, "big"), sum(len(self._buckets[lf]) for lf in leaves)
         total, count = 0, 0
         for _, eh in self._deep(bits, prefix):
             total += eh
             count += 1
         return (total & _MASK).to_bytes(ID_SIZE, "big"), count
 
+    def _leaves(self, bits: int, prefix: int) -> list[int]:
+        """Occupied leaves under a range no deeper than the leaves: O(min(range, occupied))."""
+        shift = self.leaf_bits - bits
+        lo, hi = prefix << shift, (prefix + 1) << shift
+        if hi - lo <= len(self._buckets):
+            return [leaf for leaf in range(lo, hi) if leaf in self._buckets]
+        return [leaf for leaf in self._buckets if lo <= leaf < hi]
+
     def _deep(self, bits: int, prefix: int) -> Iterator[tuple[bytes, int]]:
         """(object id, element hash) in a range deeper than the leaf buckets."""
-        bucket = self._buckets[prefix >> (bits - self.leaf_bits)]
+        bucket = self._buckets.get(prefix >> (bits - self.leaf_bits), {})
         for object_id, (_, eh) in bucket.items():
             if _prefix_of(object_id, bits) == prefix:
                 yield object_id, eh
@@ -179,14 +192,12 @@ class LDiff:
         """The (object id, heads hash) of a range, sorted by id."""
         _check_range(bits, prefix)
         if bits >= self.leaf_bits:
-            bucket = self._buckets[prefix >> (bits - self.leaf_bits)]
+            bucket = self._buckets.get(prefix >> (bits - self.leaf_bits), {})
             out = [(oid, entry[0]) for oid, entry in bucket.items()
                    if _prefix_of(oid, bits) == prefix]
         else:
-            shift = self.leaf_bits - bits
-            out = [(oid, entry[0])
-                   for b in self._buckets[prefix << shift:(prefix + 1) << shift]
-                   for oid, entry in b.items()]
+            out = [(oid, entry[0]) for leaf in self._leaves(bits, prefix)
+                   for oid, entry in self._buckets[leaf].items()]
         out.sort()
         return out
 
