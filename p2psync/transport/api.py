@@ -129,10 +129,17 @@ async def _quic_dial(host: str, port: int, cfg: TransportConfig,
 
 
 async def _close_transport_when_done(proto: QuicCarrier, transport: asyncio.BaseTransport) -> None:
+    """Release the UDP socket once the QUIC connection is closed (or this task is cancelled).
+
+    Not a ``finally``: if the loop is closed with the connection still open, the coroutine is
+    garbage-collected later and a ``finally`` would call into the dead loop from the GC.
+    """
     try:
         await proto.wait_closed()
-    finally:
+    except asyncio.CancelledError:
         transport.close()
+        raise
+    transport.close()
 
 
 class Server:
