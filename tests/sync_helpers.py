@@ -35,7 +35,7 @@ async def wait_any(nodes: Sequence[Node], predicate: Callable[[], bool],
     """Wait until ``predicate()`` holds, re-checking whenever any of ``nodes`` changes."""
     async with asyncio.timeout(timeout):
         while not predicate():
-            waits = [asyncio.ensure_future(n.replicas.changed()) for n in nodes if not n.closed]
+            waits = [n.replicas.changed() for n in nodes if not n.closed]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:

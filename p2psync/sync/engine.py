@@ -710,6 +710,8 @@ class PeerEngine:
                 await self._push_event.wait()
             msg = self._push_queue.popleft()
             await self._send(self._out, msg, 0)
+            if not self._push_queue:
+                self.replicas.notify()  # idle may have changed
 
     # --- scheduling (requester side) -----------------------------------------------------------
     def submit(self, key: JobKey, priority: int = 1) -> None:

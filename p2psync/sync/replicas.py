@@ -169,11 +169,12 @@ class Replicas:
             if not fut.done():
                 fut.set_result(None)
 
-    async def changed(self) -> None:
-        """Return after the next :meth:`notify`."""
-        fut = asyncio.get_running_loop().create_future()
+    def changed(self) -> asyncio.Future[None]:
+        """A future completed by the next :meth:`notify` (registered at once, so a notify
+        between this call and the await is not missed)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
-        await fut
+        return fut
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds, re-checking on every change; TimeoutError after
