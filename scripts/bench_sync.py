@@ -28,13 +28,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2psync.crypto import AccountKey, DeviceKey  # noqa: E402
-from p2psync.node import Node, NodeConfig  # noqa: E402
-from p2psync.replica.change import build_change  # noqa: E402
-from p2psync.replica.document import ROOT, encode_payload  # noqa: E402
-from p2psync.replica.space import Space  # noqa: E402
-from p2psync.replica.store import Store  # noqa: E402
-from p2psync.sync.engine import EngineConfig  # noqa: E402
+from p2psync.crypto import AccountKey, DeviceKey
+from p2psync.node import Node, NodeConfig
+from p2psync.replica.change import build_change
+from p2psync.replica.document import ROOT, encode_payload
+from p2psync.replica.space import Space
+from p2psync.replica.store import Store
+from p2psync.sync.engine import EngineConfig
 
 QUIET = 3600.0  # no periodic head sync during a measurement
 
@@ -238,7 +238,7 @@ async def main() -> None:
         print(f"{name}: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in results[name].items() if k != "runs"), flush=True)
-    print("\n| scenario | result (median of %d) |" % args.repeat)
+    print(f"\n| scenario | result (median of {args.repeat}) |")
     print("|---|---|")
     for name, r in results.items():
         if isinstance(r, dict):
