@@ -90,3 +90,30 @@ def test_outsider_changes_refused_and_nothing_stored(tmp_path: Path) -> None:
     res = a.add_acl_records([b"garbage", a.acl_records()[0][:-1]])
     assert len(res.rejected) == 2 and not res.added
     assert a_store.count_changes() == before
+
+
+def test_trees_in_memory_are_bounded_and_reload_from_the_store(tmp_path: Path) -> None:
+    """A backup touching many objects keeps only the most recently used trees in memory;
+    the rest reload from the store intact. Trees with an open document are never dropped."""
+    a_store, alice, a_dev = _device(tmp_path, "alice")
+    r_store, backup, r_dev = _device(tmp_path, "backup")
+    a = Space.create(a_store, alice, a_dev, window=0)
+    a.emit_acl(lambda acl: acl.add_replicator(alice, backup.public))
+    docs = []
+    for i in range(6):
+        doc = a.new_document()
+        with doc.edit() as e:
+            e.put(ROOT, "i", i)
+        docs.append(doc)
+    r = Space.adopt(r_store, backup, r_dev, a.id, a.header.raw, a.acl_records(), window=0)
+    r.max_cached_trees = 2
+    _ship(a, r)
+    assert len(r._trees) <= 2
+    for doc in docs:  # each reloads with the same changes and heads
+        assert r.tree(doc.tree.id).heads == doc.tree.heads
+        assert len(r.tree(doc.tree.id)) == len(doc.tree)
+        assert len(r._trees) <= 2
+    a.max_cached_trees = 1
+    assert all(d.tree.id in a._trees for d in docs)  # pinned by their open documents
+    a.tree(docs[0].tree.id)
+    assert len(a._trees) == 6

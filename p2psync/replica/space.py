@@ -13,6 +13,7 @@ typed error and leaves the store unchanged.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,9 @@ class AclAddResult:
 class Space:
     """A space held by this device (as a member, or as a replicator holding no read keys)."""
 
+    #: trees kept in memory per space (documents in use are always kept)
+    max_cached_trees: int = 256
+
     def __init__(
         self, header: SpaceHeader, acl: Acl, store: Store, me: SigningKey, device: bytes,
         *, window: float = DEFAULT_WINDOW,
@@ -62,7 +66,8 @@ class Space:
         self.me = me
         self.device = device
         self.window = window
-        self._trees: dict[bytes, ObjectTree] = {}
+        #: trees in memory, least recently used first (bounded: see :meth:`_cache`)
+        self._trees: OrderedDict[bytes, ObjectTree] = OrderedDict()
         self._docs: dict[bytes, Document] = {}
         self._known_trees: set[bytes] = set(store.list_trees(header.space_id))
         self.tree_listeners: list[TreeListener] = []
@@ -212,8 +217,30 @@ class Space:
             if tree_id not in self._known_trees:
                 raise WrongTree(f"space {self.id} has no object {tree_id.hex()[:16]}…")
             tree = self.store.load_tree(self.id, tree_id, self.acl)
-            self._trees[tree_id] = tree
+            self._cache(tree)
+        else:
+            self._trees.move_to_end(tree_id)
         return tree
+
+    def _cache(self, tree: ObjectTree) -> None:
+        """Keep a tree in memory, dropping the least recently used beyond the cap.
+
+        Every tree is fully persisted after each add, so a dropped tree just reloads on next
+        use; trees with an open document or changes still waiting stay. This keeps a backup
+        serving millions of changes at flat memory instead of holding every tree it touched.
+        """
+        self._trees[tree.id] = tree
+        self._trees.move_to_end(tree.id)
+        excess = len(self._trees) - self.max_cached_trees
+        if excess <= 0:
+            return
+        for tid in list(self._trees):
+            if excess <= 0:
+                break
+            if tid in self._docs or tid == tree.id or self._trees[tid].waiting_ids:
+                continue
+            del self._trees[tid]
+            excess -= 1
 
     def heads(self, tree_id: bytes) -> tuple[bytes, ...]:
         """Current heads of a tree, without loading it when it is not in memory."""
@@ -233,8 +260,8 @@ class Space:
             if tree.id != tree_id:
                 raise WrongTree("root change does not match the object id it was sent for")
             self.store.save_tree(tree)
-            self._trees[tree_id] = tree
             self._known_trees.add(tree_id)
+            self._cache(tree)
             raws = [r for r in raws if r is not root_raw]
             first = AddResult(attached=[tree.root], heads=tree.heads)
             if not raws:
@@ -262,8 +289,8 @@ class Space:
             raise ObjectDeleted("this space was deleted")
         tree = ObjectTree.create(self.id, self.acl, self.me, encode_payload([], []))
         self.store.save_tree(tree)
-        self._trees[tree.id] = tree
         self._known_trees.add(tree.id)
+        self._cache(tree)
         self._notify(tree.id, AddResult(attached=[tree.root], heads=tree.heads))
         return self.document(tree.id)
 
