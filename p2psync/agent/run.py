@@ -62,29 +62,42 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return result
 
 
-async def serve(home: Home, keys: Keystore, config: AgentConfig,
-                emit: Callable[[dict[str, Any]], None]) -> int:
-    """Run the agent until SIGTERM/SIGINT; returns the exit code."""
+async def serve_until_signalled(
+    agent: Agent, start: Callable[[], Coroutine[Any, Any, object]],
+    close: Callable[[], Coroutine[Any, Any, None]],
+    ready: Callable[[Any], dict[str, Any]], emit: Callable[[dict[str, Any]], None],
+) -> int:
+    """Start a service and its local API socket, emit ``ready(api)``, run until SIGTERM or
+    SIGINT, then close both (edits flushed, mDNS goodbye, store closed); returns exit code."""
     from p2psync.api import ApiServer
 
-    agent = Agent(home, keys, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     api: ApiServer | None = None
     try:
-        await agent.start()
+        await start()
         api = await ApiServer(agent).start()
-        emit({"event": "ready", "peer_id": keys.device.id, "account_id": keys.account.id,
-              "listening": agent.node.addresses, "socket": str(api.path),
-              "invite_hints": agent.reachable_addresses()})
+        emit(ready(api))
         await stop.wait()
     finally:
         if api is not None:
             await api.close()
-        await agent.close()
+        await close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     emit({"event": "stopped"})
     return 0
+
+
+async def serve(home: Home, keys: Keystore, config: AgentConfig,
+                emit: Callable[[dict[str, Any]], None]) -> int:
+    """Run the agent until SIGTERM/SIGINT; returns the exit code."""
+    agent = Agent(home, keys, config)
+    return await serve_until_signalled(
+        agent, agent.start, agent.close,
+        lambda api: {"event": "ready", "peer_id": keys.device.id,
+                     "account_id": keys.account.id, "listening": agent.node.addresses,
+                     "socket": str(api.path), "invite_hints": agent.reachable_addresses()},
+        emit)

@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from p2psync.agent.core import Agent
+from p2psync.agent.run import serve_until_signalled
 from p2psync.backup import guard
 from p2psync.backup.metrics import MetricsServer, Sample
 from p2psync.backup.policy import BackupPolicy
@@ -124,28 +124,12 @@ class BackupService:
 async def serve_backup(home: Home, keys: Keystore, config: AgentConfig,
                        emit: Callable[[dict[str, Any]], None]) -> int:
     """Run the backup until SIGTERM/SIGINT (the local API socket runs too); exit code."""
-    from p2psync.api import ApiServer
-
     svc = BackupService(home, keys, config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    api: ApiServer | None = None
-    try:
-        await svc.start()
-        api = await ApiServer(svc.agent).start()
-        emit({"event": "ready", "mode": "backup", "peer_id": keys.device.id,
-              "account_id": keys.account.id, "listening": svc.agent.node.addresses,
-              "addresses": svc.agent.reachable_addresses(), "socket": str(api.path),
-              "metrics": None if svc.metrics is None else
-              f"http://{svc.metrics.host}:{svc.metrics.port}/metrics"})
-        await stop.wait()
-    finally:
-        if api is not None:
-            await api.close()
-        await svc.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    emit({"event": "stopped"})
-    return 0
+    return await serve_until_signalled(
+        svc.agent, svc.start, svc.close,
+        lambda api: {"event": "ready", "mode": "backup", "peer_id": keys.device.id,
+                     "account_id": keys.account.id, "listening": svc.agent.node.addresses,
+                     "addresses": svc.agent.reachable_addresses(), "socket": str(api.path),
+                     "metrics": None if svc.metrics is None else
+                     f"http://{svc.metrics.host}:{svc.metrics.port}/metrics"},
+        emit)
