@@ -21,7 +21,7 @@ from p2psync import __version__
 from p2psync.agent import ops
 from p2psync.agent.run import run_loop
 from p2psync.api import ApiClient, ApiError, agent_running
-from p2psync.config import load_config
+from p2psync.config import AgentConfig, load_config
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.device import LocalDevice, NotFound
 from p2psync.errors import P2PSyncError
@@ -257,15 +257,9 @@ def cmd_backup_run(args: argparse.Namespace, out: Out) -> None:
     if not home.exists():
         raise CliError(f"no identity in {home.path}: run `p2psync --home {home.path} init` "
                        "first (the backup's own account; it never holds read keys)")
-    cfg = load_config(home.config_path)
-    if args.port is not None:
-        cfg = cfg.with_ports(args.port)
-    if args.no_mdns:
-        cfg = replace(cfg, mdns=False)
+    cfg = _service_config(args, home)
     if args.metrics_port is not None:
         cfg = replace(cfg, replicator=replace(cfg.replicator, metrics_port=args.metrics_port))
-    if args.log_level:
-        cfg = replace(cfg, log_level=args.log_level)
     setup_logging(cfg.log_level)
     keys = home.open_keys()
 
@@ -488,21 +482,27 @@ def cmd_status(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, human)
 
 
+def _service_config(args: argparse.Namespace, home: Home) -> AgentConfig:
+    """``config.toml`` with the flags ``run`` and ``backup run`` share applied on top."""
+    cfg = load_config(home.config_path)
+    if args.port is not None:
+        cfg = cfg.with_ports(args.port)
+    if args.no_mdns:
+        cfg = replace(cfg, mdns=False)
+    if args.log_level:
+        cfg = replace(cfg, log_level=args.log_level)
+    return cfg
+
+
 def cmd_run(args: argparse.Namespace, out: Out) -> None:
     from p2psync.agent.run import serve, setup_logging
 
     home = _home(args)
     if not home.exists():
         raise CliError(f"no identity in {home.path}: run `p2psync init` first")
-    cfg = load_config(home.config_path)
-    if args.port is not None:
-        cfg = cfg.with_ports(args.port)
-    if args.no_mdns:
-        cfg = replace(cfg, mdns=False)
+    cfg = _service_config(args, home)
     for peer in args.peer or []:
         cfg.peers.append(peer)
-    if args.log_level:
-        cfg = replace(cfg, log_level=args.log_level)
     setup_logging(cfg.log_level)
     keys = home.open_keys()
 
