@@ -10,17 +10,19 @@ truthful status (everything in :meth:`Node.status` is read from live state).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from p2psync.backoff import Backoff
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import AccountKey, DeviceKey
+from p2psync.dialer import Dialer, dial_address
+from p2psync.discovery.peers import AddressBook, Endpoint, parse_endpoints
 from p2psync.errors import JoinError, P2PSyncError, TransportError
+from p2psync.hostport import host_port
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
 from p2psync.replica.space import Space
@@ -29,8 +31,7 @@ from p2psync.sync.engine import EngineConfig, PeerEngine, PeerStatus
 from p2psync.sync.ldiff import heads_hash
 from p2psync.sync.messages import MAX_MESSAGE_SIZE
 from p2psync.sync.replicas import Replicas
-from p2psync.sync.sched import Backoff
-from p2psync.transport.api import Server, TransportName, connect, listen
+from p2psync.transport.api import Server, TransportName, listen
 from p2psync.transport.connection import Connection, TransportConfig
 from p2psync.transport.handshake import Limits
 
@@ -81,6 +82,7 @@ class DialStatus:
     attempts: int  #: failures since the last successful connection
     next_attempt: float | None  #: wall time of the next dial, if waiting
     last_error: str | None
+    peer_id: str | None = None  #: who answered there last (None: never reached)
 
 
 @dataclass
@@ -93,63 +95,13 @@ class NodeStatus:
     dialing: list[DialStatus]
 
 
-class _Dialer:
-    """Keeps one address connected: dial, run an engine, back off after failures."""
-
-    def __init__(self, node: Node, address: str, transport: TransportName) -> None:
-        self.node = node
-        self.address = address
-        self.transport: TransportName = transport
-        self.engine: PeerEngine | None = None
-        self.attempts = 0
-        self.next_attempt: float | None = None
-        self.last_error: str | None = None
-        self.kick = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.removed = False
-
-    async def run(self) -> None:
-        node = self.node
-        backoff = Backoff(base=node.config.reconnect_base, cap=node.config.reconnect_cap,
-                          rng=node.rng)
-        while not node.closed and not self.removed:
-            self.next_attempt = None
-            try:
-                conn = await node._dial(self.address, self.transport)
-            except (TransportError, OSError) as exc:
-                self.attempts += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if node.closed or self.removed:
-                    await conn.close("node closing")
-                    return
-                self.attempts = 0
-                self.engine = node._engine_for(conn)
-                node.replicas.notify()
-                await node._run_engine(self.engine)
-                self.last_error = self.engine.last_error
-                self.engine = None
-                self.attempts += 1
-            delay = backoff.delay(max(1, self.attempts))
-            self.next_attempt = time.time() + delay
-            node.replicas.notify()
-            self.kick.clear()
-            with contextlib.suppress(TimeoutError):
-                # a reconnect timer (woken early by reconnect_now), not synchronisation
-                async with asyncio.timeout(delay):
-                    await self.kick.wait()
-
-    def status(self) -> DialStatus:
-        return DialStatus(self.address, self.transport, self.engine is not None,
-                          self.attempts, self.next_attempt, self.last_error)
-
-
 class Node:
     """One device: store + keys + spaces, listening, dialling and syncing."""
 
     def __init__(self, store_path: str | Path, account: AccountKey, device: DeviceKey, *,
                  certificate: DeviceCertificate | None = None,
-                 config: NodeConfig | None = None) -> None:
+                 config: NodeConfig | None = None, book: AddressBook | None = None,
+                 on_connected: Callable[[PeerEngine, Endpoint], None] | None = None) -> None:
         self.store_path = Path(store_path)
         self.account = account
         self.device = device
@@ -161,7 +113,13 @@ class Node:
         self.servers: list[Server] = []
         self.engines: set[PeerEngine] = set()
         self._engine_tasks: set[asyncio.Task[None]] = set()
-        self.dialers: dict[str, _Dialer] = {}
+        #: the one dialler: keeps every address of ``book`` connected, with backoff
+        self.dialer = Dialer(
+            book or AddressBook(self_peer_id=device.id, policy=Backoff(
+                base=self.config.reconnect_base, cap=self.config.reconnect_cap,
+                rng=self.rng)),
+            self._connect_endpoint, connected_peers=self.connected_peers,
+            on_connected=on_connected, on_change=self._notify)
         self.closed = False
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -175,6 +133,7 @@ class Node:
                                   certificate=self.certificate, on_connection=self._incoming,
                                   transport=transport, config=self.config.transport)
             self.servers.append(server)
+        self.dialer.start()
         return self
 
     async def __aenter__(self) -> Node:
@@ -188,15 +147,10 @@ class Node:
         if self.closed:
             return
         self.closed = True
-        for d in self.dialers.values():
-            d.removed = True
-            d.kick.set()
-            if d.task is not None:
-                d.task.cancel()
+        await self.dialer.close()
         for engine in list(self.engines):
             await engine.close("node closing")
-        tasks = [d.task for d in self.dialers.values() if d.task is not None]
-        tasks += list(self._engine_tasks)
+        tasks = list(self._engine_tasks)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for server in self.servers:
@@ -251,7 +205,7 @@ class Node:
             transport, hostport = _split_hint(addr)
             try:
                 conn = await self._dial(hostport, transport)
-            except (TransportError, OSError) as exc:
+            except (TransportError, OSError, P2PSyncError) as exc:
                 errors.append(f"{addr}: {exc}")
                 continue
             engine = self._engine_for(conn)
@@ -265,7 +219,9 @@ class Node:
                 await engine.close("join failed")
                 continue
             if keep:
-                self.add_peer(hostport, transport, _engine=engine, _task=task)
+                ep = _endpoint(hostport, transport)
+                self.dialer.book.add_static(ep)
+                self.dialer.adopt(ep, engine)
             return space
         raise JoinError("could not join: " + ("; ".join(errors) or "no address to try"))
 
@@ -277,8 +233,19 @@ class Node:
 
     # --- connections ---------------------------------------------------------------------------
     async def _dial(self, address: str, transport: TransportName) -> Connection:
-        return await connect(address, device_key=self.device, certificate=self.certificate,
-                             transport=transport, config=self.config.transport)
+        return await dial_address(_endpoint(address, transport), device=self.device,
+                                  certificate=self.certificate, config=self.config.transport)
+
+    async def _connect_endpoint(self, ep: Endpoint) -> PeerEngine:
+        return await self.connect_endpoint(ep)
+
+    def _notify(self) -> None:
+        if self._replicas is not None:
+            self._replicas.notify()
+
+    def connected_peers(self) -> set[str]:
+        """Peer ids of every open connection."""
+        return {e.conn.peer_id for e in self.engines if not e.conn.is_closed}
 
     def _engine_for(self, conn: Connection) -> PeerEngine:
         engine = PeerEngine(self.replicas, conn, self.config.engine)
@@ -301,7 +268,15 @@ class Node:
     async def connect(self, address: str, transport: TransportName = "tcp") -> PeerEngine:
         """Connect once (no reconnect) and start syncing; returns the engine once the space
         exchange is done."""
-        conn = await self._dial(address, transport)
+        return await self.connect_endpoint(_endpoint(address, transport))
+
+    async def connect_endpoint(self, ep: Endpoint) -> PeerEngine:
+        """:meth:`connect` to an endpoint."""
+        conn = await dial_address(ep, device=self.device, certificate=self.certificate,
+                                  config=self.config.transport)
+        if self.closed:
+            await conn.close("node closing")
+            raise TransportError("node closing")
         engine = self._engine_for(conn)
         task = asyncio.get_running_loop().create_task(self._run_engine(engine))
         self._engine_tasks.add(task)
@@ -310,44 +285,21 @@ class Node:
         await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         if not engine.ready.is_set():
-            raise TransportError(f"sync with {address} failed: {engine.last_error}")
+            raise TransportError(f"sync with {ep} failed: {engine.last_error}")
+        self.replicas.notify()
         return engine
 
-    def add_peer(self, address: str, transport: TransportName = "tcp", *,
-                 _engine: PeerEngine | None = None,
-                 _task: asyncio.Task[None] | None = None) -> None:
+    def add_peer(self, address: str, transport: TransportName = "tcp") -> None:
         """Keep ``address`` connected (reconnecting with backoff) until :meth:`remove_peer`."""
-        key = f"{transport}:{address}"
-        if key in self.dialers:
-            return
-        d = _Dialer(self, address, transport)
-        self.dialers[key] = d
-
-        async def first_then_loop() -> None:
-            if _engine is not None and _task is not None:
-                d.engine = _engine
-                await asyncio.shield(_task)
-                d.engine = None
-            await d.run()
-
-        d.task = asyncio.get_running_loop().create_task(first_then_loop())
+        self.dialer.book.add_static(_endpoint(address, transport))
+        self.dialer.wake()
 
     async def remove_peer(self, address: str, transport: TransportName = "tcp") -> None:
-        d = self.dialers.pop(f"{transport}:{address}", None)
-        if d is None:
-            return
-        d.removed = True
-        if d.task is not None:
-            d.task.cancel()
-        if d.engine is not None:
-            await d.engine.close("peer removed")
-        if d.task is not None:
-            await asyncio.gather(d.task, return_exceptions=True)
+        await self.dialer.forget(_endpoint(address, transport))
 
     def reconnect_now(self) -> None:
         """Skip the backoff wait of every disconnected dialled peer."""
-        for d in self.dialers.values():
-            d.kick.set()
+        self.dialer.retry_now()
 
     async def disconnect_all(self) -> None:
         """Drop every connection (dialled peers reconnect after their backoff)."""
@@ -372,7 +324,17 @@ class Node:
                 peers_in_sync=sum(1 for ps in mine if ps.in_sync)))
         return NodeStatus(
             peer_id=self.device.id, account_id=self.account.id, listening=self.addresses,
-            spaces=spaces, peers=peers, dialing=[d.status() for d in self.dialers.values()])
+            spaces=spaces, peers=peers, dialing=self._dial_status())
+
+    def _dial_status(self) -> list[DialStatus]:
+        out = []
+        for row in self.dialer.book.entries():
+            ep = row.endpoint
+            st = self.dialer.state.get(ep)
+            out.append(DialStatus(
+                host_port(ep.host, ep.port), ep.transport.value, bool(st and st.connected),
+                row.failures, row.next_try, st.last_error if st else None, row.peer_id))
+        return out
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until ``predicate()`` holds; re-checked on every sync event (no polling)."""
@@ -380,6 +342,12 @@ class Node:
 
     def tree_heads_hash(self, space_id: str, tree_id: bytes) -> bytes:
         return heads_hash(self.spaces[space_id].heads(tree_id))
+
+
+def _endpoint(address: str, transport: TransportName) -> Endpoint:
+    """``host:port`` (IPv6 in brackets) on a carrier as an endpoint."""
+    (ep,) = parse_endpoints(f"{transport}://{address}")
+    return ep
 
 
 def _split_hint(hint: str) -> tuple[TransportName, str]:

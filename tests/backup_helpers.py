@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sync_helpers import fast_config, make_node
-
 from p2psync.backup.config import Quotas, ReplicatorConfig
 from p2psync.backup.policy import BackupPolicy
 from p2psync.node import Node
 from p2psync.replica.document import ROOT
 from p2psync.replica.space import Space
+from tests.sync_helpers import fast_config, make_node
 
 NO_PERIODIC = 3600.0  #: no periodic head sync: only pushes and offers can move data
 

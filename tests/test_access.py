@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sync_helpers import RawPeer, close_all, converged, make_node, wait_any
-
 from p2psync.codec import pack
 from p2psync.crypto import AccountKey
 from p2psync.replica.acl_records import Role
@@ -24,6 +22,7 @@ from p2psync.sync.messages import (
     SpaceTokens,
     decode,
 )
+from tests.sync_helpers import RawPeer, close_all, converged, make_node, wait_any
 
 
 async def test_stranger_learns_nothing_from_the_bytes_it_receives(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from p2psync.agent.core import Agent
-from p2psync.agent.links import Link, duplicates_to_close, plan_dials
+from p2psync.agent.links import PeerLink, duplicates_to_close
 from p2psync.api import ApiServer, handle_request
 from p2psync.config import AgentConfig, ConfigError, load_config, parse_config, render_config
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
+from p2psync.dialer import plan_dials
 from p2psync.discovery.peers import DialCandidate, Endpoint, Source, Transport
 from p2psync.home import Home
 
@@ -65,11 +66,11 @@ def test_plan_dials_one_per_peer_and_host_and_skips_connected() -> None:
 
 def test_duplicate_rule_is_symmetric() -> None:
     # a < b: both sides keep the connection a dialled
-    a_view = [Link(1, "pb", outgoing=True), Link(2, "pb", outgoing=False)]
-    b_view = [Link(7, "pa", outgoing=False), Link(8, "pa", outgoing=True)]
+    a_view = [PeerLink(1, "pb", outgoing=True), PeerLink(2, "pb", outgoing=False)]
+    b_view = [PeerLink(7, "pa", outgoing=False), PeerLink(8, "pa", outgoing=True)]
     assert duplicates_to_close("pa", a_view) == [2]  # b's dial
     assert duplicates_to_close("pb", b_view) == [8]  # b's dial
-    assert duplicates_to_close("pa", [Link(1, "pb", True), Link(3, "pc", False)]) == []
+    assert duplicates_to_close("pa", [PeerLink(1, "pb", True), PeerLink(3, "pc", False)]) == []
 
 
 # --- local API against in-process agents ------------------------------------------------------

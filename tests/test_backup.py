@@ -8,10 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from backup_helpers import NO_PERIODIC, edit, held, make_backup
-from sync_helpers import close_all, converged, documents_json, fast_config, make_node, wait_any
 
-from p2psync.backup.client import compare
+from p2psync.agent.backups import compare
 from p2psync.backup.config import Quotas
 from p2psync.backup.receipt import ReceiptError, verify_receipt
 from p2psync.crypto import AccountKey, DeviceKey
@@ -20,6 +18,15 @@ from p2psync.replica.acl_records import Role
 from p2psync.replica.change import parse_change
 from p2psync.replica.document import ROOT
 from p2psync.sync.messages import ErrorCode, HeadUpdate
+from tests.backup_helpers import NO_PERIODIC, edit, held, make_backup
+from tests.sync_helpers import (
+    close_all,
+    converged,
+    documents_json,
+    fast_config,
+    make_node,
+    wait_any,
+)
 
 
 async def test_store_and_forward_and_live_push_through_the_backup(tmp_path: Path) -> None:

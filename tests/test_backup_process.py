@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_helpers import edit
-from sync_helpers import close_all, documents_json, make_node, wait_any
 
 from p2psync.backup.receipt import Receipt, verify_receipt
 from p2psync.crypto.ids import decode_key
@@ -27,7 +25,9 @@ from p2psync.replica.acl import Acl
 from p2psync.replica.store import Store
 from p2psync.sync.engine import PeerEngine
 from p2psync.sync.ldiff import heads_hash
+from tests.backup_helpers import edit
 from tests.netns import JsonLinesProcess
+from tests.sync_helpers import close_all, documents_json, make_node, wait_any
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "PLAINTEXT-MARKER-7f3a9c"

@@ -9,11 +9,18 @@ import random
 from pathlib import Path
 
 import pytest
-from sync_helpers import close_all, converged, documents_json, fast_config, make_node, wait_any
 
 from p2psync.crypto import AccountKey, DeviceKey
 from p2psync.node import Node
 from p2psync.replica.document import ROOT
+from tests.sync_helpers import (
+    close_all,
+    converged,
+    documents_json,
+    fast_config,
+    make_node,
+    wait_any,
+)
 
 
 def _topology(rng: random.Random, n: int) -> list[tuple[int, int]]:

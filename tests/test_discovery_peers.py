@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2psync.backoff import Backoff
 from p2psync.crypto.ids import peer_id
 from p2psync.discovery.peers import (
     AddressBook,
-    BackoffPolicy,
     BadPeerAddress,
     Endpoint,
     Source,
@@ -27,7 +27,7 @@ from p2psync.discovery.peers import (
 P1 = peer_id(b"\x01" * 32)
 P2 = peer_id(b"\x02" * 32)
 ME = peer_id(b"\x03" * 32)
-NO_JITTER = BackoffPolicy(jitter=0.0)
+NO_JITTER = Backoff(base=1.0, cap=300.0, jitter=0.0)
 Q, T = Transport.QUIC, Transport.TCP
 
 
@@ -114,7 +114,7 @@ def test_own_sightings_and_connected_peers_are_not_dialled() -> None:
 
 def test_backoff_grows_per_endpoint_and_caps() -> None:
     b = book(static=["quic://10.0.0.5:1", "quic://10.0.0.6:1"],
-             policy=BackoffPolicy(base=1, factor=2, cap=10, jitter=0))
+             policy=Backoff(base=1, factor=2, cap=10, jitter=0))
     ep5, ep6 = Endpoint("10.0.0.5", 1, Q), Endpoint("10.0.0.6", 1, Q)
     now = 0.0
     delays = []
@@ -137,10 +137,10 @@ def test_failures_sort_after_healthy_endpoints_and_jitter_spreads() -> None:
     b = book(static=["quic://10.0.0.5:1", "quic://10.0.0.6:1"])
     b.failed(Endpoint("10.0.0.5", 1, Q), 0.0)
     assert [c.endpoint.host for c in b.candidates(100.0)] == ["10.0.0.6", "10.0.0.5"]
-    jittery = AddressBook(static=["quic://h:1"], policy=BackoffPolicy(base=10, jitter=0.2),
+    jittery = AddressBook(static=["quic://h:1"], policy=Backoff(base=10, jitter=0.2),
                           rand=lambda: 1.0)
     jittery.failed(Endpoint("h", 1, Q), 0.0)
-    assert jittery.next_due(0.0) == pytest.approx(12.0)
+    assert jittery.next_due(0.0) == pytest.approx(8.0)  # up to 20 % earlier, never later
 
 
 def test_connect_success_resets_backoff_and_binds_static_to_peer() -> None:
@@ -174,13 +174,48 @@ def test_goodbye_drops_mdns_only_endpoints_but_keeps_known_and_static() -> None:
 
 
 def test_address_reused_by_another_peer_forgets_old_history() -> None:
+    """A handshake that proves another peer at the address (DHCP reuse) relabels it."""
+    b = book()
+    ep = Endpoint("10.0.0.2", 1, Q)
+    b.connected(ep, P1, now=0.0)
+    b.failed(ep, 1.0)
+    b.connected(ep, P2, now=2.0)
+    (c,) = b.candidates(2.0)
+    assert (c.peer_id, c.failures, c.sources) == (P2, 0, frozenset({Source.KNOWN}))
+
+
+def test_mdns_claim_never_relabels_an_address_a_handshake_proved() -> None:
+    """Issue 20.2: a neighbour advertising a made-up id Z at B's proved address changes
+    nothing: B keeps its label, its history and its saved (KNOWN) address."""
     b = book()
     ep = Endpoint("10.0.0.2", 1, Q)
     b.connected(ep, P1, now=0.0)
     b.failed(ep, 1.0)
     b.mdns_seen(P2, ["10.0.0.2"], 1, None, now=2.0)
-    (c,) = b.candidates(2.0)
-    assert (c.peer_id, c.failures, c.sources) == (P2, 0, frozenset({Source.MDNS}))
+    (row,) = b.entries()
+    assert (row.peer_id, row.failures, row.sources, row.proved) == (
+        P1, 1, frozenset({Source.KNOWN}), True)
+    assert b.known_to_json()["peers"] == {P1: [{"addr": str(ep), "last_ok": 0.0}]}
+
+
+def test_mdns_claim_relabels_an_unproved_address_and_a_handshake_wins() -> None:
+    """Before any handshake a sighting is all we know, so a later sighting may relabel it;
+    the handshake then proves who is there and a repeated false claim is ignored."""
+    b = book()
+    ep = Endpoint("10.0.0.2", 1, Q)
+    b.mdns_seen(P1, ["10.0.0.2"], 1, None, now=0.0)
+    b.mdns_seen(P2, ["10.0.0.2"], 1, None, now=1.0)
+    assert [c.peer_id for c in b.candidates(1.0)] == [P2]
+    b.connected(ep, P1, now=2.0)  # the dial expecting P2 reached P1
+    b.mdns_seen(P2, ["10.0.0.2"], 1, None, now=3.0)
+    assert [r.peer_id for r in b.entries()] == [P1]
+
+
+def test_loaded_known_addresses_count_as_proved() -> None:
+    b = book()
+    b.load_known({"version": 1, "peers": {P1: [{"addr": "quic://10.0.0.2:1", "last_ok": 5}]}})
+    b.mdns_seen(P2, ["10.0.0.2"], 1, None, now=6.0)
+    assert [r.peer_id for r in b.entries()] == [P1]
 
 
 def test_stale_sightings_and_known_addresses_expire() -> None:

@@ -7,15 +7,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from sync_helpers import (
-    RawPeer,
-    close_all,
-    converged,
-    documents_json,
-    fast_config,
-    make_node,
-    wait_any,
-)
 
 from p2psync.codec import pack
 from p2psync.crypto import AccountKey
@@ -28,6 +19,15 @@ from p2psync.sync.messages import (
     ErrorMessage,
     HeadSyncRequest,
     RangeQuery,
+)
+from tests.sync_helpers import (
+    RawPeer,
+    close_all,
+    converged,
+    documents_json,
+    fast_config,
+    make_node,
+    wait_any,
 )
 
 NO_PERIODIC = 3600.0

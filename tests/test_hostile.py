@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sync_helpers import RawPeer, close_all, converged, fast_config, make_node, wait_any
-
 from p2psync.crypto import AccountKey
 from p2psync.replica.change import build_change, verify_change
 from p2psync.replica.document import ROOT, encode_payload
@@ -26,6 +24,7 @@ from p2psync.sync.messages import (
     RangeQuery,
     encode,
 )
+from tests.sync_helpers import RawPeer, close_all, converged, fast_config, make_node, wait_any
 
 
 def _liar(msg: Any) -> Any:

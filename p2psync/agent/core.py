@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from p2psync import __version__
-from p2psync.agent import ops
-from p2psync.agent.links import Link, duplicates_to_close, plan_dials
-from p2psync.backup.client import load_receipts
+from p2psync.agent import backups, ops
+from p2psync.agent.links import PeerLink, duplicates_to_close
+from p2psync.backoff import Backoff
 from p2psync.config import DEFAULT_PORT, AgentConfig
 from p2psync.crypto.ids import short_hash
 from p2psync.crypto.keystore import Keystore
 from p2psync.device import LocalDevice
+from p2psync.dialer import DIAL_TIMEOUT, DialState
 from p2psync.discovery.mdns import (
     DiscoveryEvent,
     MdnsConfig,
@@ -40,8 +41,6 @@ from p2psync.discovery.netwatch import local_addresses
 from p2psync.discovery.peers import (
     KNOWN_PEERS_FILE,
     AddressBook,
-    BackoffPolicy,
-    DialCandidate,
     Endpoint,
     Transport,
     load_known_file,
@@ -51,6 +50,7 @@ from p2psync.discovery.peers import (
 from p2psync.discovery.records import Advert
 from p2psync.errors import JoinError, P2PSyncError, TransportError
 from p2psync.home import Home
+from p2psync.hostport import bracket
 from p2psync.node import Node, NodeConfig
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.space import Space
@@ -59,10 +59,6 @@ from p2psync.sync.engine import EngineConfig, PeerEngine
 from p2psync.transport.api import TransportName
 
 log = logging.getLogger("p2psync.agent")
-
-MAX_DIALS = 8  #: dials in flight at once
-DIAL_TIMEOUT = 8.0  #: seconds for connect + handshake + space exchange
-IDLE_WAKE = 5.0  #: the dial loop re-checks at least this often
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -96,13 +92,6 @@ class Subscription:
             self.dropped += 1
 
 
-@dataclass
-class _DialState:
-    last_error: str | None = None
-    last_ok: float | None = None
-    attempts: int = 0
-
-
 class Agent:
     """A running device: ``await Agent(home, keys, config).start()`` … ``await agent.close()``."""
 
@@ -120,25 +109,21 @@ class Agent:
             listen.append((c.listen, c.quic_port, "quic"))
         if c.tcp_port is not None:
             listen.append((c.listen, c.tcp_port, "tcp"))
+        self.book = AddressBook(static=c.peers, backup=c.backup,
+                                backup_peer_id=c.backup_peer_id,
+                                self_peer_id=keys.device.id, default_port=DEFAULT_PORT,
+                                policy=Backoff(base=0.5, cap=c.reconnect_cap, jitter=0.2))
         self.node = Node(home.store_path, keys.account, keys.device,
                          certificate=home.certificate(keys),
                          config=NodeConfig(listen=listen, durable=c.durable,
                                            engine=EngineConfig(
                                                head_sync_interval=c.head_sync_interval),
-                                           reconnect_cap=c.reconnect_cap))
-        self.book = AddressBook(static=c.peers, backup=c.backup,
-                                backup_peer_id=c.backup_peer_id,
-                                self_peer_id=keys.device.id, default_port=DEFAULT_PORT,
-                                policy=BackoffPolicy(base=0.5, cap=c.reconnect_cap))
+                                           reconnect_cap=c.reconnect_cap),
+                         book=self.book, on_connected=self._on_dialled)
         self.mdns: MdnsDiscovery | None = None
         self.device: LocalDevice | None = None
         self.started_at = 0.0
         self.closed = False
-        self._outgoing: dict[int, PeerEngine] = {}
-        self._dialing: dict[Endpoint, str | None] = {}
-        self._aliases: dict[tuple[str, int], str] = {}
-        self._dial_state: dict[Endpoint, _DialState] = {}
-        self._kick = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hooked: set[str] = set()
         self._subs: dict[int, Subscription] = {}
@@ -166,7 +151,6 @@ class Agent:
                 config=MdnsConfig(poll_interval=self.config.mdns_poll,
                                   interfaces=self.config.interfaces or None))
             await self.mdns.start()
-        self._spawn(self._dial_loop())
         self._spawn(self._watch_loop())
         log.info(kv("started", peer=self.keys.device.id, listening=",".join(
             self.node.addresses), mdns=self.config.mdns))
@@ -223,9 +207,8 @@ class Agent:
             hosts.append(host)
         out = []
         for h in hosts[:4]:
-            hh = f"[{h}]" if ":" in h else h
             for s in self.node.servers:
-                out.append(f"{s.transport}:{hh}:{s.port}")
+                out.append(f"{s.transport}:{bracket(h)}:{s.port}")
         return out[:InviteCode.MAX_ADDRESSES]
 
     # --- discovery -----------------------------------------------------------------------------
@@ -243,76 +226,21 @@ class Agent:
             log.info(kv("network_changed", addresses=",".join(ev.addresses) or "none"))
             if ev.addresses:
                 self.node.reconnect_now()
-        self._kick.set()
+        self.node.dialer.wake()
 
     # --- connections ---------------------------------------------------------------------------
     def connected_peers(self) -> set[str]:
         return {e.conn.peer_id for e in self.node.engines if not e.conn.is_closed}
 
-    async def _dial_loop(self) -> None:
-        """Dial due candidates; sleep until the next one is due or something changes."""
-        while True:
-            self._kick.clear()
-            now = time.time()
-            connected = self.connected_peers()
-            todo = plan_dials(self.book.candidates(now, connected), connected=connected,
-                              dialing=self._dialing.keys(),
-                              dialing_peers={p for p in self._dialing.values() if p},
-                              aliases=self._aliases, limit=MAX_DIALS)
-            for cand in todo:
-                self._dialing[cand.endpoint] = cand.peer_id
-                self._spawn(self._dial(cand))
-            due = self.book.next_due(time.time(), connected)
-            wait = IDLE_WAKE if due is None else min(IDLE_WAKE, max(0.05, due - time.time()))
-            with contextlib.suppress(TimeoutError):
-                # the book's backoff timer (or an event that changes the plan), not a sync wait
-                await asyncio.wait_for(self._kick.wait(), wait)
-
-    async def _dial(self, cand: DialCandidate) -> None:
-        ep = cand.endpoint
-        st = self._dial_state.setdefault(ep, _DialState())
-        st.attempts += 1
-        host = f"[{ep.host}]" if ":" in ep.host else ep.host
-        try:
-            engine = await asyncio.wait_for(
-                self.node.connect(f"{host}:{ep.port}", ep.transport.value), DIAL_TIMEOUT)
-        except (TransportError, OSError, TimeoutError) as exc:
-            st.last_error = f"{type(exc).__name__}: {exc}"
-            self.book.failed(ep, time.time())
-            log.info(kv("dial_failed", endpoint=ep, error=st.last_error))
-            self._dialing.pop(ep, None)
-            self._kick.set()
-            return
-        pid = engine.conn.peer_id
-        self._dialing.pop(ep, None)
-        if cand.peer_id is not None and pid != cand.peer_id:
-            # the address now belongs to another device (DHCP reuse) or someone is squatting
-            st.last_error = f"expected {cand.peer_id}, reached {pid}"
-            await engine.close("unexpected peer")
-            self.book.failed(ep, time.time())
-            self._kick.set()
-            return
-        st.last_ok, st.last_error = time.time(), None
-        self._aliases[(ep.host, ep.port)] = pid
-        self.book.connected(ep, pid, time.time())
-        self._outgoing[id(engine)] = engine
-        log.info(kv("connected", peer=pid, endpoint=ep))
-        self._after_connect()
-        try:
-            await engine.finished.wait()
-        finally:
-            self._outgoing.pop(id(engine), None)
-            log.info(kv("disconnected", peer=pid, endpoint=ep,
-                        error=engine.last_error or "-"))
-            if not self.closed:
-                self._kick.set()
-
-    def _after_connect(self) -> None:
+    def _on_dialled(self, engine: PeerEngine, ep: Endpoint) -> None:
+        """The node's dialler connected (to whoever the handshake proved is at ``ep``)."""
+        log.info(kv("connected", peer=engine.conn.peer_id, endpoint=ep))
         self._offer_spaces()
         self._close_duplicates()
 
     def _close_duplicates(self) -> None:
-        links = [Link(id(e), e.conn.peer_id, id(e) in self._outgoing)
+        outgoing = self.node.dialer.outgoing
+        links = [PeerLink(id(e), e.conn.peer_id, id(e) in outgoing)
                  for e in self.node.engines if not e.conn.is_closed and e.ready.is_set()]
         by_key = {id(e): e for e in self.node.engines}
         for key in duplicates_to_close(self.keys.device.id, links):
@@ -344,7 +272,7 @@ class Agent:
             now_peers = self.connected_peers()
             if now_peers != peers:
                 peers = now_peers
-                self._kick.set()
+                self.node.dialer.wake()
             for engine in self.node.engines:
                 for ps in engine.status().spaces:
                     if ps.in_sync and ps.space_id not in self.first_sync:
@@ -416,26 +344,18 @@ class Agent:
                 if (ep.host, ep.port) in tried or _is_self(ep, self):
                     continue
                 tried.add((ep.host, ep.port))
-                host = f"[{ep.host}]" if ":" in ep.host else ep.host
                 try:
-                    engine = await asyncio.wait_for(
-                        self.node.connect(f"{host}:{ep.port}", ep.transport.value), DIAL_TIMEOUT)
+                    engine = await asyncio.wait_for(self.node.connect_endpoint(ep),
+                                                    DIAL_TIMEOUT)
                 except (TransportError, OSError, TimeoutError) as exc:
                     errors.append(f"{ep}: {type(exc).__name__}: {exc}")
                     continue
-                self._outgoing[id(engine)] = engine
-                self.book.connected(ep, engine.conn.peer_id, time.time())
-                self._spawn(self._forget_when_done(engine))
+                self.node.dialer.adopt(ep, engine)
                 space = await self._try_bootstrap(engine, ic, errors)
                 if space is not None:
                     return self._joined(space, name)
         raise JoinError("could not join: " + ("; ".join(errors[-4:]) or
                                                "no peer to ask (give --peer HOST:PORT)"))
-
-    async def _forget_when_done(self, engine: PeerEngine) -> None:
-        await engine.finished.wait()
-        self._outgoing.pop(id(engine), None)
-        self._kick.set()
 
     async def _try_bootstrap(self, engine: PeerEngine, ic: InviteCode,
                              errors: list[str]) -> Space | None:
@@ -502,7 +422,7 @@ class Agent:
             st = e.status()
             rows.append({"peer_id": st.peer_id, "account_id": st.account_id,
                          "transport": st.transport, "connected": st.connected,
-                         "outgoing": id(e) in self._outgoing,
+                         "outgoing": id(e) in self.node.dialer.outgoing,
                          "shared_spaces": [s.space_id for s in st.spaces],
                          "last_error": st.last_error})
         return rows
@@ -513,8 +433,9 @@ class Agent:
         endpoints = []
         connected = self.connected_peers()
         for cand in self.book.candidates(time.time() + 10 * 86400, ()):
-            ds = self._dial_state.get(cand.endpoint, _DialState())
-            pid = cand.peer_id or self._aliases.get((cand.endpoint.host, cand.endpoint.port))
+            ds = self.node.dialer.state.get(cand.endpoint, DialState())
+            pid = cand.peer_id or self.node.dialer.aliases.get(
+                (cand.endpoint.host, cand.endpoint.port))
             endpoints.append({"endpoint": str(cand.endpoint), "peer_id": pid,
                               "sources": sorted(s.value for s in cand.sources),
                               "failures": cand.failures, "connected": pid in connected,
@@ -528,7 +449,40 @@ class Agent:
                          "local_addresses": list(self.mdns.local_addresses) if self.mdns
                          else [], "sighted": list(self.events_seen)},
                 "spaces": spaces, "peers": [asdict(p) for p in ns.peers],
-                "endpoints": endpoints, "backup_receipts": load_receipts(self.home.path)}
+                "endpoints": endpoints, "backup_receipts": backups.load_receipts(self.home.path)}
+
+    # --- backups -------------------------------------------------------------------------------
+    async def add_backup(self, space_ref: str, address: str) -> dict[str, Any]:
+        """Make the device answering at ``address`` a backup of a space: identify it by
+        handshake, write the AddReplicator record for its account, remember and dial it (the
+        engine then offers it the space, which it fetches)."""
+        assert self.device is not None
+        space = self.device.resolve_space(space_ref)
+        who = await backups.identify(address, self.keys.device, self.node.certificate)
+        written = backups.add_replicator_record(space, self.keys.account, who.account)
+        backups.write_backup_config(self.home.config_path, who.address, who.peer_id)
+        self.remember_backup(who.address, who.peer_id)
+        return {"space_id": space.id, "backup_peer": who.peer_id,
+                "backup_account": who.account_id, "address": who.address,
+                "record_written": written}
+
+    def remember_backup(self, address: str, peer_id: str | None) -> None:
+        """Dial the backup at ``address`` from now on (config and address book)."""
+        self.book.set_backup(parse_endpoints(address, DEFAULT_PORT), peer_id)
+        self.config.backup, self.config.backup_peer_id = address, peer_id
+        self.node.dialer.wake()
+
+    async def backup_status(self, space_ref: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Ask every connected replicator of the space for a signed receipt, verify it and
+        compare it with our own state; a checked result is kept for ``status``."""
+        assert self.device is not None
+        space = self.device.resolve_space(space_ref)
+        engines = backups.backup_engines(self.node.engines, space)
+        out = await backups.collect_receipts(engines, space, self.node.replicas.ldiff(space.id),
+                                             timeout)
+        if engines:
+            backups.save_receipt(self.home.path, space.id, out)
+        return out
 
 
 def _hint_endpoints(hint: str) -> list[Endpoint]:

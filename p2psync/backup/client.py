@@ -1,187 +1,39 @@
-"""The device side of backups: ``space add-backup`` and ``space backup-status``.
+"""Deprecated alias: the device side of backups moved to :mod:`p2psync.agent.backups` and the
+public :class:`~p2psync.agent.core.Agent` methods ``add_backup`` / ``backup_status``.
 
-* :func:`identify` dials an address and reads who answers from the authenticated handshake
-  (the device certificate binds peer id to account), so adding a backup needs only its
-  address — the peer id and account come from the connection, not from the user.
-* :func:`add_backup` writes the AddReplicator record for that account and records the address
-  and peer id in ``config.toml`` (``backup`` / ``backup_peer_id``); the agent dials it from then
-  on and offers it the space, which it fetches.
-* :func:`backup_status` asks a connected backup for a signed storage receipt, verifies it and
-  compares it with our own head-sync set: which documents are safely held at our current heads.
-  Verified receipts are kept in ``<home>/backup-receipts.json`` so ``status`` can show them.
+Kept only so callers that still import from here keep working until they are switched; it sits
+above the agent (like :mod:`p2psync.backup.service`) and nothing below the agent imports it.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2psync.backup.receipt import Receipt, verify_receipt
-from p2psync.config import DEFAULT_PORT
-from p2psync.crypto.cert import DeviceCertificate
-from p2psync.crypto.ids import account_id, peer_id, short_hash
-from p2psync.crypto.keys import DeviceKey
-from p2psync.discovery.peers import Endpoint, parse_endpoints
-from p2psync.errors import P2PSyncError, TransportError
-from p2psync.replica.space import Space
-from p2psync.sync.ldiff import LDiff
+from p2psync.agent.backups import (
+    RECEIPTS_FILE,
+    BackupError,
+    BackupIdentity,
+    add_replicator_record,
+    compare,
+    identify,
+    load_receipts,
+    save_receipt,
+    write_backup_config,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from p2psync.agent.core import Agent
 
-RECEIPTS_FILE = "backup-receipts.json"
-
-
-class BackupError(P2PSyncError):
-    """A backup operation failed (unreachable, not connected, receipt refused)."""
-
-
-@dataclass(frozen=True)
-class BackupIdentity:
-    """Who answered at an address."""
-
-    address: str
-    peer_id: str
-    account_id: str
-    account: bytes
-
-
-async def identify(address: str, device: DeviceKey, certificate: DeviceCertificate,
-                   timeout: float = 8.0) -> BackupIdentity:
-    """Dial ``address`` (``[tcp://|quic://]host[:port]``) and return its proven identity."""
-    import asyncio
-
-    from p2psync.node import sync_transport_config
-    from p2psync.transport.api import connect
-
-    errors = []
-    for ep in parse_endpoints(address, DEFAULT_PORT):
-        host = f"[{ep.host}]" if ":" in ep.host else ep.host
-        try:
-            conn = await asyncio.wait_for(connect(
-                f"{host}:{ep.port}", device_key=device, certificate=certificate,
-                transport=ep.transport.value, config=sync_transport_config()), timeout)
-        except (TransportError, OSError, TimeoutError) as exc:
-            errors.append(f"{ep}: {type(exc).__name__}: {exc}")
-            continue
-        cert = conn.certificate
-        await conn.close("identified")
-        return BackupIdentity(_address_of(ep), peer_id(cert.device), account_id(cert.account),
-                              cert.account)
-    raise BackupError(f"could not reach a backup at {address}: " + "; ".join(errors))
-
-
-def _address_of(ep: Endpoint) -> str:
-    host = f"[{ep.host}]" if ":" in ep.host else ep.host
-    return f"{ep.transport.value}://{host}:{ep.port}"
-
-
-def write_backup_config(config_path: Path, address: str, backup_peer_id: str) -> None:
-    """Set ``backup`` and ``backup_peer_id`` in ``config.toml``, keeping everything else (the
-    two keys go first, before any ``[table]``)."""
-    try:
-        text = config_path.read_text()
-    except FileNotFoundError:
-        text = ""
-    lines = [ln for ln in text.splitlines()
-             if not re.match(r"^\s*(backup|backup_peer_id)\s*=", ln)]
-    head = [f'backup = "{address}"', f'backup_peer_id = "{backup_peer_id}"']
-    config_path.write_text("\n".join(head + lines) + "\n")
-
-
-def add_replicator_record(space: Space, me: Any, account: bytes) -> bool:
-    """Write the AddReplicator record unless the account already replicates; True if written."""
-    if account in space.acl.state.replicators:
-        return False
-    space.emit_acl(lambda acl: acl.add_replicator(me, account))
-    return True
-
-
-# --- receipts -----------------------------------------------------------------------------------
-def compare(receipt: Receipt, local: LDiff) -> dict[str, Any]:
-    """What a verified receipt says about our own state (pure)."""
-    ours = dict(local.items())
-    full = receipt.root == local.hash()
-    if receipt.objects is not None:
-        held = sorted(t for t, h in ours.items() if receipt.objects.get(t) == h)
-        missing = sorted(t for t in ours if t not in held)
-    else:  # large space: only the fingerprint says it, all or nothing
-        held = sorted(ours) if full else []
-        missing = [] if full else sorted(ours)
-    return {"all_backed_up": full, "documents": len(ours), "documents_backed_up": len(held),
-            "not_backed_up": [short_hash(t) for t in missing[:50]],
-            "backup_objects": receipt.objects_count, "backup_changes": receipt.changes_count,
-            "backup_bytes": receipt.size,
-            "receipt_time": receipt.timestamp_ms / 1000, "backup_peer": peer_id(receipt.device),
-            "backup_account": account_id(receipt.account), "signature_ok": True}
-
-
-async def backup_status(agent: Agent, space_ref: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Ask every connected replicator of the space for a receipt; verify and compare."""
-    import asyncio
-
-    assert agent.device is not None
-    space = agent.device.resolve_space(space_ref)
-    reps = space.acl.state.replicators
-    engines = [e for e in agent.node.engines
-               if e.ready.is_set() and e.remote_account in reps and space.id in e.shared]
-    results: list[dict[str, Any]] = []
-    for e in engines:
-        nonce = os.urandom(32)
-        try:
-            raw = await asyncio.wait_for(e.request_receipt(space.id, nonce), timeout)
-            rec = verify_receipt(raw, device=e.remote_device, space_id=space.id, nonce=nonce)
-        except (P2PSyncError, TimeoutError) as exc:
-            results.append({"backup_peer": e.conn.peer_id, "error": f"{type(exc).__name__}: "
-                            f"{exc}", "signature_ok": False})
-            continue
-        results.append(compare(rec, agent.node.replicas.ldiff(space.id)))
-    out = {"space_id": space.id, "checked_at": time.time(), "replicators": len(reps),
-           "connected_backups": len(engines), "receipts": results}
-    if not engines:
-        out["note"] = ("no backup of this space is connected now: the last verified receipt "
-                       "(if any) is in `status`")
-    else:
-        save_receipt(agent.home.path, space.id, out)
-    return out
-
-
-def save_receipt(home: Path, space_id: str, status: dict[str, Any]) -> None:
-    path = home / RECEIPTS_FILE
-    data = load_receipts(home)
-    data[space_id] = status
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def load_receipts(home: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((home / RECEIPTS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+__all__ = ["RECEIPTS_FILE", "BackupError", "BackupIdentity", "add_backup_agent",
+           "add_replicator_record", "backup_status", "compare", "identify", "load_receipts",
+           "save_receipt", "write_backup_config"]
 
 
 async def add_backup_agent(agent: Agent, space_ref: str, address: str) -> dict[str, Any]:
-    """``space.add_backup`` on a running agent: identify, write the record, remember and dial
-    the backup (the engine then offers it the space, which it fetches)."""
-    from p2psync.discovery.peers import Source
+    """Use :meth:`Agent.add_backup <p2psync.agent.core.Agent.add_backup>`."""
+    return await agent.add_backup(space_ref, address)
 
-    assert agent.device is not None
-    space = agent.device.resolve_space(space_ref)
-    who = await identify(address, agent.keys.device, agent.node.certificate)
-    written = add_replicator_record(space, agent.keys.account, who.account)
-    write_backup_config(agent.home.config_path, who.address, who.peer_id)
-    agent.book.backup_peer_id = who.peer_id
-    for ep in parse_endpoints(who.address, DEFAULT_PORT):
-        agent.book._add(ep, who.peer_id, Source.BACKUP)
-    agent.config.backup, agent.config.backup_peer_id = who.address, who.peer_id
-    agent._kick.set()
-    return {"space_id": space.id, "backup_peer": who.peer_id, "backup_account": who.account_id,
-            "address": who.address, "record_written": written}
+
+async def backup_status(agent: Agent, space_ref: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Use :meth:`Agent.backup_status <p2psync.agent.core.Agent.backup_status>`."""
+    return await agent.backup_status(space_ref, timeout)

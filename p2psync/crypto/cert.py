@@ -1,9 +1,10 @@
 """Device certificates: the account key vouches for a device key.
 
-Raw form: ``pack([body, signature])`` where ``body = pack([1, account_pub, device_pub,
-issued_at, expires_at])`` (``expires_at`` 0 = never). The transport sends the raw bytes in the
-Noise handshake payload; the receiver checks the signature, the validity window, and that the
-device key is the one the handshake authenticated.
+Raw form: a signed envelope (:mod:`p2psync.crypto.signed`), ``pack([body, signature])`` where
+``body = pack([1, account_pub, device_pub, issued_at, expires_at])`` (``expires_at`` 0 =
+never). The transport sends the raw bytes in the Noise handshake payload; the receiver checks
+the signature, the validity window, and that the device key is the one the handshake
+authenticated.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.ids import account_id, peer_id
 from p2psync.crypto.keys import AccountKey, DeviceKey, verify
+from p2psync.crypto.signed import make_signed, open_signed
 from p2psync.errors import BadCertificate, BadSignature, DecodeError
 
 CERT_DOMAIN = "device-cert"
@@ -47,18 +49,14 @@ class DeviceCertificate:
         device_pub = device if isinstance(device, bytes) else device.public
         now = int(time.time()) if issued_at is None else issued_at
         body = pack([_VERSION, account.public, device_pub, now, expires_at])
-        raw = pack([body, account.sign(CERT_DOMAIN, body)])
+        raw = make_signed(account, CERT_DOMAIN, body)
         return cls(account.public, device_pub, now, expires_at, raw)
 
     @classmethod
     def verify(cls, raw: bytes, *, now: float | None = None) -> DeviceCertificate:
         """Parse and check a certificate; raise :class:`BadCertificate` with the reason."""
         try:
-            outer = Reader(unpack(raw, max_size=MAX_CERT_SIZE, what="device certificate"),
-                           "device certificate")
-            body = outer.blob("body", max_len=MAX_CERT_SIZE)
-            sig = outer.blob("signature", size=64)
-            outer.end()
+            body, sig = open_signed(raw, "device certificate", MAX_CERT_SIZE)
             r = Reader(unpack(body, what="certificate body"), "certificate body")
             r.version([_VERSION])
             account = r.blob("account", size=32)

@@ -23,8 +23,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from p2psync.backoff import Backoff
 from p2psync.crypto.ids import PEER, decode_key
 from p2psync.errors import BadId, DiscoveryError
+from p2psync.hostport import host_port
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,7 @@ class Endpoint:
     transport: Transport
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport.value}://{host}:{self.port}"
+        return f"{self.transport.value}://{host_port(self.host, self.port)}"
 
     @property
     def is_ip(self) -> bool:
@@ -142,22 +143,6 @@ def _check_peer_id(pid: str) -> str:
 
 
 @dataclass(frozen=True)
-class BackoffPolicy:
-    """Per-endpoint retry delays: ``base * factor**(failures-1)``, capped, with jitter."""
-
-    base: float = 1.0
-    factor: float = 2.0
-    cap: float = 300.0
-    jitter: float = 0.2  #: up to +20 %, so devices do not redial a restarted peer in lockstep
-
-    def delay(self, failures: int, rand: float) -> float:
-        if failures <= 0:
-            return 0.0
-        d = min(self.cap, self.base * self.factor ** min(failures - 1, 64))
-        return d * (1.0 + self.jitter * rand)
-
-
-@dataclass(frozen=True)
 class DialCandidate:
     """An endpoint due for a dial attempt. ``peer_id`` is who we expect there (None: unknown,
     e.g. a static address never connected yet); the handshake must confirm it."""
@@ -166,6 +151,19 @@ class DialCandidate:
     peer_id: str | None
     sources: frozenset[Source]
     failures: int
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """One endpoint as the book holds it (see :meth:`AddressBook.entries`)."""
+
+    endpoint: Endpoint
+    peer_id: str | None
+    sources: frozenset[Source]
+    failures: int
+    next_try: float
+    last_ok: float | None
+    proved: bool  #: a handshake proved ``peer_id`` answers here
 
 
 @dataclass
@@ -177,6 +175,8 @@ class _Entry:
     next_try: float = 0.0
     last_ok: float | None = None
     last_seen: float | None = None  #: last mDNS sighting
+    #: a handshake proved ``peer_id`` answers here; only another handshake may relabel it
+    proved: bool = False
 
 
 _SOURCE_RANK = {Source.BACKUP: 0, Source.KNOWN: 1, Source.MDNS: 2, Source.STATIC: 3}
@@ -193,13 +193,13 @@ class AddressBook:
         backup_peer_id: str | None = None,
         self_peer_id: str | None = None,
         default_port: int | None = None,
-        policy: BackoffPolicy | None = None,
+        policy: Backoff | None = None,
         rand: Callable[[], float] = random.random,
         known_ttl: float = 30 * 86400.0,
         mdns_ttl: float = 3600.0,
         max_known_per_peer: int = 8,
     ) -> None:
-        self.policy = policy or BackoffPolicy()
+        self.policy = policy or Backoff(base=1.0, cap=300.0, jitter=0.2)
         self.self_peer_id = self_peer_id
         self.backup_peer_id = _check_peer_id(backup_peer_id) if backup_peer_id else None
         self.known_ttl = known_ttl
@@ -215,18 +215,39 @@ class AddressBook:
                 self._add(ep, self.backup_peer_id, Source.BACKUP)
 
     # --- inputs -------------------------------------------------------------------------------
-    def _add(self, ep: Endpoint, peer_id: str | None, source: Source) -> _Entry:
+    def _add(self, ep: Endpoint, peer_id: str | None, source: Source) -> _Entry | None:
+        """Merge one claim that ``peer_id`` is at ``ep``. A claim that is not a handshake
+        (mDNS, config) never relabels an endpoint a handshake proved: returns None then."""
         e = self._entries.get(ep)
         if e is None:
             e = self._entries[ep] = _Entry(ep, peer_id)
         elif peer_id is not None and e.peer_id != peer_id:
+            if e.proved and source is not Source.KNOWN:
+                log.info("ignoring %s claim that %s is at %s (a handshake proved %s)",
+                         source.value, peer_id, ep, e.peer_id)
+                return None
             if e.peer_id is not None:
                 # the address now belongs to someone else (DHCP reuse): old history is moot
                 e.failures, e.last_ok, e.next_try = 0, None, 0.0
                 e.sources.discard(Source.KNOWN)
+                e.proved = False
             e.peer_id = peer_id
         e.sources.add(source)
         return e
+
+    def add_static(self, ep: Endpoint) -> None:
+        """Dial ``ep`` (whoever answers) until :meth:`remove`."""
+        self._add(ep, None, Source.STATIC)
+
+    def set_backup(self, endpoints: Iterable[Endpoint], peer_id: str | None) -> None:
+        """The backup peer is (now) at ``endpoints``; ``peer_id`` is who we expect there."""
+        self.backup_peer_id = _check_peer_id(peer_id) if peer_id else None
+        for ep in endpoints:
+            self._add(ep, self.backup_peer_id, Source.BACKUP)
+
+    def remove(self, ep: Endpoint) -> None:
+        """Forget ``ep`` whatever told us about it."""
+        self._entries.pop(ep, None)
 
     def mdns_seen(
         self,
@@ -244,6 +265,8 @@ class AddressBook:
                 if port is None:
                     continue
                 e = self._add(Endpoint(host, port, t), peer_id, Source.MDNS)
+                if e is None:
+                    continue
                 e.last_seen = now
                 e.next_try = min(e.next_try, now)
 
@@ -258,8 +281,21 @@ class AddressBook:
     def connected(self, endpoint: Endpoint, peer_id: str, now: float) -> None:
         """The agent connected and authenticated ``peer_id`` at ``endpoint``."""
         e = self._add(endpoint, peer_id, Source.KNOWN)
-        e.failures, e.next_try, e.last_ok = 0, now, now
+        assert e is not None  # a handshake always wins
+        e.failures, e.next_try, e.last_ok, e.proved = 0, now, now, True
         self._trim_known(peer_id)
+
+    def disconnected(self, endpoint: Endpoint, now: float) -> None:
+        """A connection made at ``endpoint`` ended: redial after the first backoff step (not
+        at once, so a peer that accepts and then drops us is not hammered)."""
+        e = self._entries.get(endpoint)
+        if e is not None:
+            e.next_try = now + self.policy.delay(1, self._rand())
+
+    def retry_now(self, now: float) -> None:
+        """Make every endpoint due now (the network changed; waits are moot)."""
+        for e in self._entries.values():
+            e.next_try = min(e.next_try, now)
 
     def failed(self, endpoint: Endpoint, now: float) -> None:
         """A dial to ``endpoint`` failed (refused, timeout, wrong peer): back off."""
@@ -284,7 +320,7 @@ class AddressBook:
             if e.peer_id is not None and (e.peer_id in connected_peers
                                           or e.peer_id == self.self_peer_id):
                 continue
-            if e.next_try > now + self.policy.cap * (1 + self.policy.jitter):
+            if e.next_try > now + self.policy.cap:
                 e.next_try = now  # the clock went backwards: do not wait for ages
             if e.next_try > now:
                 continue
@@ -310,6 +346,12 @@ class AddressBook:
             or (e.peer_id not in connected_peers and e.peer_id != self.self_peer_id)
         ]
         return min(times) if times else None
+
+    def entries(self) -> list[EndpointState]:
+        """Every endpoint with its label and backoff (for status), in address order."""
+        return [EndpointState(e.endpoint, e.peer_id, frozenset(e.sources), e.failures,
+                              e.next_try, e.last_ok, e.proved)
+                for e in sorted(self._entries.values(), key=lambda e: e.endpoint)]
 
     def endpoints_of(self, peer_id: str) -> list[Endpoint]:
         """Every endpoint we associate with ``peer_id`` (for status displays)."""
@@ -372,7 +414,9 @@ class AddressBook:
                     log.debug("skipping known address of %s: %r", pid, exc)
                     continue
                 e = self._add(ep, pid, Source.KNOWN)
+                assert e is not None
                 e.last_ok = max(e.last_ok or 0.0, last_ok)
+                e.proved = True
                 loaded += 1
         return loaded
 

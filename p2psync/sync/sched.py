@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import heapq
 import math
-import random
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
+
+from p2psync.backoff import Backoff as Backoff  # re-exported: the engine imports it here
 
 K = TypeVar("K", bound=Hashable)
 
@@ -57,23 +58,6 @@ class TokenBucket:
         if cost > self.burst:
             return math.inf
         return max(0.0, (cost - self._available(now)) / self.rate)
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with "equal jitter": attempt n waits a uniform time in
-    [d/2, d] where d = min(cap, base * factor**(n-1)); never zero, never synchronised."""
-
-    base: float = 0.5
-    factor: float = 2.0
-    cap: float = 60.0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def delay(self, attempt: int) -> float:
-        if attempt < 1:
-            raise ValueError("attempts count from 1")
-        d = min(self.cap, self.base * self.factor ** min(attempt - 1, 64))
-        return d / 2 + self.rng.uniform(0.0, d / 2)
 
 
 class Submit(Enum):
