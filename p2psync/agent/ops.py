@@ -9,7 +9,6 @@ local API all run exactly this code; only the presentation differs.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import CHANGE_DOMAIN
 from p2psync.replica.document import Document, Text
+from p2psync.timefmt import local_time
 
 ROLES = {"reader": Role.READER, "writer": Role.WRITER, "admin": Role.ADMIN}
 
@@ -31,10 +31,6 @@ class OpError(P2PSyncError):
 
 def role_name(role: Role | None) -> str:
     return role.name.lower() if role is not None else "none"
-
-
-def _ts(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def parse_path(doc: Document, text: str) -> list[str | int]:
@@ -213,7 +209,7 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
         except P2PSyncError:
             ok = False
         rows.append({"change": short_hash(ch.id), "author": account_id(ch.author),
-                     "time": _ts(ch.timestamp),
+                     "time": local_time(ch.timestamp),
                      "parents": [short_hash(p) for p in ch.prev_ids],
                      "snapshot": ch.snapshot, "signature_ok": ok})
     return rows
