@@ -55,7 +55,7 @@ from p2psync.node import Node, NodeConfig
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
-from p2psync.sync.engine import EngineConfig, PeerEngine
+from p2psync.sync.engine import PeerEngine
 from p2psync.transport.api import TransportName
 
 log = logging.getLogger("p2psync.agent")
@@ -116,8 +116,7 @@ class Agent:
         self.node = Node(home.store_path, keys.account, keys.device,
                          certificate=home.certificate(keys),
                          config=NodeConfig(listen=listen, durable=c.durable,
-                                           engine=EngineConfig(
-                                               head_sync_interval=c.head_sync_interval),
+                                           engine=c.engine, transport=c.transport,
                                            reconnect_cap=c.reconnect_cap),
                          book=self.book, on_connected=self._on_dialled)
         self.mdns: MdnsDiscovery | None = None
