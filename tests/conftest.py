@@ -20,7 +20,11 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from p2psync.agent.core import Agent
+from p2psync.config import AgentConfig
 from p2psync.crypto.ids import peer_id
+from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
+from p2psync.home import Home
 from p2psync.node import Node, NodeConfig
 from tests.sync_helpers import fast_config, make_node
 
@@ -60,14 +64,9 @@ class Fleet:
         node, policy = await make_backup(self.tmp_path, name, **kw)
         return self.track(node), policy
 
-    async def agent(self, name: str, **config: Any) -> Any:
+    async def agent(self, name: str, **config: Any) -> Agent:
         """A started in-process :class:`~p2psync.agent.core.Agent` (no mDNS, loopback,
         ephemeral ports); ``config`` overrides :class:`~p2psync.config.AgentConfig` fields."""
-        from p2psync.agent.core import Agent
-        from p2psync.config import AgentConfig
-        from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
-        from p2psync.home import Home
-
         home = Home(self.tmp_path / name)
         keys = home.create(account_from_phrase(new_recovery_phrase()), "")
         cfg = AgentConfig(**{"listen": "127.0.0.1", "quic_port": 0, "tcp_port": 0,

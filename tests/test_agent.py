@@ -10,14 +10,12 @@ from typing import Any
 
 import pytest
 
-from p2psync.agent.core import Agent
 from p2psync.agent.links import PeerLink, duplicates_to_close
 from p2psync.api import ApiServer, handle_request
 from p2psync.config import AgentConfig, ConfigError, load_config, parse_config, render_config
-from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.dialer import plan_dials
 from p2psync.discovery.peers import DialCandidate, Endpoint, Source, Transport
-from p2psync.home import Home
+from tests.conftest import Fleet
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -74,14 +72,6 @@ def test_duplicate_rule_is_symmetric() -> None:
 
 
 # --- local API against in-process agents ------------------------------------------------------
-async def make_agent(tmp_path: Path, name: str) -> Agent:
-    home = Home(tmp_path / name)
-    keys = home.create(account_from_phrase(new_recovery_phrase()), "")
-    cfg = AgentConfig(listen="127.0.0.1", quic_port=0, tcp_port=0, mdns=False, durable=False,
-                      reconnect_cap=1.0)
-    return await Agent(home, keys, cfg).start()
-
-
 async def rpc(path: Path, *reqs: dict[str, Any]) -> list[dict[str, Any]]:
     reader, writer = await asyncio.open_unix_connection(str(path))
     try:
@@ -96,76 +86,61 @@ async def rpc(path: Path, *reqs: dict[str, Any]) -> list[dict[str, Any]]:
         await writer.wait_closed()
 
 
-async def test_api_errors_are_answers_not_crashes(tmp_path: Path) -> None:
-    agent = await make_agent(tmp_path, "a")
-    server = await ApiServer(agent).start()
-    try:
-        assert server.path.stat().st_mode & 0o777 == 0o600
-        answers = await rpc(server.path, {"id": 1, "op": "nope"},
-                            {"id": 2, "op": "doc.get", "params": {"space": "x", "doc": "y"}},
-                            {"id": 3, "op": "space.create", "params": {"nam": "x"}},
-                            {"id": 4}, {"id": 5, "op": "ping"})
-        assert [a["ok"] for a in answers] == [False, False, False, False, True]
-        assert "unknown operation" in answers[0]["error"]["message"]
-        assert answers[1]["error"]["type"] == "NotFound"
-        assert "unknown parameter" in answers[2]["error"]["message"]
-        assert answers[4]["result"]["peer_id"] == agent.keys.device.id
-        bad = await handle_request(agent, ["not", "a", "dict"])
-        assert bad["ok"] is False
-    finally:
-        await server.close()
-        await agent.close()
+async def test_api_errors_are_answers_not_crashes(fleet: Fleet) -> None:
+    agent = await fleet.agent("a")
+    server = fleet.track(await ApiServer(agent).start())
+    assert server.path.stat().st_mode & 0o777 == 0o600
+    answers = await rpc(server.path, {"id": 1, "op": "nope"},
+                        {"id": 2, "op": "doc.get", "params": {"space": "x", "doc": "y"}},
+                        {"id": 3, "op": "space.create", "params": {"nam": "x"}},
+                        {"id": 4}, {"id": 5, "op": "ping"})
+    assert [a["ok"] for a in answers] == [False, False, False, False, True]
+    assert "unknown operation" in answers[0]["error"]["message"]
+    assert answers[1]["error"]["type"] == "NotFound"
+    assert "unknown parameter" in answers[2]["error"]["message"]
+    assert answers[4]["result"]["peer_id"] == agent.keys.device.id
+    bad = await handle_request(agent, ["not", "a", "dict"])
+    assert bad["ok"] is False
 
 
-async def test_subscribe_streams_local_and_peer_changes(tmp_path: Path) -> None:
-    a = await make_agent(tmp_path, "a")
-    b = await make_agent(tmp_path, "b")
-    sa, sb = await ApiServer(a).start(), await ApiServer(b).start()
-    try:
-        [made] = await rpc(sa.path, {"id": 1, "op": "space.create", "params": {"name": "s"}})
-        space = made["result"]["space_id"]
-        [d] = await rpc(sa.path, {"id": 2, "op": "doc.new", "params": {"space": space}})
-        doc = d["result"]["doc"]
-        [inv] = await rpc(sa.path, {"id": 3, "op": "space.invite",
-                                    "params": {"space": space, "no_approval": True}})
-        [j] = await rpc(sb.path, {"id": 4, "op": "space.join",
-                                  "params": {"code": inv["result"]["invite"]}})
-        assert j["ok"], j
-        [w] = await rpc(sb.path, {"id": 5, "op": "space.wait_synced", "params": {
-            "space": space, "timeout": 10}})
-        assert w["ok"] and w["result"]["documents"] == 1, w
-        reader, writer = await asyncio.open_unix_connection(str(sb.path))
-        writer.write(json.dumps({"id": 9, "op": "subscribe", "params": {
-            "space": space, "doc": doc}}).encode() + b"\n")
-        ack = json.loads(await reader.readline())
-        assert ack["ok"] and ack["result"]["subscription"]
-        await rpc(sa.path, {"id": 5, "op": "doc.set", "params": {
-            "space": space, "doc": doc, "path": "k", "value": 1}})
-        ev = json.loads(await asyncio.wait_for(reader.readline(), 10))
-        assert ev["event"] == "change" and ev["origin"] == "peer" and ev["doc"] == doc
-        await rpc(sb.path, {"id": 6, "op": "doc.set", "params": {
-            "space": space, "doc": doc, "path": "k", "value": 2}})
-        ev = json.loads(await asyncio.wait_for(reader.readline(), 10))
-        assert ev["origin"] == "local"
-        writer.close()
-        await writer.wait_closed()
-    finally:
-        for s in (sa, sb):
-            await s.close()
-        for ag in (a, b):
-            await ag.close()
+async def test_subscribe_streams_local_and_peer_changes(fleet: Fleet) -> None:
+    a, b = await fleet.agent("a"), await fleet.agent("b")
+    sa, sb = fleet.track(await ApiServer(a).start()), fleet.track(await ApiServer(b).start())
+    [made] = await rpc(sa.path, {"id": 1, "op": "space.create", "params": {"name": "s"}})
+    space = made["result"]["space_id"]
+    [d] = await rpc(sa.path, {"id": 2, "op": "doc.new", "params": {"space": space}})
+    doc = d["result"]["doc"]
+    [inv] = await rpc(sa.path, {"id": 3, "op": "space.invite",
+                                "params": {"space": space, "no_approval": True}})
+    [j] = await rpc(sb.path, {"id": 4, "op": "space.join",
+                              "params": {"code": inv["result"]["invite"]}})
+    assert j["ok"], j
+    [w] = await rpc(sb.path, {"id": 5, "op": "space.wait_synced", "params": {
+        "space": space, "timeout": 10}})
+    assert w["ok"] and w["result"]["documents"] == 1, w
+    reader, writer = await asyncio.open_unix_connection(str(sb.path))
+    writer.write(json.dumps({"id": 9, "op": "subscribe", "params": {
+        "space": space, "doc": doc}}).encode() + b"\n")
+    ack = json.loads(await reader.readline())
+    assert ack["ok"] and ack["result"]["subscription"]
+    await rpc(sa.path, {"id": 5, "op": "doc.set", "params": {
+        "space": space, "doc": doc, "path": "k", "value": 1}})
+    ev = json.loads(await asyncio.wait_for(reader.readline(), 10))
+    assert ev["event"] == "change" and ev["origin"] == "peer" and ev["doc"] == doc
+    await rpc(sb.path, {"id": 6, "op": "doc.set", "params": {
+        "space": space, "doc": doc, "path": "k", "value": 2}})
+    ev = json.loads(await asyncio.wait_for(reader.readline(), 10))
+    assert ev["origin"] == "local"
+    writer.close()
+    await writer.wait_closed()
 
 
-async def test_close_flushes_and_persists_known_peers(tmp_path: Path) -> None:
-    a = await make_agent(tmp_path, "a")
-    b = await make_agent(tmp_path, "b")
-    try:
-        space = a.node.create_space()
-        code = a.node.invite(space.id)
-        joined = await b.join(code.encode())
-        assert joined.id == space.id
-    finally:
-        await b.close()
-        await a.close()
-    known = json.loads((tmp_path / "b" / "peers.json").read_text())
+async def test_close_flushes_and_persists_known_peers(fleet: Fleet) -> None:
+    a, b = await fleet.agent("a"), await fleet.agent("b")
+    space = a.node.create_space()
+    code = a.node.invite(space.id)
+    joined = await b.join(code.encode())
+    assert joined.id == space.id
+    await fleet.close()
+    known = json.loads((fleet.tmp_path / "b" / "peers.json").read_text())
     assert a.keys.device.id in known["peers"]
