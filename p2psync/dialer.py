@@ -82,6 +82,7 @@ class DialState:
     last_ok: float | None = None
     attempts: int = 0
     connected: bool = False
+    connections: int = 0  #: connections made here and kept
     #: the peer the book expected and the one that answered, when they differed
     relabelled: tuple[str, str] | None = None
 
@@ -114,6 +115,11 @@ class Dialer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.Task[None] | None = None
         self.closed = False
+
+    @property
+    def dialing(self) -> list[Endpoint]:
+        """Endpoints with a dial in flight now."""
+        return sorted(self._dialing)
 
     # --- control -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -177,17 +183,16 @@ class Dialer:
         st = self.state.setdefault(ep, DialState())
         st.attempts += 1
         try:
-            engine = await asyncio.wait_for(self._connect(ep), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no inner task to orphan on close
+                engine = await self._connect(ep)
         except (TransportError, OSError, TimeoutError) as exc:
             st.last_error = f"{type(exc).__name__}: {exc}"
             self.book.failed(ep, self.clock())
             log.info("event=dial_failed endpoint=%s error=%r", ep, st.last_error)
             self._dialing.pop(ep, None)
+            self._changed()
             self.wake()
             return
-        finally:
-            self._changed()
-        self._dialing.pop(ep, None)
         pid = engine.conn.peer_id
         if cand.peer_id is not None and pid != cand.peer_id:
             # DHCP reuse, or a neighbour advertising a made-up id at this address: the
@@ -195,11 +200,13 @@ class Dialer:
             st.relabelled = (cand.peer_id, pid)
             log.info("event=endpoint_relabelled endpoint=%s expected=%s reached=%s",
                      ep, cand.peer_id, pid)
+        self._dialing.pop(ep, None)
         self._connected(ep, engine, st)
 
     def _connected(self, ep: Endpoint, engine: PeerEngine, st: DialState) -> None:
         pid = engine.conn.peer_id
         st.last_ok, st.last_error, st.connected = self.clock(), None, True
+        st.connections += 1
         self.aliases[(ep.host, ep.port)] = pid
         self.book.connected(ep, pid, self.clock())
         self.outgoing[id(engine)] = engine
@@ -207,6 +214,7 @@ class Dialer:
         if self._on_connected is not None:
             self._on_connected(engine, ep)
         self._spawn(self._watch(ep, engine, st))
+        self._changed()
 
     async def _watch(self, ep: Endpoint, engine: PeerEngine, st: DialState) -> None:
         try:

@@ -14,8 +14,10 @@ from p2psync.agent.links import PeerLink, duplicates_to_close
 from p2psync.api import ApiServer, handle_request
 from p2psync.config import AgentConfig, ConfigError, load_config, parse_config, render_config
 from p2psync.dialer import plan_dials
+from p2psync.discovery.mdns import PeerSeen
 from p2psync.discovery.peers import DialCandidate, Endpoint, Source, Transport
 from tests.conftest import Fleet
+from tests.sync_helpers import wait_any
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -144,3 +146,37 @@ async def test_close_flushes_and_persists_known_peers(fleet: Fleet) -> None:
     await fleet.close()
     known = json.loads((fleet.tmp_path / "b" / "peers.json").read_text())
     assert a.keys.device.id in known["peers"]
+
+
+# --- issue 20.2: a LAN neighbour squatting on a device's address ------------------------------
+async def test_mdns_squatter_cannot_cut_two_agents_apart(fleet: Fleet) -> None:
+    """A neighbour advertises made-up peer ids at A's and B's real addresses after they met.
+    The claims change nothing: when the connection drops, the agents reconnect (before the fix
+    the endpoint was relabelled, the handshake's answer refused and the dial backed off)."""
+    a, b = await fleet.agent("a", quic_port=None), await fleet.agent("b", quic_port=None)
+    a_port, b_port = a.node.servers[0].port, b.node.servers[0].port
+    a._on_discovery(PeerSeen(b.keys.device.id, ("127.0.0.1",), None, b_port, 1))
+    b._on_discovery(PeerSeen(a.keys.device.id, ("127.0.0.1",), None, a_port, 1))
+
+    def kept_dials() -> int:
+        return sum(st.connections for ag in (a, b) for st in ag.node.dialer.state.values())
+
+    def linked(dials: int) -> bool:
+        return (b.keys.device.id in a.connected_peers()
+                and a.keys.device.id in b.connected_peers() and kept_dials() > dials)
+
+    # settled: linked, and no dial planned before the squat still in flight
+    await wait_any([a.node, b.node], lambda: linked(0) and not a.node.dialer.dialing
+                   and not b.node.dialer.dialing)
+    proved = {(ag, r.endpoint): r.peer_id for ag in (a, b) for r in ag.book.entries()
+              if r.proved}  # whoever dialled proved the other's address by handshake
+    # the squatter's claims arrive after the genuine sightings
+    a._on_discovery(PeerSeen(fleet.peer_id(), ("127.0.0.1",), None, b_port, 1))
+    b._on_discovery(PeerSeen(fleet.peer_id(), ("127.0.0.1",), None, a_port, 1))
+    dials = kept_dials()
+    await a.node.disconnect_all()
+    await b.node.disconnect_all()
+    await wait_any([a.node, b.node], lambda: not a.connected_peers())
+    await wait_any([a.node, b.node], lambda: linked(dials))
+    for (ag, ep), pid in proved.items():  # no claim relabelled a proved address
+        assert [r.peer_id for r in ag.book.entries() if r.endpoint == ep] == [pid]
