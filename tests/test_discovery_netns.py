@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +196,66 @@ async def test_blocked_multicast_means_no_sightings_until_unblocked(
     await agents[2].proc.send("refresh")
     for other in agents[:2]:
         await agents[2].proc.expect(seen(other.peer_id), 10, what="sighting after unblock")
+
+
+# A squatter (issue 20.2): advertises a made-up peer id at each target's real address, with the
+# agents' real ports, so every sighting looks like a device at that address.
+SQUATTER = r"""
+import asyncio, json, os, sys
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from p2psync.crypto.ids import peer_id
+T = "_p2psync._udp.local."
+own, port, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+async def main():
+    azc = AsyncZeroconf(interfaces=[own], ip_version=IPVersion.V4Only)
+    ids = [peer_id(os.urandom(32)) for _ in targets]
+    infos = [AsyncServiceInfo(T, f"{z}.{T}", port=int(port), server=f"squat{i}.local.",
+                              properties={"id": z, "v": "1", "q": port, "t": port},
+                              parsed_addresses=[ip])
+             for i, (z, ip) in enumerate(zip(ids, targets))]
+    tasks = await asyncio.gather(*(azc.async_register_service(i) for i in infos))
+    await asyncio.gather(*tasks)
+    print(json.dumps({"event": "squatting", "ids": ids}), flush=True)
+    await asyncio.sleep(300)
+asyncio.run(main())
+"""
+
+
+async def test_mdns_squatter_does_not_cut_two_agents_apart(
+    netns_lan: Callable[[int], NetnsLan], tmp_path: Path,
+) -> None:
+    """A and B (full agents, mDNS only) meet; a neighbour then advertises made-up ids at both
+    of their addresses; B drops off the LAN long enough to lose the connection and comes back
+    without any new sighting. A and B must reconnect (before the fix each side had relabelled
+    the other's address, refused the handshake's answer and backed off)."""
+    from tests.test_lan import PORT, _not_connected, call, connected_to, init_home, until
+    from tests.test_lan import start_agents as start_run_agents
+
+    lan = netns_lan(3)
+    homes = [tmp_path / "a", tmp_path / "b"]
+    ids = [init_home(h) for h in homes]
+    await start_run_agents(lan, homes)
+    await until("A and B connected by mDNS", lambda: connected_to(homes[0], {ids[1]}))
+    await until("B connected to A", lambda: connected_to(homes[1], {ids[0]}))
+
+    squat = await lan.spawn_python(lan.nodes[2], ["-c", SQUATTER, lan.nodes[2].ipv4, str(PORT),
+                                                  lan.nodes[0].ipv4, lan.nodes[1].ipv4])
+    z = (await squat.expect(lambda ln: ln.get("event") == "squatting", 20, what="squatting"))[
+        "ids"]
+
+    async def sighted(home: Path, peer: str) -> bool:
+        return peer in (await call(home, "status"))["mdns"]["sighted"]
+
+    await until("A saw the claim at B's address", lambda: sighted(homes[0], z[1]))
+    await until("B saw the claim at A's address", lambda: sighted(homes[1], z[0]))
+
+    lan.link_down(lan.nodes[1])
+    await until("A noticed B gone", lambda: _not_connected(homes[0], ids[1]))
+    lan.link_up(lan.nodes[1])
+    await until("A and B reconnected", lambda: connected_to(homes[0], {ids[1]}))
+    await until("B reconnected to A", lambda: connected_to(homes[1], {ids[0]}))
+    endpoints = (await call(homes[0], "status"))["endpoints"]
+    b_rows = [e for e in endpoints if f"//{lan.nodes[1].ipv4}:" in e["endpoint"]
+              and e["connected"]]
+    assert b_rows and {e["peer_id"] for e in b_rows} == {ids[1]}, endpoints
