@@ -226,9 +226,9 @@ async def test_mdns_squatter_does_not_cut_two_agents_apart(
     netns_lan: Callable[[int], NetnsLan], tmp_path: Path,
 ) -> None:
     """A and B (full agents, mDNS only) meet; a neighbour then advertises made-up ids at both
-    of their addresses; B drops off the LAN long enough to lose the connection and comes back
-    without any new sighting. A and B must reconnect (before the fix each side had relabelled
-    the other's address, refused the handshake's answer and backed off)."""
+    of their addresses; unicast between them is cut long enough to lose the connection and
+    restored, without any new sighting. A and B must reconnect (before the fix each side had
+    relabelled the other's address, refused the handshake's answer and backed off)."""
     from tests.test_lan import PORT, _not_connected, call, connected_to, init_home, until
     from tests.test_lan import start_agents as start_run_agents
 
@@ -250,9 +250,14 @@ async def test_mdns_squatter_does_not_cut_two_agents_apart(
     await until("A saw the claim at B's address", lambda: sighted(homes[0], z[1]))
     await until("B saw the claim at A's address", lambda: sighted(homes[1], z[0]))
 
-    lan.link_down(lan.nodes[1])
+    # cut unicast between them (a blackhole route in B: mDNS multicast and the interfaces stay
+    # as they are, so nobody restarts mDNS and no genuine sighting comes again)
+    route = ["ip", "route", "add", "blackhole", f"{lan.nodes[0].ipv4}/32"]
+    lan.run(lan.nodes[1], route)
     await until("A noticed B gone", lambda: _not_connected(homes[0], ids[1]))
-    lan.link_up(lan.nodes[1])
+    await until("B noticed A gone", lambda: _not_connected(homes[1], ids[0]))
+    route[2] = "del"
+    lan.run(lan.nodes[1], route)
     await until("A and B reconnected", lambda: connected_to(homes[0], {ids[1]}))
     await until("B reconnected to A", lambda: connected_to(homes[1], {ids[0]}))
     endpoints = (await call(homes[0], "status"))["endpoints"]
