@@ -33,3 +33,15 @@ def held(node: Node, space_id: str, tree_id: bytes) -> int:
     if space_id not in node.spaces:
         return 0
     return node.store.count_changes(tree_id)
+
+
+async def hand_to_backup(owner: Node, backup: Node, space: Space, *, wait_for: Any = None) -> None:
+    """The owner makes ``backup`` the space's replicator and connects to it; returns once the
+    backup holds the space (and, with ``wait_for``, the invite of that code too), so a device
+    can then join through the backup alone."""
+    from tests.sync_helpers import converged, wait_any
+
+    space.emit_acl(lambda acl: acl.add_replicator(owner.account, backup.account.public))
+    await owner.connect(backup.address())
+    await wait_any([owner, backup], lambda: converged([owner, backup], space.id) and (
+        wait_for is None or wait_for.invite_id in backup.spaces[space.id].acl.state.invites))

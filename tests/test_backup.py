@@ -17,7 +17,7 @@ from p2psync.replica.acl_records import Role
 from p2psync.replica.change import parse_change
 from p2psync.replica.document import ROOT
 from p2psync.sync.messages import ErrorCode, HeadUpdate
-from tests.backup_helpers import NO_PERIODIC, edit, held
+from tests.backup_helpers import NO_PERIODIC, edit, hand_to_backup, held
 from tests.conftest import Fleet
 from tests.sync_helpers import (
     converged,
@@ -83,12 +83,9 @@ async def test_forged_and_unauthorised_changes_are_refused_and_never_served(
     space = owner.create_space()
     doc = space.new_document()
     edit(space, doc.tree.id, "k", 1)
-    space.emit_acl(lambda acl: acl.add_replicator(owner.account, backup.account.public))
     invite = owner.invite(space.id, Role.READER)
     code = owner.invite(space.id, Role.WRITER)
-    await owner.connect(backup.address())
-    await wait_any([owner, backup], lambda: converged([owner, backup], space.id)
-                   and code.invite_id in backup.spaces[space.id].acl.state.invites)
+    await hand_to_backup(owner, backup, space, wait_for=code)
     await reader.join(invite, [f"tcp:{backup.address()}"])
     await wait_any([reader, backup], lambda: converged([reader, backup], space.id))
     rspace = reader.spaces[space.id]
@@ -159,11 +156,8 @@ async def test_deletion_tombstone_is_honoured_by_backup_and_members(fleet: Fleet
     gone = space.new_document()
     edit(space, keep.tree.id, "x", "keep me")
     edit(space, gone.tree.id, "x", "delete me")
-    space.emit_acl(lambda acl: acl.add_replicator(laptop.account, backup.account.public))
     code = laptop.invite(space.id, Role.READER)
-    await laptop.connect(backup.address())
-    await wait_any([laptop, backup], lambda: converged([laptop, backup], space.id)
-                   and code.invite_id in backup.spaces[space.id].acl.state.invites)
+    await hand_to_backup(laptop, backup, space, wait_for=code)
     await phone.join(code, [f"tcp:{backup.address()}"])
     await wait_any([phone, backup], lambda: converged([phone, backup], space.id))
     assert held(backup, space.id, gone.tree.id) == 2

@@ -438,7 +438,9 @@ class Agent:
             endpoints.append({"endpoint": str(cand.endpoint), "peer_id": pid,
                               "sources": sorted(s.value for s in cand.sources),
                               "failures": cand.failures, "connected": pid in connected,
-                              "last_ok": ds.last_ok, "last_error": ds.last_error})
+                              "last_ok": ds.last_ok, "last_error": ds.last_error,
+                              # expected one peer there, the handshake proved another
+                              "relabelled_from": ds.relabelled[0] if ds.relabelled else None})
         names = self.device.names() if self.device else {}
         spaces = [dict(asdict(s), name=names.get(s.space_id, "")) for s in ns.spaces]
         return {"version": __version__, "peer_id": ns.peer_id, "account_id": ns.account_id,
