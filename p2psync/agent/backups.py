@@ -36,6 +36,7 @@ from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.dialer import dial_address
 from p2psync.discovery.peers import parse_endpoints
 from p2psync.errors import P2PSyncError, TransportError
+from p2psync.node import sync_transport_config
 from p2psync.replica.space import Space
 from p2psync.sync.engine import PeerEngine
 from p2psync.sync.ldiff import LDiff
@@ -60,8 +61,6 @@ class BackupIdentity:
 async def identify(address: str, device: DeviceKey, certificate: DeviceCertificate,
                    timeout: float = 8.0) -> BackupIdentity:
     """Dial ``address`` (``[tcp://|quic://]host[:port]``) and return its proven identity."""
-    from p2psync.node import sync_transport_config
-
     errors = []
     for ep in parse_endpoints(address, DEFAULT_PORT):
         try:
