@@ -252,7 +252,12 @@ class Session:
             return
         st.consumed += n
         window = self.local.stream_window
-        if st.granted - st.consumed <= window // 2:
+        # Re-grant at half a window, and also whenever the credit left could not hold a whole
+        # message: credit only returns when a *whole* message is consumed, so with less than
+        # max_message left a large message would stall half-received forever (deadlock found
+        # by the transport conformance suite with max_message == stream_window).
+        left = st.granted - st.consumed
+        if left <= window // 2 or left < self.local.max_message:
             st.granted = st.consumed + window
             self._credit_dirty.add(sid)
 
