@@ -32,7 +32,7 @@ from p2psync.replica.acl_records import DeleteObjects, DeleteSpace, Role, decode
 from p2psync.replica.change import parse_change
 from p2psync.replica.document import DEFAULT_WINDOW, Document, encode_payload
 from p2psync.replica.header import SpaceHeader
-from p2psync.replica.store import Store
+from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult, ObjectTree
 
 #: Called after trees change (space id, tree id, the add result) — the engine pushes from here.
@@ -57,7 +57,7 @@ class Space:
     max_cached_trees: int = 256
 
     def __init__(
-        self, header: SpaceHeader, acl: Acl, store: Store, me: SigningKey, device: bytes,
+        self, header: SpaceHeader, acl: Acl, store: ReplicaStore, me: SigningKey, device: bytes,
         *, window: float = DEFAULT_WINDOW,
     ) -> None:
         self.header = header
@@ -82,7 +82,7 @@ class Space:
         return self.header.space_id
 
     @classmethod
-    def create(cls, store: Store, me: SigningKey, device: bytes, *,
+    def create(cls, store: ReplicaStore, me: SigningKey, device: bytes, *,
                space_type: str = "default", window: float = DEFAULT_WINDOW) -> Space:
         """A new space owned by ``me``: header + ACL root, stored (ACL first, then header, so a
         crash in between leaves no half-made space visible)."""
@@ -93,7 +93,7 @@ class Space:
         return cls(header, acl, store, me, device, window=window)
 
     @classmethod
-    def open(cls, store: Store, me: SigningKey, device: bytes, space_id: str, *,
+    def open(cls, store: ReplicaStore, me: SigningKey, device: bytes, space_id: str, *,
              window: float = DEFAULT_WINDOW) -> Space:
         """Load a stored space (header re-verified, ACL replayed from its records)."""
         raw = store.get_space(space_id)
@@ -105,7 +105,7 @@ class Space:
         return cls(header, acl, store, me, device, window=window)
 
     @classmethod
-    def adopt(cls, store: Store, me: SigningKey, device: bytes, space_id: str,
+    def adopt(cls, store: ReplicaStore, me: SigningKey, device: bytes, space_id: str,
               header_raw: bytes, acl_raws: Sequence[bytes], *,
               window: float = DEFAULT_WINDOW) -> Space:
         """Take in a space received from a peer (bootstrap): verify header and ACL, store."""

@@ -17,7 +17,7 @@ from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.replica.acl import Acl, AclState
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import AclAddResult, Space
-from p2psync.replica.store import Store
+from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult
 from p2psync.sync.ldiff import LDiff, heads_hash
 from p2psync.sync.spacex import header_exchange_key
@@ -51,7 +51,7 @@ def may_access(state: AclState, account: bytes) -> bool:
 class Replicas:
     """Every space held in one store, with head-sync sets, access checks and push fan-out."""
 
-    def __init__(self, store: Store, account: AccountKey, device: DeviceKey, *,
+    def __init__(self, store: ReplicaStore, account: AccountKey, device: DeviceKey, *,
                  window: float = 0.0) -> None:
         self.store = store
         self.account = account
