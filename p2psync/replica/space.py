@@ -25,12 +25,14 @@ from p2psync.errors import (
     ObjectDeleted,
     ReplicaError,
     StoreError,
+    UnknownSpaceType,
     WrongTree,
 )
 from p2psync.replica.acl import Acl
 from p2psync.replica.acl_records import DeleteObjects, DeleteSpace, Role, decode_record
 from p2psync.replica.change import parse_change
-from p2psync.replica.document import DEFAULT_WINDOW, Document, encode_payload
+from p2psync.replica.doctype import doctype_for
+from p2psync.replica.document import DEFAULT_WINDOW, Document
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult, ObjectTree
@@ -287,7 +289,8 @@ class Space:
         """Create a new, empty document (a new tree whose root carries an empty payload)."""
         if self.is_deleted():
             raise ObjectDeleted("this space was deleted")
-        tree = ObjectTree.create(self.id, self.acl, self.me, encode_payload([], []))
+        doctype = doctype_for(self.header.space_type)  # UnknownSpaceType before any write
+        tree = ObjectTree.create(self.id, self.acl, self.me, doctype.root_plaintext())
         self.store.save_tree(tree)
         self._known_trees.add(tree.id)
         self._cache(tree)
@@ -298,9 +301,13 @@ class Space:
         """The document of a tree (materialised lazily on first read or edit)."""
         doc = self._docs.get(tree_id)
         if doc is None:
-            doc = Document(self.tree(tree_id), self.me, self.device, window=self.window,
-                           persist=self._doc_persist)
-            self._docs[tree_id] = doc
+            opened = doctype_for(self.header.space_type).open(
+                self.tree(tree_id), self.me, self.device, window=self.window,
+                persist=self._doc_persist)
+            if not isinstance(opened, Document):  # the app API (edits, JSON) is Automerge's
+                raise UnknownSpaceType(f"space type {self.header.space_type!r} has no "
+                                       "Automerge document API")
+            doc = self._docs[tree_id] = opened
         return doc
 
     def _doc_persist(self, tree: ObjectTree, res: AddResult) -> None:
