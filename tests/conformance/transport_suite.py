@@ -182,7 +182,7 @@ class TransportSuite:
             st = await p.client.open_stream()
             sender = asyncio.create_task(_send_all(st, [big, b"", odd, big]))
             inc = await p.accepted.accept_stream()
-            got = [await inc.recv() for _ in range(4)]
+            got = [await asyncio.wait_for(inc.recv(), 10) for _ in range(4)]  # a stall fails
             await sender
             assert got == [big, b"", odd, big]
 
