@@ -201,3 +201,18 @@ class QuotaExceeded(P2PSyncError):
 class ObjectDeleted(ReplicaError):
     """The object (or its whole space) was deleted by a signed tombstone; changes to it are
     refused and its history is dropped."""
+
+
+# --- declared seams (appended by the seams work; docs/seams.md) -------------------------------
+class UnknownTransport(TransportError, ValueError):
+    """No carrier is registered under that name (``transport="ws"`` or a ``ws:host:port`` hint
+    without the WebSocket carrier installed); the message lists the available ones."""
+
+
+class UnknownStore(StoreError, ValueError):
+    """``open_store`` was given a URL scheme no store implementation is registered for."""
+
+
+class UnknownSpaceType(ReplicaError):
+    """A space header names a ``space_type`` no document type is registered for: this device
+    can still replicate the space (ciphertext) but cannot open its documents."""

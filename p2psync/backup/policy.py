@@ -1,4 +1,5 @@
-"""The backup's admission rules, hooked into the sync layer as its ``StoragePolicy``.
+"""The backup's admission rules, hooked into the sync layer as its ``StoragePolicy``
+(:class:`p2psync.sync.replicas.StoragePolicy`, the declared seam; docs/seams.md).
 
 * **Spaces** are taken only when their ACL names this account as replicator (and, if
   ``accounts`` is configured, the owner is allowed); a member's ``SPACE_OFFER`` makes the
@@ -27,7 +28,7 @@ from p2psync.replica.acl_records import DeleteObjects, DeleteSpace
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
-from p2psync.sync.replicas import Replicas
+from p2psync.sync.replicas import OfferingPeer, Replicas, StoragePolicy
 
 log = logging.getLogger("p2psync.backup")
 
@@ -96,7 +97,7 @@ class BackupPolicy:
             self.usage.stored(space_id, b - t.bytes, c - t.changes)
 
     # --- offers: fetch spaces that name us replicator ----------------------------------------
-    def on_offer(self, engine: Any, space_id: str) -> None:
+    def on_offer(self, engine: OfferingPeer, space_id: str) -> None:
         """A member says "you replicate this space": fetch it (or refresh our ACL copy)."""
         if space_id in self.replicas.spaces:
             engine.shared.add(space_id)
@@ -106,7 +107,7 @@ class BackupPolicy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _fetch(self, engine: Any, space_id: str) -> None:
+    async def _fetch(self, engine: OfferingPeer, space_id: str) -> None:
         try:
             await engine.bootstrap(space_id, None)
         except (P2PSyncError, TimeoutError) as exc:
@@ -128,3 +129,8 @@ class BackupPolicy:
                       int(time.time() * 1000), nonce, tuple(space.acl.heads), ld.hash(),
                       len(ld), t.changes if t else 0, t.bytes if t else 0, objs)
         return sign_receipt(self.replicas.device, rec)
+
+
+def _conforms(policy: BackupPolicy) -> StoragePolicy:
+    """Static check (mypy): BackupPolicy implements the declared seam."""
+    return policy

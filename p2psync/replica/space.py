@@ -25,14 +25,16 @@ from p2psync.errors import (
     ObjectDeleted,
     ReplicaError,
     StoreError,
+    UnknownSpaceType,
     WrongTree,
 )
 from p2psync.replica.acl import Acl
 from p2psync.replica.acl_records import DeleteObjects, DeleteSpace, Role, decode_record
 from p2psync.replica.change import parse_change
-from p2psync.replica.document import DEFAULT_WINDOW, Document, encode_payload
+from p2psync.replica.doctype import doctype_for
+from p2psync.replica.document import DEFAULT_WINDOW, Document
 from p2psync.replica.header import SpaceHeader
-from p2psync.replica.store import Store
+from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult, ObjectTree
 
 #: Called after trees change (space id, tree id, the add result) — the engine pushes from here.
@@ -57,7 +59,7 @@ class Space:
     max_cached_trees: int = 256
 
     def __init__(
-        self, header: SpaceHeader, acl: Acl, store: Store, me: SigningKey, device: bytes,
+        self, header: SpaceHeader, acl: Acl, store: ReplicaStore, me: SigningKey, device: bytes,
         *, window: float = DEFAULT_WINDOW,
     ) -> None:
         self.header = header
@@ -82,7 +84,7 @@ class Space:
         return self.header.space_id
 
     @classmethod
-    def create(cls, store: Store, me: SigningKey, device: bytes, *,
+    def create(cls, store: ReplicaStore, me: SigningKey, device: bytes, *,
                space_type: str = "default", window: float = DEFAULT_WINDOW) -> Space:
         """A new space owned by ``me``: header + ACL root, stored (ACL first, then header, so a
         crash in between leaves no half-made space visible)."""
@@ -93,7 +95,7 @@ class Space:
         return cls(header, acl, store, me, device, window=window)
 
     @classmethod
-    def open(cls, store: Store, me: SigningKey, device: bytes, space_id: str, *,
+    def open(cls, store: ReplicaStore, me: SigningKey, device: bytes, space_id: str, *,
              window: float = DEFAULT_WINDOW) -> Space:
         """Load a stored space (header re-verified, ACL replayed from its records)."""
         raw = store.get_space(space_id)
@@ -105,7 +107,7 @@ class Space:
         return cls(header, acl, store, me, device, window=window)
 
     @classmethod
-    def adopt(cls, store: Store, me: SigningKey, device: bytes, space_id: str,
+    def adopt(cls, store: ReplicaStore, me: SigningKey, device: bytes, space_id: str,
               header_raw: bytes, acl_raws: Sequence[bytes], *,
               window: float = DEFAULT_WINDOW) -> Space:
         """Take in a space received from a peer (bootstrap): verify header and ACL, store."""
@@ -287,7 +289,8 @@ class Space:
         """Create a new, empty document (a new tree whose root carries an empty payload)."""
         if self.is_deleted():
             raise ObjectDeleted("this space was deleted")
-        tree = ObjectTree.create(self.id, self.acl, self.me, encode_payload([], []))
+        doctype = doctype_for(self.header.space_type)  # UnknownSpaceType before any write
+        tree = ObjectTree.create(self.id, self.acl, self.me, doctype.root_plaintext())
         self.store.save_tree(tree)
         self._known_trees.add(tree.id)
         self._cache(tree)
@@ -298,9 +301,13 @@ class Space:
         """The document of a tree (materialised lazily on first read or edit)."""
         doc = self._docs.get(tree_id)
         if doc is None:
-            doc = Document(self.tree(tree_id), self.me, self.device, window=self.window,
-                           persist=self._doc_persist)
-            self._docs[tree_id] = doc
+            opened = doctype_for(self.header.space_type).open(
+                self.tree(tree_id), self.me, self.device, window=self.window,
+                persist=self._doc_persist)
+            if not isinstance(opened, Document):  # the app API (edits, JSON) is Automerge's
+                raise UnknownSpaceType(f"space type {self.header.space_type!r} has no "
+                                       "Automerge document API")
+            doc = self._docs[tree_id] = opened
         return doc
 
     def _doc_persist(self, tree: ObjectTree, res: AddResult) -> None:

@@ -1,5 +1,9 @@
 """The SQLite store: spaces, ACL records, tree changes and heads, on one device.
 
+:class:`SqliteStore` implements :class:`~p2psync.replica.storage.ReplicaStore` (the declared
+seam; open stores with :func:`~p2psync.replica.storage.open_store`). This is the only module
+of the replica that knows about SQLite.
+
 Decisions (see docs/replica.md):
 * WAL journal, ``synchronous=FULL`` by default: a commit survives a process kill *and* a power
   cut, because we tell peers which heads we hold. Coalesced edits make commits rare enough
@@ -21,10 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from p2psync.errors import DecodeError, ReplicaError, SchemaTooNew, StoreError
-from p2psync.replica.acl_gate import AclGate
+from p2psync.errors import SchemaTooNew, StoreError
 from p2psync.replica.change import Change
-from p2psync.replica.tree import AddResult, ObjectTree, Persist
+from p2psync.replica.storage import DerivedStoreOps, ReplicaStore, register_store
 
 SCHEMA_VERSION = 1
 
@@ -74,11 +77,12 @@ def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"store {path}: {exc}")
 
 
-class Store:
+class SqliteStore(DerivedStoreOps):
     """One SQLite file holding every space of this device."""
 
     def __init__(self, path: str | Path, *, durable: bool = True, timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self.label = f"store {self.path}"
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         except sqlite3.Error as exc:
@@ -136,7 +140,7 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -169,9 +173,6 @@ class Store:
                            "VALUES (?, ?, ?)", [(space_id, i, r) for i, r in records])
             return db.total_changes - before
 
-    def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
-        return self.add_acl_records(space_id, [(record_id, raw)]) == 1
-
     def list_acl_records(self, space_id: str) -> list[tuple[bytes, bytes]]:
         """``(record_id, raw)`` in the order they were stored."""
         rows = self._query("SELECT record_id, raw FROM acl_records WHERE space_id = ? "
@@ -188,16 +189,6 @@ class Store:
                            "VALUES (?, ?, ?)", [(tree_id, c.id, c.raw) for c in changes])
             db.execute("DELETE FROM heads WHERE tree_id = ?", (tree_id,))
             db.executemany("INSERT INTO heads VALUES (?, ?)", [(tree_id, h) for h in heads])
-
-    def save_tree(self, tree: ObjectTree) -> None:
-        """Store a whole tree (e.g. a newly created one) with its heads."""
-        self.save_changes(tree.space_id, tree.id, tree.changes(), tree.heads)
-
-    def persister(self) -> Persist:
-        """The hook :meth:`ObjectTree.add` / :class:`Document` call to store what attached."""
-        def persist(tree: ObjectTree, result: AddResult) -> None:
-            self.save_changes(tree.space_id, tree.id, result.attached, result.heads)
-        return persist
 
     def list_trees(self, space_id: str) -> list[bytes]:
         rows = self._query("SELECT tree_id FROM trees WHERE space_id = ? ORDER BY tree_id",
@@ -247,19 +238,13 @@ class Store:
                            (tree_id,))
         return [(bytes(a), bytes(b)) for a, b in rows]
 
-    def load_tree(self, space_id: str, tree_id: bytes, gate: AclGate, *,
-                  verify_signatures: bool = False) -> ObjectTree:
-        """Rebuild a tree; ids are always rechecked, signatures only if asked (see module doc)."""
-        raws = self.raw_changes(tree_id)
-        if not raws:
-            raise StoreError(f"store {self.path} has no tree {tree_id.hex()[:16]}…")
-        try:
-            tree = ObjectTree.from_trusted(space_id, gate, raws,
-                                           verify_signatures=verify_signatures)
-        except (DecodeError, ReplicaError) as exc:
-            raise StoreError(f"store {self.path}: tree {tree_id.hex()[:16]}… is corrupt or "
-                             f"tampered with: {exc}") from exc
-        if tree.heads != self.get_heads(tree_id):
-            raise StoreError(f"store {self.path}: stored heads of tree {tree_id.hex()[:16]}… "
-                             "do not match its changes")
-        return tree
+
+#: The name the rest of the code knew it by (kept so callers migrate one at a time).
+Store = SqliteStore
+
+register_store("sqlite", lambda path, durable: SqliteStore(path, durable=durable))
+
+
+def _conforms(s: SqliteStore) -> ReplicaStore:
+    """Static check (mypy): SqliteStore implements the declared seam."""
+    return s

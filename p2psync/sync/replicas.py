@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from p2psync.crypto.keys import AccountKey, DeviceKey
-from p2psync.replica.acl import Acl, AclState
+from p2psync.errors import ProtocolError
+from p2psync.replica.acl import Acl, AclState, InviteCode
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import AclAddResult, Space
-from p2psync.replica.store import Store
+from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult
 from p2psync.sync.ldiff import LDiff, heads_hash
 from p2psync.sync.spacex import header_exchange_key
+from p2psync.transport.interface import PeerConnection
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -34,13 +36,69 @@ class Pusher(Protocol):
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None: ...
 
 
+class OfferingPeer(Protocol):
+    """What a storage policy may use of the engine of the peer that sent a ``SPACE_OFFER``:
+    its authenticated connection, the spaces it shares with us, its job queue and bootstrap."""
+
+    @property
+    def conn(self) -> PeerConnection: ...
+
+    shared: set[str]  #: space ids this peer and we both hold (exchange done)
+
+    def submit(self, key: tuple[str, str, bytes], priority: int = 1) -> None:
+        """Queue a sync job: ``("acl"|"tree"|"space", space id, tree id or b"")``."""
+
+    async def bootstrap(self, space_id: str, code: InviteCode | None = None) -> Space:
+        """Fetch a space we may access from this peer."""
+
+
+@runtime_checkable
 class StoragePolicy(Protocol):
-    """Extra admission rules of a backup peer (p2psync.backup): checked before anything from
-    a peer is stored; raising refuses it with nothing stored."""
+    """Everything the sync layer asks of "what this peer stores and vouches for".
 
-    def admit_space(self, space_id: str, header: SpaceHeader, acl: Acl) -> None: ...
+    Ordinary devices run :class:`DevicePolicy`; a backup peer installs
+    :class:`p2psync.backup.policy.BackupPolicy` (quotas, replicator-only admission, automatic
+    fetching, signed receipts). The engine calls every method below directly (never through
+    ``getattr``); ``tests/conformance/policy_suite.py`` checks each implementation.
+    """
 
-    def admit_changes(self, space: Space, tree_id: bytes, raws: Sequence[bytes]) -> None: ...
+    def admit_space(self, space_id: str, header: SpaceHeader, acl: Acl) -> None:
+        """Before a space from a peer is stored: raise (e.g. ``AccessDenied``) to refuse it;
+        nothing is stored then."""
+
+    def admit_changes(self, space: Space, tree_id: bytes, raws: Sequence[bytes]) -> None:
+        """Before a batch of changes from a peer is verified and stored: raise (e.g.
+        ``QuotaExceeded``) to refuse the whole batch; nothing of it is stored then."""
+
+    def on_offer(self, peer: OfferingPeer, space_id: str) -> None:
+        """A peer says we replicate ``space_id`` (``SPACE_OFFER``). Must not block: start a
+        task if fetching. Devices ignore offers (members join by invite)."""
+
+    def receipt(self, space: Space, nonce: bytes) -> bytes:
+        """A signed storage receipt of ``space`` for a ``RECEIPT_REQUEST``; raises
+        :class:`~p2psync.errors.ProtocolError` on a peer that issues none."""
+
+
+class DevicePolicy:
+    """The default policy of an ordinary device: stores whatever passes the replica's own
+    checks (signatures, ACL), ignores offers, issues no receipts."""
+
+    def admit_space(self, space_id: str, header: SpaceHeader, acl: Acl) -> None:
+        return None
+
+    def admit_changes(self, space: Space, tree_id: bytes, raws: Sequence[bytes]) -> None:
+        return None
+
+    def on_offer(self, peer: OfferingPeer, space_id: str) -> None:
+        return None  # only replicators fetch offered spaces; members join by invite
+
+    def receipt(self, space: Space, nonce: bytes) -> bytes:
+        raise ProtocolError("this peer issues no storage receipts")
+
+
+def _conforms(policy: DevicePolicy) -> StoragePolicy:
+    """Static check (mypy): the default policy implements the declared seam."""
+    return policy
 
 
 def may_access(state: AclState, account: bytes) -> bool:
@@ -51,7 +109,7 @@ def may_access(state: AclState, account: bytes) -> bool:
 class Replicas:
     """Every space held in one store, with head-sync sets, access checks and push fan-out."""
 
-    def __init__(self, store: Store, account: AccountKey, device: DeviceKey, *,
+    def __init__(self, store: ReplicaStore, account: AccountKey, device: DeviceKey, *,
                  window: float = 0.0) -> None:
         self.store = store
         self.account = account
@@ -65,8 +123,8 @@ class Replicas:
         self.source: Pusher | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self.version = 0  #: bumped on every change anyone may wait for
-        #: A backup's quotas and admission rules (None on ordinary devices).
-        self.policy: StoragePolicy | None = None
+        #: What this device stores and vouches for (a backup installs its own).
+        self.policy: StoragePolicy = DevicePolicy()
         for sid in store.list_spaces():
             self._attach(Space.open(store, account, device.public, sid, window=window))
 
@@ -94,10 +152,9 @@ class Replicas:
         existing = self.spaces.get(space_id)
         if existing is not None:
             return existing
-        if self.policy is not None:
-            header = SpaceHeader.verify(header_raw, space_id)
-            self.policy.admit_space(space_id, header, Acl.from_records(
-                space_id, acl_raws, me=self.account, owner=header.owner))
+        header = SpaceHeader.verify(header_raw, space_id)
+        self.policy.admit_space(space_id, header, Acl.from_records(
+            space_id, acl_raws, me=self.account, owner=header.owner))
         return self._attach(Space.adopt(self.store, self.account, self.device.public, space_id,
                                         header_raw, acl_raws, window=self.window))
 
@@ -122,8 +179,7 @@ class Replicas:
     def apply_changes(self, source: Pusher, space: Space, tree_id: bytes,
                       raws: Sequence[bytes]) -> AddResult:
         """Verify and store changes from ``source`` (not echoed back to it)."""
-        if self.policy is not None:
-            self.policy.admit_changes(space, tree_id, raws)
+        self.policy.admit_changes(space, tree_id, raws)
         prev, self.source = self.source, source
         try:
             return space.add_changes(tree_id, raws)

@@ -251,9 +251,23 @@ class Session:
         if st is None or not st.recv_open:
             return
         st.consumed += n
-        window = self.local.stream_window
-        if st.granted - st.consumed <= window // 2:
-            st.granted = st.consumed + window
+        if st.granted - st.consumed <= self.local.stream_window // 2 or self._stalled(st):
+            self._grant(sid, st)
+
+    @staticmethod
+    def _stalled(st: _Stream) -> bool:
+        """The sender used all its credit in the middle of a message. Credit only comes back
+        when *whole* messages are consumed, so without a grant now that message could never
+        complete (a deadlock the transport conformance suite found with max_message ==
+        stream_window: a large message arriving with less than half a window left)."""
+        return st.partial_len > 0 and st.received == st.granted
+
+    def _grant(self, sid: int, st: _Stream) -> None:
+        """Let the sender have a whole window beyond what the application consumed (buffered
+        data therefore never exceeds the window)."""
+        granted = st.consumed + self.local.stream_window
+        if granted > st.granted:
+            st.granted = granted
             self._credit_dirty.add(sid)
 
     def accept(self) -> None:
@@ -337,6 +351,8 @@ class Session:
                                  "bytes")
             if rtype is RecordType.DATA:
                 st.partial.append(rec.payload)
+                if self._stalled(st):
+                    self._grant(sid, st)
                 return
             if st.partial:
                 st.partial.append(rec.payload)

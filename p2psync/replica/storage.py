@@ -1,0 +1,201 @@
+"""The store seam, declared: what :class:`~p2psync.replica.space.Space`, the object trees and
+the sync layer need from persistent storage, and :func:`open_store` to get one by URL.
+
+Implementations: :class:`~p2psync.replica.store.SqliteStore` (the device store; a path or
+``sqlite:///path``) and :class:`~p2psync.replica.memstore.MemoryStore` (``memory:`` or
+``memory://name``, for tests and simulations without a disk). A PostgreSQL store for the
+backup tier plugs in with :func:`register_store`. Every implementation must pass
+``tests/conformance/store_suite.py``; the contract it checks is written on each method below.
+
+The store keeps **bytes, not meaning**: headers, ACL records and changes exactly as received,
+already verified by the replica; ids are recomputed on load (:func:`load_trusted_tree`), so a
+store never has to be trusted for integrity, only for atomicity and durability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from p2psync.errors import DecodeError, ReplicaError, StoreError, UnknownStore
+from p2psync.replica.acl_gate import AclGate
+from p2psync.replica.change import Change
+from p2psync.replica.tree import AddResult, ObjectTree, Persist
+
+
+@runtime_checkable
+class ReplicaStore(Protocol):
+    """Persistent spaces, ACL records, tree changes and heads of one device.
+
+    Contract (each a conformance test):
+
+    * every write method is **atomic**: it happens whole or not at all, also when it raises
+      midway (the tree's ``persist`` hook relies on it to keep memory and disk equal);
+    * a method that returns has made its write as durable as the store promises
+      (SQLite: survives a kill, and with ``durable=True`` a power cut), because peers are told
+      which heads we hold;
+    * writes of something already stored are no-ops (peers resend);
+    * any failure, including use after :meth:`close`, is a :class:`~p2psync.errors.StoreError`.
+    """
+
+    #: How error messages name this store ("store /home/…/store.sqlite3", "memory store a").
+    @property
+    def label(self) -> str: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ReplicaStore: ...
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+    # --- spaces ----------------------------------------------------------------------------
+    def put_space(self, space_id: str, raw_header: bytes) -> None:
+        """Store a verified header; a second put for the same space is ignored (first wins)."""
+
+    def get_space(self, space_id: str) -> bytes | None: ...
+
+    def list_spaces(self) -> list[str]:
+        """Every stored space id, sorted."""
+
+    # --- ACL records -------------------------------------------------------------------------
+    def add_acl_records(self, space_id: str, records: Sequence[tuple[bytes, bytes]]) -> int:
+        """Store ``(record_id, raw)`` pairs atomically; returns how many were new."""
+
+    def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool: ...
+
+    def list_acl_records(self, space_id: str) -> list[tuple[bytes, bytes]]:
+        """``(record_id, raw)`` in the order they were first stored."""
+
+    # --- trees -------------------------------------------------------------------------------
+    def save_changes(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        """Append verified changes (causal order; known ones ignored) and replace the tree's
+        heads, in one atomic write."""
+
+    def save_tree(self, tree: ObjectTree) -> None: ...
+
+    def persister(self) -> Persist:
+        """The hook :meth:`ObjectTree.add` / :class:`Document` call to store what attached."""
+
+    def list_trees(self, space_id: str) -> list[bytes]:
+        """Tree ids of a space, sorted."""
+
+    def get_heads(self, tree_id: bytes) -> tuple[bytes, ...]:
+        """Stored heads, sorted; ``()`` for an unknown tree."""
+
+    def has_change(self, tree_id: bytes, change_id: bytes) -> bool: ...
+
+    def count_changes(self, tree_id: bytes | None = None) -> int:
+        """Changes of one tree, or of the whole store."""
+
+    def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
+        """``(id, raw)`` in storage order (the order first saved: topological, root first)."""
+
+    def delete_trees(self, tree_ids: Sequence[bytes]) -> None:
+        """Drop objects (a tombstone): changes, heads and the tree, atomically; the bytes must
+        not stay readable where the medium allows (SQLite: ``secure_delete``)."""
+
+    def space_usage(self) -> dict[str, tuple[int, int]]:
+        """``space id -> (bytes of raw changes, number of changes)``; spaces without changes
+        are absent."""
+
+    def load_tree(self, space_id: str, tree_id: bytes, gate: AclGate, *,
+                  verify_signatures: bool = False) -> ObjectTree:
+        """Rebuild a tree (see :func:`load_trusted_tree`); StoreError if missing or corrupt."""
+
+
+class DerivedStoreOps:
+    """The ReplicaStore methods that follow from the primitives, shared by implementations
+    (mix in; the class provides ``label``, ``save_changes``, ``add_acl_records``,
+    ``raw_changes`` and ``get_heads``)."""
+
+    label: str
+
+    def save_changes(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        raise NotImplementedError
+
+    def add_acl_records(self, space_id: str, records: Sequence[tuple[bytes, bytes]]) -> int:
+        raise NotImplementedError
+
+    def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
+        raise NotImplementedError
+
+    def get_heads(self, tree_id: bytes) -> tuple[bytes, ...]:
+        raise NotImplementedError
+
+    def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
+        return self.add_acl_records(space_id, [(record_id, raw)]) == 1
+
+    def save_tree(self, tree: ObjectTree) -> None:
+        """Store a whole tree (e.g. a newly created one) with its heads."""
+        self.save_changes(tree.space_id, tree.id, tree.changes(), tree.heads)
+
+    def persister(self) -> Persist:
+        def persist(tree: ObjectTree, result: AddResult) -> None:
+            self.save_changes(tree.space_id, tree.id, result.attached, result.heads)
+        return persist
+
+    def load_tree(self, space_id: str, tree_id: bytes, gate: AclGate, *,
+                  verify_signatures: bool = False) -> ObjectTree:
+        return load_trusted_tree(self, space_id, tree_id, gate,
+                                 verify_signatures=verify_signatures)
+
+
+def load_trusted_tree(store: DerivedStoreOps | ReplicaStore, space_id: str, tree_id: bytes,
+                      gate: AclGate, *, verify_signatures: bool = False) -> ObjectTree:
+    """Rebuild a tree from a store. Ids are always recomputed (cheap: catches bit rot and
+    edits to the file) and the stored heads must match; signatures and ACL rules are checked
+    only with ``verify_signatures`` (only verified changes are ever written; docs/replica.md)."""
+    raws = store.raw_changes(tree_id)
+    if not raws:
+        raise StoreError(f"{store.label} has no tree {tree_id.hex()[:16]}…")
+    try:
+        tree = ObjectTree.from_trusted(space_id, gate, raws, verify_signatures=verify_signatures)
+    except (DecodeError, ReplicaError) as exc:
+        raise StoreError(f"{store.label}: tree {tree_id.hex()[:16]}… is corrupt or "
+                         f"tampered with: {exc}") from exc
+    if tree.heads != store.get_heads(tree_id):
+        raise StoreError(f"{store.label}: stored heads of tree {tree_id.hex()[:16]}… "
+                         "do not match its changes")
+    return tree
+
+
+# --- opening by URL ------------------------------------------------------------------------
+#: ``opener(rest_of_url, durable) -> store``; ``rest`` is what follows ``scheme:``.
+StoreOpener = Callable[[str, bool], ReplicaStore]
+_openers: dict[str, StoreOpener] = {}
+
+
+def register_store(scheme: str, opener: StoreOpener) -> None:
+    """Make ``open_store("scheme:…")`` use ``opener`` (e.g. ``"postgresql"``)."""
+    _openers[scheme] = opener
+
+
+def open_store(where: str | Path, *, durable: bool = True) -> ReplicaStore:
+    """Open a store: a filesystem path or ``sqlite:///path`` (SQLite), ``memory:`` (a fresh
+    in-memory store) or ``memory://name`` (a named one that outlives ``close()`` in this
+    process, so tests can "restart" a node), or any registered scheme.
+    :class:`~p2psync.errors.UnknownStore` for other schemes."""
+    _ensure_builtin()
+    if isinstance(where, Path):
+        return _openers["sqlite"](str(where), durable)
+    scheme, sep, rest = where.partition(":")
+    if not sep or len(scheme) == 1 or "/" in scheme or "\\" in scheme or "." in scheme:
+        return _openers["sqlite"](where, durable)  # a plain path (or a C: drive)
+    opener = _openers.get(scheme)
+    if opener is None:
+        raise UnknownStore(f"no store for {scheme!r} URLs (available: "
+                           f"{', '.join(sorted(_openers))}; or give a file path)")
+    if rest.startswith("//"):
+        rest = rest[2:]
+    return opener(rest, durable)
+
+
+def _ensure_builtin() -> None:
+    if "sqlite" not in _openers:
+        # imported here: the implementations import this module for the protocol
+        from p2psync.replica import memstore, store  # noqa: F401  (they register themselves)
