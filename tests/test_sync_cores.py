@@ -450,3 +450,27 @@ def test_stranger_rule(tmp_path: Path) -> None:
     assert Pair(a, c).sa.is_stranger()
     same = Dev(tmp_path, "a2", account=a.account)  # our own other device: never a stranger
     assert not Pair(same, a).sa.is_stranger()
+
+
+def test_listing_an_object_it_does_not_serve_is_a_strike(tmp_path: Path) -> None:
+    _, _, pair, space = joined(tmp_path)
+    from p2psync.sync.ldiff import LDiff, heads_hash
+
+    fake = LDiff()  # b's real set plus one made-up object
+    for tid in space.tree_ids():
+        fake.set(tid, heads_hash(space.heads(tid)))
+    made_up = os.urandom(32)
+    fake.set(made_up, os.urandom(32))
+
+    def liar(req: Message) -> Message:
+        if isinstance(req, HeadSyncRequest):
+            return fake.answer(req)
+        return ask(pair.rb, req)[0]  # honest otherwise: it has no such object to give
+
+    effects = drive(SpaceSync(pair.sa, _Source(), space.id), pair.rb, answer=liar)
+    assert effects == [Submit(("tree", space.id, made_up), 1)]
+    out = drive(TreePull(pair.sa, _Source(), space.id, made_up), pair.rb)
+    assert strikes(out) == ["listed an object in head sync that it does not serve"]
+    assert not space.has_tree(made_up)
+    # a pull that head sync did not ask for (a push's announced heads) is only "stuck"
+    assert strikes(drive(TreePull(pair.sa, _Source(), space.id, made_up), pair.rb)) == []

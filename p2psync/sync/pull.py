@@ -184,6 +184,8 @@ class TreePull(Core):
         self._resp: FullSyncResponse | None = None
         self._waiting = False
         self._retried_acl = False
+        #: head sync listed this object as theirs: an answer without it is a strike
+        self.listed = tree_id in state.space_state(space_id).pending
 
     def _heads(self) -> tuple[bytes, ...]:
         assert self.space is not None
@@ -245,6 +247,8 @@ class TreePull(Core):
         key = (sid, tid)
         if not space.has_tree(tid):
             st.stuck[key] = st.stuck.get(key, 0) + 1
+            if self.listed:
+                return [Strike("listed an object in head sync that it does not serve")]
             return []
         tree = space.tree(tid)
         if any(h not in tree for h in self.their):
