@@ -96,9 +96,12 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--changes", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--chunks", default="32,1073741824",
+                    help="ingest_chunk values to compare (1073741824 = one chunk per batch)")
     args = ap.parse_args()
     rows = []
-    for name, chunk in (("chunked (32)", 32), ("one chunk per batch", 1 << 30)):
+    for chunk in [int(c) for c in args.chunks.split(",")]:
+        name = "one chunk per batch" if chunk >= 1 << 30 else f"chunked ({chunk})"
         runs = []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as d:

@@ -103,3 +103,17 @@ async def test_without_tree_sync_it_does_not_converge(tmp_path: Path,
     monkeypatch.setattr(TreePull, "__init__", disabled)
     with pytest.raises(TimeoutError):
         await _run(tmp_path, 3, 1, timeout=2.0)
+
+
+async def test_memory_carrier_silent_cut_is_noticed_by_the_keepalive() -> None:
+    from p2psync.errors import PeerTimeout
+    from p2psync.transport.connection import TransportConfig
+    from p2psync.transport.session import Keepalive
+
+    (da, ca), (db, cb) = _ident(), _ident()
+    cfg = TransportConfig(keepalive=Keepalive(interval=0.05, timeout=0.2))
+    conn_a, conn_b, pipe = await memory_pair(da, ca, db, cb, config=cfg)
+    pipe.cut(silent=True)
+    reason_a = await asyncio.wait_for(conn_a.wait_closed(), 3)
+    reason_b = await asyncio.wait_for(conn_b.wait_closed(), 3)
+    assert isinstance(reason_a, PeerTimeout) and isinstance(reason_b, PeerTimeout)
