@@ -339,7 +339,7 @@ class PeerEngine:
                 self._apply(effects)
                 if ing is not None:
                     await self._ingest(ing)
-                if ing is not None or not effects:
+                if not effects:  # admitted (a refused push comes back as a strike only)
                     self._apply(self.responder.head_update_done(msg, ing))
             elif isinstance(msg, AclHeadUpdate):
                 self._apply(self.responder.acl_update(msg))

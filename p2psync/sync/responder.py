@@ -221,8 +221,9 @@ class Responder:
 
     # --- pushes --------------------------------------------------------------------------------
     def head_update(self, msg: HeadUpdate) -> tuple[Ingest | None, list[Effect]]:
-        """Admit a ``HEAD_UPDATE``: the batch to take in (then call :meth:`head_update_done`),
-        or a strike when the peer may not access the space."""
+        """Admit a ``HEAD_UPDATE``: the batch to take in (None if it carries no changes) and no
+        effects — then call :meth:`head_update_done` — or ``(None, [Strike])`` when the peer
+        may not access the space (then nothing more happens)."""
         st = self.state
         sid = msg.space_id
         space = st.replicas.spaces.get(sid)
