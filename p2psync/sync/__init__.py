@@ -1,6 +1,13 @@
-"""Sync protocol cores (sans-IO): wire messages, head sync, space exchange, request scheduling.
+"""Sync protocol: sans-IO cores plus one asyncio shell per connection.
 
-Nothing here opens a socket or reads a clock: state machines take messages (and the current
-time, where it matters) in and hand messages out, so they run the same over QUIC, TCP or an
-in-memory pipe. See docs/sync-protocol.md for the wire format and the algorithms.
+The cores — wire messages (``messages``), head sync (``ldiff``), space exchange (``spacex``),
+scheduling (``sched``), the responder (``responder``), ACL/tree/space pulls (``pull``),
+bootstrap (``bootstrap``), chunked ingest (``ingest``), pushes (``push``), per-peer state and
+status (``peerstate``, ``status``) — open no socket, never sleep and read no clock: they take
+messages (and the current time, where it matters) in and hand back messages and frozen
+effects (``effects``). They do read and write the local store through ``replicas.Replicas``.
+The asyncio part is ``channel`` (sending, request/answer matching, timeouts) and ``engine``
+(``PeerEngine``: streams, tasks, timers, carrying out effects), so the same cores run over
+QUIC, TCP or the in-memory carrier (``p2psync.transport.memory``) and directly in tests. See
+docs/engine.md for the module map and docs/sync-protocol.md for the wire format.
 """

@@ -1,0 +1,55 @@
+"""What the sans-IO sync cores ask the engine shell to do (frozen dataclasses).
+
+The cores (:mod:`responder`, :mod:`pull`, :mod:`bootstrap`, :mod:`ingest`, :mod:`push`) decide;
+they never send, sleep or close anything. Each decision that needs the connection or the event
+loop is returned as one of these effects and carried out by
+:class:`~p2psync.sync.engine.PeerEngine` in the order given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2psync.sync.messages import Message
+
+JobKey = tuple[str, str, bytes]  #: ("space"|"acl"|"tree", space id, tree id or b"")
+
+
+@dataclass(frozen=True)
+class Strike:
+    """The peer broke a rule: count it; past ``strikes_to_close`` the connection closes."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Violation:
+    """The peer broke a rule that ends the connection at once (strike + disconnect)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Push:
+    """Queue ``message`` on our request stream (request id 0); bounded by the push queue."""
+
+    message: Message
+    space_id: str
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Schedule a sync job with this peer (deduped, rate limited by the scheduler)."""
+
+    key: JobKey
+    priority: int = 1
+
+
+@dataclass(frozen=True)
+class Offered:
+    """The peer offered us a space it replicates for us (a backup decides what to do)."""
+
+    space_id: str
+
+
+Effect = Strike | Violation | Push | Submit | Offered

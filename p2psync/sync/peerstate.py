@@ -1,0 +1,76 @@
+"""The per-connection sync state the sans-IO cores share (plain data, no I/O).
+
+One :class:`PeerState` per connection: who the peer is (authenticated account and device, the
+channel binding), which spaces we sync with it, which invites it proved here, per-space
+progress and the "stuck" counters of tree pulls. The responder, the pulls and bootstrap read
+and update it; :class:`~p2psync.sync.engine.PeerEngine` only owns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2psync.replica.space import Space
+from p2psync.sync.limits import EngineConfig
+from p2psync.sync.messages import StorageRefused
+from p2psync.sync.replicas import Replicas
+from p2psync.sync.status import SpaceState
+
+UNKNOWN = "unknown space"  #: the one refusal text, so it never names a space
+
+
+@dataclass
+class PeerState:
+    """Everything the cores know about one peer on one connection."""
+
+    replicas: Replicas
+    config: EngineConfig
+    remote_account: bytes
+    remote_device: bytes
+    binding: bytes  #: the transport's handshake hash (bootstrap proofs are bound to it)
+    #: Spaces both sides hold (space exchange, bootstrap, or pushes from an allowed peer).
+    shared: set[str] = field(default_factory=set)
+    #: space -> invite the peer proved on this connection (ACL access only, while the invite
+    #: stays open and the peer has not been a member that left or was removed)
+    invited: dict[str, bytes] = field(default_factory=dict)
+    spaces: dict[str, SpaceState] = field(default_factory=dict)
+    #: (space, tree) -> pulls that left the peer's announced heads missing
+    stuck: dict[tuple[str, bytes], int] = field(default_factory=dict)
+    my_nonce: bytes = b""  #: our SPACE_HELLO nonce (the peer's bootstrap proof signs it)
+    their_nonce: bytes = b""  #: the peer's SPACE_HELLO nonce (our proof signs it)
+    #: backup peers: refusals we sent (quota) and the last the peer sent us, per space
+    quota_refusals: int = 0
+    refused_by_peer: dict[str, StorageRefused] = field(default_factory=dict)
+    offered: set[str] = field(default_factory=set)
+
+    def space_state(self, space_id: str) -> SpaceState:
+        st = self.spaces.get(space_id)
+        if st is None:
+            st = self.spaces[space_id] = SpaceState()
+        return st
+
+    def may_access(self, space_id: str) -> bool:
+        """Our ACL copy lets the peer's account receive this space (checked on every use)."""
+        return self.replicas.may_access(space_id, self.remote_account)
+
+    def allowed(self, space_id: str) -> Space | None:
+        """The space if we still sync it with this peer (it may access it by our ACL)."""
+        space = self.replicas.spaces.get(space_id)
+        if space is None or space_id not in self.shared or not self.may_access(space_id):
+            return None
+        return space
+
+    def invite_open(self, space: Space) -> bool:
+        """The peer proved an invite for this space here, the invite is still open, and the
+        peer was never removed from (or left) the space."""
+        invite_id = self.invited.get(space.id)
+        st = space.acl.state
+        return (invite_id is not None and invite_id in st.invites
+                and self.remote_account not in st.departed)
+
+    def is_stranger(self) -> bool:
+        """The peer shares nothing with us: no space in common, no invite proved, not our own
+        account, and not a member or replicator of any space we hold (so nothing to sync)."""
+        if self.shared or self.invited or self.remote_account == self.replicas.account.public:
+            return False
+        return not any(self.may_access(sid) for sid in self.replicas.spaces)

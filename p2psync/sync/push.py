@@ -1,0 +1,80 @@
+"""Pushing local news to one peer (sans-IO): what to send, and a bounded queue for it.
+
+:func:`tree_pushes` and :func:`acl_push` turn a new tree result / new ACL records into
+``HEAD_UPDATE`` / ``ACL_HEAD_UPDATE`` messages within the byte cap; :func:`offers` lists the
+``SPACE_OFFER`` notices for spaces our ACL names the peer replicator of. :class:`PushQueue`
+holds them until the engine's push loop sends them; when it is full a push is dropped and a
+head sync of its space is scheduled instead (head sync carries whatever was dropped).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from p2psync.replica.space import Space
+from p2psync.replica.tree import AddResult
+from p2psync.sync.effects import Effect, Push, Submit
+from p2psync.sync.messages import MAX_HEADS, AclHeadUpdate, Message, SpaceOffer, take_batch
+from p2psync.sync.peerstate import PeerState
+from p2psync.sync.pull import push_lacking
+
+
+def may_push(state: PeerState, space_id: str) -> bool:
+    """We push a space to the peer only while it shares it and our ACL lets it access it
+    (evaluated after the ACL change that triggered the push: a removed member is not even
+    sent its own removal)."""
+    return space_id in state.shared and state.may_access(space_id)
+
+
+def tree_pushes(state: PeerState, space: Space, tree_id: bytes,
+                result: AddResult) -> list[Effect]:
+    if not result.attached or not may_push(state, space.id):
+        return []
+    return push_lacking(space.id, tree_id, [c.raw for c in result.attached], result.heads,
+                        state.config.batch_bytes)
+
+
+def acl_push(state: PeerState, space: Space, record_ids: list[bytes]) -> list[Effect]:
+    if not may_push(state, space.id):
+        return offers(state, space.id)
+    raws = [space.acl.record(i).raw for i in record_ids if i in space.acl]
+    batch, _ = take_batch(raws, state.config.batch_bytes) if raws else ([], False)
+    return [Push(AclHeadUpdate(space.id, tuple(space.acl.heads[:MAX_HEADS]), tuple(batch)),
+                 space.id)]
+
+
+def offers(state: PeerState, space_id: str | None = None) -> list[Effect]:
+    """Offer the peer the spaces our ACL names it replicator of that it does not share yet
+    (the exchange cannot list a space the peer has never held); it fetches them."""
+    out: list[Effect] = []
+    for sid in [space_id] if space_id else list(state.replicas.spaces):
+        space = state.replicas.spaces.get(sid)
+        if (space is None or sid in state.shared or sid in state.offered
+                or state.remote_account not in space.acl.state.replicators):
+            continue
+        state.offered.add(sid)
+        out.append(Push(SpaceOffer(sid), sid))
+    return out
+
+
+class PushQueue:
+    """Pushes waiting to be sent, at most ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: deque[Message] = deque()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, message: Message, space_id: str) -> list[Effect]:
+        """Queue ``message``; when full, drop it and ask for a head sync of its space."""
+        if len(self.items) >= self.limit:
+            self.dropped += 1
+            return [Submit(("space", space_id, b""), 2)]
+        self.items.append(message)
+        return []
+
+    def pop(self) -> Message:
+        return self.items.popleft()

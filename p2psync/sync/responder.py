@@ -1,0 +1,284 @@
+"""The responder side of the sync protocol (sans-IO): a request in, a reply plus effects out.
+
+:class:`Responder` answers the peer's requests (head sync, full sync, ACL sync, bootstrap,
+receipts) from our replicas and decides what the peer's pushes (``HEAD_UPDATE``,
+``ACL_HEAD_UPDATE``, backup notices) lead to. Every request is checked against our ACL copy
+first; anything about a space the peer may not access gets the same
+``ERROR(UNKNOWN_SPACE, "unknown space")`` whether or not the space exists here. Nothing here
+sends, sleeps or reads a clock: :class:`~p2psync.sync.engine.PeerEngine` sends the reply and
+carries out the effects (:mod:`p2psync.sync.effects`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from p2psync.crypto.keys import verify
+from p2psync.errors import (
+    BadSignature,
+    DecodeError,
+    ProtocolError,
+    ReplicaError,
+    StoreError,
+    UnknownSpace,
+)
+from p2psync.replica.space import Space
+from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, bootstrap_message, parse_proof
+from p2psync.sync.effects import Effect, Offered, Strike, Submit
+from p2psync.sync.ingest import Ingest
+from p2psync.sync.messages import (
+    MAX_HEADS,
+    MAX_OBJECT_PAGE,
+    NONCE_SIZE,
+    AclHeadUpdate,
+    AclSyncRequest,
+    AclSyncResponse,
+    BootstrapRequest,
+    BootstrapResponse,
+    ErrorCode,
+    ErrorMessage,
+    FullSyncRequest,
+    FullSyncResponse,
+    HeadSyncRequest,
+    HeadUpdate,
+    Message,
+    ReceiptRequest,
+    ReceiptResponse,
+    SpaceOffer,
+    StorageRefused,
+    error_for,
+    take_batch,
+)
+from p2psync.sync.peerstate import UNKNOWN, PeerState
+from p2psync.sync.pull import acl_lacking
+from p2psync.sync.replicas import Pusher
+
+log = logging.getLogger("p2psync.sync")
+
+#: Requests the responder answers (anything else on the peer's stream is a push or a strike).
+REQUESTS = (HeadSyncRequest, FullSyncRequest, AclSyncRequest, BootstrapRequest, ReceiptRequest)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to one request and what else it leads to."""
+
+    message: Message
+    effects: tuple[Effect, ...] = ()
+
+
+@dataclass
+class _Collect:
+    effects: list[Effect] = field(default_factory=list)
+
+
+class Responder:
+    """Answers one peer's requests and judges its pushes, on one connection."""
+
+    def __init__(self, state: PeerState, source: Pusher) -> None:
+        self.state = state
+        self.source = source  #: the engine (what we store from it is not pushed back to it)
+
+    # --- requests ------------------------------------------------------------------------------
+    def prepare(self, msg: Message) -> Ingest | None:
+        """Changes a request carries that must be taken in (chunked) before :meth:`answer`."""
+        if isinstance(msg, FullSyncRequest) and msg.changes:
+            space = self._space_or_none(msg.space_id)
+            if space is not None:
+                return Ingest(self.state, self.source, space, msg.object_id, msg.changes)
+        return None
+
+    def answer(self, msg: Message) -> Reply:
+        """The reply to one admitted request; errors become typed ``ERROR`` replies (and a
+        strike when the request was the peer's fault). Never raises for the peer's input."""
+        out = _Collect()
+        try:
+            reply = self._answer(msg, out)
+        except UnknownSpace:
+            reply = ErrorMessage(ErrorCode.UNKNOWN_SPACE, UNKNOWN)
+        except (ProtocolError, ReplicaError, DecodeError) as exc:
+            if isinstance(exc, StoreError):
+                log.warning("store error while serving a request: %s", exc)
+                reply = ErrorMessage(ErrorCode.INTERNAL)
+            else:
+                out.effects.append(Strike(f"request failed: {exc}"))
+                reply = error_for(exc)
+        except Exception:  # a bug of ours: answer, log, keep serving
+            log.exception("internal error while serving a request")
+            reply = ErrorMessage(ErrorCode.INTERNAL)
+        return Reply(reply, tuple(out.effects))
+
+    def _answer(self, msg: Message, out: _Collect) -> Message:
+        if isinstance(msg, HeadSyncRequest):
+            self._space_for(msg.space_id)
+            return self.state.replicas.ldiff(msg.space_id).answer(msg)
+        if isinstance(msg, FullSyncRequest):
+            return self._answer_full(msg)
+        if isinstance(msg, AclSyncRequest):
+            return self._answer_acl(msg, out)
+        if isinstance(msg, BootstrapRequest):
+            return self._answer_bootstrap(msg)
+        if isinstance(msg, ReceiptRequest):
+            return self._answer_receipt(msg)
+        raise ProtocolError("not a request")
+
+    def _space_or_none(self, space_id: str) -> Space | None:
+        try:
+            return self._space_for(space_id)
+        except UnknownSpace:
+            return None
+
+    def _space_for(self, space_id: str, *, acl_only: bool = False) -> Space:
+        """The space if the peer may access it, else UnknownSpace (same as non-existence)."""
+        st = self.state
+        space = st.replicas.spaces.get(space_id)
+        if space is None:
+            raise UnknownSpace(UNKNOWN)
+        if st.may_access(space_id):
+            st.shared.add(space_id)
+            st.invited.pop(space_id, None)
+            return space
+        if acl_only and st.invite_open(space):
+            return space
+        raise UnknownSpace(UNKNOWN)
+
+    def _cap(self, asked: int) -> int:
+        limit = self.state.config.batch_bytes
+        return min(asked or limit, limit)
+
+    def _answer_full(self, msg: FullSyncRequest) -> FullSyncResponse:
+        space = self._space_for(msg.space_id)
+        tid = msg.object_id
+        if not space.has_tree(tid):
+            return FullSyncResponse(msg.space_id, tid, (), (), False)
+        tree = space.tree(tid)
+        lack = [c.raw for c in tree.changes_for(msg.heads)]
+        batch, more = take_batch(lack, self._cap(msg.max_bytes))
+        return FullSyncResponse(msg.space_id, tid, tree.heads[:MAX_HEADS], tuple(batch), more)
+
+    def _answer_acl(self, msg: AclSyncRequest, out: _Collect) -> AclSyncResponse:
+        space = self._space_for(msg.space_id, acl_only=True)
+        if msg.records:
+            res = self.state.replicas.apply_acl(self.source, space, msg.records)
+            if res.rejected:
+                out.effects.append(Strike(f"{len(res.rejected)} ACL records refused"))
+        lack = acl_lacking(space, msg.heads)
+        batch, more = take_batch(lack, self._cap(msg.max_bytes)) if lack else ([], False)
+        return AclSyncResponse(msg.space_id, tuple(space.acl.heads[:MAX_HEADS]), tuple(batch),
+                               more)
+
+    def _answer_bootstrap(self, msg: BootstrapRequest) -> BootstrapResponse:
+        st = self.state
+        sid = msg.space_id
+        space = st.replicas.spaces.get(sid)
+        if space is None:
+            raise UnknownSpace(UNKNOWN)
+        member = st.may_access(sid)
+        if not member:
+            invite_id = None if msg.proof is None else self.proof_ok(space, msg.proof)
+            if invite_id is None or st.remote_account in space.acl.state.departed:
+                raise UnknownSpace(UNKNOWN)
+            st.invited[sid] = invite_id
+        st.shared.add(sid)
+        header = space.header.raw if msg.after is None else None
+        records, _ = take_batch(space.acl_records(), st.config.batch_bytes)
+        ids: list[bytes] = []
+        next_after = None
+        if member and msg.max_objects:
+            after = msg.after or b""
+            ids = [t for t in space.tree_ids() if t > after][:min(msg.max_objects,
+                                                                  MAX_OBJECT_PAGE)]
+            if len(ids) == msg.max_objects:
+                next_after = ids[-1]
+        return BootstrapResponse(sid, header, tuple(records), tuple(ids), next_after)
+
+    def proof_ok(self, space: Space, proof: bytes) -> bytes | None:
+        """The invite id if ``proof`` is a signature by an open invite's key over this
+        session's challenge, else None."""
+        st = self.state
+        try:
+            invite_id, sig = parse_proof(proof)
+        except DecodeError:
+            return None
+        inv = space.acl.state.invites.get(invite_id)
+        if inv is None:
+            return None
+        data = bootstrap_message(space.id, invite_id, st.my_nonce, st.remote_device,
+                                 st.replicas.device.public, st.binding)
+        try:
+            verify(inv.invite_key, BOOTSTRAP_DOMAIN, data, sig)
+        except BadSignature:
+            return None
+        return invite_id
+
+    def _answer_receipt(self, msg: ReceiptRequest) -> ReceiptResponse:
+        space = self._space_for(msg.space_id)
+        sign = getattr(self.state.replicas.policy, "receipt", None)
+        if sign is None or len(msg.nonce) != NONCE_SIZE:
+            raise ProtocolError("this peer issues no storage receipts")
+        return ReceiptResponse(sign(space, msg.nonce))
+
+    # --- pushes --------------------------------------------------------------------------------
+    def head_update(self, msg: HeadUpdate) -> tuple[Ingest | None, list[Effect]]:
+        """Admit a ``HEAD_UPDATE``: the batch to take in (None if it carries no changes) and no
+        effects — then call :meth:`head_update_done` — or ``(None, [Strike])`` when the peer
+        may not access the space (then nothing more happens)."""
+        st = self.state
+        sid = msg.space_id
+        space = st.replicas.spaces.get(sid)
+        if space is None or not st.may_access(sid):
+            return None, [Strike("push for a space the peer may not access")]
+        st.shared.add(sid)
+        ing = Ingest(st, self.source, space, msg.object_id, msg.changes) if msg.changes else None
+        return ing, []
+
+    def head_update_done(self, msg: HeadUpdate, ing: Ingest | None) -> list[Effect]:
+        """After the push's changes are in: pull what its heads show we still lack (bounded by
+        the stuck rule: a peer announcing heads it never delivers costs few requests)."""
+        st = self.state
+        sid, tid = msg.space_id, msg.object_id
+        space = st.replicas.spaces.get(sid)
+        if space is None:
+            return []
+        missing = ing is not None and ing.missing
+        unknown_acl = ing is not None and ing.unknown_acl
+        if not space.has_tree(tid):
+            missing = missing or bool(msg.heads)
+        else:
+            tree = space.tree(tid)
+            missing = missing or any(h not in tree for h in msg.heads)
+        out: list[Effect] = []
+        if unknown_acl:
+            out.append(Submit(("acl", sid, b""), 0))
+        if (missing or unknown_acl) and st.stuck.get((sid, tid), 0) < st.config.max_stuck:
+            out.append(Submit(("tree", sid, tid), 1))
+        return out
+
+    def acl_update(self, msg: AclHeadUpdate) -> list[Effect]:
+        st = self.state
+        sid = msg.space_id
+        space = st.replicas.spaces.get(sid)
+        if space is None or not (st.may_access(sid) or st.invite_open(space)):
+            return [Strike("ACL push for a space the peer may not access")]
+        res = st.replicas.apply_acl(self.source, space, msg.records)
+        out: list[Effect] = []
+        if res.rejected:
+            out.append(Strike(f"{len(res.rejected)} ACL records refused"))
+        if res.waiting or any(h not in space.acl for h in msg.heads):
+            out.append(Submit(("acl", sid, b""), 0))
+        if res.added:
+            # new ACL state may unblock trees or make us a member: sync the space again
+            st.shared.add(sid)
+            out.append(Submit(("space", sid, b""), 2))
+        return out
+
+    def backup_push(self, msg: SpaceOffer | StorageRefused) -> list[Effect]:
+        st = self.state
+        if isinstance(msg, StorageRefused):
+            if msg.space_id in st.shared:
+                st.refused_by_peer[msg.space_id] = msg
+                st.space_state(msg.space_id).last_error = (
+                    f"peer refused to store: {msg.code.name.lower()}: {msg.message}")
+            return []
+        return [Offered(msg.space_id)]

@@ -1,0 +1,195 @@
+"""Engine-side hardening over the in-memory carrier (real engines, real handshake, no sockets):
+strangers are dropped after a grace period (invite bootstrap still works within it), a peer
+that breaks head sync is disconnected and its claims discarded, and a big incoming batch is
+stored a chunk at a time with the event loop running in between."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+from memory_net import SimNode
+from sync_helpers import RawPeer
+
+from p2psync.node import sync_transport_config
+from p2psync.replica.document import ROOT
+from p2psync.sync.engine import EngineConfig, PeerEngine
+from p2psync.sync.messages import (
+    AclSyncRequest,
+    AclSyncResponse,
+    FullSyncRequest,
+    HeadSyncRequest,
+    HeadSyncResponse,
+    RangeResult,
+)
+from p2psync.sync.spacex import header_exchange_key
+from p2psync.transport.memory import memory_pair
+
+GRACE = 0.3
+
+
+def node(tmp: Path, name: str) -> SimNode:
+    n = SimNode(0, tmp / f"{name}.sqlite3")
+    n.start()
+    return n
+
+
+class Running:
+    """Both engines of one memory link, run as tasks."""
+
+    def __init__(self) -> None:
+        self.engines: list[PeerEngine] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def link(self, a: SimNode, b: SimNode, config: EngineConfig,
+                   ) -> tuple[PeerEngine, PeerEngine]:
+        assert a.replicas is not None and b.replicas is not None
+        ca, cb, _ = await memory_pair(a.device, a.certificate, b.device, b.certificate,
+                                      config=sync_transport_config())
+        ea, eb = PeerEngine(a.replicas, ca, config), PeerEngine(b.replicas, cb, config)
+        self.engines += [ea, eb]
+        self.tasks += [asyncio.ensure_future(ea.run()), asyncio.ensure_future(eb.run())]
+        await asyncio.wait_for(asyncio.gather(ea.ready.wait(), eb.ready.wait()), 5)
+        return ea, eb
+
+    async def close(self) -> None:
+        for e in self.engines:
+            await e.close("test done")
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class OrderedRawPeer(RawPeer):
+    """RawPeer reading the engine's stream (its hello) before its own (the tokens that answer
+    our hello), so the exchange never sees tokens before the hello however bytes are paced."""
+
+    async def _start(self) -> None:
+        from p2psync.sync.messages import encode
+
+        self.out = await self.conn.open_stream()
+        await self.out.send(encode(self.exchange.start()))
+        self.inp = await asyncio.wait_for(self.conn.accept_stream(), 5)
+        self._tasks = [asyncio.ensure_future(self._read_in()),
+                       asyncio.ensure_future(self._read_out())]
+        await asyncio.wait_for(self._exchanged(), 5)
+
+
+def config(**kw: Any) -> EngineConfig:
+    return EngineConfig(request_timeout=5.0, exchange_timeout=5.0, **kw)
+
+
+async def test_stranger_is_dropped_after_the_grace_but_an_invitee_may_join(tmp_path: Path,
+                                                                          ) -> None:
+    a, s, j = node(tmp_path, "a"), node(tmp_path, "s"), node(tmp_path, "j")
+    assert a.replicas is not None
+    space = a.replicas.create_space()
+    raw, code = space.acl.invite(a.account, anyone_can_join=True)
+    space.commit_acl(raw)
+    run = Running()
+    try:
+        ea, es = await run.link(a, s, config(stranger_grace=GRACE))
+        eaj, ej = await run.link(a, j, config(stranger_grace=GRACE))
+        await ej.bootstrap(space.id, code)  # within the grace: works, and j is a member now
+        # the stranger is closed by a (and s by its own rule: a shares nothing with it)
+        await asyncio.wait_for(ea.finished.wait(), GRACE + 5)
+        assert ea.last_error is not None and "shares no space" in ea.last_error
+        await asyncio.wait_for(es.finished.wait(), 5)
+        # the invitee's connection outlives the grace on both sides
+        done, _ = await asyncio.wait([asyncio.ensure_future(eaj.finished.wait())],
+                                     timeout=GRACE * 3)
+        assert not done and not eaj.conn.is_closed and space.id in eaj.shared
+    finally:
+        await run.close()
+        for n in (a, s, j):
+            n.stop()
+
+
+async def test_head_sync_violation_disconnects_and_discards_the_claims(tmp_path: Path) -> None:
+    a, evil = node(tmp_path, "a"), node(tmp_path, "evil")
+    assert a.replicas is not None
+    space = a.replicas.create_space()
+    doc = space.new_document()
+    with doc.edit() as e:
+        e.put(ROOT, "x", 1)
+    # the evil account is a real member of the space
+    raw, code = space.acl.invite(a.account, anyone_can_join=True)
+    space.commit_acl(raw)
+    space.commit_acl(space.acl.join(evil.account, code))
+
+    def poison(msg: Any) -> Any:
+        if isinstance(msg, HeadSyncRequest):  # a made-up range with a made-up object
+            return HeadSyncResponse(msg.space_id, (RangeResult(
+                8, 0x5A, bytes(32), 1 << 40, None),))
+        if isinstance(msg, AclSyncRequest):  # "same ACL as yours"
+            return AclSyncResponse(msg.space_id, msg.heads, (), False)
+        return None
+
+    ca, cb, _ = await memory_pair(a.device, a.certificate, evil.device, evil.certificate,
+                                  config=sync_transport_config())
+    ea = PeerEngine(a.replicas, ca, config(strikes_to_close=10_000))
+    task = asyncio.ensure_future(ea.run())
+    keys = {space.id: header_exchange_key(space.header.raw, space.id)}
+    peer = OrderedRawPeer(cb, evil.device, keys, answer=poison)
+    try:
+        await peer._start()
+        await asyncio.wait_for(ea.finished.wait(), 5)
+        assert ea.last_error is not None and "protocol violation" in ea.last_error
+        assert ea.strikes >= 1
+        assert not any(isinstance(m, FullSyncRequest) for m in peer.requests_seen)
+        assert ea.state.space_state(space.id).pending == set()
+    finally:
+        await peer.close()
+        await asyncio.gather(task, return_exceptions=True)
+        a.stop()
+        evil.stop()
+
+
+async def test_big_batch_is_stored_in_chunks_with_the_loop_running(tmp_path: Path) -> None:
+    a, b = node(tmp_path, "a"), node(tmp_path, "b")
+    assert a.replicas is not None and b.replicas is not None
+    space = a.replicas.create_space()
+    raw, code = space.acl.invite(a.account, anyone_can_join=True)
+    space.commit_acl(raw)
+    run = Running()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    calls: list[tuple[int, int]] = []  # (ticks at the call, changes in it)
+    real_apply = a.replicas.apply_changes
+
+    def counting(source: Any, sp: Any, tid: bytes, raws: Any) -> Any:
+        calls.append((ticks, len(raws)))
+        return real_apply(source, sp, tid, raws)
+
+    a.replicas.apply_changes = counting  # type: ignore[method-assign]
+    tick = asyncio.ensure_future(ticker())
+    try:
+        _, eb = await run.link(a, b, config())
+        bs = await eb.bootstrap(space.id, code)
+        await run.close()
+        # b writes 600 changes while unlinked; a pulls them in one full-sync batch
+        d = bs.new_document()
+        for i in range(600):
+            with d.edit() as e:
+                e.put(ROOT, "n", i)
+        run = Running()
+        await run.link(a, b, config())
+        async with asyncio.timeout(20):
+            while not (space.has_tree(d.tree.id)
+                       and space.heads(d.tree.id) == bs.heads(d.tree.id)):
+                await a.replicas.changed()
+        sizes = [n for _, n in calls]
+        assert max(sizes) <= 32 and len(sizes) >= 600 // 32
+        at = [t for t, _ in calls]
+        assert all(y > x for x, y in itertools.pairwise(at))  # the loop ran in between
+    finally:
+        tick.cancel()
+        await run.close()
+        a.stop()
+        b.stop()
