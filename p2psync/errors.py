@@ -201,3 +201,14 @@ class QuotaExceeded(P2PSyncError):
 class ObjectDeleted(ReplicaError):
     """The object (or its whole space) was deleted by a signed tombstone; changes to it are
     refused and its history is dropped."""
+
+
+# --- transport hardening (appended by the transport helper, issue 11.8 / 12) --------------------
+class AioquicLayoutChanged(TransportError):
+    """The installed aioquic moved an internal p2psync reads (TLS secrets for channel binding,
+    flow-control limits): install the aioquic version pinned in pyproject.toml."""
+
+
+class BudgetExceeded(TransportError):
+    """A peer's data would exceed this connection's (or the process's) receive buffer budget:
+    the stream it was on is reset, or the connection closed if it keeps trying."""

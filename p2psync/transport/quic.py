@@ -18,9 +18,11 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from p2psync.errors import (
+    AioquicLayoutChanged,
     ConnectionClosed,
     FrameError,
     HandshakeError,
@@ -73,14 +76,86 @@ def quic_configuration(*, is_client: bool, max_datagram_size: int, window: int,
     return cfg
 
 
+# --- aioquic private layout -------------------------------------------------------------------
+# aioquic has no public API for the TLS traffic secrets (no exporter), the current peer address
+# or the server's socket. Every read of a private aioquic attribute happens in this section, so
+# an aioquic upgrade that moves them breaks here, loudly (AioquicLayoutChanged), and
+# tests/test_quic_private.py pins the layout. pyproject.toml pins aioquic to the tested minor.
+#: aioquic versions this layout was checked against (``aioquic.__version__`` prefix).
+TESTED_AIOQUIC = ("1.7.",)
+
+
+@dataclass(frozen=True)
+class AioquicView:
+    """What p2psync needs from a QUIC connection that aioquic does not expose publicly."""
+
+    is_client: bool  #: public: ``configuration.is_client``
+    #: (client, server) 1-RTT traffic secrets, None until the handshake derived them.
+    one_rtt_secrets: tuple[bytes, bytes] | None
+    #: The peer's current address (follows migration), None before the first packet.
+    peer_address: Any
+
+
+def aioquic_private(quic: QuicConnection) -> AioquicView:
+    """The one place that reads aioquic connection internals (``_cryptos``,
+    ``_network_paths``); raises :class:`AioquicLayoutChanged` if they moved."""
+    try:
+        cryptos = quic._cryptos
+        paths = quic._network_paths
+    except AttributeError as exc:
+        raise AioquicLayoutChanged(_layout_message(exc)) from exc
+    is_client = quic.configuration.is_client
+    secrets: tuple[bytes, bytes] | None = None
+    pair = cryptos.get(Epoch.ONE_RTT) if isinstance(cryptos, dict) else None
+    if pair is not None:
+        try:
+            send, recv = pair.send.secret, pair.recv.secret
+        except AttributeError as exc:
+            raise AioquicLayoutChanged(_layout_message(exc)) from exc
+        if send is not None and recv is not None:
+            secrets = (send, recv) if is_client else (recv, send)
+    peer = paths[0].addr if paths else None
+    return AioquicView(is_client, secrets, peer)
+
+
+def aioquic_server_socket(server: QuicServer) -> socket.socket | None:
+    """The UDP socket of an aioquic server (private ``_transport``)."""
+    try:
+        transport = server._transport
+    except AttributeError as exc:
+        raise AioquicLayoutChanged(_layout_message(exc)) from exc
+    return transport.get_extra_info("socket") if transport is not None else None
+
+
+def _layout_message(exc: BaseException) -> str:
+    import aioquic
+
+    return (f"aioquic {aioquic.__version__} changed an internal p2psync relies on ({exc}); "
+            f"p2psync was tested with aioquic {', '.join(v + 'x' for v in TESTED_AIOQUIC)} — "
+            "see p2psync/transport/quic.py 'aioquic private layout'")
+
+
+def check_aioquic_layout() -> None:
+    """Fail loudly (AioquicLayoutChanged) if any aioquic internal p2psync uses is gone.
+
+    Checked by tests on a real in-memory QUIC handshake too; this is the cheap static part
+    (class attributes and methods), callable at start-up.
+    """
+    missing = [name for owner, name in (
+        (QuicConnectionProtocol, "_transmit_soon"),
+        (QuicConnection, "configuration"),
+    ) if not hasattr(owner, name)]
+    if missing:
+        raise AioquicLayoutChanged(_layout_message(AttributeError(", ".join(missing))))
+
+
 def tls_binding(quic: QuicConnection) -> bytes:
     """A value both endpoints of this QUIC connection derive and nobody else can: a hash of
     the client and server 1-RTT traffic secrets."""
-    pair = quic._cryptos[Epoch.ONE_RTT]
-    send, recv = pair.send.secret, pair.recv.secret
-    if send is None or recv is None:
+    secrets = aioquic_private(quic).one_rtt_secrets
+    if secrets is None:
         raise HandshakeError("QUIC 1-RTT keys not available for channel binding")
-    client, server = (send, recv) if quic._is_client else (recv, send)
+    client, server = secrets
     return hashlib.blake2b(client + server, digest_size=32,
                            person=b"p2psync-quicbind").digest()
 
@@ -107,6 +182,8 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         self._decoders: dict[int, FrameDecoder] = {}
         self._ended: set[int] = set()
         self._peer_addr: Any = None
+        #: The aioquic connection (the base class keeps it only as private ``_quic``).
+        self.quic = quic
 
     def ensure_link(self) -> Link:
         if self.link is None:
@@ -118,7 +195,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         if isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
         elif isinstance(event, events.HandshakeCompleted):
-            if not self._quic._is_client:
+            if not self.quic.configuration.is_client:
                 self.ensure_link()
         elif isinstance(event, events.ConnectionTerminated):
             self._on_terminated(event)
@@ -174,14 +251,14 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
     def write_frames(self, route: int, frames: list[bytes]) -> None:
         if route in self._ended:
             return
-        self._quic.send_stream_data(route, b"".join(frames) if len(frames) > 1 else frames[0])
+        self.quic.send_stream_data(route, b"".join(frames) if len(frames) > 1 else frames[0])
         self._transmit_soon()
 
     def end_route(self, route: int) -> None:
         if route and route not in self._ended:
             self._ended.add(route)
             with contextlib.suppress(Exception):  # stream already gone in aioquic
-                self._quic.send_stream_data(route, b"", end_stream=True)
+                self.quic.send_stream_data(route, b"", end_stream=True)
             self._transmit_soon()
 
     def teardown(self, code: int, reason: str) -> None:
@@ -192,8 +269,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         return sum(d.pending for d in self._decoders.values())
 
     def remote_address(self) -> Any:
-        return self._peer_addr or self._quic._network_paths[0].addr \
-            if self._quic._network_paths else self._peer_addr
+        return self._peer_addr or aioquic_private(self.quic).peer_address
 
     async def wait_closed(self) -> None:
         await super().wait_closed()

@@ -1,0 +1,92 @@
+"""aioquic internals p2psync reads, pinned: a layout change in aioquic fails here, loudly.
+
+The QUIC channel binding needs the 1-RTT traffic secrets, which aioquic exposes only through
+private attributes; ``transport/quic.py`` reads them in one function (``aioquic_private``).
+These tests run a real QUIC handshake in memory (no sockets) and check that both ends derive
+the same secrets, so a renamed or restructured attribute cannot silently break authentication.
+"""
+
+from __future__ import annotations
+
+import aioquic
+import pytest
+from aioquic.quic.connection import QuicConnection
+
+from p2psync.errors import AioquicLayoutChanged, HandshakeError
+from p2psync.transport.quic import (
+    TESTED_AIOQUIC,
+    aioquic_private,
+    check_aioquic_layout,
+    quic_configuration,
+    tls_binding,
+)
+
+CLIENT_ADDR = ("1.2.3.4", 1234)
+SERVER_ADDR = ("2.3.4.5", 4433)
+
+
+def _pair() -> tuple[QuicConnection, QuicConnection]:
+    kw = {"max_datagram_size": 1452, "window": 1 << 20, "idle_timeout": 5.0}
+    ccfg = quic_configuration(is_client=True, **kw)
+    ccfg.server_name = "p2psync"
+    client = QuicConnection(configuration=ccfg)
+    scfg = quic_configuration(is_client=False, **kw)
+    client.connect(SERVER_ADDR, now=0.0)
+    server: QuicConnection | None = None
+    for _ in range(10):
+        for data, _addr in client.datagrams_to_send(now=0.0):
+            if server is None:
+                server = QuicConnection(configuration=scfg,
+                                        original_destination_connection_id=(
+                                            client.original_destination_connection_id))
+            server.receive_datagram(data, CLIENT_ADDR, now=0.0)
+        if server is not None:
+            for data, _addr in server.datagrams_to_send(now=0.0):
+                client.receive_datagram(data, SERVER_ADDR, now=0.0)
+    assert server is not None
+    return client, server
+
+
+def test_installed_aioquic_is_the_tested_minor() -> None:
+    assert aioquic.__version__.startswith(TESTED_AIOQUIC), (
+        f"aioquic {aioquic.__version__} is not a version the private layout was checked "
+        f"against ({TESTED_AIOQUIC}); re-run tests/test_quic_private.py and update the pin")
+
+
+def test_static_layout() -> None:
+    check_aioquic_layout()
+
+
+def test_secrets_match_across_a_real_handshake() -> None:
+    client, server = _pair()
+    cv, sv = aioquic_private(client), aioquic_private(server)
+    assert cv.is_client and not sv.is_client
+    assert cv.one_rtt_secrets is not None and sv.one_rtt_secrets is not None
+    assert cv.one_rtt_secrets == sv.one_rtt_secrets
+    client_secret, server_secret = cv.one_rtt_secrets
+    assert client_secret != server_secret and len(client_secret) >= 32
+    assert tls_binding(client) == tls_binding(server)
+    assert cv.peer_address == SERVER_ADDR and sv.peer_address == CLIENT_ADDR
+
+
+def test_another_connection_has_another_binding() -> None:
+    a, _ = _pair()
+    b, _ = _pair()
+    assert tls_binding(a) != tls_binding(b)
+
+
+def test_no_secrets_before_the_handshake() -> None:
+    cfg = quic_configuration(is_client=True, max_datagram_size=1452, window=1 << 20,
+                             idle_timeout=5.0)
+    quic = QuicConnection(configuration=cfg)
+    assert aioquic_private(quic).one_rtt_secrets is None
+    with pytest.raises(HandshakeError):
+        tls_binding(quic)
+
+
+def test_moved_internal_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an aioquic upgrade that renames ``_cryptos`` looks like: a typed, explicit error."""
+    client, _ = _pair()
+    monkeypatch.delattr(client, "_cryptos")
+    with pytest.raises(AioquicLayoutChanged, match=r"aioquic .* changed an internal"):
+        aioquic_private(client)
