@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from p2psync.transport.noise import CipherState
 from p2psync.transport.session import (
     CONTROL,
     Accepted,
+    Budget,
+    BufferPool,
     CloseCode,
     CreditAvailable,
     Event,
@@ -71,6 +74,39 @@ class TransportConfig:
     udp_rcvbuf: int = 4 << 20
     #: QUIC only: aioquic flow-control windows (our own credit bounds memory anyway).
     quic_window: int = 4 << 20
+    # --- receive budgets (issue 12.1; see session.Budget) -------------------------------------
+    #: Peer-opened streams waiting for ``accept_stream``; more are reset, not buffered.
+    max_pending_streams: int = 4
+    #: Received-but-unread bytes per connection (raised to ``limits.max_message`` if lower).
+    conn_budget: int = 16 << 20
+    #: Bytes a connection always may hold without drawing on the shared pool.
+    conn_floor: int = 256 << 10
+    #: What :meth:`Connection.restrict` shrinks a connection to (peers sharing no space).
+    restricted_budget: int = 1 << 20
+    #: Received-but-unread bytes above the floors, summed over every connection of the
+    #: process (sized for a Raspberry Pi: 50 hostile connections stay under ~45 MiB).
+    pool_budget: int = 32 << 20
+    #: Off only to prove the budget tests fail without it (``P2PSYNC_NO_BUDGET=1``).
+    enforce_budget: bool = field(
+        default_factory=lambda: os.environ.get("P2PSYNC_NO_BUDGET", "") != "1")
+
+    def budget(self) -> Budget | None:
+        if not self.enforce_budget:
+            return None
+        return Budget(max_pending_streams=self.max_pending_streams,
+                      connection=self.conn_budget, floor=self.conn_floor)
+
+
+_POOL: BufferPool | None = None
+
+
+def shared_pool(capacity: int) -> BufferPool:
+    """The process-wide receive pool (its capacity follows the last config that asked)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = BufferPool(capacity)
+    _POOL.capacity = capacity
+    return _POOL
 
 
 def stream_key(secret: bytes, from_initiator: bool, sid: int) -> bytes:
@@ -88,6 +124,7 @@ class Link:
         expected_peer: str | None = None, per_stream_keys: bool = False,
         on_ready: Callable[[Connection], None] | None = None,
         on_failed: Callable[[TransportError], None] | None = None,
+        pool: BufferPool | None = None,
     ) -> None:
         self.carrier = carrier
         self.initiator = initiator
@@ -105,6 +142,8 @@ class Link:
         self._on_ready = on_ready
         self._on_failed = on_failed
         self.error: TransportError | None = None
+        #: Shared receive pool (tests may give each listener its own).
+        self.pool = pool if pool is not None else shared_pool(config.pool_budget)
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(
             config.handshake_timeout, self._handshake_timeout)
@@ -159,9 +198,11 @@ class Link:
         self.hs = None
         self._send_ciphers[CONTROL] = res.send_cipher
         self._recv_ciphers[CONTROL] = res.recv_cipher
+        budget = self.config.budget()
         self.session = Session(initiator=self.initiator, local=self.config.limits,
                                remote=res.remote_limits, keepalive=self.config.keepalive,
-                               now=self.loop.time())
+                               now=self.loop.time(), budget=budget,
+                               pool=None if budget is None else self.pool)
         if not self.initiator:
             self.session.accept()
             self._ready()
@@ -240,7 +281,7 @@ class Link:
                 if rec[0] == RecordType.FIN:
                     self.carrier.end_route(route)
                 elif rec[0] == RecordType.RESET:
-                    self.carrier.end_route(_SID_OF(rec))
+                    self.carrier.abort_route(_SID_OF(rec))
 
     def on_route_end(self, route: int) -> None:
         """QUIC: the peer ended the QUIC stream ``route``; it must have sent FIN first."""
@@ -272,6 +313,8 @@ class Link:
             self._timer.cancel()
             self._timer = None
         code = CloseCode.NORMAL if isinstance(exc, ConnectionClosed) else close_code_for(exc)
+        if self.session is not None:  # give this connection's bytes back to the pool
+            self.session.release(self.session.buffered)
         if send_close and self.session is not None:
             try:
                 self.session.close(code, str(exc))
@@ -306,6 +349,10 @@ class Carrier:
 
     def end_route(self, route: int) -> None:
         """QUIC: end our half of the QUIC stream (after FIN or RESET)."""
+
+    def abort_route(self, route: int) -> None:
+        """QUIC: we reset ``route``; stop reading it too."""
+        self.end_route(route)
 
     def pending_bytes(self) -> int:
         """Bytes of incomplete frames buffered (to report a stall mid-frame)."""
@@ -413,6 +460,7 @@ class Stream:
         link = self._conn._link
         if self._error is None:
             self._error = StreamReset(f"stream {self.id} reset locally: {reason}")
+        self._messages.clear()  # the session releases their bytes with the stream
         if link.session is not None and link.error is None:
             link.session.reset(self.id, reason)
             link.flush()
@@ -496,7 +544,29 @@ class Connection:
                 await fut
             finally:
                 self._accept_waiter = None
-        return self._incoming.popleft()
+        st = self._incoming.popleft()
+        if self._link.session is not None:
+            self._link.session.stream_accepted(st.id)
+        return st
+
+    # --- receive budget ----------------------------------------------------------------------
+    def restrict(self, budget: int | None = None) -> None:
+        """Shrink this connection's receive budget (default ``restricted_budget``, 1 MiB) and
+        allow one pending stream: for a peer that shares no space with us. Pending streams
+        holding more are reset at once."""
+        link = self._link
+        if link.session is None or link.error is not None or not link.config.enforce_budget:
+            return
+        events = link.session.restrict(budget if budget is not None
+                                       else link.config.restricted_budget)
+        for ev in events:
+            self._on_event(ev)
+        link.flush()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the peer that the application has not consumed yet."""
+        return self._link.session.buffered if self._link.session is not None else 0
 
     def _raise_if_closed(self) -> None:
         if self._link.error is not None:
@@ -545,7 +615,12 @@ class Connection:
         elif isinstance(ev, StreamWasReset):
             st = self._streams.pop(ev.stream, None)
             if st is not None:
-                st._error = StreamReset(f"peer reset stream {ev.stream}: {ev.reason}")
+                who = "reset locally" if ev.local else "peer reset stream"
+                st._error = StreamReset(f"{who} {ev.stream}: {ev.reason}" if not ev.local
+                                        else f"stream {ev.stream} {who}: {ev.reason}")
+                st._messages.clear()  # the session released their bytes
+                if st in self._incoming:
+                    self._incoming.remove(st)
                 st._wake()
         elif isinstance(ev, CreditAvailable):
             st = self._streams.get(ev.stream)

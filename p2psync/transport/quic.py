@@ -144,9 +144,62 @@ def check_aioquic_layout() -> None:
     missing = [name for owner, name in (
         (QuicConnectionProtocol, "_transmit_soon"),
         (QuicConnection, "configuration"),
+        (QuicConnection, "_write_connection_limits"),
+        (QuicConnection, "_write_stream_limits"),
     ) if not hasattr(owner, name)]
     if missing:
         raise AioquicLayoutChanged(_layout_message(AttributeError(", ".join(missing))))
+
+
+class BoundedQuicConnection(QuicConnection):
+    """aioquic's QuicConnection with receive windows that follow what was *delivered*.
+
+    aioquic doubles a stream's (and the connection's) receive window whenever the highest
+    offset *received* passes half of it, delivered or not: a peer that leaves a gap at the
+    start of a stream and keeps sending makes aioquic buffer without bound. Here a window is
+    re-granted only as ``delivered + initial window`` (p2psync reads every delivered byte at
+    once and bounds it with its own credit and budget), so out-of-order data per connection
+    stays under ``max_data``. Installed on each connection by :class:`QuicCarrier` (class
+    swap: aioquic's server builds plain QuicConnections). Overrides two private methods —
+    part of the private layout pinned by tests/test_quic_private.py.
+    """
+
+    #: In-order bytes delivered to p2psync over the whole connection (set by the carrier).
+    p2p_delivered = 0
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        lim = self._local_max_data
+        target = self.p2p_delivered + self._configuration.max_data
+        if target > lim.value:
+            lim.value = target
+        used, lim.used = lim.used, 0  # suppress aioquic's doubling on bytes not delivered
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            lim.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        recv = stream.receiver
+        if stream.max_stream_data_local:
+            target = recv.starting_offset() + self._configuration.max_stream_data
+            if target > stream.max_stream_data_local:
+                stream.max_stream_data_local = target
+        high, recv.highest_offset = recv.highest_offset, 0  # suppress doubling (see above)
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            recv.highest_offset = high
+
+
+def bound_windows(quic: QuicConnection) -> None:
+    """Make ``quic`` a :class:`BoundedQuicConnection` (no state added: a class swap)."""
+    if type(quic) is QuicConnection:
+        quic.__class__ = BoundedQuicConnection
+
+
+def aioquic_buffered(quic: QuicConnection) -> int:
+    """Bytes aioquic holds in stream receive buffers (out-of-order data): for tests/bench."""
+    return sum(len(st.receiver._buffer) for st in quic._streams.values())
 
 
 def tls_binding(quic: QuicConnection) -> bytes:
@@ -184,6 +237,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         self._peer_addr: Any = None
         #: The aioquic connection (the base class keeps it only as private ``_quic``).
         self.quic = quic
+        bound_windows(quic)
 
     def ensure_link(self) -> Link:
         if self.link is None:
@@ -207,7 +261,13 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         link = self.ensure_link()
         if link.error is not None:
             return
+        quic = self.quic
+        if isinstance(quic, BoundedQuicConnection):
+            quic.p2p_delivered += len(event.data)
         dec = self._decoders.get(sid)
+        if dec is None and sid and link.session is not None \
+                and link.session.stream_closed(sid):
+            return  # late data on a stream we reset (or refused): dropped unparsed
         try:
             if dec is None:
                 if sid % 4 in (2, 3):
@@ -252,6 +312,21 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         if route in self._ended:
             return
         self.quic.send_stream_data(route, b"".join(frames) if len(frames) > 1 else frames[0])
+        self._transmit_soon()
+
+    def abort_route(self, route: int) -> None:
+        """We reset ``route``: stop reading it (STOP_SENDING), end our half, drop its
+        partial frame."""
+        self._decoders.pop(route, None)
+        if not route or route in self._ended:
+            return
+        self._ended.add(route)
+        # RESET_STREAM, not FIN: the peer may see it before our RESET record (another QUIC
+        # stream), and a FIN without a FIN record would be a protocol error there.
+        with contextlib.suppress(Exception):  # unknown or already-finished stream
+            self.quic.reset_stream(route, APP_ERROR_BASE)
+        with contextlib.suppress(Exception):
+            self.quic.stop_stream(route, APP_ERROR_BASE)
         self._transmit_soon()
 
     def end_route(self, route: int) -> None:
