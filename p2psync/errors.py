@@ -212,3 +212,8 @@ class AioquicLayoutChanged(TransportError):
 class BudgetExceeded(TransportError):
     """A peer's data would exceed this connection's (or the process's) receive buffer budget:
     the stream it was on is reset, or the connection closed if it keeps trying."""
+
+
+class AdmissionRefused(TransportError):
+    """A listener refused or dropped a connection to protect itself: too many half-open or
+    established connections from that source address or in total (see TransportConfig)."""

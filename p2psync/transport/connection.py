@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import DeviceKey
 from p2psync.errors import (
+    AdmissionRefused,
     ConnectionClosed,
     EndOfStream,
     FrameError,
@@ -86,6 +88,18 @@ class TransportConfig:
     #: Received-but-unread bytes above the floors, summed over every connection of the
     #: process (sized for a Raspberry Pi: 50 hostile connections stay under ~45 MiB).
     pool_budget: int = 32 << 20
+    # --- admission (issue 12.4): listeners only ----------------------------------------------
+    #: QUIC: validate client addresses with a Retry before keeping any state (costs one RTT).
+    quic_retry: bool = True
+    #: Connections still in their handshake, in total; the oldest is dropped for a new one.
+    max_half_open: int = 256
+    #: … from one source address; more are refused at once.
+    max_half_open_per_source: int = 16
+    #: Authenticated connections in total / per source address; more are closed.
+    max_connections: int = 512
+    max_connections_per_source: int = 32
+    #: Raise the soft RLIMIT_NOFILE towards this at listen (best effort; 0: leave it).
+    nofile_limit: int = 65536
     #: Off only to prove the budget tests fail without it (``P2PSYNC_NO_BUDGET=1``).
     enforce_budget: bool = field(
         default_factory=lambda: os.environ.get("P2PSYNC_NO_BUDGET", "") != "1")
@@ -95,6 +109,130 @@ class TransportConfig:
             return None
         return Budget(max_pending_streams=self.max_pending_streams,
                       connection=self.conn_budget, floor=self.conn_floor)
+
+
+def source_key(addr: Any) -> str:
+    """The source address a peer is counted under: its IP (IPv4-mapped IPv6 unmapped)."""
+    host = addr[0] if isinstance(addr, tuple) and addr else str(addr)
+    try:
+        ip = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return str(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+class Ticket:
+    """One admitted connection, as counted by an :class:`AdmissionGuard`."""
+
+    __slots__ = ("close", "established", "released", "source")
+
+    def __init__(self, source: str, close: Callable[[], None]) -> None:
+        self.source = source
+        self.close = close
+        self.established = False
+        self.released = False
+
+
+class AdmissionGuard:
+    """Caps half-open and established connections per source address and in total.
+
+    Sans-IO bookkeeping shared by a listener's carriers: ``admit`` when a connection appears
+    (TCP accept, QUIC Initial that passed Retry), ``promote`` when its handshake completes,
+    ``release`` when it ends. A source over its half-open cap is refused; a full half-open table
+    drops its *oldest* entry instead (a flood from many addresses churns itself, while an honest
+    handshake — milliseconds — completes before it becomes the oldest).
+    """
+
+    def __init__(self, config: TransportConfig) -> None:
+        self.config = config
+        self.half_open: dict[Ticket, None] = {}  # insertion-ordered: oldest first
+        self.half_by_source: Counter[str] = Counter()
+        self.est_by_source: Counter[str] = Counter()
+        self.established = 0
+        self.refused = 0
+        self.evicted = 0
+        self.admitted = 0  #: connections ever admitted
+
+    def would_admit(self, source: str) -> bool:
+        return self.half_by_source[source] < self.config.max_half_open_per_source
+
+    def admit(self, source: str, close: Callable[[], None]) -> Ticket | None:
+        if not self.would_admit(source):
+            self.refused += 1
+            return None
+        while len(self.half_open) >= self.config.max_half_open:
+            self.evict_oldest()
+        t = Ticket(source, close)
+        self.admitted += 1
+        self.half_open[t] = None
+        self.half_by_source[source] += 1
+        return t
+
+    def evict_oldest(self) -> bool:
+        """Drop the oldest half-open connection (frees its descriptor); False if none."""
+        if not self.half_open:
+            return False
+        t = next(iter(self.half_open))
+        self.release(t)
+        self.evicted += 1
+        t.close()
+        return True
+
+    def promote(self, t: Ticket) -> None:
+        """The handshake completed; raises :class:`AdmissionRefused` over the caps."""
+        if t.released or t.established:
+            return
+        cfg = self.config
+        if self.established >= cfg.max_connections:
+            self.refused += 1
+            raise AdmissionRefused(f"too many connections ({self.established})")
+        if self.est_by_source[t.source] >= cfg.max_connections_per_source:
+            self.refused += 1
+            raise AdmissionRefused(f"too many connections from {t.source}")
+        self._drop_half(t)
+        t.established = True
+        self.established += 1
+        self.est_by_source[t.source] += 1
+
+    def release(self, t: Ticket) -> None:
+        if t.released:
+            return
+        t.released = True
+        if t.established:
+            self.established -= 1
+            self.est_by_source[t.source] -= 1
+            if not self.est_by_source[t.source]:
+                del self.est_by_source[t.source]
+        else:
+            self._drop_half(t)
+
+    def _drop_half(self, t: Ticket) -> None:
+        if self.half_open.pop(t, 0) is None:
+            self.half_by_source[t.source] -= 1
+            if not self.half_by_source[t.source]:
+                del self.half_by_source[t.source]
+
+
+def raise_nofile_limit(target: int) -> int:
+    """Raise the soft descriptor limit towards ``target`` (capped by the hard limit); returns
+    the soft limit now in force. Best effort: an idle-socket flood must hit our caps, not
+    EMFILE at the default 1024."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if target and soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.info("raised the descriptor limit from %d to %d", soft, want)
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the descriptor limit from %d: %s", soft, exc)
+    return int(soft)
 
 
 _POOL: BufferPool | None = None
@@ -204,6 +342,7 @@ class Link:
                                now=self.loop.time(), budget=budget,
                                pool=None if budget is None else self.pool)
         if not self.initiator:
+            self.carrier.promote()  # AdmissionRefused over a listener's connection caps
             self.session.accept()
             self._ready()
 
@@ -340,6 +479,18 @@ class Carrier:
     """What a Link needs from TCP or QUIC."""
 
     transport_name = "?"
+    #: Set by a guarded listener: this connection's entry in its AdmissionGuard.
+    guard: AdmissionGuard | None = None
+    ticket: Ticket | None = None
+
+    def promote(self) -> None:
+        """The handshake completed: count the connection as established (may refuse)."""
+        if self.guard is not None and self.ticket is not None:
+            self.guard.promote(self.ticket)
+
+    def release_admission(self) -> None:
+        if self.guard is not None and self.ticket is not None:
+            self.guard.release(self.ticket)
 
     def write_frames(self, route: int, frames: list[bytes]) -> None:
         raise NotImplementedError

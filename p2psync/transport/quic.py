@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
@@ -23,9 +24,11 @@ from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from aioquic.tls import Epoch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -41,7 +44,14 @@ from p2psync.errors import (
     StreamLimitExceeded,
     TransportError,
 )
-from p2psync.transport.connection import Carrier, Link
+from p2psync.transport.connection import (
+    AdmissionGuard,
+    Carrier,
+    Link,
+    TransportConfig,
+    raise_nofile_limit,
+    source_key,
+)
 from p2psync.transport.framing import FrameDecoder
 from p2psync.transport.session import CloseCode
 
@@ -290,6 +300,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
             link.on_route_end(sid)
 
     def _on_terminated(self, event: events.ConnectionTerminated) -> None:
+        self.release_admission()
         reason = event.reason_phrase or "no reason given"
         code = event.error_code - APP_ERROR_BASE
         exc: TransportError
@@ -348,3 +359,72 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
 
     async def wait_closed(self) -> None:
         await super().wait_closed()
+
+
+class GuardedQuicServer(QuicServer):
+    """aioquic's server with Retry (address validation) on by default and admission caps.
+
+    A packet that would create connection state (an Initial, with a valid Retry token when
+    Retry is on) from a source over its half-open cap is dropped before aioquic builds
+    anything; a full half-open table drops its oldest connection; established caps apply when
+    the p2psync handshake completes (:meth:`Link._ready`). Reads aioquic's private
+    ``_protocols`` table (part of the pinned private layout).
+    """
+
+    def __init__(self, *, guard: AdmissionGuard, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.guard = guard
+        self._source: str | None = None
+        self.dropped = 0  #: Initials dropped by the caps
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        raw = data if isinstance(data, bytes) else data.encode()
+        if raw and raw[0] & 0x80:  # long header: may create a connection
+            try:
+                header = pull_quic_header(
+                    Buffer(data=raw), host_cid_length=self._configuration.connection_id_length)
+            except ValueError:
+                return
+            if header.packet_type == QuicPacketType.INITIAL \
+                    and header.destination_cid not in self._protocols:
+                source = source_key(addr)
+                if (header.token or self._retry is None) and not self.guard.would_admit(source):
+                    self.guard.refused += 1
+                    self.dropped += 1
+                    return
+                self._source = source
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._source = None
+
+    def admit(self, carrier: QuicCarrier) -> None:
+        """Called by the protocol factory while a new connection is being created."""
+        source = self._source or "?"
+        ticket = self.guard.admit(source, carrier.close)
+        if ticket is None:  # raced past would_admit (cannot happen single-threaded)
+            carrier.close()
+            return
+        carrier.guard, carrier.ticket = self.guard, ticket
+
+
+async def serve_quic(host: str, port: int, *, configuration: QuicConfiguration,
+                     create_protocol: Callable[..., QuicCarrier],
+                     config: TransportConfig) -> GuardedQuicServer:
+    """Like aioquic's ``serve`` with Retry per ``config.quic_retry`` and the admission caps
+    of ``config``; the descriptor limit is raised as for TCP."""
+    if config.nofile_limit:
+        raise_nofile_limit(config.nofile_limit)
+    loop = asyncio.get_running_loop()
+    server: GuardedQuicServer | None = None
+
+    def make(quic: QuicConnection, **kw: Any) -> QuicCarrier:
+        carrier = create_protocol(quic, **kw)
+        assert server is not None
+        server.admit(carrier)
+        return carrier
+
+    server = GuardedQuicServer(guard=AdmissionGuard(config), configuration=configuration,
+                               create_protocol=make, retry=config.quic_retry)
+    await loop.create_datagram_endpoint(lambda: server, local_addr=(host, port))
+    return server
