@@ -86,8 +86,10 @@ class TransportConfig:
     #: What :meth:`Connection.restrict` shrinks a connection to (peers sharing no space).
     restricted_budget: int = 1 << 20
     #: Received-but-unread bytes above the floors, summed over every connection of the
-    #: process (sized for a Raspberry Pi: 50 hostile connections stay under ~45 MiB).
-    pool_budget: int = 32 << 20
+    #: process. Sized for a Raspberry Pi: RSS grows ~2–3× the pool under a flood (copies in
+    #: flight, allocator retention); scripts/bench_hostile.py measured +37 MiB with 16 MiB
+    #: and +105–115 MiB with 32 MiB under 50 hostile peers. Still fits two 8 MiB messages.
+    pool_budget: int = 16 << 20
     # --- admission (issue 12.4): listeners only ----------------------------------------------
     #: QUIC: validate client addresses with a Retry before keeping any state (costs one RTT).
     quic_retry: bool = True

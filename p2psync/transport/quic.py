@@ -427,4 +427,5 @@ async def serve_quic(host: str, port: int, *, configuration: QuicConfiguration,
     server = GuardedQuicServer(guard=AdmissionGuard(config), configuration=configuration,
                                create_protocol=make, retry=config.quic_retry)
     await loop.create_datagram_endpoint(lambda: server, local_addr=(host, port))
+    raise_rcvbuf(aioquic_server_socket(server), config.udp_rcvbuf)
     return server
