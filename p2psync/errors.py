@@ -217,3 +217,8 @@ class BudgetExceeded(TransportError):
 class AdmissionRefused(TransportError):
     """A listener refused or dropped a connection to protect itself: too many half-open or
     established connections from that source address or in total (see TransportConfig)."""
+
+
+class StrangerRefused(HandshakeError):
+    """This device refused an authenticated peer its account certificate (and the connection):
+    the peer is not known, shares no space and presented no invite (issue 12.6)."""

@@ -90,3 +90,51 @@ def test_moved_internal_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(client, "_cryptos")
     with pytest.raises(AioquicLayoutChanged, match=r"aioquic .* changed an internal"):
         aioquic_private(client)
+
+
+def _pump(client: QuicConnection, server: QuicConnection, now: float) -> int:
+    """Exchange datagrams once each way; returns stream bytes delivered to the server (and
+    counts them as the carrier does)."""
+    from aioquic.quic import events
+
+    from p2psync.transport.quic import BoundedQuicConnection
+
+    for data, _ in client.datagrams_to_send(now=now):
+        server.receive_datagram(data, CLIENT_ADDR, now=now)
+    delivered = 0
+    while (ev := server.next_event()) is not None:
+        if isinstance(ev, events.StreamDataReceived):
+            delivered += len(ev.data)
+    if isinstance(server, BoundedQuicConnection):
+        server.p2p_delivered += delivered
+    for data, _ in server.datagrams_to_send(now=now):
+        client.receive_datagram(data, SERVER_ADDR, now=now)
+    return delivered
+
+
+@pytest.mark.parametrize("bounded", [True])
+def test_receive_window_follows_delivery_not_reception(bounded: bool) -> None:
+    """aioquic doubles a window when the highest *received* offset passes half of it; bounded,
+    a window is always delivered + initial window (so undelivered data stays bounded)."""
+    from p2psync.transport.quic import bound_windows
+
+    client, server = _pair()
+    if bounded:
+        bound_windows(server)
+    window = server.configuration.max_stream_data
+    sid = client.get_next_available_stream_id()
+    total = 6 * window
+    client.send_stream_data(sid, b"x" * total)  # stream stays open: its window is checked
+    delivered = 0
+    now = 0.0
+    for _ in range(2000):
+        now += 0.001
+        delivered += _pump(client, server, now)
+        if delivered >= total:
+            break
+    assert delivered == total
+    stream = server._streams.get(sid)
+    assert stream is not None
+    limit = stream.max_stream_data_local
+    assert limit - delivered <= window, f"window grew to {limit} after {delivered} delivered"
+    assert server._local_max_data.value - delivered <= server.configuration.max_data

@@ -16,7 +16,7 @@ import os
 import struct
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p2psync.crypto.cert import DeviceCertificate
@@ -29,6 +29,7 @@ from p2psync.errors import (
     HandshakeError,
     PeerTimeout,
     RefusedByPeer,
+    StrangerRefused,
     StreamReset,
     TransportError,
 )
@@ -102,6 +103,12 @@ class TransportConfig:
     max_connections_per_source: int = 32
     #: Raise the soft RLIMIT_NOFILE towards this at listen (best effort; 0: leave it).
     nofile_limit: int = 65536
+    # --- who learns our account (issue 12.6) ---------------------------------------------------
+    #: Listener policy: called with an authenticated initiator's certificate; True = send it
+    #: our certificate (with ACCEPT) and talk, False = refuse it (StrangerRefused) without it
+    #: ever learning our account. None = the pre-12.6 behaviour (certificate in message 2).
+    reveal_certificate: Callable[[DeviceCertificate], bool] | None = field(
+        default=None, compare=False)
     #: Off only to prove the budget tests fail without it (``P2PSYNC_NO_BUDGET=1``).
     enforce_budget: bool = field(
         default_factory=lambda: os.environ.get("P2PSYNC_NO_BUDGET", "") != "1")
@@ -273,7 +280,10 @@ class Link:
         self.hs: SecureHandshake | None = SecureHandshake(
             initiator=initiator, device_key=device_key, certificate=certificate,
             binding=binding, expected_peer=expected_peer, limits=config.limits,
-            features=config.features)
+            features=config.features,
+            defer_certificate=not initiator and config.reveal_certificate is not None)
+        #: Initiator whose responder deferred its certificate: verifies the one in ACCEPT.
+        self._deferred_check: Callable[[bytes], DeviceCertificate] | None = None
         self.result: HandshakeResult | None = None
         self.session: Session | None = None
         self.connection: Connection | None = None
@@ -336,6 +346,20 @@ class Link:
             return
         self.result = res = hs.result
         self.hs = None
+        if self.initiator and hs.deferred:
+            self._deferred_check = hs.check_deferred_certificate
+        reveal = b""
+        if not self.initiator and self.config.reveal_certificate is not None:
+            peer = res.require_certificate()
+            if not self.config.reveal_certificate(peer):
+                self._send_ciphers[CONTROL] = res.send_cipher
+                reason = "this device does not talk to strangers"
+                self._write_records([(CONTROL, encode_record(
+                    RecordType.CLOSE, CONTROL,
+                    struct.pack(">H", CloseCode.REFUSED) + reason.encode()))])
+                raise StrangerRefused(f"refused {peer.peer_id} (account {peer.account_id}): "
+                                      "not known, no shared space, no invite")
+            reveal = hs.certificate.raw
         self._send_ciphers[CONTROL] = res.send_cipher
         self._recv_ciphers[CONTROL] = res.recv_cipher
         budget = self.config.budget()
@@ -345,7 +369,7 @@ class Link:
                                pool=None if budget is None else self.pool)
         if not self.initiator:
             self.carrier.promote()  # AdmissionRefused over a listener's connection caps
-            self.session.accept()
+            self.session.accept(reveal)
             self._ready()
 
     def _ready(self) -> None:
@@ -388,6 +412,11 @@ class Link:
             if isinstance(ev, Accepted):
                 if conn is not None:
                     raise FrameError("duplicate ACCEPT record")
+                if self._deferred_check is not None:
+                    assert self.result is not None
+                    self.result = replace(self.result,
+                                          certificate=self._deferred_check(ev.payload))
+                    self._deferred_check = None
                 self._ready()
                 conn = self.connection
                 continue
@@ -464,7 +493,8 @@ class Link:
                 pass
         level = logging.DEBUG if isinstance(exc, ConnectionClosed) else logging.INFO
         log.log(level, "connection ended: %s", exc,
-                extra={"peer": self.result.peer_id if self.result else None,
+                extra={"peer": self.result.certificate.peer_id
+                       if self.result and self.result.certificate else None,
                        "error": type(exc).__name__})
         self.carrier.teardown(code, str(exc))
         if self.connection is not None:
@@ -650,7 +680,7 @@ class Connection:
 
     @property
     def certificate(self) -> DeviceCertificate:
-        return self.result.certificate
+        return self.result.require_certificate()
 
     @property
     def protocol_version(self) -> int:

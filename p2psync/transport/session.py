@@ -155,7 +155,7 @@ class StreamsAvailable:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    pass
+    payload: bytes = b""  #: a deferring responder's certificate (issue 12.6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +384,9 @@ class Session:
         self.reset(sid, reason)
         events.append(StreamWasReset(sid, reason, local=True))
 
-    def accept(self) -> None:
-        self._control(RecordType.ACCEPT, CONTROL)
+    def accept(self, payload: bytes = b"") -> None:
+        """Responder: the handshake is accepted; ``payload`` = our deferred certificate."""
+        self._control(RecordType.ACCEPT, CONTROL, payload)
 
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
@@ -522,7 +523,7 @@ class Session:
         elif rtype is RecordType.ACCEPT:
             if not self.initiator:
                 raise FrameError("unexpected ACCEPT record")
-            events.append(Accepted())
+            events.append(Accepted(rec.payload))
 
     def stream_closed(self, sid: int) -> bool:
         """``sid`` was open once and is closed now (data for it is late and dropped)."""
