@@ -112,8 +112,10 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(2)
     try:
         return s.recv(1) == b""
-    except (ConnectionResetError, TimeoutError):
-        return isinstance(s, socket.socket) and False
+    except ConnectionResetError:
+        return True  # aborted: closed too
+    except TimeoutError:
+        return False
 
 
 # --- QUIC Retry ------------------------------------------------------------------------------
@@ -235,3 +237,31 @@ async def test_accept_survives_emfile(mode: str) -> None:
         _, err = await proc.communicate()
     log = err.decode()
     assert log.count("dropping the oldest half-open") == 1, log[-2000:]
+
+
+async def test_guarded_tcp_listener_serves_both_families() -> None:
+    """host "" binds IPv4 and IPv6 like asyncio.create_server (the guarded loop replaces it)."""
+    dev, cert = identity()
+    conns: list[Connection] = []
+
+    def make_link(carrier: Any) -> Link:
+        return Link(carrier, initiator=False, device_key=dev, certificate=cert, config=CFG,
+                    binding=TCP_BINDING, on_ready=conns.append)
+
+    lst = await serve_tcp("", 0, lambda: TcpCarrier(make_link), CFG)
+    try:
+        assert {s.family for s in lst.sockets} == {socket.AF_INET, socket.AF_INET6}
+        port = lst.sock.getsockname()[1]
+        for host in ("127.0.0.1", "::1"):
+            g = Guarded("tcp", port, lst.guard, lst)
+            d, c = identity()
+            async with asyncio.timeout(2):
+                conn = await connect((host, g.port), device_key=d, certificate=c,
+                                     transport="tcp", config=CFG)
+            await conn.close()
+        assert lst.guard.admitted == 2
+    finally:
+        for c in conns:
+            await c.close()
+        lst.close()
+        await lst.wait_closed()

@@ -145,19 +145,19 @@ class TcpListener:
     logging at most once a minute.
     """
 
-    def __init__(self, sock: socket.socket, factory: Callable[[], TcpCarrier],
+    def __init__(self, socks: list[socket.socket], factory: Callable[[], TcpCarrier],
                  guard: AdmissionGuard) -> None:
-        self.sock = sock
-        self.sockets = [sock]
+        self.sockets = socks
+        self.sock = socks[0]
         self.guard = guard
         self._factory = factory
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._accept_loop())
+        self._tasks = [self._loop.create_task(self._accept_loop(s)) for s in socks]
         self.resource_errors = 0  #: accept() failures for lack of descriptors/memory
         self._starved = False
         self._logged_at = -LOG_EVERY
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, sock: socket.socket) -> None:
         backoff = 0.01
         n = 0
         while True:
@@ -165,10 +165,10 @@ class TcpListener:
             if n % 2 == 0:  # a ready accept() never yields: let the loop breathe in a burst
                 await asyncio.sleep(0)
             try:
-                conn, addr = await self._loop.sock_accept(self.sock)
+                conn, addr = await self._loop.sock_accept(sock)
             except OSError as exc:
                 if exc.errno not in _RESOURCE_ERRNOS:
-                    if self.sock.fileno() < 0:
+                    if sock.fileno() < 0:
                         return  # closed
                     log.warning("TCP accept failed: %s", exc)
                     await asyncio.sleep(backoff)
@@ -212,12 +212,13 @@ class TcpListener:
             conn.close()
 
     def close(self) -> None:
-        self._task.cancel()
-        self.sock.close()
+        for task in self._tasks:
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _abort(carrier: TcpCarrier, conn: socket.socket) -> None:
@@ -235,17 +236,24 @@ async def serve_tcp(host: str, port: int, factory: Callable[[], TcpCarrier],
         raise_nofile_limit(config.nofile_limit)
     infos = await asyncio.get_running_loop().getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-        sock.listen(1024)
-        sock.setblocking(False)
+        # Like asyncio.create_server: one socket per address (both families for host ""),
+        # IPv6 sockets IPv6-only; port 0 binds the first and reuses its port for the rest.
+        for family, _, _, _, addr in dict.fromkeys((i[0], 0, 0, "", i[4]) for i in infos):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(socks) > 1:
+                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
     except OSError:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    return TcpListener(sock, factory, AdmissionGuard(config))
+    return TcpListener(socks, factory, AdmissionGuard(config))
