@@ -138,3 +138,28 @@ def test_receive_window_follows_delivery_not_reception(bounded: bool) -> None:
     limit = stream.max_stream_data_local
     assert limit - delivered <= window, f"window grew to {limit} after {delivered} delivered"
     assert server._local_max_data.value - delivered <= server.configuration.max_data
+
+
+async def test_server_and_window_internals_are_where_we_read_them() -> None:
+    """GuardedQuicServer and BoundedQuicConnection read these aioquic internals."""
+    from aioquic.asyncio.server import QuicServer
+
+    from p2psync.transport.quic import BoundedQuicConnection
+
+    cfg = quic_configuration(is_client=False, max_datagram_size=1452, window=1 << 20,
+                             idle_timeout=5.0)
+    server = QuicServer(configuration=cfg, retry=True)
+    for name in ("_protocols", "_retry", "_transport", "_configuration"):
+        assert hasattr(server, name), f"aioquic QuicServer lost {name}"
+    client, srv = _pair()
+    for name in ("_local_max_data", "_streams", "_configuration"):
+        assert hasattr(srv, name), f"aioquic QuicConnection lost {name}"
+    assert {"used", "value", "sent"} <= set(vars(srv._local_max_data))
+    for meth in ("_write_connection_limits", "_write_stream_limits"):
+        assert getattr(BoundedQuicConnection, meth) is not getattr(QuicConnection, meth)
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"x")
+    _pump(client, srv, 0.1)
+    receiver = srv._streams[sid].receiver
+    assert isinstance(receiver.highest_offset, int) and receiver.starting_offset() == 1
+    assert hasattr(receiver, "_buffer")
