@@ -174,3 +174,33 @@ async def test_restrict_shrinks_the_budget(listener: Listener) -> None:
     assert session is not None and session.conn_budget == CFG.restricted_budget
     assert session.peak_buffered <= CFG.restricted_budget
     await conn.close()
+
+
+async def test_restricted_peer_is_closed_after_the_grace_period(listener: Listener) -> None:
+    conn = await dial(listener)
+    st = await conn.open_stream()
+    await st.send(b"x")
+    assert await st.recv() == b"x"
+    server_conn = listener.conns[0]
+    server_conn.restrict(grace=0.2)
+    async with asyncio.timeout(5):
+        reason = await server_conn.wait_closed()
+    assert "shares no space" in str(reason)
+
+
+async def test_lifted_restriction_keeps_the_peer(listener: Listener) -> None:
+    conn = await dial(listener)
+    st = await conn.open_stream()
+    await st.send(b"x")
+    assert await st.recv() == b"x"
+    server_conn = listener.conns[0]
+    server_conn.restrict(grace=0.2)
+    server_conn.lift_restriction()
+    session = server_conn._link.session
+    assert session is not None and session.conn_budget == CFG.conn_budget
+    for i in range(10):  # well past the grace period, still answered
+        await st.send(b"%d" % i)
+        assert await st.recv() == b"%d" % i
+        await asyncio.sleep(0.05)
+    assert not server_conn.is_closed
+    await conn.close()

@@ -668,6 +668,7 @@ class Connection:
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiter: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[TransportError] = link.loop.create_future()
+        self._grace: asyncio.TimerHandle | None = None
 
     # --- identity ----------------------------------------------------------------------------
     @property
@@ -733,18 +734,42 @@ class Connection:
         return st
 
     # --- receive budget ----------------------------------------------------------------------
-    def restrict(self, budget: int | None = None) -> None:
+    def restrict(self, budget: int | None = None, *, grace: float | None = None) -> None:
         """Shrink this connection's receive budget (default ``restricted_budget``, 1 MiB) and
         allow one pending stream: for a peer that shares no space with us. Pending streams
-        holding more are reset at once."""
+        holding more are reset at once. With ``grace``, the connection is closed after that
+        many seconds unless :meth:`lift_restriction` is called first (invite bootstrap)."""
         link = self._link
-        if link.session is None or link.error is not None or not link.config.enforce_budget:
+        if link.session is None or link.error is not None:
+            return
+        if grace is not None:
+            self._cancel_grace()
+            self._grace = link.loop.call_later(grace, self._grace_over)
+        if not link.config.enforce_budget:
             return
         events = link.session.restrict(budget if budget is not None
                                        else link.config.restricted_budget)
         for ev in events:
             self._on_event(ev)
         link.flush()
+
+    def lift_restriction(self) -> None:
+        """The peer shares a space after all (e.g. it just joined by invite): back to the
+        configured budget, and no disconnect at the end of the grace period."""
+        self._cancel_grace()
+        link = self._link
+        if link.session is not None:
+            link.session.unrestrict(link.config.budget())
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        self._link.fail(ConnectionClosed("closed locally: the peer shares no space with this "
+                                         "device (grace period over)"))
 
     @property
     def buffered(self) -> int:
@@ -813,6 +838,7 @@ class Connection:
             _wake(self._open_waiter)
 
     def _on_closed(self, exc: TransportError) -> None:
+        self._cancel_grace()
         if not self._closed.done():
             self._closed.set_result(exc)
         for st in self._streams.values():

@@ -370,6 +370,12 @@ class Session:
                         events)
         return events
 
+    def unrestrict(self, budget: Budget | None) -> None:
+        """Back to ``budget`` (the configured one) after :meth:`restrict`."""
+        self.budget = budget
+        self.conn_budget = 0 if budget is None else max(budget.connection,
+                                                        self.local.max_message)
+
     def _held(self, sid: int) -> int:
         st = self.streams.get(sid)
         return 0 if st is None else st.received - st.consumed
