@@ -167,7 +167,8 @@ class BoundedQuicConnection(QuicConnection):
     aioquic doubles a stream's (and the connection's) receive window whenever the highest
     offset *received* passes half of it, delivered or not: a peer that leaves a gap at the
     start of a stream and keeps sending makes aioquic buffer without bound. Here a window is
-    re-granted only as ``delivered + initial window`` (p2psync reads every delivered byte at
+    re-granted as ``delivered + initial window`` once less than half of it is left (batched
+    like p2psync's own credit; p2psync reads every delivered byte at
     once and bounds it with its own credit and budget), so out-of-order data per connection
     stays under ``max_data``. Installed on each connection by :class:`QuicCarrier` (class
     swap: aioquic's server builds plain QuicConnections). Overrides two private methods —
@@ -179,9 +180,9 @@ class BoundedQuicConnection(QuicConnection):
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         lim = self._local_max_data
-        target = self.p2p_delivered + self._configuration.max_data
-        if target > lim.value:
-            lim.value = target
+        window = self._configuration.max_data
+        if lim.value - self.p2p_delivered < window // 2:  # batched, like credit
+            lim.value = self.p2p_delivered + window
         used, lim.used = lim.used, 0  # suppress aioquic's doubling on bytes not delivered
         try:
             super()._write_connection_limits(builder, space)
@@ -191,9 +192,10 @@ class BoundedQuicConnection(QuicConnection):
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         recv = stream.receiver
         if stream.max_stream_data_local:
-            target = recv.starting_offset() + self._configuration.max_stream_data
-            if target > stream.max_stream_data_local:
-                stream.max_stream_data_local = target
+            window = self._configuration.max_stream_data
+            delivered = recv.starting_offset()
+            if stream.max_stream_data_local - delivered < window // 2:  # batched updates
+                stream.max_stream_data_local = delivered + window
         high, recv.highest_offset = recv.highest_offset, 0  # suppress doubling (see above)
         try:
             super()._write_stream_limits(builder, space, stream)

@@ -225,6 +225,7 @@ class Session:
         self.budget = budget
         self.pool = pool
         self.conn_budget = 0 if budget is None else max(budget.connection, local.max_message)
+        self._floor_bytes = 0 if budget is None else budget.floor
         self.buffered = 0  #: bytes received and not consumed by the application
         self.peak_buffered = 0  #: highest ``buffered`` seen (tests, benchmarks)
         self.data_in = 0  #: message bytes received, including refused and late ones
@@ -322,15 +323,14 @@ class Session:
         if n <= 0:
             return
         before = self.buffered
-        self.buffered = max(0, before - n)
-        self._pool_move(before, self.buffered)
+        after = self.buffered = before - n if before > n else 0
+        if before > self._floor_bytes:  # the pool only holds what is above the floor
+            self._pool_move(before, after)
 
     def _pool_move(self, before: int, after: int) -> None:
-        if after > self.peak_buffered:
-            self.peak_buffered = after
-        if self.pool is not None and self.budget is not None:
-            floor = self.budget.floor
-            pool = self.pool
+        pool = self.pool
+        if pool is not None and self.budget is not None:
+            floor = self._floor_bytes
             pool.used += max(0, after - floor) - max(0, before - floor)
             if pool.used > pool.peak:
                 pool.peak = pool.used
@@ -340,11 +340,13 @@ class Session:
         if self.budget is None:
             return True
         after = self.buffered + n
+        if after <= self._floor_bytes:  # hot path: small messages read promptly
+            return True
         if after > self.conn_budget:
             return False
         if self.pool is None:
             return True
-        floor = self.budget.floor
+        floor = self._floor_bytes
         extra = max(0, after - floor) - max(0, self.buffered - floor)
         return extra == 0 or self.pool.used + extra <= self.pool.capacity
 
@@ -357,10 +359,13 @@ class Session:
         (unaccepted) streams are reset, largest first, until the bytes held fit; returns the
         resulting events. May go below ``max_message``: such a peer's big messages are refused."""
         budget = self.budget or Budget()
+        self._pool_move(self.buffered, 0)
         self.budget = Budget(max_pending_streams=min(budget.max_pending_streams,
                                                      max_pending_streams),
                              connection=budget.connection, floor=budget.floor,
                              strikes=budget.strikes)
+        self._floor_bytes = budget.floor
+        self._pool_move(0, self.buffered)
         self.conn_budget = min(self.conn_budget or connection_budget, connection_budget)
         events: list[Event] = []
         for sid in sorted(self.unaccepted, key=lambda i: -self._held(i)):
@@ -372,7 +377,10 @@ class Session:
 
     def unrestrict(self, budget: Budget | None) -> None:
         """Back to ``budget`` (the configured one) after :meth:`restrict`."""
+        self._pool_move(self.buffered, 0)  # re-file what we hold under the new floor
         self.budget = budget
+        self._floor_bytes = 0 if budget is None else budget.floor
+        self._pool_move(0, self.buffered)
         self.conn_budget = 0 if budget is None else max(budget.connection,
                                                         self.local.max_message)
 
@@ -472,8 +480,11 @@ class Session:
                 self._budget_strike(sid, events)
                 return
             before = self.buffered
-            self.buffered += n
-            self._pool_move(before, self.buffered)
+            after = self.buffered = before + n
+            if after > self.peak_buffered:
+                self.peak_buffered = after
+            if after > self._floor_bytes:
+                self._pool_move(before, after)
             st.partial_len += n
             if st.partial_len > self.local.max_message:
                 raise FrameError(f"message on stream {sid} exceeds {self.local.max_message} "
