@@ -483,8 +483,12 @@ class Link:
             self._timer.cancel()
             self._timer = None
         code = CloseCode.NORMAL if isinstance(exc, ConnectionClosed) else close_code_for(exc)
-        if self.session is not None:  # give this connection's bytes back to the pool
+        if self.session is not None:  # give this connection's bytes back to the pool...
             self.session.release(self.session.buffered)
+            for st in self.session.streams.values():  # ...and really free partial messages
+                st.partial = []
+        if self.connection is not None:  # (Link <-> Connection is a cycle: don't wait for gc)
+            self.connection._drop_buffers(keep_accepted=isinstance(exc, ConnectionClosed))
         if send_close and self.session is not None:
             try:
                 self.session.close(code, str(exc))
@@ -836,6 +840,17 @@ class Connection:
                 _wake(st._send_waiter)
         elif isinstance(ev, StreamsAvailable):
             _wake(self._open_waiter)
+
+    def _drop_buffers(self, *, keep_accepted: bool) -> None:
+        """The connection ended: free queued messages nobody will read — streams never
+        accepted always, accepted ones too unless it ended normally (then what arrived before
+        the close stays readable)."""
+        for st in self._incoming:
+            st._messages.clear()
+        self._incoming.clear()
+        if not keep_accepted:
+            for st in self._streams.values():
+                st._messages.clear()
 
     def _on_closed(self, exc: TransportError) -> None:
         self._cancel_grace()
