@@ -87,9 +87,9 @@ class TransportConfig:
     #: What :meth:`Connection.restrict` shrinks a connection to (peers sharing no space).
     restricted_budget: int = 1 << 20
     #: Received-but-unread bytes above the floors, summed over every connection of the
-    #: process. Sized for a Raspberry Pi: RSS grows ~2–3× the pool under a flood (copies in
-    #: flight, allocator retention); scripts/bench_hostile.py measured +37 MiB with 16 MiB
-    #: and +105–115 MiB with 32 MiB under 50 hostile peers. Still fits two 8 MiB messages.
+    #: process. Sized for a Raspberry Pi: RSS grows a few times the pool under a flood (copies
+    #: in flight, allocator retention); scripts/bench_hostile.py measured +21…+82 MiB with
+    #: 16 MiB and +69…+115 MiB with 32 MiB under 50 hostile peers. Fits two 8 MiB messages.
     pool_budget: int = 16 << 20
     # --- admission (issue 12.4): listeners only ----------------------------------------------
     #: QUIC: validate client addresses with a Retry before keeping any state (costs one RTT).
