@@ -216,3 +216,22 @@ class UnknownStore(StoreError, ValueError):
 class UnknownSpaceType(ReplicaError):
     """A space header names a ``space_type`` no document type is registered for: this device
     can still replicate the space (ciphertext) but cannot open its documents."""
+# --- transport hardening (appended by the transport helper, issue 11.8 / 12) --------------------
+class AioquicLayoutChanged(TransportError):
+    """The installed aioquic moved an internal p2psync reads (TLS secrets for channel binding,
+    flow-control limits): install the aioquic version pinned in pyproject.toml."""
+
+
+class BudgetExceeded(TransportError):
+    """A peer's data would exceed this connection's (or the process's) receive buffer budget:
+    the stream it was on is reset, or the connection closed if it keeps trying."""
+
+
+class AdmissionRefused(TransportError):
+    """A listener refused or dropped a connection to protect itself: too many half-open or
+    established connections from that source address or in total (see TransportConfig)."""
+
+
+class StrangerRefused(HandshakeError):
+    """This device refused an authenticated peer its account certificate (and the connection):
+    the peer is not known, shares no space and presented no invite (issue 12.6)."""

@@ -43,9 +43,11 @@ from p2psync.transport.handshake import SecureHandshake
 from p2psync.transport.quic import quic_configuration
 from p2psync.transport.tcp import TCP_BINDING
 
+# max_pending_streams above max_streams: the stream-flood test is about the stream limit
+# (tests/test_transport_budget.py covers streams refused for not being accepted).
 FAST = TransportConfig(keepalive=Keepalive(interval=0.2, timeout=0.8), handshake_timeout=2.0,
                        limits=Limits(max_streams=8, stream_window=256 << 10,
-                                     max_message=128 << 10))
+                                     max_message=128 << 10), max_pending_streams=64)
 TRANSPORTS = ["tcp", "quic"]
 
 

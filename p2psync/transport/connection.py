@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
+import os
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import DeviceKey
 from p2psync.errors import (
+    AdmissionRefused,
     ConnectionClosed,
     EndOfStream,
     FrameError,
     HandshakeError,
     PeerTimeout,
     RefusedByPeer,
+    StrangerRefused,
     StreamReset,
     TransportError,
 )
@@ -35,6 +39,8 @@ from p2psync.transport.noise import CipherState
 from p2psync.transport.session import (
     CONTROL,
     Accepted,
+    Budget,
+    BufferPool,
     CloseCode,
     CreditAvailable,
     Event,
@@ -71,6 +77,183 @@ class TransportConfig:
     udp_rcvbuf: int = 4 << 20
     #: QUIC only: aioquic flow-control windows (our own credit bounds memory anyway).
     quic_window: int = 4 << 20
+    # --- receive budgets (issue 12.1; see session.Budget) -------------------------------------
+    #: Peer-opened streams waiting for ``accept_stream``; more are reset, not buffered.
+    max_pending_streams: int = 4
+    #: Received-but-unread bytes per connection (raised to ``limits.max_message`` if lower).
+    conn_budget: int = 16 << 20
+    #: Bytes a connection always may hold without drawing on the shared pool.
+    conn_floor: int = 256 << 10
+    #: What :meth:`Connection.restrict` shrinks a connection to (peers sharing no space).
+    restricted_budget: int = 1 << 20
+    #: Received-but-unread bytes above the floors, summed over every connection of the
+    #: process. Sized for a Raspberry Pi: RSS grows a few times the pool under a flood (copies
+    #: in flight, allocator retention); scripts/bench_hostile.py measured +21…+82 MiB with
+    #: 16 MiB and +69…+115 MiB with 32 MiB under 50 hostile peers. Fits two 8 MiB messages.
+    pool_budget: int = 16 << 20
+    # --- admission (issue 12.4): listeners only ----------------------------------------------
+    #: QUIC: validate client addresses with a Retry before keeping any state (costs one RTT).
+    quic_retry: bool = True
+    #: Connections still in their handshake, in total; the oldest is dropped for a new one.
+    max_half_open: int = 256
+    #: … from one source address; more are refused at once.
+    max_half_open_per_source: int = 16
+    #: Authenticated connections in total / per source address; more are closed.
+    max_connections: int = 512
+    max_connections_per_source: int = 32
+    #: Raise the soft RLIMIT_NOFILE towards this at listen (best effort; 0: leave it).
+    nofile_limit: int = 65536
+    # --- who learns our account (issue 12.6) ---------------------------------------------------
+    #: Listener policy: called with an authenticated initiator's certificate; True = send it
+    #: our certificate (with ACCEPT) and talk, False = refuse it (StrangerRefused) without it
+    #: ever learning our account. None = the pre-12.6 behaviour (certificate in message 2).
+    reveal_certificate: Callable[[DeviceCertificate], bool] | None = field(
+        default=None, compare=False)
+    #: Off only to prove the budget tests fail without it (``P2PSYNC_NO_BUDGET=1``).
+    enforce_budget: bool = field(
+        default_factory=lambda: os.environ.get("P2PSYNC_NO_BUDGET", "") != "1")
+
+    def budget(self) -> Budget | None:
+        if not self.enforce_budget:
+            return None
+        return Budget(max_pending_streams=self.max_pending_streams,
+                      connection=self.conn_budget, floor=self.conn_floor)
+
+
+def source_key(addr: Any) -> str:
+    """The source address a peer is counted under: its IP (IPv4-mapped IPv6 unmapped)."""
+    host = addr[0] if isinstance(addr, tuple) and addr else str(addr)
+    try:
+        ip = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return str(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+class Ticket:
+    """One admitted connection, as counted by an :class:`AdmissionGuard`."""
+
+    __slots__ = ("close", "established", "released", "source")
+
+    def __init__(self, source: str, close: Callable[[], None]) -> None:
+        self.source = source
+        self.close = close
+        self.established = False
+        self.released = False
+
+
+class AdmissionGuard:
+    """Caps half-open and established connections per source address and in total.
+
+    Sans-IO bookkeeping shared by a listener's carriers: ``admit`` when a connection appears
+    (TCP accept, QUIC Initial that passed Retry), ``promote`` when its handshake completes,
+    ``release`` when it ends. A source over its half-open cap is refused; a full half-open table
+    drops its *oldest* entry instead (a flood from many addresses churns itself, while an honest
+    handshake — milliseconds — completes before it becomes the oldest).
+    """
+
+    def __init__(self, config: TransportConfig) -> None:
+        self.config = config
+        self.half_open: dict[Ticket, None] = {}  # insertion-ordered: oldest first
+        self.half_by_source: Counter[str] = Counter()
+        self.est_by_source: Counter[str] = Counter()
+        self.established = 0
+        self.refused = 0
+        self.evicted = 0
+        self.admitted = 0  #: connections ever admitted
+
+    def would_admit(self, source: str) -> bool:
+        return self.half_by_source[source] < self.config.max_half_open_per_source
+
+    def admit(self, source: str, close: Callable[[], None]) -> Ticket | None:
+        if not self.would_admit(source):
+            self.refused += 1
+            return None
+        while len(self.half_open) >= self.config.max_half_open:
+            self.evict_oldest()
+        t = Ticket(source, close)
+        self.admitted += 1
+        self.half_open[t] = None
+        self.half_by_source[source] += 1
+        return t
+
+    def evict_oldest(self) -> bool:
+        """Drop the oldest half-open connection (frees its descriptor); False if none."""
+        if not self.half_open:
+            return False
+        t = next(iter(self.half_open))
+        self.release(t)
+        self.evicted += 1
+        t.close()
+        return True
+
+    def promote(self, t: Ticket) -> None:
+        """The handshake completed; raises :class:`AdmissionRefused` over the caps."""
+        if t.released or t.established:
+            return
+        cfg = self.config
+        if self.established >= cfg.max_connections:
+            self.refused += 1
+            raise AdmissionRefused(f"too many connections ({self.established})")
+        if self.est_by_source[t.source] >= cfg.max_connections_per_source:
+            self.refused += 1
+            raise AdmissionRefused(f"too many connections from {t.source}")
+        self._drop_half(t)
+        t.established = True
+        self.established += 1
+        self.est_by_source[t.source] += 1
+
+    def release(self, t: Ticket) -> None:
+        if t.released:
+            return
+        t.released = True
+        if t.established:
+            self.established -= 1
+            self.est_by_source[t.source] -= 1
+            if not self.est_by_source[t.source]:
+                del self.est_by_source[t.source]
+        else:
+            self._drop_half(t)
+
+    def _drop_half(self, t: Ticket) -> None:
+        if self.half_open.pop(t, 0) is None:
+            self.half_by_source[t.source] -= 1
+            if not self.half_by_source[t.source]:
+                del self.half_by_source[t.source]
+
+
+def raise_nofile_limit(target: int) -> int:
+    """Raise the soft descriptor limit towards ``target`` (capped by the hard limit); returns
+    the soft limit now in force. Best effort: an idle-socket flood must hit our caps, not
+    EMFILE at the default 1024."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if target and soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.info("raised the descriptor limit from %d to %d", soft, want)
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the descriptor limit from %d: %s", soft, exc)
+    return int(soft)
+
+
+_POOL: BufferPool | None = None
+
+
+def shared_pool(capacity: int) -> BufferPool:
+    """The process-wide receive pool (its capacity follows the last config that asked)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = BufferPool(capacity)
+    _POOL.capacity = capacity
+    return _POOL
 
 
 def stream_key(secret: bytes, from_initiator: bool, sid: int) -> bytes:
@@ -88,6 +271,7 @@ class Link:
         expected_peer: str | None = None, per_stream_keys: bool = False,
         on_ready: Callable[[Connection], None] | None = None,
         on_failed: Callable[[TransportError], None] | None = None,
+        pool: BufferPool | None = None,
     ) -> None:
         self.carrier = carrier
         self.initiator = initiator
@@ -96,7 +280,10 @@ class Link:
         self.hs: SecureHandshake | None = SecureHandshake(
             initiator=initiator, device_key=device_key, certificate=certificate,
             binding=binding, expected_peer=expected_peer, limits=config.limits,
-            features=config.features)
+            features=config.features,
+            defer_certificate=not initiator and config.reveal_certificate is not None)
+        #: Initiator whose responder deferred its certificate: verifies the one in ACCEPT.
+        self._deferred_check: Callable[[bytes], DeviceCertificate] | None = None
         self.result: HandshakeResult | None = None
         self.session: Session | None = None
         self.connection: Connection | None = None
@@ -105,6 +292,8 @@ class Link:
         self._on_ready = on_ready
         self._on_failed = on_failed
         self.error: TransportError | None = None
+        #: Shared receive pool (tests may give each listener its own).
+        self.pool = pool if pool is not None else shared_pool(config.pool_budget)
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(
             config.handshake_timeout, self._handshake_timeout)
@@ -157,13 +346,30 @@ class Link:
             return
         self.result = res = hs.result
         self.hs = None
+        if self.initiator and hs.deferred:
+            self._deferred_check = hs.check_deferred_certificate
+        reveal = b""
+        if not self.initiator and self.config.reveal_certificate is not None:
+            peer = res.require_certificate()
+            if not self.config.reveal_certificate(peer):
+                self._send_ciphers[CONTROL] = res.send_cipher
+                reason = "this device does not talk to strangers"
+                self._write_records([(CONTROL, encode_record(
+                    RecordType.CLOSE, CONTROL,
+                    struct.pack(">H", CloseCode.REFUSED) + reason.encode()))])
+                raise StrangerRefused(f"refused {peer.peer_id} (account {peer.account_id}): "
+                                      "not known, no shared space, no invite")
+            reveal = hs.certificate.raw
         self._send_ciphers[CONTROL] = res.send_cipher
         self._recv_ciphers[CONTROL] = res.recv_cipher
+        budget = self.config.budget()
         self.session = Session(initiator=self.initiator, local=self.config.limits,
                                remote=res.remote_limits, keepalive=self.config.keepalive,
-                               now=self.loop.time())
+                               now=self.loop.time(), budget=budget,
+                               pool=None if budget is None else self.pool)
         if not self.initiator:
-            self.session.accept()
+            self.carrier.promote()  # AdmissionRefused over a listener's connection caps
+            self.session.accept(reveal)
             self._ready()
 
     def _ready(self) -> None:
@@ -206,6 +412,11 @@ class Link:
             if isinstance(ev, Accepted):
                 if conn is not None:
                     raise FrameError("duplicate ACCEPT record")
+                if self._deferred_check is not None:
+                    assert self.result is not None
+                    self.result = replace(self.result,
+                                          certificate=self._deferred_check(ev.payload))
+                    self._deferred_check = None
                 self._ready()
                 conn = self.connection
                 continue
@@ -240,7 +451,7 @@ class Link:
                 if rec[0] == RecordType.FIN:
                     self.carrier.end_route(route)
                 elif rec[0] == RecordType.RESET:
-                    self.carrier.end_route(_SID_OF(rec))
+                    self.carrier.abort_route(_SID_OF(rec))
 
     def on_route_end(self, route: int) -> None:
         """QUIC: the peer ended the QUIC stream ``route``; it must have sent FIN first."""
@@ -272,6 +483,12 @@ class Link:
             self._timer.cancel()
             self._timer = None
         code = CloseCode.NORMAL if isinstance(exc, ConnectionClosed) else close_code_for(exc)
+        if self.session is not None:  # give this connection's bytes back to the pool...
+            self.session.release(self.session.buffered)
+            for st in self.session.streams.values():  # ...and really free partial messages
+                st.partial = []
+        if self.connection is not None:  # (Link <-> Connection is a cycle: don't wait for gc)
+            self.connection._drop_buffers(keep_accepted=isinstance(exc, ConnectionClosed))
         if send_close and self.session is not None:
             try:
                 self.session.close(code, str(exc))
@@ -280,7 +497,8 @@ class Link:
                 pass
         level = logging.DEBUG if isinstance(exc, ConnectionClosed) else logging.INFO
         log.log(level, "connection ended: %s", exc,
-                extra={"peer": self.result.peer_id if self.result else None,
+                extra={"peer": self.result.certificate.peer_id
+                       if self.result and self.result.certificate else None,
                        "error": type(exc).__name__})
         self.carrier.teardown(code, str(exc))
         if self.connection is not None:
@@ -297,6 +515,18 @@ class Carrier:
     """What a Link needs from TCP or QUIC."""
 
     transport_name = "?"
+    #: Set by a guarded listener: this connection's entry in its AdmissionGuard.
+    guard: AdmissionGuard | None = None
+    ticket: Ticket | None = None
+
+    def promote(self) -> None:
+        """The handshake completed: count the connection as established (may refuse)."""
+        if self.guard is not None and self.ticket is not None:
+            self.guard.promote(self.ticket)
+
+    def release_admission(self) -> None:
+        if self.guard is not None and self.ticket is not None:
+            self.guard.release(self.ticket)
 
     def write_frames(self, route: int, frames: list[bytes]) -> None:
         raise NotImplementedError
@@ -306,6 +536,10 @@ class Carrier:
 
     def end_route(self, route: int) -> None:
         """QUIC: end our half of the QUIC stream (after FIN or RESET)."""
+
+    def abort_route(self, route: int) -> None:
+        """QUIC: we reset ``route``; stop reading it too."""
+        self.end_route(route)
 
     def pending_bytes(self) -> int:
         """Bytes of incomplete frames buffered (to report a stall mid-frame)."""
@@ -413,6 +647,7 @@ class Stream:
         link = self._conn._link
         if self._error is None:
             self._error = StreamReset(f"stream {self.id} reset locally: {reason}")
+        self._messages.clear()  # the session releases their bytes with the stream
         if link.session is not None and link.error is None:
             link.session.reset(self.id, reason)
             link.flush()
@@ -437,6 +672,7 @@ class Connection:
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiter: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[TransportError] = link.loop.create_future()
+        self._grace: asyncio.TimerHandle | None = None
 
     # --- identity ----------------------------------------------------------------------------
     @property
@@ -449,7 +685,7 @@ class Connection:
 
     @property
     def certificate(self) -> DeviceCertificate:
-        return self.result.certificate
+        return self.result.require_certificate()
 
     @property
     def protocol_version(self) -> int:
@@ -496,7 +732,53 @@ class Connection:
                 await fut
             finally:
                 self._accept_waiter = None
-        return self._incoming.popleft()
+        st = self._incoming.popleft()
+        if self._link.session is not None:
+            self._link.session.stream_accepted(st.id)
+        return st
+
+    # --- receive budget ----------------------------------------------------------------------
+    def restrict(self, budget: int | None = None, *, grace: float | None = None) -> None:
+        """Shrink this connection's receive budget (default ``restricted_budget``, 1 MiB) and
+        allow one pending stream: for a peer that shares no space with us. Pending streams
+        holding more are reset at once. With ``grace``, the connection is closed after that
+        many seconds unless :meth:`lift_restriction` is called first (invite bootstrap)."""
+        link = self._link
+        if link.session is None or link.error is not None:
+            return
+        if grace is not None:
+            self._cancel_grace()
+            self._grace = link.loop.call_later(grace, self._grace_over)
+        if not link.config.enforce_budget:
+            return
+        events = link.session.restrict(budget if budget is not None
+                                       else link.config.restricted_budget)
+        for ev in events:
+            self._on_event(ev)
+        link.flush()
+
+    def lift_restriction(self) -> None:
+        """The peer shares a space after all (e.g. it just joined by invite): back to the
+        configured budget, and no disconnect at the end of the grace period."""
+        self._cancel_grace()
+        link = self._link
+        if link.session is not None:
+            link.session.unrestrict(link.config.budget())
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        self._link.fail(ConnectionClosed("closed locally: the peer shares no space with this "
+                                         "device (grace period over)"))
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the peer that the application has not consumed yet."""
+        return self._link.session.buffered if self._link.session is not None else 0
 
     def _raise_if_closed(self) -> None:
         if self._link.error is not None:
@@ -545,7 +827,12 @@ class Connection:
         elif isinstance(ev, StreamWasReset):
             st = self._streams.pop(ev.stream, None)
             if st is not None:
-                st._error = StreamReset(f"peer reset stream {ev.stream}: {ev.reason}")
+                who = "reset locally" if ev.local else "peer reset stream"
+                st._error = StreamReset(f"{who} {ev.stream}: {ev.reason}" if not ev.local
+                                        else f"stream {ev.stream} {who}: {ev.reason}")
+                st._messages.clear()  # the session released their bytes
+                if st in self._incoming:
+                    self._incoming.remove(st)
                 st._wake()
         elif isinstance(ev, CreditAvailable):
             st = self._streams.get(ev.stream)
@@ -554,7 +841,19 @@ class Connection:
         elif isinstance(ev, StreamsAvailable):
             _wake(self._open_waiter)
 
+    def _drop_buffers(self, *, keep_accepted: bool) -> None:
+        """The connection ended: free queued messages nobody will read — streams never
+        accepted always, accepted ones too unless it ended normally (then what arrived before
+        the close stays readable)."""
+        for st in self._incoming:
+            st._messages.clear()
+        self._incoming.clear()
+        if not keep_accepted:
+            for st in self._streams.values():
+                st._messages.clear()
+
     def _on_closed(self, exc: TransportError) -> None:
+        self._cancel_grace()
         if not self._closed.done():
             self._closed.set_result(exc)
         for st in self._streams.values():

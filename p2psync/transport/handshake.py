@@ -2,7 +2,15 @@
 
 Message 1 (initiator → responder) is a bare ephemeral key: it is sent before any encryption, so
 it carries nothing. Message 2 carries the responder's Hello (encrypted, after ``ee``/``es``) and
-message 3 the initiator's Hello. Each side checks the other's certificate, that the certificate's
+message 3 the initiator's Hello.
+
+Deferred certificate (issue 12.6): a responder built with ``defer_certificate=True`` sends its
+Hello in message 2 *without* its certificate (which names its account): the initiator then
+knows only the responder's device key — what mDNS already advertises — and checks it against
+``expected_peer`` before revealing itself in message 3. The responder's certificate travels
+later, in the ACCEPT record, and only if the responder's policy accepts the authenticated
+initiator (see ``transport/connection.py``); :meth:`SecureHandshake.check_deferred_certificate`
+verifies it there. Each side checks the other's certificate, that the certificate's
 device key is the one the Noise static key proved, the expected peer id and the protocol version,
 and raises a :class:`~p2psync.errors.HandshakeError` subclass whose message a user can act on.
 """
@@ -16,9 +24,11 @@ from dataclasses import dataclass, field
 from p2psync import PROTOCOL_VERSION
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.cert import DeviceCertificate
+from p2psync.crypto.ids import decode_key
 from p2psync.crypto.keys import DeviceKey, x25519_public
 from p2psync.errors import (
     BadCertificate,
+    BadId,
     BadSignature,
     DecodeError,
     HandshakeError,
@@ -97,7 +107,8 @@ class Hello:
 class HandshakeResult:
     """The authenticated outcome: who the peer is and the keys of the session."""
 
-    certificate: DeviceCertificate
+    #: None only on an initiator whose responder deferred it (until ACCEPT brings it).
+    certificate: DeviceCertificate | None
     version: int
     features: frozenset[str]
     remote_limits: Limits
@@ -107,13 +118,18 @@ class HandshakeResult:
     #: Secret for per-stream keys (third HKDF output of the final chaining key).
     stream_secret: bytes
 
+    def require_certificate(self) -> DeviceCertificate:
+        if self.certificate is None:
+            raise HandshakeError("the peer's certificate has not been received")
+        return self.certificate
+
     @property
     def peer_id(self) -> str:
-        return self.certificate.peer_id
+        return self.require_certificate().peer_id
 
     @property
     def account_id(self) -> str:
-        return self.certificate.account_id
+        return self.require_certificate().account_id
 
 
 def negotiate_version(local: Hello, remote: Hello) -> int:
@@ -135,13 +151,18 @@ class SecureHandshake:
         binding: bytes = b"", expected_peer: str | None = None, limits: Limits | None = None,
         features: tuple[str, ...] = (), max_version: int = PROTOCOL_VERSION,
         min_version: int = MIN_PROTOCOL_VERSION, suite: Suite | None = None,
+        defer_certificate: bool = False,
     ) -> None:
         if certificate.device != device_key.public:
             raise ValueError("certificate is for another device key than the one given")
         self.initiator = initiator
         self.expected_peer = expected_peer
+        self.certificate = certificate
         self.hello = Hello(max_version, min_version, certificate.raw, features,
                            limits or Limits())
+        #: Responder: message 2 goes without the certificate. Initiator: set when the
+        #: responder deferred (its certificate must come with ACCEPT).
+        self.deferred = defer_certificate and not initiator
         static = KeyPair.from_private(device_key.x25519_private())
         self._noise = HandshakeState(initiator=initiator, static=static,
                                      prologue=PROLOGUE_PREFIX + binding,
@@ -167,7 +188,11 @@ class SecureHandshake:
         if step == 1:  # responder read message 1
             if payload:
                 raise HandshakeError("first handshake message must carry no payload")
-            return self._noise.write_message(self.hello.encode())
+            hello = self.hello
+            if self.deferred:
+                hello = Hello(hello.max_version, hello.min_version, b"", hello.features,
+                              hello.limits)
+            return self._noise.write_message(hello.encode())
         self._check_peer(payload)
         if step == 2:  # initiator read message 2
             out = self._noise.write_message(self.hello.encode())
@@ -178,8 +203,41 @@ class SecureHandshake:
 
     def _check_peer(self, payload: bytes) -> None:
         hello = Hello.decode(payload)
+        if not hello.certificate and self.initiator:  # responder deferred its certificate
+            self._check_expected_static()
+            negotiate_version(self.hello, hello)
+            self.deferred = True
+            self._remote_hello = hello
+            return
+        self._remote_cert = self._verify_certificate(hello.certificate)
+        negotiate_version(self.hello, hello)
+        self._remote_hello = hello
+
+    def _check_expected_static(self) -> None:
+        """Deferred: all we know is the Noise static key; it must be ``expected_peer``'s."""
+        if self.expected_peer is None:
+            return
         try:
-            cert = DeviceCertificate.verify(hello.certificate)
+            device = decode_key("p", self.expected_peer)
+            static = x25519_public(device)
+        except (BadId, BadSignature) as exc:
+            raise UnexpectedPeer(f"expected peer id {self.expected_peer!r} is invalid") from exc
+        if static != self._noise.remote_static:
+            raise UnexpectedPeer(
+                f"expected device {self.expected_peer} but reached another device key; "
+                "the address may belong to another device now")
+
+    def check_deferred_certificate(self, raw: bytes) -> DeviceCertificate:
+        """Initiator: verify the certificate a deferring responder sent with ACCEPT."""
+        if not raw:
+            raise PeerCertificateInvalid("peer accepted without sending its certificate")
+        cert = self._verify_certificate(raw)
+        self._remote_cert = cert
+        return cert
+
+    def _verify_certificate(self, raw: bytes) -> DeviceCertificate:
+        try:
+            cert = DeviceCertificate.verify(raw)
         except BadCertificate as exc:
             raise PeerCertificateInvalid(f"peer's device certificate was refused: {exc}") \
                 from exc
@@ -196,13 +254,13 @@ class SecureHandshake:
             raise UnexpectedPeer(
                 f"expected device {self.expected_peer} but reached {cert.peer_id} "
                 f"(account {cert.account_id}); the address may belong to another device now")
-        negotiate_version(self.hello, hello)
-        self._remote_hello, self._remote_cert = hello, cert
+        return cert
 
     def _finish(self) -> None:
         n = self._noise
         assert n.complete and n.send_cipher and n.recv_cipher
-        assert self._remote_hello is not None and self._remote_cert is not None
+        assert self._remote_hello is not None
+        assert self._remote_cert is not None or (self.initiator and self.deferred)
         _, _, extra = n.ss.hkdf(b"", 3)
         self.result = HandshakeResult(
             certificate=self._remote_cert,
@@ -214,4 +272,5 @@ class SecureHandshake:
             stream_secret=hashlib.blake2b(extra, digest_size=32,
                                           person=b"p2psync-streams").digest(),
         )
-        log.debug("handshake complete", extra={"peer": self._remote_cert.peer_id})
+        log.debug("handshake complete", extra={
+            "peer": self._remote_cert.peer_id if self._remote_cert else "(deferred)"})

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
@@ -18,18 +19,23 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from aioquic.tls import Epoch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from p2psync.errors import (
+    AioquicLayoutChanged,
     ConnectionClosed,
     FrameError,
     HandshakeError,
@@ -38,7 +44,14 @@ from p2psync.errors import (
     StreamLimitExceeded,
     TransportError,
 )
-from p2psync.transport.connection import Carrier, Link
+from p2psync.transport.connection import (
+    AdmissionGuard,
+    Carrier,
+    Link,
+    TransportConfig,
+    raise_nofile_limit,
+    source_key,
+)
 from p2psync.transport.framing import FrameDecoder
 from p2psync.transport.session import CloseCode
 
@@ -73,14 +86,141 @@ def quic_configuration(*, is_client: bool, max_datagram_size: int, window: int,
     return cfg
 
 
+# --- aioquic private layout -------------------------------------------------------------------
+# aioquic has no public API for the TLS traffic secrets (no exporter), the current peer address
+# or the server's socket. Every read of a private aioquic attribute happens in this section, so
+# an aioquic upgrade that moves them breaks here, loudly (AioquicLayoutChanged), and
+# tests/test_quic_private.py pins the layout. pyproject.toml pins aioquic to the tested minor.
+#: aioquic versions this layout was checked against (``aioquic.__version__`` prefix).
+TESTED_AIOQUIC = ("1.7.",)
+
+
+@dataclass(frozen=True)
+class AioquicView:
+    """What p2psync needs from a QUIC connection that aioquic does not expose publicly."""
+
+    is_client: bool  #: public: ``configuration.is_client``
+    #: (client, server) 1-RTT traffic secrets, None until the handshake derived them.
+    one_rtt_secrets: tuple[bytes, bytes] | None
+    #: The peer's current address (follows migration), None before the first packet.
+    peer_address: Any
+
+
+def aioquic_private(quic: QuicConnection) -> AioquicView:
+    """The one place that reads aioquic connection internals (``_cryptos``,
+    ``_network_paths``); raises :class:`AioquicLayoutChanged` if they moved."""
+    try:
+        cryptos = quic._cryptos
+        paths = quic._network_paths
+    except AttributeError as exc:
+        raise AioquicLayoutChanged(_layout_message(exc)) from exc
+    is_client = quic.configuration.is_client
+    secrets: tuple[bytes, bytes] | None = None
+    pair = cryptos.get(Epoch.ONE_RTT) if isinstance(cryptos, dict) else None
+    if pair is not None:
+        try:
+            send, recv = pair.send.secret, pair.recv.secret
+        except AttributeError as exc:
+            raise AioquicLayoutChanged(_layout_message(exc)) from exc
+        if send is not None and recv is not None:
+            secrets = (send, recv) if is_client else (recv, send)
+    peer = paths[0].addr if paths else None
+    return AioquicView(is_client, secrets, peer)
+
+
+def aioquic_server_socket(server: QuicServer) -> socket.socket | None:
+    """The UDP socket of an aioquic server (private ``_transport``)."""
+    try:
+        transport = server._transport
+    except AttributeError as exc:
+        raise AioquicLayoutChanged(_layout_message(exc)) from exc
+    return transport.get_extra_info("socket") if transport is not None else None
+
+
+def _layout_message(exc: BaseException) -> str:
+    import aioquic
+
+    return (f"aioquic {aioquic.__version__} changed an internal p2psync relies on ({exc}); "
+            f"p2psync was tested with aioquic {', '.join(v + 'x' for v in TESTED_AIOQUIC)} — "
+            "see p2psync/transport/quic.py 'aioquic private layout'")
+
+
+def check_aioquic_layout() -> None:
+    """Fail loudly (AioquicLayoutChanged) if any aioquic internal p2psync uses is gone.
+
+    Checked by tests on a real in-memory QUIC handshake too; this is the cheap static part
+    (class attributes and methods), callable at start-up.
+    """
+    missing = [name for owner, name in (
+        (QuicConnectionProtocol, "_transmit_soon"),
+        (QuicConnection, "configuration"),
+        (QuicConnection, "_write_connection_limits"),
+        (QuicConnection, "_write_stream_limits"),
+    ) if not hasattr(owner, name)]
+    if missing:
+        raise AioquicLayoutChanged(_layout_message(AttributeError(", ".join(missing))))
+
+
+class BoundedQuicConnection(QuicConnection):
+    """aioquic's QuicConnection with receive windows that follow what was *delivered*.
+
+    aioquic doubles a stream's (and the connection's) receive window whenever the highest
+    offset *received* passes half of it, delivered or not: a peer that leaves a gap at the
+    start of a stream and keeps sending makes aioquic buffer without bound. Here a window is
+    re-granted as ``delivered + initial window`` once less than half of it is left (batched
+    like p2psync's own credit; p2psync reads every delivered byte at
+    once and bounds it with its own credit and budget), so out-of-order data per connection
+    stays under ``max_data``. Installed on each connection by :class:`QuicCarrier` (class
+    swap: aioquic's server builds plain QuicConnections). Overrides two private methods —
+    part of the private layout pinned by tests/test_quic_private.py.
+    """
+
+    #: In-order bytes delivered to p2psync over the whole connection (set by the carrier).
+    p2p_delivered = 0
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        lim = self._local_max_data
+        window = self._configuration.max_data
+        if lim.value - self.p2p_delivered < window // 2:  # batched, like credit
+            lim.value = self.p2p_delivered + window
+        used, lim.used = lim.used, 0  # suppress aioquic's doubling on bytes not delivered
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            lim.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        recv = stream.receiver
+        if stream.max_stream_data_local:
+            window = self._configuration.max_stream_data
+            delivered = recv.starting_offset()
+            if stream.max_stream_data_local - delivered < window // 2:  # batched updates
+                stream.max_stream_data_local = delivered + window
+        high, recv.highest_offset = recv.highest_offset, 0  # suppress doubling (see above)
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            recv.highest_offset = high
+
+
+def bound_windows(quic: QuicConnection) -> None:
+    """Make ``quic`` a :class:`BoundedQuicConnection` (no state added: a class swap)."""
+    if type(quic) is QuicConnection:
+        quic.__class__ = BoundedQuicConnection
+
+
+def aioquic_buffered(quic: QuicConnection) -> int:
+    """Bytes aioquic holds in stream receive buffers (out-of-order data): for tests/bench."""
+    return sum(len(st.receiver._buffer) for st in quic._streams.values())
+
+
 def tls_binding(quic: QuicConnection) -> bytes:
     """A value both endpoints of this QUIC connection derive and nobody else can: a hash of
     the client and server 1-RTT traffic secrets."""
-    pair = quic._cryptos[Epoch.ONE_RTT]
-    send, recv = pair.send.secret, pair.recv.secret
-    if send is None or recv is None:
+    secrets = aioquic_private(quic).one_rtt_secrets
+    if secrets is None:
         raise HandshakeError("QUIC 1-RTT keys not available for channel binding")
-    client, server = (send, recv) if quic._is_client else (recv, send)
+    client, server = secrets
     return hashlib.blake2b(client + server, digest_size=32,
                            person=b"p2psync-quicbind").digest()
 
@@ -107,6 +247,9 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         self._decoders: dict[int, FrameDecoder] = {}
         self._ended: set[int] = set()
         self._peer_addr: Any = None
+        #: The aioquic connection (the base class keeps it only as private ``_quic``).
+        self.quic = quic
+        bound_windows(quic)
 
     def ensure_link(self) -> Link:
         if self.link is None:
@@ -118,7 +261,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         if isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
         elif isinstance(event, events.HandshakeCompleted):
-            if not self._quic._is_client:
+            if not self.quic.configuration.is_client:
                 self.ensure_link()
         elif isinstance(event, events.ConnectionTerminated):
             self._on_terminated(event)
@@ -130,7 +273,13 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         link = self.ensure_link()
         if link.error is not None:
             return
+        quic = self.quic
+        if isinstance(quic, BoundedQuicConnection):
+            quic.p2p_delivered += len(event.data)
         dec = self._decoders.get(sid)
+        if dec is None and sid and link.session is not None \
+                and link.session.stream_closed(sid):
+            return  # late data on a stream we reset (or refused): dropped unparsed
         try:
             if dec is None:
                 if sid % 4 in (2, 3):
@@ -153,6 +302,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
             link.on_route_end(sid)
 
     def _on_terminated(self, event: events.ConnectionTerminated) -> None:
+        self.release_admission()
         reason = event.reason_phrase or "no reason given"
         code = event.error_code - APP_ERROR_BASE
         exc: TransportError
@@ -174,14 +324,29 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
     def write_frames(self, route: int, frames: list[bytes]) -> None:
         if route in self._ended:
             return
-        self._quic.send_stream_data(route, b"".join(frames) if len(frames) > 1 else frames[0])
+        self.quic.send_stream_data(route, b"".join(frames) if len(frames) > 1 else frames[0])
+        self._transmit_soon()
+
+    def abort_route(self, route: int) -> None:
+        """We reset ``route``: stop reading it (STOP_SENDING), end our half, drop its
+        partial frame."""
+        self._decoders.pop(route, None)
+        if not route or route in self._ended:
+            return
+        self._ended.add(route)
+        # RESET_STREAM, not FIN: the peer may see it before our RESET record (another QUIC
+        # stream), and a FIN without a FIN record would be a protocol error there.
+        with contextlib.suppress(Exception):  # unknown or already-finished stream
+            self.quic.reset_stream(route, APP_ERROR_BASE)
+        with contextlib.suppress(Exception):
+            self.quic.stop_stream(route, APP_ERROR_BASE)
         self._transmit_soon()
 
     def end_route(self, route: int) -> None:
         if route and route not in self._ended:
             self._ended.add(route)
             with contextlib.suppress(Exception):  # stream already gone in aioquic
-                self._quic.send_stream_data(route, b"", end_stream=True)
+                self.quic.send_stream_data(route, b"", end_stream=True)
             self._transmit_soon()
 
     def teardown(self, code: int, reason: str) -> None:
@@ -192,8 +357,77 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         return sum(d.pending for d in self._decoders.values())
 
     def remote_address(self) -> Any:
-        return self._peer_addr or self._quic._network_paths[0].addr \
-            if self._quic._network_paths else self._peer_addr
+        return self._peer_addr or aioquic_private(self.quic).peer_address
 
     async def wait_closed(self) -> None:
         await super().wait_closed()
+
+
+class GuardedQuicServer(QuicServer):
+    """aioquic's server with Retry (address validation) on by default and admission caps.
+
+    A packet that would create connection state (an Initial, with a valid Retry token when
+    Retry is on) from a source over its half-open cap is dropped before aioquic builds
+    anything; a full half-open table drops its oldest connection; established caps apply when
+    the p2psync handshake completes (:meth:`Link._ready`). Reads aioquic's private
+    ``_protocols`` table (part of the pinned private layout).
+    """
+
+    def __init__(self, *, guard: AdmissionGuard, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.guard = guard
+        self._source: str | None = None
+        self.dropped = 0  #: Initials dropped by the caps
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        raw = data if isinstance(data, bytes) else data.encode()
+        if raw and raw[0] & 0x80:  # long header: may create a connection
+            try:
+                header = pull_quic_header(
+                    Buffer(data=raw), host_cid_length=self._configuration.connection_id_length)
+            except ValueError:
+                return
+            if header.packet_type == QuicPacketType.INITIAL \
+                    and header.destination_cid not in self._protocols:
+                source = source_key(addr)
+                if (header.token or self._retry is None) and not self.guard.would_admit(source):
+                    self.guard.refused += 1
+                    self.dropped += 1
+                    return
+                self._source = source
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._source = None
+
+    def admit(self, carrier: QuicCarrier) -> None:
+        """Called by the protocol factory while a new connection is being created."""
+        source = self._source or "?"
+        ticket = self.guard.admit(source, carrier.close)
+        if ticket is None:  # raced past would_admit (cannot happen single-threaded)
+            carrier.close()
+            return
+        carrier.guard, carrier.ticket = self.guard, ticket
+
+
+async def serve_quic(host: str, port: int, *, configuration: QuicConfiguration,
+                     create_protocol: Callable[..., QuicCarrier],
+                     config: TransportConfig) -> GuardedQuicServer:
+    """Like aioquic's ``serve`` with Retry per ``config.quic_retry`` and the admission caps
+    of ``config``; the descriptor limit is raised as for TCP."""
+    if config.nofile_limit:
+        raise_nofile_limit(config.nofile_limit)
+    loop = asyncio.get_running_loop()
+    server: GuardedQuicServer | None = None
+
+    def make(quic: QuicConnection, **kw: Any) -> QuicCarrier:
+        carrier = create_protocol(quic, **kw)
+        assert server is not None
+        server.admit(carrier)
+        return carrier
+
+    server = GuardedQuicServer(guard=AdmissionGuard(config), configuration=configuration,
+                               create_protocol=make, retry=config.quic_retry)
+    await loop.create_datagram_endpoint(lambda: server, local_addr=(host, port))
+    raise_rcvbuf(aioquic_server_socket(server), config.udp_rcvbuf)
+    return server

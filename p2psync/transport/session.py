@@ -12,6 +12,14 @@ more only as its application consumes messages, so buffered data per stream neve
 window. Stream limit: a receiver lets its peer open ``max_streams`` streams and raises that
 total by one each time a peer-opened stream is fully closed (like QUIC's MAX_STREAMS); opening
 beyond it is a :class:`~p2psync.errors.StreamLimitExceeded` that ends the connection.
+
+Receive budget (issue 12.1): credit alone bounds each stream, not the sum. A :class:`Budget`
+caps (a) the peer-opened streams the application has not accepted yet — a new one beyond
+``max_pending_streams`` is reset at once, never buffered — and (b) the bytes received but not
+consumed by the application, per connection and, above a small per-connection floor, in a
+:class:`BufferPool` shared by every connection of the process. Data that would exceed either
+resets the stream it arrived on (its bytes are dropped and released); a peer that keeps doing
+it is closed with :class:`~p2psync.errors.BudgetExceeded`.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from p2psync.errors import (
+    BudgetExceeded,
     FlowControlError,
     FrameError,
     PeerTimeout,
@@ -72,6 +81,42 @@ def close_code_for(exc: BaseException) -> int:
     return CloseCode.INTERNAL
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Receive-side memory limits of one connection (see the module docstring)."""
+
+    #: Peer-opened streams not yet accepted by the application; more are reset on arrival.
+    max_pending_streams: int = 4
+    #: Bytes received and not yet consumed by the application, on this connection.
+    connection: int = 16 << 20
+    #: Bytes a connection may hold without drawing on the shared pool (so one greedy peer
+    #: cannot starve another's small messages).
+    floor: int = 256 << 10
+    #: Budget resets tolerated before the connection is closed with BudgetExceeded.
+    strikes: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_pending_streams < 1 or self.connection < 1 or self.floor < 0:
+            raise ValueError("budget values must be positive")
+
+
+class BufferPool:
+    """Received-but-unread bytes above each connection's floor, summed over connections.
+
+    Shared (mutable) by every session of a process; single-threaded like the event loop.
+    """
+
+    __slots__ = ("capacity", "peak", "used")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0  #: highest ``used`` seen (tests, benchmarks)
+
+    def __repr__(self) -> str:
+        return f"<BufferPool {self.used}/{self.capacity}>"
+
+
 # --- events ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class StreamOpened:
@@ -95,6 +140,7 @@ class StreamFinished:
 class StreamWasReset:
     stream: int
     reason: str
+    local: bool = False  #: we reset it (receive budget), not the peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +155,7 @@ class StreamsAvailable:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    pass
+    payload: bytes = b""  #: a deferring responder's certificate (issue 12.6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +201,8 @@ class Session:
     """The multiplexer state machine (no I/O, no clock of its own: pass ``now``)."""
 
     def __init__(self, *, initiator: bool, local: Limits, remote: Limits,
-                 keepalive: Keepalive | None = None, now: float = 0.0) -> None:
+                 keepalive: Keepalive | None = None, now: float = 0.0,
+                 budget: Budget | None = None, pool: BufferPool | None = None) -> None:
         self.initiator = initiator
         self.local = local
         self.remote = remote
@@ -174,6 +221,16 @@ class Session:
         self.last_sent = now
         self._ping_outstanding = False
         self.closed = False
+        # Receive budget (None: unlimited, the pre-issue-12 behaviour).
+        self.budget = budget
+        self.pool = pool
+        self.conn_budget = 0 if budget is None else max(budget.connection, local.max_message)
+        self._floor_bytes = 0 if budget is None else budget.floor
+        self.buffered = 0  #: bytes received and not consumed by the application
+        self.peak_buffered = 0  #: highest ``buffered`` seen (tests, benchmarks)
+        self.data_in = 0  #: message bytes received, including refused and late ones
+        self.unaccepted: set[int] = set()  #: peer-opened streams the app has not accepted
+        self.budget_resets = 0
 
     # --- ids ---------------------------------------------------------------------------------
     def _ordinal(self, sid: int) -> int:
@@ -241,12 +298,16 @@ class Session:
         if st is None:
             return
         self._credit_dirty.discard(sid)
+        self.unaccepted.discard(sid)
+        self.release(st.received - st.consumed)  # dropped with the stream
+        st.consumed = st.received
         self._control(RecordType.RESET, sid, reason.encode()[:512])
         if not st.local:
             self._grant_stream()
 
     def consumed(self, sid: int, n: int) -> None:
         """The application took ``n`` bytes of messages from ``sid``: grant more credit."""
+        self.release(n)
         st = self.streams.get(sid)
         if st is None or not st.recv_open:
             return
@@ -270,8 +331,90 @@ class Session:
             st.granted = granted
             self._credit_dirty.add(sid)
 
-    def accept(self) -> None:
-        self._control(RecordType.ACCEPT, CONTROL)
+    # --- receive budget --------------------------------------------------------------------
+    def release(self, n: int) -> None:
+        """``n`` received bytes left our buffers (consumed by the app, or dropped)."""
+        if n <= 0:
+            return
+        before = self.buffered
+        after = self.buffered = before - n if before > n else 0
+        if before > self._floor_bytes:  # the pool only holds what is above the floor
+            self._pool_move(before, after)
+
+    def _pool_move(self, before: int, after: int) -> None:
+        pool = self.pool
+        if pool is not None and self.budget is not None:
+            floor = self._floor_bytes
+            pool.used += max(0, after - floor) - max(0, before - floor)
+            if pool.used > pool.peak:
+                pool.peak = pool.used
+
+    def _fits(self, n: int) -> bool:
+        """May ``n`` more received bytes be buffered on this connection?"""
+        if self.budget is None:
+            return True
+        after = self.buffered + n
+        if after <= self._floor_bytes:  # hot path: small messages read promptly
+            return True
+        if after > self.conn_budget:
+            return False
+        if self.pool is None:
+            return True
+        floor = self._floor_bytes
+        extra = max(0, after - floor) - max(0, self.buffered - floor)
+        return extra == 0 or self.pool.used + extra <= self.pool.capacity
+
+    def stream_accepted(self, sid: int) -> None:
+        """The application accepted peer stream ``sid``: it no longer counts as pending."""
+        self.unaccepted.discard(sid)
+
+    def restrict(self, connection_budget: int, max_pending_streams: int = 1) -> list[Event]:
+        """Shrink this connection's budget (a peer sharing nothing with us). Pending
+        (unaccepted) streams are reset, largest first, until the bytes held fit; returns the
+        resulting events. May go below ``max_message``: such a peer's big messages are refused."""
+        budget = self.budget or Budget()
+        self._pool_move(self.buffered, 0)
+        self.budget = Budget(max_pending_streams=min(budget.max_pending_streams,
+                                                     max_pending_streams),
+                             connection=budget.connection, floor=budget.floor,
+                             strikes=budget.strikes)
+        self._floor_bytes = budget.floor
+        self._pool_move(0, self.buffered)
+        self.conn_budget = min(self.conn_budget or connection_budget, connection_budget)
+        events: list[Event] = []
+        for sid in sorted(self.unaccepted, key=lambda i: -self._held(i)):
+            if self.buffered <= self.conn_budget:
+                break
+            self.refuse(sid, f"connection restricted to {self.conn_budget} buffered bytes",
+                        events)
+        return events
+
+    def unrestrict(self, budget: Budget | None) -> None:
+        """Back to ``budget`` (the configured one) after :meth:`restrict`."""
+        self._pool_move(self.buffered, 0)  # re-file what we hold under the new floor
+        self.budget = budget
+        self._floor_bytes = 0 if budget is None else budget.floor
+        self._pool_move(0, self.buffered)
+        self.conn_budget = 0 if budget is None else max(budget.connection,
+                                                        self.local.max_message)
+
+    def _held(self, sid: int) -> int:
+        st = self.streams.get(sid)
+        return 0 if st is None else st.received - st.consumed
+
+    def refuse(self, sid: int, reason: str, events: list[Event]) -> None:
+        """Reset peer stream ``sid`` for budget reasons: drop its bytes, tell both sides."""
+        st = self.streams.get(sid)
+        if st is not None:
+            self.release(st.received - st.consumed)
+            st.consumed = st.received
+        self.unaccepted.discard(sid)
+        self.reset(sid, reason)
+        events.append(StreamWasReset(sid, reason, local=True))
+
+    def accept(self, payload: bytes = b"") -> None:
+        """Responder: the handshake is accepted; ``payload`` = our deferred certificate."""
+        self._control(RecordType.ACCEPT, CONTROL, payload)
 
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
@@ -326,6 +469,7 @@ class Session:
     def _receive_one(self, rec: Record, route: int | None, events: list[Event]) -> None:
         rtype, sid = rec.type, rec.stream
         if rtype in DATA_PATH:
+            self.data_in += len(rec.payload)
             if sid == CONTROL or (route is not None and route != sid):
                 raise FrameError(f"{rtype.name} record for stream {sid} on the wrong stream")
             st = self._stream_for_data(sid, events)
@@ -345,6 +489,16 @@ class Session:
             if st.received > st.granted:
                 raise FlowControlError(
                     f"peer overran its credit on stream {sid} ({st.received} > {st.granted})")
+            if not self._fits(n):
+                st.received -= n
+                self._budget_strike(sid, events)
+                return
+            before = self.buffered
+            after = self.buffered = before + n
+            if after > self.peak_buffered:
+                self.peak_buffered = after
+            if after > self._floor_bytes:
+                self._pool_move(before, after)
             st.partial_len += n
             if st.partial_len > self.local.max_message:
                 raise FrameError(f"message on stream {sid} exceeds {self.local.max_message} "
@@ -385,6 +539,8 @@ class Session:
             st = self.streams.pop(sid, None)
             if st is not None:
                 self._credit_dirty.discard(sid)
+                self.unaccepted.discard(sid)
+                self.release(st.received - st.consumed)
                 if not st.local:
                     self._grant_stream()
                 events.append(StreamWasReset(sid, rec.payload.decode("utf-8", "replace")))
@@ -400,7 +556,16 @@ class Session:
         elif rtype is RecordType.ACCEPT:
             if not self.initiator:
                 raise FrameError("unexpected ACCEPT record")
-            events.append(Accepted())
+            events.append(Accepted(rec.payload))
+
+    def stream_closed(self, sid: int) -> bool:
+        """``sid`` was open once and is closed now (data for it is late and dropped)."""
+        if sid in self.streams or sid % 4 not in (0, 1):
+            return False
+        ordinal = self._ordinal(sid)
+        if sid % 4 == self._mine:
+            return ordinal <= self._opened
+        return ordinal <= self._peer_max_ord and ordinal not in self._peer_gaps
 
     def check_peer_stream(self, sid: int) -> None:
         """Refuse early a peer stream beyond the limit (QUIC: before any frame completes)."""
@@ -435,11 +600,27 @@ class Session:
             self._peer_max_ord = ordinal
         st = self.streams[sid] = _Stream(False, self.remote.stream_window,
                                          self.local.stream_window)
+        if self.budget is not None and len(self.unaccepted) >= self.budget.max_pending_streams:
+            # Not buffered: the app has not taken the streams already waiting.
+            self.reset(sid, f"{len(self.unaccepted)} streams already wait to be accepted")
+            return None
+        self.unaccepted.add(sid)
         events.append(StreamOpened(sid))
         return st
 
+    def _budget_strike(self, sid: int, events: list[Event]) -> None:
+        assert self.budget is not None
+        self.budget_resets += 1
+        if self.budget_resets > self.budget.strikes:
+            raise BudgetExceeded(
+                f"peer exceeded the receive buffer budget {self.budget_resets} times "
+                f"({self.buffered} bytes held, connection budget {self.conn_budget})")
+        self.refuse(sid, f"receive buffer budget exceeded ({self.buffered} bytes held, "
+                         f"connection budget {self.conn_budget})", events)
+
     def _maybe_done(self, sid: int, st: _Stream) -> None:
         if not st.send_open and not st.recv_open:
+            self.unaccepted.discard(sid)
             del self.streams[sid]
             self._credit_dirty.discard(sid)
             if not st.local:

@@ -8,12 +8,25 @@ nonces) covers the whole connection. Backpressure comes from the kernel socket b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 from p2psync.errors import ConnectionClosed, FrameError, TransportError
-from p2psync.transport.connection import Carrier, Link
+from p2psync.transport.connection import (
+    AdmissionGuard,
+    Carrier,
+    Link,
+    TransportConfig,
+    raise_nofile_limit,
+    source_key,
+)
 from p2psync.transport.framing import FrameDecoder
+
+log = logging.getLogger("p2psync.transport")
 
 #: TCP has no exporter to bind to: the Noise session *is* the channel.
 TCP_BINDING = b"tcp"
@@ -69,6 +82,7 @@ class TcpCarrier(asyncio.Protocol, Carrier):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.release_admission()
         if self.link is not None:
             self.link.on_transport_lost(ConnectionClosed(
                 f"TCP connection lost{': ' + str(exc) if exc else ''}"))
@@ -110,3 +124,136 @@ class TcpCarrier(asyncio.Protocol, Carrier):
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
+
+
+#: accept() errors that mean "out of descriptors or memory right now", not "listener broken".
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+#: A descriptor-starvation warning is logged at most this often (seconds).
+LOG_EVERY = 60.0
+
+
+class TcpListener:
+    """A TCP accept loop that caps connections and survives running out of descriptors.
+
+    asyncio's own loop logs every failed ``accept`` and retries after 1 s with no way to free a
+    descriptor, and an idle-socket flood holds one per socket for the handshake timeout. Here:
+    each accepted socket is admitted by an :class:`AdmissionGuard` (per-source and total
+    half-open caps, oldest dropped when full); on EMFILE/ENFILE the oldest half-open connection
+    is dropped to free a descriptor and accept backs off briefly (10 ms doubling to 0.5 s),
+    logging at most once a minute.
+    """
+
+    def __init__(self, socks: list[socket.socket], factory: Callable[[], TcpCarrier],
+                 guard: AdmissionGuard) -> None:
+        self.sockets = socks
+        self.sock = socks[0]
+        self.guard = guard
+        self._factory = factory
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [self._loop.create_task(self._accept_loop(s)) for s in socks]
+        self.resource_errors = 0  #: accept() failures for lack of descriptors/memory
+        self._starved = False
+        self._logged_at = -LOG_EVERY
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        backoff = 0.01
+        n = 0
+        while True:
+            n += 1
+            if n % 2 == 0:  # a ready accept() never yields: let the loop breathe in a burst
+                await asyncio.sleep(0)
+            try:
+                conn, addr = await self._loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    if sock.fileno() < 0:
+                        return  # closed
+                    log.warning("TCP accept failed: %s", exc)
+                    await asyncio.sleep(backoff)
+                    continue
+                self.resource_errors += 1
+                self._starved = True
+                now = self._loop.time()
+                if now - self._logged_at >= LOG_EVERY:  # once per episode, not per accept
+                    self._logged_at = now
+                    log.warning("TCP accept: %s (%d so far); dropping the oldest half-open "
+                                "connections and backing off", exc, self.resource_errors)
+                if not self.guard.evict_oldest():
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+                else:
+                    await asyncio.sleep(0)
+                continue
+            backoff = 0.01
+            if self._starved and self._loop.time() - self._logged_at >= 1.0:
+                self._starved = False
+                log.info("TCP accept working again after %d descriptor errors",
+                         self.resource_errors)
+            self._admit(conn, addr)
+
+    def _admit(self, conn: socket.socket, addr: Any) -> None:
+        carrier = self._factory()
+        ticket = self.guard.admit(source_key(addr), lambda: _abort(carrier, conn))
+        if ticket is None:
+            conn.close()  # over this source's half-open cap
+            return
+        carrier.guard, carrier.ticket = self.guard, ticket
+        conn.setblocking(False)
+        task = self._loop.create_task(self._start(conn, carrier))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _start(self, conn: socket.socket, carrier: TcpCarrier) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: carrier, sock=conn)
+        except OSError:
+            carrier.release_admission()
+            conn.close()
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _abort(carrier: TcpCarrier, conn: socket.socket) -> None:
+    if carrier.transport is not None:
+        carrier.transport.abort()
+    else:
+        conn.close()
+
+
+async def serve_tcp(host: str, port: int, factory: Callable[[], TcpCarrier],
+                    config: TransportConfig) -> TcpListener:
+    """Listen on ``host:port`` with the guarded accept loop; the descriptor limit is raised
+    first where the OS allows (``config.nofile_limit``)."""
+    if config.nofile_limit:
+        raise_nofile_limit(config.nofile_limit)
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        # Like asyncio.create_server: one socket per address (both families for host ""),
+        # IPv6 sockets IPv6-only; port 0 binds the first and reuses its port for the rest.
+        for family, _, _, _, addr in dict.fromkeys((i[0], 0, 0, "", i[4]) for i in infos):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(socks) > 1:
+                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return TcpListener(socks, factory, AdmissionGuard(config))
