@@ -48,6 +48,7 @@ from p2psync.errors import (
 )
 from p2psync.replica.acl_records import (
     JOIN_DOMAIN,
+    MAX_PREV,
     Accept,
     AclRecord,
     AddReplicator,
@@ -80,6 +81,9 @@ __all__ = ["Acl", "AclState", "AddResult", "InviteCode", "Role"]
 
 #: At most this many records may wait for missing parents (bounds memory against junk).
 MAX_PENDING = 4096
+#: At most this many merges by departed members are kept aside ("shelved") in case an honest
+#: record names them; the oldest is dropped beyond that (a merge is ≤ ~2.3 KiB).
+MAX_SHELVED = 1024
 _MEMBER, _INVITE = 0, 1
 Holder = tuple[int, bytes]
 Order = tuple[int, bytes]
@@ -91,20 +95,15 @@ def wrap_aad(space_id: str, old_key_id: bytes) -> bytes:
     return b"p2psync/acl-wrap\0" + space_id.encode() + b"\0" + old_key_id
 
 
-def _can_grant(actor: Role | None, role: Role) -> bool:
-    """Only the owner grants admin; admins grant writer and reader; nobody grants owner."""
+def _may_act(actor: Role | None, role: Role) -> bool:
+    """May ``actor`` grant ``role``, or change, remove or revoke something holding it?
+
+    One rule for both: only the owner grants or acts on admin, admins grant and act on writer
+    and reader, nobody grants or acts on owner (ownership moves only by transfer).
+    """
     if actor is None or role == Role.OWNER:
         return False
     if role == Role.ADMIN:
-        return actor == Role.OWNER
-    return actor >= Role.ADMIN
-
-
-def _can_manage(actor: Role | None, target: Role) -> bool:
-    """May ``actor`` change or remove a member holding ``target``? (nobody above own rank)."""
-    if actor is None or target == Role.OWNER:
-        return False
-    if target == Role.ADMIN:
         return actor == Role.OWNER
     return actor >= Role.ADMIN
 
@@ -278,7 +277,7 @@ class AddResult:
     """Outcome of :meth:`Acl.add`: the record's status, and waiters it released or dropped."""
 
     id: bytes
-    status: Literal["added", "duplicate", "waiting"]
+    status: Literal["added", "duplicate", "waiting", "ignored"]
     released: tuple[bytes, ...] = ()
     rejected: tuple[tuple[bytes, str], ...] = ()
 
@@ -313,6 +312,13 @@ class Acl:
         self._invite_sealed: dict[bytes, dict[bytes, bytes]] = {}  # invite -> key id -> blob
         self._keyrings: dict[bytes, dict[bytes, ReadKey]] = {}
         self._ring_size: dict[bytes, int] = {}
+        self._by_bit: list[bytes] = []  # bit -> record id
+        self._effective = 0  # mask of every admitted record that is not a merge
+        #: merges by departed members, not admitted (see :meth:`_ignorable`); oldest first
+        self._shelf: dict[bytes, AclRecord] = {}
+        self._departures: set[bytes] = set()  # accounts some admitted remove/leave names
+        self._built: list[bytes] = []  # records built here since the last take_built()
+        self._promoted: list[bytes] = []  # shelved merges admitted since take_promoted()
         self._register(root)
 
     # --- construction ------------------------------------------------------------------------
@@ -329,45 +335,77 @@ class Acl:
         owner: bytes | None = None,
     ) -> Acl:
         """Rebuild from stored records in any order; bad ones are recorded in ``rejected``."""
-        raws = list(raws)
-        roots: dict[bytes, bytes] = {}
+        decoded: dict[bytes, AclRecord] = {}
+        bad: dict[bytes, str] = {}
         for raw in raws:
             try:
                 rec = decode_record(raw, space_id)
-            except InvalidAclRecord:
+            except InvalidAclRecord as exc:
+                bad[_safe_id(raw)] = str(exc)
                 continue
-            if isinstance(rec.payload, Root):
-                roots[rec.id] = rec.raw
+            decoded[rec.id] = rec
+        roots = [rec for rec in decoded.values() if isinstance(rec.payload, Root)]
         if len(roots) != 1:
             raise InvalidAclRecord(f"expected exactly one ACL root, found {len(roots)}")
-        acl = cls(space_id, next(iter(roots.values())), me=me, owner=owner)
-        for raw in raws:
+        acl = cls(space_id, roots[0].raw, me=me, owner=owner)
+        acl.rejected.update(bad)
+        # Admit in (depth within the set, id) order, and merges by departing accounts that no
+        # other record needs last, once every departure is known: which of them are shelved
+        # then depends on the set only, not on the order the records were stored in.
+        depth = _depths(decoded)
+        gone: set[bytes] = set()
+        for rec in decoded.values():
+            if isinstance(rec.payload, Remove):
+                gone.update(rec.payload.members)
+            elif isinstance(rec.payload, Leave):
+                gone.add(rec.author)
+        suspect = {rid for rid, rec in decoded.items()
+                   if isinstance(rec.payload, Merge) and rec.author in gone}
+        needed: set[bytes] = set()
+        stack = [rid for rid in decoded if rid not in suspect]
+        while stack:
+            cur = stack.pop()
+            if cur in needed:
+                continue
+            needed.add(cur)
+            stack.extend(p for p in decoded[cur].prev if p in decoded and p not in needed)
+        for rid in sorted(decoded, key=lambda r: (r not in needed, depth[r], r)):
             try:
-                acl.add(raw)
+                acl._add(decoded[rid])
             except ReplicaError as exc:
-                acl.rejected[_safe_id(raw)] = str(exc)
+                acl.rejected[rid] = str(exc)
         return acl
 
     # --- adding and exporting ----------------------------------------------------------------
     def add(self, raw: bytes) -> AddResult:
         """Admit one raw record. Raises InvalidAclRecord / AccessDenied and changes nothing if
-        it is malformed, forged, for another space, or not allowed in its own causal past."""
-        rec = decode_record(raw, self.space_id)
+        it is malformed, forged, for another space, or not allowed in its own causal past.
+
+        A merge by a member who has since departed and that does not descend from the
+        departure is ``"ignored"`` (kept aside, not admitted) unless a later admitted record
+        names it: a removed member's back-dated merges cannot grow the ACL's heads.
+        """
+        return self._add(decode_record(raw, self.space_id))
+
+    def _add(self, rec: AclRecord) -> AddResult:
         if rec.id in self._records:
             return AddResult(rec.id, "duplicate")
         if rec.id in self._pending:
             return AddResult(rec.id, "waiting")
+        if rec.id in self._shelf:
+            return AddResult(rec.id, "ignored")
         if isinstance(rec.payload, Root):
             raise InvalidAclRecord("a space has exactly one ACL root")
-        missing = [p for p in rec.prev if p not in self._records]
+        missing = [p for p in rec.prev if p not in self._records and p not in self._shelf]
         if missing:
             if len(self._pending) >= MAX_PENDING:
                 raise InvalidAclRecord("too many ACL records waiting for missing parents")
             self._pending[rec.id] = rec
-            for p in missing:
-                self._waiting_on.setdefault(p, set()).add(rec.id)
+            for p in rec.prev:
+                if p not in self._records:
+                    self._waiting_on.setdefault(p, set()).add(rec.id)
             return AddResult(rec.id, "waiting")
-        self._admit(rec)
+        status = self._settle(rec)
         released: list[bytes] = []
         rejected: list[tuple[bytes, str]] = []
         queue = [rec.id]
@@ -375,18 +413,85 @@ class Acl:
             done = queue.pop()
             for wid in sorted(self._waiting_on.pop(done, set())):
                 w = self._pending.get(wid)
-                if w is None or any(p not in self._records for p in w.prev):
+                if w is None or any(p not in self._records and p not in self._shelf
+                                    for p in w.prev):
                     continue
                 del self._pending[wid]
                 try:
-                    self._admit(w)
+                    got = self._settle(w)
                 except ReplicaError as exc:
                     self.rejected[wid] = str(exc)
                     rejected.append((wid, str(exc)))
                     continue
-                released.append(wid)
+                if got == "added":
+                    released.append(wid)
                 queue.append(wid)
-        return AddResult(rec.id, "added", tuple(released), tuple(rejected))
+        return AddResult(rec.id, status, tuple(released), tuple(rejected))
+
+    def _settle(self, rec: AclRecord) -> Literal["added", "ignored"]:
+        """Admit or shelve a record whose parents are all admitted or shelved."""
+        if self._ignorable(rec):
+            self._shelf[rec.id] = rec
+            while len(self._shelf) > MAX_SHELVED:
+                del self._shelf[next(iter(self._shelf))]
+            return "ignored"
+        for p in rec.prev:
+            if p in self._shelf:
+                self._promote(p)
+        self._admit(rec)
+        return "added"
+
+    def _ignorable(self, rec: AclRecord) -> bool:
+        """A merge whose author has departed (removed or left, not back), shelved unless its
+        admitted parents descend from that departure. Only merges: they have no effect, so
+        leaving one out never changes any state (docs/acl.md "Merges")."""
+        if not isinstance(rec.payload, Merge) or rec.author not in self._departures:
+            return False
+        st = self.state
+        gone = st.departed.get(rec.author)
+        if gone is None or rec.author in st.members or rec.author in st.replicators:
+            return False
+        return not any(p in self._records and self.is_ancestor(gone, p) for p in rec.prev)
+
+    def _promote(self, rid: bytes) -> None:
+        """Admit a shelved merge (and its shelved ancestors) because an admitted record or a
+        tree change names it."""
+        order: list[bytes] = []
+        stack: list[tuple[bytes, bool]] = [(rid, False)]
+        seen: set[bytes] = set()
+        while stack:
+            cur, expanded = stack.pop()
+            if expanded:
+                order.append(cur)
+                continue
+            if cur in seen or cur not in self._shelf:
+                continue
+            seen.add(cur)
+            stack.append((cur, True))
+            stack.extend((p, False) for p in self._shelf[cur].prev if p in self._shelf)
+        for cur in order:
+            self._admit(self._shelf.pop(cur))
+            self._promoted.append(cur)
+
+    @property
+    def shelved(self) -> list[bytes]:
+        """Ids of merges by departed members that were ignored (kept aside, bounded)."""
+        return list(self._shelf)
+
+    def take_promoted(self) -> list[bytes]:
+        """Ids of shelved merges admitted since the last call (a record or a tree change named
+        them), parents first: the caller stores them like any admitted record."""
+        out, self._promoted = self._promoted, []
+        return out
+
+    def take_built(self) -> list[bytes]:
+        """Records built by this replica's builders since the last call, parents first.
+
+        An action may build more than its own record (automatic merges first when there are
+        more heads than a record may name): the caller stores and sends all of them.
+        """
+        out, self._built = self._built, []
+        return out
 
     def export(self) -> list[bytes]:
         """Every admitted record, raw, in causal (replay) order: parents before children."""
@@ -413,13 +518,9 @@ class Acl:
     @property
     def state(self) -> AclState:
         """The state after replaying every admitted record."""
-        heads = list(self._heads)
-        if len(heads) == 1:
-            return self.state_at(heads[0])
-        mask = 0
-        for h in heads:
-            mask |= self._anc[h]
-        return self._replay(mask)
+        if len(self._heads) == 1:
+            return self.state_at(next(iter(self._heads)))
+        return self._replay((1 << len(self._bit)) - 1)  # every admitted record
 
     def state_at(self, record_id: bytes) -> AclState:
         """The state of the causal past of ``record_id`` (itself included); cached."""
@@ -451,6 +552,9 @@ class Acl:
 
     # --- AclGate -----------------------------------------------------------------------------
     def knows_head(self, acl_head: bytes) -> bool:
+        """Known and admitted; a shelved merge that a tree change names is admitted now."""
+        if acl_head in self._shelf:
+            self._promote(acl_head)
         return acl_head in self._records
 
     def check_change(
@@ -459,10 +563,10 @@ class Acl:
     ) -> None:
         """A tree change is allowed iff its author may write at ``acl_head``, the head does not
         go back from its parents' heads, and its read key is a current key tip at the head."""
-        if acl_head not in self._records:
+        if not self.knows_head(acl_head):
             raise InvalidChange("change names an unknown ACL head")
         for ph in parent_acl_heads:
-            if ph not in self._records:
+            if not self.knows_head(ph):
                 raise InvalidChange("a parent change names an unknown ACL head")
             if not self.is_ancestor(ph, acl_head):
                 raise InvalidChange("change's ACL head is earlier than (or concurrent with) "
@@ -550,9 +654,26 @@ class Acl:
 
     # --- record builders ---------------------------------------------------------------------
     def _emit(self, author: SigningKey, payload: Payload) -> bytes:
+        """Build, admit and remember (:meth:`take_built`) a record naming every head; with
+        more heads than a record may name, merge them first in groups (issue 12.3: however
+        many heads others made, an admin's action still builds)."""
+        if not isinstance(payload, Merge):
+            self._merge_down(author)
         raw = build_record(author, self.space_id, self.heads, payload)
         self.add(raw)
+        self._built.append(raw)
         return raw
+
+    def _merge_down(self, author: SigningKey) -> None:
+        """Merge heads in groups of ≤ MAX_PREV until one record can name them all."""
+        while len(self._heads) > MAX_PREV:
+            heads = self.heads
+            for i in range(0, len(heads), MAX_PREV):
+                group = heads[i:i + MAX_PREV]
+                if len(group) >= 2:
+                    raw = build_record(author, self.space_id, group, Merge())
+                    self.add(raw)
+                    self._built.append(raw)
 
     def _sealed_tips(self, author: SigningKey, to: bytes) -> tuple[KeyEntry, ...]:
         return tuple(KeyEntry(k, seal(self._key_for(author, k).key, to)) for k in self.state.tips)
@@ -641,7 +762,12 @@ class Acl:
         return self._emit(author, Rotate(self._rotation(author, st, st.members)))
 
     def merge(self, author: SigningKey) -> bytes:
-        """A no-op record joining all current ACL heads (any member or replicator may)."""
+        """A no-op record joining all current ACL heads (any member or replicator may); with
+        more than MAX_PREV heads, merges in groups and returns the last one."""
+        before = len(self._built)
+        self._merge_down(author)
+        if len(self._heads) < 2 and len(self._built) > before:
+            return self._built[-1]
         return self._emit(author, Merge())
 
     def delete_objects(self, author: SigningKey, objects: Sequence[bytes]) -> bytes:
@@ -671,6 +797,13 @@ class Acl:
     def _register(self, rec: AclRecord) -> None:
         bit = len(self._bit)
         self._bit[rec.id] = bit
+        self._by_bit.append(rec.id)
+        if not isinstance(rec.payload, Merge):
+            self._effective |= 1 << bit
+        if isinstance(rec.payload, Remove):
+            self._departures.update(rec.payload.members)
+        elif isinstance(rec.payload, Leave):
+            self._departures.add(rec.author)
         anc = 1 << bit
         depth = 0
         for parent in rec.prev:
@@ -704,11 +837,18 @@ class Acl:
         return rec.author
 
     def _replay(self, mask: int) -> AclState:
-        """Replay the records in ``mask`` (a down-closed set) in (depth, id) order; cached."""
+        """Replay the records in ``mask`` (a down-closed set) in (depth, id) order; cached.
+
+        Merges have no effect and their place in the order is intrinsic to the others, so
+        they are left out and the cache is keyed by the non-merge records: any number of merges
+        over the same records share one replay (a flood of merges costs no replays).
+        """
+        mask &= self._effective
         cached = self._set_states.get(mask)
         if cached is not None:
             return cached
-        ids = sorted((rid for rid, b in self._bit.items() if mask >> b & 1),
+        bits = bin(mask)[:1:-1]
+        ids = sorted((self._by_bit[b] for b, c in enumerate(bits) if c == "1"),
                      key=self._order.__getitem__)
         vetoers: dict[bytes, list[bytes]] = {}
         revokes: dict[bytes, list[bytes]] = {}
@@ -849,7 +989,7 @@ class Acl:
             case Root():
                 return bad, "a space has exactly one ACL root"
             case Invite():
-                if not _can_grant(ra, p.role):
+                if not _may_act(ra, p.role):
                     return denied, f"author may not invite as {p.role.name.lower()}"
                 if p.anyone_can_join and p.role > Role.WRITER:
                     return bad, "anyone-can-join invites grant reader or writer only"
@@ -865,7 +1005,7 @@ class Acl:
                 req = s.requests.get(p.request_id)
                 if req is None:
                     return bad, "the join request is not pending"
-                if not _can_grant(ra, p.role):
+                if not _may_act(ra, p.role):
                     return denied, f"author may not accept as {p.role.name.lower()}"
                 if req.joiner in s.members:
                     return bad, "the joiner is already a member"
@@ -878,13 +1018,13 @@ class Acl:
                 inv = s.invites.get(p.invite_id)
                 if inv is None:
                     return bad, "the invite does not exist or was revoked"
-                if not _can_grant(ra, inv.role):
+                if not _may_act(ra, inv.role):
                     return denied, "author may not revoke this invite"
             case PermissionChange():
                 target = s.role(p.member)
                 if target is None:
                     return bad, "not a member"
-                if not _can_manage(ra, self._role_seen(s, rec, p.member, target)) or not _can_grant(
+                if not _may_act(ra, self._role_seen(s, rec, p.member, target)) or not _may_act(
                         ra, p.role):
                     return denied, "author may not change this member's role"
                 if target == p.role:
@@ -900,7 +1040,7 @@ class Acl:
                 if not present:
                     return bad, "every named member is already gone"
                 for m in present:
-                    if not _can_manage(ra, self._role_seen(s, rec, m, s.members[m])):
+                    if not _may_act(ra, self._role_seen(s, rec, m, s.members[m])):
                         return denied, "author may not remove a member of equal or higher rank"
             case Leave():
                 if ra is None:
@@ -964,6 +1104,13 @@ class Acl:
             req = self._records.get(p.request_id)
             if req is None or not isinstance(req.payload, RequestJoin):
                 return bad, "accept names no join request"
+        if isinstance(p, Merge):
+            below = 0  # everything strictly below some parent
+            for q in rec.prev:
+                below |= self._anc[q] & ~(1 << self._bit[q])
+            if any(below >> self._bit[q] & 1 for q in rec.prev):
+                return bad, ("a merge must join heads it saw: none of its parents may be an "
+                             "ancestor of another")
         if isinstance(p, Remove) and any(m not in past.members for m in p.members):
             return bad, "remove names an account that is not a member"
         rot = rec.rotation
@@ -978,6 +1125,28 @@ class Acl:
             if {e.ref for e in rot.wraps} != tips:
                 return bad, "rotation must wrap exactly the current read key tips"
         return None
+
+
+def _depths(records: dict[bytes, AclRecord]) -> dict[bytes, int]:
+    """Depth of each record within ``records`` (a parent outside the set counts as very deep,
+    so records that will wait sort last)."""
+    far = 1 << 62
+    depth: dict[bytes, int] = {}
+    for start in records:
+        stack = [start]
+        while stack:
+            cur = stack[-1]
+            if cur in depth:
+                stack.pop()
+                continue
+            todo = [p for p in records[cur].prev if p in records and p not in depth]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            depth[cur] = 1 + max((depth[p] if p in records else far for p in records[cur].prev),
+                                 default=-1)
+    return depth
 
 
 def _safe_id(raw: bytes) -> bytes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from p2psync.codec import content_id
 from p2psync.crypto.keys import SigningKey
@@ -48,6 +48,8 @@ class AclAddResult:
     added: list[bytes]  #: record ids admitted (including ones released from waiting)
     waiting: list[bytes]  #: records whose parents are still missing
     rejected: list[tuple[bytes, str]]  #: (record id or b"", reason)
+    #: merges by departed members, not admitted (``Acl.add`` status "ignored")
+    ignored: list[bytes] = field(default_factory=list)
 
 
 class Space:
@@ -133,6 +135,7 @@ class Space:
         added: list[bytes] = []
         waiting: list[bytes] = []
         rejected: list[tuple[bytes, str]] = []
+        ignored: list[bytes] = []
         for raw in raws:
             try:
                 res = self.acl.add(raw)
@@ -143,13 +146,19 @@ class Space:
                 added.append(res.id)
             elif res.status == "waiting":
                 waiting.append(res.id)
+            elif res.status == "ignored":
+                ignored.append(res.id)
             added.extend(res.released)
             rejected.extend((rid, why) for rid, why in res.rejected)
         if added:
             self._persist_acl(added)
-        return AclAddResult(added, [w for w in waiting if w not in set(added)], rejected)
+        return AclAddResult(added, [w for w in waiting if w not in set(added)], rejected,
+                            ignored)
 
     def _persist_acl(self, ids: list[bytes]) -> None:
+        ids = [*self.acl.take_promoted(), *ids]
+        if not ids:
+            return
         self.store.add_acl_records(self.id, [(i, self.acl.record(i).raw) for i in ids])
         if any(isinstance(self.acl.record(i).payload, (DeleteObjects, DeleteSpace))
                for i in ids):
@@ -164,9 +173,14 @@ class Space:
 
     def commit_acl(self, raw: bytes) -> bytes:
         """Store a record a local ACL action just made (``space.acl.invite(...)`` etc.), so it
-        survives restarts and reaches peers; returns its id."""
+        survives restarts and reaches peers; returns its id. Records the action built before
+        it (automatic merges when there were more heads than one record may name) are stored
+        with it, parents first."""
         rid = content_id(raw)
-        self._persist_acl([rid])
+        ids = [content_id(r) for r in self.acl.take_built()]
+        if rid not in ids:
+            ids.append(rid)
+        self._persist_acl([i for i in ids if i in self.acl])
         return rid
 
     def emit_acl(self, make: Callable[[Acl], bytes]) -> bytes:
@@ -272,6 +286,7 @@ class Space:
             created = False
         tree = self.tree(tree_id)
         res = tree.add(raws, persist=self.store.persister())
+        self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any
         if created:  # a new tree: listeners (push, counting) see its root with the rest
             res.attached.insert(0, tree.root)
         if res.attached:
@@ -304,6 +319,7 @@ class Space:
         return doc
 
     def _doc_persist(self, tree: ObjectTree, res: AddResult) -> None:
+        self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any
         self.store.persister()(tree, res)
         self._notify(tree.id, res)
 
