@@ -201,3 +201,15 @@ class QuotaExceeded(P2PSyncError):
 class ObjectDeleted(ReplicaError):
     """The object (or its whole space) was deleted by a signed tombstone; changes to it are
     refused and its history is dropped."""
+
+
+# --- documents: poisoned content (appended by replica, issue 12.5) --------------------------------
+class AutomergePanic(DocumentError):
+    """The Automerge binding panicked (a Rust panic, raised by pyo3 as a BaseException) and the
+    call was contained; the document may lack the content that caused it."""
+
+
+class UnsupportedContent(DocumentError):
+    """Automerge content this build cannot apply or render safely (e.g. native counters, which
+    panic in automerge 1.0.0rc1): refused on the writing side, quarantined on the reading side.
+    Use ``Editor.make_counter`` / ``Editor.increment`` for counters."""
