@@ -77,13 +77,15 @@ from p2psync.replica.acl_records import (
     join_proof_message,
 )
 
-__all__ = ["Acl", "AclState", "AddResult", "InviteCode", "Role"]
+__all__ = ["Acl", "AclState", "AddResult", "InviteCode", "RequestInfo", "Role"]
 
 #: At most this many records may wait for missing parents (bounds memory against junk).
 MAX_PENDING = 4096
 #: At most this many merges by departed members are kept aside ("shelved") in case an honest
 #: record names them; the oldest is dropped beyond that (a merge is ≤ ~2.3 KiB).
 MAX_SHELVED = 1024
+#: Pending join requests one invite may hold at once (issue 20.3); one per account besides.
+MAX_REQUESTS_PER_INVITE = 32
 _MEMBER, _INVITE = 0, 1
 Holder = tuple[int, bytes]
 Order = tuple[int, bytes]
@@ -170,6 +172,10 @@ class InviteInfo:
     anyone_can_join: bool
     role: Role
     author: bytes
+    expires_at: int = 0  #: unix seconds, 0 = never
+
+    def expired(self, at: int) -> bool:
+        return bool(self.expires_at) and at > self.expires_at
 
 
 @dataclass(frozen=True)
@@ -605,6 +611,59 @@ class Acl:
                 return rid
         return None
 
+    # --- invitees (issue 20.3) ---------------------------------------------------------------
+    def invite_open(self, invite_id: bytes, now: float) -> bool:
+        """Whether the invite exists, is not revoked and has not expired at ``now``."""
+        inv = self.state.invites.get(invite_id)
+        return inv is not None and not inv.expired(int(now))
+
+    def pending_requests(self, now: float | None = None) -> list[RequestInfo]:
+        """Join requests waiting for an admin, oldest first; with ``now``, those whose invite
+        has expired are left out (they are void: an accept would be refused)."""
+        st = self.state
+        out = [q for q in st.requests.values()
+               if now is None or not st.invites[q.invite_id].expired(int(now))]
+        return sorted(out, key=lambda q: self._order[q.record_id])
+
+    def check_invitee_push(
+        self, raws: Sequence[bytes], account: bytes, now: float | None = None,
+    ) -> None:
+        """Screen ACL records pushed by a peer whose account is not a member or replicator
+        (an invitee) *before* admitting any of them; raise AccessDenied if the push holds
+        anything but that account's own join (request or open-invite join).
+
+        Records already held pass. A new join must be signed by ``account`` (the connection's
+        certificate account), name an open, unexpired invite, and fit: one pending request
+        per account, at most MAX_REQUESTS_PER_INVITE per invite. At most one new record per
+        push. The sync engine calls this for non-members and strikes the peer on AccessDenied.
+        """
+        st = self.state
+        new = 0
+        for raw in raws:
+            try:
+                rec = decode_record(raw, self.space_id)
+            except InvalidAclRecord as exc:
+                raise AccessDenied(f"an invitee pushed a malformed ACL record: {exc}") from exc
+            if rec.id in self._records:
+                continue
+            p = rec.payload
+            if not isinstance(p, (RequestJoin, InviteJoin)) or rec.author != account:
+                raise AccessDenied("an invitee may push only its own join request")
+            new += 1
+            if new > 1:
+                raise AccessDenied("an invitee may push one join request at a time")
+            inv = st.invites.get(p.invite_id)
+            if inv is None or (now is not None and inv.expired(int(now))):
+                raise AccessDenied("the invite does not exist, was revoked or has expired")
+            if account in st.members or account in st.replicators:
+                raise AccessDenied("already a member")
+            if isinstance(p, RequestJoin):
+                if any(q.joiner == account for q in st.requests.values()):
+                    raise AccessDenied("this account already has a pending join request")
+                if sum(q.invite_id == p.invite_id
+                       for q in st.requests.values()) >= MAX_REQUESTS_PER_INVITE:
+                    raise AccessDenied("too many pending join requests for this invite")
+
     # --- keys --------------------------------------------------------------------------------
     def _keyring(self, who: SigningKey) -> dict[bytes, ReadKey]:
         """Every read key ``who`` can open: sealed to it, or wrapped by a key it holds."""
@@ -657,9 +716,16 @@ class Acl:
         """Build, admit and remember (:meth:`take_built`) a record naming every head; with
         more heads than a record may name, merge them first in groups (issue 12.3: however
         many heads others made, an admin's action still builds)."""
-        if not isinstance(payload, Merge):
+        heads = self.heads
+        if isinstance(payload, (RequestJoin, InviteJoin)) and payload.invite_id in self:
+            # A joiner is no member and cannot merge: name the newest heads that hold the
+            # invite, at most MAX_PREV of them.
+            heads = [h for h in reversed(heads)
+                     if self.is_ancestor(payload.invite_id, h)][:MAX_PREV] or heads
+        elif not isinstance(payload, Merge):
             self._merge_down(author)
-        raw = build_record(author, self.space_id, self.heads, payload)
+            heads = self.heads
+        raw = build_record(author, self.space_id, heads, payload)
         self.add(raw)
         self._built.append(raw)
         return raw
@@ -691,11 +757,14 @@ class Acl:
 
     def invite(
         self, author: SigningKey, role: Role = Role.WRITER, *, anyone_can_join: bool = False,
+        expires_at: int = 0,
     ) -> tuple[bytes, InviteCode]:
-        """Create an invite; hand the returned code to the invitee out of band."""
+        """Create an invite; hand the returned code to the invitee out of band. With
+        ``expires_at`` (unix seconds) joins and accepts after that time are refused and its
+        pending requests void."""
         ikey = SigningKey.generate()
         keys = self._sealed_tips(author, ikey.public) if anyone_can_join else ()
-        raw = self._emit(author, Invite(ikey.public, anyone_can_join, role, keys))
+        raw = self._emit(author, Invite(ikey.public, anyone_can_join, role, keys, expires_at))
         return raw, InviteCode(decode_record(raw).id, ikey.seed, self.space_id)
 
     def request_join(self, joiner: SigningKey, code: InviteCode) -> bytes:
@@ -917,7 +986,7 @@ class Acl:
         match p:
             case Invite():
                 s.invites[rid] = InviteInfo(rid, p.invite_key, p.anyone_can_join, p.role,
-                                            author)
+                                            author, p.expires_at)
             case RequestJoin():
                 s.requests[rid] = RequestInfo(rid, author, p.invite_id)
             case InviteJoin():
@@ -929,6 +998,8 @@ class Acl:
                 del s.requests[p.request_id]
             case RevokeInvite():
                 del s.invites[p.invite_id]
+                for q in [q for q, info in s.requests.items() if info.invite_id == p.invite_id]:
+                    del s.requests[q]  # revoking an invite voids its pending requests
             case PermissionChange():
                 self._set_role(s, p.member, p.role, rid)
             case Remove():
@@ -1001,6 +1072,14 @@ class Acl:
                     return bad, "wrong join kind for this invite"
                 if ra is not None:
                     return bad, "the joiner is already a member"
+                if inv.expired(rec.timestamp):
+                    return bad, "the invite has expired"
+                if isinstance(p, RequestJoin):
+                    if any(q.joiner == a for q in s.requests.values()):
+                        return bad, "this account already has a pending join request"
+                    if sum(q.invite_id == p.invite_id
+                           for q in s.requests.values()) >= MAX_REQUESTS_PER_INVITE:
+                        return bad, "too many pending join requests for this invite"
             case Accept():
                 req = s.requests.get(p.request_id)
                 if req is None:
@@ -1009,6 +1088,9 @@ class Acl:
                     return denied, f"author may not accept as {p.role.name.lower()}"
                 if req.joiner in s.members:
                     return bad, "the joiner is already a member"
+                inv = s.invites.get(req.invite_id)
+                if inv is not None and inv.expired(rec.timestamp):
+                    return bad, "the invite has expired (its requests are void)"
             case Decline():
                 if p.request_id not in s.requests:
                     return bad, "the join request is not pending"
