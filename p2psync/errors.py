@@ -213,3 +213,9 @@ class UnsupportedContent(DocumentError):
     """Automerge content this build cannot apply or render safely (e.g. native counters, which
     panic in automerge 1.0.0rc1): refused on the writing side, quarantined on the reading side.
     Use ``Editor.make_counter`` / ``Editor.increment`` for counters."""
+
+
+class RemovedAuthor(AccessDenied):
+    """A tree change by an author who was removed (or left) at or after the ACL head it names,
+    refused because the space's removal policy is "strict" (docs/acl.md). Not a protocol
+    violation by the peer that relayed it: do not strike."""

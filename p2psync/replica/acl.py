@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.box import ReadKey, seal, unseal
@@ -43,6 +43,7 @@ from p2psync.errors import (
     DecryptionFailed,
     InvalidAclRecord,
     InvalidChange,
+    RemovedAuthor,
     ReplicaError,
     UnknownReadKey,
 )
@@ -86,6 +87,11 @@ MAX_PENDING = 4096
 MAX_SHELVED = 1024
 #: Pending join requests one invite may hold at once (issue 20.3); one per account besides.
 MAX_REQUESTS_PER_INVITE = 32
+#: What a replica does with a change whose author was removed at or after the ACL head it
+#: names (issue 20.5, docs/acl.md "Removed members' edits"): "flag" keeps it and reports it,
+#: "strict" refuses it once the removal is known.
+RemovalPolicy = Literal["flag", "strict"]
+REMOVAL_POLICIES: tuple[str, ...] = get_args(RemovalPolicy)
 _MEMBER, _INVITE = 0, 1
 Holder = tuple[int, bytes]
 Order = tuple[int, bytes]
@@ -322,7 +328,10 @@ class Acl:
         self._effective = 0  # mask of every admitted record that is not a merge
         #: merges by departed members, not admitted (see :meth:`_ignorable`); oldest first
         self._shelf: dict[bytes, AclRecord] = {}
-        self._departures: set[bytes] = set()  # accounts some admitted remove/leave names
+        #: account -> admitted removes naming it and leaves by it (admission order)
+        self._departures: dict[bytes, list[bytes]] = {}
+        #: see RemovalPolicy; set by the space (default "flag")
+        self.removal_policy: RemovalPolicy = "flag"
         self._built: list[bytes] = []  # records built here since the last take_built()
         self._promoted: list[bytes] = []  # shelved merges admitted since take_promoted()
         self._register(root)
@@ -582,6 +591,31 @@ class Acl:
             raise AccessDenied("the author may not write at this ACL head")
         if read_key_id not in st.key_order or read_key_id in st.wrapped:
             raise UnknownReadKey("change is not encrypted under a current read key of its head")
+        if self.removal_policy == "strict":
+            gone = self.removed_after(author, acl_head)
+            if gone is not None:
+                raise RemovedAuthor(
+                    f"the author was removed at or after the ACL head this change names "
+                    f"(record {gone.hex()[:16]}…); this space refuses such changes (strict)")
+
+    def removed_after(self, author: bytes, acl_head: bytes) -> bytes | None:
+        """Id of an effective removal (or leave) of ``author`` that ``acl_head`` does not
+        descend from — the author was removed at or after the head a change names — or None.
+
+        Unlike the gate's decision this depends on every record known here, not only on the
+        head's past: a change accepted yesterday may be flagged today, once the removal
+        arrives. Such a change may be a genuine edit made before the removal, or one
+        back-dated by the removed member and relayed by a colluder: nothing tells them apart
+        without a consensus server, so it is flagged (or refused under "strict").
+        """
+        ids = self._departures.get(author)
+        if not ids or acl_head not in self._records:
+            return None
+        skipped = self.state.skipped
+        for rid in ids:
+            if rid not in skipped and not self.is_ancestor(rid, acl_head):
+                return rid
+        return None
 
     def read_key(self, read_key_id: bytes) -> ReadKey | None:
         if self.me is None:
@@ -601,7 +635,8 @@ class Acl:
         """Id of a removal (or leave) of ``author`` concurrent with ``acl_head``, if any.
 
         Such changes are accepted by the gate (their head allows them) but an application may
-        flag or hide them: they may be back-dated edits by a removed member.
+        flag or hide them: they may be back-dated edits by a removed member. Superseded by
+        :meth:`removed_after`, which also catches removals that descend from the head.
         """
         for rid, rec in self._records.items():
             p = rec.payload
@@ -870,9 +905,10 @@ class Acl:
         if not isinstance(rec.payload, Merge):
             self._effective |= 1 << bit
         if isinstance(rec.payload, Remove):
-            self._departures.update(rec.payload.members)
+            for m in rec.payload.members:
+                self._departures.setdefault(m, []).append(rec.id)
         elif isinstance(rec.payload, Leave):
-            self._departures.add(rec.author)
+            self._departures.setdefault(rec.author, []).append(rec.id)
         anc = 1 << bit
         depth = 0
         for parent in rec.prev:

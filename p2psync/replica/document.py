@@ -80,6 +80,18 @@ class HistoryEntry:
     snapshot: bool
     #: why its content is not in the document (None: applied)
     quarantined: str | None
+    #: id of a removal (or leave) of its author at or after the ACL head it names: a
+    #: possibly back-dated edit by a removed member (issue 20.5); None when not flagged
+    removed_after: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """A change whose author was removed at or after the ACL head it names (issue 20.5)."""
+
+    change_id: bytes
+    author: bytes
+    removal_id: bytes  #: the ACL record that removed the author (or its leave)
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,7 @@ class DocumentStatus:
 
     changes: int
     quarantined: tuple[Quarantined, ...]
+    flagged: tuple[Flagged, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -566,7 +579,19 @@ class Document:
     def status(self) -> DocumentStatus:
         """Counts and quarantined changes (materialises the document)."""
         self._ensure()
-        return DocumentStatus(len(self.tree), tuple(self.quarantined.values()))
+        return DocumentStatus(len(self.tree), tuple(self.quarantined.values()),
+                              tuple(self.flagged()))
+
+    def flagged(self) -> list[Flagged]:
+        """Changes whose author was removed at or after the ACL head they name, replay order
+        (asks the ACL now: a change is flagged as soon as the removal is known here)."""
+        gate = self.tree.gate
+        out = []
+        for ch in self.tree.replay_order():
+            gone = gate.removed_after(ch.author, ch.acl_head)
+            if gone is not None:
+                out.append(Flagged(ch.id, ch.author, gone))
+        return out
 
     def history(self) -> list[HistoryEntry]:
         """Every tree change in replay order with what became of its content (``doc
@@ -576,7 +601,8 @@ class Document:
         for ch in self.tree.replay_order():
             q = self.quarantined.get(ch.id)
             out.append(HistoryEntry(ch.id, ch.author, ch.timestamp, ch.prev_ids, ch.snapshot,
-                                    None if q is None else q.reason))
+                                    None if q is None else q.reason,
+                                    self.tree.gate.removed_after(ch.author, ch.acl_head)))
         return out
 
 
