@@ -139,3 +139,22 @@ def test_expiry_is_optional_on_the_wire() -> None:
     inv2 = decode_record(acl2.export()[1])
     assert isinstance(inv2.payload, Invite) and inv2.payload.expires_at == T0
     assert len(inv2.raw) > len(inv.raw)  # the field is present only when set
+
+
+def test_a_joiner_can_request_whatever_the_head_count() -> None:
+    """A joiner cannot merge; with more heads than a record may name it names the newest
+    heads that hold its invite."""
+    from p2psync.replica.acl_records import MAX_PREV, Merge
+
+    acl, code = _space()
+    fork = Acl.from_records(SPACE, acl.export())
+    acl.invite(OWNER, Role.READER)
+    fork.invite(OWNER, Role.READER)
+    for raw in fork.export():
+        acl.add(raw)
+    heads = acl.heads
+    for i in range(MAX_PREV + 6):  # the owner's own merges of the same two heads: many heads
+        acl.add(build_record(OWNER, SPACE, heads, Merge(), timestamp=i))
+    assert len(acl.heads) > MAX_PREV
+    req = decode_record(acl.request_join(account("zoe"), code))
+    assert len(req.prev) == MAX_PREV and req.id in acl

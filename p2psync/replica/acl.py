@@ -752,7 +752,8 @@ class Acl:
         more heads than a record may name, merge them first in groups (issue 12.3: however
         many heads others made, an admin's action still builds)."""
         heads = self.heads
-        if isinstance(payload, (RequestJoin, InviteJoin)) and payload.invite_id in self:
+        if (isinstance(payload, (RequestJoin, InviteJoin)) and len(heads) > MAX_PREV
+                and payload.invite_id in self):
             # A joiner is no member and cannot merge: name the newest heads that hold the
             # invite, at most MAX_PREV of them.
             heads = [h for h in reversed(heads)
