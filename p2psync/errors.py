@@ -235,3 +235,19 @@ class AdmissionRefused(TransportError):
 class StrangerRefused(HandshakeError):
     """This device refused an authenticated peer its account certificate (and the connection):
     the peer is not known, shares no space and presented no invite (issue 12.6)."""
+# --- documents: poisoned content (appended by replica, issue 12.5) --------------------------------
+class AutomergePanic(DocumentError):
+    """The Automerge binding panicked (a Rust panic, raised by pyo3 as a BaseException) and the
+    call was contained; the document may lack the content that caused it."""
+
+
+class UnsupportedContent(DocumentError):
+    """Automerge content this build cannot apply or render safely (e.g. native counters, which
+    panic in automerge 1.0.0rc1): refused on the writing side, quarantined on the reading side.
+    Use ``Editor.make_counter`` / ``Editor.increment`` for counters."""
+
+
+class RemovedAuthor(AccessDenied):
+    """A tree change by an author who was removed (or left) at or after the ACL head it names,
+    refused because the space's removal policy is "strict" (docs/acl.md). Not a protocol
+    violation by the peer that relayed it: do not strike."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.box import ReadKey, seal, unseal
@@ -43,11 +43,13 @@ from p2psync.errors import (
     DecryptionFailed,
     InvalidAclRecord,
     InvalidChange,
+    RemovedAuthor,
     ReplicaError,
     UnknownReadKey,
 )
 from p2psync.replica.acl_records import (
     JOIN_DOMAIN,
+    MAX_PREV,
     Accept,
     AclRecord,
     AddReplicator,
@@ -76,10 +78,20 @@ from p2psync.replica.acl_records import (
     join_proof_message,
 )
 
-__all__ = ["Acl", "AclState", "AddResult", "InviteCode", "Role"]
+__all__ = ["Acl", "AclState", "AddResult", "InviteCode", "RequestInfo", "Role"]
 
 #: At most this many records may wait for missing parents (bounds memory against junk).
 MAX_PENDING = 4096
+#: At most this many merges by departed members are kept aside ("shelved") in case an honest
+#: record names them; the oldest is dropped beyond that (a merge is ≤ ~2.3 KiB).
+MAX_SHELVED = 1024
+#: Pending join requests one invite may hold at once (issue 20.3); one per account besides.
+MAX_REQUESTS_PER_INVITE = 32
+#: What a replica does with a change whose author was removed at or after the ACL head it
+#: names (issue 20.5, docs/acl.md "Removed members' edits"): "flag" keeps it and reports it,
+#: "strict" refuses it once the removal is known.
+RemovalPolicy = Literal["flag", "strict"]
+REMOVAL_POLICIES: tuple[str, ...] = get_args(RemovalPolicy)
 _MEMBER, _INVITE = 0, 1
 Holder = tuple[int, bytes]
 Order = tuple[int, bytes]
@@ -91,20 +103,15 @@ def wrap_aad(space_id: str, old_key_id: bytes) -> bytes:
     return b"p2psync/acl-wrap\0" + space_id.encode() + b"\0" + old_key_id
 
 
-def _can_grant(actor: Role | None, role: Role) -> bool:
-    """Only the owner grants admin; admins grant writer and reader; nobody grants owner."""
+def _may_act(actor: Role | None, role: Role) -> bool:
+    """May ``actor`` grant ``role``, or change, remove or revoke something holding it?
+
+    One rule for both: only the owner grants or acts on admin, admins grant and act on writer
+    and reader, nobody grants or acts on owner (ownership moves only by transfer).
+    """
     if actor is None or role == Role.OWNER:
         return False
     if role == Role.ADMIN:
-        return actor == Role.OWNER
-    return actor >= Role.ADMIN
-
-
-def _can_manage(actor: Role | None, target: Role) -> bool:
-    """May ``actor`` change or remove a member holding ``target``? (nobody above own rank)."""
-    if actor is None or target == Role.OWNER:
-        return False
-    if target == Role.ADMIN:
         return actor == Role.OWNER
     return actor >= Role.ADMIN
 
@@ -171,6 +178,10 @@ class InviteInfo:
     anyone_can_join: bool
     role: Role
     author: bytes
+    expires_at: int = 0  #: unix seconds, 0 = never
+
+    def expired(self, at: int) -> bool:
+        return bool(self.expires_at) and at > self.expires_at
 
 
 @dataclass(frozen=True)
@@ -278,7 +289,7 @@ class AddResult:
     """Outcome of :meth:`Acl.add`: the record's status, and waiters it released or dropped."""
 
     id: bytes
-    status: Literal["added", "duplicate", "waiting"]
+    status: Literal["added", "duplicate", "waiting", "ignored"]
     released: tuple[bytes, ...] = ()
     rejected: tuple[tuple[bytes, str], ...] = ()
 
@@ -313,6 +324,16 @@ class Acl:
         self._invite_sealed: dict[bytes, dict[bytes, bytes]] = {}  # invite -> key id -> blob
         self._keyrings: dict[bytes, dict[bytes, ReadKey]] = {}
         self._ring_size: dict[bytes, int] = {}
+        self._by_bit: list[bytes] = []  # bit -> record id
+        self._effective = 0  # mask of every admitted record that is not a merge
+        #: merges by departed members, not admitted (see :meth:`_ignorable`); oldest first
+        self._shelf: dict[bytes, AclRecord] = {}
+        #: account -> admitted removes naming it and leaves by it (admission order)
+        self._departures: dict[bytes, list[bytes]] = {}
+        #: see RemovalPolicy; set by the space (default "flag")
+        self.removal_policy: RemovalPolicy = "flag"
+        self._built: list[bytes] = []  # records built here since the last take_built()
+        self._promoted: list[bytes] = []  # shelved merges admitted since take_promoted()
         self._register(root)
 
     # --- construction ------------------------------------------------------------------------
@@ -329,45 +350,77 @@ class Acl:
         owner: bytes | None = None,
     ) -> Acl:
         """Rebuild from stored records in any order; bad ones are recorded in ``rejected``."""
-        raws = list(raws)
-        roots: dict[bytes, bytes] = {}
+        decoded: dict[bytes, AclRecord] = {}
+        bad: dict[bytes, str] = {}
         for raw in raws:
             try:
                 rec = decode_record(raw, space_id)
-            except InvalidAclRecord:
+            except InvalidAclRecord as exc:
+                bad[_safe_id(raw)] = str(exc)
                 continue
-            if isinstance(rec.payload, Root):
-                roots[rec.id] = rec.raw
+            decoded[rec.id] = rec
+        roots = [rec for rec in decoded.values() if isinstance(rec.payload, Root)]
         if len(roots) != 1:
             raise InvalidAclRecord(f"expected exactly one ACL root, found {len(roots)}")
-        acl = cls(space_id, next(iter(roots.values())), me=me, owner=owner)
-        for raw in raws:
+        acl = cls(space_id, roots[0].raw, me=me, owner=owner)
+        acl.rejected.update(bad)
+        # Admit in (depth within the set, id) order, and merges by departing accounts that no
+        # other record needs last, once every departure is known: which of them are shelved
+        # then depends on the set only, not on the order the records were stored in.
+        depth = _depths(decoded)
+        gone: set[bytes] = set()
+        for rec in decoded.values():
+            if isinstance(rec.payload, Remove):
+                gone.update(rec.payload.members)
+            elif isinstance(rec.payload, Leave):
+                gone.add(rec.author)
+        suspect = {rid for rid, rec in decoded.items()
+                   if isinstance(rec.payload, Merge) and rec.author in gone}
+        needed: set[bytes] = set()
+        stack = [rid for rid in decoded if rid not in suspect]
+        while stack:
+            cur = stack.pop()
+            if cur in needed:
+                continue
+            needed.add(cur)
+            stack.extend(p for p in decoded[cur].prev if p in decoded and p not in needed)
+        for rid in sorted(decoded, key=lambda r: (r not in needed, depth[r], r)):
             try:
-                acl.add(raw)
+                acl._add(decoded[rid])
             except ReplicaError as exc:
-                acl.rejected[_safe_id(raw)] = str(exc)
+                acl.rejected[rid] = str(exc)
         return acl
 
     # --- adding and exporting ----------------------------------------------------------------
     def add(self, raw: bytes) -> AddResult:
         """Admit one raw record. Raises InvalidAclRecord / AccessDenied and changes nothing if
-        it is malformed, forged, for another space, or not allowed in its own causal past."""
-        rec = decode_record(raw, self.space_id)
+        it is malformed, forged, for another space, or not allowed in its own causal past.
+
+        A merge by a member who has since departed and that does not descend from the
+        departure is ``"ignored"`` (kept aside, not admitted) unless a later admitted record
+        names it: a removed member's back-dated merges cannot grow the ACL's heads.
+        """
+        return self._add(decode_record(raw, self.space_id))
+
+    def _add(self, rec: AclRecord) -> AddResult:
         if rec.id in self._records:
             return AddResult(rec.id, "duplicate")
         if rec.id in self._pending:
             return AddResult(rec.id, "waiting")
+        if rec.id in self._shelf:
+            return AddResult(rec.id, "ignored")
         if isinstance(rec.payload, Root):
             raise InvalidAclRecord("a space has exactly one ACL root")
-        missing = [p for p in rec.prev if p not in self._records]
+        missing = [p for p in rec.prev if p not in self._records and p not in self._shelf]
         if missing:
             if len(self._pending) >= MAX_PENDING:
                 raise InvalidAclRecord("too many ACL records waiting for missing parents")
             self._pending[rec.id] = rec
-            for p in missing:
-                self._waiting_on.setdefault(p, set()).add(rec.id)
+            for p in rec.prev:
+                if p not in self._records:
+                    self._waiting_on.setdefault(p, set()).add(rec.id)
             return AddResult(rec.id, "waiting")
-        self._admit(rec)
+        status = self._settle(rec)
         released: list[bytes] = []
         rejected: list[tuple[bytes, str]] = []
         queue = [rec.id]
@@ -375,18 +428,85 @@ class Acl:
             done = queue.pop()
             for wid in sorted(self._waiting_on.pop(done, set())):
                 w = self._pending.get(wid)
-                if w is None or any(p not in self._records for p in w.prev):
+                if w is None or any(p not in self._records and p not in self._shelf
+                                    for p in w.prev):
                     continue
                 del self._pending[wid]
                 try:
-                    self._admit(w)
+                    got = self._settle(w)
                 except ReplicaError as exc:
                     self.rejected[wid] = str(exc)
                     rejected.append((wid, str(exc)))
                     continue
-                released.append(wid)
+                if got == "added":
+                    released.append(wid)
                 queue.append(wid)
-        return AddResult(rec.id, "added", tuple(released), tuple(rejected))
+        return AddResult(rec.id, status, tuple(released), tuple(rejected))
+
+    def _settle(self, rec: AclRecord) -> Literal["added", "ignored"]:
+        """Admit or shelve a record whose parents are all admitted or shelved."""
+        if self._ignorable(rec):
+            self._shelf[rec.id] = rec
+            while len(self._shelf) > MAX_SHELVED:
+                del self._shelf[next(iter(self._shelf))]
+            return "ignored"
+        for p in rec.prev:
+            if p in self._shelf:
+                self._promote(p)
+        self._admit(rec)
+        return "added"
+
+    def _ignorable(self, rec: AclRecord) -> bool:
+        """A merge whose author has departed (removed or left, not back), shelved unless its
+        admitted parents descend from that departure. Only merges: they have no effect, so
+        leaving one out never changes any state (docs/acl.md "Merges")."""
+        if not isinstance(rec.payload, Merge) or rec.author not in self._departures:
+            return False
+        st = self.state
+        gone = st.departed.get(rec.author)
+        if gone is None or rec.author in st.members or rec.author in st.replicators:
+            return False
+        return not any(p in self._records and self.is_ancestor(gone, p) for p in rec.prev)
+
+    def _promote(self, rid: bytes) -> None:
+        """Admit a shelved merge (and its shelved ancestors) because an admitted record or a
+        tree change names it."""
+        order: list[bytes] = []
+        stack: list[tuple[bytes, bool]] = [(rid, False)]
+        seen: set[bytes] = set()
+        while stack:
+            cur, expanded = stack.pop()
+            if expanded:
+                order.append(cur)
+                continue
+            if cur in seen or cur not in self._shelf:
+                continue
+            seen.add(cur)
+            stack.append((cur, True))
+            stack.extend((p, False) for p in self._shelf[cur].prev if p in self._shelf)
+        for cur in order:
+            self._admit(self._shelf.pop(cur))
+            self._promoted.append(cur)
+
+    @property
+    def shelved(self) -> list[bytes]:
+        """Ids of merges by departed members that were ignored (kept aside, bounded)."""
+        return list(self._shelf)
+
+    def take_promoted(self) -> list[bytes]:
+        """Ids of shelved merges admitted since the last call (a record or a tree change named
+        them), parents first: the caller stores them like any admitted record."""
+        out, self._promoted = self._promoted, []
+        return out
+
+    def take_built(self) -> list[bytes]:
+        """Records built by this replica's builders since the last call, parents first.
+
+        An action may build more than its own record (automatic merges first when there are
+        more heads than a record may name): the caller stores and sends all of them.
+        """
+        out, self._built = self._built, []
+        return out
 
     def export(self) -> list[bytes]:
         """Every admitted record, raw, in causal (replay) order: parents before children."""
@@ -413,13 +533,9 @@ class Acl:
     @property
     def state(self) -> AclState:
         """The state after replaying every admitted record."""
-        heads = list(self._heads)
-        if len(heads) == 1:
-            return self.state_at(heads[0])
-        mask = 0
-        for h in heads:
-            mask |= self._anc[h]
-        return self._replay(mask)
+        if len(self._heads) == 1:
+            return self.state_at(next(iter(self._heads)))
+        return self._replay((1 << len(self._bit)) - 1)  # every admitted record
 
     def state_at(self, record_id: bytes) -> AclState:
         """The state of the causal past of ``record_id`` (itself included); cached."""
@@ -451,6 +567,9 @@ class Acl:
 
     # --- AclGate -----------------------------------------------------------------------------
     def knows_head(self, acl_head: bytes) -> bool:
+        """Known and admitted; a shelved merge that a tree change names is admitted now."""
+        if acl_head in self._shelf:
+            self._promote(acl_head)
         return acl_head in self._records
 
     def check_change(
@@ -459,10 +578,10 @@ class Acl:
     ) -> None:
         """A tree change is allowed iff its author may write at ``acl_head``, the head does not
         go back from its parents' heads, and its read key is a current key tip at the head."""
-        if acl_head not in self._records:
+        if not self.knows_head(acl_head):
             raise InvalidChange("change names an unknown ACL head")
         for ph in parent_acl_heads:
-            if ph not in self._records:
+            if not self.knows_head(ph):
                 raise InvalidChange("a parent change names an unknown ACL head")
             if not self.is_ancestor(ph, acl_head):
                 raise InvalidChange("change's ACL head is earlier than (or concurrent with) "
@@ -472,6 +591,31 @@ class Acl:
             raise AccessDenied("the author may not write at this ACL head")
         if read_key_id not in st.key_order or read_key_id in st.wrapped:
             raise UnknownReadKey("change is not encrypted under a current read key of its head")
+        if self.removal_policy == "strict":
+            gone = self.removed_after(author, acl_head)
+            if gone is not None:
+                raise RemovedAuthor(
+                    f"the author was removed at or after the ACL head this change names "
+                    f"(record {gone.hex()[:16]}…); this space refuses such changes (strict)")
+
+    def removed_after(self, author: bytes, acl_head: bytes) -> bytes | None:
+        """Id of an effective removal (or leave) of ``author`` that ``acl_head`` does not
+        descend from — the author was removed at or after the head a change names — or None.
+
+        Unlike the gate's decision this depends on every record known here, not only on the
+        head's past: a change accepted yesterday may be flagged today, once the removal
+        arrives. Such a change may be a genuine edit made before the removal, or one
+        back-dated by the removed member and relayed by a colluder: nothing tells them apart
+        without a consensus server, so it is flagged (or refused under "strict").
+        """
+        ids = self._departures.get(author)
+        if not ids or acl_head not in self._records:
+            return None
+        skipped = self.state.skipped
+        for rid in ids:
+            if rid not in skipped and not self.is_ancestor(rid, acl_head):
+                return rid
+        return None
 
     def read_key(self, read_key_id: bytes) -> ReadKey | None:
         if self.me is None:
@@ -491,7 +635,8 @@ class Acl:
         """Id of a removal (or leave) of ``author`` concurrent with ``acl_head``, if any.
 
         Such changes are accepted by the gate (their head allows them) but an application may
-        flag or hide them: they may be back-dated edits by a removed member.
+        flag or hide them: they may be back-dated edits by a removed member. Superseded by
+        :meth:`removed_after`, which also catches removals that descend from the head.
         """
         for rid, rec in self._records.items():
             p = rec.payload
@@ -500,6 +645,59 @@ class Acl:
             if hit and self.concurrent(rid, acl_head):
                 return rid
         return None
+
+    # --- invitees (issue 20.3) ---------------------------------------------------------------
+    def invite_open(self, invite_id: bytes, now: float) -> bool:
+        """Whether the invite exists, is not revoked and has not expired at ``now``."""
+        inv = self.state.invites.get(invite_id)
+        return inv is not None and not inv.expired(int(now))
+
+    def pending_requests(self, now: float | None = None) -> list[RequestInfo]:
+        """Join requests waiting for an admin, oldest first; with ``now``, those whose invite
+        has expired are left out (they are void: an accept would be refused)."""
+        st = self.state
+        out = [q for q in st.requests.values()
+               if now is None or not st.invites[q.invite_id].expired(int(now))]
+        return sorted(out, key=lambda q: self._order[q.record_id])
+
+    def check_invitee_push(
+        self, raws: Sequence[bytes], account: bytes, now: float | None = None,
+    ) -> None:
+        """Screen ACL records pushed by a peer whose account is not a member or replicator
+        (an invitee) *before* admitting any of them; raise AccessDenied if the push holds
+        anything but that account's own join (request or open-invite join).
+
+        Records already held pass. A new join must be signed by ``account`` (the connection's
+        certificate account), name an open, unexpired invite, and fit: one pending request
+        per account, at most MAX_REQUESTS_PER_INVITE per invite. At most one new record per
+        push. The sync engine calls this for non-members and strikes the peer on AccessDenied.
+        """
+        st = self.state
+        new = 0
+        for raw in raws:
+            try:
+                rec = decode_record(raw, self.space_id)
+            except InvalidAclRecord as exc:
+                raise AccessDenied(f"an invitee pushed a malformed ACL record: {exc}") from exc
+            if rec.id in self._records:
+                continue
+            p = rec.payload
+            if not isinstance(p, (RequestJoin, InviteJoin)) or rec.author != account:
+                raise AccessDenied("an invitee may push only its own join request")
+            new += 1
+            if new > 1:
+                raise AccessDenied("an invitee may push one join request at a time")
+            inv = st.invites.get(p.invite_id)
+            if inv is None or (now is not None and inv.expired(int(now))):
+                raise AccessDenied("the invite does not exist, was revoked or has expired")
+            if account in st.members or account in st.replicators:
+                raise AccessDenied("already a member")
+            if isinstance(p, RequestJoin):
+                if any(q.joiner == account for q in st.requests.values()):
+                    raise AccessDenied("this account already has a pending join request")
+                if sum(q.invite_id == p.invite_id
+                       for q in st.requests.values()) >= MAX_REQUESTS_PER_INVITE:
+                    raise AccessDenied("too many pending join requests for this invite")
 
     # --- keys --------------------------------------------------------------------------------
     def _keyring(self, who: SigningKey) -> dict[bytes, ReadKey]:
@@ -550,9 +748,34 @@ class Acl:
 
     # --- record builders ---------------------------------------------------------------------
     def _emit(self, author: SigningKey, payload: Payload) -> bytes:
-        raw = build_record(author, self.space_id, self.heads, payload)
+        """Build, admit and remember (:meth:`take_built`) a record naming every head; with
+        more heads than a record may name, merge them first in groups (issue 12.3: however
+        many heads others made, an admin's action still builds)."""
+        heads = self.heads
+        if (isinstance(payload, (RequestJoin, InviteJoin)) and len(heads) > MAX_PREV
+                and payload.invite_id in self):
+            # A joiner is no member and cannot merge: name the newest heads that hold the
+            # invite, at most MAX_PREV of them.
+            heads = [h for h in reversed(heads)
+                     if self.is_ancestor(payload.invite_id, h)][:MAX_PREV] or heads
+        elif not isinstance(payload, Merge):
+            self._merge_down(author)
+            heads = self.heads
+        raw = build_record(author, self.space_id, heads, payload)
         self.add(raw)
+        self._built.append(raw)
         return raw
+
+    def _merge_down(self, author: SigningKey) -> None:
+        """Merge heads in groups of ≤ MAX_PREV until one record can name them all."""
+        while len(self._heads) > MAX_PREV:
+            heads = self.heads
+            for i in range(0, len(heads), MAX_PREV):
+                group = heads[i:i + MAX_PREV]
+                if len(group) >= 2:
+                    raw = build_record(author, self.space_id, group, Merge())
+                    self.add(raw)
+                    self._built.append(raw)
 
     def _sealed_tips(self, author: SigningKey, to: bytes) -> tuple[KeyEntry, ...]:
         return tuple(KeyEntry(k, seal(self._key_for(author, k).key, to)) for k in self.state.tips)
@@ -570,11 +793,14 @@ class Acl:
 
     def invite(
         self, author: SigningKey, role: Role = Role.WRITER, *, anyone_can_join: bool = False,
+        expires_at: int = 0,
     ) -> tuple[bytes, InviteCode]:
-        """Create an invite; hand the returned code to the invitee out of band."""
+        """Create an invite; hand the returned code to the invitee out of band. With
+        ``expires_at`` (unix seconds) joins and accepts after that time are refused and its
+        pending requests void."""
         ikey = SigningKey.generate()
         keys = self._sealed_tips(author, ikey.public) if anyone_can_join else ()
-        raw = self._emit(author, Invite(ikey.public, anyone_can_join, role, keys))
+        raw = self._emit(author, Invite(ikey.public, anyone_can_join, role, keys, expires_at))
         return raw, InviteCode(decode_record(raw).id, ikey.seed, self.space_id)
 
     def request_join(self, joiner: SigningKey, code: InviteCode) -> bytes:
@@ -641,7 +867,12 @@ class Acl:
         return self._emit(author, Rotate(self._rotation(author, st, st.members)))
 
     def merge(self, author: SigningKey) -> bytes:
-        """A no-op record joining all current ACL heads (any member or replicator may)."""
+        """A no-op record joining all current ACL heads (any member or replicator may); with
+        more than MAX_PREV heads, merges in groups and returns the last one."""
+        before = len(self._built)
+        self._merge_down(author)
+        if len(self._heads) < 2 and len(self._built) > before:
+            return self._built[-1]
         return self._emit(author, Merge())
 
     def delete_objects(self, author: SigningKey, objects: Sequence[bytes]) -> bytes:
@@ -671,6 +902,14 @@ class Acl:
     def _register(self, rec: AclRecord) -> None:
         bit = len(self._bit)
         self._bit[rec.id] = bit
+        self._by_bit.append(rec.id)
+        if not isinstance(rec.payload, Merge):
+            self._effective |= 1 << bit
+        if isinstance(rec.payload, Remove):
+            for m in rec.payload.members:
+                self._departures.setdefault(m, []).append(rec.id)
+        elif isinstance(rec.payload, Leave):
+            self._departures.setdefault(rec.author, []).append(rec.id)
         anc = 1 << bit
         depth = 0
         for parent in rec.prev:
@@ -704,11 +943,18 @@ class Acl:
         return rec.author
 
     def _replay(self, mask: int) -> AclState:
-        """Replay the records in ``mask`` (a down-closed set) in (depth, id) order; cached."""
+        """Replay the records in ``mask`` (a down-closed set) in (depth, id) order; cached.
+
+        Merges have no effect and their place in the order is intrinsic to the others, so
+        they are left out and the cache is keyed by the non-merge records: any number of merges
+        over the same records share one replay (a flood of merges costs no replays).
+        """
+        mask &= self._effective
         cached = self._set_states.get(mask)
         if cached is not None:
             return cached
-        ids = sorted((rid for rid, b in self._bit.items() if mask >> b & 1),
+        bits = bin(mask)[:1:-1]
+        ids = sorted((self._by_bit[b] for b, c in enumerate(bits) if c == "1"),
                      key=self._order.__getitem__)
         vetoers: dict[bytes, list[bytes]] = {}
         revokes: dict[bytes, list[bytes]] = {}
@@ -777,7 +1023,7 @@ class Acl:
         match p:
             case Invite():
                 s.invites[rid] = InviteInfo(rid, p.invite_key, p.anyone_can_join, p.role,
-                                            author)
+                                            author, p.expires_at)
             case RequestJoin():
                 s.requests[rid] = RequestInfo(rid, author, p.invite_id)
             case InviteJoin():
@@ -789,6 +1035,8 @@ class Acl:
                 del s.requests[p.request_id]
             case RevokeInvite():
                 del s.invites[p.invite_id]
+                for q in [q for q, info in s.requests.items() if info.invite_id == p.invite_id]:
+                    del s.requests[q]  # revoking an invite voids its pending requests
             case PermissionChange():
                 self._set_role(s, p.member, p.role, rid)
             case Remove():
@@ -849,7 +1097,7 @@ class Acl:
             case Root():
                 return bad, "a space has exactly one ACL root"
             case Invite():
-                if not _can_grant(ra, p.role):
+                if not _may_act(ra, p.role):
                     return denied, f"author may not invite as {p.role.name.lower()}"
                 if p.anyone_can_join and p.role > Role.WRITER:
                     return bad, "anyone-can-join invites grant reader or writer only"
@@ -861,14 +1109,25 @@ class Acl:
                     return bad, "wrong join kind for this invite"
                 if ra is not None:
                     return bad, "the joiner is already a member"
+                if inv.expired(rec.timestamp):
+                    return bad, "the invite has expired"
+                if isinstance(p, RequestJoin):
+                    if any(q.joiner == a for q in s.requests.values()):
+                        return bad, "this account already has a pending join request"
+                    if sum(q.invite_id == p.invite_id
+                           for q in s.requests.values()) >= MAX_REQUESTS_PER_INVITE:
+                        return bad, "too many pending join requests for this invite"
             case Accept():
                 req = s.requests.get(p.request_id)
                 if req is None:
                     return bad, "the join request is not pending"
-                if not _can_grant(ra, p.role):
+                if not _may_act(ra, p.role):
                     return denied, f"author may not accept as {p.role.name.lower()}"
                 if req.joiner in s.members:
                     return bad, "the joiner is already a member"
+                inv = s.invites.get(req.invite_id)
+                if inv is not None and inv.expired(rec.timestamp):
+                    return bad, "the invite has expired (its requests are void)"
             case Decline():
                 if p.request_id not in s.requests:
                     return bad, "the join request is not pending"
@@ -878,13 +1137,13 @@ class Acl:
                 inv = s.invites.get(p.invite_id)
                 if inv is None:
                     return bad, "the invite does not exist or was revoked"
-                if not _can_grant(ra, inv.role):
+                if not _may_act(ra, inv.role):
                     return denied, "author may not revoke this invite"
             case PermissionChange():
                 target = s.role(p.member)
                 if target is None:
                     return bad, "not a member"
-                if not _can_manage(ra, self._role_seen(s, rec, p.member, target)) or not _can_grant(
+                if not _may_act(ra, self._role_seen(s, rec, p.member, target)) or not _may_act(
                         ra, p.role):
                     return denied, "author may not change this member's role"
                 if target == p.role:
@@ -900,7 +1159,7 @@ class Acl:
                 if not present:
                     return bad, "every named member is already gone"
                 for m in present:
-                    if not _can_manage(ra, self._role_seen(s, rec, m, s.members[m])):
+                    if not _may_act(ra, self._role_seen(s, rec, m, s.members[m])):
                         return denied, "author may not remove a member of equal or higher rank"
             case Leave():
                 if ra is None:
@@ -964,6 +1223,13 @@ class Acl:
             req = self._records.get(p.request_id)
             if req is None or not isinstance(req.payload, RequestJoin):
                 return bad, "accept names no join request"
+        if isinstance(p, Merge):
+            below = 0  # everything strictly below some parent
+            for q in rec.prev:
+                below |= self._anc[q] & ~(1 << self._bit[q])
+            if any(below >> self._bit[q] & 1 for q in rec.prev):
+                return bad, ("a merge must join heads it saw: none of its parents may be an "
+                             "ancestor of another")
         if isinstance(p, Remove) and any(m not in past.members for m in p.members):
             return bad, "remove names an account that is not a member"
         rot = rec.rotation
@@ -978,6 +1244,28 @@ class Acl:
             if {e.ref for e in rot.wraps} != tips:
                 return bad, "rotation must wrap exactly the current read key tips"
         return None
+
+
+def _depths(records: dict[bytes, AclRecord]) -> dict[bytes, int]:
+    """Depth of each record within ``records`` (a parent outside the set counts as very deep,
+    so records that will wait sort last)."""
+    far = 1 << 62
+    depth: dict[bytes, int] = {}
+    for start in records:
+        stack = [start]
+        while stack:
+            cur = stack[-1]
+            if cur in depth:
+                stack.pop()
+                continue
+            todo = [p for p in records[cur].prev if p in records and p not in depth]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            depth[cur] = 1 + max((depth[p] if p in records else far for p in records[cur].prev),
+                                 default=-1)
+    return depth
 
 
 def _safe_id(raw: bytes) -> bytes:

@@ -43,6 +43,11 @@ class AclGate(Protocol):
         """``(acl_head, read_key_id)`` a local change by ``author`` should name now."""
         ...
 
+    def removed_after(self, author: bytes, acl_head: bytes) -> bytes | None:
+        """Id of a removal (or leave) of ``author`` at or after ``acl_head`` — i.e. one the
+        head does not descend from — or None. Changes for which this is set are flagged."""
+        ...
+
 
 class OwnerOnlyAcl:
     """Placeholder ACL: one owner, one ACL record, one read key. For tree-only tests."""
@@ -71,3 +76,6 @@ class OwnerOnlyAcl:
 
     def write_position(self, author: bytes) -> tuple[bytes, bytes]:
         return self.root_id, self.root_id
+
+    def removed_after(self, author: bytes, acl_head: bytes) -> bytes | None:
+        return None  # one member, never removed

@@ -100,6 +100,9 @@ class Invite:
     anyone_can_join: bool
     role: Role
     keys: tuple[KeyEntry, ...]  # current key tips sealed to the invite key (anyone-can-join)
+    #: unix seconds after which the invite no longer admits joins (0 = never). Optional
+    #: trailing field, encoded only when set, so invites without it keep their bytes and ids.
+    expires_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,8 @@ def _payload_fields(p: Payload) -> list[Any]:
         case Root():
             return [p.sealed_key]
         case Invite():
-            return [p.invite_key, p.anyone_can_join, int(p.role), _entries(p.keys)]
+            fields = [p.invite_key, p.anyone_can_join, int(p.role), _entries(p.keys)]
+            return [*fields, p.expires_at] if p.expires_at else fields
         case RequestJoin():
             return [p.invite_id, p.proof]
         case InviteJoin():
@@ -335,6 +339,9 @@ def _read_payload(kind: Kind, value: Any) -> Payload:
         case Kind.INVITE:
             p = Invite(r.blob("invite_key", size=32), r.boolean("anyone_can_join"),
                        _read_role(r), _read_entries(r, "keys", ID_SIZE, SEALED_KEY_SIZE))
+            if len(value) == 5:  # optional expiry (present only when set: never 0)
+                p = Invite(p.invite_key, p.anyone_can_join, p.role, p.keys,
+                           r.integer("expires_at", min_value=1, max_value=2**63 - 1))
         case Kind.REQUEST_JOIN:
             p = RequestJoin(r.blob("invite_id", size=ID_SIZE), r.blob("proof", size=64))
         case Kind.INVITE_JOIN:

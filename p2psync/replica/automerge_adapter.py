@@ -4,17 +4,182 @@ automerge 1.0.0rc1 has no ``apply_changes``: raw change bytes are applied by wra
 hand-built sync message (``0x42``, heads, empty need/have, the changes) and feeding it to
 ``receive_sync_message`` — idempotent, incremental, and changes with missing dependencies are
 queued by Automerge until they arrive. Everything that can fail raises :class:`DocumentError`.
+
+**Panics** (issue 12.5): the Rust binding answers some valid content with a Rust panic, which
+pyo3 raises as ``PanicException`` — a ``BaseException``, so ``except Exception`` misses it.
+Reading a counter value does it (``todo!()`` in the binding), so a writer could sign one valid
+change that makes every device fail to read the document, for good. Two defences:
+
+* :func:`screen` parses a change's op columns (strictly, bounded) *before* it is applied and
+  refuses content this binding cannot render (counters, increments, unknown actions or value
+  types): :class:`UnsupportedContent`. The document layer quarantines such a change.
+* :func:`contained` turns any panic that still escapes a call into :class:`AutomergePanic`
+  (``KeyboardInterrupt``/``SystemExit`` pass through untouched).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from automerge import core
 
-from p2psync.errors import DocumentError
+from p2psync.errors import AutomergePanic, DocumentError, UnsupportedContent
 
 _SYNC_MESSAGE_TYPE = 0x42
+_MAGIC = b"\x85\x6f\x4a\x83"
+_CHUNK_CHANGE, _CHUNK_COMPRESSED = 1, 2
+#: Column ids (spec >> 4) of a change's op columns that screening reads.
+_COL_ACTION, _COL_VALUE = 4, 5
+_TYPE_ULEB, _TYPE_VALUE_META = 2, 6
+#: Op actions this binding renders: make map, put, make list, delete, make text.
+ALLOWED_ACTIONS = frozenset({0, 1, 2, 3, 4})
+_ACTION_NAMES = {5: "a counter increment", 6: "a table", 7: "a mark"}
+#: Value types it renders: null, false, true, uint, int, f64, str, bytes, timestamp (not 8:
+#: counter, nor anything newer).
+ALLOWED_VALUE_TYPES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 9})
+#: Inflated size cap for a compressed change or column (payloads are ≤ 8 MiB anyway).
+MAX_INFLATED = 64 * 1024 * 1024
+
+
+def _is_panic(exc: BaseException) -> bool:
+    """pyo3's PanicException (module ``pyo3_runtime``), never a real interpreter exit."""
+    return type(exc).__name__ == "PanicException" and not isinstance(
+        exc, (KeyboardInterrupt, SystemExit, GeneratorExit))
+
+
+@contextmanager
+def contained(what: str) -> Iterator[None]:
+    """Run Automerge calls; a Rust panic becomes :class:`AutomergePanic` (typed, catchable)."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        if _is_panic(exc):
+            raise AutomergePanic(f"Automerge panicked while {what}: {exc}") from exc
+        raise
+
+
+# --- screening ---------------------------------------------------------------------------------
+class _Cursor:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise UnsupportedContent("truncated Automerge change")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def uleb(self) -> int:
+        out = shift = 0
+        while True:
+            b = self.take(1)[0]
+            out |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return out
+            shift += 7
+            if shift > 63:
+                raise UnsupportedContent("over-long LEB128 in an Automerge change")
+
+    def sleb(self) -> int:
+        out = shift = 0
+        while True:
+            b = self.take(1)[0]
+            out |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return out - (1 << shift) if b & 0x40 else out
+            if shift > 63:
+                raise UnsupportedContent("over-long LEB128 in an Automerge change")
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(data, MAX_INFLATED)
+    except zlib.error as exc:
+        raise UnsupportedContent(f"bad DEFLATE data in an Automerge change: {exc}") from exc
+    if d.unconsumed_tail:
+        raise UnsupportedContent("an Automerge change inflates beyond the size cap")
+    return out
+
+
+def _rle_ulebs(data: bytes) -> Iterator[int]:
+    """Values of an RLE-encoded ULEB column (nulls skipped)."""
+    c = _Cursor(data)
+    while not c.done:
+        n = c.sleb()
+        if n > 0:
+            yield c.uleb()
+        elif n < 0:
+            for _ in range(-n):
+                yield c.uleb()
+        else:
+            c.uleb()  # a run of nulls
+
+
+def screen(change: bytes) -> None:
+    """Refuse a change whose ops this binding cannot apply and render safely.
+
+    Parses the change chunk (compressed or not) down to its op columns and checks every op's
+    action and value type against :data:`ALLOWED_ACTIONS` / :data:`ALLOWED_VALUE_TYPES`. Raises
+    :class:`UnsupportedContent` with the reason; never calls into Automerge.
+    """
+    c = _Cursor(change)
+    if c.take(4) != _MAGIC:
+        raise UnsupportedContent("not an Automerge change (bad magic)")
+    checksum = c.take(4)
+    start = c.pos
+    kind = c.take(1)[0]
+    body = c.take(c.uleb())
+    if not c.done:
+        raise UnsupportedContent("trailing bytes after an Automerge change")
+    if kind == _CHUNK_COMPRESSED:
+        body = _inflate(body)
+    elif kind == _CHUNK_CHANGE:
+        if hashlib.sha256(change[start:]).digest()[:4] != checksum:
+            raise UnsupportedContent("Automerge change checksum mismatch")
+    else:
+        raise UnsupportedContent(f"Automerge chunk type {kind} is not a change")
+    b = _Cursor(body)
+    for _ in range(b.uleb()):  # dependencies
+        b.take(32)
+    b.take(b.uleb())  # actor
+    b.uleb()  # seq
+    b.uleb()  # start op
+    b.sleb()  # time
+    b.take(b.uleb())  # message
+    for _ in range(b.uleb()):  # other actors
+        b.take(b.uleb())
+    specs = [(b.uleb(), b.uleb()) for _ in range(b.uleb())]
+    for spec, length in specs:
+        data = b.take(length)
+        col, ctype = spec >> 4, spec & 7
+        if spec & 8:
+            data = _inflate(data)
+        if col == _COL_ACTION and ctype == _TYPE_ULEB:
+            for action in _rle_ulebs(data):
+                if action not in ALLOWED_ACTIONS:
+                    what = _ACTION_NAMES.get(action, f"op action {action}")
+                    raise UnsupportedContent(f"the change contains {what}, which this "
+                                             "Automerge build cannot apply safely")
+        elif col == _COL_VALUE and ctype == _TYPE_VALUE_META:
+            for meta in _rle_ulebs(data):
+                vtype = meta & 0x0F
+                if vtype not in ALLOWED_VALUE_TYPES:
+                    what = "a counter" if vtype == 8 else f"value type {vtype}"
+                    raise UnsupportedContent(f"the change contains {what}, which this "
+                                             "Automerge build cannot render (it panics)")
 
 
 def _uleb(n: int) -> bytes:
@@ -46,8 +211,11 @@ def apply_changes(doc: core.Document, changes: Sequence[bytes]) -> None:
     if not changes:
         return
     try:
-        msg = core.Message.decode(sync_message(changes))
-        doc.receive_sync_message(core.SyncState(), msg)
+        with contained("applying changes"):
+            msg = core.Message.decode(sync_message(changes))
+            doc.receive_sync_message(core.SyncState(), msg)
+    except AutomergePanic:
+        raise
     except Exception as exc:  # automerge raises bare Exception ("bad checksum", ...)
         raise DocumentError(f"corrupt Automerge change bytes: {exc}") from exc
 
@@ -60,7 +228,10 @@ def new_document(actor: bytes) -> core.Document:
 def load(saved: bytes, actor: bytes) -> core.Document:
     """Load a ``save()``d document and set our actor (``load`` picks a random one)."""
     try:
-        doc = core.Document.load(saved)
+        with contained("loading a snapshot"):
+            doc = core.Document.load(saved)
+    except AutomergePanic:
+        raise
     except Exception as exc:
         raise DocumentError(f"corrupt Automerge snapshot: {exc}") from exc
     doc.set_actor(actor)
@@ -68,13 +239,16 @@ def load(saved: bytes, actor: bytes) -> core.Document:
 
 
 def save(doc: core.Document) -> bytes:
-    return bytes(doc.save())
+    with contained("saving"):
+        return bytes(doc.save())
 
 
 def heads(doc: core.Document) -> list[bytes]:
-    return [bytes(h) for h in doc.get_heads()]
+    with contained("reading heads"):
+        return [bytes(h) for h in doc.get_heads()]
 
 
 def changes_since(doc: core.Document, have: Sequence[bytes]) -> list[bytes]:
     """Raw bytes of the changes not in the causal past of ``have``, in causal order."""
-    return [bytes(c.bytes) for c in doc.get_changes(list(have))]
+    with contained("listing changes"):
+        return [bytes(c.bytes) for c in doc.get_changes(list(have))]

@@ -35,7 +35,13 @@ from automerge import core
 
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.keys import SigningKey
-from p2psync.errors import DecodeError, DecryptionFailed, DocumentError, UnknownReadKey
+from p2psync.errors import (
+    DecodeError,
+    DecryptionFailed,
+    DocumentError,
+    UnknownReadKey,
+    UnsupportedContent,
+)
 from p2psync.replica import automerge_adapter as am
 from p2psync.replica.change import Change
 from p2psync.replica.tree import AddResult, ObjectTree, Persist
@@ -45,6 +51,56 @@ ROOT: ObjId = core.ROOT
 COUNTER_MARK = "$counter"
 PAYLOAD_VERSION = 1
 DEFAULT_WINDOW = 0.050
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A tree change whose content is left out of the document, and why (issue 12.5).
+
+    The change stays in the tree (it is signed and allowed; peers hold it too), but its payload
+    did not decrypt, did not decode, holds content this Automerge build cannot render safely
+    (:func:`~p2psync.replica.automerge_adapter.screen`), or made Automerge fail when applied.
+    The same happens on every replica, so documents still converge.
+    """
+
+    change_id: bytes
+    author: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One tree change as ``doc history`` shows it: who, when (claimed), and what became of
+    its content."""
+
+    change_id: bytes
+    author: bytes
+    timestamp: int
+    parents: tuple[bytes, ...]
+    snapshot: bool
+    #: why its content is not in the document (None: applied)
+    quarantined: str | None
+    #: id of a removal (or leave) of its author at or after the ACL head it names: a
+    #: possibly back-dated edit by a removed member (issue 20.5); None when not flagged
+    removed_after: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """A change whose author was removed at or after the ACL head it names (issue 20.5)."""
+
+    change_id: bytes
+    author: bytes
+    removal_id: bytes  #: the ACL record that removed the author (or its leave)
+
+
+@dataclass(frozen=True)
+class DocumentStatus:
+    """What ``status`` reports about a document."""
+
+    changes: int
+    quarantined: tuple[Quarantined, ...]
+    flagged: tuple[Flagged, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,7 +244,8 @@ def _scalar(value: Any) -> tuple[Any, Any]:
         return core.ScalarType.Bytes, bytes(value)
     if isinstance(value, _dt.datetime):
         return core.ScalarType.Timestamp, value
-    raise DocumentError(f"cannot store a {type(value).__name__} in a document")
+    raise UnsupportedContent(f"cannot store a {type(value).__name__} in a document (counters: "
+                             "Editor.make_counter / Editor.increment)")
 
 
 def _plain(scalar: tuple[Any, Any]) -> Any:
@@ -235,8 +292,10 @@ class Document:
         self._doc: core.Document | None = None
         self._pending = _Pending()
         self._am_heads: dict[bytes, tuple[bytes, ...]] = {}
-        #: tree changes whose content could not be applied (corrupt Automerge bytes)
+        #: tree changes whose content could not be applied (ids; see :attr:`quarantined`)
         self.skipped: list[bytes] = []
+        #: change id -> why its content is left out of the document (issue 12.5)
+        self.quarantined: dict[bytes, Quarantined] = {}
         self._seen: set[bytes] = set()  #: tree changes whose content the Automerge doc holds
         self._cursor = 0  #: tree attach positions below this were considered for the doc
         #: id of the snapshot change the document was materialised from (None: full replay)
@@ -266,10 +325,15 @@ class Document:
         for c in changes:
             try:
                 out.append((c, self._payload(c)))
-            except (DecryptionFailed, DocumentError, UnknownReadKey):
+            except (DecryptionFailed, DocumentError, UnknownReadKey) as exc:
                 self._seen.add(c.id)
-                self.skipped.append(c.id)
+                self._quarantine(c, f"{type(exc).__name__}: {exc}")
         return out
+
+    def _quarantine(self, ch: Change, reason: str) -> None:
+        if ch.id not in self.quarantined:
+            self.quarantined[ch.id] = Quarantined(ch.id, ch.author, reason)
+            self.skipped.append(ch.id)
 
     def _ensure(self) -> core.Document:
         if self._doc is not None:
@@ -286,8 +350,12 @@ class Document:
             try:
                 p = self._payload(snap)
                 doc = am.load(p.items[0] if p.items else b"", self.actor)
-            except (DecryptionFailed, DocumentError, UnknownReadKey):
-                doc = None  # unreadable snapshot: fall back to a full replay
+                with am.contained("checking a snapshot"):  # a panic here: not usable
+                    self._render(doc, ROOT, core.ObjType.Map, None)
+            except (DecryptionFailed, DocumentError, UnknownReadKey) as exc:
+                # unreadable (or unrenderable) snapshot: fall back to a full replay
+                self._quarantine(snap, f"snapshot not used: {type(exc).__name__}: {exc}")
+                doc = None
             if doc is not None:
                 self.loaded_snapshot = snap.id
                 covered = self.tree.past([snap.id])
@@ -301,17 +369,39 @@ class Document:
         return doc
 
     def _apply(self, doc: core.Document, items: list[tuple[Change, Payload]]) -> None:
-        """Apply payloads in the given (causal) order; one message, per-change on failure."""
+        """Apply payloads in the given (causal) order; one message, per-change on failure.
+
+        Each change's Automerge bytes are screened first (:func:`am.screen`): one holding
+        content this build cannot render (a counter panics on every read) is quarantined and
+        never reaches the document, which stays readable; later changes still apply.
+        """
         self._seen.update(c.id for c, _ in items)
-        normal = [(c, p) for c, p in items if not c.snapshot]
+        normal: list[tuple[Change, Payload]] = []
+        for c, p in items:
+            if c.snapshot:
+                continue
+            try:
+                for b in p.items:
+                    am.screen(b)
+            except UnsupportedContent as exc:
+                self._quarantine(c, str(exc))
+                continue
+            normal.append((c, p))
         try:
             am.apply_changes(doc, [b for _, p in normal for b in p.items])
         except DocumentError:
             for c, p in normal:
                 try:
                     am.apply_changes(doc, p.items)
-                except DocumentError:
-                    self.skipped.append(c.id)
+                except DocumentError as exc:
+                    self._quarantine(c, f"{type(exc).__name__}: {exc}")
+
+    def _reset(self) -> None:
+        """Forget the materialised document (it is rebuilt from the tree on next use)."""
+        self._doc = None
+        self._seen.clear()
+        self._cursor = 0
+        self.loaded_snapshot = None
 
     # --- local edits ------------------------------------------------------------------------
     @contextmanager
@@ -319,9 +409,15 @@ class Document:
         """One Automerge transaction; an exception rolls it back. Flushes at once if window=0."""
         doc = self._ensure()
         before = am.heads(doc)
-        with doc.transaction() as tx:
+        with am.contained("editing"), doc.transaction() as tx:
             yield Editor(tx, self.actor.hex())
         new = am.changes_since(doc, before)
+        try:
+            for b in new:
+                am.screen(b)
+        except UnsupportedContent:
+            self._reset()  # never sign it: rebuild from the tree without this edit
+            raise
         if new:
             self._pending.items.extend(new)
             if self._pending.since is None:
@@ -416,6 +512,10 @@ class Document:
 
     def obj(self, path: Sequence[str | int], *, heads: Sequence[bytes] | None = None) -> ObjId:
         """The object id at ``path`` from the root (DocumentError if missing or not an object)."""
+        with am.contained("reading"):
+            return self._obj(path, heads)
+
+    def _obj(self, path: Sequence[str | int], heads: Sequence[bytes] | None) -> ObjId:
         doc = self._ensure()
         amh = self._am_heads_at(heads)
         cur = ROOT
@@ -427,12 +527,17 @@ class Document:
         return cur
 
     def get(self, path: Sequence[str | int], *, heads: Sequence[bytes] | None = None) -> Any:
-        """JSON value at ``path`` (None if absent), at current or past tree ``heads``."""
+        """JSON value at ``path`` (None if absent), at current or past tree ``heads``.
+        A panic inside Automerge comes out as :class:`AutomergePanic` (a DocumentError)."""
+        with am.contained("reading"):
+            return self._get(path, heads)
+
+    def _get(self, path: Sequence[str | int], heads: Sequence[bytes] | None) -> Any:
         doc = self._ensure()
         amh = self._am_heads_at(heads)
         if not path:
             return self._render(doc, ROOT, core.ObjType.Map, amh)
-        parent = self.obj(path[:-1], heads=heads)
+        parent = self._obj(path[:-1], heads)
         got = (doc.get(parent, path[-1]) if amh is None
                else doc.get(parent, path[-1], heads=amh))
         return None if got is None else self._render_value(doc, got, amh)
@@ -469,6 +574,36 @@ class Document:
 
     def automerge_heads(self) -> list[bytes]:
         return am.heads(self._ensure())
+
+    # --- status and history -----------------------------------------------------------------
+    def status(self) -> DocumentStatus:
+        """Counts and quarantined changes (materialises the document)."""
+        self._ensure()
+        return DocumentStatus(len(self.tree), tuple(self.quarantined.values()),
+                              tuple(self.flagged()))
+
+    def flagged(self) -> list[Flagged]:
+        """Changes whose author was removed at or after the ACL head they name, replay order
+        (asks the ACL now: a change is flagged as soon as the removal is known here)."""
+        gate = self.tree.gate
+        out = []
+        for ch in self.tree.replay_order():
+            gone = gate.removed_after(ch.author, ch.acl_head)
+            if gone is not None:
+                out.append(Flagged(ch.id, ch.author, gone))
+        return out
+
+    def history(self) -> list[HistoryEntry]:
+        """Every tree change in replay order with what became of its content (``doc
+        history``; materialises the document so quarantine decisions are known)."""
+        self._ensure()
+        out = []
+        for ch in self.tree.replay_order():
+            q = self.quarantined.get(ch.id)
+            out.append(HistoryEntry(ch.id, ch.author, ch.timestamp, ch.prev_ids, ch.snapshot,
+                                    None if q is None else q.reason,
+                                    self.tree.gate.removed_after(ch.author, ch.acl_head)))
+        return out
 
 
 class AsyncFlusher:

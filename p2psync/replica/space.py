@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from p2psync.codec import content_id
 from p2psync.crypto.keys import SigningKey
@@ -23,16 +23,19 @@ from p2psync.errors import (
     DecodeError,
     InvalidChange,
     ObjectDeleted,
+    RemovedAuthor,
     ReplicaError,
     StoreError,
     UnknownSpaceType,
     WrongTree,
 )
-from p2psync.replica.acl import Acl
+from p2psync.replica.acl import REMOVAL_POLICIES, Acl, RemovalPolicy
 from p2psync.replica.acl_records import DeleteObjects, DeleteSpace, Role, decode_record
 from p2psync.replica.change import parse_change
 from p2psync.replica.doctype import doctype_for
 from p2psync.replica.document import DEFAULT_WINDOW, Document
+from p2psync.replica.change import Change, parse_change
+from p2psync.replica.document import DEFAULT_WINDOW, Document, encode_payload
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult, ObjectTree
@@ -50,6 +53,8 @@ class AclAddResult:
     added: list[bytes]  #: record ids admitted (including ones released from waiting)
     waiting: list[bytes]  #: records whose parents are still missing
     rejected: list[tuple[bytes, str]]  #: (record id or b"", reason)
+    #: merges by departed members, not admitted (``Acl.add`` status "ignored")
+    ignored: list[bytes] = field(default_factory=list)
 
 
 class Space:
@@ -61,9 +66,12 @@ class Space:
     def __init__(
         self, header: SpaceHeader, acl: Acl, store: ReplicaStore, me: SigningKey, device: bytes,
         *, window: float = DEFAULT_WINDOW,
+        self, header: SpaceHeader, acl: Acl, store: Store, me: SigningKey, device: bytes,
+        *, window: float = DEFAULT_WINDOW, removal_policy: RemovalPolicy = "flag",
     ) -> None:
         self.header = header
         self.acl = acl
+        self.set_removal_policy(removal_policy)
         self.store = store
         self.me = me
         self.device = device
@@ -83,6 +91,24 @@ class Space:
     def id(self) -> str:
         return self.header.space_id
 
+    def set_removal_policy(self, policy: str) -> None:
+        """What this device does with changes whose author was removed at or after the ACL
+        head they name (docs/acl.md): "flag" (default) stores and shows them, flagged in
+        history and status; "strict" refuses them once the removal is known here. A
+        per-device setting for this space (the agent keeps it in its config)."""
+        if policy not in REMOVAL_POLICIES:
+            raise ValueError(f"removal policy must be one of {', '.join(REMOVAL_POLICIES)}")
+        self.acl.removal_policy = "strict" if policy == "strict" else "flag"
+
+    @property
+    def removal_policy(self) -> RemovalPolicy:
+        return self.acl.removal_policy
+
+    def removed_after(self, change: Change) -> bytes | None:
+        """The removal that flags this change (issue 20.5), or None: for change events,
+        ``doc history``, ``status`` and the API."""
+        return self.acl.removed_after(change.author, change.acl_head)
+
     @classmethod
     def create(cls, store: ReplicaStore, me: SigningKey, device: bytes, *,
                space_type: str = "default", window: float = DEFAULT_WINDOW) -> Space:
@@ -97,6 +123,8 @@ class Space:
     @classmethod
     def open(cls, store: ReplicaStore, me: SigningKey, device: bytes, space_id: str, *,
              window: float = DEFAULT_WINDOW) -> Space:
+    def open(cls, store: Store, me: SigningKey, device: bytes, space_id: str, *,
+             window: float = DEFAULT_WINDOW, removal_policy: RemovalPolicy = "flag") -> Space:
         """Load a stored space (header re-verified, ACL replayed from its records)."""
         raw = store.get_space(space_id)
         if raw is None:
@@ -104,18 +132,18 @@ class Space:
         header = SpaceHeader.verify(raw, space_id)
         raws = [r for _, r in store.list_acl_records(space_id)]
         acl = Acl.from_records(space_id, raws, me=me, owner=header.owner)
-        return cls(header, acl, store, me, device, window=window)
+        return cls(header, acl, store, me, device, window=window, removal_policy=removal_policy)
 
     @classmethod
     def adopt(cls, store: ReplicaStore, me: SigningKey, device: bytes, space_id: str,
               header_raw: bytes, acl_raws: Sequence[bytes], *,
-              window: float = DEFAULT_WINDOW) -> Space:
+              window: float = DEFAULT_WINDOW, removal_policy: RemovalPolicy = "flag") -> Space:
         """Take in a space received from a peer (bootstrap): verify header and ACL, store."""
         header = SpaceHeader.verify(header_raw, space_id)
         acl = Acl.from_records(space_id, acl_raws, me=me, owner=header.owner)
         store.add_acl_records(space_id, _id_raws(acl))
         store.put_space(space_id, header.raw)
-        return cls(header, acl, store, me, device, window=window)
+        return cls(header, acl, store, me, device, window=window, removal_policy=removal_policy)
 
     # --- ACL ---------------------------------------------------------------------------------
     def role(self, account: bytes | None = None) -> Role | None:
@@ -135,6 +163,7 @@ class Space:
         added: list[bytes] = []
         waiting: list[bytes] = []
         rejected: list[tuple[bytes, str]] = []
+        ignored: list[bytes] = []
         for raw in raws:
             try:
                 res = self.acl.add(raw)
@@ -145,13 +174,19 @@ class Space:
                 added.append(res.id)
             elif res.status == "waiting":
                 waiting.append(res.id)
+            elif res.status == "ignored":
+                ignored.append(res.id)
             added.extend(res.released)
             rejected.extend((rid, why) for rid, why in res.rejected)
         if added:
             self._persist_acl(added)
-        return AclAddResult(added, [w for w in waiting if w not in set(added)], rejected)
+        return AclAddResult(added, [w for w in waiting if w not in set(added)], rejected,
+                            ignored)
 
     def _persist_acl(self, ids: list[bytes]) -> None:
+        ids = [*self.acl.take_promoted(), *ids]
+        if not ids:
+            return
         self.store.add_acl_records(self.id, [(i, self.acl.record(i).raw) for i in ids])
         if any(isinstance(self.acl.record(i).payload, (DeleteObjects, DeleteSpace))
                for i in ids):
@@ -166,9 +201,14 @@ class Space:
 
     def commit_acl(self, raw: bytes) -> bytes:
         """Store a record a local ACL action just made (``space.acl.invite(...)`` etc.), so it
-        survives restarts and reaches peers; returns its id."""
+        survives restarts and reaches peers; returns its id. Records the action built before
+        it (automatic merges when there were more heads than one record may name) are stored
+        with it, parents first."""
         rid = content_id(raw)
-        self._persist_acl([rid])
+        ids = [content_id(r) for r in self.acl.take_built()]
+        if rid not in ids:
+            ids.append(rid)
+        self._persist_acl([i for i in ids if i in self.acl])
         return rid
 
     def emit_acl(self, make: Callable[[Acl], bytes]) -> bytes:
@@ -273,12 +313,41 @@ class Space:
         else:
             created = False
         tree = self.tree(tree_id)
+        refused: list[tuple[bytes, ReplicaError]] = []
+        if self.acl.removal_policy == "strict":
+            raws, refused = self._strict_split(raws)
         res = tree.add(raws, persist=self.store.persister())
+        res.rejected.extend(refused)
+        self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any
         if created:  # a new tree: listeners (push, counting) see its root with the rest
             res.attached.insert(0, tree.root)
         if res.attached:
             self._notify(tree_id, res)
         return res
+
+    def _strict_split(self, raws: Sequence[bytes],
+                      ) -> tuple[list[bytes], list[tuple[bytes, ReplicaError]]]:
+        """Strict removal: take out changes by authors removed at or after their ACL head (and
+        changes of the batch built on them) so the rest of the batch still attaches."""
+        keep: list[bytes] = []
+        refused: list[tuple[bytes, ReplicaError]] = []
+        dropped: set[bytes] = set()
+        for raw in raws:
+            try:
+                ch = parse_change(raw)
+            except (DecodeError, ReplicaError):
+                keep.append(raw)  # the tree refuses it with the right error
+                continue
+            gone = (self.acl.removed_after(ch.author, ch.acl_head)
+                    if ch.acl_head in self.acl else None)
+            if gone is not None or dropped.intersection(ch.prev_ids):
+                dropped.add(ch.id)
+                refused.append((ch.id, RemovedAuthor(
+                    "author removed at or after the change's ACL head (strict removal policy)"
+                    if gone is not None else "built on a change refused by strict removal")))
+            else:
+                keep.append(raw)
+        return keep, refused
 
     def _notify(self, tree_id: bytes, res: AddResult) -> None:
         for listener in self.tree_listeners:
@@ -311,6 +380,7 @@ class Space:
         return doc
 
     def _doc_persist(self, tree: ObjectTree, res: AddResult) -> None:
+        self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any
         self.store.persister()(tree, res)
         self._notify(tree.id, res)
 
