@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -649,7 +651,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Out(args.json)
     try:
         args.fn(args, out)
-    except (P2PSyncError, NotFound, ApiError) as exc:
+    except ApiError as exc:
+        if exc.kind == "InternalError":
+            print(f"p2psync: error: the agent hit a bug: {exc}\np2psync: it kept running; "
+                  "its log has the traceback (report it with the command you ran)",
+                  file=sys.stderr)
+        else:
+            print(f"p2psync: error: {exc}", file=sys.stderr)
+        return 1
+    except (P2PSyncError, NotFound) as exc:
         print(f"p2psync: error: {exc}", file=sys.stderr)
         return 1
     except TimeoutError:
@@ -661,5 +671,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("p2psync: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: say so plainly and what to do, never a bare traceback
+        print(f"p2psync: internal error: {type(exc).__name__}: {exc}\n"
+              "p2psync: this is a bug in p2psync, not in what you typed; your data is safe. "
+              "Rerun with P2PSYNC_DEBUG=1 to see the traceback and report it with the command.",
+              file=sys.stderr)
+        if os.environ.get("P2PSYNC_DEBUG"):
+            traceback.print_exc()
+        return 1
     return 0
 
