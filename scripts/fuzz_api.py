@@ -232,8 +232,8 @@ class Target:
         stats.slowest = max(stats.slowest, time.perf_counter() - t0)
         assert "ok" in msg and "id" in msg, msg
         stats.answered += 1
-        try:
-            op = str(json.loads(line).get("op"))
+        try:  # the unexpanded line: deep nesting is still a placeholder there
+            op = str(json.loads(raw).get("op"))
         except (ValueError, AttributeError):
             op = "-"
         if msg["ok"]:
