@@ -278,6 +278,12 @@ class ApiServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        # The agent has opened its store by now (its -wal/-shm exist): make sure nothing in the
+        # home is readable by others, whatever umask the process started with, and that what it
+        # writes from now on (names, config, backups of the store) is private too. The umask is
+        # only tightened (`p2psync run` already set 0077).
+        os.umask(os.umask(0o077) | 0o077)
+        self.agent.home.secure()
         return self
 
     async def close(self) -> None:

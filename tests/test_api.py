@@ -146,7 +146,7 @@ async def test_values_that_cannot_be_stored_are_refused(conn: Conn) -> None:
     for _ in range(ops.MAX_VALUE_DEPTH + 1):
         deep = [deep]
     for value, words in [(deep, "nested deeper"), (1 << 64, "64 bits"),
-                         ({"a": [-(1 << 63) - 1]}, "64 bits")]:
+                         ({"a": [-(1 << 63) - 1]}, "64 bits"), ({"a": {"": 1}}, "empty key")]:
         kind, message = error(await conn.ask("doc.set", {"space": space, "doc": doc,
                                                          "path": "v", "value": value}))
         assert kind == "InvalidParams" and words in message

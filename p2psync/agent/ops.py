@@ -133,7 +133,8 @@ def parse_params(op: str, schema: type[P], params: Any) -> P:
 
 
 def check_value(value: Any) -> None:
-    """A JSON value fit for a document: nesting ≤ MAX_VALUE_DEPTH, integers in int64.
+    """A JSON value fit for a document: nesting ≤ MAX_VALUE_DEPTH, integers in int64, no
+    empty object keys (Automerge refuses them).
 
     Iterative (no recursion on hostile nesting); raises :class:`InvalidParams`."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -142,6 +143,9 @@ def check_value(value: Any) -> None:
         if isinstance(v, dict | list):
             if depth > MAX_VALUE_DEPTH:
                 raise InvalidParams(f"value is nested deeper than {MAX_VALUE_DEPTH} levels")
+            if isinstance(v, dict) and "" in v:
+                raise InvalidParams("an object in the value has an empty key (\"\"): "
+                                    "documents need non-empty keys")
             items = v.values() if isinstance(v, dict) else v
             stack.extend((x, depth + 1) for x in items)
         elif isinstance(v, int) and not isinstance(v, bool) and not _I64[0] <= v <= _I64[1]:
