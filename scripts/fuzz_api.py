@@ -47,9 +47,9 @@ CONFIG = 'listen = "127.0.0.1"\nport = 0\nmdns = false\nlog_level = "warning"\n'
 scalars = (st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 63) - 1)
            | st.integers(-(1 << 63), (1 << 63) - 1) | st.integers(-(1 << 70), 1 << 70)
            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=16))
+keys = st.text(min_size=1, max_size=6)  # an empty key is refused (tests/test_api.py)
 json_values = st.recursive(
-    scalars, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=6), ch,
-                                                                   max_size=4),
+    scalars, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(keys, ch, max_size=4),
     max_leaves=10)
 #: deep nesting is sent as text (building it as Python objects would overflow our own stack)
 deep = st.integers(60, 3000).map(lambda n: f"$DEEP{n}")
@@ -104,7 +104,8 @@ def field_value(name: str) -> st.SearchStrategy[Any]:
     return st.integers(0, 11).flatmap(lambda k: non_strings if k == 11 else good)
 
 
-OP_NAMES = sorted(OPS)
+#: every op, with the document edits (the deepest code paths) drawn more often
+OP_NAMES = sorted(OPS) + ["doc.set"] * 5 + ["doc.get"] * 2
 junk_ops = st.sampled_from(["", "nope", "doc", "doc.set ", "DOC.SET", "__init__", "x" * 100]) \
     | st.text(max_size=10)
 
