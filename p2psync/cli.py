@@ -683,27 +683,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _warnings_to_stderr() -> None:
-    """Home warnings (a folder or file others could read) as ``p2psync: warning: …`` lines."""
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Home warnings (a folder or file others could read) as ``p2psync: warning: …`` lines
+    while a command runs (not also through the agent's log handler)."""
     logger = logging.getLogger("p2psync.home")
-    if not any(getattr(h, "_p2psync_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("p2psync: warning: %(message)s"))
-        handler._p2psync_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("p2psync: warning: %(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Out(args.json)
-    _warnings_to_stderr()
     # Everything this process creates in a home (store, -wal/-shm, config, names) is private,
     # whatever the shell's umask; restored on return for callers that run main() in-process.
     old_umask = os.umask(0o077)
     try:
-        return _main(args, out)
+        with _warnings_to_stderr():
+            return _main(args, out)
     finally:
         os.umask(old_umask)
 
