@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -211,11 +212,7 @@ class Target:
 
     def line(self, raw: bytes) -> bytes:
         text = raw.decode("utf-8", "surrogateescape")
-        while '"$DEEP' in text:
-            at = text.index('"$DEEP')
-            end = text.index('"', at + 1)
-            n = int(text[at + 6:end])
-            text = text[:at] + "[" * n + "]" * n + text[end + 1:]
+        text = re.sub(r'"\$DEEP(\d+)"', lambda m: "[" * int(m[1]) + "]" * int(m[1]), text)
         for k in sorted(self.subst, key=len, reverse=True):
             text = text.replace(k, self.subst[k])
         return text.encode("utf-8", "surrogateescape")
