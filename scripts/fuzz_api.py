@@ -99,10 +99,18 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+#: wrong-typed values where ``non_strings`` could be right (a number is a valid timeout: a big
+#: one would make the agent wait that long, legitimately)
+BAD: dict[str, st.SearchStrategy[Any]] = {
+    "timeout": st.none() | st.booleans() | st.text(max_size=4) | st.lists(scalars, max_size=2),
+}
+
+
 def field_value(name: str) -> st.SearchStrategy[Any]:
     good = GOOD.get(name, json_values)
+    bad = BAD.get(name, non_strings)
     # hypothesis favours small draws: the wrong type is the largest one
-    return st.integers(0, 11).flatmap(lambda k: non_strings if k == 11 else good)
+    return st.integers(0, 11).flatmap(lambda k: bad if k == 11 else good)
 
 
 #: every op, with the document edits (the deepest code paths) drawn more often
