@@ -6,8 +6,11 @@ line, ``{"id": 1, "op": "doc.get", "params": {...}}``; one response per request,
 "message": ...}}``. ``subscribe`` starts a stream of ``{"event": "change", "subscription": N,
 ...}`` lines on the same connection. See docs/local-api.md.
 
-The protocol logic (:func:`handle_request`) is a plain function from a request to a response;
-:class:`ApiServer` is the asyncio shell and :class:`ApiClient` a small blocking client.
+The protocol logic (:func:`handle_request`) is a plain function from a request to a response:
+the envelope and each op's parameters are checked against declared msgspec schemas, the op is
+found in the dispatch table :data:`OPS` (like the CLI's sub-commands), and anything a client
+sends is answered with a typed error, never a closed connection. :class:`ApiServer` is the
+asyncio shell and :class:`ApiClient` a small blocking client.
 """
 
 from __future__ import annotations
