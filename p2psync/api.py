@@ -6,29 +6,38 @@ line, ``{"id": 1, "op": "doc.get", "params": {...}}``; one response per request,
 "message": ...}}``. ``subscribe`` starts a stream of ``{"event": "change", "subscription": N,
 ...}`` lines on the same connection. See docs/local-api.md.
 
-The protocol logic (:func:`handle_request`) is a plain function from a request to a response;
-:class:`ApiServer` is the asyncio shell and :class:`ApiClient` a small blocking client.
+The protocol logic (:func:`handle_request`) is a plain function from a request to a response:
+the envelope and each op's parameters are checked against declared msgspec schemas, the op is
+found in the dispatch table :data:`OPS` (like the CLI's sub-commands), and anything a client
+sends is answered with a typed error, never a closed connection. :class:`ApiServer` is the
+asyncio shell and :class:`ApiClient` a small blocking client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
+import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from p2psync.agent import ops
 from p2psync.agent.core import Agent, Subscription
-from p2psync.errors import P2PSyncError
+from p2psync.device import LocalDevice
+from p2psync.errors import InvalidRequest, P2PSyncError, UnknownOperation
 
 SOCKET = "agent.sock"
 MAX_LINE = 1 << 20  #: bytes per request line
 API_VERSION = 1
 _UNIX_PATH_MAX = 107
+log = logging.getLogger(__name__)
 
 
 class ApiError(P2PSyncError):
@@ -43,92 +52,210 @@ def socket_path(home: Path) -> Path:
     return home / SOCKET
 
 
-def _error(rid: Any, exc: BaseException) -> dict[str, Any]:
-    return {"id": rid, "ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+def _error(rid: Any, kind: str, message: str) -> dict[str, Any]:
+    return {"id": rid, "ok": False, "error": {"type": kind, "message": message}}
 
 
-def _check_params(fn: Any, params: dict[str, Any], skip: int) -> None:
-    """Raise OpError when ``params`` do not fit ``fn``'s keyword parameters."""
-    sig = inspect.signature(fn)
-    names = list(sig.parameters)[skip:]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise ops.OpError(f"unknown parameter(s): {', '.join(unknown)}")
-    missing = [n for n in names if sig.parameters[n].default is inspect.Parameter.empty
-               and n not in params]
-    if missing:
-        raise ops.OpError(f"missing parameter(s): {', '.join(missing)}")
+# --- the request envelope and the agent's own operations --------------------------------------
+RequestId = int | Annotated[str, msgspec.Meta(max_length=256)] | None
+
+
+class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``{"id": ..., "op": "...", "params": {...}}``; ``params`` is checked per op."""
+
+    op: Annotated[str, msgspec.Meta(max_length=64)]
+    id: RequestId = None
+    params: dict[str, Any] | None = None
+
+
+class JoinParams(ops.Params, frozen=True):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+    peers: Annotated[list[ops.Address], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list)
+    name: ops.Name | None = None
+    timeout: ops.Timeout = 30.0
+
+
+class ReplicateParams(ops.Params, frozen=True):
+    space_id: ops.Ref
+    timeout: ops.Timeout = 30.0
+
+
+class AddBackupParams(ops.Params, frozen=True):
+    space: ops.Ref
+    address: ops.Address
+
+
+class TimedSpaceParams(ops.Params, frozen=True):
+    space: ops.Ref
+    timeout: ops.Timeout = 30.0
+
+
+class SubscribeParams(ops.Params, frozen=True):
+    space: ops.Ref | None = None
+    doc: ops.Ref | None = None
+
+
+class UnsubscribeParams(ops.Params, frozen=True):
+    subscription: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an operation may use: the agent and, on a streaming connection, a way to attach a
+    subscription to it."""
+
+    agent: Agent
+    subscribe: Callable[[Subscription], None] | None
+
+
+@dataclass(frozen=True)
+class Op:
+    """One entry of the dispatch table: declared parameters and an async runner."""
+
+    params: type[ops.Params]
+    run: Callable[[Context, Any], Awaitable[Any]]
+
+
+def _device(ctx: Context) -> LocalDevice:
+    assert ctx.agent.device is not None
+    return ctx.agent.device
+
+
+def _local(name: str, spec: ops.LocalOp) -> Op:
+    async def run(ctx: Context, p: ops.Params) -> Any:
+        if name == "space.invite" and isinstance(p, ops.SpaceInviteParams) and not p.addresses:
+            p = msgspec.structs.replace(p, addresses=ctx.agent.reachable_addresses())
+        return spec.run(_device(ctx), p)
+    return Op(spec.params, run)
+
+
+async def _ping(ctx: Context, p: ops.NoParams) -> Any:
+    return {"api": API_VERSION, "peer_id": ctx.agent.keys.device.id}
+
+
+async def _status(ctx: Context, p: ops.NoParams) -> Any:
+    return ctx.agent.status()
+
+
+async def _peers(ctx: Context, p: ops.NoParams) -> Any:
+    return ctx.agent.peers()
+
+
+async def _join(ctx: Context, p: JoinParams) -> Any:
+    space = await ctx.agent.join(p.code, list(p.peers), p.name, timeout=p.timeout)
+    return {"space_id": space.id, "role": ops.role_name(space.role()),
+            "documents": len(space.tree_ids())}
+
+
+async def _replicate(ctx: Context, p: ReplicateParams) -> Any:
+    space = await ctx.agent.replicate(p.space_id, timeout=p.timeout)
+    return {"space_id": space.id, "documents": len(space.tree_ids())}
+
+
+async def _add_backup(ctx: Context, p: AddBackupParams) -> Any:
+    from p2psync.backup.client import add_backup_agent
+
+    return await add_backup_agent(ctx.agent, p.space, p.address)
+
+
+async def _backup_status(ctx: Context, p: TimedSpaceParams) -> Any:
+    from p2psync.backup.client import backup_status
+
+    return await backup_status(ctx.agent, p.space, p.timeout)
+
+
+async def _sync_state(ctx: Context, p: ops.SpaceParams) -> Any:
+    sid = _device(ctx).resolve_space(p.space).id
+    return ctx.agent.sync_state(sid)
+
+
+async def _wait_synced(ctx: Context, p: TimedSpaceParams) -> Any:
+    sid = _device(ctx).resolve_space(p.space).id
+    await ctx.agent.wait_synced(sid, p.timeout)
+    return ctx.agent.sync_state(sid)
+
+
+async def _subscribe(ctx: Context, p: SubscribeParams) -> Any:
+    if ctx.subscribe is None:
+        raise ops.OpError("subscribe needs a streaming connection")
+    sub = ctx.agent.subscribe(p.space, p.doc)
+    ctx.subscribe(sub)
+    return {"subscription": sub.sub_id, "space_id": sub.space_id}
+
+
+async def _unsubscribe(ctx: Context, p: UnsubscribeParams) -> Any:
+    return {"removed": ctx.agent.unsubscribe(p.subscription)}
+
+
+#: The dispatch table: every operation of the local API, its schema and its runner.
+OPS: dict[str, Op] = {
+    **{name: _local(name, spec) for name, spec in ops.LOCAL_OPS.items()},
+    "ping": Op(ops.NoParams, _ping),
+    "status": Op(ops.NoParams, _status),
+    "peers": Op(ops.NoParams, _peers),
+    "space.join": Op(JoinParams, _join),
+    "space.replicate": Op(ReplicateParams, _replicate),
+    "space.add_backup": Op(AddBackupParams, _add_backup),
+    "space.backup_status": Op(TimedSpaceParams, _backup_status),
+    "space.sync_state": Op(ops.SpaceParams, _sync_state),
+    "space.wait_synced": Op(TimedSpaceParams, _wait_synced),
+    "subscribe": Op(SubscribeParams, _subscribe),
+    "unsubscribe": Op(UnsubscribeParams, _unsubscribe),
+}
+
+
+def parse_request(req: Any) -> tuple[Request, Op, ops.Params]:
+    """A decoded request line checked against the envelope and its op's schema."""
+    try:
+        env = msgspec.convert(req, Request)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f'a request is {{"id": ..., "op": "...", "params": {{...}}}}: '
+                             f"{str(exc).replace('`$.', '`')}") from None
+    op = OPS.get(env.op)
+    if op is None:
+        raise UnknownOperation(f"unknown operation {env.op!r} (see docs/local-api.md)")
+    return env, op, ops.parse_params(env.op, op.params, env.params)
+
+
+def request_id(req: Any) -> Any:
+    """The id to answer with: the request's, when it is a valid id, else null."""
+    rid = req.get("id") if isinstance(req, dict) else None
+    try:
+        return msgspec.convert(rid, RequestId)
+    except msgspec.ValidationError:
+        return None
 
 
 async def handle_request(agent: Agent, req: Any,
-                         subscribe: Any = None) -> dict[str, Any]:
-    """Answer one decoded request (never raises for a bad request: answers an error)."""
-    rid = req.get("id") if isinstance(req, dict) else None
+                         subscribe: Callable[[Subscription], None] | None = None,
+                         ) -> dict[str, Any]:
+    """Answer one decoded request. Never raises for anything a client sends: a bad request is a
+    typed error answer (InvalidRequest, UnknownOperation, InvalidParams, InvalidPath, NotFound,
+    …), and a bug is an ``InternalError`` answer (logged with its traceback)."""
+    rid = request_id(req)
     try:
-        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-            raise ops.OpError('a request is {"id": ..., "op": "...", "params": {...}}')
-        op: str = req["op"]
-        params = req.get("params") or {}
-        if not isinstance(params, dict):
-            raise ops.OpError("params must be an object")
-        result = await _run(agent, op, params, subscribe)
+        _env, op, params = parse_request(req)
+        result = await op.run(Context(agent, subscribe), params)
         return {"id": rid, "ok": True, "result": result}
-    except (P2PSyncError, TimeoutError, KeyError, ValueError) as exc:
-        if isinstance(exc, TimeoutError):
-            exc = ops.OpError("timed out")
-        return _error(rid, exc)
+    except P2PSyncError as exc:
+        return _error(rid, type(exc).__name__, str(exc))
+    except TimeoutError:
+        return _error(rid, "Timeout", "timed out")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug: answer it and keep the connection and the agent up
+        log.exception("event=api_internal_error op=%s", req.get("op") if isinstance(
+            req, dict) else None)
+        return _error(rid, "InternalError", f"{type(exc).__name__}: {exc}")
 
 
-async def _run(agent: Agent, op: str, params: dict[str, Any], subscribe: Any) -> Any:
-    assert agent.device is not None
-    if op in ops.LOCAL_OPS:
-        fn = ops.LOCAL_OPS[op]
-        _check_params(fn, params, 1)
-        if op == "space.invite" and not params.get("addresses"):
-            params = dict(params, addresses=agent.reachable_addresses())
-        return fn(agent.device, **params)
-    if op == "ping":
-        return {"api": API_VERSION, "peer_id": agent.keys.device.id}
-    if op == "status":
-        return agent.status()
-    if op == "peers":
-        return agent.peers()
-    if op == "space.join":
-        _check_params(agent.join, params, 0)
-        space = await agent.join(**params)
-        return {"space_id": space.id, "role": ops.role_name(space.role()),
-                "documents": len(space.tree_ids())}
-    if op == "space.replicate":
-        _check_params(agent.replicate, params, 0)
-        space = await agent.replicate(**params)
-        return {"space_id": space.id, "documents": len(space.tree_ids())}
-    if op == "space.add_backup":
-        from p2psync.backup.client import add_backup_agent
-
-        return await add_backup_agent(agent, str(params.get("space", "")),
-                                      str(params.get("address", "")))
-    if op == "space.backup_status":
-        from p2psync.backup.client import backup_status
-
-        return await backup_status(agent, str(params.get("space", "")),
-                                   float(params.get("timeout", 10.0)))
-    if op == "space.sync_state":
-        sid = agent.device.resolve_space(str(params.get("space", ""))).id
-        return agent.sync_state(sid)
-    if op == "space.wait_synced":
-        sid = agent.device.resolve_space(str(params.get("space", ""))).id
-        await agent.wait_synced(sid, float(params.get("timeout", 30.0)))
-        return agent.sync_state(sid)
-    if op == "subscribe":
-        if subscribe is None:
-            raise ops.OpError("subscribe needs a streaming connection")
-        _check_params(agent.subscribe, params, 0)
-        sub = agent.subscribe(**params)
-        subscribe(sub)
-        return {"subscription": sub.sub_id, "space_id": sub.space_id}
-    if op == "unsubscribe":
-        return {"removed": agent.unsubscribe(int(params.get("subscription", -1)))}
-    raise ops.OpError(f"unknown operation {op!r}")
+def decode_line(line: bytes) -> Any:
+    """One request line as JSON (msgspec: strict UTF-8, no NaN, bounded nesting)."""
+    try:
+        return msgspec.json.decode(line)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"not JSON: {exc}") from None
 
 
 class ApiServer:
@@ -154,6 +281,12 @@ class ApiServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        # The agent has opened its store by now (its -wal/-shm exist): make sure nothing in the
+        # home is readable by others, whatever umask the process started with, and that what it
+        # writes from now on (names, config, backups of the store) is private too. The umask is
+        # only tightened (`p2psync run` already set 0077).
+        os.umask(os.umask(0o077) | 0o077)
+        self.agent.home.secure()
         return self
 
     async def close(self) -> None:
@@ -193,15 +326,16 @@ class ApiServer:
             while True:
                 try:
                     line = await reader.readline()
-                except ValueError:  # over MAX_LINE
-                    await write(_error(None, ops.OpError("request line too long")))
+                except ValueError:  # over MAX_LINE: the rest of the line cannot be skipped
+                    await write(_error(None, "InvalidRequest",
+                                       f"request line longer than {MAX_LINE} bytes"))
                     break
                 if not line:
                     break
                 try:
-                    req = json.loads(line)
-                except ValueError as exc:
-                    await write(_error(None, ops.OpError(f"not JSON: {exc}")))
+                    req = decode_line(line)
+                except InvalidRequest as exc:
+                    await write(_error(None, "InvalidRequest", str(exc)))
                     continue
                 await write(await handle_request(self.agent, req, on_subscribe))
         except (ConnectionError, asyncio.CancelledError):

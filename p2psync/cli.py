@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
+import logging
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +29,7 @@ from p2psync.config import AgentConfig, load_config
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.device import LocalDevice, NotFound
 from p2psync.errors import P2PSyncError
-from p2psync.home import Home, default_home, passphrase
+from p2psync.home import Home, default_home, interactive, passphrase
 from p2psync.replica.acl import InviteCode
 
 ROLES = ops.ROLES
@@ -68,15 +72,42 @@ def _ts(ms: int) -> str:
 
 
 # --- identity ---------------------------------------------------------------------------------
+def _recovery_phrase(args: argparse.Namespace) -> str | None:
+    """The phrase to recover from (``--recover`` prompt or ``--phrase-stdin``), or None for a
+    new account. Never from argv: it would sit in shell history and in ``ps`` for every user."""
+    if args.phrase is not None:
+        raise CliError("--phrase would put the recovery phrase in your shell history and in "
+                       "`ps` for every user of this machine: use `p2psync init --recover` (asks "
+                       "for it) or `p2psync init --phrase-stdin < file`")
+    if args.phrase_stdin:
+        words = " ".join(sys.stdin.readline().split())
+        if not words:
+            raise CliError("--phrase-stdin: no recovery phrase on stdin (one line of words)")
+        return words
+    if args.recover:
+        if not interactive():
+            raise CliError("--recover asks for the phrase on a terminal and there is none: "
+                           "use --phrase-stdin")
+        words = " ".join(getpass.getpass("Recovery phrase (hidden): ").split())
+        if not words:
+            raise CliError("no recovery phrase given")
+        return words
+    return None
+
+
 def cmd_init(args: argparse.Namespace, out: Out) -> None:
     home = _home(args)
+    if home.exists():  # before asking for anything
+        raise CliError(f"{home.path} already holds an identity; use another --home")
+    recovered = _recovery_phrase(args)
     shown_phrase = None
-    if args.phrase:
-        account = account_from_phrase(args.phrase)
+    if recovered is not None:
+        account = account_from_phrase(recovered)
     else:
         shown_phrase = new_recovery_phrase()
         account = account_from_phrase(shown_phrase)
-    secret = passphrase("New keystore passphrase (empty: none): ", confirm=True)
+    secret = "" if args.no_passphrase else passphrase(
+        "New keystore passphrase (empty: none): ", confirm=True, require=True)
     keys = home.create(account, secret)
     data = {"account_id": keys.account.id, "peer_id": keys.device.id, "home": str(home.path),
             "phrase": shown_phrase, "passphrase_protected": keys.protected}
@@ -546,8 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    init = cmd(sub, "init", cmd_init, "create (or recover with --phrase) this device's identity")
-    init.add_argument("--phrase", help="recover from this BIP39 recovery phrase")
+    init = cmd(sub, "init", cmd_init,
+               "create this device's identity (or recover one: --recover / --phrase-stdin)")
+    how = init.add_mutually_exclusive_group()
+    how.add_argument("--recover", action="store_true",
+                     help="recover an account: asks for its recovery phrase (hidden)")
+    how.add_argument("--phrase-stdin", action="store_true",
+                     help="recover an account from the recovery phrase on stdin (one line)")
+    how.add_argument("--phrase", help=argparse.SUPPRESS)  # refused: argv is visible in `ps`
+    init.add_argument("--no-passphrase", action="store_true",
+                      help="no keystore passphrase (keys protected by file permissions only); "
+                      "needed when there is no terminal and P2PSYNC_PASSPHRASE is unset")
     cmd(sub, "whoami", cmd_whoami, "print this device's account and peer id")
 
     space = sub.add_parser("space", help="spaces and their members").add_subparsers(
@@ -643,13 +683,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Home warnings (a folder or file others could read) as ``p2psync: warning: …`` lines
+    while a command runs (not also through the agent's log handler)."""
+    logger = logging.getLogger("p2psync.home")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("p2psync: warning: %(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Out(args.json)
+    # Everything this process creates in a home (store, -wal/-shm, config, names) is private,
+    # whatever the shell's umask; restored on return for callers that run main() in-process.
+    old_umask = os.umask(0o077)
+    try:
+        with _warnings_to_stderr():
+            return _main(args, out)
+    finally:
+        os.umask(old_umask)
+
+
+def _main(args: argparse.Namespace, out: Out) -> int:
     try:
         args.fn(args, out)
-    except (P2PSyncError, NotFound, ApiError) as exc:
+    except ApiError as exc:
+        if exc.kind == "InternalError":
+            print(f"p2psync: error: the agent hit a bug: {exc}\np2psync: it kept running; "
+                  "its log has the traceback (report it with the command you ran)",
+                  file=sys.stderr)
+        else:
+            print(f"p2psync: error: {exc}", file=sys.stderr)
+        return 1
+    except (P2PSyncError, NotFound) as exc:
         print(f"p2psync: error: {exc}", file=sys.stderr)
         return 1
     except TimeoutError:
@@ -661,5 +736,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("p2psync: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: say so plainly and what to do, never a bare traceback
+        print(f"p2psync: internal error: {type(exc).__name__}: {exc}\n"
+              "p2psync: this is a bug in p2psync, not in what you typed; your data is safe. "
+              "Rerun with P2PSYNC_DEBUG=1 to see the traceback and report it with the command.",
+              file=sys.stderr)
+        if os.environ.get("P2PSYNC_DEBUG"):
+            traceback.print_exc()
+        return 1
     return 0
 

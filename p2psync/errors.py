@@ -251,3 +251,25 @@ class RemovedAuthor(AccessDenied):
     """A tree change by an author who was removed (or left) at or after the ACL head it names,
     refused because the space's removal policy is "strict" (docs/acl.md). Not a protocol
     violation by the peer that relayed it: do not strike."""
+# --- local API and CLI input (appended by the API) ------------------------------------------------
+class ApiRequestError(P2PSyncError):
+    """A local API request (or the CLI command behind it) does not fit its declared schema; it is
+    answered with the subclass's name as the error type and the connection stays open."""
+
+
+class InvalidRequest(ApiRequestError):
+    """The request line is not JSON, too long, or not ``{"id": ..., "op": "...", "params": {}}``."""
+
+
+class UnknownOperation(ApiRequestError):
+    """The request names an operation the agent does not have."""
+
+
+class InvalidParams(ApiRequestError):
+    """The parameters do not fit the operation's schema: missing, unknown, wrong type, out of
+    range; the message names the field."""
+
+
+class InvalidPath(DocumentError):
+    """A document path does not fit the document: a list index past the end or not a number,
+    a key into a scalar, an empty path where one is needed."""

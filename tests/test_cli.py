@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -69,13 +70,14 @@ def test_same_phrase_on_second_home_same_account(tmp_path: Path,
     monkeypatch.setenv("P2PSYNC_PASSPHRASE", "")
     assert main(["--json", "init", "--home", str(tmp_path / "one")]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert main(["--json", "init", "--home", str(tmp_path / "two"), "--phrase",
-                 first["phrase"]]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(first["phrase"] + "\n"))
+    assert main(["--json", "init", "--home", str(tmp_path / "two"), "--phrase-stdin"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["account_id"] == first["account_id"]
     assert second["peer_id"] != first["peer_id"]  # a new device of the same account
     assert second["phrase"] is None  # a recovered phrase is never echoed
-    assert main(["init", "--home", str(tmp_path / "three"), "--phrase", "abandon " * 12]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("abandon " * 12))
+    assert main(["init", "--home", str(tmp_path / "three"), "--phrase-stdin"]) == 1
     assert "checksum" in capsys.readouterr().err
 
 

@@ -9,13 +9,23 @@ local API all run exactly this code; only the presentation differs.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
 
 from p2psync.crypto.ids import account_id, decode_key, short_hash
 from p2psync.crypto.keys import verify
-from p2psync.device import LocalDevice, NotFound, doc_ref
-from p2psync.errors import P2PSyncError
+from p2psync.device import LocalDevice, doc_ref
+from p2psync.errors import (
+    DocumentError,
+    InvalidParams,
+    InvalidPath,
+    P2PSyncError,
+    UnknownOperation,
+)
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import CHANGE_DOMAIN
@@ -35,18 +45,164 @@ def role_name(role: Role | None) -> str:
 
 def parse_path(doc: Document, text: str) -> list[str | int]:
     """``a/b/0`` → keys; a segment is a list index when the object it indexes is a list."""
+def _ts(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+# --- declared parameters ----------------------------------------------------------------------
+class Params(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every operation's declared parameters. A request's ``params`` object is converted
+    to the op's subclass with msgspec (strict: no coercion, unknown fields refused), so a wrong
+    type, a missing field or an out-of-range value is an :class:`InvalidParams` naming the field,
+    never an exception deep inside the operation."""
+
+
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]  #: a space/doc/account ref
+Name = Annotated[str, msgspec.Meta(max_length=256)]
+DocPath = Annotated[str, msgspec.Meta(max_length=4096)]
+RoleName = Literal["reader", "writer", "admin"]
+Address = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+Timeout = Annotated[float, msgspec.Meta(ge=0, le=3600)]
+MAX_VALUE_DEPTH = 64  #: nesting of a JSON value written into a document
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
+class NoParams(Params, frozen=True):
+    pass
+
+
+class SpaceCreateParams(Params, frozen=True):
+    name: Name
+
+
+class SpaceParams(Params, frozen=True):
+    space: Ref
+
+
+class SpaceInviteParams(Params, frozen=True):
+    space: Ref
+    role: RoleName = "writer"
+    no_approval: bool = False
+    addresses: Annotated[list[Address], msgspec.Meta(max_length=64)] | None = None
+
+
+class MemberParams(Params, frozen=True):
+    space: Ref
+    account: Ref
+
+
+class SpaceAcceptParams(Params, frozen=True):
+    space: Ref
+    request: Ref
+    role: RoleName | None = None
+
+
+class DeleteDocsParams(Params, frozen=True):
+    space: Ref
+    docs: Annotated[list[Ref], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class DocParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+
+
+class DocSetParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    value: Any
+    text: bool = False
+
+
+class DocGetParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath | None = None
+    at: Annotated[str, msgspec.Meta(max_length=8192)] | None = None
+
+
+P = TypeVar("P", bound=Params)
+
+
+def parse_params(op: str, schema: type[P], params: Any) -> P:
+    """``params`` (decoded JSON, or None for none) as ``schema``, or :class:`InvalidParams`."""
+    try:
+        return msgspec.convert({} if params is None else params, schema)
+    except msgspec.ValidationError as exc:
+        msg = (str(exc).replace("Object contains unknown field", "unknown parameter")
+               .replace("Object missing required field", "missing parameter")
+               .replace("`$.", "`").replace("- at `$`", "- at params"))
+        raise InvalidParams(f"{op}: {msg}") from None
+
+
+def check_value(value: Any) -> None:
+    """A JSON value fit for a document: nesting ≤ MAX_VALUE_DEPTH, integers in int64, no
+    empty object keys (Automerge refuses them).
+
+    Iterative (no recursion on hostile nesting); raises :class:`InvalidParams`."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > MAX_VALUE_DEPTH:
+                raise InvalidParams(f"value is nested deeper than {MAX_VALUE_DEPTH} levels")
+            if isinstance(v, dict) and "" in v:
+                raise InvalidParams("an object in the value has an empty key (\"\"): "
+                                    "documents need non-empty keys")
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items)
+        elif isinstance(v, int) and not isinstance(v, bool) and not _I64[0] <= v <= _I64[1]:
+            raise InvalidParams(f"integer {v} does not fit in 64 bits (store it as a string)")
+        elif not (v is None or isinstance(v, bool | int | float | str)):
+            raise InvalidParams(f"a {type(v).__name__} is not a JSON value")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else "a value"
+
+
+def parse_path(doc: Document, text: str, *, write: bool = False,
+               heads: list[bytes] | None = None) -> list[str | int]:
+    """``a/b/0`` → keys; a segment is a list index when the object it indexes is a list.
+
+    Checked against the document (at ``heads``): an index must be a number inside the list
+    (``write``: or one past its end, which appends); nothing can be inside a scalar or a missing
+    key. Anything else is an :class:`InvalidPath` that says what is there instead."""
     parts = [p for p in str(text).strip("/").split("/") if p != ""]
     out: list[str | int] = []
-    for part in parts:
-        parent = doc.get(out) if out else doc.to_json()
-        if isinstance(parent, list):
-            try:
-                out.append(int(part))
-            except ValueError as exc:
-                raise OpError(f"{'/'.join(map(str, out))} is a list: use a number, "
-                              f"not {part!r}") from exc
-        else:
+    node: Any = doc.to_json(heads)
+    for i, part in enumerate(parts):
+        where = "/".join(parts[:i]) or "the document root"
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not (part.isascii() and part.isdigit()):
+                raise InvalidPath(f"{where} is a list: use a number, not {part!r}")
+            idx, n = int(part), len(node)
+            if idx > n or (idx == n and not (write and last)):
+                span = f"0–{n - 1}" if n else "none"
+                extra = f", or {n} to append" if write else ""
+                raise InvalidPath(f"{where} has {n} element(s): index {idx} is past the end "
+                                  f"(use {span}{extra})")
+            out.append(idx)
+            node = node[idx] if idx < n else None
+        elif isinstance(node, dict):
+            if node.keys() == {"$bytes"} or node.keys() == {"$timestamp"}:
+                raise InvalidPath(f"{where} is a scalar: there is nothing inside it")
             out.append(part)
+            node = node.get(part)
+            if node is None and not last:
+                raise InvalidPath(f"no {'/'.join(parts[:i + 1])} in the document: set it to "
+                                  "an object or a list first")
+        else:
+            raise InvalidPath(f"{where} is {_kind(node)}, not an object or a list: "
+                              "there is nothing inside it")
     return out
 
 
@@ -155,16 +311,20 @@ def doc_new(dev: LocalDevice, space: str) -> dict[str, Any]:
 def doc_set(dev: LocalDevice, space: str, doc: str, path: str, value: Any,
             text: bool = False) -> dict[str, Any]:
     """Set ``path`` to ``value`` (already decoded JSON) in one signed change."""
+    check_value(value)
     if text:
         if not isinstance(value, str):
-            raise OpError("text needs a JSON string value")
+            raise InvalidParams("text needs a JSON string value")
         value = Text(value)
     sp = dev.resolve_space(space)
     d = sp.document(doc_ref(sp, doc))
-    keys = parse_path(d, path)
+    keys = parse_path(d, path, write=True)
     if not keys:
-        raise OpError("give a PATH inside the document (e.g. title or items/0)")
-    parent = d.obj(keys[:-1])
+        raise InvalidPath("give a PATH inside the document (e.g. title or items/0)")
+    try:
+        parent = d.obj(keys[:-1])
+    except DocumentError as exc:
+        raise InvalidPath(str(exc)) from None
     with d.edit() as e:
         key = keys[-1]
         if isinstance(key, int) and key == e.length(parent):
@@ -189,7 +349,13 @@ def doc_get(dev: LocalDevice, space: str, doc: str, path: str | None = None,
             if len(hits) != 1:
                 raise OpError(f"--at {ref!r} matches {len(hits)} changes")
             heads.append(hits[0])
-    return d.get(parse_path(d, path), heads=heads) if path else d.to_json(heads)
+    if not path:
+        return d.to_json(heads)
+    keys = parse_path(d, path, heads=heads)
+    try:
+        return d.get(keys, heads=heads)
+    except DocumentError as exc:
+        raise InvalidPath(str(exc)) from None
 
 
 def doc_list(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
@@ -220,43 +386,51 @@ def whoami(dev: LocalDevice) -> dict[str, Any]:
             "home": str(dev.home.path)}
 
 
-#: Operations that need nothing but the device (name → function taking keyword arguments).
-LOCAL_OPS: dict[str, Callable[..., Any]] = {
-    "whoami": whoami,
-    "space.create": space_create,
-    "space.list": space_list,
-    "space.invite": space_invite,
-    "space.members": space_members,
-    "space.remove": space_remove,
-    "space.requests": space_requests,
-    "space.accept": space_accept,
-    "space.add_replicator": space_add_replicator,
-    "space.delete_docs": space_delete_docs,
-    "space.delete": space_delete,
-    "doc.new": doc_new,
-    "doc.list": doc_list,
-    "doc.set": doc_set,
-    "doc.get": doc_get,
-    "doc.history": doc_history,
+@dataclass(frozen=True)
+class LocalOp:
+    """One operation on a device: its declared parameters and the function that runs it (the
+    function's keyword parameters are the schema's fields; a test checks they agree)."""
+
+    params: type[Params]
+    fn: Callable[..., Any]
+
+    def run(self, dev: LocalDevice, params: Params) -> Any:
+        return self.fn(dev, **msgspec.structs.asdict(params))
+
+
+#: Operations that need nothing but the device: the table the CLI and the local API dispatch on.
+LOCAL_OPS: dict[str, LocalOp] = {
+    "whoami": LocalOp(NoParams, whoami),
+    "space.create": LocalOp(SpaceCreateParams, space_create),
+    "space.list": LocalOp(NoParams, space_list),
+    "space.invite": LocalOp(SpaceInviteParams, space_invite),
+    "space.members": LocalOp(SpaceParams, space_members),
+    "space.remove": LocalOp(MemberParams, space_remove),
+    "space.requests": LocalOp(SpaceParams, space_requests),
+    "space.accept": LocalOp(SpaceAcceptParams, space_accept),
+    "space.add_replicator": LocalOp(MemberParams, space_add_replicator),
+    "space.delete_docs": LocalOp(DeleteDocsParams, space_delete_docs),
+    "space.delete": LocalOp(SpaceParams, space_delete),
+    "doc.new": LocalOp(SpaceParams, doc_new),
+    "doc.list": LocalOp(SpaceParams, doc_list),
+    "doc.set": LocalOp(DocSetParams, doc_set),
+    "doc.get": LocalOp(DocGetParams, doc_get),
+    "doc.history": LocalOp(DocParams, doc_history),
 }
 
 
 def run_local(dev: LocalDevice, op: str, params: dict[str, Any]) -> Any:
-    """Run a device operation by name; unknown names and bad arguments raise :class:`OpError`."""
-    fn = LOCAL_OPS.get(op)
-    if fn is None:
-        raise OpError(f"unknown operation {op!r}")
-    try:
-        return fn(dev, **params)
-    except TypeError as exc:
-        raise OpError(f"{op}: bad parameters ({exc})") from None
-    except NotFound:
-        raise
+    """Run a device operation by name with validated parameters (the CLI without an agent);
+    unknown names are :class:`UnknownOperation`, bad parameters :class:`InvalidParams`."""
+    spec = LOCAL_OPS.get(op)
+    if spec is None:
+        raise UnknownOperation(f"unknown operation {op!r}")
+    return spec.run(dev, parse_params(op, spec.params, params))
 
 
 def decode_json_value(text: str) -> Any:
     """The JSON value of a CLI argument, with a hint for the usual mistake (unquoted text)."""
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise OpError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from exc
+        return msgspec.json.decode(text.encode("utf-8", "surrogatepass"))
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise InvalidParams(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
