@@ -4,15 +4,22 @@ Records are msgpack *arrays* with a fixed field order (never maps), so one value
 encoding. A content id is the BLAKE2b-256 hash of the exact raw bytes received: we never
 re-encode and re-hash. Decoding is strict: trailing bytes, wrong types, unknown versions and
 oversize fields raise :class:`~p2psync.errors.DecodeError`.
+
+Decoding is also *bounded*: sync messages are decoded against a per-type schema
+(:func:`unpack_schema`: element counts, sizes and nesting fixed per field), and the generic
+:func:`unpack` / :func:`unpack_bounded` used for signed records caps the total number of arrays
+and maps it builds, so no input can make a decoder allocate millions of objects.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgpack
+import msgspec
 
 from p2psync.errors import DecodeError, UnsupportedVersion
 
@@ -29,12 +36,48 @@ def pack(obj: Any) -> bytes:
         raise DecodeError(f"cannot encode value: {exc}") from exc
 
 
-def unpack(raw: bytes, *, max_size: int = MAX_RECORD_SIZE, what: str = "record") -> Any:
-    """Decode one msgpack value from ``raw``, rejecting trailing bytes and oversize input."""
+#: Default cap on the arrays and maps one generic :func:`unpack` may build in total. Every record
+#: we sign is a short array of scalars and a few lists (the biggest legitimate shape: a receipt
+#: listing 4 096 object pairs), so 16 384 containers is generous; without this cap one 8 MiB
+#: message of empty arrays builds 8 million lists (~4 s, ~500 MB).
+DEFAULT_MAX_CONTAINERS = 16384
+
+
+class _TooManyContainers(Exception):
+    """Raised from inside msgpack's container hooks to stop decoding early."""
+
+
+def _check_input(raw: Any, max_size: int, what: str) -> None:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise DecodeError(f"{what}: expected bytes, got {type(raw).__name__}")
     if len(raw) > max_size:
         raise DecodeError(f"{what}: {len(raw)} bytes exceeds the {max_size}-byte limit")
+
+
+def unpack_bounded(
+    raw: bytes, *, max_size: int = MAX_RECORD_SIZE, max_containers: int = DEFAULT_MAX_CONTAINERS,
+    max_array: int | None = None, what: str = "record",
+) -> Any:
+    """Decode one msgpack value from ``raw`` with its *total* work bounded.
+
+    For self-describing signed records (ACL records, tree changes, certificates, receipts)
+    whose shape is checked afterwards by a :class:`Reader`: at most ``max_containers`` arrays
+    and maps in total (counted while decoding, refused at the first one over), each holding at
+    most ``max_array`` items; scalars are bounded by the byte size. Sync messages are decoded by
+    their schema instead (:func:`unpack_schema`). Trailing bytes, ext types and non-string map
+    keys are refused. Raises only :class:`DecodeError`.
+    """
+    _check_input(raw, max_size, what)
+    limit = min(max_size, max_array if max_array is not None else max_size)
+    built = 0
+
+    def count(value: Any) -> Any:
+        nonlocal built
+        built += 1
+        if built > max_containers:
+            raise _TooManyContainers
+        return value
+
     try:
         return msgpack.unpackb(
             raw,
@@ -43,14 +86,129 @@ def unpack(raw: bytes, *, max_size: int = MAX_RECORD_SIZE, what: str = "record")
             strict_map_key=True,
             max_bin_len=max_size,
             max_str_len=max_size,
-            max_array_len=max_size,
-            max_map_len=max_size,
+            max_array_len=limit,
+            max_map_len=limit,
             max_ext_len=0,
+            list_hook=count,
+            object_hook=count,
         )
+    except _TooManyContainers:
+        raise DecodeError(
+            f"{what}: more than {max_containers} nested arrays/maps (refused while decoding)"
+        ) from None
     except msgpack.ExtraData as exc:
         raise DecodeError(f"{what}: trailing bytes after the value") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise DecodeError(f"{what}: malformed msgpack ({exc})") from exc
+
+
+def unpack(raw: bytes, *, max_size: int = MAX_RECORD_SIZE, what: str = "record") -> Any:
+    """Decode one msgpack value from ``raw``, rejecting trailing bytes and oversize input.
+
+    Bounded like :func:`unpack_bounded` with its default caps (kept as the name every record
+    parser already calls)."""
+    return unpack_bounded(raw, max_size=max_size, what=what)
+
+
+# --- schema-bounded decoding (sync messages) ------------------------------------------------------
+# A schema is a msgspec type built from the helpers below: every array has a fixed length
+# (``fields``) or an explicit ``max_items``, every blob and string a size bound, every integer a
+# range. msgspec checks each array's length against the schema *before* reading its items, so
+# a hostile length is refused in O(1) and the decoded value never holds more than the schema
+# allows (no generic "any structure up to N bytes").
+
+def blob(*, size: int | None = None, max_len: int = MAX_RECORD_SIZE) -> Any:
+    """Schema of a byte string of exactly ``size`` bytes, or at most ``max_len``."""
+    if size is not None:
+        return Annotated[bytes, msgspec.Meta(min_length=size, max_length=size)]
+    return Annotated[bytes, msgspec.Meta(max_length=max_len)]
+
+
+def text(*, max_len: int, min_len: int = 0) -> Any:
+    """Schema of a UTF-8 string of ``min_len``..``max_len`` characters."""
+    return Annotated[str, msgspec.Meta(min_length=min_len, max_length=max_len)]
+
+
+def integer(lo: int, hi: int) -> Any:
+    """Schema of an integer in ``[lo, hi]`` (never a bool or a float). Bounds beyond int64
+    are left to the decoder, which refuses anything outside [-2^63, 2^64 - 1] anyway."""
+    return Annotated[int, msgspec.Meta(ge=max(lo, -(2**63)),
+                                       le=hi if hi < 2**63 else None)]
+
+
+BOOLEAN: Any = bool
+
+
+def array(item: Any, *, max_items: int) -> Any:
+    """Schema of a list of at most ``max_items`` values of schema ``item``."""
+    return Annotated[list[item], msgspec.Meta(max_length=max_items)]
+
+
+def optional(item: Any) -> Any:
+    """Schema of ``item`` or nil."""
+    return item | None
+
+
+def fields(*items: Any) -> Any:
+    """Schema of a fixed-length array whose positions have the given schemas."""
+    return tuple.__class_getitem__(items)
+
+
+@functools.lru_cache(maxsize=256)
+def _decoder(schema: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(schema)
+
+
+def unpack_schema(raw: bytes | memoryview, schema: Any, *, max_size: int = MAX_RECORD_SIZE,
+                  what: str = "record") -> Any:
+    """Decode ``raw`` as exactly one value of ``schema`` (built with the helpers above).
+
+    Work and memory are bounded by the schema: a wrong length, type or size is refused where
+    it is read, before anything under it is decoded. Fixed-length arrays come back as tuples,
+    the others as lists. Raises only :class:`DecodeError`."""
+    _check_input(raw, max_size, what)
+    try:
+        return _decoder(schema).decode(raw)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"{what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"{what}: malformed msgpack ({exc})") from None
+
+
+def read_array_header(buf: bytes | bytearray | memoryview, pos: int, what: str) -> tuple[int, int]:
+    """The length of the msgpack array starting at ``buf[pos]`` and the offset after its
+    header (for envelopes whose leading fields are read before the body's schema is known)."""
+    if pos >= len(buf):
+        raise DecodeError(f"{what}: truncated")
+    b = buf[pos]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F, pos + 1
+    if b in (0xDC, 0xDD):
+        n = 2 if b == 0xDC else 4
+        if pos + 1 + n > len(buf):
+            raise DecodeError(f"{what}: truncated")
+        return int.from_bytes(buf[pos + 1:pos + 1 + n], "big"), pos + 1 + n
+    raise DecodeError(f"{what}: expected an array")
+
+
+_INT_WIDTHS = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+
+
+def read_int(buf: bytes | bytearray | memoryview, pos: int, what: str) -> tuple[int, int]:
+    """The msgpack integer at ``buf[pos]`` (any width) and the offset after it."""
+    if pos >= len(buf):
+        raise DecodeError(f"{what}: truncated")
+    b = buf[pos]
+    if b <= 0x7F:
+        return b, pos + 1
+    if b >= 0xE0:
+        return b - 0x100, pos + 1
+    n = _INT_WIDTHS.get(b)
+    if n is None:
+        raise DecodeError(f"{what}: expected an integer")
+    if pos + 1 + n > len(buf):
+        raise DecodeError(f"{what}: truncated")
+    return int.from_bytes(buf[pos + 1:pos + 1 + n], "big", signed=b >= 0xD0), pos + 1 + n
 
 
 def content_id(raw: bytes) -> bytes:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, TypeAlias
 
-from p2psync.codec import Reader, pack, unpack
+from p2psync import codec as c
+from p2psync.codec import pack, read_array_header, read_int, unpack_schema
 from p2psync.errors import (
     AccessDenied,
     DecodeError,
@@ -98,18 +99,19 @@ class ErrorCode(IntEnum):
     QUOTA_EXCEEDED = 9  #: a backup refused to store a batch (its per-space/account quota)
 
 
-# --- field helpers ------------------------------------------------------------------------------
-def _space_id(r: Reader) -> str:
-    s = r.text("space_id", max_len=MAX_SPACE_ID_LEN)
-    if not s:
-        raise DecodeError(f"{r.what}.space_id: empty")
-    return s
+# --- field schemas and helpers -----------------------------------------------------------------
+# Each message class has a SCHEMA (its body as a fixed-length array, every field bounded) and a
+# ``from_body`` that runs the checks a schema cannot express (cross-field ones, batch totals).
+_SPACE_ID = c.text(min_len=1, max_len=MAX_SPACE_ID_LEN)
+_ID = c.blob(size=ID_SIZE)
+_HEADS = c.array(_ID, max_items=MAX_HEADS)
+_MAX_BYTES = c.integer(0, MAX_BATCH_BYTES)
+_CODE = c.integer(0, 255)
+_ERROR_TEXT = c.text(max_len=MAX_ERROR_TEXT)
 
 
-def _raw_batch(r: Reader, name: str, max_item: int) -> list[bytes]:
-    items = r.blob_list(name, max_items=MAX_BATCH_ITEMS, max_len=max_item)
-    _check_batch_bytes(items, f"{r.what}.{name}")
-    return items
+def _batch(max_item: int) -> Any:
+    return c.array(c.blob(max_len=max_item), max_items=MAX_BATCH_ITEMS)
 
 
 def _check_batch_bytes(items: Sequence[bytes], what: str) -> None:
@@ -118,24 +120,16 @@ def _check_batch_bytes(items: Sequence[bytes], what: str) -> None:
         raise DecodeError(f"{what}: {total} bytes exceeds the {MAX_BATCH_BYTES}-byte batch cap")
 
 
-def _pairs(value: Any, what: str, max_items: int) -> list[tuple[bytes, bytes]]:
-    """A list of ``[id(32), hash(32)]`` pairs."""
-    if not isinstance(value, list):
-        raise DecodeError(f"{what}: expected array, got {type(value).__name__}")
-    if len(value) > max_items:
-        raise DecodeError(f"{what}: {len(value)} items exceeds {max_items}")
-    out: list[tuple[bytes, bytes]] = []
-    for i, item in enumerate(value):
-        p = Reader(item, f"{what}[{i}]")
-        a = p.blob("id", size=ID_SIZE)
-        b = p.blob("hash", size=ID_SIZE)
-        p.end()
-        out.append((a, b))
-    return out
+def _code(raw: int, what: str) -> ErrorCode:
+    try:
+        return ErrorCode(raw)
+    except ValueError:
+        raise DecodeError(f"{what}.code: unknown error code {raw}") from None
 
 
-def _max_bytes(r: Reader) -> int:
-    return r.integer("max_bytes", min_value=0, max_value=MAX_BATCH_BYTES)
+def _check_prefix(bits: int, prefix: int, what: str) -> None:
+    if prefix >= 1 << bits:
+        raise DecodeError(f"{what}: prefix {prefix} does not fit in {bits} bits")
 
 
 # --- space exchange -----------------------------------------------------------------------------
@@ -149,9 +143,11 @@ class SpaceHello:
     def fields(self) -> list[Any]:
         return [self.nonce]
 
+    SCHEMA: ClassVar[Any] = c.fields(c.blob(size=NONCE_SIZE))
+
     @classmethod
-    def read(cls, r: Reader) -> SpaceHello:
-        return cls(r.blob("nonce", size=NONCE_SIZE))
+    def from_body(cls, b: tuple[Any, ...]) -> SpaceHello:
+        return cls(b[0])
 
 
 @dataclass(frozen=True)
@@ -164,11 +160,13 @@ class SpaceTokens:
     def fields(self) -> list[Any]:
         return [list(self.tokens)]
 
+    SCHEMA: ClassVar[Any] = c.fields(c.array(c.blob(size=TOKEN_SIZE), max_items=MAX_TOKENS))
+
     @classmethod
-    def read(cls, r: Reader) -> SpaceTokens:
-        tokens = r.blob_list("tokens", size=TOKEN_SIZE, max_items=MAX_TOKENS)
+    def from_body(cls, b: tuple[Any, ...]) -> SpaceTokens:
+        tokens = b[0]
         if len(tokens) not in TOKEN_BUCKETS:
-            raise DecodeError(f"{r.what}.tokens: {len(tokens)} is not a padding bucket size")
+            raise DecodeError(f"space_tokens.tokens: {len(tokens)} is not a padding bucket size")
         return cls(tuple(tokens))
 
 
@@ -186,14 +184,14 @@ class RangeQuery:
     def fields(self) -> list[Any]:
         return [self.bits, self.prefix, self.hash, self.count]
 
+    SCHEMA: ClassVar[Any] = c.fields(
+        c.integer(0, MAX_RANGE_BITS), c.integer(0, 2**MAX_RANGE_BITS - 1), _ID,
+        c.integer(0, MAX_RANGE_COUNT))
+
     @classmethod
-    def read(cls, r: Reader) -> RangeQuery:
-        bits = r.integer("bits", min_value=0, max_value=MAX_RANGE_BITS)
-        prefix = r.integer("prefix", min_value=0, max_value=(1 << bits) - 1)
-        h = r.blob("hash", size=ID_SIZE)
-        count = r.integer("count", min_value=0, max_value=MAX_RANGE_COUNT)
-        r.end()
-        return cls(bits, prefix, h, count)
+    def from_body(cls, b: tuple[Any, ...], what: str = "range") -> RangeQuery:
+        _check_prefix(b[0], b[1], what)
+        return cls(*b)
 
 
 @dataclass(frozen=True)
@@ -211,19 +209,20 @@ class RangeResult:
         els = None if self.elements is None else [[a, b] for a, b in self.elements]
         return [self.bits, self.prefix, self.hash, self.count, els]
 
+    SCHEMA: ClassVar[Any] = c.fields(
+        c.integer(0, MAX_RANGE_BITS), c.integer(0, 2**MAX_RANGE_BITS - 1), _ID,
+        c.integer(0, MAX_RANGE_COUNT),
+        c.optional(c.array(c.fields(_ID, _ID), max_items=MAX_RANGE_ELEMENTS)))
+
     @classmethod
-    def read(cls, r: Reader) -> RangeResult:
-        bits = r.integer("bits", min_value=0, max_value=MAX_RANGE_BITS)
-        prefix = r.integer("prefix", min_value=0, max_value=(1 << bits) - 1)
-        h = r.blob("hash", size=ID_SIZE)
-        count = r.integer("count", min_value=0, max_value=MAX_RANGE_COUNT)
-        raw_elements = r.value("elements")
+    def from_body(cls, b: tuple[Any, ...], what: str = "range result") -> RangeResult:
+        bits, prefix, h, count, raw_elements = b
+        _check_prefix(bits, prefix, what)
         elements = None
         if raw_elements is not None:
-            elements = tuple(_pairs(raw_elements, f"{r.what}.elements", MAX_RANGE_ELEMENTS))
+            elements = tuple(raw_elements)
             if len(elements) != count:
-                raise DecodeError(f"{r.what}: {len(elements)} elements but count {count}")
-        r.end()
+                raise DecodeError(f"{what}: {len(elements)} elements but count {count}")
         return cls(bits, prefix, h, count, elements)
 
 
@@ -240,15 +239,15 @@ class HeadSyncRequest:
     def fields(self) -> list[Any]:
         return [self.space_id, self.threshold, [q.fields() for q in self.ranges]]
 
+    SCHEMA: ClassVar[Any] = c.fields(
+        _SPACE_ID, c.integer(0, MAX_RANGE_ELEMENTS),
+        c.array(RangeQuery.SCHEMA, max_items=MAX_RANGES))
+
     @classmethod
-    def read(cls, r: Reader) -> HeadSyncRequest:
-        space = _space_id(r)
-        threshold = r.integer("threshold", min_value=0, max_value=MAX_RANGE_ELEMENTS)
-        items = r.array("ranges", max_items=MAX_RANGES)
-        ranges = tuple(
-            RangeQuery.read(Reader(x, f"{r.what}.ranges[{i}]")) for i, x in enumerate(items)
-        )
-        return cls(space, threshold, ranges)
+    def from_body(cls, b: tuple[Any, ...]) -> HeadSyncRequest:
+        ranges = tuple(RangeQuery.from_body(x, f"head_sync_request.ranges[{i}]")
+                       for i, x in enumerate(b[2]))
+        return cls(b[0], b[1], ranges)
 
 
 @dataclass(frozen=True)
@@ -263,14 +262,13 @@ class HeadSyncResponse:
     def fields(self) -> list[Any]:
         return [self.space_id, [x.fields() for x in self.results]]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, c.array(RangeResult.SCHEMA, max_items=MAX_RANGES))
+
     @classmethod
-    def read(cls, r: Reader) -> HeadSyncResponse:
-        space = _space_id(r)
-        items = r.array("results", max_items=MAX_RANGES)
-        results = tuple(
-            RangeResult.read(Reader(x, f"{r.what}.results[{i}]")) for i, x in enumerate(items)
-        )
-        return cls(space, results)
+    def from_body(cls, b: tuple[Any, ...]) -> HeadSyncResponse:
+        results = tuple(RangeResult.from_body(x, f"head_sync_response.results[{i}]")
+                        for i, x in enumerate(b[1]))
+        return cls(b[0], results)
 
 
 # --- tree sync ----------------------------------------------------------------------------------
@@ -288,13 +286,12 @@ class HeadUpdate:
     def fields(self) -> list[Any]:
         return [self.space_id, self.object_id, list(self.heads), list(self.changes)]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, _ID, _HEADS, _batch(MAX_CHANGE_SIZE))
+
     @classmethod
-    def read(cls, r: Reader) -> HeadUpdate:
-        space = _space_id(r)
-        obj = r.blob("object_id", size=ID_SIZE)
-        heads = r.blob_list("heads", size=ID_SIZE, max_items=MAX_HEADS)
-        changes = _raw_batch(r, "changes", MAX_CHANGE_SIZE)
-        return cls(space, obj, tuple(heads), tuple(changes))
+    def from_body(cls, b: tuple[Any, ...]) -> HeadUpdate:
+        _check_batch_bytes(b[3], "head_update.changes")
+        return cls(b[0], b[1], tuple(b[2]), tuple(b[3]))
 
 
 @dataclass(frozen=True)
@@ -319,15 +316,14 @@ class FullSyncRequest:
             list(self.changes), self.max_bytes, self.from_snapshot,
         ]
 
+    SCHEMA: ClassVar[Any] = c.fields(
+        _SPACE_ID, _ID, _HEADS, c.array(_ID, max_items=MAX_SNAPSHOT_PATH),
+        _batch(MAX_CHANGE_SIZE), _MAX_BYTES, c.BOOLEAN)
+
     @classmethod
-    def read(cls, r: Reader) -> FullSyncRequest:
-        space = _space_id(r)
-        obj = r.blob("object_id", size=ID_SIZE)
-        heads = r.blob_list("heads", size=ID_SIZE, max_items=MAX_HEADS)
-        path = r.blob_list("snapshot_path", size=ID_SIZE, max_items=MAX_SNAPSHOT_PATH)
-        changes = _raw_batch(r, "changes", MAX_CHANGE_SIZE)
-        max_bytes = _max_bytes(r)
-        from_snapshot = r.boolean("from_snapshot")
+    def from_body(cls, b: tuple[Any, ...]) -> FullSyncRequest:
+        space, obj, heads, path, changes, max_bytes, from_snapshot = b
+        _check_batch_bytes(changes, "full_sync_request.changes")
         return cls(space, obj, tuple(heads), tuple(path), tuple(changes), max_bytes, from_snapshot)
 
 
@@ -346,14 +342,12 @@ class FullSyncResponse:
     def fields(self) -> list[Any]:
         return [self.space_id, self.object_id, list(self.heads), list(self.changes), self.more]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, _ID, _HEADS, _batch(MAX_CHANGE_SIZE), c.BOOLEAN)
+
     @classmethod
-    def read(cls, r: Reader) -> FullSyncResponse:
-        space = _space_id(r)
-        obj = r.blob("object_id", size=ID_SIZE)
-        heads = r.blob_list("heads", size=ID_SIZE, max_items=MAX_HEADS)
-        changes = _raw_batch(r, "changes", MAX_CHANGE_SIZE)
-        more = r.boolean("more")
-        return cls(space, obj, tuple(heads), tuple(changes), more)
+    def from_body(cls, b: tuple[Any, ...]) -> FullSyncResponse:
+        _check_batch_bytes(b[3], "full_sync_response.changes")
+        return cls(b[0], b[1], tuple(b[2]), tuple(b[3]), b[4])
 
 
 # --- ACL sync (same shape as tree sync, one ACL per space) ---------------------------------------
@@ -369,12 +363,12 @@ class AclHeadUpdate:
     def fields(self) -> list[Any]:
         return [self.space_id, list(self.heads), list(self.records)]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, _HEADS, _batch(MAX_ACL_RECORD_SIZE))
+
     @classmethod
-    def read(cls, r: Reader) -> AclHeadUpdate:
-        space = _space_id(r)
-        heads = r.blob_list("heads", size=ID_SIZE, max_items=MAX_HEADS)
-        records = _raw_batch(r, "records", MAX_ACL_RECORD_SIZE)
-        return cls(space, tuple(heads), tuple(records))
+    def from_body(cls, b: tuple[Any, ...]) -> AclHeadUpdate:
+        _check_batch_bytes(b[2], "acl_head_update.records")
+        return cls(b[0], tuple(b[1]), tuple(b[2]))
 
 
 @dataclass(frozen=True)
@@ -390,12 +384,12 @@ class AclSyncRequest:
     def fields(self) -> list[Any]:
         return [self.space_id, list(self.heads), list(self.records), self.max_bytes]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, _HEADS, _batch(MAX_ACL_RECORD_SIZE), _MAX_BYTES)
+
     @classmethod
-    def read(cls, r: Reader) -> AclSyncRequest:
-        space = _space_id(r)
-        heads = r.blob_list("heads", size=ID_SIZE, max_items=MAX_HEADS)
-        records = _raw_batch(r, "records", MAX_ACL_RECORD_SIZE)
-        return cls(space, tuple(heads), tuple(records), _max_bytes(r))
+    def from_body(cls, b: tuple[Any, ...]) -> AclSyncRequest:
+        _check_batch_bytes(b[2], "acl_sync_request.records")
+        return cls(b[0], tuple(b[1]), tuple(b[2]), b[3])
 
 
 @dataclass(frozen=True)
@@ -411,12 +405,12 @@ class AclSyncResponse:
     def fields(self) -> list[Any]:
         return [self.space_id, list(self.heads), list(self.records), self.more]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, _HEADS, _batch(MAX_ACL_RECORD_SIZE), c.BOOLEAN)
+
     @classmethod
-    def read(cls, r: Reader) -> AclSyncResponse:
-        space = _space_id(r)
-        heads = r.blob_list("heads", size=ID_SIZE, max_items=MAX_HEADS)
-        records = _raw_batch(r, "records", MAX_ACL_RECORD_SIZE)
-        return cls(space, tuple(heads), tuple(records), r.boolean("more"))
+    def from_body(cls, b: tuple[Any, ...]) -> AclSyncResponse:
+        _check_batch_bytes(b[2], "acl_sync_response.records")
+        return cls(b[0], tuple(b[1]), tuple(b[2]), b[3])
 
 
 # --- bootstrap ----------------------------------------------------------------------------------
@@ -434,13 +428,13 @@ class BootstrapRequest:
     def fields(self) -> list[Any]:
         return [self.space_id, self.proof, self.after, self.max_objects]
 
+    SCHEMA: ClassVar[Any] = c.fields(
+        _SPACE_ID, c.optional(c.blob(max_len=MAX_PROOF_SIZE)), c.optional(_ID),
+        c.integer(0, MAX_OBJECT_PAGE))
+
     @classmethod
-    def read(cls, r: Reader) -> BootstrapRequest:
-        space = _space_id(r)
-        proof = r.optional_blob("proof", max_len=MAX_PROOF_SIZE)
-        after = r.optional_blob("after", size=ID_SIZE)
-        max_objects = r.integer("max_objects", min_value=0, max_value=MAX_OBJECT_PAGE)
-        return cls(space, proof, after, max_objects)
+    def from_body(cls, b: tuple[Any, ...]) -> BootstrapRequest:
+        return cls(*b)
 
 
 @dataclass(frozen=True)
@@ -461,13 +455,14 @@ class BootstrapResponse:
             self.next_after,
         ]
 
+    SCHEMA: ClassVar[Any] = c.fields(
+        _SPACE_ID, c.optional(c.blob(max_len=MAX_HEADER_SIZE)), _batch(MAX_ACL_RECORD_SIZE),
+        c.array(_ID, max_items=MAX_OBJECT_PAGE), c.optional(_ID))
+
     @classmethod
-    def read(cls, r: Reader) -> BootstrapResponse:
-        space = _space_id(r)
-        header = r.optional_blob("header", max_len=MAX_HEADER_SIZE)
-        records = _raw_batch(r, "acl_records", MAX_ACL_RECORD_SIZE)
-        objects = r.blob_list("object_ids", size=ID_SIZE, max_items=MAX_OBJECT_PAGE)
-        next_after = r.optional_blob("next_after", size=ID_SIZE)
+    def from_body(cls, b: tuple[Any, ...]) -> BootstrapResponse:
+        space, header, records, objects, next_after = b
+        _check_batch_bytes(records, "bootstrap_response.acl_records")
         return cls(space, header, tuple(records), tuple(objects), next_after)
 
 
@@ -486,9 +481,11 @@ class SpaceOffer:
     def fields(self) -> list[Any]:
         return [self.space_id]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID)
+
     @classmethod
-    def read(cls, r: Reader) -> SpaceOffer:
-        return cls(_space_id(r))
+    def from_body(cls, b: tuple[Any, ...]) -> SpaceOffer:
+        return cls(b[0])
 
 
 @dataclass(frozen=True)
@@ -502,9 +499,11 @@ class ReceiptRequest:
     def fields(self) -> list[Any]:
         return [self.space_id, self.nonce]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, c.blob(size=NONCE_SIZE))
+
     @classmethod
-    def read(cls, r: Reader) -> ReceiptRequest:
-        return cls(_space_id(r), r.blob("nonce", size=NONCE_SIZE))
+    def from_body(cls, b: tuple[Any, ...]) -> ReceiptRequest:
+        return cls(*b)
 
 
 @dataclass(frozen=True)
@@ -518,9 +517,11 @@ class ReceiptResponse:
     def fields(self) -> list[Any]:
         return [self.receipt]
 
+    SCHEMA: ClassVar[Any] = c.fields(c.blob(max_len=MAX_RECEIPT_SIZE))
+
     @classmethod
-    def read(cls, r: Reader) -> ReceiptResponse:
-        return cls(r.blob("receipt", max_len=MAX_RECEIPT_SIZE))
+    def from_body(cls, b: tuple[Any, ...]) -> ReceiptResponse:
+        return cls(b[0])
 
 
 @dataclass(frozen=True)
@@ -536,16 +537,11 @@ class StorageRefused:
     def fields(self) -> list[Any]:
         return [self.space_id, self.object_id, int(self.code), self.message]
 
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, _ID, _CODE, _ERROR_TEXT)
+
     @classmethod
-    def read(cls, r: Reader) -> StorageRefused:
-        space = _space_id(r)
-        obj = r.blob("object_id", size=ID_SIZE)
-        raw_code = r.integer("code", min_value=0, max_value=255)
-        try:
-            code = ErrorCode(raw_code)
-        except ValueError:
-            raise DecodeError(f"{r.what}.code: unknown error code {raw_code}") from None
-        return cls(space, obj, code, r.text("message", max_len=MAX_ERROR_TEXT))
+    def from_body(cls, b: tuple[Any, ...]) -> StorageRefused:
+        return cls(b[0], b[1], _code(b[2], "storage_refused"), b[3])
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -561,20 +557,11 @@ class ErrorMessage:
     def fields(self) -> list[Any]:
         return [int(self.code), self.message, self.retry_after_ms]
 
+    SCHEMA: ClassVar[Any] = c.fields(_CODE, _ERROR_TEXT, c.optional(c.integer(0, 2**32 - 1)))
+
     @classmethod
-    def read(cls, r: Reader) -> ErrorMessage:
-        raw_code = r.integer("code", min_value=0, max_value=255)
-        try:
-            code = ErrorCode(raw_code)
-        except ValueError:
-            raise DecodeError(f"{r.what}.code: unknown error code {raw_code}") from None
-        message = r.text("message", max_len=MAX_ERROR_TEXT)
-        retry = r.value("retry_after_ms")
-        if retry is not None and (
-            not isinstance(retry, int) or isinstance(retry, bool) or not 0 <= retry < 2**32
-        ):
-            raise DecodeError(f"{r.what}.retry_after_ms: expected null or a uint32")
-        return cls(code, message, retry)
+    def from_body(cls, b: tuple[Any, ...]) -> ErrorMessage:
+        return cls(_code(b[0], "error"), b[1], b[2])
 
     def to_exception(self) -> ProtocolError:
         """The typed local error matching this remote refusal."""
@@ -626,15 +613,18 @@ Message: TypeAlias = (
     | SpaceOffer | ReceiptRequest | ReceiptResponse | StorageRefused
 )
 
-_READERS: dict[int, Callable[[Reader], Message]] = {
-    int(cls.TYPE): cls.read
-    for cls in (
-        SpaceHello, SpaceTokens, HeadSyncRequest, HeadSyncResponse, HeadUpdate,
-        FullSyncRequest, FullSyncResponse, AclHeadUpdate, AclSyncRequest, AclSyncResponse,
-        BootstrapRequest, BootstrapResponse, ErrorMessage,
-        SpaceOffer, ReceiptRequest, ReceiptResponse, StorageRefused,
-    )
+_CLASSES: tuple[type[Any], ...] = (
+    SpaceHello, SpaceTokens, HeadSyncRequest, HeadSyncResponse, HeadUpdate,
+    FullSyncRequest, FullSyncResponse, AclHeadUpdate, AclSyncRequest, AclSyncResponse,
+    BootstrapRequest, BootstrapResponse, ErrorMessage,
+    SpaceOffer, ReceiptRequest, ReceiptResponse, StorageRefused,
+)
+#: message type -> (body schema, constructor from the decoded body)
+_READERS: dict[int, tuple[Any, Callable[[tuple[Any, ...]], Message]]] = {
+    int(cls.TYPE): (cls.SCHEMA, cls.from_body) for cls in _CLASSES
 }
+for _schema, _ in _READERS.values():  # build every decoder now: a bad schema fails at import
+    c.unpack_schema(pack(None), c.optional(_schema))
 
 
 @dataclass(frozen=True)
@@ -655,38 +645,65 @@ def encode(message: Message, request_id: int = 0) -> bytes:
     return raw
 
 
+def _header(raw: bytes | bytearray | memoryview) -> tuple[int, int, int | None, int]:
+    """``(version, type, request id or None when out of range, body offset)`` of an envelope,
+    read without touching the body (O(1) whatever the body holds)."""
+    what = "sync message"
+    n, pos = read_array_header(raw, 0, what)
+    if n != 4:
+        raise DecodeError(f"{what}: {n} envelope fields, expected 4")
+    version, pos = read_int(raw, pos, what)
+    mtype, pos = read_int(raw, pos, what)
+    rid, pos = read_int(raw, pos, what)
+    return version, mtype, (rid if 0 <= rid <= MAX_REQUEST_ID else None), pos
+
+
+def request_id_of(exc: BaseException) -> int | None:
+    """The request id a decode error from :func:`decode` belongs to, when the envelope named a
+    valid one (so the error reply can name it without decoding the message again)."""
+    rid = getattr(exc, "request_id", None)
+    return rid if isinstance(rid, int) else None
+
+
 def decode(raw: bytes) -> Envelope:
-    """Decode and check one envelope. Raises only typed errors: DecodeError (malformed, incl.
-    UnsupportedVersion), UnknownMessageType, MessageTooLarge."""
+    """Decode and check one envelope, parsing it exactly once.
+
+    The header (version, type, request id) is read by hand in O(1); the body is then decoded
+    against its type's SCHEMA, so its work and memory are bounded by the schema, not by the
+    message size (an 8 MiB array of empty arrays is refused at its first length prefix).
+    Raises only typed errors: DecodeError (malformed, incl. UnsupportedVersion),
+    UnknownMessageType, MessageTooLarge; each carries the envelope's request id, when it had
+    a valid one, as ``request_id`` (read it with :func:`request_id_of`)."""
     if isinstance(raw, (bytes, bytearray, memoryview)) and len(raw) > MAX_MESSAGE_SIZE:
         raise MessageTooLarge(f"message is {len(raw)} bytes (cap {MAX_MESSAGE_SIZE})")
-    r = Reader(unpack(raw, max_size=MAX_MESSAGE_SIZE, what="sync message"), "sync message")
-    r.version(SUPPORTED_VERSIONS)
-    mtype = r.integer("type", min_value=0, max_value=2**16)
-    request_id = r.integer("request_id", min_value=0, max_value=MAX_REQUEST_ID)
-    body = r.value("body")
-    r.end()
-    reader = _READERS.get(mtype)
-    if reader is None:
-        raise UnknownMessageType(f"message type {mtype} is not known to this build")
-    name = MsgType(mtype).name.lower()
-    br = Reader(body, name)
-    message = reader(br)
-    br.end()
-    return Envelope(request_id, message)
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"sync message: expected bytes, got {type(raw).__name__}")
+    version, mtype, request_id, pos = _header(raw)
+    try:
+        if version not in SUPPORTED_VERSIONS:
+            raise UnsupportedVersion(f"sync message: format version {version} is not supported")
+        if request_id is None:
+            raise DecodeError(f"sync message.request_id: out of range [0, {MAX_REQUEST_ID}]")
+        entry = _READERS.get(mtype)
+        if entry is None:
+            raise UnknownMessageType(f"message type {mtype} is not known to this build")
+        schema, build = entry
+        name = MsgType(mtype).name.lower()
+        body = unpack_schema(memoryview(raw)[pos:], schema, max_size=MAX_MESSAGE_SIZE, what=name)
+        return Envelope(request_id, build(body))
+    except P2PSyncError as exc:
+        exc.request_id = request_id  # type: ignore[attr-defined]  # see request_id_of
+        raise
 
 
 def peek_request_id(raw: bytes) -> int | None:
-    """The request id of a message we could not decode, so the error can name it (or None)."""
+    """The request id of a message we could not decode, so the error can name it (or None).
+
+    Reads only the envelope header (O(1)); prefer :func:`request_id_of` on the error."""
     try:
-        value = unpack(raw, max_size=MAX_MESSAGE_SIZE, what="sync message")
-    except DecodeError:
+        return _header(raw)[2]
+    except (DecodeError, TypeError):
         return None
-    if isinstance(value, list) and len(value) >= 3:
-        rid = value[2]
-        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_REQUEST_ID:
-            return rid
-    return None
 
 
 def take_batch(items: Sequence[bytes], max_bytes: int,
