@@ -1,0 +1,188 @@
+"""Mutation testing of the security-critical code, one module group at a time (mutmut 3).
+
+Not part of CI (a full run takes over an hour on two cores). For every group below this script
+builds a workspace ``.mutation/<group>/`` holding a copy of ``p2psync/`` and ``tests/`` and a
+``pyproject.toml`` whose ``[tool.mutmut]`` mutates only that group's files and runs only that
+group's test files; mutmut then maps each mutated function to the tests that call it and runs
+just those per mutant. It prints a table (module, mutants, killed, survived, score, time) and
+writes JSON (``bench-results/mutation-<time>.json`` or ``--out``).
+
+    python3 scripts/mutation.py                      # every group
+    python3 scripts/mutation.py crypto change        # some groups
+    python3 scripts/mutation.py --survivors crypto   # also list surviving mutants
+    (cd .mutation/crypto && python3 -m mutmut show p2psync.crypto.box.x_open__mutmut_3)
+
+Score = killed / (mutants - "no tests"), timeouts count as killed (the mutant hung the test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / ".mutation"
+
+#: group -> (files to mutate, test files run against them). Test files are the focused unit
+#: tests of the group; slow process/netns tests are left out so a run stays feasible.
+GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "crypto": (
+        ["p2psync/crypto/box.py", "p2psync/crypto/cert.py", "p2psync/crypto/ids.py",
+         "p2psync/crypto/keys.py", "p2psync/crypto/keystore.py", "p2psync/crypto/signed.py"],
+        ["tests/test_crypto.py", "tests/test_keystore.py", "tests/test_change.py",
+         "tests/test_acl_records.py", "tests/test_bite_crypto.py"],
+    ),
+    "change": (
+        ["p2psync/replica/change.py"],
+        ["tests/test_change.py", "tests/test_tree.py", "tests/test_access.py",
+         "tests/test_bite_change.py"],
+    ),
+    "backup": (
+        ["p2psync/backup/guard.py", "p2psync/backup/policy.py", "p2psync/backup/receipt.py"],
+        ["tests/test_backup.py", "tests/test_bite_backup.py"],
+    ),
+    "noise": (
+        ["p2psync/transport/noise.py", "p2psync/transport/handshake.py"],
+        ["tests/test_noise.py", "tests/test_framing.py", "tests/test_bite_noise.py"],
+    ),
+    "framing": (
+        ["p2psync/transport/framing.py"],
+        ["tests/test_framing.py", "tests/test_bite_framing.py"],
+    ),
+    "acl_records": (
+        ["p2psync/replica/acl_records.py"],
+        ["tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl_records.py"],
+    ),
+    "acl": (
+        ["p2psync/replica/acl.py"],
+        ["tests/test_acl_scenarios.py", "tests/test_acl_properties.py",
+         "tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl.py"],
+    ),
+    "tree": (
+        ["p2psync/replica/tree.py"],
+        ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py"],
+    ),
+}
+
+KILLED = {1, 3, -24, 24, 152, 255, 36}  # failing tests, pytest internal error, or a timeout
+SURVIVED = {0}
+NO_TESTS = {33, 5}
+
+
+def prepare(group: str, files: list[str], tests: list[str]) -> Path:
+    ws = WORK / group
+    shutil.rmtree(ws, ignore_errors=True)
+    ws.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.sqlite3*", ".hypothesis")
+    shutil.copytree(REPO / "p2psync", ws / "p2psync", ignore=ignore)
+    shutil.copytree(REPO / "tests", ws / "tests", ignore=ignore)
+    base = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pytest_opts = base["tool"]["pytest"]["ini_options"]
+    keep = [t for t in tests if (REPO / t).exists()]
+    every = [str(p.relative_to(REPO)) for p in (REPO / "p2psync").rglob("*.py")]
+    skip = sorted(p for p in every if p not in files)
+    lines = ["[tool.pytest.ini_options]"]
+    for k, v in pytest_opts.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["", "[tool.mutmut]", 'paths_to_mutate = ["p2psync/"]',
+              f"do_not_mutate = {json.dumps(skip)}", f"tests_dir = {json.dumps(keep)}", ""]
+    (ws / "pyproject.toml").write_text("\n".join(lines))
+    return ws
+
+
+def collect(ws: Path, files: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        meta = ws / "mutants" / (f + ".meta")
+        codes: dict[str, int | None] = {}
+        if meta.exists():
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+        killed = sorted(k for k, c in codes.items() if c in KILLED)
+        survived = sorted(k for k, c in codes.items() if c in SURVIVED)
+        no_tests = sorted(k for k, c in codes.items() if c in NO_TESTS)
+        other = sorted(k for k, c in codes.items()
+                       if c not in KILLED | SURVIVED | NO_TESTS)
+        tested = len(codes) - len(no_tests)
+        out[f] = {"mutants": len(codes), "killed": len(killed), "survived": len(survived),
+                  "no_tests": len(no_tests), "other": len(other),
+                  "score": round(len(killed) / tested, 3) if tested else None,
+                  "survivors": survived, "untested": no_tests, "unclassified": other}
+    return out
+
+
+def run_group(group: str, children: int) -> tuple[dict[str, dict[str, Any]], float]:
+    files, tests = GROUPS[group]
+    ws = prepare(group, files, tests)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ must win
+    t0 = time.monotonic()
+    log = (ws / "mutmut.log").open("w")
+    # not ``-m mutmut``: its trampolines import mutmut.__main__ again, which then fails
+    cli = "import sys; from mutmut.__main__ import cli; sys.exit(cli())"
+    proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children)],
+                          cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    elapsed = time.monotonic() - t0
+    if proc.returncode != 0:
+        print(f"[{group}] mutmut exited {proc.returncode}; see {ws / 'mutmut.log'}",
+              file=sys.stderr)
+    return collect(ws, files), elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("groups", nargs="*", help=f"groups to run (default: all): {list(GROUPS)}")
+    ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    ap.add_argument("--collect", action="store_true",
+                    help="do not run: re-read the results of earlier runs in .mutation/")
+    args = ap.parse_args()
+    groups = args.groups or list(GROUPS)
+    if unknown := [g for g in groups if g not in GROUPS]:
+        ap.error(f"unknown groups {unknown}; choose from {list(GROUPS)}")
+    results: dict[str, Any] = {"groups": {}, "modules": {}}
+    t_all = time.monotonic()
+    for g in groups:
+        if args.collect:
+            mods, elapsed = collect(WORK / g, GROUPS[g][0]), float("nan")
+            timing = WORK / g / "elapsed.txt"
+            if timing.exists():
+                elapsed = float(timing.read_text())
+        else:
+            print(f"[{g}] running ...", file=sys.stderr, flush=True)
+            mods, elapsed = run_group(g, args.children)
+            (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
+        results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
+        results["modules"].update(mods)
+    results["total_seconds"] = round(time.monotonic() - t_all, 1)
+
+    print(f"{'module':40} {'mutants':>7} {'killed':>6} {'surv':>5} {'notest':>6} "
+          f"{'score':>6} {'group time':>10}")
+    for g in groups:
+        for f in GROUPS[g][0]:
+            m = results["modules"][f]
+            score = f"{m['score']:.0%}" if m["score"] is not None else "-"
+            print(f"{f.removeprefix('p2psync/'):40} {m['mutants']:7} {m['killed']:6} "
+                  f"{m['survived']:5} {m['no_tests']:6} {score:>6} "
+                  f"{results['groups'][g]['seconds']:9.0f}s")
+    print(f"total {results['total_seconds']:.0f}s")
+    if args.survivors:
+        for m in results["modules"].values():
+            for s in m["survivors"]:
+                print(f"survived  {s}")
+    out = args.out or REPO / "bench-results" / f"mutation-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
