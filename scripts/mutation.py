@@ -13,11 +13,17 @@ writes JSON (``bench-results/mutation-<time>.json`` or ``--out``).
     (cd .mutation/crypto && python3 -m mutmut show p2psync.crypto.box.x_open__mutmut_3)
 
 Score = killed / (mutants - "no tests"), timeouts count as killed (the mutant hung the test).
+Survivors are classified from the mutant's AST: ``message`` (only what an exception says),
+``text`` (only a str literal: labels, field names quoted in errors), ``identical`` (the same
+code as the original) or ``logic`` (anything
+else: these are the ones to kill or to explain in docs/testing.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import os
 import shutil
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +105,80 @@ def prepare(group: str, files: list[str], tests: list[str]) -> Path:
     return ws
 
 
+def _functions(path: Path) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    tree = ast.parse(path.read_text())
+    return {n.name: n for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def _diffs(a: Any, b: Any, path: tuple[ast.AST, ...]) -> Iterator[tuple[Any, Any, tuple]]:
+    """The smallest differing sub-trees of two ASTs, each with its ancestors."""
+    if type(a) is not type(b):
+        yield a, b, path
+    elif isinstance(a, ast.AST):
+        for f in a._fields:
+            if f != "ctx":
+                yield from _diffs(getattr(a, f, None), getattr(b, f, None), (*path, a))
+    elif isinstance(a, list):
+        if len(a) != len(b):
+            yield a, b, path
+        else:
+            for x, y in zip(a, b, strict=True):
+                yield from _diffs(x, y, path)
+    elif a != b:
+        yield a, b, path
+
+
+LABEL_KWARGS = {"what"}  #: keyword arguments that only name a thing in error messages
+
+
+def _dropped_label(a: Any, b: Any) -> bool:
+    """A keyword argument that only labels error messages was dropped."""
+    if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) + 1
+            and all(isinstance(k, ast.keyword) for k in a + b)):
+        return False
+    gone = {k.arg for k in a} - {k.arg for k in b}
+    return gone <= LABEL_KWARGS
+
+
+def classify(funcs: dict[str, Any], key: str) -> str:
+    """``message`` if the mutant only changes what an exception says, ``text`` if it only
+    changes a str literal (labels, field names in error messages), ``identical`` if it is the
+    original code (mutmut lower-cased an already lower-case literal), else ``logic``."""
+    name = key.rsplit(".", 1)[-1]
+    orig = funcs.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    mut = funcs.get(name)
+    if orig is None or mut is None:
+        return "logic"
+    kinds = set()
+    for a, b, path in _diffs([orig.args, orig.body], [mut.args, mut.body], ()):
+        if any(isinstance(n, ast.Raise) for n in path):
+            kinds.add("message")
+        elif (isinstance(a, str) and isinstance(b, str | None)) or any(
+                isinstance(n, ast.JoinedStr) for n in path) or _dropped_label(a, b):
+            kinds.add("text")
+        else:
+            kinds.add("logic")
+    if not kinds:
+        return "identical"  # e.g. lower-casing an already lower-case literal
+    if "logic" in kinds:
+        return "logic"
+    return "text" if "text" in kinds else "message"
+
+
+def mutant_diff(funcs: dict[str, Any], key: str) -> list[str]:
+    """The changed lines of a mutant against its original (``-`` old, ``+`` new)."""
+    name = key.rsplit(".", 1)[-1]
+    orig = funcs.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    mut = funcs.get(name)
+    if orig is None or mut is None:
+        return []
+    a = ast.unparse(orig).splitlines()[1:]
+    b = ast.unparse(mut).splitlines()[1:]
+    return [ln for ln in difflib.unified_diff(a, b, lineterm="", n=0)
+            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+
+
 def collect(ws: Path, files: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for f in files:
@@ -111,7 +192,12 @@ def collect(ws: Path, files: list[str]) -> dict[str, dict[str, Any]]:
         other = sorted(k for k, c in codes.items()
                        if c not in KILLED | SURVIVED | NO_TESTS)
         tested = len(codes) - len(no_tests)
+        funcs = _functions(ws / "mutants" / f) if survived else {}
+        kinds = {k: classify(funcs, k) for k in survived}
+        diffs = {k: mutant_diff(funcs, k) for k in survived}
+        logic = sorted(k for k in survived if kinds[k] == "logic")
         out[f] = {"mutants": len(codes), "killed": len(killed), "survived": len(survived),
+                  "survived_logic": len(logic), "survivor_kinds": kinds, "diffs": diffs,
                   "no_tests": len(no_tests), "other": len(other),
                   "score": round(len(killed) / tested, 3) if tested else None,
                   "survivors": survived, "untested": no_tests, "unclassified": other}
@@ -142,6 +228,8 @@ def main() -> None:
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    ap.add_argument("--logic", action="store_true",
+                    help="with --survivors: only those that change logic, not text")
     ap.add_argument("--collect", action="store_true",
                     help="do not run: re-read the results of earlier runs in .mutation/")
     args = ap.parse_args()
@@ -164,20 +252,23 @@ def main() -> None:
         results["modules"].update(mods)
     results["total_seconds"] = round(time.monotonic() - t_all, 1)
 
-    print(f"{'module':40} {'mutants':>7} {'killed':>6} {'surv':>5} {'notest':>6} "
-          f"{'score':>6} {'group time':>10}")
+    print(f"{'module':34} {'mutants':>7} {'killed':>6} {'surv':>5} {'logic':>5} "
+          f"{'notest':>6} {'score':>6} {'group time':>10}")
     for g in groups:
         for f in GROUPS[g][0]:
             m = results["modules"][f]
             score = f"{m['score']:.0%}" if m["score"] is not None else "-"
-            print(f"{f.removeprefix('p2psync/'):40} {m['mutants']:7} {m['killed']:6} "
-                  f"{m['survived']:5} {m['no_tests']:6} {score:>6} "
+            print(f"{f.removeprefix('p2psync/'):34} {m['mutants']:7} {m['killed']:6} "
+                  f"{m['survived']:5} {m['survived_logic']:5} {m['no_tests']:6} {score:>6} "
                   f"{results['groups'][g]['seconds']:9.0f}s")
     print(f"total {results['total_seconds']:.0f}s")
     if args.survivors:
         for m in results["modules"].values():
             for s in m["survivors"]:
-                print(f"survived  {s}")
+                if not args.logic or m["survivor_kinds"][s] == "logic":
+                    print(f"survived  {m['survivor_kinds'][s]:8} {s}")
+                    for ln in m["diffs"][s]:
+                        print(f"        {ln.strip()[:150]}")
     out = args.out or REPO / "bench-results" / f"mutation-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
