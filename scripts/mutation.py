@@ -208,6 +208,13 @@ def run_group(group: str, children: int) -> tuple[dict[str, dict[str, Any]], flo
     files, tests = GROUPS[group]
     ws = prepare(group, files, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ must win
+    # the Noise test vectors sit next to the checkout (../shared/vectors), not next to the
+    # workspace copy: point the tests at them so they run under mutation too
+    for base in (REPO.parent, *REPO.parents):
+        vectors = base / "shared" / "vectors"
+        if vectors.is_dir():
+            env.setdefault("P2PSYNC_NOISE_VECTORS", str(vectors))
+            break
     t0 = time.monotonic()
     log = (ws / "mutmut.log").open("w")
     # not ``-m mutmut``: its trampolines import mutmut.__main__ again, which then fails
