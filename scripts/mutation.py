@@ -141,6 +141,16 @@ def _dropped_label(a: Any, b: Any) -> bool:
     return gone <= LABEL_KWARGS
 
 
+def _is_label(node: Any, path: tuple[ast.AST, ...]) -> bool:
+    """``node`` only names a thing for error messages: a ``what=`` argument, or the name
+    argument of ``Reader(value, name)``."""
+    if any(isinstance(n, ast.keyword) and n.arg in LABEL_KWARGS for n in path):
+        return True
+    call = next((n for n in reversed(path) if isinstance(n, ast.Call)), None)
+    return (call is not None and isinstance(call.func, ast.Name) and call.func.id == "Reader"
+            and any(node is x for x in call.args[1:]))
+
+
 def classify(funcs: dict[str, Any], key: str) -> str:
     """``message`` if the mutant only changes what an exception says, ``text`` if it only
     changes a str literal (labels, field names in error messages), ``identical`` if it is the
@@ -155,7 +165,8 @@ def classify(funcs: dict[str, Any], key: str) -> str:
         if any(isinstance(n, ast.Raise) for n in path):
             kinds.add("message")
         elif (isinstance(a, str) and isinstance(b, str | None)) or any(
-                isinstance(n, ast.JoinedStr) for n in path) or _dropped_label(a, b):
+                isinstance(n, ast.JoinedStr) for n in path) or _dropped_label(a, b) \
+                or _is_label(a, path):
             kinds.add("text")
         else:
             kinds.add("logic")
