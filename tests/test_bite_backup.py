@@ -4,6 +4,7 @@ testing found unguarded (docs/testing.md)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,19 @@ def test_document_guard_refuses_and_counts(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(guard.DocumentsForbidden):
         Space.document(None, b"")  # type: ignore[arg-type]
     assert guard.attempts == 3
+
+
+async def test_policy_receipt_lists_every_object_at_its_heads(tmp_path: Path) -> None:
+    node = await make_node(tmp_path, "backup")
+    try:
+        space = node.create_space()
+        docs = [space.new_document().tree.id for _ in range(3)]
+        policy = BackupPolicy(node.replicas, ReplicatorConfig())
+        raw = policy.receipt(space, NONCE)
+        rec = verify_receipt(raw, device=node.replicas.device.public, space_id=space.id,
+                             nonce=NONCE)
+        assert rec.objects == dict(node.replicas.ldiff(space.id).items())
+        assert set(rec.objects) == set(docs) and rec.objects_count == 3
+        assert abs(rec.timestamp_ms - time.time() * 1000) < 60_000
+    finally:
+        await close_all([node])
