@@ -122,7 +122,11 @@ async def test_admission_counts_only_changes_not_yet_held(tmp_path: Path) -> Non
         raws = [c.raw for c in space.document(doc.tree.id).tree.changes()]
         assert len(raws) == 2
         policy = BackupPolicy(laptop.replicas, ReplicatorConfig(quotas=Quotas(space_changes=2)))
-        assert policy.usage.spaces[space.id].changes == 2  # counted from the store at start
+        # counted from the store at start, per space and per owner
+        assert policy.usage.spaces[space.id].changes == 2
+        assert policy.usage.spaces[space.id].bytes == sum(len(r) for r in raws)
+        owner = policy.usage.owners[space.header.owner]
+        assert (owner.changes, owner.bytes) == (2, sum(len(r) for r in raws))
         policy.admit_changes(space, doc.tree.id, raws)  # all held already: nothing to count
         with pytest.raises(QuotaExceeded):
             policy.admit_changes(space, b"\x00" * 32, raws[:1])
