@@ -55,3 +55,15 @@ def test_every_bip39_length_generates_and_normalises(words: int, bits: int) -> N
     from mnemonic import Mnemonic
 
     assert len(Mnemonic("english").to_entropy(phrase)) * 8 == bits
+
+
+def test_keystore_key_derivation_uses_the_stored_cost_parameters() -> None:
+    """A keystore names its argon2id cost; reading must use exactly that, not a default."""
+    import nacl.pwhash
+
+    from p2psync.crypto.keystore import _derive
+
+    salt = b"\x01" * nacl.pwhash.argon2id.SALTBYTES
+    got = _derive("pw", salt, 1, 8192)
+    assert got == nacl.pwhash.argon2id.kdf(32, b"pw", salt, opslimit=1, memlimit=8192)
+    assert got != _derive("pw", salt, 2, 8192)
