@@ -11,6 +11,7 @@ from p2psync.crypto.keys import AccountKey, verify
 from p2psync.errors import BadSignature, InvalidAclRecord
 from p2psync.replica.acl_records import (
     JOIN_DOMAIN,
+    MAX_ENTRIES,
     SEALED_KEY_SIZE,
     Accept,
     AddReplicator,
@@ -74,10 +75,28 @@ def test_root_and_merge_round_trip() -> None:
     Rotate(Rotation((), (), (KeyEntry(A[:31], b"\x06" * 72),))),
     Rotate(Rotation((), (), (KeyEntry(A, b"\x06" * 71),))),
     PermissionChange(A, 0),  # type: ignore[arg-type]
+    Invite(A[:31], True, Role.WRITER, ()),
+    Invite(A, True, Role.WRITER, (KeyEntry(A[:31], SEALED),)),
+    Invite(A, True, Role.WRITER, (KeyEntry(A, SEALED[:79]),)),
 ], ids=lambda p: type(p).__name__)
 def test_wrong_sizes_and_roles_are_refused(payload: object) -> None:
     with pytest.raises(InvalidAclRecord):
         decode_record(build_record(AUTHOR, "s.1", PREV, payload))  # type: ignore[arg-type]
+
+
+def test_root_sealed_key_size_is_enforced() -> None:
+    for bad in (SEALED[:79], SEALED + b"\x00"):
+        with pytest.raises(InvalidAclRecord):
+            decode_record(build_record(AUTHOR, "s.1", [], Root(bad)))
+
+
+def test_key_entry_lists_are_bounded() -> None:
+    refs = sorted(i.to_bytes(32, "big") for i in range(MAX_ENTRIES + 1))
+    ok = Rotate(Rotation((), (), tuple(KeyEntry(r, b"\x06" * 72) for r in refs[:-1])))
+    assert decode_record(build_record(AUTHOR, "s.1", PREV, ok)).payload == ok
+    big = Rotate(Rotation((), (), tuple(KeyEntry(r, b"\x06" * 72) for r in refs)))
+    with pytest.raises(InvalidAclRecord):
+        decode_record(build_record(AUTHOR, "s.1", PREV, big))
 
 
 def test_join_proof_covers_space_invite_and_joiner() -> None:
