@@ -66,6 +66,16 @@ def test_same_binding_completes_with_negotiated_result() -> None:
     assert i.result.handshake_hash == r.result.handshake_hash
     assert i.result.stream_secret == r.result.stream_secret != i.result.handshake_hash
     assert i.result.peer_id == d2.id and r.result.peer_id == d1.id
+    assert len(i.result.handshake_hash) == 64 and len(i.result.stream_secret) == 32
+    for a, b in ((i.result, r.result), (r.result, i.result)):  # the transport ciphers pair up
+        assert b.recv_cipher.decrypt_with_ad(b"", a.send_cipher.encrypt_with_ad(b"", b"m")) \
+            == b"m"
+    # a second session between the same devices derives different secrets
+    i2 = SecureHandshake(initiator=True, device_key=d1, certificate=c1, binding=b"conn-1")
+    r2 = SecureHandshake(initiator=False, device_key=d2, certificate=c2, binding=b"conn-1")
+    run(i2, r2)
+    assert i2.result is not None and i2.result.stream_secret != i.result.stream_secret
+    assert i2.result.handshake_hash != i.result.handshake_hash
 
 
 # --- Noise core (p2psync/transport/noise.py) -------------------------------------------------
