@@ -184,8 +184,8 @@ def mutant_diff(funcs: dict[str, Any], key: str) -> list[str]:
     mut = funcs.get(name)
     if orig is None or mut is None:
         return []
-    a = ast.unparse(orig).splitlines()[1:]
-    b = ast.unparse(mut).splitlines()[1:]
+    a = ast.unparse(orig).replace(orig.name, "f", 1).splitlines()
+    b = ast.unparse(mut).replace(mut.name, "f", 1).splitlines()
     return [ln for ln in difflib.unified_diff(a, b, lineterm="", n=0)
             if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2psync.errors import FrameError
-from p2psync.transport.framing import FrameDecoder, encode_frame
+from p2psync.transport.framing import MAX_FRAME, FrameDecoder, encode_frame
 
 
 @pytest.mark.parametrize("cut", [1, 3, 4, 5])  # inside the header, header only, inside body
@@ -20,3 +20,18 @@ def test_stream_ending_between_frames_is_clean() -> None:
     dec = FrameDecoder()
     assert dec.feed(encode_frame(b"abc") + encode_frame(b"d")) == [b"abc", b"d"]
     dec.eof()
+
+
+def test_frame_size_limits_are_exact() -> None:
+    assert FrameDecoder().feed(encode_frame(b"x" * MAX_FRAME)) == [b"x" * MAX_FRAME]
+    for bad in (b"", b"x" * (MAX_FRAME + 1)):
+        with pytest.raises(FrameError):
+            encode_frame(bad)
+
+
+def test_decoder_limit_is_inclusive_and_an_oversize_frame_resets_it() -> None:
+    dec = FrameDecoder(max_frame=1024)
+    assert dec.feed(encode_frame(b"y" * 1024)) == [b"y" * 1024]
+    with pytest.raises(FrameError, match="outside"):
+        dec.feed(encode_frame(b"y" * 1025))
+    assert dec.pending == 0  # nothing of the refused frame is kept
