@@ -53,7 +53,9 @@ def check(raw: bytes) -> Receipt:
 
 def test_receipt_round_trip_keeps_every_field() -> None:
     rec = Receipt("s.1", DEV.public, ACCT, 5, NONCE, (H,), H, 1, 2, 3, {H: b"\x0b" * 32})
-    got = check(sign_receipt(DEV, rec))
+    raw = sign_receipt(DEV, rec)
+    got = check(raw)
+    assert got.raw == raw
     assert got == Receipt(*[getattr(rec, f) for f in (
         "space_id", "device", "account", "timestamp_ms", "nonce", "acl_heads", "root",
         "objects_count", "changes_count", "size", "objects")], raw=got.raw)
@@ -65,7 +67,8 @@ def test_receipt_round_trip_keeps_every_field() -> None:
     {"acl_heads": [b"\x01" * 31]}, {"acl_heads": [H] * 257}, {"root": b"\x01" * 33},
     {"n_obj": -1}, {"n_ch": -1}, {"n_bytes": -1}, {"objects": "x"},
     {"objects": [[H, H]] * (MAX_LISTED + 1)}, {"objects": [[H, b"\x01" * 31]]},
-    {"objects": [[b"\x01" * 33, H]]}, {"ts": -1}, {"device": b"\x01" * 31},
+    {"objects": [[b"\x01" * 33, H]]}, {"ts": -1}, {"ts": 2**63}, {"device": b"\x01" * 31},
+    {"account": b"\x01" * 31}, {"account": b"\x01" * 33},
 ])
 def test_malformed_receipt_is_refused(over: dict[str, object]) -> None:
     with pytest.raises(ReceiptError):
@@ -73,6 +76,8 @@ def test_malformed_receipt_is_refused(over: dict[str, object]) -> None:
 
 
 def test_receipt_zero_counts_and_listing_limit_are_accepted() -> None:
+    assert check(signed(fields(ts=0))).timestamp_ms == 0
+    assert check(signed(fields(ts=2**63 - 1))).timestamp_ms == 2**63 - 1
     rec = check(signed(fields(n_obj=0, n_ch=0, n_bytes=0, acl_heads=[H] * 256)))
     assert (rec.objects_count, rec.changes_count, rec.size) == (0, 0, 0)
     many = [[os.urandom(32), H] for _ in range(MAX_LISTED)]
@@ -94,11 +99,17 @@ async def test_admission_allowlist_and_byte_quota(tmp_path: Path) -> None:
             quotas=Quotas(space_bytes=2000), accounts=frozenset({laptop.account.public})))
         policy.admit_space(mine.id, mine.header, mine.acl)
         assert policy.refused_spaces == 0
+        assert policy.usage.owner_of[mine.id] == laptop.account.public  # account quotas
+        assert mine.id in policy.usage.spaces
         with pytest.raises(AccessDenied, match="owner"):
             policy.admit_space(theirs.id, theirs.header, theirs.acl)
         with pytest.raises(AccessDenied, match="owner"):
             policy.admit_space(theirs.id, theirs.header, theirs.acl)
         assert policy.refused_spaces == 2
+        unnamed = laptop.create_space()  # does not name the backup as its replicator
+        with pytest.raises(AccessDenied, match="replicator"):
+            policy.admit_space(unnamed.id, unnamed.header, unnamed.acl)
+        assert policy.refused_spaces == 3
         # the byte quota counts the bytes of the batch (a tree the space does not hold yet)
         doc = mine.new_document()
         edit(mine, doc.tree.id, "k", os.urandom(3000))
