@@ -175,3 +175,25 @@ async def test_policy_receipt_lists_every_object_at_its_heads(tmp_path: Path) ->
         assert abs(rec.timestamp_ms - time.time() * 1000) < 60_000
     finally:
         await close_all([node])
+
+
+async def test_usage_follows_the_store_after_a_deletion(tmp_path: Path) -> None:
+    node = await make_node(tmp_path, "backup")
+    try:
+        space = node.create_space()
+        docs = [space.new_document().tree.id for _ in range(3)]
+        for t in docs:
+            edit(space, t, "k", os.urandom(500))
+        space.flush()
+        policy = BackupPolicy(node.replicas, ReplicatorConfig())
+        assert node.store is not None
+        before = node.store.space_usage()[space.id]
+        space.delete_objects(docs[:2])
+        after = node.store.space_usage().get(space.id, (0, 0))
+        assert after[0] < before[0] and after[1] < before[1]  # the tombstone freed space
+        t = policy.usage.spaces[space.id]
+        assert (t.bytes, t.changes) == after
+        o = policy.usage.owners[space.header.owner]
+        assert (o.bytes, o.changes) == after
+    finally:
+        await close_all([node])
