@@ -197,3 +197,15 @@ async def test_usage_follows_the_store_after_a_deletion(tmp_path: Path) -> None:
         assert (o.bytes, o.changes) == after
     finally:
         await close_all([node])
+
+
+async def test_a_space_without_changes_starts_at_zero_usage(tmp_path: Path) -> None:
+    node = await make_node(tmp_path, "backup")
+    try:
+        space = node.create_space()  # no object yet: nothing stored for it
+        assert node.store is not None and space.id not in node.store.space_usage()
+        policy = BackupPolicy(node.replicas, ReplicatorConfig())
+        t = policy.usage.spaces[space.id]
+        assert (t.bytes, t.changes) == (0, 0)
+    finally:
+        await close_all([node])
