@@ -173,6 +173,10 @@ async def test_policy_receipt_lists_every_object_at_its_heads(tmp_path: Path) ->
         assert rec.objects == dict(node.replicas.ldiff(space.id).items())
         assert set(rec.objects) == set(docs) and rec.objects_count == 3
         assert abs(rec.timestamp_ms - time.time() * 1000) < 60_000
+        later = node.create_space()  # not counted by this policy: reported as empty
+        rec2 = verify_receipt(policy.receipt(later, NONCE), device=node.replicas.device.public,
+                              space_id=later.id, nonce=NONCE)
+        assert (rec2.changes_count, rec2.size) == (0, 0)
     finally:
         await close_all([node])
 
@@ -195,6 +199,9 @@ async def test_usage_follows_the_store_after_a_deletion(tmp_path: Path) -> None:
         assert (t.bytes, t.changes) == after
         o = policy.usage.owners[space.header.owner]
         assert (o.bytes, o.changes) == after
+        space.delete_objects(docs[2:])  # the last object: nothing stored for the space
+        assert space.id not in node.store.space_usage()
+        assert (t.bytes, t.changes) == (0, 0) and (o.bytes, o.changes) == (0, 0)
     finally:
         await close_all([node])
 
