@@ -91,14 +91,17 @@ async def test_channel_binding(server: test_transport.Server) -> None:
     assert "DID NOT RAISE" in str(exc)
 
 
-async def test_quotas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # with quotas off the guarding test waits for a refusal that never comes: 3 s is plenty
-    # for one on loopback (the test itself allows 20 s)
-    monkeypatch.setattr(test_backup, "wait_any", functools.partial(
-        test_backup.wait_any, timeout=3.0))
+def _quotas_off_waiting_briefly(mp: pytest.MonkeyPatch) -> None:
+    """quotas_off, and the guarding test waits 3 s (not 20) for the refusal that never comes;
+    with quotas on it runs with its own timeouts."""
+    quotas_off(mp)
+    mp.setattr(test_backup, "wait_any", functools.partial(test_backup.wait_any, timeout=3.0))
+
+
+async def test_quotas(tmp_path: Path) -> None:
     runs = iter(_dirs(tmp_path))
     await bites(lambda: test_backup.test_quota_refusal_reaches_the_pushing_device_and_nothing_partial_is_stored(  # noqa: E501
-        next(runs)), quotas_off)
+        next(runs)), _quotas_off_waiting_briefly)
 
 
 async def test_crash_safety_rollback(tmp_path: Path) -> None:
