@@ -1,0 +1,297 @@
+"""Mutation testing of the security-critical code, one module group at a time (mutmut 3).
+
+Not part of CI (a full run takes over an hour on two cores). For every group below this script
+builds a workspace ``.mutation/<group>/`` holding a copy of ``p2psync/`` and ``tests/`` and a
+``pyproject.toml`` whose ``[tool.mutmut]`` mutates only that group's files and runs only that
+group's test files; mutmut then maps each mutated function to the tests that call it and runs
+just those per mutant. It prints a table (module, mutants, killed, survived, score, time) and
+writes JSON (``bench-results/mutation-<time>.json`` or ``--out``).
+
+    python3 scripts/mutation.py                      # every group
+    python3 scripts/mutation.py crypto change        # some groups
+    python3 scripts/mutation.py --survivors crypto   # also list surviving mutants
+    (cd .mutation/crypto && python3 -m mutmut show p2psync.crypto.box.x_open__mutmut_3)
+
+Score = killed / (mutants - "no tests"), timeouts count as killed (the mutant hung the test).
+Survivors are classified from the mutant's AST: ``message`` (only what an exception says),
+``text`` (only a str literal: labels, field names quoted in errors), ``identical`` (the same
+code as the original) or ``logic`` (anything
+else: these are the ones to kill or to explain in docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / ".mutation"
+
+#: group -> (files to mutate, test files run against them). Test files are the focused unit
+#: tests of the group; slow process/netns tests are left out so a run stays feasible.
+GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "crypto": (
+        ["p2psync/crypto/box.py", "p2psync/crypto/cert.py", "p2psync/crypto/ids.py",
+         "p2psync/crypto/keys.py", "p2psync/crypto/keystore.py", "p2psync/crypto/signed.py"],
+        ["tests/test_crypto.py", "tests/test_keystore.py", "tests/test_change.py",
+         "tests/test_acl_records.py", "tests/test_bite_crypto.py"],
+    ),
+    "change": (
+        ["p2psync/replica/change.py"],
+        ["tests/test_change.py", "tests/test_tree.py", "tests/test_access.py",
+         "tests/test_bite_change.py"],
+    ),
+    "backup": (
+        ["p2psync/backup/guard.py", "p2psync/backup/policy.py", "p2psync/backup/receipt.py"],
+        ["tests/test_backup.py", "tests/test_bite_backup.py"],
+    ),
+    "noise": (
+        ["p2psync/transport/noise.py", "p2psync/transport/handshake.py"],
+        ["tests/test_noise.py", "tests/test_framing.py", "tests/test_bite_noise.py"],
+    ),
+    "framing": (
+        ["p2psync/transport/framing.py"],
+        ["tests/test_framing.py", "tests/test_bite_framing.py"],
+    ),
+    "acl_records": (
+        ["p2psync/replica/acl_records.py"],
+        ["tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl_records.py"],
+    ),
+    "acl": (
+        ["p2psync/replica/acl.py"],
+        ["tests/test_acl_scenarios.py", "tests/test_acl_properties.py",
+         "tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl.py"],
+    ),
+    "tree": (
+        ["p2psync/replica/tree.py"],
+        ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py"],
+    ),
+}
+
+KILLED = {1, 3, -24, 24, 152, 255, 36}  # failing tests, pytest internal error, or a timeout
+SURVIVED = {0}
+NO_TESTS = {33, 5}
+
+
+def prepare(group: str, files: list[str], tests: list[str]) -> Path:
+    ws = WORK / group
+    shutil.rmtree(ws, ignore_errors=True)
+    ws.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.sqlite3*", ".hypothesis")
+    shutil.copytree(REPO / "p2psync", ws / "p2psync", ignore=ignore)
+    shutil.copytree(REPO / "tests", ws / "tests", ignore=ignore)
+    base = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pytest_opts = base["tool"]["pytest"]["ini_options"]
+    keep = [t for t in tests if (REPO / t).exists()]
+    every = [str(p.relative_to(REPO)) for p in (REPO / "p2psync").rglob("*.py")]
+    skip = sorted(p for p in every if p not in files)
+    lines = ["[tool.pytest.ini_options]"]
+    for k, v in pytest_opts.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["", "[tool.mutmut]", 'paths_to_mutate = ["p2psync/"]',
+              f"do_not_mutate = {json.dumps(skip)}", f"tests_dir = {json.dumps(keep)}", ""]
+    (ws / "pyproject.toml").write_text("\n".join(lines))
+    return ws
+
+
+def _functions(path: Path) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    tree = ast.parse(path.read_text())
+    return {n.name: n for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def _diffs(a: Any, b: Any, path: tuple[ast.AST, ...]) -> Iterator[tuple[Any, Any, tuple]]:
+    """The smallest differing sub-trees of two ASTs, each with its ancestors."""
+    if type(a) is not type(b):
+        yield a, b, path
+    elif isinstance(a, ast.AST):
+        for f in a._fields:
+            if f != "ctx":
+                yield from _diffs(getattr(a, f, None), getattr(b, f, None), (*path, a))
+    elif isinstance(a, list):
+        if len(a) != len(b):
+            yield a, b, path
+        else:
+            for x, y in zip(a, b, strict=True):
+                yield from _diffs(x, y, path)
+    elif a != b:
+        yield a, b, path
+
+
+LABEL_KWARGS = {"what"}  #: keyword arguments that only name a thing in error messages
+
+
+def _dropped_label(a: Any, b: Any) -> bool:
+    """A keyword argument that only labels error messages was dropped."""
+    if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) + 1
+            and all(isinstance(k, ast.keyword) for k in a + b)):
+        return False
+    gone = {k.arg for k in a} - {k.arg for k in b}
+    return gone <= LABEL_KWARGS
+
+
+def _is_label(node: Any, path: tuple[ast.AST, ...]) -> bool:
+    """``node`` only names a thing for error messages: a ``what=`` argument, or the name
+    argument of ``Reader(value, name)``."""
+    if any(isinstance(n, ast.keyword) and n.arg in LABEL_KWARGS for n in path):
+        return True
+    call = next((n for n in reversed(path) if isinstance(n, ast.Call)), None)
+    return (call is not None and isinstance(call.func, ast.Name) and call.func.id == "Reader"
+            and any(node is x for x in call.args[1:]))
+
+
+def classify(funcs: dict[str, Any], key: str) -> str:
+    """``message`` if the mutant only changes what an exception says, ``text`` if it only
+    changes a str literal (labels, field names in error messages), ``identical`` if it is the
+    original code (mutmut lower-cased an already lower-case literal), else ``logic``."""
+    name = key.rsplit(".", 1)[-1]
+    orig = funcs.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    mut = funcs.get(name)
+    if orig is None or mut is None:
+        return "logic"
+    kinds = set()
+    for a, b, path in _diffs([orig.args, orig.body], [mut.args, mut.body], ()):
+        if any(isinstance(n, ast.Raise) for n in path):
+            kinds.add("message")
+        elif (isinstance(a, str) and isinstance(b, str | None)) or any(
+                isinstance(n, ast.JoinedStr) for n in path) or _dropped_label(a, b) \
+                or _is_label(a, path):
+            kinds.add("text")
+        else:
+            kinds.add("logic")
+    if not kinds:
+        return "identical"  # e.g. lower-casing an already lower-case literal
+    if "logic" in kinds:
+        return "logic"
+    return "text" if "text" in kinds else "message"
+
+
+def mutant_diff(funcs: dict[str, Any], key: str) -> list[str]:
+    """The changed lines of a mutant against its original (``-`` old, ``+`` new)."""
+    name = key.rsplit(".", 1)[-1]
+    orig = funcs.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    mut = funcs.get(name)
+    if orig is None or mut is None:
+        return []
+    a = ast.unparse(orig).replace(orig.name, "f", 1).splitlines()
+    b = ast.unparse(mut).replace(mut.name, "f", 1).splitlines()
+    return [ln for ln in difflib.unified_diff(a, b, lineterm="", n=0)
+            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+
+
+def collect(ws: Path, files: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        meta = ws / "mutants" / (f + ".meta")
+        codes: dict[str, int | None] = {}
+        if meta.exists():
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+        killed = sorted(k for k, c in codes.items() if c in KILLED)
+        survived = sorted(k for k, c in codes.items() if c in SURVIVED)
+        no_tests = sorted(k for k, c in codes.items() if c in NO_TESTS)
+        other = sorted(k for k, c in codes.items()
+                       if c not in KILLED | SURVIVED | NO_TESTS)
+        tested = len(codes) - len(no_tests)
+        funcs = _functions(ws / "mutants" / f) if survived else {}
+        kinds = {k: classify(funcs, k) for k in survived}
+        diffs = {k: mutant_diff(funcs, k) for k in survived}
+        logic = sorted(k for k in survived if kinds[k] == "logic")
+        out[f] = {"mutants": len(codes), "killed": len(killed), "survived": len(survived),
+                  "survived_logic": len(logic), "survivor_kinds": kinds, "diffs": diffs,
+                  "no_tests": len(no_tests), "other": len(other),
+                  "score": round(len(killed) / tested, 3) if tested else None,
+                  "survivors": survived, "untested": no_tests, "unclassified": other}
+    return out
+
+
+def run_group(group: str, children: int) -> tuple[dict[str, dict[str, Any]], float]:
+    files, tests = GROUPS[group]
+    ws = prepare(group, files, tests)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ must win
+    # the Noise test vectors sit next to the checkout (../shared/vectors), not next to the
+    # workspace copy: point the tests at them so they run under mutation too
+    for base in (REPO.parent, *REPO.parents):
+        vectors = base / "shared" / "vectors"
+        if vectors.is_dir():
+            env.setdefault("P2PSYNC_NOISE_VECTORS", str(vectors))
+            break
+    t0 = time.monotonic()
+    log = (ws / "mutmut.log").open("w")
+    # not ``-m mutmut``: its trampolines import mutmut.__main__ again, which then fails
+    cli = "import sys; from mutmut.__main__ import cli; sys.exit(cli())"
+    proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children)],
+                          cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    elapsed = time.monotonic() - t0
+    if proc.returncode != 0:
+        print(f"[{group}] mutmut exited {proc.returncode}; see {ws / 'mutmut.log'}",
+              file=sys.stderr)
+    return collect(ws, files), elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("groups", nargs="*", help=f"groups to run (default: all): {list(GROUPS)}")
+    ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    ap.add_argument("--logic", action="store_true",
+                    help="with --survivors: only those that change logic, not text")
+    ap.add_argument("--collect", action="store_true",
+                    help="do not run: re-read the results of earlier runs in .mutation/")
+    args = ap.parse_args()
+    groups = args.groups or list(GROUPS)
+    if unknown := [g for g in groups if g not in GROUPS]:
+        ap.error(f"unknown groups {unknown}; choose from {list(GROUPS)}")
+    results: dict[str, Any] = {"groups": {}, "modules": {}}
+    t_all = time.monotonic()
+    for g in groups:
+        if args.collect:
+            mods, elapsed = collect(WORK / g, GROUPS[g][0]), float("nan")
+            timing = WORK / g / "elapsed.txt"
+            if timing.exists():
+                elapsed = float(timing.read_text())
+        else:
+            print(f"[{g}] running ...", file=sys.stderr, flush=True)
+            mods, elapsed = run_group(g, args.children)
+            (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
+        results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
+        results["modules"].update(mods)
+    results["total_seconds"] = round(time.monotonic() - t_all, 1)
+
+    print(f"{'module':34} {'mutants':>7} {'killed':>6} {'surv':>5} {'logic':>5} "
+          f"{'notest':>6} {'score':>6} {'group time':>10}")
+    for g in groups:
+        for f in GROUPS[g][0]:
+            m = results["modules"][f]
+            score = f"{m['score']:.0%}" if m["score"] is not None else "-"
+            print(f"{f.removeprefix('p2psync/'):34} {m['mutants']:7} {m['killed']:6} "
+                  f"{m['survived']:5} {m['survived_logic']:5} {m['no_tests']:6} {score:>6} "
+                  f"{results['groups'][g]['seconds']:9.0f}s")
+    print(f"total {results['total_seconds']:.0f}s")
+    if args.survivors:
+        for m in results["modules"].values():
+            for s in m["survivors"]:
+                if not args.logic or m["survivor_kinds"][s] == "logic":
+                    print(f"survived  {m['survivor_kinds'][s]:8} {s}")
+                    for ln in m["diffs"][s]:
+                        print(f"        {ln.strip()[:150]}")
+    out = args.out or REPO / "bench-results" / f"mutation-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

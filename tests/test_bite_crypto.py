@@ -1,0 +1,69 @@
+"""Crypto details that mutation testing found unguarded (docs/testing.md): the signature
+domain prefix (wire compatibility: it must be exactly the documented bytes), id kinds, every
+recovery-phrase length, malformed signature inputs."""
+
+from __future__ import annotations
+
+import nacl.signing
+import pytest
+
+from p2psync.crypto.ids import ACCOUNT, decode_key, peer_id
+from p2psync.crypto.keys import (
+    AccountKey,
+    account_from_phrase,
+    new_recovery_phrase,
+    normalize_phrase,
+    verify,
+)
+from p2psync.errors import BadId, BadSignature
+
+
+def test_signatures_are_over_the_documented_domain_separated_bytes() -> None:
+    """docs/README.md: ``b"p2psync/<domain>\\0" + body`` — built independently here."""
+    seed = bytes(range(32))
+    key = AccountKey(seed)
+    sig = key.sign("tree-change", b"body")
+    assert sig == nacl.signing.SigningKey(seed).sign(b"p2psync/tree-change\x00body").signature
+    verify(key.public, "tree-change", b"body", sig)
+    with pytest.raises(BadSignature):
+        verify(key.public, "tree-chang", b"e\x00body", sig)  # the separator counts
+
+
+@pytest.mark.parametrize(("key_len", "sig_len"), [(31, 64), (32, 63), (33, 64), (32, 65)])
+def test_malformed_key_or_signature_is_refused_as_malformed(key_len: int, sig_len: int) -> None:
+    with pytest.raises(BadSignature, match="malformed"):
+        verify(b"\x01" * key_len, "d", b"x", b"\x02" * sig_len)
+
+
+def test_an_id_of_another_kind_or_type_is_refused_up_front() -> None:
+    key = AccountKey(b"\x05" * 32).public
+    with pytest.raises(BadId, match="not an account id"):
+        decode_key(ACCOUNT, peer_id(key))
+    with pytest.raises(BadId, match="not an account id"):
+        decode_key(ACCOUNT, 12345)  # type: ignore[arg-type]
+    with pytest.raises(BadId, match="not a peer id"):
+        decode_key("z", "z" + peer_id(key)[1:])
+
+
+@pytest.mark.parametrize(("words", "bits"), [(12, 128), (15, 160), (18, 192), (21, 224),
+                                             (24, 256)])
+def test_every_bip39_length_generates_and_normalises(words: int, bits: int) -> None:
+    phrase = new_recovery_phrase(words)
+    assert len(phrase.split()) == words
+    assert normalize_phrase(phrase.upper()) == phrase
+    account_from_phrase(phrase)
+    from mnemonic import Mnemonic
+
+    assert len(Mnemonic("english").to_entropy(phrase)) * 8 == bits
+
+
+def test_keystore_key_derivation_uses_the_stored_cost_parameters() -> None:
+    """A keystore names its argon2id cost; reading must use exactly that, not a default."""
+    import nacl.pwhash
+
+    from p2psync.crypto.keystore import _derive
+
+    salt = b"\x01" * nacl.pwhash.argon2id.SALTBYTES
+    got = _derive("pw", salt, 1, 8192)
+    assert got == nacl.pwhash.argon2id.kdf(32, b"pw", salt, opslimit=1, memlimit=8192)
+    assert got != _derive("pw", salt, 2, 8192)
