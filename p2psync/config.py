@@ -201,6 +201,8 @@ def keys(cls: type = AgentConfig, prefix: tuple[str, ...] = ()) -> Iterator[Key]
     docs = _attribute_docs(cls)
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if not f.compare:  # runtime hooks (callables such as a policy), not settings
+            continue
         tp = hints[f.name]
         # classes of lower layers carry no config metadata: help from their `#:` comments,
         # numbers >= 0 unless a bound below says more

@@ -22,9 +22,9 @@ from p2psync.crypto.ids import decode_key
 from p2psync.node import Node
 from p2psync.replica.document import ROOT
 from p2psync.replica.space import Space
-from tests.sync_helpers import fast_config, make_node
 from p2psync.sync.engine import PeerEngine
 from tests.netns import JsonLinesProcess
+from tests.sync_helpers import fast_config, make_node
 
 NO_PERIODIC = 3600.0  #: no periodic head sync: only pushes and offers can move data
 
@@ -49,16 +49,6 @@ def held(node: Node, space_id: str, tree_id: bytes) -> int:
     return node.store.count_changes(tree_id)
 
 
-async def hand_to_backup(owner: Node, backup: Node, space: Space, *, wait_for: Any = None) -> None:
-    """The owner makes ``backup`` the space's replicator and connects to it; returns once the
-    backup holds the space (and, with ``wait_for``, the invite of that code too), so a device
-    can then join through the backup alone."""
-    from tests.sync_helpers import converged, wait_any
-
-    space.emit_acl(lambda acl: acl.add_replicator(owner.account, backup.account.public))
-    await owner.connect(backup.address())
-    await wait_any([owner, backup], lambda: converged([owner, backup], space.id) and (
-        wait_for is None or wait_for.invite_id in backup.spaces[space.id].acl.state.invites))
 # --- no plaintext at rest ---------------------------------------------------------------------
 #
 # A "marker never appears in these files" check proves nothing unless the marker WOULD appear if
@@ -216,3 +206,13 @@ async def back_up_marked_space(tmp_path: Path, procs: list[JsonLinesProcess],
         await laptop.close()
         raise
     return MarkedBackup(home, backup, addr, mport, laptop, space, docs, rec, marker, code)
+async def hand_to_backup(owner: Node, backup: Node, space: Space, *, wait_for: Any = None) -> None:
+    """The owner makes ``backup`` the space's replicator and connects to it; returns once the
+    backup holds the space (and, with ``wait_for``, the invite of that code too), so a device
+    can then join through the backup alone."""
+    from tests.sync_helpers import converged, wait_any
+
+    space.emit_acl(lambda acl: acl.add_replicator(owner.account, backup.account.public))
+    await owner.connect(backup.address())
+    await wait_any([owner, backup], lambda: converged([owner, backup], space.id) and (
+        wait_for is None or wait_for.invite_id in backup.spaces[space.id].acl.state.invites))

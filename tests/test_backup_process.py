@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_helpers import (
+
+from p2psync.crypto.ids import decode_key
+from p2psync.replica.acl import Acl
+from p2psync.replica.store import Store
+from p2psync.sync.ldiff import heads_hash
+from tests.backup_helpers import (
     assert_no_plaintext,
     back_up_marked_space,
     edit,
@@ -22,13 +27,6 @@ from backup_helpers import (
     start_backup,
     until_backed_up,
 )
-from sync_helpers import close_all, documents_json, make_node, wait_any
-
-from p2psync.crypto.ids import decode_key
-from p2psync.replica.acl import Acl
-from p2psync.replica.store import Store
-from p2psync.sync.ldiff import heads_hash
-from tests.backup_helpers import edit
 from tests.netns import JsonLinesProcess
 from tests.sync_helpers import close_all, documents_json, make_node, wait_any
 

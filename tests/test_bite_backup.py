@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from backup_helpers import edit
-from sync_helpers import close_all, make_node
 
 from p2psync.backup import guard
 from p2psync.backup.config import Quotas, ReplicatorConfig
@@ -27,6 +25,8 @@ from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.errors import AccessDenied, QuotaExceeded
 from p2psync.replica import automerge_adapter
 from p2psync.replica.space import Space
+from tests.backup_helpers import edit
+from tests.sync_helpers import close_all, make_node
 
 DEV = DeviceKey(b"\x07" * 32)
 ACCT = AccountKey(b"\x08" * 32).public

@@ -4,7 +4,6 @@ means: the app path refuses with UnknownSpaceType, the sync path replicates as u
 from __future__ import annotations
 
 import pytest
-from conformance.doctype_suite import DoctypeSuite
 
 from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.errors import UnknownSpaceType
@@ -12,6 +11,7 @@ from p2psync.replica import doctype
 from p2psync.replica.memstore import MemoryStore
 from p2psync.replica.space import Space
 from p2psync.replica.tree import ObjectTree
+from tests.conformance.doctype_suite import DoctypeSuite
 
 
 @pytest.fixture(params=doctype.space_types())

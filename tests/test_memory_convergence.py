@@ -10,7 +10,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from memory_net import MemoryNet
 
 from p2psync.crypto import AccountKey, DeviceKey
 from p2psync.crypto.cert import DeviceCertificate
@@ -18,6 +17,7 @@ from p2psync.errors import ConnectionClosed, TransportError
 from p2psync.sync import engine as engine_mod
 from p2psync.sync.pull import TreePull
 from p2psync.transport.memory import memory_pair
+from tests.memory_net import MemoryNet
 
 
 def _ident() -> tuple[DeviceKey, DeviceCertificate]:

@@ -10,9 +10,6 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from memory_net import SimNode
-from sync_helpers import RawPeer
-
 from p2psync.node import sync_transport_config
 from p2psync.replica.document import ROOT
 from p2psync.sync.engine import EngineConfig, PeerEngine
@@ -26,6 +23,8 @@ from p2psync.sync.messages import (
 )
 from p2psync.sync.spacex import header_exchange_key
 from p2psync.transport.memory import memory_pair
+from tests.memory_net import SimNode
+from tests.sync_helpers import RawPeer
 
 GRACE = 0.3
 

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from conformance.policy_suite import FakePeer, PolicySuite, PolicyWorld, _adopt, _Conn, _Source
 
 from p2psync.backup.config import Quotas, ReplicatorConfig
 from p2psync.backup.policy import BackupPolicy
@@ -16,6 +15,14 @@ from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.errors import AccessDenied, QuotaExceeded
 from p2psync.replica.memstore import MemoryStore
 from p2psync.sync.replicas import DevicePolicy, Replicas
+from tests.conformance.policy_suite import (
+    FakePeer,
+    PolicySuite,
+    PolicyWorld,
+    _adopt,
+    _Conn,
+    _Source,
+)
 
 
 def _world(kind: str, *, replicator: bool = True, quotas: Quotas | None = None) -> PolicyWorld:

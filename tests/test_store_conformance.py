@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conformance.store_suite import StoreSuite
 
 from p2psync.errors import StoreError, UnknownStore
 from p2psync.replica.memstore import MemoryStore
 from p2psync.replica.storage import open_store
 from p2psync.replica.store import SqliteStore
+from tests.conformance.store_suite import StoreSuite
 
 
 @pytest.fixture(params=["sqlite", "sqlite-url", "memory"])

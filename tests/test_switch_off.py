@@ -12,17 +12,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import test_acl_records
-import test_acl_scenarios
-import test_backup
-import test_change
-import test_noise
-import test_space
-import test_store
-import test_transport
-import test_tree
-from backup_helpers import assert_no_plaintext, back_up_marked_space, new_marker
-from guards import (
+
+import tests.test_acl_records as test_acl_records
+import tests.test_acl_scenarios as test_acl_scenarios
+import tests.test_backup as test_backup
+import tests.test_change as test_change
+import tests.test_noise as test_noise
+import tests.test_space as test_space
+import tests.test_store as test_store
+import tests.test_transport as test_transport
+import tests.test_tree as test_tree
+from tests.backup_helpers import assert_no_plaintext, back_up_marked_space, new_marker
+from tests.guards import (
     binding_off,
     bites,
     encryption_off,
@@ -34,9 +35,8 @@ from guards import (
     signatures_off,
     write_rule_off,
 )
-from test_transport import server, server_id
-
 from tests.netns import JsonLinesProcess
+from tests.test_transport import server, server_id
 
 __all__ = ["server", "server_id"]  # fixtures used by the channel-binding switch-off
 

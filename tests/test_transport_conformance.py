@@ -8,13 +8,13 @@ import types
 from collections.abc import Iterator
 
 import pytest
-from conformance.transport_suite import TransportSuite
 
 from p2psync.crypto import AccountKey, DeviceCertificate, DeviceKey
 from p2psync.errors import TransportError, UnknownTransport
 from p2psync.transport import connect, listen, registry
 from p2psync.transport.drivers import TcpDriver
 from p2psync.transport.interface import CarrierDriver
+from tests.conformance.transport_suite import TransportSuite
 
 
 @pytest.fixture(params=registry.carrier_names())

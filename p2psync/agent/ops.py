@@ -8,7 +8,6 @@ local API all run exactly this code; only the presentation differs.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import CHANGE_DOMAIN
 from p2psync.replica.document import Document, Text
-from p2psync.timefmt import local_time
 
 ROLES = {"reader": Role.READER, "writer": Role.WRITER, "admin": Role.ADMIN}
 
@@ -43,8 +41,6 @@ def role_name(role: Role | None) -> str:
     return role.name.lower() if role is not None else "none"
 
 
-def parse_path(doc: Document, text: str) -> list[str | int]:
-    """``a/b/0`` → keys; a segment is a list index when the object it indexes is a list."""
 def _ts(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
@@ -375,7 +371,7 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
         except P2PSyncError:
             ok = False
         rows.append({"change": short_hash(ch.id), "author": account_id(ch.author),
-                     "time": local_time(ch.timestamp),
+                     "time": _ts(ch.timestamp),
                      "parents": [short_hash(p) for p in ch.prev_ids],
                      "snapshot": ch.snapshot, "signature_ok": ok})
     return rows

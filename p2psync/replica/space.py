@@ -31,11 +31,9 @@ from p2psync.errors import (
 )
 from p2psync.replica.acl import REMOVAL_POLICIES, Acl, RemovalPolicy
 from p2psync.replica.acl_records import DeleteObjects, DeleteSpace, Role, decode_record
-from p2psync.replica.change import parse_change
+from p2psync.replica.change import Change, parse_change
 from p2psync.replica.doctype import doctype_for
 from p2psync.replica.document import DEFAULT_WINDOW, Document
-from p2psync.replica.change import Change, parse_change
-from p2psync.replica.document import DEFAULT_WINDOW, Document, encode_payload
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult, ObjectTree
@@ -65,8 +63,6 @@ class Space:
 
     def __init__(
         self, header: SpaceHeader, acl: Acl, store: ReplicaStore, me: SigningKey, device: bytes,
-        *, window: float = DEFAULT_WINDOW,
-        self, header: SpaceHeader, acl: Acl, store: Store, me: SigningKey, device: bytes,
         *, window: float = DEFAULT_WINDOW, removal_policy: RemovalPolicy = "flag",
     ) -> None:
         self.header = header
@@ -122,8 +118,6 @@ class Space:
 
     @classmethod
     def open(cls, store: ReplicaStore, me: SigningKey, device: bytes, space_id: str, *,
-             window: float = DEFAULT_WINDOW) -> Space:
-    def open(cls, store: Store, me: SigningKey, device: bytes, space_id: str, *,
              window: float = DEFAULT_WINDOW, removal_policy: RemovalPolicy = "flag") -> Space:
         """Load a stored space (header re-verified, ACL replayed from its records)."""
         raw = store.get_space(space_id)

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from replica_helpers import SPACE_ID, make_owner, random_dag
 
 from p2psync.errors import StoreError
 from p2psync.replica.storage import ReplicaStore, open_store
 from p2psync.replica.tree import ObjectTree
+from tests.replica_helpers import SPACE_ID, make_owner, random_dag
 
 OWNER = make_owner(7)
 TREE_A = ObjectTree.create(SPACE_ID, OWNER.gate(), OWNER.account, b"a", timestamp=0)
