@@ -97,7 +97,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
 # and remove the entry.
 MERGE_BREAKS = {
     "test_config.py::test_every_field_is_a_key_with_a_default":
-        "runtime hook TransportConfig.reveal_certificate is skipped as a config key; test expects it",
+        "TransportConfig.reveal_certificate (a hook) is not a config key; test expects it",
     "test_config.py::test_parse_of_render_is_identity":
         "EngineConfig.stranger_grace=None does not round-trip through config.toml",
     "test_layers.py::test_package_imports_follow_the_layers_without_cycles":
@@ -106,7 +106,8 @@ MERGE_BREAKS = {
     "test_layers.py::test_a_module_without_a_row_fails_with_a_hint": "same LAYERS table out of date",
     "test_switch_off.py::test_channel_binding[quic]": "carrier._quic moved behind aioquic_private",
     "test_switch_off.py::test_quotas": "fleet/backup helper signature changed in the merge",
-    "test_transport_conformance.py::TestEveryCarrier::test_many_streams_keep_their_own_order[tcp]":
+    "test_transport_conformance.py::TestEveryCarrier::"
+    "test_many_streams_keep_their_own_order[tcp]":
         "default max_pending_streams=4 (budget) vs the suite opening many streams at once",
 }
 
