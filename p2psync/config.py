@@ -141,6 +141,7 @@ _BOUNDS: dict[tuple[str, ...], dict[str, Any]] = {
     ("engine", "exchange_timeout"): {"low": 0.1},
     ("engine", "out_rate"): {"low": 0.001},
     ("engine", "in_rate"): {"low": 0.001},
+    ("engine", "stranger_grace"): {"off": -1},  # -1 in the file: strangers are never dropped
     ("transport", "handshake_timeout"): {"low": 0.1},
 }
 

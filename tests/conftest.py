@@ -90,30 +90,3 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         yield f
     finally:
         await f.close()
-
-
-# Tests broken by the 2026-12-03 merge of parallel branches, not yet fixed (see the session's
-# closing note): each names what is wrong. Marked xfail (non-strict) so the rest can land; fix
-# and remove the entry.
-MERGE_BREAKS = {
-    "test_config.py::test_every_field_is_a_key_with_a_default":
-        "TransportConfig.reveal_certificate (a hook) is not a config key; test expects it",
-    "test_config.py::test_parse_of_render_is_identity":
-        "EngineConfig.stranger_grace=None does not round-trip through config.toml",
-    "test_layers.py::test_package_imports_follow_the_layers_without_cycles":
-        "replica.storage <-> replica.store cycle and new sync/transport modules need LAYERS rows",
-    "test_layers.py::test_an_injected_cycle_fails": "same LAYERS table out of date",
-    "test_layers.py::test_a_module_without_a_row_fails_with_a_hint": "same LAYERS table",
-    "test_switch_off.py::test_channel_binding[quic]": "carrier._quic moved behind aioquic_private",
-    "test_switch_off.py::test_quotas": "fleet/backup helper signature changed in the merge",
-    "test_transport_conformance.py::TestEveryCarrier::"
-    "test_many_streams_keep_their_own_order[tcp]":
-        "default max_pending_streams=4 (budget) vs the suite opening many streams at once",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        reason = MERGE_BREAKS.get(item.nodeid.removeprefix("tests/"))
-        if reason:
-            item.add_marker(pytest.mark.xfail(reason=reason, strict=False))

@@ -74,7 +74,7 @@ def replay_off(mp: pytest.MonkeyPatch) -> None:
 
 def binding_off(mp: pytest.MonkeyPatch) -> None:
     """Channel binding: the Noise prologue no longer names this QUIC connection."""
-    mp.setattr("p2psync.transport.api.tls_binding", lambda quic: b"\x00" * 32)
+    mp.setattr("p2psync.transport.drivers.tls_binding", lambda quic: b"\x00" * 32)
 
 
 def quotas_off(mp: pytest.MonkeyPatch) -> None:

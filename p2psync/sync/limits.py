@@ -28,7 +28,7 @@ class EngineConfig:
     #: A peer whose space exchange shows it shares no space with us (not a member or
     #: replicator of any space we hold, not our own account, no invite proved) is disconnected
     #: this many seconds after the exchange; invite bootstrap must happen within it.
-    #: ``None`` disables the rule.
+    #: ``None`` disables the rule (``-1`` in config.toml).
     stranger_grace: float | None = 10.0
     #: Incoming changes are verified and stored this many at a time, yielding to the event
     #: loop between chunks, so one big legitimate batch never stalls the other peers.

@@ -32,8 +32,11 @@ from p2psync.transport import Keepalive, Limits, Server, TransportConfig, connec
 from p2psync.transport.connection import Connection
 from p2psync.transport.interface import Listener, PeerConnection, PeerStream
 
-#: Quick keepalive so a vanished peer is noticed in about a second.
+#: Quick keepalive so a vanished peer is noticed in about a second. Up to 16 streams may wait
+#: to be accepted (the default, 4, is a hardening budget tested in test_transport_budget.py;
+#: the ordering tests open 8 before reading any).
 FAST = TransportConfig(keepalive=Keepalive(interval=0.2, timeout=0.8), handshake_timeout=3.0,
+                       max_pending_streams=16,
                        limits=Limits(max_streams=16, stream_window=2 << 20,
                                      max_message=2 << 20))
 
