@@ -14,12 +14,15 @@ from p2psync.replica.memstore import MemoryStore
 from p2psync.replica.storage import open_store
 from p2psync.replica.store import SqliteStore
 from tests.conformance.store_suite import StoreSuite
+from tests.pg import fresh_schema, pg_server  # noqa: F401  (a fixture)
 
 
-@pytest.fixture(params=["sqlite", "sqlite-url", "memory"])
+@pytest.fixture(params=["sqlite", "sqlite-url", "memory", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     kind = request.param
-    if kind == "sqlite":
+    if kind == "postgresql":  # a real server, a fresh schema per test
+        yield fresh_schema(request.getfixturevalue("pg_server"))
+    elif kind == "sqlite":
         yield str(tmp_path / "store.sqlite3")
     elif kind == "sqlite-url":
         yield f"sqlite://{tmp_path / 'store.sqlite3'}"
@@ -45,6 +48,6 @@ def test_open_store_picks_the_implementation(tmp_path: Path) -> None:
 
 
 def test_unknown_scheme_is_typed() -> None:
-    with pytest.raises(UnknownStore, match="postgresql"):
-        open_store("postgresql://backup@db/p2psync")
+    with pytest.raises(UnknownStore, match="postgresql"):  # the message lists what exists
+        open_store("mysql://backup@db/p2psync")
     assert issubclass(UnknownStore, StoreError)

@@ -199,10 +199,10 @@ def open_store(where: str | Path, *, durable: bool = True) -> ReplicaStore:
 #: the stores shipped with p2psync, loaded on first use like any plug-in: the seam names
 #: them but does not import them (they import this module for the protocol, and an import
 #: back would be a cycle; tests/test_layers.py forbids it)
-BUILTIN_STORES = ("p2psync.replica.store", "p2psync.replica.memstore")
+BUILTIN_STORES = ("p2psync.replica.store", "p2psync.replica.memstore",
+                  "p2psync.replica.pgstore")  # psycopg itself is imported on first use
 
 
 def _ensure_builtin() -> None:
-    if "sqlite" not in _openers:
-        for name in BUILTIN_STORES:
-            importlib.import_module(name)  # each registers its schemes
+    for name in BUILTIN_STORES:
+        importlib.import_module(name)  # each registers its schemes (a no-op once imported)

@@ -1,0 +1,298 @@
+"""The PostgreSQL store: the same bytes as the SQLite store, in a PostgreSQL database.
+
+:class:`PgStore` implements :class:`~p2psync.replica.storage.ReplicaStore` for the backup tier
+(issue 19): ``open_store("postgresql://user@host/db")`` or ``store = "postgresql://…"`` in a
+backup's config. SQLite stays the embedded default of devices. Only this module knows
+PostgreSQL (psycopg 3, imported on first use so devices never load it).
+
+Decisions (docs/backup-cluster.md):
+
+* **Same tables, same meaning** as ``replica/store.py``: raw bytes exactly as received; a
+  tree's new changes and its heads are written in one transaction; storage order is an
+  identity column (``seq``), topological because a change is only written after its parents.
+* **Idempotent under concurrency**: every insert is ``ON CONFLICT DO NOTHING`` against the
+  natural key (``(tree_id, change_id)``, ``(space_id, record_id)``), so two processes pushing
+  the same change store it once — the database's constraints, not a process-local lock.
+* **Heads are merged, not replaced**, on write: the stored heads become the union of the
+  stored and the given heads minus every id that is now a parent (``parents`` table). Two
+  processes writing different branches of one tree therefore both keep their heads, which a
+  last-writer-wins ``DELETE``/``INSERT`` would lose.
+* **Schema versioned** in ``p2psync_meta`` like SQLite's ``user_version``; a newer schema is
+  refused (:class:`~p2psync.errors.SchemaTooNew`). Tables live in the connection's
+  ``search_path`` schema, so one database can hold several stores (tests use that).
+* **Durability**: PostgreSQL's commit is durable with ``synchronous_commit=on`` (the server
+  default); ``durable=False`` sets it ``off`` for this session (a crash may lose the last
+  commits, never corrupt).
+* **Deletion**: ``DELETE`` leaves dead tuples until vacuum; :meth:`delete_trees` runs
+  ``VACUUM`` on the affected tables afterwards so the rows' space is reclaimed promptly.
+  PostgreSQL does not zero freed space the way SQLite's ``secure_delete`` does — said in the
+  threat model: the backup stores ciphertext only, so this bounds metadata exposure, not
+  plaintext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from p2psync.errors import SchemaTooNew, StoreError
+from p2psync.replica.change import Change
+from p2psync.replica.storage import DerivedStoreOps, ReplicaStore, register_store
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS p2psync_meta (
+    key   TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spaces (
+    space_id TEXT PRIMARY KEY,
+    header   BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acl_records (
+    seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    space_id  TEXT NOT NULL,
+    record_id BYTEA NOT NULL,
+    raw       BYTEA NOT NULL,
+    UNIQUE (space_id, record_id)
+);
+CREATE TABLE IF NOT EXISTS trees (
+    tree_id  BYTEA PRIMARY KEY,
+    space_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trees_by_space ON trees (space_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tree_id   BYTEA NOT NULL,
+    change_id BYTEA NOT NULL,
+    raw       BYTEA NOT NULL,
+    UNIQUE (tree_id, change_id)
+);
+CREATE TABLE IF NOT EXISTS parents (
+    tree_id   BYTEA NOT NULL,
+    parent_id BYTEA NOT NULL,
+    PRIMARY KEY (tree_id, parent_id)
+);
+CREATE TABLE IF NOT EXISTS heads (
+    tree_id BYTEA NOT NULL,
+    head    BYTEA NOT NULL,
+    PRIMARY KEY (tree_id, head)
+);
+"""
+
+#: serialises schema creation between processes opening a fresh database at once
+_SCHEMA_LOCK = 7337_0001
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise StoreError("the PostgreSQL store needs psycopg: pip install 'p2psync[postgresql]'"
+                         ) from exc
+    return psycopg
+
+
+def _redact(url: str) -> str:
+    """The URL without a password (error messages and labels end up in logs)."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, cred = head.partition("://")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}{sep}{user}@{tail}"
+
+
+class PgStore(DerivedStoreOps):
+    """A store in one PostgreSQL database (schema: the connection's ``search_path``)."""
+
+    def __init__(self, url: str, *, durable: bool = True, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self.label = f"store {_redact(url)}"
+        pg = _psycopg()
+        self._errors: type[Exception] = pg.Error
+        try:
+            self._db: psycopg.Connection[Any] = pg.connect(
+                url, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
+        except pg.Error as exc:
+            raise StoreError(f"{self.label}: cannot connect ({exc}); is the server running "
+                             "and the URL right?") from exc
+        try:
+            self._setup(durable)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _setup(self, durable: bool) -> None:
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            row = db.execute("SELECT value FROM p2psync_meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO p2psync_meta VALUES ('schema', %s)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.label} has schema version {row[0]}, this p2psync understands up to "
+                    f"{SCHEMA_VERSION}: upgrade p2psync to open it (the database is untouched)")
+        if not durable:
+            self._query("SET synchronous_commit = off", fetch=False)
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _error(self, exc: Exception) -> StoreError:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "disk full" in msg.lower() or "no space left" in msg.lower():
+            return StoreError(f"{self.label}: the database server's disk is full; free some "
+                              f"space and retry: {msg}")
+        if self._db.closed:
+            return StoreError(f"{self.label} is closed: {msg}")
+        return StoreError(f"{self.label}: {msg}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction, rolled back on any error (also a non-database one midway)."""
+        if self._db.closed:
+            raise StoreError(f"{self.label} is closed")
+        try:
+            with self._db.transaction():
+                yield self._db
+        except self._errors as exc:
+            raise self._error(exc) from exc
+
+    def _query(self, sql: str, args: Sequence[object] = (), *,
+               fetch: bool = True) -> list[tuple[Any, ...]]:
+        if self._db.closed:
+            raise StoreError(f"{self.label} is closed")
+        try:
+            cur = self._db.execute(sql, args)
+            return cur.fetchall() if fetch else []
+        except self._errors as exc:
+            raise self._error(exc) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PgStore:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- spaces -----------------------------------------------------------------------------
+    def put_space(self, space_id: str, raw_header: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO spaces VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                       (space_id, raw_header))
+
+    def get_space(self, space_id: str) -> bytes | None:
+        rows = self._query("SELECT header FROM spaces WHERE space_id = %s", (space_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def list_spaces(self) -> list[str]:
+        return [str(r[0]) for r in self._query("SELECT space_id FROM spaces ORDER BY space_id")]
+
+    # --- ACL records ------------------------------------------------------------------------
+    def add_acl_records(self, space_id: str, records: Sequence[tuple[bytes, bytes]]) -> int:
+        new = 0
+        with self._tx() as db:
+            for record_id, raw in records:
+                cur = db.execute("INSERT INTO acl_records (space_id, record_id, raw) "
+                                 "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                                 (space_id, record_id, raw))
+                new += max(cur.rowcount, 0)
+        return new
+
+    def list_acl_records(self, space_id: str) -> list[tuple[bytes, bytes]]:
+        rows = self._query("SELECT record_id, raw FROM acl_records WHERE space_id = %s "
+                           "ORDER BY seq", (space_id,))
+        return [(bytes(a), bytes(b)) for a, b in rows]
+
+    # --- trees ------------------------------------------------------------------------------
+    def save_changes(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        """Append changes and merge the heads (see the module docstring), one transaction."""
+        with self._tx() as db:
+            db.execute("INSERT INTO trees VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                       (tree_id, space_id))
+            rows = [(tree_id, c.id, c.raw) for c in changes]
+            # the contract only promises ``id`` and ``raw``; parsed changes also carry parents
+            parents = [(tree_id, p) for c in changes for p in getattr(c, "prev_ids", ())]
+            with db.cursor() as cur:
+                if rows:
+                    cur.executemany("INSERT INTO changes (tree_id, change_id, raw) "
+                                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows)
+                if parents:
+                    cur.executemany("INSERT INTO parents VALUES (%s, %s) "
+                                    "ON CONFLICT DO NOTHING", parents)
+                # the tree's row serialises head updates of one tree between processes
+                cur.execute("SELECT 1 FROM trees WHERE tree_id = %s FOR UPDATE", (tree_id,))
+                if heads:
+                    cur.executemany("INSERT INTO heads VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                    [(tree_id, h) for h in heads])
+                cur.execute("DELETE FROM heads h USING parents p WHERE h.tree_id = %s "
+                            "AND p.tree_id = h.tree_id AND p.parent_id = h.head", (tree_id,))
+                if not changes:
+                    # a bare head replacement (no new changes): the caller's heads are the truth
+                    cur.execute("DELETE FROM heads WHERE tree_id = %s AND NOT (head = ANY(%s))",
+                                (tree_id, list(heads)))
+
+    def list_trees(self, space_id: str) -> list[bytes]:
+        rows = self._query("SELECT tree_id FROM trees WHERE space_id = %s ORDER BY tree_id",
+                           (space_id,))
+        return [bytes(r[0]) for r in rows]
+
+    def get_heads(self, tree_id: bytes) -> tuple[bytes, ...]:
+        rows = self._query("SELECT head FROM heads WHERE tree_id = %s ORDER BY head",
+                           (tree_id,))
+        return tuple(bytes(r[0]) for r in rows)
+
+    def has_change(self, tree_id: bytes, change_id: bytes) -> bool:
+        return bool(self._query("SELECT 1 FROM changes WHERE tree_id = %s AND change_id = %s",
+                                (tree_id, change_id)))
+
+    def count_changes(self, tree_id: bytes | None = None) -> int:
+        if tree_id is None:
+            return int(self._query("SELECT count(*) FROM changes")[0][0])
+        return int(self._query("SELECT count(*) FROM changes WHERE tree_id = %s",
+                               (tree_id,))[0][0])
+
+    def delete_trees(self, tree_ids: Sequence[bytes]) -> None:
+        if not tree_ids:
+            return
+        ids = list(tree_ids)
+        with self._tx() as db:
+            for table in ("changes", "parents", "heads", "trees"):
+                db.execute(f"DELETE FROM {table} WHERE tree_id = ANY(%s)", (ids,))
+        self._query("VACUUM changes", fetch=False)  # reclaim the dead rows now
+
+    def space_usage(self) -> dict[str, tuple[int, int]]:
+        rows = self._query("SELECT t.space_id, coalesce(sum(length(c.raw)), 0), count(c.seq) "
+                           "FROM trees t JOIN changes c ON c.tree_id = t.tree_id "
+                           "GROUP BY t.space_id")
+        return {str(a): (int(b), int(c)) for a, b, c in rows}
+
+    def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
+        rows = self._query("SELECT change_id, raw FROM changes WHERE tree_id = %s ORDER BY seq",
+                           (tree_id,))
+        return [(bytes(a), bytes(b)) for a, b in rows]
+
+
+def _open(rest: str, durable: bool) -> ReplicaStore:
+    return PgStore("postgresql://" + rest, durable=durable)
+
+
+register_store("postgresql", _open)
+register_store("postgres", _open)
+
+
+def _conforms(s: PgStore) -> ReplicaStore:
+    """Static check (mypy): PgStore implements the declared seam."""
+    return s
