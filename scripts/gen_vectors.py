@@ -29,7 +29,7 @@ from unittest import mock
 from mnemonic import Mnemonic
 
 from p2psync.backup.receipt import Receipt, sign_receipt
-from p2psync.codec import content_id, pack
+from p2psync.codec import content_id, pack, unpack
 from p2psync.crypto import box
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.ids import account_id, peer_id, short_hash
@@ -42,6 +42,7 @@ from p2psync.crypto.keys import (
     normalize_phrase,
     x25519_public,
 )
+from p2psync.crypto.signed import open_signed
 from p2psync.replica import acl_records
 from p2psync.replica import change as change_mod
 from p2psync.replica.acl import Acl, InviteCode, wrap_aad
@@ -284,7 +285,7 @@ def certificates_vectors() -> dict[str, Any]:
     other = DeviceCertificate.issue(account("mallory"), device("alice-laptop"),
                                     issued_at=BASE_TIME).raw
     forged = pack([pack([1, acc.public, device("alice-laptop").public, BASE_TIME, 0]),
-                   m_unpack_sig(other)])
+                   open_signed(other, "x", 4096)[1]])
     longer = bytes.fromhex("dc0002") + good[1:]
     return {
         "about": "Device certificates (section 5). valid: raw = pack([body, sig]) with body = "
@@ -300,11 +301,6 @@ def certificates_vectors() -> dict[str, Any]:
             {"why": "non-canonical envelope (array16 header)", "raw": h(longer)},
         ],
     }
-
-
-def m_unpack_sig(raw: bytes) -> bytes:
-    from p2psync.crypto.signed import open_signed
-    return open_signed(raw, "x", 4096)[1]
 
 
 def space_header() -> SpaceHeader:
@@ -422,8 +418,29 @@ def acl_vectors() -> dict[str, Any]:
         replay_state = state_json(merged)
         replay_reasons = {h(k): v for k, v in sorted(merged.state.skipped.items())}
 
+    merge_raw = next(r for r in kinds_records if decode_record(r).kind.name == "MERGE")
+    body = unpack(open_signed(merge_raw, "acl", 1 << 20)[0])
+    unsorted = [*body[:2], body[2][::-1], *body[3:]]
+    rooted = [body[0], body[1], body[2][:1], body[3], body[4], 0, [bytes(80)]]
+    forged = [body[0], body[1], body[2], alice.public, *body[4:]]
+
+    def signed(fields: list[Any], key: SigningKey = bob) -> str:
+        b_ = pack(fields)
+        return pack([b_, key.sign("acl-record", b_)]).hex()
+
+    refuse = [
+        {"why": "signature altered", "raw": h(merge_raw[:-1] + bytes([merge_raw[-1] ^ 1]))},
+        {"why": "prev not sorted", "raw": signed(unsorted)},
+        {"why": "root kind with a parent", "raw": signed(rooted)},
+        {"why": "signed by someone else than the named author", "raw": signed(forged)},
+        {"why": "signed under another domain", "raw": pack([
+            pack(body), bob.sign("tree-change", pack(body))]).hex()},
+        {"why": "non-canonical envelope (array16 header)",
+         "raw": h(bytes.fromhex("dc0002") + merge_raw[1:])},
+    ]
     return {
-        "about": "ACL records (section 8). 'kinds': a space's records in admission order, "
+        "about": "ACL records (section 8). 'refuse': records that must not decode/verify. "
+                 "'kinds': a space's records in admission order, "
                  "covering every kind, each with its decoded envelope fields, and the state "
                  "after replaying them ('read_keys': every read key id -> key, as bob holds "
                  "them; sealed keys open with the X25519 twins of 'accounts'). 'replay': "
@@ -439,6 +456,7 @@ def acl_vectors() -> dict[str, Any]:
         "wrap_aad_example": {"old_key_id": h(seed("key")), "aad": h(wrap_aad(sid, seed("key")))},
         "kinds": {"records": [record_json(r) for r in kinds_records], "expected": kinds_state,
                   "read_keys": keys},
+        "refuse": refuse,
         "replay": {"common": [h(r) for r in common], "concurrent": [h(r) for r in extra],
                    "expected": replay_state, "skipped_reasons": replay_reasons},
     }

@@ -210,6 +210,9 @@ def check_acl(v: Any) -> None:
     alice = AccountKey(b(v["accounts"]["alice"]["seed"]))
     root = decode_record(raws[0])
     assert unseal(root.payload.sealed_key, alice).hex() == kinds["read_keys"][root.id.hex()]  # type: ignore[union-attr]
+    for bad in v["refuse"]:
+        with pytest.raises(P2PSyncError):
+            decode_record(b(bad["raw"]), sid)
     rp = v["replay"]
     common = [b(x) for x in rp["common"]]
     extra = [b(x) for x in rp["concurrent"]]
