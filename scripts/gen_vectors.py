@@ -55,7 +55,7 @@ from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, bootstrap_message
 from p2psync.sync.ldiff import HeadSyncSession, LDiff, element_hash, heads_hash
 from p2psync.sync.spacex import SpaceExchange, header_exchange_key, space_token
 from p2psync.transport.framing import HEADER, RecordType, encode_record
-from p2psync.transport.handshake import Limits, SecureHandshake
+from p2psync.transport.handshake import Hello, Limits, SecureHandshake
 from p2psync.transport.noise import KeyPair
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
@@ -591,13 +591,16 @@ def handshake_vectors() -> dict[str, Any]:
     records.append(("initiator", "PING", ping, ir.send_cipher.encrypt_with_ad(None, ping)))
     close = encode_record(RecordType.CLOSE, 0, (0).to_bytes(2, "big") + b"bye")
     records.append(("initiator", "CLOSE", close, ir.send_cipher.encrypt_with_ad(None, close)))
+    deferred = deferred_handshake(idev, icert, rdev, rcert, limits)
     return {
         "about": "A complete TCP handshake (section 6): Noise_XX_25519_ChaChaPoly_BLAKE2b with "
                  "prologue 'p2psync/noise/1\\0tcp', fixed static (device) and ephemeral keys, "
                  "both Hello payloads, the three handshake frames (u32 length + message), the "
                  "handshake hash, split keys, stream secret, then transport records in send "
                  "order per direction (each direction's nonces start at 0): 'record' is the "
-                 "plaintext, 'frame' what goes on the wire.",
+                 "plaintext, 'frame' what goes on the wire. 'deferred': the same devices with "
+                 "the responder deferring its certificate (empty in its Hello, sent in "
+                 "ACCEPT).",
         "format": FORMAT,
         "protocol_name": "Noise_XX_25519_ChaChaPoly_BLAKE2b",
         "prologue": h(b"p2psync/noise/1\x00tcp"),
@@ -624,6 +627,38 @@ def handshake_vectors() -> dict[str, Any]:
         "version": ir.version,
         "records": [{"from": who, "what": what, "record": h(rec),
                      "frame": frame(ct)} for who, what, rec, ct in records],
+        "deferred": deferred,
+    }
+
+
+def deferred_handshake(idev: DeviceKey, icert: DeviceCertificate, rdev: DeviceKey,
+                       rcert: DeviceCertificate, limits: Limits) -> dict[str, Any]:
+    """The same two devices, the responder deferring its certificate (6.3): message 2 carries a
+    Hello with an empty certificate, ACCEPT carries the certificate."""
+    ie = KeyPair.from_private(seed("noise/deferred/initiator-ephemeral"))
+    re_ = KeyPair.from_private(seed("noise/deferred/responder-ephemeral"))
+    init = SecureHandshake(initiator=True, device_key=idev, certificate=icert, binding=b"tcp",
+                           expected_peer=rcert.peer_id, limits=limits, ephemeral=ie)
+    resp = SecureHandshake(initiator=False, device_key=rdev, certificate=rcert, binding=b"tcp",
+                           limits=limits, ephemeral=re_, defer_certificate=True)
+    m1 = init.start()
+    m2 = resp.receive(m1)
+    assert m2 is not None
+    m3 = init.receive(m2)
+    assert m3 is not None and resp.receive(m3) is None
+    ir, rr = init.result, resp.result
+    assert ir is not None and rr is not None and ir.certificate is None
+    accept = encode_record(RecordType.ACCEPT, 0, rcert.raw)
+    ct = rr.send_cipher.encrypt_with_ad(None, accept)
+    return {
+        "ephemeral_private": {"initiator": h(ie.private), "responder": h(re_.private)},
+        "responder_hello": h(Hello(resp.hello.max_version, resp.hello.min_version, b"",
+                                   resp.hello.features, resp.hello.limits).encode()),
+        "messages": [h(m1), h(m2), h(m3)],
+        "handshake_hash": h(ir.handshake_hash),
+        "accept": {"record": h(accept), "frame": (HEADER.pack(len(ct)) + ct).hex()},
+        "initiator_send_key": h(ir.send_cipher.k),
+        "responder_send_key": h(rr.send_cipher.k),
     }
 
 

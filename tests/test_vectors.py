@@ -55,7 +55,7 @@ from p2psync.sync import messages as m
 from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, bootstrap_message, parse_proof
 from p2psync.sync.ldiff import LDiff, element_hash, heads_hash
 from p2psync.sync.spacex import header_exchange_key, space_token
-from p2psync.transport.framing import HEADER, FrameDecoder
+from p2psync.transport.framing import FrameDecoder
 from p2psync.transport.framing import decode_record as decode_frame_record
 from p2psync.transport.handshake import Hello, Limits, SecureHandshake
 from p2psync.transport.noise import CipherState, KeyPair
@@ -282,7 +282,26 @@ def check_handshake(v: Any) -> None:
         parsed = decode_frame_record(plain)
         if parsed.type.name == "DATA_END":
             assert isinstance(m.decode(parsed.payload).message, m.SpaceHello)
-    assert HEADER.size == 4
+    d = v["deferred"]
+    init = SecureHandshake(initiator=True, device_key=DeviceKey(b(i["device_seed"])),
+                           certificate=icert, binding=b"tcp", expected_peer=r["peer_id"],
+                           limits=limits, ephemeral=KeyPair.from_private(
+                               b(d["ephemeral_private"]["initiator"])))
+    resp = SecureHandshake(initiator=False, device_key=DeviceKey(b(r["device_seed"])),
+                           certificate=rcert, binding=b"tcp", limits=hello_r.limits,
+                           defer_certificate=True, ephemeral=KeyPair.from_private(
+                               b(d["ephemeral_private"]["responder"])))
+    assert init.start().hex() == d["messages"][0]
+    assert resp.receive(b(d["messages"][0])).hex() == d["messages"][1]  # type: ignore[union-attr]
+    assert init.receive(b(d["messages"][1])).hex() == d["messages"][2]  # type: ignore[union-attr]
+    assert resp.receive(b(d["messages"][2])) is None
+    assert init.result is not None and init.result.certificate is None
+    assert init.result.handshake_hash.hex() == d["handshake_hash"]
+    (body,) = FrameDecoder().feed(b(d["accept"]["frame"]))
+    accept = decode_frame_record(
+        CipherState(b(d["responder_send_key"])).decrypt_with_ad(None, body))
+    assert accept.type.name == "ACCEPT" and accept.payload.hex() == d["accept"]["record"][10:]
+    assert init.check_deferred_certificate(accept.payload).peer_id == r["peer_id"]
 
 
 def check_messages(v: Any) -> None:
