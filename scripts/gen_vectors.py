@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from automerge import core as am_core
 from mnemonic import Mnemonic
 
 from p2psync.backup.receipt import Receipt, sign_receipt
@@ -44,10 +45,12 @@ from p2psync.crypto.keys import (
 )
 from p2psync.crypto.signed import open_signed
 from p2psync.replica import acl_records
+from p2psync.replica import automerge_adapter as ad
 from p2psync.replica import change as change_mod
 from p2psync.replica.acl import Acl, InviteCode, wrap_aad
 from p2psync.replica.acl_records import Role, decode_record, join_proof_message
 from p2psync.replica.change import PAYLOAD_AAD_PREFIX, build_change
+from p2psync.replica.document import actor_for, encode_payload
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.tree import ObjectTree, heads_digest
 from p2psync.sync import messages as m
@@ -476,29 +479,71 @@ class _Gate:
 
 
 def payload(heads: list[bytes], items: list[bytes]) -> bytes:
-    return pack([1, sorted(heads), items])
+    return encode_payload(heads, items)
+
+
+#: What each author does in the tree vector: (change, author, parents, snapshot, puts).
+TREE_STEPS: list[tuple[str, str, list[str], bool, dict[str, Any]]] = [
+    ("root", "alice", [], False, {"title": "shopping"}),
+    ("a1", "alice", ["root"], False, {"milk": 2}),
+    ("b1", "bob", ["root"], False, {"bread": "rye", "title": "groceries"}),
+    ("a2", "alice", ["a1"], False, {"eggs": 12}),
+    ("merge", "bob", ["a2", "b1"], False, {"done": False}),
+    ("snap", "alice", ["merge"], True, {}),
+    ("tail", "bob", ["snap"], False, {"done": True}),
+]
+
+
+def am_put(doc: am_core.Document, puts: dict[str, Any]) -> None:
+    if not puts:
+        return
+    with doc.transaction() as tx:
+        for k, v in puts.items():
+            kind = (am_core.ScalarType.Boolean if isinstance(v, bool) else
+                    am_core.ScalarType.Int if isinstance(v, int) else am_core.ScalarType.Str)
+            tx.put(am_core.ROOT, k, kind, v)
+
+
+def am_json(doc: am_core.Document) -> dict[str, Any]:
+    out = {}
+    for k in doc.keys(am_core.ROOT):
+        got = doc.get(am_core.ROOT, k)
+        assert got is not None
+        out[k] = got[0][1]
+    return out
 
 
 def tree_vectors() -> dict[str, Any]:
     sid = space_header().space_id
-    alice, bob = account("alice"), account("bob")
+    people = {"alice": account("alice"), "bob": account("bob")}
+    laptop = seed("tree/device")
     with fixed("tree"):
-        acl = Acl.create(sid, alice)
+        acl = Acl.create(sid, people["alice"])
         root_rec = acl.export()[0]
         kid = content_id(root_rec)
-        key = acl.keys_of(alice)[kid]
-        steps: list[tuple[str, SigningKey, list[str], bool]] = [
-            ("root", alice, [], False), ("a1", alice, ["root"], False),
-            ("b1", bob, ["root"], False), ("a2", alice, ["a1"], False),
-            ("merge", bob, ["a2", "b1"], False), ("snap", alice, ["merge"], True),
-            ("tail", bob, ["snap"], False),
-        ]
+        key = acl.keys_of(people["alice"])[kid]
+        docs = {n: ad.new_document(actor_for(k.public, laptop)) for n, k in people.items()}
         made: dict[str, Any] = {}
         plain: dict[str, bytes] = {}
+        am_of: dict[str, list[bytes]] = {}  # change name -> its Automerge changes
         tree_id: bytes | None = None
-        for n, (name, who, parents, snap) in enumerate(steps):
-            pt = payload([seed(f"am-head/{name}")], [b"automerge-change:" + name.encode()])
-            ch = build_change(who, key, pt, space_id=sid, tree_id=tree_id,
+        for n, (name, who, parents, snap, puts) in enumerate(TREE_STEPS):
+            doc = docs[who]
+            # The author's document holds exactly the change's causal past.
+            past: list[str] = []
+            stack = list(parents)
+            while stack:
+                q = stack.pop()
+                if q not in past:
+                    past.append(q)
+                    stack.extend(TREE_STEPS[[s_[0] for s_ in TREE_STEPS].index(q)][2])
+            ad.apply_changes(doc, [c for q in past for c in am_of[q]])
+            before = ad.heads(doc)
+            am_put(doc, puts)
+            am_of[name] = ad.changes_since(doc, before)
+            items = [ad.save(doc)] if snap else am_of[name]
+            pt = payload(ad.heads(doc), items)
+            ch = build_change(people[who], key, pt, space_id=sid, tree_id=tree_id,
                               prev_ids=[made[q].id for q in parents], acl_head=kid,
                               read_key_id=kid, snapshot=snap,
                               timestamp=BASE_TIME * 1000 + n)
@@ -506,9 +551,14 @@ def tree_vectors() -> dict[str, Any]:
                 tree_id = ch.id
             made[name] = ch
             plain[name] = pt
+        final = ad.new_document(bytes(16))
+        ad.apply_changes(final, [c for name, *_ in TREE_STEPS for c in am_of[name]])
+        document = am_json(final)
+        steps = TREE_STEPS
         assert tree_id is not None
         tree = ObjectTree.from_root(sid, _Gate(), made["root"].raw)  # type: ignore[arg-type]
         tree.add([made[n].raw for n, *_ in steps[1:]])
+        final_heads = sorted(ad.heads(final))
     changes = []
     for name, *_ in steps:
         ch = made[name]
@@ -528,18 +578,24 @@ def tree_vectors() -> dict[str, Any]:
         "about": "A tree of signed, encrypted changes (section 9) with two authors, a merge "
                  "and a snapshot. Decrypt 'payload' (nonce = first 24 bytes) with 'read_key' "
                  "and aad = 'p2psync/tree-change-payload\\0' + header to get 'plaintext' "
-                 "(pack([1, automerge heads, items]); items here are placeholders, not "
-                 "Automerge bytes). 'heads' after adding all; 'replay_order' = Kahn, smallest "
+                 "(pack([1, sorted Automerge heads after the change, items]); items are real "
+                 "Automerge changes, or one save() for the snapshot; Automerge actor = "
+                 "BLAKE2b-128(person='p2psync-actor')(author || 'device')). Applying every "
+                 "change's items gives 'document' (root map) at 'automerge_heads'. 'heads' "
+                 "after adding all; 'replay_order' = Kahn, smallest "
                  "id first. 'refuse': raw changes that must not verify.",
         "format": FORMAT,
         "space_id": sid,
         "acl_root": h(root_rec),
         "read_key_id": h(kid),
         "read_key": h(key.key),
-        "authors": {"alice": key_info(alice, "a"), "bob": key_info(bob, "a")},
+        "authors": {n: key_info(k, "a") for n, k in people.items()},
         "tree_id": h(tree_id),
         "changes": changes,
         "heads": [h(x) for x in tree.heads],
+        "device": h(laptop),
+        "document": document,
+        "automerge_heads": [h(x) for x in final_heads],
         "replay_order": [h(c.id) for c in tree.replay_order()],
         "refuse": [
             {"why": "payload altered (signature fails)", "raw": h(bytes(tampered))},

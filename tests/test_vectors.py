@@ -46,9 +46,11 @@ from p2psync.errors import (
     DecodeError,
     P2PSyncError,
 )
+from p2psync.replica import automerge_adapter as ad
 from p2psync.replica.acl import Acl, InviteCode, wrap_aad
 from p2psync.replica.acl_records import decode_record, join_proof_message
 from p2psync.replica.change import verify_change
+from p2psync.replica.document import decode_payload
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.tree import ObjectTree, heads_digest
 from p2psync.sync import messages as m
@@ -244,6 +246,24 @@ def check_tree(v: Any) -> None:
     for bad in v["refuse"]:
         with pytest.raises(P2PSyncError):
             verify_change(b(bad["raw"]))
+    # The plaintexts carry real Automerge content: replaying it gives the document.
+    doc = ad.new_document(bytes(16))
+    by_id = {c["id"]: c for c in v["changes"]}
+    for cid in v["replay_order"]:
+        pl = decode_payload(b(by_id[cid]["plaintext"]))
+        if by_id[cid]["fields"]["snapshot"]:
+            snap = ad.load(pl.items[0], bytes(16))
+            assert sorted(ad.heads(snap)) == sorted(pl.am_heads)
+            continue
+        ad.apply_changes(doc, list(pl.items))
+        assert set(pl.am_heads) <= {bytes(x) for x in ad.heads(doc)} | _past(doc)
+    assert sorted(x.hex() for x in ad.heads(doc)) == v["automerge_heads"]
+    assert GEN.am_json(doc) == v["document"]
+
+
+def _past(doc: Any) -> set[bytes]:
+    """Hashes of every change in ``doc`` (a change's heads may be behind the replay's)."""
+    return {bytes(c.hash) for c in doc.get_changes([])}
 
 
 def check_handshake(v: Any) -> None:
