@@ -56,7 +56,7 @@ def _check_input(raw: Any, max_size: int, what: str) -> None:
 
 def unpack_bounded(
     raw: bytes, *, max_size: int = MAX_RECORD_SIZE, max_containers: int = DEFAULT_MAX_CONTAINERS,
-    max_array: int | None = None, what: str = "record",
+    max_array: int | None = None, what: str = "record", canonical: bool = True,
 ) -> Any:
     """Decode one msgpack value from ``raw`` with its *total* work bounded.
 
@@ -66,6 +66,11 @@ def unpack_bounded(
     most ``max_array`` items; scalars are bounded by the byte size. Sync messages are decoded by
     their schema instead (:func:`unpack_schema`). Trailing bytes, ext types and non-string map
     keys are refused. Raises only :class:`DecodeError`.
+
+    With ``canonical`` (the default) the bytes must also be exactly :func:`pack` of the decoded
+    value (docs/protocol.md, "Canonical msgpack"): every signed or hashed record then has one
+    encoding, so nobody can re-encode a signed envelope into a second record with another
+    content id and the same signature, and every implementation hashes the same bytes.
     """
     _check_input(raw, max_size, what)
     limit = min(max_size, max_array if max_array is not None else max_size)
@@ -79,7 +84,7 @@ def unpack_bounded(
         return value
 
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             raw,
             raw=False,
             use_list=True,
@@ -100,6 +105,20 @@ def unpack_bounded(
         raise DecodeError(f"{what}: trailing bytes after the value") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise DecodeError(f"{what}: malformed msgpack ({exc})") from exc
+    if canonical and not is_canonical(raw, value):
+        raise DecodeError(f"{what}: not canonical msgpack (a value is encoded in a longer or "
+                          "other form than the one canonical encoding prescribes)")
+    return value
+
+
+def is_canonical(raw: bytes | bytearray | memoryview, value: Any) -> bool:
+    """Whether ``raw`` is the canonical encoding of ``value`` (its decoded form): shortest
+    integer, string, binary and array headers; str for text, bin for bytes; float64 only;
+    maps keep their received key order (records never contain maps)."""
+    try:
+        return pack(value) == raw
+    except DecodeError:  # pragma: no cover - decoded values always encode
+        return False
 
 
 def unpack(raw: bytes, *, max_size: int = MAX_RECORD_SIZE, what: str = "record") -> Any:

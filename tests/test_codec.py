@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2psync.codec import Reader, content_id, pack, unpack
+from p2psync.codec import Reader, content_id, pack, unpack, unpack_bounded
 from p2psync.errors import DecodeError, UnsupportedVersion
 
 values = st.recursive(
@@ -83,3 +83,36 @@ def test_reader_checks_types_sizes_and_versions() -> None:
         Reader([], "rec").integer("a")
     with pytest.raises(DecodeError, match="expected an array"):
         Reader({"a": 1}, "rec")
+
+
+NON_CANONICAL = [
+    ("uint8 holding a fixint", "cc05"),
+    ("uint16 holding a uint8", "cd00ff"),
+    ("int8 holding a positive value", "d005"),
+    ("int16 holding a negative fixint", "d1ffff"),
+    ("str8 holding a fixstr", "d90161"),
+    ("bin16 holding 1 byte", "c5000161"),
+    ("array16 holding 1 item", "dc000101"),
+    ("float32", "ca3fc00000"),
+    ("map with a duplicate key", "82a16101a16102"),
+]
+
+
+@pytest.mark.parametrize(("why", "hexraw"), NON_CANONICAL)
+def test_non_canonical_encodings_are_refused(why: str, hexraw: str) -> None:
+    raw = bytes.fromhex(hexraw)
+    msgpack.unpackb(raw)  # valid msgpack: only the canonical rule refuses it
+    with pytest.raises(DecodeError, match="not canonical"):
+        unpack(raw)
+    unpack_bounded(raw, canonical=False)  # the rule is what refuses it
+
+
+def test_non_canonical_envelope_would_be_a_second_record() -> None:
+    """Why the rule exists: re-encoding a signed envelope changes its id, not its signature."""
+    body = pack([1, "x"])
+    canonical = pack([body, bytes(64)])
+    longer = bytes.fromhex("dc0002") + canonical[1:]  # array16 header instead of fixarray
+    assert unpack_bounded(longer, canonical=False) == unpack(canonical)
+    assert content_id(longer) != content_id(canonical)
+    with pytest.raises(DecodeError):
+        unpack(longer)

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nacl.bindings
@@ -22,11 +24,26 @@ from p2psync.errors import DecryptionFailed
 NONCE_SIZE = 24
 TAG_SIZE = 16
 
+#: Source of every random byte this module uses (read keys, AEAD nonces, sealed-box ephemeral
+#: keys). A seam for the golden vectors (scripts/gen_vectors.py swaps in a seeded generator);
+#: nothing else may replace it.
+random_bytes: Callable[[int], bytes] = os.urandom
+
 
 def seal(plaintext: bytes, recipient_ed25519_public: bytes) -> bytes:
     """Encrypt ``plaintext`` so only the holder of that account key can read it."""
-    box = nacl.public.SealedBox(nacl.public.PublicKey(x25519_public(recipient_ed25519_public)))
-    return bytes(box.encrypt(plaintext))
+    recipient = x25519_public(recipient_ed25519_public)
+    if random_bytes is os.urandom:  # the normal path: libsodium picks the ephemeral key
+        return bytes(nacl.public.SealedBox(nacl.public.PublicKey(recipient)).encrypt(plaintext))
+    return _seal_with(random_bytes(32), plaintext, recipient)
+
+
+def _seal_with(ephemeral_private: bytes, plaintext: bytes, recipient: bytes) -> bytes:
+    """libsodium's ``crypto_box_seal`` with a given ephemeral key (vectors only):
+    ``epk || crypto_box(m, nonce = BLAKE2b-192(epk || pk), pk, esk)``; opened by :func:`unseal`."""
+    epk = nacl.bindings.crypto_scalarmult_base(ephemeral_private)
+    nonce = hashlib.blake2b(epk + recipient, digest_size=24).digest()
+    return epk + nacl.bindings.crypto_box(plaintext, nonce, recipient, ephemeral_private)
 
 
 def unseal(ciphertext: bytes, key: SigningKey) -> bytes:
@@ -50,10 +67,10 @@ class ReadKey:
 
     @classmethod
     def generate(cls) -> ReadKey:
-        return cls(os.urandom(32))
+        return cls(random_bytes(32))
 
     def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        nonce = os.urandom(NONCE_SIZE)
+        nonce = random_bytes(NONCE_SIZE)
         ct = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
             plaintext, aad, nonce, self.key
         )

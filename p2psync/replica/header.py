@@ -53,10 +53,14 @@ class SpaceHeader:
         return account_id(self.owner)
 
     @classmethod
-    def create(cls, owner: SigningKey, space_type: str = "default") -> SpaceHeader:
-        created = int(time.time())
-        seed = os.urandom(16)
-        rkey = int.from_bytes(os.urandom(8), "big")
+    def create(cls, owner: SigningKey, space_type: str = "default", *,
+               created: int | None = None, seed: bytes | None = None,
+               replication_key: int | None = None) -> SpaceHeader:
+        """A new signed header; ``created``/``seed``/``replication_key`` are fixed only by the
+        golden vectors (scripts/gen_vectors.py): by default now, and fresh random values."""
+        created = int(time.time()) if created is None else created
+        seed = os.urandom(16) if seed is None else seed
+        rkey = int.from_bytes(os.urandom(8), "big") if replication_key is None else replication_key
         body = pack([_VERSION, owner.public, created, seed, rkey, space_type])
         raw = make_signed(owner, HEADER_DOMAIN, body)
         return cls(owner.public, created, seed, rkey, space_type, raw)

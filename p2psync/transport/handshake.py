@@ -151,7 +151,7 @@ class SecureHandshake:
         binding: bytes = b"", expected_peer: str | None = None, limits: Limits | None = None,
         features: tuple[str, ...] = (), max_version: int = PROTOCOL_VERSION,
         min_version: int = MIN_PROTOCOL_VERSION, suite: Suite | None = None,
-        defer_certificate: bool = False,
+        defer_certificate: bool = False, ephemeral: KeyPair | None = None,
     ) -> None:
         if certificate.device != device_key.public:
             raise ValueError("certificate is for another device key than the one given")
@@ -164,9 +164,11 @@ class SecureHandshake:
         #: responder deferred (its certificate must come with ACCEPT).
         self.deferred = defer_certificate and not initiator
         static = KeyPair.from_private(device_key.x25519_private())
+        # ``ephemeral`` is fixed only by the golden vectors (scripts/gen_vectors.py); by
+        # default Noise generates a fresh one per handshake.
         self._noise = HandshakeState(initiator=initiator, static=static,
                                      prologue=PROLOGUE_PREFIX + binding,
-                                     suite=suite or Suite())
+                                     suite=suite or Suite(), ephemeral=ephemeral)
         self.result: HandshakeResult | None = None
         self._remote_hello: Hello | None = None
         self._remote_cert: DeviceCertificate | None = None
