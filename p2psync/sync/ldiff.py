@@ -238,7 +238,7 @@ class DiffResult:
 
 #: Largest set a peer may claim for one space (unless ours is larger: then twice ours). A
 #: peer that claims more is refused rather than explored; raise it for giant spaces.
-DEFAULT_MAX_OBJECTS = 1 << 20
+DEFAULT_MAX_OBJECTS = 1 << 18
 #: Extra depth allowed beyond where honest (random) ids stop splitting, so that a member who
 #: grinds ids sharing a long prefix cannot make honest peers look like liars cheaply: pushing
 #: a range past the cap needs threshold + 1 ids sharing at least this many more bits.
