@@ -57,3 +57,19 @@ def test_fuzz_records_sees_a_store_written_by_a_refused_input(
     monkeypatch.setattr(Replicas, "apply_acl", leaky)
     stats = fuzz_records.run(300, seed=3)
     assert stats["unintended"] > 0
+
+
+_fspec = importlib.util.spec_from_file_location(
+    "fuzz_frames", Path(__file__).resolve().parent.parent / "scripts" / "fuzz_frames.py")
+assert _fspec is not None and _fspec.loader is not None
+fuzz_frames = importlib.util.module_from_spec(_fspec)
+_fspec.loader.exec_module(fuzz_frames)
+
+
+def test_fuzz_frames_quick() -> None:
+    """A few thousand of the framing fuzzer's cases (scripts/fuzz_frames.py runs 100 000)."""
+    stats = fuzz_frames.run(2000, seed=5)
+    assert stats["crashes"] == 0 and stats["accepted"] + stats["refused"] == 2000
+    for target in fuzz_frames.TARGETS:
+        assert stats["table"].get(f"{target}/refused", 0) > 0
+        assert stats["table"].get(f"{target}/accepted", 0) > 0
