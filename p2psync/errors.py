@@ -273,3 +273,15 @@ class InvalidParams(ApiRequestError):
 class InvalidPath(DocumentError):
     """A document path does not fit the document: a list index past the end or not a number,
     a key into a scalar, an empty path where one is needed."""
+
+
+class HeadSyncViolation(ProtocolError):
+    """A head-sync answer broke a rule every honest responder keeps (docs/sync-protocol.md §3,
+    "What an answer must satisfy"): the session ends, everything it claimed is discarded and
+    the engine disconnects the peer (a head-sync ``ProtocolError`` is a violation there).
+    ``rule`` names the rule broken: ``unasked``, ``space``, ``range``, ``enumerate``,
+    ``claim``, ``sum``, ``depth``, ``ranges`` or ``listed``."""
+
+    def __init__(self, rule: str, detail: str) -> None:
+        super().__init__(f"head sync rule '{rule}': {detail}")
+        self.rule = rule

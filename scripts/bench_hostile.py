@@ -22,6 +22,10 @@ was written (no Retry, no caps, asyncio's accept loop) — the "before" of issue
 budgets apply to both; ``P2PSYNC_NO_BUDGET=1`` switches them off (careful: the stream flood
 then grows the target by gigabytes; use ``--hostile 5 --flood-mib 32``).
 
+Head-sync poisoning (issue 20 item 1) runs in-process against a real engine instead (a
+lying *member*, not a stranger): ``--headsync-only [--headsync-before] [--only NAME]``;
+``--headsync-before`` adds a run with the head-sync rules switched off, for ``--duration`` s.
+
 Adding an attack: write ``async def attack_x(ctx: Ctx) -> None`` that runs until
 ``ctx.stop`` is set (and cleans up), and add a row to ``ATTACKS``.
 """
@@ -450,10 +454,143 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("| " + " | ".join(str(r.get(k, "")) for k, _ in cols) + " |")
 
 
+# --- head-sync poisoning (issue 20 item 1) ----------------------------------------------------
+#: name -> what the lying member does. Each runs in a fresh process (``--headsync NAME``): a
+#: real PeerEngine over the memory carrier (real handshake) against a member of the space.
+HEADSYNC_ATTACKS = {
+    "headsync_2^40": "every range 'differs, count 2^40, not listed' (sums consistent)",
+    "headsync_65536_ids": "rule-abiding answers listing 65 536 made-up ids; every fetch of "
+                          "one answered 'nothing here'",
+}
+
+
+async def run_headsync_target(name: str, seconds: float, rules_off: bool) -> dict[str, Any]:
+    """One head-sync attack against a real engine; RSS sampled every 20 ms."""
+    import tempfile
+
+    from p2psync.node import sync_transport_config
+    from p2psync.replica.document import ROOT as DOC_ROOT
+    from p2psync.sync.engine import EngineConfig, PeerEngine
+    from p2psync.sync.ldiff import HeadSyncSession
+    from p2psync.sync.messages import (
+        AclSyncRequest,
+        AclSyncResponse,
+        FullSyncRequest,
+        FullSyncResponse,
+        HeadSyncRequest,
+        HeadSyncResponse,
+        RangeResult,
+    )
+    from p2psync.sync.spacex import header_exchange_key
+    from p2psync.transport.memory import memory_pair
+    from tests.memory_net import SimNode
+    from tests.test_memory_hardening import OrderedRawPeer
+
+    if rules_off:  # the "before": main without the rules (and without anchors' sum check)
+        for rule in [r for r in vars(HeadSyncSession) if r.startswith("_rule_")]:
+            setattr(HeadSyncSession, rule, lambda *a, **k: None)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-headsync-"))
+    a, evil = SimNode(0, tmp / "a.sqlite3"), SimNode(1, tmp / "evil.sqlite3")
+    a.start()
+    evil.start()
+    assert a.replicas is not None
+    space = a.replicas.create_space()
+    with space.new_document().edit() as e:
+        e.put(DOC_ROOT, "x", 1)
+    raw, code = space.acl.invite(a.account, anyone_can_join=True)
+    space.commit_acl(raw)
+    space.commit_acl(space.acl.join(evil.account, code))
+    fake = bytes([1]) * 32
+    counts = {"head_sync_requests": 0, "ranges_asked": 0, "full_sync_requests": 0}
+
+    def ids(bits: int, prefix: int, n: int) -> tuple[tuple[bytes, bytes], ...]:
+        head = (prefix << (64 - bits)) if bits else 0
+        return tuple((head.to_bytes(8, "big") + i.to_bytes(24, "big"), fake) for i in range(n))
+
+    def result(q: Any) -> RangeResult:
+        if name == "headsync_2^40":
+            return RangeResult(q.bits, q.prefix, fake, (1 << 40) >> q.bits, None)
+        n = 65536 >> q.bits  # 65 536 at the root, 16 per range at 12 bits: listed there
+        return RangeResult(q.bits, q.prefix, fake, n, ids(q.bits, q.prefix, n) if n <= 32
+                           else None)
+
+    def answer(msg: Any) -> Any:
+        if isinstance(msg, HeadSyncRequest):
+            counts["head_sync_requests"] += 1
+            counts["ranges_asked"] += len(msg.ranges)
+            return HeadSyncResponse(msg.space_id, tuple(result(q) for q in msg.ranges))
+        if isinstance(msg, AclSyncRequest):
+            return AclSyncResponse(msg.space_id, msg.heads, (), False)
+        if isinstance(msg, FullSyncRequest):
+            counts["full_sync_requests"] += 1
+            return FullSyncResponse(msg.space_id, msg.object_id, (), (), False)
+        return None
+
+    def rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE / (1 << 20)
+
+    ca, cb, _ = await memory_pair(a.device, a.certificate, evil.device, evil.certificate,
+                                  config=sync_transport_config())
+    engine = PeerEngine(a.replicas, ca, EngineConfig(request_timeout=5.0, exchange_timeout=5.0))
+    before = rss()
+    peak = before
+    t0 = time.perf_counter()
+    task = asyncio.ensure_future(engine.run())
+    peer = OrderedRawPeer(cb, evil.device,
+                          {space.id: header_exchange_key(space.header.raw, space.id)},
+                          answer=answer)
+    await peer._start()
+    while not engine.finished.is_set() and time.perf_counter() - t0 < seconds:
+        peak = max(peak, rss())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(engine.finished.wait(), 0.02)
+    closed = engine.finished.is_set()
+    took = time.perf_counter() - t0
+    peak = max(peak, rss())
+    await peer.close()
+    await engine.close("bench done")
+    await asyncio.gather(task, return_exceptions=True)
+    return {"attack": name, "rules": "off" if rules_off else "on",
+            "disconnected": closed, "seconds": round(took, 2),
+            "rss_before_mib": round(before, 1), "rss_peak_mib": round(peak, 1),
+            "rss_growth_mib": round(peak - before, 1), **counts,
+            "strikes": engine.strikes, "last_error": (engine.last_error or "")[:120]}
+
+
+async def run_headsync(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for name in HEADSYNC_ATTACKS:
+        if args.only and name not in args.only:
+            continue
+        for off in ([False, True] if args.headsync_before else [False]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).resolve()), "--headsync", name,
+                "--duration", str(args.duration), *(["--rules-off"] if off else []),
+                stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            out, _ = await proc.communicate()
+            row = json.loads(out.decode().strip().splitlines()[-1])
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
+def print_headsync_table(rows: list[dict[str, Any]]) -> None:
+    cols = [("attack", "attack"), ("rules", "rules"), ("disconnected", "disconnected"),
+            ("seconds", "s"), ("rss_growth_mib", "RSS growth MiB"),
+            ("head_sync_requests", "head-sync requests"), ("ranges_asked", "ranges asked"),
+            ("full_sync_requests", "fetches"), ("strikes", "strikes"),
+            ("last_error", "why closed")]
+    print("| " + " | ".join(h for _, h in cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(k, "")) for k, _ in cols) + " |")
+
+
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for attack in ATTACKS:
-        if args.only and attack.name not in args.only:
+        if args.headsync_only or (args.only and attack.name not in args.only):
             continue
         row = await run_attack(attack, args)
         print(json.dumps(row), file=sys.stderr)
@@ -476,7 +613,17 @@ def main() -> None:
     ap.add_argument("--pool-mib", type=int, default=None,
                     help="target's pool_budget (default: TransportConfig's)")
     ap.add_argument("--json", default="bench_hostile.json")
+    ap.add_argument("--headsync", choices=list(HEADSYNC_ATTACKS), help=argparse.SUPPRESS)
+    ap.add_argument("--rules-off", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--headsync-only", action="store_true",
+                    help="run only the head-sync attacks (issue 20 item 1)")
+    ap.add_argument("--headsync-before", action="store_true",
+                    help="also run each head-sync attack with the rules switched off")
     args = ap.parse_args()
+    if args.headsync:
+        print(json.dumps(asyncio.run(run_headsync_target(args.headsync, args.duration,
+                                                         args.rules_off))))
+        return
     if args.target:
         asyncio.run(run_target(args.target, args.pool_mib))
         return
@@ -487,10 +634,13 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rows = asyncio.run(main_async(args))
     print_table(rows)
+    headsync = asyncio.run(run_headsync(args))
+    print_headsync_table(headsync)
     meta = {"python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "args": {k: v for k, v in vars(args).items()
                                             if k != "target"}}
-    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "headsync": headsync},
+                                          indent=2))
     print(f"wrote {args.json}")
 
 

@@ -23,11 +23,12 @@ Finding one changed object among n costs about ``ceil(log16(n / threshold)) + 1`
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from p2psync.errors import ProtocolError
+from p2psync.errors import HeadSyncViolation, ProtocolError
 from p2psync.sync.messages import (
     ID_SIZE,
     MAX_RANGE_BITS,
@@ -235,6 +236,38 @@ class DiffResult:
         return not (self.remote_only or self.local_only or self.changed)
 
 
+#: Largest set a peer may claim for one space (unless ours is larger: then twice ours). A
+#: peer that claims more is refused rather than explored; raise it for giant spaces.
+DEFAULT_MAX_OBJECTS = 1 << 18
+#: Extra depth allowed beyond where honest (random) ids stop splitting, so that a member who
+#: grinds ids sharing a long prefix cannot make honest peers look like liars cheaply: pushing
+#: a range past the cap needs threshold + 1 ids sharing at least this many more bits.
+DEPTH_MARGIN_BITS = 24
+_ROOT = (0, 0)
+
+
+def honest_bits(n: int, threshold: int) -> int:
+    """Depth (bits) below which, among ``n`` random ids, no range holds more than
+    ``threshold`` of them except with probability < 2^-40 (union bound over the 2^b ranges of
+    C(n, t+1) 2^(-b t)). 64 when ``threshold`` is 0 (every differing element is split to the
+    bottom)."""
+    if threshold == 0:
+        return MAX_RANGE_BITS
+    lg = ((threshold + 1) * math.log2(max(n, 1))
+          - math.lgamma(threshold + 2) / math.log(2) + 40)
+    return max(0, math.ceil(lg / threshold))
+
+
+@dataclass(frozen=True)
+class HeadSyncBudget:
+    """What one session lets the peer cost, fixed when its root answer arrives from the count
+    it claims and our own set size (see :meth:`HeadSyncSession.budget_for`)."""
+
+    objects: int  #: no range may claim more; also the cap on ids listed in the whole session
+    max_bits: int  #: deepest range we query (so at most max_bits / divide_bits + 1 rounds)
+    max_ranges: int  #: ranges queried in the whole session, anchors included
+
+
 class HeadSyncSession:
     """Requester side of one head sync of one space with one peer (sans-IO).
 
@@ -242,90 +275,252 @@ class HeadSyncSession:
     ``s.receive(tag, response)`` → … until ``s.done``; then read ``s.result``. Each request
     holds at most ``max_ranges`` ranges; requests of one level go out together, so the number
     of round trips is the depth of the search, not the number of messages.
+
+    **A split range is asked again with its children.** When a range differs and is not
+    listed, its ``2^divide_bits`` children go out *in one request together with the range
+    itself* (its *anchor*). The responder answers a request from one state of its set, so the
+    children's counts must add up to the anchor's count exactly — an honest peer whose set
+    changes between rounds still passes, a liar does not. Every answer is checked against the
+    rules below before anything in it is acted on; a broken rule raises
+    :class:`~p2psync.errors.HeadSyncViolation`, ends the session and clears its result (the
+    engine then disconnects the peer):
+
+    ``unasked``/``space``: results only for ranges asked, once each, of this space.
+    ``range``: listed ids lie inside their range, once each.
+    ``enumerate``: a range holding at most ``threshold`` ids (or at full depth) is listed,
+    with exactly ``count`` ids; a larger one is not.
+    ``claim``: no count above the budget (:class:`HeadSyncBudget`, from the root claim).
+    ``sum``: children's counts add up to their anchor's, exactly.
+    ``depth``: no split below ``budget.max_bits``.
+    ``ranges``: at most ``budget.max_ranges`` ranges queried in all.
+    ``listed``: at most ``budget.objects`` ids listed in all.
     """
 
     def __init__(self, local: LDiff, space_id: str, *, divide_bits: int = DEFAULT_DIVIDE_BITS,
                  threshold: int = DEFAULT_THRESHOLD, max_ranges: int = MAX_RANGES,
-                 max_outstanding: int = 8) -> None:
+                 max_outstanding: int = 8, max_objects: int = DEFAULT_MAX_OBJECTS,
+                 max_bits: int | None = None) -> None:
         if not 1 <= divide_bits <= 8 or MAX_RANGE_BITS % divide_bits:
             raise ValueError("divide_bits must be in 1..8 and divide 64")
         if not 0 <= threshold <= MAX_RANGE_ELEMENTS or not 1 <= max_ranges <= MAX_RANGES:
             raise ValueError("threshold or max_ranges out of range")
+        if max_ranges < (1 << divide_bits) + 1:
+            raise ValueError("max_ranges must fit a range's children and the range itself")
         if max_outstanding < 1:
             raise ValueError("max_outstanding must be at least 1")
+        if max_bits is not None and not 0 <= max_bits <= MAX_RANGE_BITS:
+            raise ValueError("max_bits out of range")
         self.local = local
         self.space_id = space_id
         self.divide_bits = divide_bits
         self.threshold = threshold
         self.max_ranges = max_ranges
         self.max_outstanding = max_outstanding
+        self.max_objects = max_objects
+        self.max_bits = max_bits  #: override of the derived depth cap (tests with crafted ids)
         self.result = DiffResult()
         self.responses = 0
         self.failed = False
-        self._pending: deque[tuple[int, int]] = deque([(0, 0)])
-        self._outstanding: dict[int, dict[tuple[int, int], RangeQuery]] = {}
+        self.budget: HeadSyncBudget | None = None
+        self.ranges_queried = 1  #: ranges sent or queued so far (counted against the budget)
+        self.listed = 0  #: ids the peer listed so far
+        #: groups to ask: (bits, prefix, split) — split: the range and its children, else the
+        #: range alone (the root). Children are made when the request is built (memory: one
+        #: small tuple per split range, not 2^divide_bits).
+        self._pending: deque[tuple[int, int, bool]] = deque([(0, 0, False)])
+        self._outstanding: dict[int, tuple[dict[tuple[int, int], RangeQuery],
+                                           list[tuple[int, int, bool]]]] = {}
         self._next_tag = 0
 
     @property
     def done(self) -> bool:
         return self.failed or (not self._pending and not self._outstanding)
 
+    @property
+    def pending_ranges(self) -> int:
+        """Ranges queued, not yet sent (for benchmarks and status)."""
+        group = (1 << self.divide_bits) + 1
+        return sum(group if split else 1 for _, _, split in self._pending)
+
+    def budget_for(self, claimed: int) -> HeadSyncBudget:
+        """The budget once the peer claims ``claimed`` objects at the root: counts up to the
+        larger set plus room for honest growth during the session; depth where honest ids
+        stop splitting plus :data:`DEPTH_MARGIN_BITS`; ranges as if at every level each split
+        range really held more than ``threshold`` ids (disjoint ranges of one level cannot hold
+        more than the set)."""
+        n = max(claimed, len(self.local))
+        objects = n + n // 4 + 2 * (self.threshold + 1)
+        db = self.divide_bits
+        if self.max_bits is not None:
+            max_bits = self.max_bits
+        else:
+            bits = honest_bits(objects, self.threshold) + DEPTH_MARGIN_BITS
+            max_bits = min(MAX_RANGE_BITS, -(-bits // db) * db)
+        per_level = objects // (self.threshold + 1)
+        splits = sum(min(1 << (db * level), per_level) for level in range(max_bits // db))
+        return HeadSyncBudget(objects, max_bits, 1 + ((1 << db) + 1) * splits)
+
     def next_request(self) -> tuple[int, HeadSyncRequest] | None:
         """The next ``(tag, request)`` to send, or None if nothing can be sent now (done, or
-        the window of outstanding requests is full, or waiting for answers)."""
+        the window of outstanding requests is full, or waiting for answers). A split range
+        travels with all its children in one request."""
         if self.failed or not self._pending or len(self._outstanding) >= self.max_outstanding:
             return None
+        group_size = (1 << self.divide_bits) + 1
         queries: dict[tuple[int, int], RangeQuery] = {}
-        while self._pending and len(queries) < self.max_ranges:
-            bits, prefix = self._pending.popleft()
-            h, count = self.local.summary(bits, prefix)
-            queries[(bits, prefix)] = RangeQuery(bits, prefix, h, count)
+        groups: list[tuple[int, int, bool]] = []
+        while self._pending:
+            bits, prefix, split = self._pending[0]
+            if len(queries) + (group_size if split else 1) > self.max_ranges:
+                break
+            self._pending.popleft()
+            groups.append((bits, prefix, split))
+            for key in self._group_keys(bits, prefix, split):
+                h, count = self.local.summary(*key)
+                queries[key] = RangeQuery(key[0], key[1], h, count)
         tag = self._next_tag
         self._next_tag += 1
-        self._outstanding[tag] = queries
+        self._outstanding[tag] = (queries, groups)
         return tag, HeadSyncRequest(self.space_id, self.threshold, tuple(queries.values()))
 
+    def _group_keys(self, bits: int, prefix: int, split: bool) -> list[tuple[int, int]]:
+        if not split:
+            return [(bits, prefix)]
+        return [(bits, prefix), *self._children(bits, prefix)]
+
+    def _children(self, bits: int, prefix: int) -> list[tuple[int, int]]:
+        base = prefix << self.divide_bits
+        return [(bits + self.divide_bits, base + i) for i in range(1 << self.divide_bits)]
+
     def receive(self, tag: int, response: HeadSyncResponse) -> None:
-        """Take the answer to request ``tag``. Raises ProtocolError (and marks the session
-        failed) when the peer answers what it was not asked, or its elements contradict the
-        range they are given for."""
-        asked = self._outstanding.pop(tag, None)
-        if asked is None:
-            raise self._fail(f"head sync response for unknown request {tag}")
+        """Take the answer to request ``tag``. Checks every rule (class docstring) before
+        acting on anything in it; on a violation raises :class:`HeadSyncViolation`, marks the
+        session failed and discards its result."""
+        sent = self._outstanding.pop(tag, None)
+        if sent is None:
+            raise self._fail("unasked", f"response for unknown request {tag}")
+        asked, groups = sent
         if response.space_id != self.space_id:
-            raise self._fail("head sync response names another space")
+            raise self._fail("space", "response names another space")
         self.responses += 1
-        seen: set[tuple[int, int]] = set()
+        got: dict[tuple[int, int], RangeResult] = {}
         for res in response.results:
             key = (res.bits, res.prefix)
-            query = asked.get(key)
-            if query is None or key in seen:
-                raise self._fail(f"head sync result for range {key} that was not asked")
-            seen.add(key)
-            if res.hash == query.hash and res.count == query.count:
-                continue
+            if key not in asked or key in got:
+                raise self._fail("unasked", f"result for range {key} that was not asked")
+            got[key] = res
+        differ = {k: r for k, r in got.items()
+                  if not (r.hash == asked[k].hash and r.count == asked[k].count)}
+        if self.budget is None and _ROOT in differ:
+            self._rule_claim_root(differ[_ROOT].count)
+            self.budget = self.budget_for(differ[_ROOT].count)
+        for res in differ.values():
+            self._rule_range(res)
+            self._rule_enumerate(res)
+            self._rule_claim(res)
+
+        def count(key: tuple[int, int]) -> int:
+            res = got.get(key)
+            return asked[key].count if res is None else res.count
+
+        anchors: set[tuple[int, int]] = set()
+        for bits, prefix, split in groups:
+            if split:
+                anchors.add((bits, prefix))
+                self._rule_sum((bits, prefix), count((bits, prefix)),
+                               sum(count(k) for k in self._children(bits, prefix)))
+        if self.budget is None:  # the root matched: nothing differs
+            return
+        # acted on: listed ranges and splits of every range but the anchors (an anchor only
+        # vouches for its children's counts; its own answer was acted on a round earlier)
+        act = [r for k, r in sorted(differ.items()) if k not in anchors]
+        listed = sum(len(r.elements) for r in act if r.elements is not None)
+        self._rule_listed(self.listed + listed)
+        splits = [r for r in act if r.elements is None]
+        for res in splits:
+            self._rule_depth(res.bits + self.divide_bits)
+        ranges = self.ranges_queried + len(splits) * ((1 << self.divide_bits) + 1)
+        self._rule_ranges(ranges)
+        # every rule held: act
+        self.listed += listed
+        self.ranges_queried = ranges
+        for res in act:
             if res.elements is not None:
                 self._compare(res)
-            elif res.bits + self.divide_bits > MAX_RANGE_BITS:
-                raise self._fail(f"peer did not enumerate full-depth range {key}")
-            else:
-                child_bits = res.bits + self.divide_bits
-                base = res.prefix << self.divide_bits
-                self._pending.extend((child_bits, base + i) for i in range(1 << self.divide_bits))
+        self._pending.extend((res.bits, res.prefix, True) for res in splits)
 
-    def _fail(self, msg: str) -> ProtocolError:
+    # --- the rules (one method each, so a test can switch one off and see its guard fail) ---
+    def _rule_range(self, res: RangeResult) -> None:
+        if res.elements is None:
+            return
+        seen: set[bytes] = set()
+        for oid, _ in res.elements:
+            if _prefix_of(oid, res.bits) != res.prefix or oid in seen:
+                raise self._fail("range", f"element outside range ({res.bits}, {res.prefix})"
+                                          " or listed twice")
+            seen.add(oid)
+
+    def _rule_enumerate(self, res: RangeResult) -> None:
+        key = (res.bits, res.prefix)
+        if res.elements is None:
+            if res.bits + self.divide_bits > MAX_RANGE_BITS:
+                raise self._fail("enumerate", f"did not list full-depth range {key}")
+            if res.count <= self.threshold:
+                raise self._fail("enumerate", f"range {key} holds {res.count} <= threshold "
+                                              f"{self.threshold} but was not listed")
+            return
+        if len(res.elements) != res.count:
+            raise self._fail("enumerate", f"range {key} lists {len(res.elements)} ids but "
+                                          f"claims {res.count}")
+        if res.count > self.threshold and res.bits < MAX_RANGE_BITS:
+            raise self._fail("enumerate", f"range {key} holds {res.count} > threshold "
+                                          f"{self.threshold} but was listed")
+
+    def _rule_claim_root(self, claimed: int) -> None:
+        limit = max(self.max_objects, 2 * len(self.local))
+        if claimed > limit:
+            raise self._fail("claim", f"claims {claimed} objects; we accept at most {limit}")
+
+    def _rule_claim(self, res: RangeResult) -> None:
+        assert self.budget is not None  # set by the root answer, before any other range
+        limit = self.budget.objects
+        if res.count > limit:
+            raise self._fail("claim", f"range ({res.bits}, {res.prefix}) claims {res.count} "
+                                      f"objects; the budget is {limit}")
+
+    def _rule_sum(self, anchor: tuple[int, int], claimed: int, children: int) -> None:
+        if children != claimed:
+            raise self._fail("sum", f"children of range {anchor} hold {children} objects, "
+                                    f"the range itself {claimed}")
+
+    def _rule_depth(self, bits: int) -> None:
+        assert self.budget is not None
+        if bits > self.budget.max_bits:
+            raise self._fail("depth", f"would split to {bits} bits; the budget is "
+                                      f"{self.budget.max_bits}")
+
+    def _rule_ranges(self, ranges: int) -> None:
+        assert self.budget is not None
+        if ranges > self.budget.max_ranges:
+            raise self._fail("ranges", f"would query {ranges} ranges; the budget is "
+                                       f"{self.budget.max_ranges}")
+
+    def _rule_listed(self, listed: int) -> None:
+        assert self.budget is not None
+        limit = self.budget.objects
+        if listed > limit:
+            raise self._fail("listed", f"listed {listed} ids; the budget is {limit}")
+
+    def _fail(self, rule: str, msg: str) -> HeadSyncViolation:
         self.failed = True
         self._pending.clear()
         self._outstanding.clear()
-        return ProtocolError(msg)
+        self.result = DiffResult()  # a violating peer's claims are discarded
+        return HeadSyncViolation(rule, msg)
 
     def _compare(self, res: RangeResult) -> None:
         assert res.elements is not None
-        theirs: dict[bytes, bytes] = {}
-        for oid, heads in res.elements:
-            if _prefix_of(oid, res.bits) != res.prefix or oid in theirs:
-                raise self._fail(f"element outside range ({res.bits}, {res.prefix})")
-            theirs[oid] = heads
+        theirs = dict(res.elements)
         ours = dict(self.local.elements(res.bits, res.prefix))
         for oid, heads in theirs.items():
             mine = ours.get(oid)
@@ -350,11 +545,12 @@ class SyncStats:
 def reconcile(local: LDiff, remote: LDiff, *, space_id: str = "space",
               divide_bits: int = DEFAULT_DIVIDE_BITS, threshold: int = DEFAULT_THRESHOLD,
               max_ranges: int = MAX_RANGES, max_outstanding: int = 8,
-              ) -> tuple[DiffResult, SyncStats]:
+              max_bits: int | None = None) -> tuple[DiffResult, SyncStats]:
     """Run a full head sync between two in-memory sets through real encode/decode, counting
     round trips (one per window of requests sent together) and bytes. For tests and bench."""
     session = HeadSyncSession(local, space_id, divide_bits=divide_bits, threshold=threshold,
-                              max_ranges=max_ranges, max_outstanding=max_outstanding)
+                              max_ranges=max_ranges, max_outstanding=max_outstanding,
+                              max_bits=max_bits)
     stats = SyncStats()
     while not session.done:
         flight: list[tuple[int, bytes]] = []
