@@ -76,12 +76,16 @@ async def serve_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     api: ApiServer | None = None
+    http: Any = None
     try:
         await start()
         api = await ApiServer(agent).start()
-        emit(ready(api))
+        http = await start_http(agent)
+        emit({**ready(api), **({"http": http.url} if http is not None else {})})
         await stop.wait()
     finally:
+        if http is not None:
+            await http.close()
         if api is not None:
             await api.close()
         await close()
@@ -89,6 +93,15 @@ async def serve_until_signalled(
             loop.remove_signal_handler(sig)
     emit({"event": "stopped"})
     return 0
+
+
+async def start_http(agent: Agent) -> Any:
+    """The HTTP API, status page and metrics when ``[http] enabled`` (docs/http.md), else None."""
+    if not agent.config.http.enabled:
+        return None
+    from p2psync.http.server import HttpServer
+
+    return await HttpServer(agent).start()
 
 
 async def serve(home: Home, keys: Keystore, config: AgentConfig,
