@@ -99,8 +99,8 @@ function render(st, list) {
     const state = spaceState(s), label = {"in-sync": "in sync", "syncing": "syncing",
       "offline": "no peer connected"}[state];
     if (lastSpaces.has(s.space_id) && lastSpaces.get(s.space_id) !== state)
-      note(state === "in-sync" ? "ok" : "warn", "space " + (s.name || short(s.space_id))
-        + ": " + label);
+      note({"in-sync": "ok", "syncing": "warn", "offline": "none"}[state],
+        "space " + (s.name || short(s.space_id)) + ": " + label);
     lastSpaces.set(s.space_id, state);
     return h("tr", {"data-space": s.space_id, "data-state": state},
       h("td", {}, dot(), s.name || "–"), h("td", {}, s.role || "–"), h("td", {}, s.objects),
