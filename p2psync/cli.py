@@ -543,7 +543,33 @@ def cmd_run(args: argparse.Namespace, out: Out) -> None:
         elif obj["event"] == "ready":
             print(f"p2psync agent {obj['peer_id'][:16]}… listening on "
                   f"{', '.join(obj['listening'])}; Ctrl-C to stop", flush=True)
+            if obj.get("http"):
+                print(f"HTTP API and status page on {obj['http']} (key: `p2psync http`)",
+                      flush=True)
     run_loop(lambda: serve(home, keys, cfg, emit))
+
+
+# --- http (docs/http.md) ------------------------------------------------------------------------
+def cmd_http(args: argparse.Namespace, out: Out) -> None:
+    """Where the agent's HTTP API, status page and metrics are, and where the key is."""
+    from p2psync.http.info import http_info
+
+    home = _home(args)
+    cfg = load_config(home.config_path)
+    info = http_info(home.path, cfg.http, running=agent_running(home.path),
+                     with_key=args.open_url)
+
+    def human() -> None:
+        if not info["enabled"]:
+            print(f"the HTTP API is off: add `[http]` and `enabled = true` to "
+                  f"{home.config_path}, then (re)start `p2psync run`")
+            return
+        state = "" if info["running"] else "  (agent not running: start `p2psync run`)"
+        print(f"url      {info['url']}{state}\nkey      {info['key_file']} "
+              f"(send it as X-API-Key)\nopenapi  {info['openapi']}\nmetrics  {info['metrics']}")
+        if info.get("page"):
+            print(f"page     {info['page']}")
+    out.emit(info, human)
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -678,6 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     cmd(backup, "id", cmd_backup_id, "print the backup's peer id, account id and addresses")
 
+    cmd(sub, "http", cmd_http, "the HTTP API's URL and key file (docs/http.md)").add_argument(
+        "--open-url", action="store_true", help="also print the status page URL with the key")
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
     return p

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from p2psync.agent.core import Agent
 from p2psync.api import OPS, handle_request
 from p2psync.config import HttpConfig
 from p2psync.http import auth
+from p2psync.http.info import url_path
 from p2psync.http.routes import EVENTS_PATH, OPENAPI_PATH, SAFE_OPS, http_status, routes
-from p2psync.http.server import HttpServer, url_path
+from p2psync.http.server import HttpServer
 from tests.conftest import Fleet
-from tests.http_helpers import start_agent
+from tests.http_helpers import env, start_agent
 
 
 class Client:
@@ -347,4 +349,12 @@ async def test_run_starts_the_http_server_when_enabled(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as s, s.get(
                 url + "api/v1/status", headers={"X-API-Key": key}) as r:
             assert r.status == 200 and (await r.json())["peer_id"] == ready["peer_id"]
+        # `p2psync http` prints where it is and where the key is
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2psync", "--json", "http", "--open-url", "--home", str(home),
+            stdout=asyncio.subprocess.PIPE, env=env())
+        info = json.loads((await cli.communicate())[0])
+        assert (info["running"], info["url"]) == (True, url)
+        assert info["key_file"] == str(auth.key_path(home))
+        assert info["page"] == f"{url}#key={key}"
     assert not url_path(home).exists()

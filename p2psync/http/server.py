@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,6 +31,7 @@ from p2psync.config import HttpConfig
 from p2psync.errors import InvalidParams, InvalidRequest, P2PSyncError
 from p2psync.hostport import host_port
 from p2psync.http import auth, openapi
+from p2psync.http.info import url_path
 from p2psync.http.metrics import CONTENT_TYPE, Metrics
 from p2psync.http.page import PAGE
 from p2psync.http.routes import (
@@ -47,7 +47,6 @@ from p2psync.http.routes import (
 
 log = logging.getLogger("p2psync.http")
 
-URL_FILE = "http-url"
 MAX_BODY = 1 << 20  #: bytes per request body, as per request line on the socket
 KEEPALIVE = 15.0  #: seconds between SSE comments on an idle stream (proxies close idle ones)
 PUBLIC = frozenset({"/", OPENAPI_PATH})  #: paths served without the key
@@ -62,10 +61,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def error_response(error_type: str, message: str, status: int | None = None) -> web.Response:
     return _json(error_body(error_type, message), status or http_status(error_type))
-
-
-def url_path(home: Path) -> Path:
-    return home / URL_FILE
 
 
 class HttpServer:
