@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import openapi_spec_validator
 import pytest
 
 from p2psync.agent.core import Agent
@@ -262,6 +263,7 @@ async def test_openapi_matches_the_real_endpoints(fleet: Fleet,
     c = await one(fleet, session)
     status, spec = await c.req("GET", OPENAPI_PATH, headers={})
     assert status == 200 and spec["openapi"].startswith("3.1")
+    openapi_spec_validator.validate(spec)  # a valid OpenAPI 3.1 document
     described = {(path, m.upper()) for path, item in spec["paths"].items() for m in item}
     app = c.server._runner.app if c.server._runner else None
     assert app is not None
