@@ -89,6 +89,7 @@ async def test_the_page_shows_a_peer_going_away(tmp_path: Path) -> None:
                                     f'\'[data-space="{space}"]\')?.dataset.state === "offline"',
                                     10)
                 seconds = time.monotonic() - gone
+                print(f"page showed the peer gone after {seconds:.2f} s")
                 timeline = await page.eval("document.getElementById('timeline').textContent")
                 assert "disconnected" in timeline
                 await page.screenshot(shots / "http-status-peer-gone.png")
