@@ -106,6 +106,23 @@ async def test_wrong_origin_and_rebinding_hosts_are_refused(
         assert status == want, (extra, body)
         if want == 403:
             assert body["error"]["type"] == "OriginRefused"
+    # a configured origin gets CORS (preflight without the key), another origin none
+    ui = {"Origin": "http://ui.example:9000", "Access-Control-Request-Method": "POST",
+          "Access-Control-Request-Headers": "x-api-key"}
+    async with c.session.options(c.base + "/api/v1/space/create", headers=ui) as r:
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "http://ui.example:9000"
+        assert "X-API-Key" in r.headers["Access-Control-Allow-Headers"]
+    async with c.session.get(c.base + "/api/v1/ping", headers={**c.headers, **ui}) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == "http://ui.example:9000"
+    async with c.session.get(c.base + "/api/v1/ping", headers={"Origin": "http://ui.example:9000"}
+                             ) as r:  # no key: refused, still readable by that origin
+        assert (r.status, r.headers["Access-Control-Allow-Origin"]) == (401, ui["Origin"])
+    async with c.session.options(c.base + "/api/v1/space/create",
+                                 headers={**ui, "Origin": "http://evil.example"}) as r:
+        assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+    async with c.session.get(c.base + "/api/v1/ping", headers={**c.headers, "Origin": own}) as r:
+        assert "Access-Control-Allow-Origin" not in r.headers  # same origin needs none
     # the page itself is refused to a rebinding Host as well
     status, _ = await c.req("GET", "/", headers={"Host": "evil.example"})
     assert status == 403
@@ -321,6 +338,10 @@ async def test_metrics_count_connections_sync_traffic_and_errors(
     sent = sample(text, "p2psync_sent_bytes_total")
     assert sent > 0 and sample(text, "p2psync_received_messages_total") > 0
     assert sample(text, 'p2psync_api_errors_total{type="UnknownOperation"}') == 1
+    await c.req("GET", "/api/v1/status", headers={})
+    status, text = await c.req("GET", "/metrics")
+    assert sample(text, 'p2psync_api_errors_total{type="Unauthorized"}') == 1
+    assert sample(text, 'p2psync_api_requests_total{path="/api/v1/status",status="401"}') == 1
     # traffic stays counted (monotonic) after the connection closed
     for e in list(a.node.engines):
         await e.close("test")

@@ -60,7 +60,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def error_response(error_type: str, message: str, status: int | None = None) -> web.Response:
-    return _json(error_body(error_type, message), status or http_status(error_type))
+    """The JSON answer of a typed error; ``X-P2PSync-Error`` names the type (for the metrics
+    and for clients that want it without parsing the body)."""
+    resp = _json(error_body(error_type, message), status or http_status(error_type))
+    resp.headers["X-P2PSync-Error"] = error_type
+    return resp
 
 
 class HttpServer:
@@ -127,8 +131,7 @@ class HttpServer:
         try:
             resp = await handler(request)
         except P2PSyncError as exc:
-            kind = type(exc).__name__
-            resp = error_response(kind, str(exc))
+            resp = error_response(type(exc).__name__, str(exc))
         except web.HTTPException as exc:
             kind, msg = {
                 404: ("UnknownOperation" if request.path.startswith(PREFIX) else "NotFound",
@@ -137,20 +140,36 @@ class HttpServer:
                 413: ("PayloadTooLarge", f"request body over {MAX_BODY} bytes"),
             }.get(exc.status, ("InvalidRequest", exc.reason))
             resp = error_response(kind, msg, exc.status)
-        else:
-            kind = resp.headers.get("X-P2PSync-Error") or ""
-        self.metrics.observe(label, resp.status, kind or None)
+        self.metrics.observe(label, resp.status, resp.headers.get("X-P2PSync-Error"))
         return resp
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Host/Origin checks for every path; the key for every path but the public ones."""
+        """Host/Origin checks for every path; the key for every path but the public ones.
+
+        A configured origin (``[http] origins``) gets CORS: its preflight (``OPTIONS``, which
+        carries no key and reveals nothing) is answered here, its requests get
+        ``Access-Control-Allow-Origin``. Nothing else does, so a browser never lets another
+        page send the key header or read an answer."""
         auth.check_browser(request.headers, request.scheme, self.config.origins)
+        origin = request.headers.get("Origin")
+        cors = origin is not None and origin in self.config.origins
+        if request.method == "OPTIONS" and cors:
+            return web.Response(status=204, headers={
+                **_cors(origin or ""), "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": "X-API-Key, Authorization, Content-Type",
+                "Access-Control-Max-Age": "600"})
         public = request.path in PUBLIC or (request.path == "/metrics"
                                             and self.config.metrics_public)
-        if not public:
-            auth.check_key(request.headers, self.key)
-        return await handler(request)
+        try:
+            if not public:
+                auth.check_key(request.headers, self.key)
+            resp = await handler(request)
+        except P2PSyncError as exc:
+            resp = error_response(type(exc).__name__, str(exc))
+        if cors and not resp.prepared:
+            resp.headers.update(_cors(origin or ""))
+        return resp
 
     # --- handlers ------------------------------------------------------------------------------
     def _op_handler(self, route: Route) -> Handler:
@@ -165,9 +184,7 @@ class HttpServer:
             if answer["ok"]:
                 return _json(answer["result"])
             err = answer["error"]
-            resp = error_response(err["type"], err["message"])
-            resp.headers["X-P2PSync-Error"] = err["type"]
-            return resp
+            return error_response(err["type"], err["message"])
         return handle
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
@@ -222,6 +239,10 @@ class HttpServer:
             await resp.write(sse(name, ev, n))
             if name == "closed":
                 return
+
+
+def _cors(origin: str) -> dict[str, str]:
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
 
 def _decode_body(body: bytes) -> Any:
