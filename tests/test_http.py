@@ -381,3 +381,19 @@ async def test_run_starts_the_http_server_when_enabled(tmp_path: Path) -> None:
         assert info["key_file"] == str(auth.key_path(home))
         assert info["page"] == f"{url}#key={key}"
     assert not url_path(home).exists()
+
+
+# --- conventions --------------------------------------------------------------------------------
+def test_default_home_is_the_platforms_data_folder(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """platformdirs gives the same folder as before on Linux (XDG), and $P2PSYNC_HOME wins."""
+    from p2psync.home import default_home
+
+    monkeypatch.delenv("P2PSYNC_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_home() == tmp_path / "data" / "p2psync"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    assert default_home() == tmp_path / "me" / ".local" / "share" / "p2psync"
+    monkeypatch.setenv("P2PSYNC_HOME", str(tmp_path / "elsewhere"))
+    assert default_home() == tmp_path / "elsewhere"
