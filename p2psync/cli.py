@@ -21,10 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from p2psync import __version__
+from p2psync import PROTOCOL_VERSION, __version__
 from p2psync.agent import ops
 from p2psync.agent.run import run_loop
-from p2psync.api import ApiClient, ApiError, agent_running
+from p2psync.api import API_VERSION, ApiClient, ApiError, agent_running
 from p2psync.config import AgentConfig, load_config
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.device import LocalDevice, NotFound
@@ -291,7 +291,7 @@ def cmd_backup_run(args: argparse.Namespace, out: Out) -> None:
     cfg = _service_config(args, home)
     if args.metrics_port is not None:
         cfg = replace(cfg, replicator=replace(cfg.replicator, metrics_port=args.metrics_port))
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     keys = home.open_keys()
 
     def emit(obj: dict[str, Any]) -> None:
@@ -522,6 +522,8 @@ def _service_config(args: argparse.Namespace, home: Home) -> AgentConfig:
         cfg = replace(cfg, mdns=False)
     if args.log_level:
         cfg = replace(cfg, log_level=args.log_level)
+    if getattr(args, "log_format", None):
+        cfg = replace(cfg, log_format=args.log_format)
     return cfg
 
 
@@ -534,7 +536,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> None:
     cfg = _service_config(args, home)
     for peer in args.peer or []:
         cfg.peers.append(peer)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     keys = home.open_keys()
 
     def emit(obj: dict[str, Any]) -> None:
@@ -594,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = options(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
     p = options(argparse.ArgumentParser(
         prog="p2psync", description="LAN-first peer-to-peer sync of Automerge documents"), None)
-    p.add_argument("--version", action="version", version=f"p2psync {__version__}")
+    p.add_argument("--version", action="version", version=f"p2psync {__version__} (protocol "
+                   f"{PROTOCOL_VERSION}, local API {API_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(parent: Any, name: str, fn: Callable[[argparse.Namespace, Out], None],
@@ -693,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--peer", action="append", help="a static peer HOST:PORT (repeatable)")
     rn.add_argument("--no-mdns", action="store_true", help="no mDNS advertise/browse")
     rn.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    rn.add_argument("--log-format", choices=["text", "json"], help="stderr log lines")
 
     backup = sub.add_parser("backup", help="run a backup peer (stores ciphertext only)"
                             ).add_subparsers(dest="backup_command", required=True)
@@ -702,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--no-mdns", action="store_true", help="no mDNS advertise/browse")
     br.add_argument("--metrics-port", type=int, help="Prometheus metrics on localhost (0 off)")
     br.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    br.add_argument("--log-format", choices=["text", "json"], help="stderr log lines")
     cmd(backup, "id", cmd_backup_id, "print the backup's peer id, account id and addresses")
 
     cmd(sub, "http", cmd_http, "the HTTP API's URL and key file (docs/http.md)").add_argument(

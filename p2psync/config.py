@@ -124,6 +124,9 @@ class AgentConfig:
         "expected peer id of the backup (optional, checked on connect)"))
     log_level: str = field(default="warning", metadata=meta(
         "how much the agent logs", choices=LOG_LEVELS))
+    log_format: str = field(default="text", metadata=meta(
+        "log lines on stderr: text (key=value) or json (one object per line)",
+        choices=("text", "json")))
     reconnect_cap: float = field(default=30.0, metadata=meta(
         "longest wait in seconds between dials of one endpoint", low=0.1))
     durable: bool = field(default=True, metadata=meta(
