@@ -574,6 +574,27 @@ def cmd_http(args: argparse.Namespace, out: Out) -> None:
     out.emit(info, human)
 
 
+# --- service (docs/agent.md) -----------------------------------------------------------------
+def cmd_service(args: argparse.Namespace, out: Out) -> None:
+    """Install, remove or query the per-user service that runs ``p2psync run``."""
+    from p2psync import service
+
+    home = _home(args)
+    if args.service_command == "install":
+        if not home.exists():
+            raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+        data = service.install(home.path.resolve(), start=not args.no_start)
+    elif args.service_command == "uninstall":
+        data = service.uninstall(stop=not args.no_stop)
+    else:
+        data = service.status()
+
+    def human() -> None:
+        for k, v in data.items():
+            print(f"{k:12} {v}")
+    out.emit(data, human)
+
+
 # --- demo -------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace, out: Out) -> None:
     from p2psync.demo import run_demo
@@ -711,6 +732,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd(sub, "http", cmd_http, "the HTTP API's URL and key file (docs/http.md)").add_argument(
         "--open-url", action="store_true", help="also print the status page URL with the key")
+    svc = sub.add_parser("service", help="run the agent as a per-user service (systemd user "
+                         "unit, launchd agent)").add_subparsers(dest="service_command",
+                                                                required=True)
+    cmd(svc, "install", cmd_service, "write the unit and start it").add_argument(
+        "--no-start", action="store_true", help="only write the unit file")
+    cmd(svc, "uninstall", cmd_service, "stop the service and remove the unit").add_argument(
+        "--no-stop", action="store_true", help="only remove the unit file")
+    cmd(svc, "status", cmd_service, "whether the unit is installed and running")
+
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
     return p
