@@ -21,10 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from p2psync import __version__
+from p2psync import PROTOCOL_VERSION, __version__
 from p2psync.agent import ops
 from p2psync.agent.run import run_loop
-from p2psync.api import ApiClient, ApiError, agent_running
+from p2psync.api import API_VERSION, ApiClient, ApiError, agent_running
 from p2psync.config import AgentConfig, load_config
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.device import LocalDevice, NotFound
@@ -291,7 +291,7 @@ def cmd_backup_run(args: argparse.Namespace, out: Out) -> None:
     cfg = _service_config(args, home)
     if args.metrics_port is not None:
         cfg = replace(cfg, replicator=replace(cfg.replicator, metrics_port=args.metrics_port))
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     keys = home.open_keys()
 
     def emit(obj: dict[str, Any]) -> None:
@@ -522,6 +522,8 @@ def _service_config(args: argparse.Namespace, home: Home) -> AgentConfig:
         cfg = replace(cfg, mdns=False)
     if args.log_level:
         cfg = replace(cfg, log_level=args.log_level)
+    if getattr(args, "log_format", None):
+        cfg = replace(cfg, log_format=args.log_format)
     return cfg
 
 
@@ -534,7 +536,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> None:
     cfg = _service_config(args, home)
     for peer in args.peer or []:
         cfg.peers.append(peer)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     keys = home.open_keys()
 
     def emit(obj: dict[str, Any]) -> None:
@@ -543,7 +545,54 @@ def cmd_run(args: argparse.Namespace, out: Out) -> None:
         elif obj["event"] == "ready":
             print(f"p2psync agent {obj['peer_id'][:16]}… listening on "
                   f"{', '.join(obj['listening'])}; Ctrl-C to stop", flush=True)
+            if obj.get("http"):
+                print(f"HTTP API and status page on {obj['http']} (key: `p2psync http`)",
+                      flush=True)
     run_loop(lambda: serve(home, keys, cfg, emit))
+
+
+# --- http (docs/http.md) ------------------------------------------------------------------------
+def cmd_http(args: argparse.Namespace, out: Out) -> None:
+    """Where the agent's HTTP API, status page and metrics are, and where the key is."""
+    from p2psync.http.info import http_info
+
+    home = _home(args)
+    cfg = load_config(home.config_path)
+    info = http_info(home.path, cfg.http, running=agent_running(home.path),
+                     with_key=args.open_url)
+
+    def human() -> None:
+        if not info["enabled"]:
+            print(f"the HTTP API is off: add `[http]` and `enabled = true` to "
+                  f"{home.config_path}, then (re)start `p2psync run`")
+            return
+        state = "" if info["running"] else "  (agent not running: start `p2psync run`)"
+        print(f"url      {info['url']}{state}\nkey      {info['key_file']} "
+              f"(send it as X-API-Key)\nopenapi  {info['openapi']}\nmetrics  {info['metrics']}")
+        if info.get("page"):
+            print(f"page     {info['page']}")
+    out.emit(info, human)
+
+
+# --- service (docs/agent.md) -----------------------------------------------------------------
+def cmd_service(args: argparse.Namespace, out: Out) -> None:
+    """Install, remove or query the per-user service that runs ``p2psync run``."""
+    from p2psync import service
+
+    home = _home(args)
+    if args.service_command == "install":
+        if not home.exists():
+            raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+        data = service.install(home.path.resolve(), start=not args.no_start)
+    elif args.service_command == "uninstall":
+        data = service.uninstall(stop=not args.no_stop)
+    else:
+        data = service.status()
+
+    def human() -> None:
+        for k, v in data.items():
+            print(f"{k:12} {v}")
+    out.emit(data, human)
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -568,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = options(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
     p = options(argparse.ArgumentParser(
         prog="p2psync", description="LAN-first peer-to-peer sync of Automerge documents"), None)
-    p.add_argument("--version", action="version", version=f"p2psync {__version__}")
+    p.add_argument("--version", action="version", version=f"p2psync {__version__} (protocol "
+                   f"{PROTOCOL_VERSION}, local API {API_VERSION})")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(parent: Any, name: str, fn: Callable[[argparse.Namespace, Out], None],
@@ -667,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--peer", action="append", help="a static peer HOST:PORT (repeatable)")
     rn.add_argument("--no-mdns", action="store_true", help="no mDNS advertise/browse")
     rn.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    rn.add_argument("--log-format", choices=["text", "json"], help="stderr log lines")
 
     backup = sub.add_parser("backup", help="run a backup peer (stores ciphertext only)"
                             ).add_subparsers(dest="backup_command", required=True)
@@ -676,7 +727,19 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--no-mdns", action="store_true", help="no mDNS advertise/browse")
     br.add_argument("--metrics-port", type=int, help="Prometheus metrics on localhost (0 off)")
     br.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    br.add_argument("--log-format", choices=["text", "json"], help="stderr log lines")
     cmd(backup, "id", cmd_backup_id, "print the backup's peer id, account id and addresses")
+
+    cmd(sub, "http", cmd_http, "the HTTP API's URL and key file (docs/http.md)").add_argument(
+        "--open-url", action="store_true", help="also print the status page URL with the key")
+    svc = sub.add_parser("service", help="run the agent as a per-user service (systemd user "
+                         "unit, launchd agent)").add_subparsers(dest="service_command",
+                                                                required=True)
+    cmd(svc, "install", cmd_service, "write the unit and start it").add_argument(
+        "--no-start", action="store_true", help="only write the unit file")
+    cmd(svc, "uninstall", cmd_service, "stop the service and remove the unit").add_argument(
+        "--no-stop", action="store_true", help="only remove the unit file")
+    cmd(svc, "status", cmd_service, "whether the unit is installed and running")
 
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")

@@ -86,6 +86,23 @@ def meta(help: str, *, low: float | None = None, high: float | None = None,
 
 
 @dataclass
+class HttpConfig:
+    """``[http]``: the local HTTP API, status page and metrics (docs/http.md); off the LAN by
+    default (loopback only), every request but the page shell needs the API key."""
+
+    enabled: bool = field(default=False, metadata=meta(
+        "serve the HTTP API, status page (/) and metrics (/metrics)"))
+    listen: str = field(default="127.0.0.1", metadata=meta(
+        "listen address; keep it loopback unless a reverse proxy adds TLS", nonempty=True))
+    port: int = field(default=8434, metadata=meta(
+        "TCP port of the HTTP API; 0: ephemeral", low=0, high=65535))
+    origins: list[str] = field(default_factory=list, metadata=meta(
+        "extra browser origins allowed to call the API (the page's own is always allowed)"))
+    metrics_public: bool = field(default=False, metadata=meta(
+        "serve /metrics without the API key (to a scraper on this host)"))
+
+
+@dataclass
 class AgentConfig:
     """What ``p2psync run`` does; defaults suit a laptop or a Raspberry Pi on a home LAN."""
 
@@ -107,6 +124,9 @@ class AgentConfig:
         "expected peer id of the backup (optional, checked on connect)"))
     log_level: str = field(default="warning", metadata=meta(
         "how much the agent logs", choices=LOG_LEVELS))
+    log_format: str = field(default="text", metadata=meta(
+        "log lines on stderr: text (key=value) or json (one object per line)",
+        choices=("text", "json")))
     reconnect_cap: float = field(default=30.0, metadata=meta(
         "longest wait in seconds between dials of one endpoint", low=0.1))
     durable: bool = field(default=True, metadata=meta(
@@ -119,6 +139,9 @@ class AgentConfig:
     #: ``[transport]``: carrier tunables (the defaults fit the largest sync message)
     transport: TransportConfig = field(default_factory=sync_transport_config, metadata=meta(
         "carrier tunables shared by QUIC and TCP"))
+    #: ``[http]``: the local HTTP API, status page and metrics (docs/http.md)
+    http: HttpConfig = field(default_factory=HttpConfig, metadata=meta(
+        "the local HTTP API, status page and metrics (docs/http.md)"))
     #: ``[replicator]``: quotas, allowed owners, metrics of `p2psync backup run` (docs/backup.md)
     replicator: ReplicatorConfig = field(default_factory=ReplicatorConfig, metadata=meta(
         "what `p2psync backup run` accepts and stores (docs/backup.md)"))

@@ -285,3 +285,21 @@ class HeadSyncViolation(ProtocolError):
     def __init__(self, rule: str, detail: str) -> None:
         super().__init__(f"head sync rule '{rule}': {detail}")
         self.rule = rule
+# --- local HTTP API (appended by the http helper, issue 17; docs/http.md) -------------------------
+class HttpRequestError(ApiRequestError):
+    """A request to the local HTTP API was refused before any operation ran."""
+
+
+class Unauthorized(HttpRequestError):
+    """The request carries no API key, or a wrong one (``X-API-Key`` or ``Authorization:
+    Bearer``; the key is in ``<home>/http-api-key``). Answered 401."""
+
+
+class OriginRefused(HttpRequestError):
+    """The request came from a browser page of another origin, or named a ``Host`` that is not
+    an IP literal, ``localhost`` or a configured origin (DNS rebinding). Answered 403."""
+
+
+class MethodNotAllowed(HttpRequestError):
+    """The endpoint exists but not for this HTTP method (an op that changes state is POST
+    only). Answered 405."""

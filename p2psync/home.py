@@ -1,8 +1,9 @@
 """The agent's home directory: keystore, store, config — one folder per device identity.
 
 ``--home DIR`` (or ``$P2PSYNC_HOME``) overrides everything, which is how tests and the demo run
-several devices on one machine. Otherwise the home is ``$XDG_DATA_HOME/p2psync`` (default
-``~/.local/share/p2psync``). The passphrase comes from ``$P2PSYNC_PASSPHRASE`` or a prompt when
+several devices on one machine. Otherwise the home is the platform's user data folder
+(``platformdirs``): ``$XDG_DATA_HOME/p2psync`` (default ``~/.local/share/p2psync``) on Linux.
+The passphrase comes from ``$P2PSYNC_PASSPHRASE`` or a prompt when
 stdin is a terminal; choosing none (keys then rest protected only by file permissions) must be
 explicit: an empty ``$P2PSYNC_PASSPHRASE`` or ``init --no-passphrase``.
 
@@ -36,11 +37,16 @@ CONFIG = "config.toml"
 
 
 def default_home() -> Path:
+    """``$P2PSYNC_HOME``, else the platform's user data folder from ``platformdirs``:
+    ``$XDG_DATA_HOME/p2psync`` (default ``~/.local/share/p2psync``) on Linux, as before;
+    ``~/Library/Application Support/p2psync`` on macOS; ``%LOCALAPPDATA%\\p2psync`` on
+    Windows."""
     env = os.environ.get("P2PSYNC_HOME")
     if env:
         return Path(env)
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "p2psync"
+    import platformdirs
+
+    return platformdirs.user_data_path("p2psync", appauthor=False)
 
 
 def interactive() -> bool:

@@ -77,6 +77,8 @@ async def test_closed_laptop_via_a_backup_process_holds_no_plaintext(
         assert m["p2psync_backup_spaces"] == 1 and m["p2psync_backup_changes"] >= 6
         assert m["p2psync_backup_document_loads_total"] == 0
         assert m["p2psync_backup_peers"] >= 1
+        # the metrics every agent has, under the same names (docs/http.md)
+        assert m["p2psync_spaces"] == 1 and m["p2psync_received_bytes_total"] > 0
         # no plaintext anywhere in the backup home, while running (WAL present) and after stop
         assert (bhome / "store.sqlite3-wal").exists()
         assert_no_plaintext([bhome], marker)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import signal
 import sys
 import time
@@ -25,25 +27,66 @@ from p2psync.home import Home
 T = TypeVar("T")
 
 
+def _iso(created: float) -> str:
+    """Local time with its UTC offset and milliseconds: ``2026-12-03T11:30:00.123+01:00``."""
+    t = time.localtime(created)
+    off = time.strftime("%z", t)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(created * 1000) % 1000:03d}"
+            + off[:3] + ":" + off[3:])
+
+
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}  #: syslog levels
+
+
 class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=... logger=... event=... k=v`` — one line per record, grep-able."""
+    """``ts=... level=... logger=... event=... k=v`` — one line per record, grep-able; the
+    timestamp carries its UTC offset. Under journald (``$JOURNAL_STREAM`` set by systemd) the
+    line starts with the syslog priority (``<4>``: journald files it at that level) and has no
+    ``ts=`` (journald stamps each line itself)."""
+
+    def __init__(self, journald: bool | None = None) -> None:
+        super().__init__()
+        self.journald = bool(os.environ.get("JOURNAL_STREAM")) if journald is None \
+            else journald
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
         msg = record.getMessage()
         if "event=" not in msg:
             msg = 'msg="' + msg.replace('"', "'") + '"'
-        line = f"ts={ts}.{int(record.msecs):03d} level={record.levelname.lower()} " \
-               f"logger={record.name} {msg}"
+        line = f"level={record.levelname.lower()} logger={record.name} {msg}"
         if record.exc_info:
             line += " exc=" + json.dumps(self.formatException(record.exc_info))
-        return line
+        if self.journald:
+            return f"<{_PRIORITY.get(record.levelname, 6)}>{line}"
+        return f"ts={_iso(record.created)} {line}"
 
 
-def setup_logging(level: str) -> None:
-    """Structured logs on stderr; quiet (warnings) unless the config asks for more."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (with UTC offset), ``level``, ``logger``, ``event`` and
+    the record's ``key=value`` fields as keys (a message without ``event=`` is ``msg``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": _iso(record.created), "level": record.levelname.lower(),
+                               "logger": record.name}
+        msg = record.getMessage()
+        if msg.startswith("event="):
+            for key, value in _FIELD.findall(msg):
+                if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+                    value = value[1:-1].replace('\\"', '"')
+                out.setdefault(key, value)
+        else:
+            out["msg"] = msg
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Structured logs on stderr (``fmt``: ``text`` key=value lines or ``json``); quiet
+    (warnings) unless the config asks for more."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.WARNING))
@@ -76,12 +119,16 @@ async def serve_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     api: ApiServer | None = None
+    http: Any = None
     try:
         await start()
         api = await ApiServer(agent).start()
-        emit(ready(api))
+        http = await start_http(agent)
+        emit({**ready(api), **({"http": http.url} if http is not None else {})})
         await stop.wait()
     finally:
+        if http is not None:
+            await http.close()
         if api is not None:
             await api.close()
         await close()
@@ -89,6 +136,15 @@ async def serve_until_signalled(
             loop.remove_signal_handler(sig)
     emit({"event": "stopped"})
     return 0
+
+
+async def start_http(agent: Agent) -> Any:
+    """The HTTP API, status page and metrics when ``[http] enabled`` (docs/http.md), else None."""
+    if not agent.config.http.enabled:
+        return None
+    from p2psync.http.server import HttpServer
+
+    return await HttpServer(agent).start()
 
 
 async def serve(home: Home, keys: Keystore, config: AgentConfig,

@@ -1,16 +1,24 @@
 """Health and metrics of a backup: Prometheus text format over a tiny asyncio HTTP server.
 
-``render(samples)`` is pure (name, help, type, value) → text; :class:`MetricsServer` answers
-``GET /metrics`` (the text) and ``GET /health`` (``ok``) on a configured, by default localhost,
-port. No dependency beyond asyncio; one request per connection, bounded request size.
+The exposition is ``prometheus_client``'s (no hand-written text format): :class:`SampleCollector`
+turns the backup's samples (name, help, type, value) into metric families, and the service
+registers it next to the agent's collector (:mod:`p2psync.http.metrics`), so a backup serves the
+same ``p2psync_*`` names as every agent plus its own ``p2psync_backup_*``. :class:`MetricsServer`
+answers ``GET /metrics`` and ``GET /health`` (``ok``) on a configured, by default localhost,
+port: kept hand-written (40 lines of asyncio, one request per connection, bounded request
+size) because a backup on a Pi need not run the HTTP API to be scraped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 MAX_REQUEST = 8192
 
@@ -25,15 +33,28 @@ class Sample:
     value: float
 
 
+class SampleCollector(Collector):
+    """Metric families from ``collect()``'s samples, read at each scrape."""
+
+    def __init__(self, collect: Callable[[], list[Sample]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        for s in self._collect():
+            family = CounterMetricFamily if s.kind == "counter" else GaugeMetricFamily
+            yield family(s.name, s.help, value=s.value)
+
+
+def registry_of(*collectors: Collector) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    for c in collectors:
+        reg.register(c)
+    return reg
+
+
 def render(samples: list[Sample]) -> str:
-    """Prometheus text exposition format 0.0.4."""
-    lines: list[str] = []
-    for s in samples:
-        lines.append(f"# HELP {s.name} {s.help}")
-        lines.append(f"# TYPE {s.name} {s.kind}")
-        v = int(s.value) if float(s.value).is_integer() else s.value
-        lines.append(f"{s.name} {v}")
-    return "\n".join(lines) + "\n"
+    """Prometheus text exposition format 0.0.4 of ``samples``."""
+    return bytes(generate_latest(registry_of(SampleCollector(lambda: samples)))).decode()
 
 
 def parse_request_line(head: bytes) -> tuple[str, str] | None:
@@ -46,10 +67,12 @@ def parse_request_line(head: bytes) -> tuple[str, str] | None:
 
 
 class MetricsServer:
-    """Serves ``collect()`` at /metrics and a liveness answer at /health."""
+    """Serves ``collect()`` (or a registry) at /metrics and a liveness answer at /health."""
 
-    def __init__(self, collect: Callable[[], list[Sample]], host: str, port: int) -> None:
-        self.collect = collect
+    def __init__(self, collect: Callable[[], list[Sample]] | CollectorRegistry, host: str,
+                 port: int) -> None:
+        self.registry = collect if isinstance(collect, CollectorRegistry) else \
+            registry_of(SampleCollector(collect))
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -77,7 +100,7 @@ class MetricsServer:
         elif req[0] != "GET":
             status, body, ctype = "405 Method Not Allowed", "GET only\n", "text/plain"
         elif req[1] == "/metrics":
-            status, body = "200 OK", render(self.collect())
+            status, body = "200 OK", bytes(generate_latest(self.registry)).decode()
             ctype = "text/plain; version=0.0.4; charset=utf-8"
         elif req[1] == "/health":
             status, body, ctype = "200 OK", "ok\n", "text/plain"

@@ -19,7 +19,7 @@ from typing import Any
 from p2psync.agent.core import Agent
 from p2psync.agent.run import serve_until_signalled
 from p2psync.backup import guard
-from p2psync.backup.metrics import MetricsServer, Sample
+from p2psync.backup.metrics import MetricsServer, Sample, SampleCollector, registry_of
 from p2psync.backup.policy import BackupPolicy
 from p2psync.config import AgentConfig
 from p2psync.crypto.keystore import Keystore
@@ -50,7 +50,11 @@ class BackupService:
         await self.agent.start()
         rc = self.config.replicator
         if rc.metrics_port:
-            self.metrics = await MetricsServer(self.collect, rc.metrics_listen,
+            from p2psync.http.metrics import AgentCollector
+
+            # the backup's own samples next to the metrics every agent has (one set of names)
+            registry = registry_of(SampleCollector(self.collect), AgentCollector(self.agent))
+            self.metrics = await MetricsServer(registry, rc.metrics_listen,
                                                rc.metrics_port).start()
         self._watch = asyncio.get_running_loop().create_task(self._watch_errors())
         return self
