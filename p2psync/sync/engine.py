@@ -61,7 +61,7 @@ from p2psync.sync.messages import (
     StorageRefused,
     decode,
     error_for,
-    peek_request_id,
+    request_id_of,
 )
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import RESPONSE_FOR, AclPull, Core, SpaceSync, TreePull
@@ -71,7 +71,7 @@ from p2psync.sync.responder import REQUESTS, Responder
 from p2psync.sync.sched import Admission, Backoff, InboundGate, PeerScheduler
 from p2psync.sync.spacex import SpaceExchange
 from p2psync.sync.status import PeerSpaceStatus, PeerStatus, space_status
-from p2psync.transport.connection import Connection, Stream
+from p2psync.transport.interface import PeerConnection, PeerStream
 
 __all__ = ["BOOTSTRAP_DOMAIN", "EngineConfig", "PeerEngine", "PeerSpaceStatus", "PeerStatus",
            "bootstrap_message"]
@@ -82,7 +82,7 @@ log = logging.getLogger("p2psync.sync")
 class PeerEngine:
     """Sync with one connected peer until the connection closes."""
 
-    def __init__(self, replicas: Replicas, conn: Connection,
+    def __init__(self, replicas: Replicas, conn: PeerConnection,
                  config: EngineConfig | None = None) -> None:
         self.replicas = replicas
         self.conn = conn
@@ -244,10 +244,8 @@ class PeerEngine:
                 self._enqueue(eff.message, eff.space_id)
             elif isinstance(eff, Submit):
                 self.submit(eff.key, eff.priority)
-            elif isinstance(eff, Offered):
-                on_offer = getattr(self.replicas.policy, "on_offer", None)
-                if on_offer is not None:  # only backups fetch offered spaces
-                    on_offer(self, eff.space_id)
+            elif isinstance(eff, Offered):  # only backups fetch offered spaces
+                self.replicas.policy.on_offer(self, eff.space_id)
 
     def _strike(self, why: str) -> None:
         self.strikes += 1
@@ -293,7 +291,7 @@ class PeerEngine:
                 raise core.error
 
     # --- reading -------------------------------------------------------------------------------
-    async def _read_responses(self, stream: Stream) -> None:
+    async def _read_responses(self, stream: PeerStream) -> None:
         """Our stream: the peer's answers (and its space tokens)."""
         async for raw in self.channel.recv(stream):
             try:
@@ -320,7 +318,7 @@ class PeerEngine:
             return
         self._exchanged.set()
 
-    async def _read_requests(self, stream: Stream) -> None:
+    async def _read_requests(self, stream: PeerStream) -> None:
         """The peer's stream: its requests and pushes; we answer on the same stream."""
         send = self.channel.send
         async for raw in self.channel.recv(stream):
@@ -328,7 +326,8 @@ class PeerEngine:
                 env = decode(raw)
             except (DecodeError, UnknownMessageType, MessageTooLarge) as exc:
                 self._strike(f"bad request: {exc}")
-                await send(stream, error_for(exc), peek_request_id(raw) or 0)
+                # decode parsed the envelope once and put its request id on the error
+                await send(stream, error_for(exc), request_id_of(exc) or 0)
                 continue
             msg, rid = env.message, env.request_id
             self.channel.count("in", msg, len(raw))
@@ -352,7 +351,7 @@ class PeerEngine:
                 self._strike(f"{type(msg).__name__} is not a request")
                 await send(stream, ErrorMessage(ErrorCode.MALFORMED, "not a request"), rid)
 
-    async def _on_hello(self, stream: Stream, msg: SpaceHello, rid: int) -> None:
+    async def _on_hello(self, stream: PeerStream, msg: SpaceHello, rid: int) -> None:
         assert self._exchange is not None
         try:
             replies = self._exchange.receive(msg)
@@ -364,7 +363,7 @@ class PeerEngine:
         for reply in replies:
             await self.channel.send(stream, reply, rid)
 
-    async def _admit(self, stream: Stream, msg: Message, rid: int) -> None:
+    async def _admit(self, stream: PeerStream, msg: Message, rid: int) -> None:
         now = time.monotonic()
         verdict = self.gate.admit(msg, now)
         if verdict is Admission.DUPLICATE:
@@ -376,7 +375,7 @@ class PeerEngine:
             return
         self._spawn(self._serve(stream, msg, rid))
 
-    async def _serve(self, stream: Stream, msg: Message, rid: int) -> None:
+    async def _serve(self, stream: PeerStream, msg: Message, rid: int) -> None:
         try:
             ing = self.responder.prepare(msg)
             if ing is not None:

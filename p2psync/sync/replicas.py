@@ -43,7 +43,9 @@ class OfferingPeer(Protocol):
     @property
     def conn(self) -> PeerConnection: ...
 
-    shared: set[str]  #: space ids this peer and we both hold (exchange done)
+    @property
+    def shared(self) -> set[str]:
+        """Space ids this peer and we both hold (exchange done); a policy may add to it."""
 
     def submit(self, key: tuple[str, str, bytes], priority: int = 1) -> None:
         """Queue a sync job: ``("acl"|"tree"|"space", space id, tree id or b"")``."""
@@ -123,10 +125,21 @@ class Replicas:
         self.source: Pusher | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self.version = 0  #: bumped on every change anyone may wait for
-        #: What this device stores and vouches for (a backup installs its own).
-        self.policy: StoragePolicy = DevicePolicy()
+        self._policy: StoragePolicy = DevicePolicy()
         for sid in store.list_spaces():
             self._attach(Space.open(store, account, device.public, sid, window=window))
+
+    @property
+    def policy(self) -> StoragePolicy:
+        """What this device stores and vouches for (a backup installs its own)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: StoragePolicy) -> None:
+        # checked when installed, so a partial policy fails here, not at the first offer
+        if not isinstance(policy, StoragePolicy):
+            raise TypeError(f"{type(policy).__name__} does not implement StoragePolicy")
+        self._policy = policy
 
     # --- spaces --------------------------------------------------------------------------------
     def _attach(self, space: Space) -> Space:

@@ -214,10 +214,9 @@ class Responder:
 
     def _answer_receipt(self, msg: ReceiptRequest) -> ReceiptResponse:
         space = self._space_for(msg.space_id)
-        sign = getattr(self.state.replicas.policy, "receipt", None)
-        if sign is None or len(msg.nonce) != NONCE_SIZE:
-            raise ProtocolError("this peer issues no storage receipts")
-        return ReceiptResponse(sign(space, msg.nonce))
+        if len(msg.nonce) != NONCE_SIZE:
+            raise ProtocolError(f"a receipt nonce is {NONCE_SIZE} bytes")
+        return ReceiptResponse(self.state.replicas.policy.receipt(space, msg.nonce))
 
     # --- pushes --------------------------------------------------------------------------------
     def head_update(self, msg: HeadUpdate) -> tuple[Ingest | None, list[Effect]]:
