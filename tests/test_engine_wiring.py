@@ -117,3 +117,54 @@ def test_a_partial_policy_is_refused_when_installed(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="StoragePolicy"):
         a.replicas.policy = Partial()  # type: ignore[assignment]
     a.stop()
+
+
+# --- strangers (issue 12.1): restricted at the exchange, closed after the grace -------------
+GRACE = 0.5
+
+
+async def test_a_stranger_is_closed_after_the_grace_and_a_joiner_is_not(tmp_path: Path) -> None:
+    from tests.sync_helpers import RawPeer, close_all, fast_config, make_node
+
+    cfg = fast_config(stranger_grace=GRACE)
+    a = await make_node(tmp_path, "a", config=cfg)
+    j = await make_node(tmp_path, "j", config=cfg)
+    try:
+        space = a.create_space()
+        code = a.invite(space.id)
+        stranger = await RawPeer.dial(a.address())
+        joined = await j.join(code)  # both sides start restricted: each is a stranger to the other
+        assert joined.id == space.id
+        closed = await asyncio.wait_for(stranger.conn.wait_closed(), GRACE + 5)
+        assert "shares no space" in str(closed)
+        mine = [e for e in a.engines if e.remote_account == stranger.conn.certificate.account]
+        assert all(e.conn.is_closed for e in mine)
+        # the joiner's connection outlives the grace on both sides, and syncs
+        (ej,) = j.engines
+        done, _ = await asyncio.wait([asyncio.ensure_future(ej.finished.wait())],
+                                     timeout=GRACE * 3)
+        assert not done and not ej.conn.is_closed
+        assert all(not e.conn.is_closed for e in a.engines if e.remote_account == j.account.public)
+        await stranger.close()
+    finally:
+        await close_all([a, j])
+
+
+async def test_a_stranger_gets_a_small_receive_budget(tmp_path: Path) -> None:
+    """Before the grace ends, a stranger cannot make us buffer a big message: its stream is
+    refused (a member's 2 MiB message would be read and answered)."""
+    from p2psync.codec import pack
+    from tests.sync_helpers import RawPeer, close_all, fast_config, make_node
+
+    a = await make_node(tmp_path, "a", config=fast_config(stranger_grace=60.0))
+    try:
+        stranger = await RawPeer.dial(a.address())
+        try:
+            big = pack([1, 10, 5, [b"\0" * (2 << 20)]])  # malformed but 2 MiB
+            with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+                await stranger.request_raw(big, 5, timeout=2.0)  # never answered
+            await asyncio.wait_for(stranger.conn.wait_closed(), 5)
+        finally:
+            await stranger.close()
+    finally:
+        await close_all([a])

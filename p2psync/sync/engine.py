@@ -109,6 +109,7 @@ class PeerEngine:
         self._sched_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._restricted = False  #: the peer shared nothing at the exchange (see _befriend)
         self.finished = asyncio.Event()
         self.strikes = 0
         self.last_error: str | None = None
@@ -220,17 +221,23 @@ class PeerEngine:
         self.offer_replicated()
         self.replicas.notify()
         self._spawn(self._periodic())
-        if cfg.stranger_grace is not None:
-            self._spawn(self._stranger_check(cfg.stranger_grace))
+        if cfg.stranger_grace is not None and self.state.is_stranger():
+            # small receive budget now; closed by the transport after the grace unless a
+            # shared space appears first (invite bootstrap): see _befriend
+            self._restricted = True
+            self.conn.restrict(grace=cfg.stranger_grace)
         await asyncio.wait([closed, *readers], return_when=asyncio.FIRST_COMPLETED)
+        reason = self.conn.close_reason
+        if self._restricted and self.last_error is None and reason is not None:
+            self.last_error = str(reason)
 
-    async def _stranger_check(self, grace: float) -> None:
-        await asyncio.sleep(grace)  # a deadline, not synchronisation
-        if self.state.is_stranger() and not self._closing:
-            self.last_error = "the peer shares no space with us"
-            log.info("closing %s: shares no space after %g s", self.conn.peer_id, grace)
-            self._closing = True
-            await self.conn.close("no shared space")
+    def _befriend(self, *, force: bool = False) -> None:
+        """Lift the stranger restriction once the peer shares something with us (it proved an
+        invite, we bootstrap from it, the ACL made it a member) or we chose to trust it."""
+        if self._restricted and (force or not self.state.is_stranger()):
+            self._restricted = False
+            self.conn.lift_restriction()
+            log.debug("peer %s shares a space now: restriction lifted", self.conn.peer_id)
 
     # --- effects -------------------------------------------------------------------------------
     def _apply(self, effects: Iterable[Effect]) -> None:
@@ -350,6 +357,7 @@ class PeerEngine:
             else:
                 self._strike(f"{type(msg).__name__} is not a request")
                 await send(stream, ErrorMessage(ErrorCode.MALFORMED, "not a request"), rid)
+            self._befriend()
 
     async def _on_hello(self, stream: PeerStream, msg: SpaceHello, rid: int) -> None:
         assert self._exchange is not None
@@ -385,6 +393,7 @@ class PeerEngine:
                     log.warning("store error while serving %s: %s", self.conn.peer_id, exc)
             reply = self.responder.answer(msg)
             self._apply(reply.effects)
+            self._befriend()
             await self.channel.send(stream, reply.message, rid)
         except TransportError:
             pass
@@ -404,6 +413,7 @@ class PeerEngine:
             self._apply(tree_pushes(self.state, space, tree_id, result))
 
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None:
+        self._befriend()  # an ACL change may have made the peer a member
         if self._pushing():
             self._apply(acl_push(self.state, space, record_ids))
 
@@ -491,6 +501,7 @@ class PeerEngine:
         With a code, the join record (or join request) is created and pushed."""
         async with asyncio.timeout(self.config.exchange_timeout):
             await self.ready.wait()
+        self._befriend(force=True)  # we chose to fetch from this peer
         core = BootstrapJoin(self.state, self, space_id, code)
         try:
             await self._drive(core)
