@@ -348,7 +348,7 @@ class PeerEngine:
                 if not effects:  # admitted (a refused push comes back as a strike only)
                     self._apply(self.responder.head_update_done(msg, ing))
             elif isinstance(msg, AclHeadUpdate):
-                self._apply(self.responder.acl_update(msg))
+                self._apply(self.responder.acl_update(msg, time.time()))
             elif isinstance(msg, (SpaceOffer, StorageRefused)):
                 self._apply(self.responder.backup_push(msg))
                 self.replicas.notify()
@@ -391,7 +391,7 @@ class PeerEngine:
                     await self._ingest(ing)
                 except StoreError as exc:
                     log.warning("store error while serving %s: %s", self.conn.peer_id, exc)
-            reply = self.responder.answer(msg)
+            reply = self.responder.answer(msg, time.time())
             self._apply(reply.effects)
             self._befriend()
             await self.channel.send(stream, reply.message, rid)

@@ -60,13 +60,13 @@ class PeerState:
             return None
         return space
 
-    def invite_open(self, space: Space) -> bool:
-        """The peer proved an invite for this space here, the invite is still open, and the
-        peer was never removed from (or left) the space."""
+    def invite_open(self, space: Space, now: float) -> bool:
+        """The peer proved an invite for this space here, the invite is still open (not
+        revoked, not expired at ``now``), and the peer was never removed from (or left) the
+        space."""
         invite_id = self.invited.get(space.id)
-        st = space.acl.state
-        return (invite_id is not None and invite_id in st.invites
-                and self.remote_account not in st.departed)
+        return (invite_id is not None and space.acl.invite_open(invite_id, now)
+                and self.remote_account not in space.acl.state.departed)
 
     def is_stranger(self) -> bool:
         """The peer shares nothing with us: no space in common, no invite proved, not our own
