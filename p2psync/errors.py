@@ -273,3 +273,9 @@ class InvalidParams(ApiRequestError):
 class InvalidPath(DocumentError):
     """A document path does not fit the document: a list index past the end or not a number,
     a key into a scalar, an empty path where one is needed."""
+
+
+class MemberLimitExceeded(QuotaExceeded):
+    """An ordinary device refused a batch from a member: it would pass a per-author or
+    per-space limit on documents, changes or bytes (``p2psync.sync.memberlimits``). Nothing of
+    the batch was stored; the pusher is told with ``STORAGE_REFUSED`` and it is no strike."""

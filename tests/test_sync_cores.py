@@ -579,3 +579,39 @@ def test_merges_by_a_removed_member_relayed_by_a_member_are_ignored_without_a_st
     assert strikes(eff) == []
     assert all(m not in before for m in merges) and len(space.acl.heads) == 1
     assert len(space.acl.shelved) == len(merges)
+
+
+# --- member limits (issue 20.7) -----------------------------------------------------------------
+def test_member_limits_refuse_a_whole_batch_without_a_strike(tmp_path: Path) -> None:
+    from p2psync.sync.memberlimits import MemberLimits
+    from p2psync.sync.messages import StorageRefused
+    from p2psync.sync.replicas import DevicePolicy
+
+    a, b, pair, space = joined(tmp_path)
+    a.replicas.policy = DevicePolicy(MemberLimits(author_changes=3, space_documents=2))
+    tid = space.tree_ids()[0]
+    bs = b.replicas.spaces[space.id]
+    for i in range(5):  # b, a writer, makes a's device store 5 changes: over its limit of 3
+        with bs.document(tid).edit() as e:
+            e.put(ROOT, "n", i)
+    before = len(list(space.tree(tid).changes()))
+    effects = drive(TreePull(pair.sa, _Source(), space.id, tid), pair.rb)
+    assert strikes(effects) == []
+    refusals = [e.message for e in effects if isinstance(e, Push)
+                and isinstance(e.message, StorageRefused)]
+    assert [r.code for r in refusals] == [ErrorCode.QUOTA_EXCEEDED]
+    assert "author change limit" in refusals[0].message
+    assert len(list(space.tree(tid).changes())) == before  # nothing of the batch stored
+    last = pair.sa.space_state(space.id).last_error or ""
+    assert last.startswith("MemberLimitExceeded:") and "author change limit" in last
+    # documents: a holds 1, the space may hold 2: b's first new one goes in, the next not
+    d1, d2 = bs.new_document().tree.id, bs.new_document().tree.id
+    assert strikes(drive(TreePull(pair.sa, _Source(), space.id, d1), pair.rb)) == []
+    assert space.has_tree(d1)
+    eff = drive(TreePull(pair.sa, _Source(), space.id, d2), pair.rb)
+    assert not space.has_tree(d2) and strikes(eff) == []
+    assert any(isinstance(e, Push) and isinstance(e.message, StorageRefused)
+               and "space document limit" in e.message.message for e in eff)
+    # our own edits are never refused
+    with space.document(tid).edit() as e:
+        e.put(ROOT, "mine", 1)

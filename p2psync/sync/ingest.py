@@ -100,7 +100,7 @@ class Ingest:
         except QuotaExceeded as exc:
             # a backup's quota: not misbehaviour; tell the pushing device why
             self.refused = True
-            st.space_state(sid).last_error = f"QuotaExceeded: {exc}"
+            st.space_state(sid).last_error = f"{type(exc).__name__}: {exc}"
             st.quota_refusals += 1
             return [Push(StorageRefused(sid, self.tree_id, ErrorCode.QUOTA_EXCEEDED,
                                         str(exc)[:256]), sid)]
