@@ -615,3 +615,30 @@ def test_member_limits_refuse_a_whole_batch_without_a_strike(tmp_path: Path) -> 
     # our own edits are never refused
     with space.document(tid).edit() as e:
         e.put(ROOT, "mine", 1)
+
+
+# --- storage challenge (issue 20.4) -------------------------------------------------------------
+def test_a_challenge_needs_the_stored_ciphertext(tmp_path: Path) -> None:
+    import random
+
+    from p2psync.sync.pull import Challenge
+
+    a, b, pair, space = joined(tmp_path)
+    for _ in range(3):
+        d = space.new_document()
+        with d.edit() as e:
+            e.put(ROOT, "k", 1)
+    run_jobs(pair.sb, pair.ra, [Submit(("space", space.id, b""))])
+    assert converged(a, b, space.id)
+    honest = Challenge(pair.sa, _Source(), space.id, 3, random.Random(1))
+    assert drive(honest, pair.rb) == [] and honest.result.ok
+    assert honest.result.proven == honest.result.asked == 3
+    # a backup that stores nothing (answers "no changes") fails every pick
+    liar = Challenge(pair.sa, _Source(), space.id, 3, random.Random(1))
+
+    def nothing(req: Message) -> Message:
+        assert isinstance(req, FullSyncRequest)
+        return FullSyncResponse(req.space_id, req.object_id, (), (), False)
+
+    drive(liar, pair.rb, answer=nothing)
+    assert not liar.result.ok and len(liar.result.failed) == 3

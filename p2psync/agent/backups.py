@@ -40,6 +40,7 @@ from p2psync.node import sync_transport_config
 from p2psync.replica.space import Space
 from p2psync.sync.engine import PeerEngine
 from p2psync.sync.ldiff import LDiff
+from p2psync.sync.pull import ChallengeResult
 
 RECEIPTS_FILE = "backup-receipts.json"
 
@@ -117,6 +118,48 @@ def compare(receipt: Receipt, local: LDiff) -> dict[str, Any]:
             "backup_account": account_id(receipt.account), "signature_ok": True}
 
 
+def judge(receipt: Receipt, view: dict[str, Any], *, connection_account: bytes,
+          local_changes: int, local_bytes: int, challenge: ChallengeResult | None,
+          previous: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """Whether a verified receipt is *evidence* (issue 20.4, pure). A signature alone proves
+    nothing: the root our device sent can be copied back with made-up counts. So "backed up"
+    needs, besides a matching root: the receipt's account is the connection's certificate
+    account; its counts are consistent (listed objects ≤ objects ≤ changes ≤ bytes, and at
+    least what we hold when it claims our root); and a challenge of random stored changes was
+    answered with the right ciphertext. A receipt claiming fewer objects or changes than the
+    most this device ever saw from the same backup is flagged ``rolled_back`` (the high-water
+    marks are kept with the saved result, so the flag stays until the backup catches up)."""
+    out = dict(view)
+    account_ok = receipt.account == connection_account
+    listed = len(receipt.objects) if receipt.objects is not None else 0
+    counts_ok = (listed <= receipt.objects_count <= receipt.changes_count <= receipt.size
+                 or receipt.objects_count == receipt.changes_count == receipt.size == 0)
+    if view["all_backed_up"] and view["documents"]:
+        counts_ok = (counts_ok and receipt.objects_count >= view["documents"]
+                     and receipt.changes_count >= local_changes and receipt.size >= local_bytes)
+    seen_objects = seen_changes = 0  # the most this backup ever claimed to us
+    if previous is not None and previous.get("backup_peer") == view["backup_peer"]:
+        seen_objects = int(previous.get("seen_objects", previous.get("backup_objects", 0)))
+        seen_changes = int(previous.get("seen_changes", previous.get("backup_changes", 0)))
+    rolled_back = receipt.objects_count < seen_objects or receipt.changes_count < seen_changes
+    proven = challenge is not None and challenge.ok
+    out.update({
+        "account_ok": account_ok, "counts_ok": counts_ok, "rolled_back": rolled_back,
+        "seen_objects": max(seen_objects, receipt.objects_count),
+        "seen_changes": max(seen_changes, receipt.changes_count),
+        "challenge": None if challenge is None else {
+            "asked": challenge.asked, "proven": challenge.proven,
+            "inconclusive": challenge.inconclusive,
+            "failed": [short_hash(c) for c in challenge.failed]},
+        "all_backed_up": bool(view["all_backed_up"] and account_ok and counts_ok and proven
+                              and not rolled_back),
+        "proven_at": now if proven else (previous or {}).get("proven_at"),
+        "proof": (f"signed receipt + {challenge.proven} of {challenge.asked} random changes "
+                  "returned" if proven and challenge is not None else "not proven"),
+    })
+    return out
+
+
 def backup_engines(engines: Iterable[PeerEngine], space: Space) -> list[PeerEngine]:
     """The connected engines of replicators of ``space`` that share it with us."""
     reps = space.acl.state.replicators
@@ -125,9 +168,15 @@ def backup_engines(engines: Iterable[PeerEngine], space: Space) -> list[PeerEngi
 
 
 async def collect_receipts(engines: list[PeerEngine], space: Space, local: LDiff,
-                           timeout: float = 10.0) -> dict[str, Any]:
-    """Ask each engine (a connected replicator) for a receipt; verify and compare."""
+                           timeout: float = 10.0, previous: dict[str, Any] | None = None,
+                           challenge_count: int = 3) -> dict[str, Any]:
+    """Ask each engine (a connected replicator) for a receipt; verify it, compare it with our
+    state, challenge the backup for random changes and :func:`judge` the whole. ``previous``
+    is what :func:`load_receipts` kept for this space (rollback detection)."""
     results: list[dict[str, Any]] = []
+    local_bytes, local_changes = space.store.space_usage().get(space.id, (0, 0))
+    before = {r.get("backup_peer"): r for r in (previous or {}).get("receipts", [])
+              if isinstance(r, dict) and "error" not in r}
     for e in engines:
         nonce = os.urandom(32)
         try:
@@ -137,7 +186,16 @@ async def collect_receipts(engines: list[PeerEngine], space: Space, local: LDiff
             results.append({"backup_peer": e.conn.peer_id, "error": f"{type(exc).__name__}: "
                             f"{exc}", "signature_ok": False})
             continue
-        results.append(compare(rec, local))
+        view = compare(rec, local)
+        try:
+            proof: ChallengeResult | None = await asyncio.wait_for(
+                e.challenge(space.id, challenge_count), timeout)
+        except (P2PSyncError, TimeoutError):
+            proof = None
+        results.append(judge(rec, view, connection_account=e.remote_account,
+                             local_changes=local_changes, local_bytes=local_bytes,
+                             challenge=proof, previous=before.get(view["backup_peer"]),
+                             now=time.time()))
     out: dict[str, Any] = {
         "space_id": space.id, "checked_at": time.time(),
         "replicators": len(space.acl.state.replicators), "connected_backups": len(engines),

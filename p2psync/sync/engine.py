@@ -64,7 +64,15 @@ from p2psync.sync.messages import (
     request_id_of,
 )
 from p2psync.sync.peerstate import PeerState
-from p2psync.sync.pull import RESPONSE_FOR, AclPull, Core, SpaceSync, TreePull
+from p2psync.sync.pull import (
+    RESPONSE_FOR,
+    AclPull,
+    Challenge,
+    ChallengeResult,
+    Core,
+    SpaceSync,
+    TreePull,
+)
 from p2psync.sync.push import PushQueue, acl_push, offers, tree_pushes
 from p2psync.sync.replicas import Replicas
 from p2psync.sync.responder import REQUESTS, Responder
@@ -541,3 +549,11 @@ class PeerEngine:
         """Ask the peer (a backup) for a signed storage receipt of one space."""
         resp = await self.channel.request(ReceiptRequest(space_id, nonce), ReceiptResponse)
         return resp.receipt
+
+    async def challenge(self, space_id: str, count: int = 3,
+                        rng: random.Random | None = None) -> ChallengeResult:
+        """Ask the peer (a backup) for ``count`` changes of the space chosen at random among
+        ours and check their ids: proof that it stores them (see :class:`Challenge`)."""
+        core = Challenge(self.state, self, space_id, count, rng or random.SystemRandom())
+        await self._drive(core)
+        return core.result
