@@ -642,3 +642,19 @@ def test_a_challenge_needs_the_stored_ciphertext(tmp_path: Path) -> None:
 
     drive(liar, pair.rb, answer=nothing)
     assert not liar.result.ok and len(liar.result.failed) == 3
+
+
+def test_job_failure_rule_and_the_strike_verdict(tmp_path: Path) -> None:
+    from p2psync.sync.pull import job_failure
+
+    assert job_failure(PeerRefused("unknown space", int(ErrorCode.UNKNOWN_SPACE), None))[1:] \
+        == (False, None)
+    assert job_failure(PeerRefused("slow down", int(ErrorCode.RATE_LIMITED), 0.5))[1:] \
+        == (True, 0.5)
+    assert job_failure(TimeoutError())[:2] == ("TimeoutError", True)
+    a, b = Dev(tmp_path, "a"), Dev(tmp_path, "b")
+    state = Pair(a, b, EngineConfig(strikes_to_close=3)).sa
+    assert state.punish("x") is None and state.punish("y") is None
+    assert "after 3 protocol violations (last: z)" in (state.punish("z") or "")
+    assert "protocol violation: w" in (state.punish("w", violation=True) or "")
+    assert state.strikes == 4

@@ -66,12 +66,11 @@ from p2psync.sync.messages import (
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import (
     RESPONSE_FOR,
-    AclPull,
     Challenge,
     ChallengeResult,
     Core,
-    SpaceSync,
-    TreePull,
+    job_core,
+    job_failure,
 )
 from p2psync.sync.push import PushQueue, acl_push, offers, tree_pushes
 from p2psync.sync.replicas import Replicas
@@ -119,7 +118,6 @@ class PeerEngine:
         self._closing = False
         self._restricted = False  #: the peer shared nothing at the exchange (see _befriend)
         self.finished = asyncio.Event()
-        self.strikes = 0
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -130,6 +128,10 @@ class PeerEngine:
     def shared(self) -> set[str]:
         """Spaces both sides hold (the agent adds new ones it may sync)."""
         return self.state.shared
+
+    @property
+    def strikes(self) -> int:
+        return self.state.strikes
 
     @property
     def quota_refusals(self) -> int:
@@ -254,7 +256,7 @@ class PeerEngine:
             if isinstance(eff, Strike):
                 self._strike(eff.why)
             elif isinstance(eff, Violation):
-                self._violation(eff.why)
+                self._strike(eff.why, violation=True)
             elif isinstance(eff, Push):
                 self._enqueue(eff.message, eff.space_id)
             elif isinstance(eff, Submit):
@@ -262,20 +264,12 @@ class PeerEngine:
             elif isinstance(eff, Offered):  # only backups fetch offered spaces
                 self.replicas.policy.on_offer(self, eff.space_id)
 
-    def _strike(self, why: str) -> None:
-        self.strikes += 1
+    def _strike(self, why: str, *, violation: bool = False) -> None:
         log.debug("peer %s: %s", self.conn.peer_id, why)
-        if self.strikes >= self.config.strikes_to_close and not self._closing:
-            self.last_error = f"closed after {self.strikes} protocol violations (last: {why})"
-            self._closing = True
-            self._spawn(self.conn.close("too many protocol violations"))
-
-    def _violation(self, why: str) -> None:
-        self.strikes += 1
-        log.info("peer %s broke the protocol: %s; disconnecting", self.conn.peer_id, why)
-        if not self._closing:
-            self.last_error = f"closed: protocol violation: {why}"
-            self._closing = True
+        verdict = self.state.punish(why, violation=violation)
+        if verdict is not None and not self._closing:
+            log.info("disconnecting %s: %s", self.conn.peer_id, verdict)
+            self.last_error, self._closing = verdict, True
             self._spawn(self.conn.close("protocol violation"))
 
     async def _ingest(self, ing: Ingest) -> None:
@@ -473,28 +467,16 @@ class PeerEngine:
             self.sync_now()
 
     async def _job(self, key: JobKey) -> None:
-        kind, sid, tid = key
-        st = self.state.space_state(sid)
+        st = self.state.space_state(key[1])
         try:
-            if kind == "space":
-                await self._drive(SpaceSync(self.state, self, sid))
-            elif kind == "acl":
-                await self._drive(AclPull(self.state, self, sid))
-            else:
-                await self._drive(TreePull(self.state, self, sid, tid))
+            await self._drive(job_core(self.state, self, key))
         except asyncio.CancelledError:
             raise
         except (P2PSyncError, TimeoutError) as exc:
-            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            st.last_error = text
-            retryable = not (isinstance(exc, PeerRefused) and exc.code in (
-                ErrorCode.UNKNOWN_SPACE, ErrorCode.ACCESS_DENIED))
-            retry_after = exc.retry_after if isinstance(exc, PeerRefused) else None
-            if isinstance(exc, PeerRefused) and exc.code == ErrorCode.RATE_LIMITED:
-                retryable = True
-            self.sched.failed(key, time.monotonic(), text, retryable=retryable,
+            st.last_error, retryable, retry_after = job_failure(exc)
+            self.sched.failed(key, time.monotonic(), st.last_error, retryable=retryable,
                               retry_after=retry_after)
-            log.debug("job %s with %s failed: %s", kind, self.conn.peer_id, text)
+            log.debug("job %s with %s failed: %s", key[0], self.conn.peer_id, st.last_error)
         else:
             st.last_success = time.time()
             self.sched.succeeded(key, time.monotonic())

@@ -42,6 +42,17 @@ class PeerState:
     quota_refusals: int = 0
     refused_by_peer: dict[str, StorageRefused] = field(default_factory=dict)
     offered: set[str] = field(default_factory=set)
+    strikes: int = 0  #: rules the peer broke on this connection
+
+    def punish(self, why: str, *, violation: bool = False) -> str | None:
+        """Count a broken rule; the reason to close the connection when that is the verdict
+        (at once for a violation, else once ``strikes_to_close`` is reached), else None."""
+        self.strikes += 1
+        if violation:
+            return f"closed: protocol violation: {why}"
+        if self.strikes >= self.config.strikes_to_close:
+            return f"closed after {self.strikes} protocol violations (last: {why})"
+        return None
 
     def space_state(self, space_id: str) -> SpaceState:
         st = self.spaces.get(space_id)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from p2psync.codec import content_id
-from p2psync.errors import P2PSyncError, ProtocolError
+from p2psync.errors import P2PSyncError, PeerRefused, ProtocolError
 from p2psync.replica.change import Change
 from p2psync.replica.space import Space
 from p2psync.sync.effects import Effect, Push, Strike, Submit, Violation
@@ -29,6 +29,7 @@ from p2psync.sync.messages import (
     AclSyncResponse,
     BootstrapRequest,
     BootstrapResponse,
+    ErrorCode,
     FullSyncRequest,
     FullSyncResponse,
     HeadSyncRequest,
@@ -396,3 +397,24 @@ class Challenge(Core):
         self._got += 1
         self.done = self._got >= len(self.picks)
         return []
+
+
+def job_core(state: PeerState, source: Pusher, key: tuple[str, str, bytes]) -> Core:
+    """The requester core for one scheduled job ``("space"|"acl"|"tree", space, tree)``."""
+    kind, sid, tid = key
+    if kind == "space":
+        return SpaceSync(state, source, sid)
+    if kind == "acl":
+        return AclPull(state, source, sid)
+    return TreePull(state, source, sid, tid)
+
+
+def job_failure(exc: P2PSyncError | TimeoutError) -> tuple[str, bool, float | None]:
+    """How a failed job is retried: ``(text for status, retryable, retry after seconds)``.
+    The peer saying the space is unknown to us or denied is final; a rate limit is retried
+    when the peer said; anything else is retried with backoff."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not isinstance(exc, PeerRefused):
+        return text, True, None
+    final = exc.code in (ErrorCode.UNKNOWN_SPACE, ErrorCode.ACCESS_DENIED)
+    return text, not final, exc.retry_after
