@@ -241,10 +241,15 @@ class PeerEngine:
         if self._restricted and self.last_error is None and reason is not None:
             self.last_error = str(reason)
 
-    def _befriend(self, *, force: bool = False) -> None:
+    def _befriend(self, *, force: bool = False, acl_changed: bool = False) -> None:
         """Lift the stranger restriction once the peer shares something with us (it proved an
-        invite, we bootstrap from it, the ACL made it a member) or we chose to trust it."""
-        if self._restricted and (force or not self.state.is_stranger()):
+        invite, we bootstrap from it, the ACL made it a member) or we chose to trust it. After
+        a message only the cheap part is checked (a space or an invite on this connection);
+        the walk over every space's ACL runs only when an ACL changed."""
+        if not self._restricted:
+            return
+        st = self.state
+        if force or st.shared or st.invited or (acl_changed and not st.is_stranger()):
             self._restricted = False
             self.conn.lift_restriction()
             log.debug("peer %s shares a space now: restriction lifted", self.conn.peer_id)
@@ -415,7 +420,7 @@ class PeerEngine:
             self._apply(tree_pushes(self.state, space, tree_id, result))
 
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None:
-        self._befriend()  # an ACL change may have made the peer a member
+        self._befriend(acl_changed=True)  # an ACL change may have made the peer a member
         if self._pushing():
             self._apply(acl_push(self.state, space, record_ids))
 
