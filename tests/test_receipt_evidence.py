@@ -100,3 +100,15 @@ def fleet_policy_config(backup: Any) -> Any:
     policy = backup.replicas.policy
     assert isinstance(policy, BackupPolicy)
     return policy.config
+
+
+async def test_an_empty_space_is_backed_up_without_a_challenge(fleet: Fleet) -> None:
+    backup, _policy = await fleet.backup()
+    laptop = await fleet.node("laptop")
+    space = laptop.create_space()
+    space.emit_acl(lambda acl: acl.add_replicator(laptop.account, backup.account.public))
+    engine = await laptop.connect(backup.address())
+    await wait_any([laptop, backup], lambda: converged([laptop, backup], space.id))
+    (r,) = (await collect_receipts([engine], space, laptop.replicas.ldiff(space.id)))["receipts"]
+    assert r["all_backed_up"] and r["challenge"]["asked"] == 0
+    assert r["proof"] == "signed receipt (no documents)"

@@ -142,7 +142,9 @@ def judge(receipt: Receipt, view: dict[str, Any], *, connection_account: bytes,
         seen_objects = int(previous.get("seen_objects", previous.get("backup_objects", 0)))
         seen_changes = int(previous.get("seen_changes", previous.get("backup_changes", 0)))
     rolled_back = receipt.objects_count < seen_objects or receipt.changes_count < seen_changes
-    proven = challenge is not None and challenge.ok
+    # nothing to challenge in a space without documents: the root and counts say it all
+    proven = challenge is not None and (challenge.ok or (challenge.asked == 0
+                                                         and not view["documents"]))
     out.update({
         "account_ok": account_ok, "counts_ok": counts_ok, "rolled_back": rolled_back,
         "seen_objects": max(seen_objects, receipt.objects_count),
@@ -154,8 +156,9 @@ def judge(receipt: Receipt, view: dict[str, Any], *, connection_account: bytes,
         "all_backed_up": bool(view["all_backed_up"] and account_ok and counts_ok and proven
                               and not rolled_back),
         "proven_at": now if proven else (previous or {}).get("proven_at"),
-        "proof": (f"signed receipt + {challenge.proven} of {challenge.asked} random changes "
-                  "returned" if proven and challenge is not None else "not proven"),
+        "proof": ("not proven" if not proven or challenge is None else
+                  f"signed receipt + {challenge.proven} of {challenge.asked} random changes "
+                  "returned" if challenge.asked else "signed receipt (no documents)"),
     })
     return out
 
