@@ -303,3 +303,7 @@ class OriginRefused(HttpRequestError):
 class MethodNotAllowed(HttpRequestError):
     """The endpoint exists but not for this HTTP method (an op that changes state is POST
     only). Answered 405."""
+class MemberLimitExceeded(QuotaExceeded):
+    """An ordinary device refused a batch from a member: it would pass a per-author or
+    per-space limit on documents, changes or bytes (``p2psync.sync.memberlimits``). Nothing of
+    the batch was stored; the pusher is told with ``STORAGE_REFUSED`` and it is no strike."""

@@ -103,11 +103,16 @@ class RawPeer:
     async def _start(self) -> None:
         from p2psync.sync.messages import encode
 
+        # The engine's hello (its stream) must be read before the tokens that answer ours (our
+        # stream): the exchange refuses tokens first. The engine sends its hello before it
+        # reads ours, so on the wire the hello always comes first; the reader of its stream is
+        # started first so that, when both are already buffered, it runs (and takes the hello
+        # without suspending) before the reader of ours.
         self.out = await self.conn.open_stream()
         await self.out.send(encode(self.exchange.start()))
         self.inp = await asyncio.wait_for(self.conn.accept_stream(), 5)
-        self._tasks = [asyncio.ensure_future(self._read_out()),
-                       asyncio.ensure_future(self._read_in())]
+        self._tasks = [asyncio.ensure_future(self._read_in()),
+                       asyncio.ensure_future(self._read_out())]
         await asyncio.wait_for(self._exchanged(), 5)
 
     async def _exchanged(self) -> None:

@@ -59,21 +59,6 @@ class Running:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-class OrderedRawPeer(RawPeer):
-    """RawPeer reading the engine's stream (its hello) before its own (the tokens that answer
-    our hello), so the exchange never sees tokens before the hello however bytes are paced."""
-
-    async def _start(self) -> None:
-        from p2psync.sync.messages import encode
-
-        self.out = await self.conn.open_stream()
-        await self.out.send(encode(self.exchange.start()))
-        self.inp = await asyncio.wait_for(self.conn.accept_stream(), 5)
-        self._tasks = [asyncio.ensure_future(self._read_in()),
-                       asyncio.ensure_future(self._read_out())]
-        await asyncio.wait_for(self._exchanged(), 5)
-
-
 def config(**kw: Any) -> EngineConfig:
     return EngineConfig(request_timeout=5.0, exchange_timeout=5.0, **kw)
 
@@ -129,7 +114,7 @@ async def test_head_sync_violation_disconnects_and_discards_the_claims(tmp_path:
     ea = PeerEngine(a.replicas, ca, config(strikes_to_close=10_000))
     task = asyncio.ensure_future(ea.run())
     keys = {space.id: header_exchange_key(space.header.raw, space.id)}
-    peer = OrderedRawPeer(cb, evil.device, keys, answer=poison)
+    peer = RawPeer(cb, evil.device, keys, answer=poison)
     try:
         await peer._start()
         await asyncio.wait_for(ea.finished.wait(), 5)

@@ -94,7 +94,7 @@ def ask(responder: Responder, req: Message) -> tuple[Message, list[Effect]]:
     ing = responder.prepare(req)
     if ing is not None:
         effects += ing.run()
-    reply = responder.answer(req)
+    reply = responder.answer(req, NOW)
     return reply.message, effects + list(reply.effects)
 
 
@@ -474,3 +474,187 @@ def test_listing_an_object_it_does_not_serve_is_a_strike(tmp_path: Path) -> None
     assert not space.has_tree(made_up)
     # a pull that head sync did not ask for (a push's announced heads) is only "stuck"
     assert strikes(drive(TreePull(pair.sa, _Source(), space.id, made_up), pair.rb)) == []
+
+
+# --- joins (issue 20.3): what an invitee may push ----------------------------------------------
+def _fresh_request(space: Space, code: Any) -> bytes:
+    """A join request through ``code`` signed by a freshly made account."""
+    from p2psync.replica.acl_records import (
+        JOIN_DOMAIN,
+        RequestJoin,
+        build_record,
+        join_proof_message,
+    )
+
+    joiner = AccountKey.generate()
+    proof = code.key.sign(JOIN_DOMAIN, join_proof_message(space.id, code.invite_id,
+                                                           joiner.public))
+    return build_record(joiner, space.id, [code.invite_id], RequestJoin(code.invite_id, proof))
+
+
+def test_an_invitee_may_push_only_its_own_join_request(tmp_path: Path) -> None:
+    from p2psync.sync.messages import AclHeadUpdate
+
+    a, b = Dev(tmp_path, "a"), Dev(tmp_path, "b")
+    space = a.replicas.create_space()
+    raw, code = space.acl.invite(a.account, Role.WRITER, anyone_can_join=False)
+    space.commit_acl(raw)
+    pair = Pair(a, b)
+    assert drive(BootstrapJoin(pair.sb, _Source(), space.id, code), pair.ra) == []
+    mine = [q.joiner for q in space.acl.pending_requests()]
+    assert mine == [b.account.public]  # its own request went in through the ACL pull
+    # the flood: requests signed by fresh accounts, over b's connection, both ways of pushing
+    flood = [_fresh_request(space, code) for _ in range(5)]
+    eff = pair.ra.acl_update(AclHeadUpdate(space.id, tuple(space.acl.heads), tuple(flood)), NOW)
+    assert [s for s in strikes(eff) if "ACL push refused" in s]
+    _, eff2 = ask(pair.ra, AclSyncRequest(space.id, tuple(space.acl.heads), tuple(flood[:1]),
+                                          1 << 20))
+    assert [s for s in strikes(eff2) if "ACL push refused" in s]
+    assert [q.joiner for q in space.acl.pending_requests()] == mine  # none stored
+
+
+def test_an_expired_invite_proves_nothing(tmp_path: Path) -> None:
+    a, b = Dev(tmp_path, "a"), Dev(tmp_path, "b")
+    space = a.replicas.create_space()
+    raw, code = space.acl.invite(a.account, Role.WRITER, anyone_can_join=True,
+                                 expires_at=int(NOW) + 10)
+    space.commit_acl(raw)
+    pair = Pair(a, b)
+    boot = BootstrapJoin(pair.sb, _Source(), space.id, code)
+    nxt = boot.next_request()
+    assert nxt is not None
+    late = pair.ra.answer(nxt[1], NOW + 11).message
+    assert isinstance(late, ErrorMessage) and late.code == ErrorCode.UNKNOWN_SPACE
+    assert pair.sa.invited == {}
+    ok = pair.ra.answer(nxt[1], NOW).message  # before the expiry the same proof works
+    assert not isinstance(ok, ErrorMessage) and pair.sa.invited == {space.id: code.invite_id}
+    # and the ACL access it gave ends with the invite
+    acl = pair.ra.answer(AclSyncRequest(space.id, (), (), 1 << 20), NOW + 11).message
+    assert isinstance(acl, ErrorMessage) and acl.code == ErrorCode.UNKNOWN_SPACE
+
+
+def test_removal_policy_refusals_are_not_strikes(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member relaying an edit that the space's strict removal policy refuses (its author
+    was removed at or after the edit's ACL head) is not misbehaving: no strike."""
+    from p2psync.errors import AccessDenied, RemovedAuthor
+
+    a, b, pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    bs = b.replicas.spaces[space.id]
+    with bs.document(tid).edit() as e:
+        e.put(ROOT, "y", 2)
+    raws = [c.raw for c in bs.tree(tid).changes()]
+
+    def refuse(exc: Exception) -> None:
+        def apply(*_: Any) -> Any:
+            raise exc
+        monkeypatch.setattr(a.replicas, "apply_changes", apply)
+
+    refuse(RemovedAuthor("removed at or after the change's ACL head (strict)"))
+    ing = Ingest(pair.sa, _Source(), space, tid, raws)
+    assert strikes(ing.run()) == [] and ing.refused
+    assert "removed" in (pair.sa.space_state(space.id).last_error or "")
+    refuse(AccessDenied("the author may not write at this ACL head"))  # still a strike
+    assert strikes(Ingest(pair.sa, _Source(), space, tid, raws).run())
+
+
+def test_merges_by_a_removed_member_relayed_by_a_member_are_ignored_without_a_strike(
+        tmp_path: Path) -> None:
+    from p2psync.replica.acl_records import Merge, build_record
+    from p2psync.sync.messages import AclHeadUpdate
+
+    a, _b, pair, space = joined(tmp_path)
+    bob = AccountKey.generate()  # a member who is then removed
+    raw, code = space.acl.invite(a.account, Role.WRITER, anyone_can_join=True)
+    space.commit_acl(raw)
+    space.commit_acl(space.acl.join(bob, code))
+    join_id = space.acl.heads[0]
+    before = list(space.acl.export())
+    space.emit_acl(lambda acl: acl.remove(a.account, [bob.public]))
+    # bob, on his old copy, merges two records he knew (back-dated, with new timestamps)
+    merges = [build_record(bob, space.id, [join_id, space.acl.root_id], Merge(), timestamp=i)
+              for i in range(5)]
+    eff = pair.ra.acl_update(AclHeadUpdate(space.id, (), tuple(merges)), NOW)  # b relays
+    assert strikes(eff) == []
+    assert all(m not in before for m in merges) and len(space.acl.heads) == 1
+    assert len(space.acl.shelved) == len(merges)
+
+
+# --- member limits (issue 20.7) -----------------------------------------------------------------
+def test_member_limits_refuse_a_whole_batch_without_a_strike(tmp_path: Path) -> None:
+    from p2psync.sync.memberlimits import MemberLimits
+    from p2psync.sync.messages import StorageRefused
+    from p2psync.sync.replicas import DevicePolicy
+
+    a, b, pair, space = joined(tmp_path)
+    a.replicas.policy = DevicePolicy(MemberLimits(author_changes=3, space_documents=2))
+    tid = space.tree_ids()[0]
+    bs = b.replicas.spaces[space.id]
+    for i in range(5):  # b, a writer, makes a's device store 5 changes: over its limit of 3
+        with bs.document(tid).edit() as e:
+            e.put(ROOT, "n", i)
+    before = len(list(space.tree(tid).changes()))
+    effects = drive(TreePull(pair.sa, _Source(), space.id, tid), pair.rb)
+    assert strikes(effects) == []
+    refusals = [e.message for e in effects if isinstance(e, Push)
+                and isinstance(e.message, StorageRefused)]
+    assert [r.code for r in refusals] == [ErrorCode.QUOTA_EXCEEDED]
+    assert "author change limit" in refusals[0].message
+    assert len(list(space.tree(tid).changes())) == before  # nothing of the batch stored
+    last = pair.sa.space_state(space.id).last_error or ""
+    assert last.startswith("MemberLimitExceeded:") and "author change limit" in last
+    # documents: a holds 1, the space may hold 2: b's first new one goes in, the next not
+    d1, d2 = bs.new_document().tree.id, bs.new_document().tree.id
+    assert strikes(drive(TreePull(pair.sa, _Source(), space.id, d1), pair.rb)) == []
+    assert space.has_tree(d1)
+    eff = drive(TreePull(pair.sa, _Source(), space.id, d2), pair.rb)
+    assert not space.has_tree(d2) and strikes(eff) == []
+    assert any(isinstance(e, Push) and isinstance(e.message, StorageRefused)
+               and "space document limit" in e.message.message for e in eff)
+    # our own edits are never refused
+    with space.document(tid).edit() as e:
+        e.put(ROOT, "mine", 1)
+
+
+# --- storage challenge (issue 20.4) -------------------------------------------------------------
+def test_a_challenge_needs_the_stored_ciphertext(tmp_path: Path) -> None:
+    import random
+
+    from p2psync.sync.pull import Challenge
+
+    a, b, pair, space = joined(tmp_path)
+    for _ in range(3):
+        d = space.new_document()
+        with d.edit() as e:
+            e.put(ROOT, "k", 1)
+    run_jobs(pair.sb, pair.ra, [Submit(("space", space.id, b""))])
+    assert converged(a, b, space.id)
+    honest = Challenge(pair.sa, _Source(), space.id, 3, random.Random(1))
+    assert drive(honest, pair.rb) == [] and honest.result.ok
+    assert honest.result.proven == honest.result.asked == 3
+    # a backup that stores nothing (answers "no changes") fails every pick
+    liar = Challenge(pair.sa, _Source(), space.id, 3, random.Random(1))
+
+    def nothing(req: Message) -> Message:
+        assert isinstance(req, FullSyncRequest)
+        return FullSyncResponse(req.space_id, req.object_id, (), (), False)
+
+    drive(liar, pair.rb, answer=nothing)
+    assert not liar.result.ok and len(liar.result.failed) == 3
+
+
+def test_job_failure_rule_and_the_strike_verdict(tmp_path: Path) -> None:
+    from p2psync.sync.pull import job_failure
+
+    assert job_failure(PeerRefused("unknown space", int(ErrorCode.UNKNOWN_SPACE), None))[1:] \
+        == (False, None)
+    assert job_failure(PeerRefused("slow down", int(ErrorCode.RATE_LIMITED), 0.5))[1:] \
+        == (True, 0.5)
+    assert job_failure(TimeoutError())[:2] == ("TimeoutError", True)
+    a, b = Dev(tmp_path, "a"), Dev(tmp_path, "b")
+    state = Pair(a, b, EngineConfig(strikes_to_close=3)).sa
+    assert state.punish("x") is None and state.punish("y") is None
+    assert "after 3 protocol violations (last: z)" in (state.punish("z") or "")
+    assert "protocol violation: w" in (state.punish("w", violation=True) or "")
+    assert state.strikes == 4

@@ -38,9 +38,9 @@ from p2psync.discovery.peers import parse_endpoints
 from p2psync.errors import P2PSyncError, TransportError
 from p2psync.node import sync_transport_config
 from p2psync.replica.space import Space
-from p2psync.replica.storage import ReplicaStore
 from p2psync.sync.engine import PeerEngine
 from p2psync.sync.ldiff import LDiff
+from p2psync.sync.pull import ChallengeResult
 
 RECEIPTS_FILE = "backup-receipts.json"
 
@@ -100,95 +100,72 @@ def add_replicator_record(space: Space, me: AccountKey, account: bytes) -> bool:
 
 
 # --- receipts -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Ours:
-    """What this device holds of one space when it checks a receipt (the evidence a receipt
-    is held against): our head-sync set, our totals, our deletions."""
-
-    ldiff: LDiff
-    changes: int  #: changes we hold of the space
-    size: int  #: bytes of raw changes we hold
-    deleted: frozenset[bytes] = frozenset()  #: objects deleted by tombstones
-
-    @classmethod
-    def of(cls, space: Space, ldiff: LDiff, store: ReplicaStore) -> Ours:
-        size, changes = store.space_usage().get(space.id, (0, 0))
-        return cls(ldiff, changes, size, frozenset(space.acl.state.deleted))
-
-
-def judge(receipt: Receipt, ours: Ours, *, account: bytes | None = None,
-          previous: dict[str, Any] | None = None) -> list[str]:
-    """Why a verified receipt is *not* evidence (empty: it is), pure.
-
-    A signature only proves who said it; a replicator that stores nothing could copy the root
-    our own head sync showed it. So the claims must hang together (issue 20.4):
-
-    * the receipt's account is the account of the backup's certificate on this connection;
-    * a listed object set has as many entries as the count claims;
-    * a receipt claiming our exact set (same root) claims our exact totals: the same heads of
-      the same objects are the same changes and bytes, which head sync never reveals;
-    * against the **previous** receipt of the same backup (``previous``, as saved): an object
-      it held then, still alive here and not deleted since, must still be listed — otherwise
-      the backup was restored from an older copy (rolled back) and says so.
-    """
-    problems = []
-    if account is not None and receipt.account != account:
-        problems.append("the receipt names another account than the backup's certificate")
-    if receipt.objects is not None and len(receipt.objects) != receipt.objects_count:
-        problems.append(f"the receipt lists {len(receipt.objects)} objects but claims "
-                        f"{receipt.objects_count}")
-    if receipt.root == ours.ldiff.hash() and (receipt.objects_count, receipt.changes_count,
-                                               receipt.size) != (len(ours.ldiff), ours.changes,
-                                                                 ours.size):
-        problems.append(f"the receipt claims our exact set but {receipt.objects_count} objects / "
-                        f"{receipt.changes_count} changes / {receipt.size} bytes against our "
-                        f"{len(ours.ldiff)} / {ours.changes} / {ours.size}")
-    if previous and previous.get("held_ids") is not None and receipt.objects is not None:
-        alive = {t for t, _ in ours.ldiff.items()}
-        lost = [h for h in previous["held_ids"]
-                if (t := bytes.fromhex(h)) in alive and t not in ours.deleted
-                and t not in receipt.objects]
-        if lost:
-            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(previous.get("receipt_time", 0)))
-            problems.append(f"rolled back: the backup no longer holds {len(lost)} document(s) "
-                            f"its receipt of {when} UTC proved it held")
-    elif previous and previous.get("backup_objects", 0) > receipt.objects_count + len(
-            ours.deleted) - previous.get("deleted", 0):
-        problems.append(f"rolled back: the backup holds {receipt.objects_count} objects, its "
-                        f"last receipt proved {previous['backup_objects']} and none were deleted "
-                        "since")
-    return problems
-
-
-def compare(receipt: Receipt, local: LDiff | Ours, *, account: bytes | None = None,
-            previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a verified receipt says about our own state (pure); ``problems`` lists why it is
-    not evidence (see :func:`judge`), and then nothing counts as backed up."""
-    ours_ = local if isinstance(local, Ours) else None
-    ld = ours_.ldiff if ours_ is not None else local
-    assert isinstance(ld, LDiff)
-    ours = dict(ld.items())
-    problems = judge(receipt, ours_, account=account, previous=previous) \
-        if ours_ is not None else []
-    full = receipt.root == ld.hash() and not problems
-    if problems:
-        held: list[bytes] = []
-    elif receipt.objects is not None:
+def compare(receipt: Receipt, local: LDiff) -> dict[str, Any]:
+    """What a verified receipt says about our own state (pure)."""
+    ours = dict(local.items())
+    full = receipt.root == local.hash()
+    if receipt.objects is not None:
         held = sorted(t for t, h in ours.items() if receipt.objects.get(t) == h)
+        missing = sorted(t for t in ours if t not in held)
     else:  # large space: only the fingerprint says it, all or nothing
         held = sorted(ours) if full else []
-    missing = sorted(t for t in ours if t not in held)
+        missing = [] if full else sorted(ours)
     return {"all_backed_up": full, "documents": len(ours), "documents_backed_up": len(held),
             "not_backed_up": [short_hash(t) for t in missing[:50]],
             "backup_objects": receipt.objects_count, "backup_changes": receipt.changes_count,
             "backup_bytes": receipt.size,
             "receipt_time": receipt.timestamp_ms / 1000, "backup_peer": peer_id(receipt.device),
-            "backup_account": account_id(receipt.account), "signature_ok": True,
-            "evidence_ok": not problems, "problems": problems,
-            # what the next check holds this backup to (rollback detection)
-            "held_ids": None if receipt.objects is None else sorted(
-                t.hex() for t in receipt.objects),
-            "deleted": len(ours_.deleted) if ours_ is not None else 0}
+            "backup_account": account_id(receipt.account), "signature_ok": True}
+
+
+def judge(receipt: Receipt, view: dict[str, Any], *, connection_account: bytes,
+          local_changes: int, local_bytes: int, challenge: ChallengeResult | None,
+          previous: dict[str, Any] | None, now: float, deleted: int = 0) -> dict[str, Any]:
+    """Whether a verified receipt is *evidence* (issue 20.4, pure). A signature alone proves
+    nothing: the root our device sent can be copied back with made-up counts. So "backed up"
+    needs, besides a matching root: the receipt's account is the connection's certificate
+    account; its counts are consistent (listed objects ≤ objects ≤ changes ≤ bytes, and at
+    least what we hold when it claims our root); and a challenge of random stored changes was
+    answered with the right ciphertext. A receipt claiming fewer objects or changes than the
+    most this device ever saw from the same backup is flagged ``rolled_back`` (the high-water
+    marks are kept with the saved result, so the flag stays until the backup catches up).
+    ``deleted`` counts the tombstones we know of in the space: when it grew since the marks
+    were set, a smaller backup is what deletion does, so the marks restart from this receipt."""
+    out = dict(view)
+    account_ok = receipt.account == connection_account
+    listed = len(receipt.objects) if receipt.objects is not None else 0
+    counts_ok = (listed <= receipt.objects_count <= receipt.changes_count <= receipt.size
+                 or receipt.objects_count == receipt.changes_count == receipt.size == 0)
+    if view["all_backed_up"] and view["documents"]:
+        counts_ok = (counts_ok and receipt.objects_count >= view["documents"]
+                     and receipt.changes_count >= local_changes and receipt.size >= local_bytes)
+    seen_objects = seen_changes = 0  # the most this backup ever claimed to us
+    if previous is not None and previous.get("backup_peer") == view["backup_peer"]:
+        seen_objects = int(previous.get("seen_objects", previous.get("backup_objects", 0)))
+        seen_changes = int(previous.get("seen_changes", previous.get("backup_changes", 0)))
+        if deleted > int(previous.get("seen_deleted", 0)):
+            seen_objects = seen_changes = 0  # objects were deleted since: the backup shrank
+    rolled_back = receipt.objects_count < seen_objects or receipt.changes_count < seen_changes
+    # nothing to challenge in a space without documents: the root and counts say it all
+    proven = challenge is not None and (challenge.ok or (challenge.asked == 0
+                                                         and not view["documents"]))
+    out.update({
+        "account_ok": account_ok, "counts_ok": counts_ok, "rolled_back": rolled_back,
+        "seen_objects": max(seen_objects, receipt.objects_count),
+        "seen_changes": max(seen_changes, receipt.changes_count),
+        "seen_deleted": deleted,
+        "challenge": None if challenge is None else {
+            "asked": challenge.asked, "proven": challenge.proven,
+            "inconclusive": challenge.inconclusive,
+            "failed": [short_hash(c) for c in challenge.failed]},
+        "all_backed_up": bool(view["all_backed_up"] and account_ok and counts_ok and proven
+                              and not rolled_back),
+        "proven_at": now if proven else (previous or {}).get("proven_at"),
+        "proof": ("not proven" if not proven or challenge is None else
+                  f"signed receipt + {challenge.proven} of {challenge.asked} random changes "
+                  "returned" if challenge.asked else "signed receipt (no documents)"),
+    })
+    return out
 
 
 def backup_engines(engines: Iterable[PeerEngine], space: Space) -> list[PeerEngine]:
@@ -198,15 +175,18 @@ def backup_engines(engines: Iterable[PeerEngine], space: Space) -> list[PeerEngi
             if e.ready.is_set() and e.remote_account in reps and space.id in e.shared]
 
 
-async def collect_receipts(engines: list[PeerEngine], space: Space, local: LDiff | Ours,
-                           timeout: float = 10.0,
-                           previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ask each engine (a connected replicator) for a receipt; verify it, judge it against our
-    state and against that backup's previous receipt (``previous``: the saved status of the
-    space, see :func:`save_receipt`), and compare."""
+async def collect_receipts(engines: list[PeerEngine], space: Space, local: LDiff,
+                           timeout: float = 10.0, previous: dict[str, Any] | None = None,
+                           challenge_count: int = 3) -> dict[str, Any]:
+    """Ask each engine (a connected replicator) for a receipt; verify it, compare it with our
+    state, challenge the backup for random changes and :func:`judge` the whole. ``previous``
+    is what :func:`load_receipts` kept for this space (rollback detection)."""
     results: list[dict[str, Any]] = []
+    local_bytes, local_changes = space.store.space_usage().get(space.id, (0, 0))
+    acl = space.acl.state
+    deleted = len(acl.deleted) + (acl.space_deleted is not None)
     before = {r.get("backup_peer"): r for r in (previous or {}).get("receipts", [])
-              if r.get("signature_ok")}
+              if isinstance(r, dict) and "error" not in r}
     for e in engines:
         nonce = os.urandom(32)
         try:
@@ -216,12 +196,16 @@ async def collect_receipts(engines: list[PeerEngine], space: Space, local: LDiff
             results.append({"backup_peer": e.conn.peer_id, "error": f"{type(exc).__name__}: "
                             f"{exc}", "signature_ok": False})
             continue
-        view = compare(rec, local, account=e.remote_account,
-                       previous=before.get(peer_id(rec.device)))
-        if not view["evidence_ok"] and before.get(peer_id(rec.device)):
-            # keep holding the backup to what it proved before, not to its new claims
-            view["held_ids"] = before[peer_id(rec.device)].get("held_ids")
-        results.append(view)
+        view = compare(rec, local)
+        try:
+            proof: ChallengeResult | None = await asyncio.wait_for(
+                e.challenge(space.id, challenge_count), timeout)
+        except (P2PSyncError, TimeoutError):
+            proof = None
+        results.append(judge(rec, view, connection_account=e.remote_account,
+                             local_changes=local_changes, local_bytes=local_bytes,
+                             challenge=proof, previous=before.get(view["backup_peer"]),
+                             now=time.time(), deleted=deleted))
     out: dict[str, Any] = {
         "space_id": space.id, "checked_at": time.time(),
         "replicators": len(space.acl.state.replicators), "connected_backups": len(engines),

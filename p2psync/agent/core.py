@@ -479,10 +479,9 @@ class Agent:
         assert self.device is not None
         space = self.device.resolve_space(space_ref)
         engines = backups.backup_engines(self.node.engines, space)
-        replicas = self.node.replicas
-        ours = backups.Ours.of(space, replicas.ldiff(space.id), replicas.store)
         previous = backups.load_receipts(self.home.path).get(space.id)
-        out = await backups.collect_receipts(engines, space, ours, timeout, previous)
+        out = await backups.collect_receipts(engines, space, self.node.replicas.ldiff(space.id),
+                                             timeout, previous)
         if engines:
             backups.save_receipt(self.home.path, space.id, out)
         return out

@@ -15,7 +15,7 @@ from typing import TypeVar
 from p2psync.errors import EndOfStream, PeerRefused, ProtocolError
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.messages import ErrorMessage, Message, encode
-from p2psync.transport.connection import Stream
+from p2psync.transport.interface import PeerStream
 
 M = TypeVar("M")
 
@@ -26,8 +26,8 @@ class Channel:
     def __init__(self, config: EngineConfig, strike: Callable[[str], None]) -> None:
         self.config = config
         self._strike = strike
-        self.out: Stream | None = None  #: our request stream
-        self.inp: Stream | None = None  #: the peer's request stream
+        self.out: PeerStream | None = None  #: our request stream
+        self.inp: PeerStream | None = None  #: the peer's request stream
         self._locks: dict[int, asyncio.Lock] = {}
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._next_id = 0
@@ -37,7 +37,7 @@ class Channel:
         #: (direction, message type name) -> [messages, bytes]; for status and benchmarks
         self.traffic: dict[tuple[str, str], list[int]] = {}
 
-    async def send(self, stream: Stream, message: Message, request_id: int) -> None:
+    async def send(self, stream: PeerStream, message: Message, request_id: int) -> None:
         raw = encode(message, request_id)
         lock = self._locks.setdefault(stream.id, asyncio.Lock())
         async with lock:
@@ -51,7 +51,7 @@ class Channel:
         slot[0] += 1
         slot[1] += size
 
-    async def recv(self, stream: Stream) -> AsyncIterator[bytes]:
+    async def recv(self, stream: PeerStream) -> AsyncIterator[bytes]:
         """Raw messages from ``stream`` until the peer finishes it."""
         try:
             while True:

@@ -61,17 +61,24 @@ from p2psync.sync.messages import (
     StorageRefused,
     decode,
     error_for,
-    peek_request_id,
+    request_id_of,
 )
 from p2psync.sync.peerstate import PeerState
-from p2psync.sync.pull import RESPONSE_FOR, AclPull, Core, SpaceSync, TreePull
+from p2psync.sync.pull import (
+    RESPONSE_FOR,
+    Challenge,
+    ChallengeResult,
+    Core,
+    job_core,
+    job_failure,
+)
 from p2psync.sync.push import PushQueue, acl_push, offers, tree_pushes
 from p2psync.sync.replicas import Replicas
 from p2psync.sync.responder import REQUESTS, Responder
 from p2psync.sync.sched import Admission, Backoff, InboundGate, PeerScheduler
 from p2psync.sync.spacex import SpaceExchange
 from p2psync.sync.status import PeerSpaceStatus, PeerStatus, space_status
-from p2psync.transport.connection import Connection, Stream
+from p2psync.transport.interface import PeerConnection, PeerStream
 
 __all__ = ["BOOTSTRAP_DOMAIN", "EngineConfig", "PeerEngine", "PeerSpaceStatus", "PeerStatus",
            "bootstrap_message"]
@@ -82,7 +89,7 @@ log = logging.getLogger("p2psync.sync")
 class PeerEngine:
     """Sync with one connected peer until the connection closes."""
 
-    def __init__(self, replicas: Replicas, conn: Connection,
+    def __init__(self, replicas: Replicas, conn: PeerConnection,
                  config: EngineConfig | None = None) -> None:
         self.replicas = replicas
         self.conn = conn
@@ -109,8 +116,8 @@ class PeerEngine:
         self._sched_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._restricted = False  #: the peer shared nothing at the exchange (see _befriend)
         self.finished = asyncio.Event()
-        self.strikes = 0
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -121,6 +128,10 @@ class PeerEngine:
     def shared(self) -> set[str]:
         """Spaces both sides hold (the agent adds new ones it may sync)."""
         return self.state.shared
+
+    @property
+    def strikes(self) -> int:
+        return self.state.strikes
 
     @property
     def quota_refusals(self) -> int:
@@ -220,17 +231,28 @@ class PeerEngine:
         self.offer_replicated()
         self.replicas.notify()
         self._spawn(self._periodic())
-        if cfg.stranger_grace is not None:
-            self._spawn(self._stranger_check(cfg.stranger_grace))
+        if cfg.stranger_grace is not None and self.state.is_stranger():
+            # small receive budget now; closed by the transport after the grace unless a
+            # shared space appears first (invite bootstrap): see _befriend
+            self._restricted = True
+            self.conn.restrict(grace=cfg.stranger_grace)
         await asyncio.wait([closed, *readers], return_when=asyncio.FIRST_COMPLETED)
+        reason = self.conn.close_reason
+        if self._restricted and self.last_error is None and reason is not None:
+            self.last_error = str(reason)
 
-    async def _stranger_check(self, grace: float) -> None:
-        await asyncio.sleep(grace)  # a deadline, not synchronisation
-        if self.state.is_stranger() and not self._closing:
-            self.last_error = "the peer shares no space with us"
-            log.info("closing %s: shares no space after %g s", self.conn.peer_id, grace)
-            self._closing = True
-            await self.conn.close("no shared space")
+    def _befriend(self, *, force: bool = False, acl_changed: bool = False) -> None:
+        """Lift the stranger restriction once the peer shares something with us (it proved an
+        invite, we bootstrap from it, the ACL made it a member) or we chose to trust it. After
+        a message only the cheap part is checked (a space or an invite on this connection);
+        the walk over every space's ACL runs only when an ACL changed."""
+        if not self._restricted:
+            return
+        st = self.state
+        if force or st.shared or st.invited or (acl_changed and not st.is_stranger()):
+            self._restricted = False
+            self.conn.lift_restriction()
+            log.debug("peer %s shares a space now: restriction lifted", self.conn.peer_id)
 
     # --- effects -------------------------------------------------------------------------------
     def _apply(self, effects: Iterable[Effect]) -> None:
@@ -239,30 +261,20 @@ class PeerEngine:
             if isinstance(eff, Strike):
                 self._strike(eff.why)
             elif isinstance(eff, Violation):
-                self._violation(eff.why)
+                self._strike(eff.why, violation=True)
             elif isinstance(eff, Push):
                 self._enqueue(eff.message, eff.space_id)
             elif isinstance(eff, Submit):
                 self.submit(eff.key, eff.priority)
-            elif isinstance(eff, Offered):
-                on_offer = getattr(self.replicas.policy, "on_offer", None)
-                if on_offer is not None:  # only backups fetch offered spaces
-                    on_offer(self, eff.space_id)
+            elif isinstance(eff, Offered):  # only backups fetch offered spaces
+                self.replicas.policy.on_offer(self, eff.space_id)
 
-    def _strike(self, why: str) -> None:
-        self.strikes += 1
+    def _strike(self, why: str, *, violation: bool = False) -> None:
         log.debug("peer %s: %s", self.conn.peer_id, why)
-        if self.strikes >= self.config.strikes_to_close and not self._closing:
-            self.last_error = f"closed after {self.strikes} protocol violations (last: {why})"
-            self._closing = True
-            self._spawn(self.conn.close("too many protocol violations"))
-
-    def _violation(self, why: str) -> None:
-        self.strikes += 1
-        log.info("peer %s broke the protocol: %s; disconnecting", self.conn.peer_id, why)
-        if not self._closing:
-            self.last_error = f"closed: protocol violation: {why}"
-            self._closing = True
+        verdict = self.state.punish(why, violation=violation)
+        if verdict is not None and not self._closing:
+            log.info("disconnecting %s: %s", self.conn.peer_id, verdict)
+            self.last_error, self._closing = verdict, True
             self._spawn(self.conn.close("protocol violation"))
 
     async def _ingest(self, ing: Ingest) -> None:
@@ -293,7 +305,7 @@ class PeerEngine:
                 raise core.error
 
     # --- reading -------------------------------------------------------------------------------
-    async def _read_responses(self, stream: Stream) -> None:
+    async def _read_responses(self, stream: PeerStream) -> None:
         """Our stream: the peer's answers (and its space tokens)."""
         async for raw in self.channel.recv(stream):
             try:
@@ -320,7 +332,7 @@ class PeerEngine:
             return
         self._exchanged.set()
 
-    async def _read_requests(self, stream: Stream) -> None:
+    async def _read_requests(self, stream: PeerStream) -> None:
         """The peer's stream: its requests and pushes; we answer on the same stream."""
         send = self.channel.send
         async for raw in self.channel.recv(stream):
@@ -328,7 +340,8 @@ class PeerEngine:
                 env = decode(raw)
             except (DecodeError, UnknownMessageType, MessageTooLarge) as exc:
                 self._strike(f"bad request: {exc}")
-                await send(stream, error_for(exc), peek_request_id(raw) or 0)
+                # decode parsed the envelope once and put its request id on the error
+                await send(stream, error_for(exc), request_id_of(exc) or 0)
                 continue
             msg, rid = env.message, env.request_id
             self.channel.count("in", msg, len(raw))
@@ -342,7 +355,7 @@ class PeerEngine:
                 if not effects:  # admitted (a refused push comes back as a strike only)
                     self._apply(self.responder.head_update_done(msg, ing))
             elif isinstance(msg, AclHeadUpdate):
-                self._apply(self.responder.acl_update(msg))
+                self._apply(self.responder.acl_update(msg, time.time()))
             elif isinstance(msg, (SpaceOffer, StorageRefused)):
                 self._apply(self.responder.backup_push(msg))
                 self.replicas.notify()
@@ -351,8 +364,9 @@ class PeerEngine:
             else:
                 self._strike(f"{type(msg).__name__} is not a request")
                 await send(stream, ErrorMessage(ErrorCode.MALFORMED, "not a request"), rid)
+            self._befriend()
 
-    async def _on_hello(self, stream: Stream, msg: SpaceHello, rid: int) -> None:
+    async def _on_hello(self, stream: PeerStream, msg: SpaceHello, rid: int) -> None:
         assert self._exchange is not None
         try:
             replies = self._exchange.receive(msg)
@@ -364,7 +378,7 @@ class PeerEngine:
         for reply in replies:
             await self.channel.send(stream, reply, rid)
 
-    async def _admit(self, stream: Stream, msg: Message, rid: int) -> None:
+    async def _admit(self, stream: PeerStream, msg: Message, rid: int) -> None:
         now = time.monotonic()
         verdict = self.gate.admit(msg, now)
         if verdict is Admission.DUPLICATE:
@@ -376,7 +390,7 @@ class PeerEngine:
             return
         self._spawn(self._serve(stream, msg, rid))
 
-    async def _serve(self, stream: Stream, msg: Message, rid: int) -> None:
+    async def _serve(self, stream: PeerStream, msg: Message, rid: int) -> None:
         try:
             ing = self.responder.prepare(msg)
             if ing is not None:
@@ -384,8 +398,9 @@ class PeerEngine:
                     await self._ingest(ing)
                 except StoreError as exc:
                     log.warning("store error while serving %s: %s", self.conn.peer_id, exc)
-            reply = self.responder.answer(msg)
+            reply = self.responder.answer(msg, time.time())
             self._apply(reply.effects)
+            self._befriend()
             await self.channel.send(stream, reply.message, rid)
         except TransportError:
             pass
@@ -405,6 +420,7 @@ class PeerEngine:
             self._apply(tree_pushes(self.state, space, tree_id, result))
 
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None:
+        self._befriend(acl_changed=True)  # an ACL change may have made the peer a member
         if self._pushing():
             self._apply(acl_push(self.state, space, record_ids))
 
@@ -456,28 +472,16 @@ class PeerEngine:
             self.sync_now()
 
     async def _job(self, key: JobKey) -> None:
-        kind, sid, tid = key
-        st = self.state.space_state(sid)
+        st = self.state.space_state(key[1])
         try:
-            if kind == "space":
-                await self._drive(SpaceSync(self.state, self, sid))
-            elif kind == "acl":
-                await self._drive(AclPull(self.state, self, sid))
-            else:
-                await self._drive(TreePull(self.state, self, sid, tid))
+            await self._drive(job_core(self.state, self, key))
         except asyncio.CancelledError:
             raise
         except (P2PSyncError, TimeoutError) as exc:
-            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            st.last_error = text
-            retryable = not (isinstance(exc, PeerRefused) and exc.code in (
-                ErrorCode.UNKNOWN_SPACE, ErrorCode.ACCESS_DENIED))
-            retry_after = exc.retry_after if isinstance(exc, PeerRefused) else None
-            if isinstance(exc, PeerRefused) and exc.code == ErrorCode.RATE_LIMITED:
-                retryable = True
-            self.sched.failed(key, time.monotonic(), text, retryable=retryable,
+            st.last_error, retryable, retry_after = job_failure(exc)
+            self.sched.failed(key, time.monotonic(), st.last_error, retryable=retryable,
                               retry_after=retry_after)
-            log.debug("job %s with %s failed: %s", kind, self.conn.peer_id, text)
+            log.debug("job %s with %s failed: %s", key[0], self.conn.peer_id, st.last_error)
         else:
             st.last_success = time.time()
             self.sched.succeeded(key, time.monotonic())
@@ -492,6 +496,7 @@ class PeerEngine:
         With a code, the join record (or join request) is created and pushed."""
         async with asyncio.timeout(self.config.exchange_timeout):
             await self.ready.wait()
+        self._befriend(force=True)  # we chose to fetch from this peer
         core = BootstrapJoin(self.state, self, space_id, code)
         try:
             await self._drive(core)
@@ -531,3 +536,11 @@ class PeerEngine:
         """Ask the peer (a backup) for a signed storage receipt of one space."""
         resp = await self.channel.request(ReceiptRequest(space_id, nonce), ReceiptResponse)
         return resp.receipt
+
+    async def challenge(self, space_id: str, count: int = 3,
+                        rng: random.Random | None = None) -> ChallengeResult:
+        """Ask the peer (a backup) for ``count`` changes of the space chosen at random among
+        ours and check their ids: proof that it stores them (see :class:`Challenge`)."""
+        core = Challenge(self.state, self, space_id, count, rng or random.SystemRandom())
+        await self._drive(core)
+        return core.result

@@ -18,6 +18,7 @@ from p2psync.errors import (
     DecodeError,
     P2PSyncError,
     QuotaExceeded,
+    RemovedAuthor,
     ReplicaError,
     StoreError,
 )
@@ -99,10 +100,16 @@ class Ingest:
         except QuotaExceeded as exc:
             # a backup's quota: not misbehaviour; tell the pushing device why
             self.refused = True
-            st.space_state(sid).last_error = f"QuotaExceeded: {exc}"
+            st.space_state(sid).last_error = f"{type(exc).__name__}: {exc}"
             st.quota_refusals += 1
             return [Push(StorageRefused(sid, self.tree_id, ErrorCode.QUOTA_EXCEEDED,
                                         str(exc)[:256]), sid)]
+        except RemovedAuthor as exc:
+            # the space's removal policy ("strict") refuses the author, not the relaying peer:
+            # a member may honestly hold an edit made before the removal reached it
+            self.refused = True
+            st.space_state(sid).last_error = f"changes refused: {exc}"
+            return []
         except P2PSyncError as exc:
             # nothing of this chunk was stored
             self.refused = True

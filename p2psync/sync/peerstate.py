@@ -42,6 +42,17 @@ class PeerState:
     quota_refusals: int = 0
     refused_by_peer: dict[str, StorageRefused] = field(default_factory=dict)
     offered: set[str] = field(default_factory=set)
+    strikes: int = 0  #: rules the peer broke on this connection
+
+    def punish(self, why: str, *, violation: bool = False) -> str | None:
+        """Count a broken rule; the reason to close the connection when that is the verdict
+        (at once for a violation, else once ``strikes_to_close`` is reached), else None."""
+        self.strikes += 1
+        if violation:
+            return f"closed: protocol violation: {why}"
+        if self.strikes >= self.config.strikes_to_close:
+            return f"closed after {self.strikes} protocol violations (last: {why})"
+        return None
 
     def space_state(self, space_id: str) -> SpaceState:
         st = self.spaces.get(space_id)
@@ -60,13 +71,13 @@ class PeerState:
             return None
         return space
 
-    def invite_open(self, space: Space) -> bool:
-        """The peer proved an invite for this space here, the invite is still open, and the
-        peer was never removed from (or left) the space."""
+    def invite_open(self, space: Space, now: float) -> bool:
+        """The peer proved an invite for this space here, the invite is still open (not
+        revoked, not expired at ``now``), and the peer was never removed from (or left) the
+        space."""
         invite_id = self.invited.get(space.id)
-        st = space.acl.state
-        return (invite_id is not None and invite_id in st.invites
-                and self.remote_account not in st.departed)
+        return (invite_id is not None and space.acl.invite_open(invite_id, now)
+                and self.remote_account not in space.acl.state.departed)
 
     def is_stranger(self) -> bool:
         """The peer shares nothing with us: no space in common, no invite proved, not our own

@@ -12,10 +12,13 @@ tests drive it by hand (tests/test_sync_cores.py).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from p2psync.codec import content_id
-from p2psync.errors import P2PSyncError, ProtocolError
+from p2psync.errors import P2PSyncError, PeerRefused, ProtocolError
+from p2psync.replica.change import Change
 from p2psync.replica.space import Space
 from p2psync.sync.effects import Effect, Push, Strike, Submit, Violation
 from p2psync.sync.ingest import Ingest
@@ -26,6 +29,7 @@ from p2psync.sync.messages import (
     AclSyncResponse,
     BootstrapRequest,
     BootstrapResponse,
+    ErrorCode,
     FullSyncRequest,
     FullSyncResponse,
     HeadSyncRequest,
@@ -326,3 +330,91 @@ class SpaceSync(Core):
             st.stuck.pop((sid, tid), None)
             out.append(Submit(("tree", sid, tid), 1))
         return out
+
+
+@dataclass(frozen=True)
+class ChallengeResult:
+    """How a peer answered a storage challenge (see :class:`Challenge`)."""
+
+    asked: int  #: changes challenged
+    proven: int  #: returned with the right id (the peer holds that ciphertext)
+    inconclusive: int  #: not in the first batch, but the peer said there was more
+    failed: tuple[bytes, ...]  #: ids the peer did not return
+
+    @property
+    def ok(self) -> bool:
+        return self.asked > 0 and not self.failed and self.proven > 0
+
+
+class Challenge(Core):
+    """Proof of storage (issue 20.4): ask the peer (a backup) for changes chosen at random
+    among those we hold, by asking for the tree "after the change's parents", and check that
+    the ciphertext returned hashes to the chosen ids. A receipt alone proves nothing (a backup
+    can copy our root and claim any counts); this makes it hand over data it could only have
+    by storing it. Nothing returned is stored (we hold all of it already); a failure is
+    reported, not struck (a backup may have lost data honestly)."""
+
+    def __init__(self, state: PeerState, source: Pusher, space_id: str, count: int,
+                 rng: random.Random) -> None:
+        super().__init__(state, source)
+        self.space_id = space_id
+        space = state.allowed(space_id)
+        self.picks: list[tuple[bytes, Change]] = []
+        if space is not None:
+            tids = sorted(space.tree_ids())
+            for tid in rng.sample(tids, min(count, len(tids))):
+                changes = list(space.tree(tid).changes())
+                self.picks.append((tid, rng.choice(changes)))
+        self.done = not self.picks
+        self._sent = 0
+        self._got = 0
+        self.proven = self.inconclusive = 0
+        self.failed: list[bytes] = []
+
+    @property
+    def result(self) -> ChallengeResult:
+        return ChallengeResult(len(self.picks), self.proven, self.inconclusive,
+                               tuple(self.failed))
+
+    def _next(self) -> tuple[int, Message] | None:
+        if self._sent >= len(self.picks):
+            return None
+        i = self._sent
+        self._sent += 1
+        tid, ch = self.picks[i]
+        return i, FullSyncRequest(self.space_id, tid, tuple(ch.prev_ids[:MAX_HEADS]), (), (),
+                                  self.state.config.batch_bytes)
+
+    def _receive(self, tag: int, msg: Message, now: float) -> list[Effect]:
+        assert isinstance(msg, FullSyncResponse)
+        tid, ch = self.picks[tag]
+        if msg.object_id == tid and any(content_id(raw) == ch.id for raw in msg.changes):
+            self.proven += 1
+        elif msg.object_id == tid and msg.more:
+            self.inconclusive += 1
+        else:
+            self.failed.append(ch.id)
+        self._got += 1
+        self.done = self._got >= len(self.picks)
+        return []
+
+
+def job_core(state: PeerState, source: Pusher, key: tuple[str, str, bytes]) -> Core:
+    """The requester core for one scheduled job ``("space"|"acl"|"tree", space, tree)``."""
+    kind, sid, tid = key
+    if kind == "space":
+        return SpaceSync(state, source, sid)
+    if kind == "acl":
+        return AclPull(state, source, sid)
+    return TreePull(state, source, sid, tid)
+
+
+def job_failure(exc: P2PSyncError | TimeoutError) -> tuple[str, bool, float | None]:
+    """How a failed job is retried: ``(text for status, retryable, retry after seconds)``.
+    The peer saying the space is unknown to us or denied is final; a rate limit is retried
+    when the peer said; anything else is retried with backoff."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not isinstance(exc, PeerRefused):
+        return text, True, None
+    final = exc.code in (ErrorCode.UNKNOWN_SPACE, ErrorCode.ACCESS_DENIED)
+    return text, not final, exc.retry_after

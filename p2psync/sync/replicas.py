@@ -21,6 +21,7 @@ from p2psync.replica.space import AclAddResult, Space
 from p2psync.replica.storage import ReplicaStore
 from p2psync.replica.tree import AddResult
 from p2psync.sync.ldiff import LDiff, heads_hash
+from p2psync.sync.memberlimits import MemberLimits, MemberUsage
 from p2psync.sync.spacex import header_exchange_key
 from p2psync.transport.interface import PeerConnection
 
@@ -43,7 +44,9 @@ class OfferingPeer(Protocol):
     @property
     def conn(self) -> PeerConnection: ...
 
-    shared: set[str]  #: space ids this peer and we both hold (exchange done)
+    @property
+    def shared(self) -> set[str]:
+        """Space ids this peer and we both hold (exchange done); a policy may add to it."""
 
     def submit(self, key: tuple[str, str, bytes], priority: int = 1) -> None:
         """Queue a sync job: ``("acl"|"tree"|"space", space id, tree id or b"")``."""
@@ -81,13 +84,18 @@ class StoragePolicy(Protocol):
 
 class DevicePolicy:
     """The default policy of an ordinary device: stores whatever passes the replica's own
-    checks (signatures, ACL), ignores offers, issues no receipts."""
+    checks (signatures, ACL) and, with ``limits``, the per-author and per-space limits
+    (:mod:`p2psync.sync.memberlimits`); ignores offers, issues no receipts."""
+
+    def __init__(self, limits: MemberLimits | None = None) -> None:
+        self.usage = MemberUsage(limits) if limits is not None and limits.enabled else None
 
     def admit_space(self, space_id: str, header: SpaceHeader, acl: Acl) -> None:
         return None
 
     def admit_changes(self, space: Space, tree_id: bytes, raws: Sequence[bytes]) -> None:
-        return None
+        if self.usage is not None:
+            self.usage.check(space, tree_id, raws)
 
     def on_offer(self, peer: OfferingPeer, space_id: str) -> None:
         return None  # only replicators fetch offered spaces; members join by invite
@@ -110,7 +118,7 @@ class Replicas:
     """Every space held in one store, with head-sync sets, access checks and push fan-out."""
 
     def __init__(self, store: ReplicaStore, account: AccountKey, device: DeviceKey, *,
-                 window: float = 0.0) -> None:
+                 window: float = 0.0, limits: MemberLimits | None = None) -> None:
         self.store = store
         self.account = account
         self.device = device
@@ -123,10 +131,21 @@ class Replicas:
         self.source: Pusher | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self.version = 0  #: bumped on every change anyone may wait for
-        #: What this device stores and vouches for (a backup installs its own).
-        self.policy: StoragePolicy = DevicePolicy()
+        self._policy: StoragePolicy = DevicePolicy(limits)
         for sid in store.list_spaces():
             self._attach(Space.open(store, account, device.public, sid, window=window))
+
+    @property
+    def policy(self) -> StoragePolicy:
+        """What this device stores and vouches for (a backup installs its own)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: StoragePolicy) -> None:
+        # checked when installed, so a partial policy fails here, not at the first offer
+        if not isinstance(policy, StoragePolicy):
+            raise TypeError(f"{type(policy).__name__} does not implement StoragePolicy")
+        self._policy = policy
 
     # --- spaces --------------------------------------------------------------------------------
     def _attach(self, space: Space) -> Space:

@@ -12,10 +12,12 @@ carries out the effects (:mod:`p2psync.sync.effects`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from p2psync.crypto.keys import verify
 from p2psync.errors import (
+    AccessDenied,
     BadSignature,
     DecodeError,
     ProtocolError,
@@ -23,7 +25,7 @@ from p2psync.errors import (
     StoreError,
     UnknownSpace,
 )
-from p2psync.replica.space import Space
+from p2psync.replica.space import AclAddResult, Space
 from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, bootstrap_message, parse_proof
 from p2psync.sync.effects import Effect, Offered, Strike, Submit
 from p2psync.sync.ingest import Ingest
@@ -89,12 +91,13 @@ class Responder:
                 return Ingest(self.state, self.source, space, msg.object_id, msg.changes)
         return None
 
-    def answer(self, msg: Message) -> Reply:
-        """The reply to one admitted request; errors become typed ``ERROR`` replies (and a
-        strike when the request was the peer's fault). Never raises for the peer's input."""
+    def answer(self, msg: Message, now: float) -> Reply:
+        """The reply to one admitted request at wall time ``now`` (invite expiry); errors
+        become typed ``ERROR`` replies (and a strike when the request was the peer's fault).
+        Never raises for the peer's input."""
         out = _Collect()
         try:
-            reply = self._answer(msg, out)
+            reply = self._answer(msg, out, now)
         except UnknownSpace:
             reply = ErrorMessage(ErrorCode.UNKNOWN_SPACE, UNKNOWN)
         except (ProtocolError, ReplicaError, DecodeError) as exc:
@@ -109,16 +112,16 @@ class Responder:
             reply = ErrorMessage(ErrorCode.INTERNAL)
         return Reply(reply, tuple(out.effects))
 
-    def _answer(self, msg: Message, out: _Collect) -> Message:
+    def _answer(self, msg: Message, out: _Collect, now: float) -> Message:
         if isinstance(msg, HeadSyncRequest):
             self._space_for(msg.space_id)
             return self.state.replicas.ldiff(msg.space_id).answer(msg)
         if isinstance(msg, FullSyncRequest):
             return self._answer_full(msg)
         if isinstance(msg, AclSyncRequest):
-            return self._answer_acl(msg, out)
+            return self._answer_acl(msg, out, now)
         if isinstance(msg, BootstrapRequest):
-            return self._answer_bootstrap(msg)
+            return self._answer_bootstrap(msg, now)
         if isinstance(msg, ReceiptRequest):
             return self._answer_receipt(msg)
         raise ProtocolError("not a request")
@@ -129,7 +132,8 @@ class Responder:
         except UnknownSpace:
             return None
 
-    def _space_for(self, space_id: str, *, acl_only: bool = False) -> Space:
+    def _space_for(self, space_id: str, *, acl_only: bool = False,
+                   now: float | None = None) -> Space:
         """The space if the peer may access it, else UnknownSpace (same as non-existence)."""
         st = self.state
         space = st.replicas.spaces.get(space_id)
@@ -139,7 +143,7 @@ class Responder:
             st.shared.add(space_id)
             st.invited.pop(space_id, None)
             return space
-        if acl_only and st.invite_open(space):
+        if acl_only and now is not None and st.invite_open(space, now):
             return space
         raise UnknownSpace(UNKNOWN)
 
@@ -157,18 +161,16 @@ class Responder:
         batch, more = take_batch(lack, self._cap(msg.max_bytes))
         return FullSyncResponse(msg.space_id, tid, tree.heads[:MAX_HEADS], tuple(batch), more)
 
-    def _answer_acl(self, msg: AclSyncRequest, out: _Collect) -> AclSyncResponse:
-        space = self._space_for(msg.space_id, acl_only=True)
+    def _answer_acl(self, msg: AclSyncRequest, out: _Collect, now: float) -> AclSyncResponse:
+        space = self._space_for(msg.space_id, acl_only=True, now=now)
         if msg.records:
-            res = self.state.replicas.apply_acl(self.source, space, msg.records)
-            if res.rejected:
-                out.effects.append(Strike(f"{len(res.rejected)} ACL records refused"))
+            out.effects += self._take_acl(space, msg.records, now)[1]
         lack = acl_lacking(space, msg.heads)
         batch, more = take_batch(lack, self._cap(msg.max_bytes)) if lack else ([], False)
         return AclSyncResponse(msg.space_id, tuple(space.acl.heads[:MAX_HEADS]), tuple(batch),
                                more)
 
-    def _answer_bootstrap(self, msg: BootstrapRequest) -> BootstrapResponse:
+    def _answer_bootstrap(self, msg: BootstrapRequest, now: float) -> BootstrapResponse:
         st = self.state
         sid = msg.space_id
         space = st.replicas.spaces.get(sid)
@@ -176,7 +178,7 @@ class Responder:
             raise UnknownSpace(UNKNOWN)
         member = st.may_access(sid)
         if not member:
-            invite_id = None if msg.proof is None else self.proof_ok(space, msg.proof)
+            invite_id = None if msg.proof is None else self.proof_ok(space, msg.proof, now)
             if invite_id is None or st.remote_account in space.acl.state.departed:
                 raise UnknownSpace(UNKNOWN)
             st.invited[sid] = invite_id
@@ -193,17 +195,17 @@ class Responder:
                 next_after = ids[-1]
         return BootstrapResponse(sid, header, tuple(records), tuple(ids), next_after)
 
-    def proof_ok(self, space: Space, proof: bytes) -> bytes | None:
-        """The invite id if ``proof`` is a signature by an open invite's key over this
-        session's challenge, else None."""
+    def proof_ok(self, space: Space, proof: bytes, now: float) -> bytes | None:
+        """The invite id if ``proof`` is a signature by an open (not revoked, not expired at
+        ``now``) invite's key over this session's challenge, else None."""
         st = self.state
         try:
             invite_id, sig = parse_proof(proof)
         except DecodeError:
             return None
-        inv = space.acl.state.invites.get(invite_id)
-        if inv is None:
+        if not space.acl.invite_open(invite_id, now):
             return None
+        inv = space.acl.state.invites[invite_id]
         data = bootstrap_message(space.id, invite_id, st.my_nonce, st.remote_device,
                                  st.replicas.device.public, st.binding)
         try:
@@ -214,10 +216,9 @@ class Responder:
 
     def _answer_receipt(self, msg: ReceiptRequest) -> ReceiptResponse:
         space = self._space_for(msg.space_id)
-        sign = getattr(self.state.replicas.policy, "receipt", None)
-        if sign is None or len(msg.nonce) != NONCE_SIZE:
-            raise ProtocolError("this peer issues no storage receipts")
-        return ReceiptResponse(sign(space, msg.nonce))
+        if len(msg.nonce) != NONCE_SIZE:
+            raise ProtocolError(f"a receipt nonce is {NONCE_SIZE} bytes")
+        return ReceiptResponse(self.state.replicas.policy.receipt(space, msg.nonce))
 
     # --- pushes --------------------------------------------------------------------------------
     def head_update(self, msg: HeadUpdate) -> tuple[Ingest | None, list[Effect]]:
@@ -255,16 +256,34 @@ class Responder:
             out.append(Submit(("tree", sid, tid), 1))
         return out
 
-    def acl_update(self, msg: AclHeadUpdate) -> list[Effect]:
+    def _take_acl(self, space: Space, raws: Sequence[bytes], now: float,
+                  ) -> tuple[AclAddResult | None, list[Effect]]:
+        """Admit ACL records the peer sent. A peer that is not a member or replicator (an
+        invitee) may send only its own join, signed by its connection's account
+        (``Acl.check_invitee_push``): anything else is refused whole, with a strike. Merges
+        the merge rule ignores (by departed members) are not refusals: no strike. Returns
+        what was admitted (None when the push was refused before admission) and effects."""
+        st = self.state
+        if not st.may_access(space.id):
+            try:
+                space.acl.check_invitee_push(raws, st.remote_account, now)
+            except AccessDenied as exc:
+                return None, [Strike(f"ACL push refused: {exc}")]
+        res = st.replicas.apply_acl(self.source, space, raws)
+        if res.rejected:
+            return res, [Strike(f"{len(res.rejected)} ACL records refused")]
+        return res, []
+
+    def acl_update(self, msg: AclHeadUpdate, now: float) -> list[Effect]:
+        """Judge an ``ACL_HEAD_UPDATE`` at wall time ``now`` (invite expiry)."""
         st = self.state
         sid = msg.space_id
         space = st.replicas.spaces.get(sid)
-        if space is None or not (st.may_access(sid) or st.invite_open(space)):
+        if space is None or not (st.may_access(sid) or st.invite_open(space, now)):
             return [Strike("ACL push for a space the peer may not access")]
-        res = st.replicas.apply_acl(self.source, space, msg.records)
-        out: list[Effect] = []
-        if res.rejected:
-            out.append(Strike(f"{len(res.rejected)} ACL records refused"))
+        res, out = self._take_acl(space, msg.records, now)
+        if res is None:  # refused before admission
+            return out
         if res.waiting or any(h not in space.acl for h in msg.heads):
             out.append(Submit(("acl", sid, b""), 0))
         if res.added:

@@ -103,6 +103,13 @@ class PeerConnection(Protocol):
 
     async def wait_closed(self) -> TransportError: ...
 
+    def restrict(self, budget: int | None = None, *, grace: float | None = None) -> None:
+        """Shrink the receive budget for a peer that shares nothing with us; with ``grace``,
+        close the connection after that many seconds unless lifted first."""
+
+    def lift_restriction(self) -> None:
+        """Back to the configured budget, and no close at the end of the grace period."""
+
 
 @runtime_checkable
 class Listener(Protocol):
