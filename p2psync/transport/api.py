@@ -18,7 +18,7 @@ from typing import Any
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import DeviceKey
 from p2psync.errors import ConnectionClosed, TransportError
-from p2psync.transport.connection import Connection, Link, TransportConfig
+from p2psync.transport.connection import AdmissionGuard, Connection, Link, TransportConfig
 from p2psync.transport.interface import BoundCarrier, FrameCarrier, Listener, PeerConnection
 from p2psync.transport.registry import carrier
 
@@ -88,6 +88,12 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._bound: BoundCarrier | None = None
         self._unread: asyncio.Queue[TransportError] = asyncio.Queue(maxsize=64)
+
+    @property
+    def guard(self) -> AdmissionGuard | None:
+        """The listener's admission caps (half-open/established counts), if its carrier has
+        them (QUIC, TCP): for status output and tests."""
+        return getattr(self._bound, "guard", None)
 
     async def next_error(self) -> TransportError:
         """The oldest connection failure not returned yet (for tests and diagnostics)."""
