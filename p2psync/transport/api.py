@@ -59,16 +59,27 @@ async def connect(
         if not ready.done():
             ready.set_exception(exc)
 
+    links: list[Link] = []
+
     def make_link(c: Any, binding: bytes, per_stream: bool) -> Link:
         c.transport_name = driver.name  # status shows the registry name it was dialled by
-        return Link(c, initiator=True, device_key=device_key, certificate=certificate,
+        link = Link(c, initiator=True, device_key=device_key, certificate=certificate,
                     config=cfg, binding=binding, expected_peer=expected_peer,
                     per_stream_keys=per_stream, on_ready=on_ready, on_failed=on_failed)
+        links.append(link)
+        return link
 
     link_carrier: FrameCarrier = await driver.dial(host, port, make_link, cfg)
     try:
         return await ready
     except BaseException:
+        # Cancelled (or failed) while the handshake runs: end the Link now, which tears the
+        # carrier down, so wait_closed returns at once instead of after the handshake timeout.
+        for link in links:
+            if link.connection is not None:  # became ready just as we were cancelled
+                await link.connection.close("dial cancelled")
+            else:
+                link.fail(ConnectionClosed("dial cancelled"))
         await link_carrier.wait_closed()
         raise
 

@@ -127,6 +127,9 @@ class QuicDriver:
             proto.close()
             raise PeerTimeout(f"no QUIC handshake with {host}:{port}: {exc or 'timed out'}") \
                 from exc
+        except BaseException:  # cancelled: release the socket now, not at the idle timeout
+            proto.close()
+            raise
         proto.ensure_link().start()
         return proto
 
