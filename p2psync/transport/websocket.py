@@ -72,10 +72,12 @@ HIGH_WATER = 1 << 20
 #: How long a closing side waits for the peer's WebSocket close frame.
 CLOSE_TIMEOUT = 2.0
 
-for _ext, _type in ((".js", "text/javascript"), (".mjs", "text/javascript"),
-                    (".wasm", "application/wasm"), (".webmanifest", "application/manifest+json"),
-                    (".json", "application/json"), (".svg", "image/svg+xml")):
-    mimetypes.add_type(_type, _ext)
+#: Types the web app needs that platform MIME tables get wrong or lack (Python 3.11 says
+#: application/javascript; RFC 9239 made text/javascript the one to use).
+CONTENT_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+                 ".html": "text/html; charset=utf-8", ".wasm": "application/wasm",
+                 ".json": "application/json", ".webmanifest": "application/manifest+json",
+                 ".svg": "image/svg+xml", ".map": "application/json"}
 
 _WsLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
@@ -360,8 +362,10 @@ class _Site:
             return _plain(404, "not found")  # symlinks out of the directory too
         # HTML revalidates each time (ETag/Last-Modified from FileResponse); assets an hour
         cache = "no-cache" if target.suffix in (".html", ".htm") else "public, max-age=3600"
+        ctype = CONTENT_TYPES.get(target.suffix.lower()) \
+            or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         return web.FileResponse(target, headers={
-            "Cache-Control": cache, "X-Content-Type-Options": "nosniff",
+            "Content-Type": ctype, "Cache-Control": cache, "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer"})
 
 
