@@ -112,6 +112,9 @@ class AgentConfig:
         "QUIC (UDP) port; 0: ephemeral, -1: QUIC off", low=0, high=65535, off=-1))
     tcp_port: int | None = field(default=DEFAULT_PORT, metadata=meta(
         "TCP port; 0: ephemeral, -1: TCP off", low=0, high=65535, off=-1))
+    ws_port: int | None = field(default=None, metadata=meta(
+        "WebSocket port for browsers and apps (ws://host:port/p2psync, files under /app/ from "
+        "[transport] ws_static_dir); 0: ephemeral, -1: off", low=0, high=65535, off=-1))
     mdns: bool = field(default=True, metadata=meta(
         "advertise and browse _p2psync._udp.local."))
     interfaces: list[str] = field(default_factory=list, metadata=meta(

@@ -17,7 +17,7 @@ from p2psync.errors import P2PSyncError, StoreError
 from p2psync.home import Home
 from p2psync.replica.document import DEFAULT_WINDOW
 from p2psync.replica.space import Space
-from p2psync.replica.store import Store
+from p2psync.replica.storage import open_store
 from p2psync.sync.replicas import Replicas
 
 NAMES = "space_names.json"
@@ -41,7 +41,7 @@ class LocalDevice:
         self.keys = keys
         self.window = window
         self.replicas = replicas
-        self.store = replicas.store if replicas is not None else Store(home.store_path)
+        self.store = replicas.store if replicas is not None else open_store(home.store_path)
         self._spaces: dict[str, Space] = replicas.spaces if replicas is not None else {}
 
     def close(self) -> None:

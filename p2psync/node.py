@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,13 +21,13 @@ from p2psync.backoff import Backoff
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.dialer import Dialer, dial_address
-from p2psync.discovery.peers import AddressBook, Endpoint, parse_endpoints
+from p2psync.discovery.peers import AddressBook, Endpoint, Source, parse_endpoints
 from p2psync.errors import JoinError, P2PSyncError, TransportError
 from p2psync.hostport import host_port
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
 from p2psync.replica.space import Space
-from p2psync.replica.store import Store
+from p2psync.replica.storage import ReplicaStore, open_store
 from p2psync.sync.engine import EngineConfig, PeerEngine, PeerStatus
 from p2psync.sync.ldiff import heads_hash
 from p2psync.sync.messages import MAX_MESSAGE_SIZE
@@ -34,6 +35,7 @@ from p2psync.sync.replicas import Replicas
 from p2psync.transport.api import Server, TransportName, listen
 from p2psync.transport.connection import Connection, TransportConfig
 from p2psync.transport.handshake import Limits
+from p2psync.transport.registry import split_hint
 
 log = logging.getLogger("p2psync.node")
 
@@ -58,6 +60,12 @@ class NodeConfig:
     durable: bool = True  #: fsync every commit (False: WAL + synchronous=NORMAL)
     window: float = 0.0  #: edit coalescing window of documents (0: a change per edit)
     seed: int | None = None
+    #: Issue 12.6: listeners send this device's certificate (which names the account) only to
+    #: an initiator that is a known peer, shares a space, or may be bootstrapping by invite
+    #: (:meth:`Node.reveals_to`). Off: the certificate goes in handshake message 2 to anyone.
+    #: Ignored when ``transport.reveal_certificate`` is set explicitly. Off by default until
+    #: the tests that dial nodes as strangers are updated (docs/transport.md).
+    hide_identity: bool = False
 
 
 @dataclass
@@ -102,13 +110,23 @@ class Node:
                  certificate: DeviceCertificate | None = None,
                  config: NodeConfig | None = None, book: AddressBook | None = None,
                  on_connected: Callable[[PeerEngine, Endpoint], None] | None = None) -> None:
+        #: What :func:`~p2psync.replica.storage.open_store` opens: a path, ``sqlite:///…``,
+        #: ``memory:`` / ``memory://name`` or a registered scheme.
+        self.store_where = store_path
         self.store_path = Path(store_path)
         self.account = account
         self.device = device
         self.certificate = certificate or DeviceCertificate.issue(account, device)
         self.config = config or NodeConfig()
+        if self.config.hide_identity and self.config.transport.reveal_certificate is None:
+            self.config = replace(self.config, transport=replace(
+                self.config.transport, reveal_certificate=self.reveals_to))
+        #: Reveal the certificate to every authenticated initiator (set it, or install a
+        #: storage policy with ``answers_anyone = True`` like a backup's: devices offer a
+        #: backup spaces it does not hold yet, so it cannot know them in advance).
+        self.reveal_to_anyone = False
         self.rng = random.Random(self.config.seed)
-        self.store: Store | None = None
+        self.store: ReplicaStore | None = None
         self._replicas: Replicas | None = None
         self.servers: list[Server] = []
         self.engines: set[PeerEngine] = set()
@@ -125,7 +143,7 @@ class Node:
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> Node:
         """Open the store and every space in it, then listen."""
-        self.store = Store(self.store_path, durable=self.config.durable)
+        self.store = open_store(self.store_where, durable=self.config.durable)
         self._replicas = Replicas(self.store, self.account, self.device,
                                   window=self.config.window)
         for host, port, transport in self.config.listen:
@@ -202,8 +220,8 @@ class Node:
             return self.spaces[ic.space_id]
         errors = []
         for addr in addresses or list(ic.addresses):
-            transport, hostport = _split_hint(addr)
             try:
+                transport, hostport = split_hint(addr)  # UnknownTransport: try the next
                 conn = await self._dial(hostport, transport)
             except (TransportError, OSError, P2PSyncError) as exc:
                 errors.append(f"{addr}: {exc}")
@@ -230,6 +248,39 @@ class Node:
         if space_id in self.spaces:
             return self.spaces[space_id]
         return await engine.bootstrap(space_id, None)
+
+    # --- who learns our account (issue 12.6) ---------------------------------------------------
+    def reveals_to(self, cert: DeviceCertificate) -> bool:
+        """Listener policy: may this authenticated initiator learn our certificate (account)?
+
+        Yes for another device of our account, the configured backup, a peer we dialled or
+        were configured with (it learnt our account when we dialled it, or the user named
+        it), an account that is a member or replicator of a space held here, and — until the
+        joiner's invite proof travels in the Hello — anyone while a space here has an open
+        invite (the joiner is not a member yet). Everyone else is refused before learning who
+        owns this device (``StrangerRefused``); they learn only the device key mDNS advertises.
+        """
+        if self.reveal_to_anyone or cert.account == self.account.public:
+            return True
+        book = self.dialer.book
+        if cert.peer_id == book.backup_peer_id:
+            return True
+        if any(row.peer_id == cert.peer_id and (row.proved or Source.MDNS not in row.sources)
+               for row in book.entries()):
+            return True
+        if self._replicas is None:
+            return False
+        if getattr(self._replicas.policy, "answers_anyone", False):
+            return True
+        now = time.time()
+        for space in self._replicas.spaces.values():
+            st = space.acl.state
+            if cert.account == st.owner or cert.account in st.members \
+                    or cert.account in st.replicators:
+                return True
+            if any(not inv.expired(int(now)) for inv in st.invites.values()):
+                return True
+        return False
 
     # --- connections ---------------------------------------------------------------------------
     async def _dial(self, address: str, transport: TransportName) -> Connection:
@@ -349,12 +400,3 @@ def _endpoint(address: str, transport: TransportName) -> Endpoint:
     (ep,) = parse_endpoints(f"{transport}://{address}")
     return ep
 
-
-def _split_hint(hint: str) -> tuple[TransportName, str]:
-    """``tcp:host:port`` / ``quic:host:port`` / ``host:port`` (QUIC by default)."""
-    head, _, rest = hint.partition(":")
-    if head == "tcp":
-        return "tcp", rest
-    if head == "quic":
-        return "quic", rest
-    return "quic", hint

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Transport benchmark: raw aioquic streams vs p2psync QUIC sessions vs p2psync TCP sessions.
+"""Transport benchmark: raw aioquic streams vs p2psync QUIC, TCP and WebSocket sessions.
 
 One run measures, on loopback, for each carrier: handshake time (connect until usable), one-stream
 bulk throughput (MB/s, sender → receiver, until the receiver has it all) and small-message round
@@ -179,13 +179,15 @@ async def bench_p2p(transport: str, bulk_bytes: int, rtts: int) -> dict[str, flo
     return {"handshake_ms": hs * 1000, "bulk_MBps": bulk, "rtt_per_s": rtt}
 
 
-async def run(repeat: int, quic_mb: int, tcp_mb: int, rtts: int) -> dict[str, Any]:
+async def run(repeat: int, quic_mb: int, tcp_mb: int, rtts: int,
+              ws_mb: int = 64) -> dict[str, Any]:
     results: dict[str, list[dict[str, float]]] = {"raw_aioquic": [], "p2psync_quic": [],
-                                                  "p2psync_tcp": []}
-    for _ in range(repeat):  # interleaved so machine noise hits all three alike
+                                                  "p2psync_tcp": [], "p2psync_ws": []}
+    for _ in range(repeat):  # interleaved so machine noise hits all alike
         results["raw_aioquic"].append(await bench_raw(quic_mb << 20, rtts))
         results["p2psync_quic"].append(await bench_p2p("quic", quic_mb << 20, rtts))
         results["p2psync_tcp"].append(await bench_p2p("tcp", tcp_mb << 20, rtts))
+        results["p2psync_ws"].append(await bench_p2p("ws", ws_mb << 20, rtts))
     med = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
            for name, runs in results.items()}
     ratios = {
@@ -193,9 +195,12 @@ async def run(repeat: int, quic_mb: int, tcp_mb: int, rtts: int) -> dict[str, An
         "quic_rtt_vs_raw": med["p2psync_quic"]["rtt_per_s"] / med["raw_aioquic"]["rtt_per_s"],
         "tcp_bulk_vs_raw_quic": med["p2psync_tcp"]["bulk_MBps"]
         / med["raw_aioquic"]["bulk_MBps"],
+        "ws_bulk_vs_tcp": med["p2psync_ws"]["bulk_MBps"] / med["p2psync_tcp"]["bulk_MBps"],
+        "ws_rtt_vs_tcp": med["p2psync_ws"]["rtt_per_s"] / med["p2psync_tcp"]["rtt_per_s"],
     }
     return {"medians": med, "ratios": ratios, "runs": results,
             "params": {"repeat": repeat, "quic_bulk_MiB": quic_mb, "tcp_bulk_MiB": tcp_mb,
+                       "ws_bulk_MiB": ws_mb,
                        "round_trips": rtts, "max_datagram_size": 1452, "chunk": CHUNK,
                        "python": platform.python_version(), "machine": platform.machine()}}
 
@@ -205,6 +210,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quic-mb", type=int, default=16, help="MiB per QUIC bulk run")
     ap.add_argument("--tcp-mb", type=int, default=256, help="MiB per TCP bulk run")
+    ap.add_argument("--ws-mb", type=int, default=64, help="MiB per WebSocket bulk run")
     ap.add_argument("--rtts", type=int, default=2000)
     ap.add_argument("--uvloop", action="store_true", help="run on uvloop")
     ap.add_argument("--json", default="bench_transport.json")
@@ -213,7 +219,7 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
-    out = asyncio.run(run(args.repeat, args.quic_mb, args.tcp_mb, args.rtts))
+    out = asyncio.run(run(args.repeat, args.quic_mb, args.tcp_mb, args.rtts, args.ws_mb))
     med = out["medians"]
     print(f"{'carrier':<14} {'handshake ms':>13} {'bulk MB/s':>10} {'round trips/s':>14}")
     for name, m in med.items():

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from p2psync.crypto import AccountKey, DeviceCertificate, DeviceKey
-from p2psync.transport import Connection, connect, listen
+from p2psync.transport import Connection, TransportConfig, connect, listen
 from p2psync.transport.quic import QuicCarrier
 
 uvloop = pytest.importorskip("uvloop")
@@ -56,8 +56,11 @@ class _ServerThread:
         async def hold(conn: Connection) -> None:
             await conn.wait_closed()
 
+        # Retry off: with it the first answer is a stateless Retry from the server object, so
+        # the preemption below could not wait for the handshake flight of a connection.
         server = await listen("127.0.0.1", 0, device_key=self.key, certificate=self.cert,
-                              on_connection=hold, transport="quic")
+                              on_connection=hold, transport="quic",
+                              config=TransportConfig(quic_retry=False))
         self.port, self._loop, self._stop = server.port, asyncio.get_running_loop(), \
             asyncio.Event()
         self._ready.set()

@@ -57,6 +57,7 @@ from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.engine import PeerEngine
 from p2psync.transport.api import TransportName
+from p2psync.transport.registry import split_hint
 
 log = logging.getLogger("p2psync.agent")
 
@@ -109,6 +110,8 @@ class Agent:
             listen.append((c.listen, c.quic_port, "quic"))
         if c.tcp_port is not None:
             listen.append((c.listen, c.tcp_port, "tcp"))
+        if c.ws_port is not None:
+            listen.append((c.listen, c.ws_port, "ws"))
         self.book = AddressBook(static=c.peers, backup=c.backup,
                                 backup_peer_id=c.backup_peer_id,
                                 self_peer_id=keys.device.id, default_port=DEFAULT_PORT,
@@ -145,7 +148,8 @@ class Agent:
             quic = self._port("quic")
             tcp = self._port("tcp")
             self.mdns = MdnsDiscovery(
-                Advert(self.keys.device.id, quic_port=quic, tcp_port=tcp),
+                Advert(self.keys.device.id, quic_port=quic, tcp_port=tcp,
+                       ws_port=self._port("ws")),
                 on_event=self._on_discovery,
                 config=MdnsConfig(poll_interval=self.config.mdns_poll,
                                   interfaces=self.config.interfaces or None))
@@ -488,11 +492,13 @@ class Agent:
 
 
 def _hint_endpoints(hint: str) -> list[Endpoint]:
-    """``tcp:host:port`` / ``quic:host:port`` (invite hints) as endpoints; bad ones skipped."""
-    head, _, rest = hint.partition(":")
-    transport = {"tcp": Transport.TCP, "quic": Transport.QUIC}.get(head)
-    if transport is None:
-        transport, rest = Transport.QUIC, hint
+    """``tcp:host:port`` / ``quic:host:port`` / ``ws:…`` (invite hints) as endpoints; bad
+    ones skipped."""
+    try:
+        name, rest = split_hint(hint)
+        transport = Transport(name)
+    except (P2PSyncError, ValueError):
+        return []
     try:
         return [Endpoint(ep.host, ep.port, transport) for ep in parse_endpoints(
             f"{transport.value}://{rest}")]

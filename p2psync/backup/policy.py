@@ -36,6 +36,10 @@ log = logging.getLogger("p2psync.backup")
 class BackupPolicy:
     """Quotas, replicator-only admission, automatic fetching and receipts for one backup."""
 
+    #: A node running this policy shows its certificate to every authenticated initiator
+    #: (``Node.reveals_to``): devices offer a backup spaces it cannot know in advance.
+    answers_anyone = True
+
     def __init__(self, replicas: Replicas, config: ReplicatorConfig) -> None:
         self.replicas = replicas
         self.config = config

@@ -43,6 +43,8 @@ class BadPeerAddress(DiscoveryError):
 class Transport(StrEnum):
     QUIC = "quic"
     TCP = "tcp"
+    WS = "ws"  #: WebSocket (transport/websocket.py); dialled only when named
+    WSS = "wss"
 
 
 class Source(StrEnum):
@@ -95,7 +97,7 @@ def parse_endpoints(text: str, default_port: int | None = None) -> list[Endpoint
             transports = [Transport(scheme.lower())]
         except ValueError:
             raise BadPeerAddress(
-                f"{text!r}: unknown scheme {scheme!r} (use quic:// or tcp://)"
+                f"{text!r}: unknown scheme {scheme!r} (use quic://, tcp://, ws:// or wss://)"
             ) from None
         raw = rest
     port_text: str | None

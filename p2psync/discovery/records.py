@@ -26,6 +26,8 @@ KEY_ID = "id"
 KEY_VERSION = "v"
 KEY_QUIC = "q"
 KEY_TCP = "t"
+#: WebSocket port (transport/websocket.py), for peers that can dial neither QUIC nor TCP.
+KEY_WS = "w"
 
 
 class BadAdvert(DiscoveryError):
@@ -40,12 +42,13 @@ class Advert:
     version: int = PROTOCOL_VERSION
     quic_port: int | None = None
     tcp_port: int | None = None
+    ws_port: int | None = None
 
     def __post_init__(self) -> None:
         _check_peer_id(self.peer_id)
         if self.quic_port is None and self.tcp_port is None:
             raise DiscoveryError("an advert needs a QUIC port, a TCP port or both")
-        for port in (self.quic_port, self.tcp_port):
+        for port in (self.quic_port, self.tcp_port, self.ws_port):
             if port is not None and not 1 <= port <= 65535:
                 raise DiscoveryError(f"port {port} is out of range 1-65535")
 
@@ -56,6 +59,8 @@ class Advert:
             props[KEY_QUIC] = str(self.quic_port)
         if self.tcp_port is not None:
             props[KEY_TCP] = str(self.tcp_port)
+        if self.ws_port is not None:
+            props[KEY_WS] = str(self.ws_port)
         return props
 
     @property
@@ -163,7 +168,8 @@ def parse_advert(
     quic, tcp = _port(props, KEY_QUIC), _port(props, KEY_TCP)
     if quic is None and tcp is None:
         raise BadAdvert("advert has no port")
-    return Advert(peer_id=pid, version=version, quic_port=quic, tcp_port=tcp)
+    return Advert(peer_id=pid, version=version, quic_port=quic, tcp_port=tcp,
+                  ws_port=_port(props, KEY_WS))
 
 
 def usable_addresses(addresses: Iterable[str]) -> tuple[str, ...]:

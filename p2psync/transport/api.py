@@ -18,7 +18,7 @@ from typing import Any
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import DeviceKey
 from p2psync.errors import ConnectionClosed, TransportError
-from p2psync.transport.connection import Connection, Link, TransportConfig
+from p2psync.transport.connection import AdmissionGuard, Connection, Link, TransportConfig
 from p2psync.transport.interface import BoundCarrier, FrameCarrier, Listener, PeerConnection
 from p2psync.transport.registry import carrier
 
@@ -59,16 +59,27 @@ async def connect(
         if not ready.done():
             ready.set_exception(exc)
 
+    links: list[Link] = []
+
     def make_link(c: Any, binding: bytes, per_stream: bool) -> Link:
         c.transport_name = driver.name  # status shows the registry name it was dialled by
-        return Link(c, initiator=True, device_key=device_key, certificate=certificate,
+        link = Link(c, initiator=True, device_key=device_key, certificate=certificate,
                     config=cfg, binding=binding, expected_peer=expected_peer,
                     per_stream_keys=per_stream, on_ready=on_ready, on_failed=on_failed)
+        links.append(link)
+        return link
 
     link_carrier: FrameCarrier = await driver.dial(host, port, make_link, cfg)
     try:
         return await ready
     except BaseException:
+        # Cancelled (or failed) while the handshake runs: end the Link now, which tears the
+        # carrier down, so wait_closed returns at once instead of after the handshake timeout.
+        for link in links:
+            if link.connection is not None:  # became ready just as we were cancelled
+                await link.connection.close("dial cancelled")
+            else:
+                link.fail(ConnectionClosed("dial cancelled"))
         await link_carrier.wait_closed()
         raise
 
@@ -88,6 +99,12 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._bound: BoundCarrier | None = None
         self._unread: asyncio.Queue[TransportError] = asyncio.Queue(maxsize=64)
+
+    @property
+    def guard(self) -> AdmissionGuard | None:
+        """The listener's admission caps (half-open/established counts), if its carrier has
+        them (QUIC, TCP): for status output and tests."""
+        return getattr(self._bound, "guard", None)
 
     async def next_error(self) -> TransportError:
         """The oldest connection failure not returned yet (for tests and diagnostics)."""

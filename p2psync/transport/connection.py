@@ -109,6 +109,12 @@ class TransportConfig:
     #: ever learning our account. None = the pre-12.6 behaviour (certificate in message 2).
     reveal_certificate: Callable[[DeviceCertificate], bool] | None = field(
         default=None, compare=False)
+    # --- WebSocket listeners (transport/websocket.py) -----------------------------------------
+    #: Directory served at ``/app/`` next to the WebSocket endpoint (None: nothing served).
+    ws_static_dir: str | None = None
+    #: Origins allowed to open a WebSocket besides the listener's own (the app at ``/app/``);
+    #: ``"*"`` allows any. Clients that send no Origin (not browsers) are not affected.
+    ws_origins: tuple[str, ...] = ()
     #: Off only to prove the budget tests fail without it (``P2PSYNC_NO_BUDGET=1``).
     enforce_budget: bool = field(
         default_factory=lambda: os.environ.get("P2PSYNC_NO_BUDGET", "") != "1")

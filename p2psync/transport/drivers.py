@@ -12,14 +12,21 @@ import asyncio
 import socket
 from typing import Any
 
-from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.connection import QuicConnection
 
 from p2psync.errors import PeerTimeout, TransportError
-from p2psync.transport.connection import Link, TransportConfig
+from p2psync.transport.connection import AdmissionGuard, Link, TransportConfig
 from p2psync.transport.interface import MakeLink
-from p2psync.transport.quic import QuicCarrier, quic_configuration, raise_rcvbuf, tls_binding
-from p2psync.transport.tcp import TCP_BINDING, TcpCarrier
+from p2psync.transport.quic import (
+    GuardedQuicServer,
+    QuicCarrier,
+    aioquic_server_socket,
+    quic_configuration,
+    raise_rcvbuf,
+    serve_quic,
+    tls_binding,
+)
+from p2psync.transport.tcp import TCP_BINDING, TcpCarrier, TcpListener, serve_tcp
 
 
 class TcpDriver:
@@ -48,15 +55,19 @@ class TcpDriver:
             bound.carriers.add(c)
             return make_link(c, TCP_BINDING, False)
 
-        bound.server = await asyncio.get_running_loop().create_server(
-            lambda: TcpCarrier(new_link), host, port)
-        bound.port = bound.server.sockets[0].getsockname()[1]
+        # The guarded accept loop (issue 12.4): half-open caps per source and in total,
+        # established caps at handshake end, EMFILE-proof accept, descriptor limit raised.
+        bound.server = await serve_tcp(host, port, lambda: TcpCarrier(new_link), config)
+        bound.guard = bound.server.guard
+        bound.port = bound.server.sock.getsockname()[1]
         return bound
 
 
 class _TcpBound:
     def __init__(self) -> None:
-        self.server: asyncio.base_events.Server | None = None
+        self.server: TcpListener | None = None
+        #: The listener's admission caps (for status and tests).
+        self.guard: AdmissionGuard | None = None
         self.port = 0
         self.carriers: set[TcpCarrier] = set()
 
@@ -97,7 +108,7 @@ class QuicDriver:
             sock.close()
             raise
         transport, proto = await loop.create_datagram_endpoint(
-            lambda: QuicCarrier(quic, make_link=lambda c: make_link(c, tls_binding(c._quic),
+            lambda: QuicCarrier(quic, make_link=lambda c: make_link(c, tls_binding(c.quic),
                                                                     True)),
             sock=sock)
         assert isinstance(proto, QuicCarrier)
@@ -116,6 +127,9 @@ class QuicDriver:
             proto.close()
             raise PeerTimeout(f"no QUIC handshake with {host}:{port}: {exc or 'timed out'}") \
                 from exc
+        except BaseException:  # cancelled: release the socket now, not at the idle timeout
+            proto.close()
+            raise
         proto.ensure_link().start()
         return proto
 
@@ -126,22 +140,26 @@ class QuicDriver:
 
         def new_link(c: QuicCarrier) -> Link:
             bound.carriers.add(c)
-            return make_link(c, tls_binding(c._quic), True)
+            return make_link(c, tls_binding(c.quic), True)
 
         qcfg = quic_configuration(is_client=False, max_datagram_size=cfg.max_datagram_size,
                                   window=cfg.quic_window, idle_timeout=cfg.keepalive.timeout * 2)
-        quic = await serve(host, port, configuration=qcfg, create_protocol=lambda q, **kw:
-                           QuicCarrier(q, make_link=new_link, **kw))
+        # Retry (address validation) and the admission caps (issue 12.4); SO_RCVBUF raised.
+        quic = await serve_quic(host, port, configuration=qcfg, config=cfg,
+                                create_protocol=lambda q, **kw: QuicCarrier(
+                                    q, make_link=new_link, **kw))
         bound.server = quic
-        sock = quic._transport.get_extra_info("socket") if quic._transport else None
-        raise_rcvbuf(sock, cfg.udp_rcvbuf)
+        bound.guard = quic.guard
+        sock = aioquic_server_socket(quic)
         bound.port = sock.getsockname()[1] if sock is not None else port
         return bound
 
 
 class _QuicBound:
     def __init__(self) -> None:
-        self.server: QuicServer | None = None
+        self.server: GuardedQuicServer | None = None
+        #: The listener's admission caps (for status and tests).
+        self.guard: AdmissionGuard | None = None
         self.port = 0
         self.carriers: set[QuicCarrier] = set()
 

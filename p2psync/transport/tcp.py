@@ -20,6 +20,7 @@ from p2psync.transport.connection import (
     AdmissionGuard,
     Carrier,
     Link,
+    Ticket,
     TransportConfig,
     raise_nofile_limit,
     source_key,
@@ -145,7 +146,7 @@ class TcpListener:
     logging at most once a minute.
     """
 
-    def __init__(self, socks: list[socket.socket], factory: Callable[[], TcpCarrier],
+    def __init__(self, socks: list[socket.socket], factory: Callable[[], asyncio.Protocol],
                  guard: AdmissionGuard) -> None:
         self.sockets = socks
         self.sock = socks[0]
@@ -194,21 +195,25 @@ class TcpListener:
             self._admit(conn, addr)
 
     def _admit(self, conn: socket.socket, addr: Any) -> None:
-        carrier = self._factory()
-        ticket = self.guard.admit(source_key(addr), lambda: _abort(carrier, conn))
+        proto = self._factory()
+        ticket = self.guard.admit(source_key(addr), lambda: _abort(proto, conn))
         if ticket is None:
             conn.close()  # over this source's half-open cap
             return
-        carrier.guard, carrier.ticket = self.guard, ticket
+        self._attach(proto, ticket)
         conn.setblocking(False)
-        task = self._loop.create_task(self._start(conn, carrier))
+        task = self._loop.create_task(self._start(conn, proto, ticket))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _start(self, conn: socket.socket, carrier: TcpCarrier) -> None:
+    def _attach(self, proto: Any, ticket: Ticket) -> None:
+        """Hand the admission ticket to the protocol (which promotes/releases it)."""
+        proto.guard, proto.ticket = self.guard, ticket
+
+    async def _start(self, conn: socket.socket, proto: asyncio.Protocol, ticket: Ticket) -> None:
         try:
-            await self._loop.connect_accepted_socket(lambda: carrier, sock=conn)
+            await self._loop.connect_accepted_socket(lambda: proto, sock=conn)
         except OSError:
-            carrier.release_admission()
+            self.guard.release(ticket)
             conn.close()
 
     def close(self) -> None:
@@ -221,15 +226,18 @@ class TcpListener:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _abort(carrier: TcpCarrier, conn: socket.socket) -> None:
-    if carrier.transport is not None:
-        carrier.transport.abort()
+def _abort(proto: Any, conn: socket.socket) -> None:
+    """Drop an admitted connection (evicted): abort its transport, or the bare socket."""
+    transport = getattr(proto, "transport", None)
+    if transport is not None:
+        transport.abort()
     else:
         conn.close()
 
 
-async def serve_tcp(host: str, port: int, factory: Callable[[], TcpCarrier],
-                    config: TransportConfig) -> TcpListener:
+async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol],
+                    config: TransportConfig, *,
+                    listener: type[TcpListener] | None = None) -> TcpListener:
     """Listen on ``host:port`` with the guarded accept loop; the descriptor limit is raised
     first where the OS allows (``config.nofile_limit``)."""
     if config.nofile_limit:
@@ -256,4 +264,4 @@ async def serve_tcp(host: str, port: int, factory: Callable[[], TcpCarrier],
         for sock in socks:
             sock.close()
         raise
-    return TcpListener(socks, factory, AdmissionGuard(config))
+    return (listener or TcpListener)(socks, factory, AdmissionGuard(config))
