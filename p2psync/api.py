@@ -143,9 +143,26 @@ async def _peers(ctx: Context, p: ops.NoParams) -> Any:
 
 
 async def _join(ctx: Context, p: JoinParams) -> Any:
+    """Join by invite. With an approval-required invite the answer comes back at once with
+    ``"state": "pending"``, the ``request`` id and the ``accept_command`` an admin runs; then
+    ``space.wait_access`` waits for the decision."""
     space = await ctx.agent.join(p.code, list(p.peers), p.name, timeout=p.timeout)
-    return {"space_id": space.id, "role": ops.role_name(space.role()),
+    st = ctx.agent.join_state(space.id)
+    return {**st, "space_id": space.id, "role": ops.role_name(space.role()),
             "documents": len(space.tree_ids())}
+
+
+async def _wait_access(ctx: Context, p: TimedSpaceParams) -> Any:
+    sid = _device(ctx).resolve_space(p.space).id
+    return await ctx.agent.wait_access(sid, p.timeout)
+
+
+async def _join_state(ctx: Context, p: ops.SpaceParams) -> Any:
+    return ctx.agent.join_state(_device(ctx).resolve_space(p.space).id)
+
+
+async def _leave(ctx: Context, p: ops.SpaceParams) -> Any:
+    return ctx.agent.leave(p.space)
 
 
 async def _replicate(ctx: Context, p: ReplicateParams) -> Any:
@@ -196,6 +213,9 @@ OPS: dict[str, Op] = {
     "peers": Op(ops.NoParams, _peers),
     "space.join": Op(JoinParams, _join),
     "space.replicate": Op(ReplicateParams, _replicate),
+    "space.wait_access": Op(TimedSpaceParams, _wait_access),
+    "space.join_state": Op(ops.SpaceParams, _join_state),
+    "space.leave": Op(ops.SpaceParams, _leave),
     "space.add_backup": Op(AddBackupParams, _add_backup),
     "space.backup_status": Op(TimedSpaceParams, _backup_status),
     "space.sync_state": Op(ops.SpaceParams, _sync_state),

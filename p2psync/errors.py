@@ -273,3 +273,15 @@ class InvalidParams(ApiRequestError):
 class InvalidPath(DocumentError):
     """A document path does not fit the document: a list index past the end or not a number,
     a key into a scalar, an empty path where one is needed."""
+
+
+# --- joins that explain themselves (issue 14) ----------------------------------------------------
+class JoinPending(JoinError):
+    """A join through an approval-required invite is still waiting for an admin to accept the
+    request. Not a failure: the request stays pending and the agent completes the join when it
+    is accepted; ``p2psync space leave`` cancels it."""
+
+
+class JoinRefused(JoinError):
+    """A pending join request was declined, or its invite revoked or expired: it can never be
+    accepted. The local copy of the space's header and ACL is dropped."""

@@ -59,6 +59,7 @@ from p2psync.sync.engine import PeerEngine
 from p2psync.transport.api import TransportName
 
 log = logging.getLogger("p2psync.agent")
+POKE_INTERVAL = 1.0  #: seconds between head-sync pokes of one peer while waiting for sync
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -323,8 +324,26 @@ class Agent:
         ic = InviteCode.decode(code)
         if not ic.space_id:
             raise JoinError("this invite code does not name its space (old format)")
-        if ic.space_id in self.node.spaces:
-            return self.node.spaces[ic.space_id]
+        held = self.node.spaces.get(ic.space_id)
+        if held is not None and (self.node.replicas.may_access(held.id, self.keys.account.public)
+                                 or ops.join_state(held, self.keys.account.public)["state"]
+                                 == "pending"):
+            # a member already, or our request waits: a second code would only be refused
+            return self._joined(held, name)
+        # held without access (a refused or failed join): bootstrap again with this code
+        try:
+            return await self._join(ic, peers, name, timeout)
+        except (JoinError, TimeoutError):
+            # nothing half-joined left behind: a space adopted here that we neither belong to
+            # nor wait for is dropped (it would show as role "none" and could not be used)
+            space = self.node.spaces.get(ic.space_id)
+            if space is not None and ops.join_state(
+                    space, self.keys.account.public)["state"] not in ("member", "pending"):
+                self.leave(space.id)
+            raise
+
+    async def _join(self, ic: InviteCode, peers: list[str] | None, name: str | None,
+                    timeout: float) -> Space:
         errors: list[str] = []
         async with asyncio.timeout(timeout):
             for engine in [e for e in self.node.engines if e.ready.is_set()]:
@@ -389,6 +408,56 @@ class Agent:
                 return self._joined(space, None)
         raise JoinError("no connected peer offers that space: " + "; ".join(errors[-3:]))
 
+    def join_state(self, space_id: str) -> dict[str, Any]:
+        """Where this account stands in a space it holds (see :func:`ops.join_state`), with
+        the command an admin runs to accept a pending request."""
+        space = self.node.spaces.get(space_id)
+        if space is None:
+            return {"space_id": space_id, "state": "none"}
+        out = dict(ops.join_state(space, self.keys.account.public), space_id=space_id)
+        if out["state"] == "pending":
+            out["accept_command"] = ops.accept_command(space_id, out["request"])
+        return out
+
+    async def wait_access(self, space_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until a pending join is decided: returns the join state once we are a member;
+        :class:`JoinRefused` if the request was declined, its invite revoked or expired (the
+        local copy is dropped); TimeoutError if still pending after ``timeout``.
+
+        Event-driven: the admin's Accept record arrives as an ACL push on the connection the
+        request went out on (or in the space sync the admin's agent offers once we may have
+        it), and every arrival notifies; nothing is polled, so a pending join costs no
+        messages while it waits (beyond the engines' periodic head sync)."""
+        from p2psync.errors import JoinRefused
+
+        def decided() -> bool:
+            return self.join_state(space_id)["state"] not in ("pending",)
+
+        await self.node.wait_for(decided, timeout)
+        st = self.join_state(space_id)
+        if st["state"] == "member":
+            self._offer_spaces()
+            return st
+        if st["state"] != "none" or space_id in self.node.spaces:
+            self.leave(space_id)
+        raise JoinRefused({"declined": "an admin declined the join request",
+                           "revoked": "the invite was revoked (its requests are void)",
+                           "expired": "the invite expired before an admin accepted",
+                           }.get(st["state"], "the join request is gone")
+                          + f" ({space_id}); ask for a new invite code")
+
+    def leave(self, space_ref: str) -> dict[str, Any]:
+        """``space leave``: see :func:`ops.space_leave`; a dropped space also leaves every
+        connection's shared set (no more head syncs for it)."""
+        assert self.device is not None
+        sid = self.device.resolve_space(space_ref).id
+        out = ops.space_leave(self.device, sid)
+        if out["forgotten"]:
+            for e in self.node.engines:
+                e.shared.discard(sid)
+            self._hooked.discard(sid)
+        return out
+
     def sync_state(self, space_id: str) -> dict[str, Any]:
         """How far one space is with the connected peers that share it (for progress)."""
         peers = [ps for e in self.node.engines for ps in e.status().spaces
@@ -400,19 +469,39 @@ class Agent:
 
     async def wait_synced(self, space_id: str, timeout: float = 30.0,
                           on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Until at least one connected peer agrees with us on the space (nothing pending)."""
-        def done() -> bool:
-            st = self.sync_state(space_id)
-            if on_progress is not None:
-                on_progress(st)
-            if st["in_sync"] > 0 and st["pending"] == 0:
-                return True
-            for e in list(self.node.engines):
-                # fetched everything it announced but not yet compared again: confirm now
-                if space_id in e.shared and e.idle:
-                    e.sync_now(space_id)
-            return False
-        await self.node.wait_for(done, timeout)
+        """Until at least one connected peer agrees with us on the space (nothing pending).
+
+        An idle peer that is not yet in sync is asked for a head sync, at most once per
+        ``POKE_INTERVAL`` each (a sync that fails at once, e.g. refused, must not turn into a
+        request loop: that was ~550 messages/s while a join waited for approval), and never
+        while we have no access to the space."""
+        poked: dict[int, float] = {}
+        replicas = self.node.replicas
+        async with asyncio.timeout(timeout):
+            while True:
+                changed = replicas.changed()
+                st = self.sync_state(space_id)
+                if on_progress is not None:
+                    on_progress(st)
+                if st["in_sync"] > 0 and st["pending"] == 0:
+                    changed.cancel()
+                    return
+                now = time.monotonic()
+                wake: float | None = None
+                if replicas.may_access(space_id, self.keys.account.public):
+                    for e in list(self.node.engines):
+                        if space_id not in e.shared or not e.idle:
+                            continue
+                        last = poked.get(id(e))
+                        if last is None or now - last >= POKE_INTERVAL:
+                            e.sync_now(space_id)  # announced all, not compared again: confirm
+                            poked[id(e)] = now
+                        else:
+                            due = last + POKE_INTERVAL
+                            wake = due if wake is None else min(wake, due)
+                await asyncio.wait([changed], timeout=None if wake is None
+                                   else max(0.0, wake - now))
+                changed.cancel()
 
     def peers(self) -> list[dict[str, Any]]:
         """Connected peers and every endpoint we know, with dial state."""
