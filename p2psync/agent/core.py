@@ -60,6 +60,8 @@ from p2psync.transport.api import TransportName
 
 log = logging.getLogger("p2psync.agent")
 POKE_INTERVAL = 1.0  #: seconds between head-sync pokes of one peer while waiting for sync
+ACL_PULL_FIRST = 2.0  #: seconds before a pending join first pulls the ACL (for a decline)
+ACL_PULL_CAP = 30.0  #: longest wait between a pending join's ACL pulls
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -325,12 +327,12 @@ class Agent:
         if not ic.space_id:
             raise JoinError("this invite code does not name its space (old format)")
         held = self.node.spaces.get(ic.space_id)
-        if held is not None and (self.node.replicas.may_access(held.id, self.keys.account.public)
-                                 or ops.join_state(held, self.keys.account.public)["state"]
-                                 == "pending"):
-            # a member already, or our request waits: a second code would only be refused
+        if held is not None and self.node.replicas.may_access(held.id,
+                                                              self.keys.account.public):
             return self._joined(held, name)
-        # held without access (a refused or failed join): bootstrap again with this code
+        # held without access (a pending, refused or failed join): bootstrap again with this
+        # code — the ACL pull it makes shows a decision we missed (a revoked invite is not
+        # pushed to a non-member), and then this code's join or request is made
         try:
             return await self._join(ic, peers, name, timeout)
         except (JoinError, TimeoutError):
@@ -424,16 +426,30 @@ class Agent:
         :class:`JoinRefused` if the request was declined, its invite revoked or expired (the
         local copy is dropped); TimeoutError if still pending after ``timeout``.
 
-        Event-driven: the admin's Accept record arrives as an ACL push on the connection the
-        request went out on (or in the space sync the admin's agent offers once we may have
-        it), and every arrival notifies; nothing is polled, so a pending join costs no
-        messages while it waits (beyond the engines' periodic head sync)."""
+        The admin's Accept arrives as an ACL push (or in the space sync the admin's agent
+        offers once we may have it) and wakes this at once. A decline is not pushed to a
+        non-member, so the ACL is also pulled from the peers sharing the space, first after
+        ``ACL_PULL_FIRST`` s then backing off to one pull per ``ACL_PULL_CAP`` s: a pending
+        join costs well under one message per second."""
         from p2psync.errors import JoinRefused
 
-        def decided() -> bool:
-            return self.join_state(space_id)["state"] not in ("pending",)
-
-        await self.node.wait_for(decided, timeout)
+        replicas = self.node.replicas
+        pull = Backoff(base=ACL_PULL_FIRST, cap=ACL_PULL_CAP, jitter=0.1)
+        tries = 1
+        next_pull = time.monotonic() + pull.delay(tries)
+        async with asyncio.timeout(timeout):
+            while self.join_state(space_id)["state"] == "pending":
+                changed = replicas.changed()
+                now = time.monotonic()
+                if now >= next_pull:
+                    # pushes reach members only: a decline arrives when we ask for the ACL
+                    for e in list(self.node.engines):
+                        if space_id in e.shared and e.ready.is_set():
+                            e.submit(("acl", space_id, b""), 2)
+                    tries += 1
+                    next_pull = now + pull.delay(tries)
+                await asyncio.wait([changed], timeout=max(0.0, next_pull - now))
+                changed.cancel()
         st = self.join_state(space_id)
         if st["state"] == "member":
             self._offer_spaces()
