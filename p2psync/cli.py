@@ -473,6 +473,32 @@ def cmd_doc_set(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, "ok")
 
 
+def cmd_doc_edit(args: argparse.Namespace, out: Out) -> None:
+    """``doc delete/insert/splice/increment/counter/change``: one signed change each."""
+    where = {"space": args.space, "doc": args.doc}
+    kind = args.doc_command
+    if kind == "delete":
+        data = _call(args, "doc.delete", **where, path=args.path)
+    elif kind == "insert":
+        data = _call(args, "doc.insert", **where, path=args.path,
+                     value=ops.decode_json_value(args.value), text=args.text)
+    elif kind == "splice":
+        data = _call(args, "doc.splice", **where, path=args.path, pos=args.pos,
+                     delete=args.delete, insert=args.insert)
+    elif kind == "increment":
+        data = _call(args, "doc.increment", **where, path=args.path, by=args.by)
+    elif kind == "counter":
+        data = _call(args, "doc.counter", **where, path=args.path, value=args.start)
+    else:
+        text = sys.stdin.read() if args.edits == "-" else args.edits
+        edits = ops.decode_json_value(text)
+        if not isinstance(edits, list):
+            raise CliError('EDITS is a JSON list of edits, e.g. \'[{"op": "put", "path": '
+                           '"title", "value": "Hi"}]\' (see docs/local-api.md "Edits")')
+        data = _call(args, "doc.change", **where, edits=edits)
+    out.emit(data, "ok")
+
+
 def cmd_doc_get(args: argparse.Namespace, out: Out) -> None:
     value = _call(args, "doc.get", space=args.space, doc=args.doc, path=args.path, at=args.at)
     print(json.dumps(value, indent=None if args.json else 1, sort_keys=True,
@@ -711,6 +737,34 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("path")
     st.add_argument("value", help="JSON, e.g. '\"hello\"', 42, '{\"a\": [1]}'")
     st.add_argument("--text", action="store_true", help="store a string as editable text")
+    def doc_args(name: str, help: str) -> argparse.ArgumentParser:
+        sp = cmd(doc, name, cmd_doc_edit, help)
+        sp.add_argument("space", help="space id, local name or id prefix")
+        sp.add_argument("doc", help="document id or prefix")
+        return sp
+
+    doc_args("delete", "delete a map key or list element at PATH").add_argument(
+        "path", help="e.g. title, items/0")
+    ins = doc_args("insert", "insert a JSON value into a list (PATH ends in the index)")
+    ins.add_argument("path", help="e.g. items/0 (before the first), items/3 (= length: append)")
+    ins.add_argument("value", help="JSON, e.g. '\"milk\"'")
+    ins.add_argument("--text", action="store_true", help="store a string as editable text")
+    spl = doc_args("splice", "edit text: delete characters at POS, then insert TEXT")
+    spl.add_argument("path", help="a text (made with `doc set --text`)")
+    spl.add_argument("pos", type=int, help="position in characters (0: the start)")
+    spl.add_argument("insert", nargs="?", default="", help="text to insert (default none)")
+    spl.add_argument("--delete", type=int, default=0, help="characters to delete first")
+    inc = doc_args("increment", "add to a counter")
+    inc.add_argument("path")
+    inc.add_argument("by", nargs="?", type=int, default=1, help="default 1; negative subtracts")
+    ctr = doc_args("counter", "create a counter at PATH (create it once, before sharing)")
+    ctr.add_argument("path")
+    ctr.add_argument("start", nargs="?", type=int, default=0, help="default 0")
+    chg = doc_args("change", "several edits as ONE signed change (all or none)")
+    chg.add_argument("edits", help="a JSON list of edits, or - to read it from stdin: "
+                     '[{"op": "put", "path": "title", "value": "Hi"}, {"op": "splice", '
+                     '"path": "body", "pos": 0, "insert": "x"}] (ops: put, delete, insert, '
+                     "splice, counter, increment; docs/local-api.md)")
     gt = cmd(doc, "get", cmd_doc_get, "print the document (or PATH) as JSON")
     gt.add_argument("space")
     gt.add_argument("doc")

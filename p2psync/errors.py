@@ -285,3 +285,9 @@ class JoinPending(JoinError):
 class JoinRefused(JoinError):
     """A pending join request was declined, or its invite revoked or expired: it can never be
     accepted. The local copy of the space's header and ACL is dropped."""
+
+
+class WrongType(DocumentError):
+    """A document edit does not fit what is at its path: splicing into something that is not
+    text, incrementing something that is not a counter, inserting into a map, a path through a
+    plain value. Answered as a typed error; nothing is changed."""

@@ -25,6 +25,7 @@ from p2psync.errors import (
     P2PSyncError,
     UnknownOperation,
 )
+from p2psync.replica import edits as edits_mod
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Decline, RequestJoin, Role, decode_record
 from p2psync.replica.change import CHANGE_DOMAIN
@@ -156,6 +157,49 @@ class DocGetParams(Params, frozen=True):
     doc: Ref
     path: DocPath | None = None
     at: Annotated[str, msgspec.Meta(max_length=8192)] | None = None
+
+
+class DocChangeParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    edits: edits_mod.EditList
+
+
+class DocPathParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+
+
+class DocInsertParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    value: Any
+    text: bool = False
+
+
+class DocSpliceParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    pos: edits_mod.Index
+    delete: edits_mod.Index = 0
+    insert: Annotated[str, msgspec.Meta(max_length=1 << 20)] = ""
+
+
+class DocIncrementParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    by: edits_mod.Int64 = 1
+
+
+class DocCounterParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    value: edits_mod.Int64 = 0
 
 
 P = TypeVar("P", bound=Params)
@@ -389,6 +433,46 @@ def doc_set(dev: LocalDevice, space: str, doc: str, path: str, value: Any,
             "heads": [short_hash(h) for h in d.tree.heads]}
 
 
+def doc_change(dev: LocalDevice, space: str, doc: str,
+               edits: list[edits_mod.Edit]) -> dict[str, Any]:
+    """Apply ``edits`` (put, delete, insert, splice, increment, counter) as ONE signed change:
+    all of them or, on the first bad one (a typed InvalidPath / WrongType), none."""
+    for ed in edits:
+        if isinstance(ed, edits_mod.Put | edits_mod.Insert):
+            check_value(ed.value)
+    sp = dev.resolve_space(space)
+    d = sp.document(doc_ref(sp, doc))
+    edits_mod.change(d, edits)
+    d.flush()
+    return {"space_id": sp.id, "doc": short_hash(d.tree.id), "edits": len(edits),
+            "heads": [short_hash(h) for h in d.tree.heads]}
+
+
+def doc_delete(dev: LocalDevice, space: str, doc: str, path: str) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Delete(path=path)])
+
+
+def doc_insert(dev: LocalDevice, space: str, doc: str, path: str, value: Any,
+               text: bool = False) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Insert(path=path, value=value, text=text)])
+
+
+def doc_splice(dev: LocalDevice, space: str, doc: str, path: str, pos: int, delete: int = 0,
+               insert: str = "") -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Splice(path=path, pos=pos, delete=delete,
+                                                         insert=insert)])
+
+
+def doc_increment(dev: LocalDevice, space: str, doc: str, path: str,
+                  by: int = 1) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Increment(path=path, by=by)])
+
+
+def doc_counter(dev: LocalDevice, space: str, doc: str, path: str,
+                value: int = 0) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.MakeCounter(path=path, value=value)])
+
+
 def doc_get(dev: LocalDevice, space: str, doc: str, path: str | None = None,
             at: str | None = None) -> Any:
     sp = dev.resolve_space(space)
@@ -469,6 +553,12 @@ LOCAL_OPS: dict[str, LocalOp] = {
     "doc.list": LocalOp(SpaceParams, doc_list),
     "doc.set": LocalOp(DocSetParams, doc_set),
     "doc.get": LocalOp(DocGetParams, doc_get),
+    "doc.change": LocalOp(DocChangeParams, doc_change),
+    "doc.delete": LocalOp(DocPathParams, doc_delete),
+    "doc.insert": LocalOp(DocInsertParams, doc_insert),
+    "doc.splice": LocalOp(DocSpliceParams, doc_splice),
+    "doc.increment": LocalOp(DocIncrementParams, doc_increment),
+    "doc.counter": LocalOp(DocCounterParams, doc_counter),
     "doc.history": LocalOp(DocParams, doc_history),
 }
 
