@@ -30,6 +30,7 @@ import msgspec
 
 from p2psync.agent import ops
 from p2psync.agent.core import Agent, Subscription
+from p2psync.crypto.ids import short_hash
 from p2psync.device import LocalDevice
 from p2psync.errors import InvalidRequest, P2PSyncError, UnknownOperation
 
@@ -94,6 +95,7 @@ class TimedSpaceParams(ops.Params, frozen=True):
 class SubscribeParams(ops.Params, frozen=True):
     space: ops.Ref | None = None
     doc: ops.Ref | None = None
+    patches: bool = False
 
 
 class UnsubscribeParams(ops.Params, frozen=True):
@@ -196,9 +198,14 @@ async def _wait_synced(ctx: Context, p: TimedSpaceParams) -> Any:
 async def _subscribe(ctx: Context, p: SubscribeParams) -> Any:
     if ctx.subscribe is None:
         raise ops.OpError("subscribe needs a streaming connection")
-    sub = ctx.agent.subscribe(p.space, p.doc)
+    sub = ctx.agent.subscribe(p.space, p.doc, p.patches)
     ctx.subscribe(sub)
-    return {"subscription": sub.sub_id, "space_id": sub.space_id}
+    out: dict[str, Any] = {"subscription": sub.sub_id, "space_id": sub.space_id}
+    if sub.space_id is not None and sub.doc is not None:
+        # the heads the first event builds on (doc watch's snapshot line)
+        out["heads"] = [short_hash(h) for h in _device(ctx).open_space(sub.space_id).heads(
+            sub.doc)]
+    return out
 
 
 async def _unsubscribe(ctx: Context, p: UnsubscribeParams) -> Any:

@@ -524,15 +524,18 @@ def cmd_doc_watch(args: argparse.Namespace, out: Out) -> None:
     if not agent_running(home.path):
         raise CliError("doc watch needs a running agent: start one with `p2psync run`")
     with ApiClient(home.path, timeout=None) as client:
-        sub = client.call("subscribe", space=args.space, doc=args.doc)
+        sub = client.call("subscribe", space=args.space, doc=args.doc, patches=args.patches)
 
-        def show(event: dict[str, Any]) -> None:
-            value = client.call("doc.get", space=sub["space_id"], doc=args.doc)
+        def show(event: dict[str, Any], first: bool = False) -> None:
             line = {"event": event.get("event", "change"), "origin": event.get("origin"),
-                    "heads": event.get("heads"), "value": value}
+                    "heads": event.get("heads")}
+            if args.patches and not first:
+                line["patches"] = event.get("patches")  # no re-read: the patches say it
+            else:
+                line["value"] = client.call("doc.get", space=sub["space_id"], doc=args.doc)
             print(json.dumps(line, sort_keys=True, ensure_ascii=False), flush=True)
 
-        show({"event": "snapshot"})
+        show({"event": "snapshot", "heads": sub.get("heads")}, first=True)
         count = 0
         while args.count is None or count < args.count:
             ev = client.read()
@@ -779,6 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
     wt.add_argument("space")
     wt.add_argument("doc")
     wt.add_argument("--count", type=int, help="exit after this many changes")
+    wt.add_argument("--patches", action="store_true", help="print each change as patches "
+                    "(path, action, value) instead of the whole document")
 
     cmd(sub, "peers", cmd_peers, "devices the running agent is connected to")
     cmd(sub, "status", cmd_status, "spaces, peers, sync state, last success and errors")

@@ -136,6 +136,7 @@ def test_readme_use_it_runs_literally(tmp_path: Path, agents: list[AgentProc]) -
         elif args[:2] == ["doc", "watch"]:
             snap = json.loads(proc.stdout.splitlines()[0])
             assert snap["event"] == "snapshot" and snap["value"] == {"title": "Groceries"}
+            assert snap["heads"] and all(isinstance(h, str) for h in snap["heads"])
     assert join is None
     assert values["SPACE"] == values["SPACE_ID"]
     for step in ("space join", "space accept", "doc watch", "status"):

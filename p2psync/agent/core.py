@@ -80,6 +80,7 @@ class Subscription:
     sub_id: int
     space_id: str | None
     doc: bytes | None
+    patches: bool = False  #: change events carry ``patches`` (path, action, value)
     queue: asyncio.Queue[dict[str, Any]] = field(
         default_factory=lambda: asyncio.Queue(maxsize=4096))
     dropped: int = 0
@@ -296,11 +297,43 @@ class Agent:
         ev = {"event": "change", "space_id": space_id, "doc": short_hash(tree_id),
               "heads": [short_hash(h) for h in result.heads], "origin": origin,
               "changes": len(result.attached)}
+        later = []
         for sub in list(self._subs.values()):
+            if sub.patches:
+                later.append(sub)
+            else:
+                sub.offer(ev)
+        if later:
+            # this runs inside the store's persist hook: render after it, at fixed heads
+            attached = {c.id for c in result.attached}
+            before = list(dict.fromkeys(
+                [h for h in result.heads if h not in attached]
+                + [p for c in result.attached for p in c.prev_ids if p not in attached]))
+            asyncio.get_running_loop().call_soon(
+                self._offer_patches, later, ev, space_id, tree_id, before, list(result.heads))
+
+    def _offer_patches(self, subs: list[Subscription], ev: dict[str, Any], space_id: str,
+                       tree_id: bytes, before: list[bytes], after: list[bytes]) -> None:
+        """The change event with ``patches``: the JSON view at the heads before the change
+        diffed with the view after it (p2psync/replica/patches.py)."""
+        from p2psync.replica.patches import diff
+
+        space = self.node.spaces.get(space_id)
+        try:
+            if space is None:
+                raise P2PSyncError("the space is gone")
+            doc = space.document(tree_id)
+            old = doc.to_json(before) if before else {}
+            ev = dict(ev, patches=diff(old, doc.to_json(after)))
+        except P2PSyncError as exc:  # unreadable here (no key, quarantined): say so, no patch
+            ev = dict(ev, patches=None, patch_error=str(exc))
+        for sub in subs:
             sub.offer(ev)
 
-    def subscribe(self, space: str | None = None, doc: str | None = None) -> Subscription:
-        """Change events of one space (by id/name/prefix) or all, optionally one document."""
+    def subscribe(self, space: str | None = None, doc: str | None = None,
+                  patches: bool = False) -> Subscription:
+        """Change events of one space (by id/name/prefix) or all, optionally one document;
+        ``patches``: each event carries the patches that turn the old view into the new."""
         assert self.device is not None
         sid = tid = None
         if space is not None:
@@ -311,7 +344,7 @@ class Agent:
 
                 tid = doc_ref(sp, doc)
         self._next_sub += 1
-        sub = Subscription(self._next_sub, sid, tid)
+        sub = Subscription(self._next_sub, sid, tid, patches)
         self._subs[sub.sub_id] = sub
         return sub
 
