@@ -30,6 +30,7 @@ import msgspec
 
 from p2psync.agent import ops
 from p2psync.agent.core import Agent, Subscription
+from p2psync.crypto.ids import short_hash
 from p2psync.device import LocalDevice
 from p2psync.errors import InvalidRequest, P2PSyncError, UnknownOperation
 
@@ -94,6 +95,7 @@ class TimedSpaceParams(ops.Params, frozen=True):
 class SubscribeParams(ops.Params, frozen=True):
     space: ops.Ref | None = None
     doc: ops.Ref | None = None
+    patches: bool = False
 
 
 class UnsubscribeParams(ops.Params, frozen=True):
@@ -143,9 +145,26 @@ async def _peers(ctx: Context, p: ops.NoParams) -> Any:
 
 
 async def _join(ctx: Context, p: JoinParams) -> Any:
+    """Join by invite. With an approval-required invite the answer comes back at once with
+    ``"state": "pending"``, the ``request`` id and the ``accept_command`` an admin runs; then
+    ``space.wait_access`` waits for the decision."""
     space = await ctx.agent.join(p.code, list(p.peers), p.name, timeout=p.timeout)
-    return {"space_id": space.id, "role": ops.role_name(space.role()),
+    st = ctx.agent.join_state(space.id)
+    return {**st, "space_id": space.id, "role": ops.role_name(space.role()),
             "documents": len(space.tree_ids())}
+
+
+async def _wait_access(ctx: Context, p: TimedSpaceParams) -> Any:
+    sid = _device(ctx).resolve_space(p.space).id
+    return await ctx.agent.wait_access(sid, p.timeout)
+
+
+async def _join_state(ctx: Context, p: ops.SpaceParams) -> Any:
+    return ctx.agent.join_state(_device(ctx).resolve_space(p.space).id)
+
+
+async def _leave(ctx: Context, p: ops.SpaceParams) -> Any:
+    return ctx.agent.leave(p.space)
 
 
 async def _replicate(ctx: Context, p: ReplicateParams) -> Any:
@@ -179,9 +198,14 @@ async def _wait_synced(ctx: Context, p: TimedSpaceParams) -> Any:
 async def _subscribe(ctx: Context, p: SubscribeParams) -> Any:
     if ctx.subscribe is None:
         raise ops.OpError("subscribe needs a streaming connection")
-    sub = ctx.agent.subscribe(p.space, p.doc)
+    sub = ctx.agent.subscribe(p.space, p.doc, p.patches)
     ctx.subscribe(sub)
-    return {"subscription": sub.sub_id, "space_id": sub.space_id}
+    out: dict[str, Any] = {"subscription": sub.sub_id, "space_id": sub.space_id}
+    if sub.space_id is not None and sub.doc is not None:
+        # the heads the first event builds on (doc watch's snapshot line)
+        out["heads"] = [short_hash(h) for h in _device(ctx).open_space(sub.space_id).heads(
+            sub.doc)]
+    return out
 
 
 async def _unsubscribe(ctx: Context, p: UnsubscribeParams) -> Any:
@@ -196,6 +220,9 @@ OPS: dict[str, Op] = {
     "peers": Op(ops.NoParams, _peers),
     "space.join": Op(JoinParams, _join),
     "space.replicate": Op(ReplicateParams, _replicate),
+    "space.wait_access": Op(TimedSpaceParams, _wait_access),
+    "space.join_state": Op(ops.SpaceParams, _join_state),
+    "space.leave": Op(ops.SpaceParams, _leave),
     "space.add_backup": Op(AddBackupParams, _add_backup),
     "space.backup_status": Op(TimedSpaceParams, _backup_status),
     "space.sync_state": Op(ops.SpaceParams, _sync_state),

@@ -210,6 +210,18 @@ def cmd_space_accept(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, "accepted")
 
 
+def cmd_space_leave(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.leave", space=args.space)
+    if data["forgotten"]:
+        what = {"pending": "cancelled the pending join of", "member": "left"}.get(
+            data["was"], "dropped")
+        msg = f"{what} {data['space_id']}; this device no longer holds it"
+    else:
+        msg = (f"left {data['space_id']} (a signed Leave record the other members receive "
+               "when they sync); run `space leave` again to drop this device's copy")
+    out.emit(data, msg)
+
+
 def cmd_space_replicator(args: argparse.Namespace, out: Out) -> None:
     data = _call(args, "space.add_replicator", space=args.space, account=args.account)
     out.emit(data, f"{args.account} now stores and serves {data['space_id']} (ciphertext only)")
@@ -337,15 +349,27 @@ def cmd_backup_id(args: argparse.Namespace, out: Out) -> None:
 
 
 def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
-    """Join by invite: through the running agent, or a short-lived one that syncs and exits."""
+    """Join by invite: through the running agent, or a short-lived one that syncs and exits.
+    An approval-required invite says what it waits for (the request id and the command an
+    admin runs) and keeps waiting up to ``--wait`` seconds."""
     home = _home(args)
     if not home.exists():
         raise CliError(f"no identity in {home.path}: run `p2psync init` first")
     peers = list(args.peer or [])
     if agent_running(home.path):
-        with ApiClient(home.path, timeout=args.timeout + 10) as client:
+        with ApiClient(home.path, timeout=max(args.timeout, args.wait) + 10) as client:
             data = client.call("space.join", code=args.code, peers=peers, name=args.name,
                                timeout=args.timeout)
+            if data.get("state") == "pending":
+                _say_waiting(data)
+                try:
+                    with _spinner(out, "waiting for an admin"):
+                        data.update(client.call("space.wait_access", space=data["space_id"],
+                                                timeout=args.wait))
+                except ApiError as exc:
+                    if exc.kind == "Timeout":
+                        raise _still_pending(data, args.wait, agent=True) from None
+                    raise
             with _progress(out, "initial sync") as progress:
                 state = client.call("space.sync_state", space=data["space_id"])
                 progress(state)
@@ -357,6 +381,35 @@ def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
         data = run_loop(lambda: _join_offline(home, args, peers, out))
     out.emit(data, f"joined {data['space_id']} as {data['role']} "
                    f"({data['documents']} documents)")
+
+
+def _say_waiting(data: dict[str, Any]) -> None:
+    """Tell the joiner what it waits for and what the admin must run (stderr)."""
+    print(f"waiting for an admin to accept request {data['request'][:8]} — on a device with "
+          f"admin rights run:\n  p2psync space accept {data['space_id']} "
+          f"{data['request'][:8]}", file=sys.stderr, flush=True)
+
+
+def _still_pending(data: dict[str, Any], wait: float, *, agent: bool) -> P2PSyncError:
+    from p2psync.errors import JoinPending
+
+    then = ("the running agent completes the join when an admin accepts it" if agent else
+            "the next `p2psync run` completes the join once an admin accepted it")
+    return JoinPending(f"not accepted yet after {wait:g} s: request {data['request'][:8]} "
+                       f"stays pending and {then} (`p2psync space list` shows it as "
+                       f"pending); cancel it with `p2psync space leave {data['space_id']}`")
+
+
+@contextlib.contextmanager
+def _spinner(out: Out, what: str) -> Iterator[None]:
+    """An indeterminate progress line on stderr while waiting (terminals only)."""
+    if out.as_json or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(what + " … (Ctrl-C stops waiting; the request stays)"):
+        yield
 
 
 async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
@@ -373,9 +426,17 @@ async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
             with contextlib.suppress(TimeoutError):
                 await agent.node.wait_for(lambda: bool(agent.events_seen), 5.0)
         space = await agent.join(args.code, peers, args.name, timeout=args.timeout)
+        st = agent.join_state(space.id)
+        if st["state"] == "pending":
+            _say_waiting(st)
+            try:
+                with _spinner(out, "waiting for an admin"):
+                    st = await agent.wait_access(space.id, args.wait)
+            except TimeoutError:
+                raise _still_pending(st, args.wait, agent=False) from None
         with _progress(out, "initial sync") as progress:
             await agent.wait_synced(space.id, args.timeout, progress)
-        return {"space_id": space.id, "role": ops.role_name(space.role()),
+        return {**st, "space_id": space.id, "role": ops.role_name(space.role()),
                 "documents": len(space.tree_ids()), "synced": True}
     finally:
         await agent.close()
@@ -412,6 +473,32 @@ def cmd_doc_set(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, "ok")
 
 
+def cmd_doc_edit(args: argparse.Namespace, out: Out) -> None:
+    """``doc delete/insert/splice/increment/counter/change``: one signed change each."""
+    where = {"space": args.space, "doc": args.doc}
+    kind = args.doc_command
+    if kind == "delete":
+        data = _call(args, "doc.delete", **where, path=args.path)
+    elif kind == "insert":
+        data = _call(args, "doc.insert", **where, path=args.path,
+                     value=ops.decode_json_value(args.value), text=args.text)
+    elif kind == "splice":
+        data = _call(args, "doc.splice", **where, path=args.path, pos=args.pos,
+                     delete=args.delete, insert=args.insert)
+    elif kind == "increment":
+        data = _call(args, "doc.increment", **where, path=args.path, by=args.by)
+    elif kind == "counter":
+        data = _call(args, "doc.counter", **where, path=args.path, value=args.start)
+    else:
+        text = sys.stdin.read() if args.edits == "-" else args.edits
+        edits = ops.decode_json_value(text)
+        if not isinstance(edits, list):
+            raise CliError('EDITS is a JSON list of edits, e.g. \'[{"op": "put", "path": '
+                           '"title", "value": "Hi"}]\' (see docs/local-api.md "Edits")')
+        data = _call(args, "doc.change", **where, edits=edits)
+    out.emit(data, "ok")
+
+
 def cmd_doc_get(args: argparse.Namespace, out: Out) -> None:
     value = _call(args, "doc.get", space=args.space, doc=args.doc, path=args.path, at=args.at)
     print(json.dumps(value, indent=None if args.json else 1, sort_keys=True,
@@ -437,15 +524,18 @@ def cmd_doc_watch(args: argparse.Namespace, out: Out) -> None:
     if not agent_running(home.path):
         raise CliError("doc watch needs a running agent: start one with `p2psync run`")
     with ApiClient(home.path, timeout=None) as client:
-        sub = client.call("subscribe", space=args.space, doc=args.doc)
+        sub = client.call("subscribe", space=args.space, doc=args.doc, patches=args.patches)
 
-        def show(event: dict[str, Any]) -> None:
-            value = client.call("doc.get", space=sub["space_id"], doc=args.doc)
+        def show(event: dict[str, Any], first: bool = False) -> None:
             line = {"event": event.get("event", "change"), "origin": event.get("origin"),
-                    "heads": event.get("heads"), "value": value}
+                    "heads": event.get("heads")}
+            if args.patches and not first:
+                line["patches"] = event.get("patches")  # no re-read: the patches say it
+            else:
+                line["value"] = client.call("doc.get", space=sub["space_id"], doc=args.doc)
             print(json.dumps(line, sort_keys=True, ensure_ascii=False), flush=True)
 
-        show({"event": "snapshot"})
+        show({"event": "snapshot", "heads": sub.get("heads")}, first=True)
         count = 0
         while args.count is None or count < args.count:
             ev = client.read()
@@ -677,13 +767,19 @@ def build_parser() -> argparse.ArgumentParser:
     jn.add_argument("--peer", action="append", help="HOST:PORT of a device holding the space "
                     "(repeatable; default: the code's hints, connected peers, mDNS)")
     jn.add_argument("--name", help="a local name for the space")
-    jn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    jn.add_argument("--timeout", type=float, default=30.0, help="seconds to find a peer and "
+                    "for the initial sync (default 30)")
+    jn.add_argument("--wait", type=float, default=300.0, help="seconds to wait for an admin "
+                    "to accept an approval-required invite (default 300; the request stays "
+                    "pending after that)")
     jn.add_argument("--no-mdns", action="store_true", help="do not browse mDNS for a peer")
     cmd(space, "requests", cmd_space_requests, "pending join requests").add_argument("space")
     acc = cmd(space, "accept", cmd_space_accept, "accept a join request")
     acc.add_argument("space")
     acc.add_argument("request")
     acc.add_argument("--role", choices=sorted(ROLES))
+    cmd(space, "leave", cmd_space_leave, "leave a space, or cancel a pending join "
+        "(drops this device's copy)").add_argument("space")
 
     doc = sub.add_parser("doc", help="documents").add_subparsers(dest="doc_command",
                                                                  required=True)
@@ -694,6 +790,34 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("path")
     st.add_argument("value", help="JSON, e.g. '\"hello\"', 42, '{\"a\": [1]}'")
     st.add_argument("--text", action="store_true", help="store a string as editable text")
+    def doc_args(name: str, help: str) -> argparse.ArgumentParser:
+        sp = cmd(doc, name, cmd_doc_edit, help)
+        sp.add_argument("space", help="space id, local name or id prefix")
+        sp.add_argument("doc", help="document id or prefix")
+        return sp
+
+    doc_args("delete", "delete a map key or list element at PATH").add_argument(
+        "path", help="e.g. title, items/0")
+    ins = doc_args("insert", "insert a JSON value into a list (PATH ends in the index)")
+    ins.add_argument("path", help="e.g. items/0 (before the first), items/3 (= length: append)")
+    ins.add_argument("value", help="JSON, e.g. '\"milk\"'")
+    ins.add_argument("--text", action="store_true", help="store a string as editable text")
+    spl = doc_args("splice", "edit text: delete characters at POS, then insert TEXT")
+    spl.add_argument("path", help="a text (made with `doc set --text`)")
+    spl.add_argument("pos", type=int, help="position in characters (0: the start)")
+    spl.add_argument("insert", nargs="?", default="", help="text to insert (default none)")
+    spl.add_argument("--delete", type=int, default=0, help="characters to delete first")
+    inc = doc_args("increment", "add to a counter")
+    inc.add_argument("path")
+    inc.add_argument("by", nargs="?", type=int, default=1, help="default 1; negative subtracts")
+    ctr = doc_args("counter", "create a counter at PATH (create it once, before sharing)")
+    ctr.add_argument("path")
+    ctr.add_argument("start", nargs="?", type=int, default=0, help="default 0")
+    chg = doc_args("change", "several edits as ONE signed change (all or none)")
+    chg.add_argument("edits", help="a JSON list of edits, or - to read it from stdin: "
+                     '[{"op": "put", "path": "title", "value": "Hi"}, {"op": "splice", '
+                     '"path": "body", "pos": 0, "insert": "x"}] (ops: put, delete, insert, '
+                     "splice, counter, increment; docs/local-api.md)")
     gt = cmd(doc, "get", cmd_doc_get, "print the document (or PATH) as JSON")
     gt.add_argument("space")
     gt.add_argument("doc")
@@ -708,6 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
     wt.add_argument("space")
     wt.add_argument("doc")
     wt.add_argument("--count", type=int, help="exit after this many changes")
+    wt.add_argument("--patches", action="store_true", help="print each change as patches "
+                    "(path, action, value) instead of the whole document")
 
     cmd(sub, "peers", cmd_peers, "devices the running agent is connected to")
     cmd(sub, "status", cmd_status, "spaces, peers, sync state, last success and errors")

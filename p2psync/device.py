@@ -103,6 +103,25 @@ class LocalDevice:
             self._spaces[space_id] = space
         return space
 
+    def forget_space(self, space_id: str) -> None:
+        """Drop a space from this device (store, open spaces, local name). Nothing is sent:
+        what peers learn is up to the ACL record the caller wrote first, if any."""
+        if self.replicas is not None:
+            self.replicas.forget(space_id)
+        else:
+            space = self._spaces.pop(space_id, None)
+            if space is not None:
+                space.flush()
+        forget = getattr(self.store, "forget_space", None)
+        if forget is None:
+            raise StoreError(f"{type(self.store).__name__} cannot drop a space")
+        forget(space_id)
+        names = self.names()
+        if names.pop(space_id, None) is not None:
+            tmp = self._names_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(names, indent=1, sort_keys=True))
+            os.replace(tmp, self._names_path)
+
     def resolve_space(self, ref: str) -> Space:
         """A space by exact id, local name, or unique id prefix."""
         ids = self.space_ids()

@@ -307,3 +307,19 @@ class MemberLimitExceeded(QuotaExceeded):
     """An ordinary device refused a batch from a member: it would pass a per-author or
     per-space limit on documents, changes or bytes (``p2psync.sync.memberlimits``). Nothing of
     the batch was stored; the pusher is told with ``STORAGE_REFUSED`` and it is no strike."""
+# --- joins that explain themselves (issue 14) ----------------------------------------------------
+class JoinPending(JoinError):
+    """A join through an approval-required invite is still waiting for an admin to accept the
+    request. Not a failure: the request stays pending and the agent completes the join when it
+    is accepted; ``p2psync space leave`` cancels it."""
+
+
+class JoinRefused(JoinError):
+    """A pending join request was declined, or its invite revoked or expired: it can never be
+    accepted. The local copy of the space's header and ACL is dropped."""
+
+
+class WrongType(DocumentError):
+    """A document edit does not fit what is at its path: splicing into something that is not
+    text, incrementing something that is not a counter, inserting into a map, a path through a
+    plain value. Answered as a typed error; nothing is changed."""

@@ -60,6 +60,9 @@ from p2psync.transport.api import TransportName
 from p2psync.transport.registry import split_hint
 
 log = logging.getLogger("p2psync.agent")
+POKE_INTERVAL = 1.0  #: seconds between head-sync pokes of one peer while waiting for sync
+ACL_PULL_FIRST = 2.0  #: seconds before a pending join first pulls the ACL (for a decline)
+ACL_PULL_CAP = 30.0  #: longest wait between a pending join's ACL pulls
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -78,6 +81,7 @@ class Subscription:
     sub_id: int
     space_id: str | None
     doc: bytes | None
+    patches: bool = False  #: change events carry ``patches`` (path, action, value)
     queue: asyncio.Queue[dict[str, Any]] = field(
         default_factory=lambda: asyncio.Queue(maxsize=4096))
     dropped: int = 0
@@ -297,11 +301,43 @@ class Agent:
         ev = {"event": "change", "space_id": space_id, "doc": short_hash(tree_id),
               "heads": [short_hash(h) for h in result.heads], "origin": origin,
               "changes": len(result.attached)}
+        later = []
         for sub in list(self._subs.values()):
+            if sub.patches:
+                later.append(sub)
+            else:
+                sub.offer(ev)
+        if later:
+            # this runs inside the store's persist hook: render after it, at fixed heads
+            attached = {c.id for c in result.attached}
+            before = list(dict.fromkeys(
+                [h for h in result.heads if h not in attached]
+                + [p for c in result.attached for p in c.prev_ids if p not in attached]))
+            asyncio.get_running_loop().call_soon(
+                self._offer_patches, later, ev, space_id, tree_id, before, list(result.heads))
+
+    def _offer_patches(self, subs: list[Subscription], ev: dict[str, Any], space_id: str,
+                       tree_id: bytes, before: list[bytes], after: list[bytes]) -> None:
+        """The change event with ``patches``: the JSON view at the heads before the change
+        diffed with the view after it (p2psync/replica/patches.py)."""
+        from p2psync.replica.patches import diff
+
+        space = self.node.spaces.get(space_id)
+        try:
+            if space is None:
+                raise P2PSyncError("the space is gone")
+            doc = space.document(tree_id)
+            old = doc.to_json(before) if before else {}
+            ev = dict(ev, patches=diff(old, doc.to_json(after)))
+        except P2PSyncError as exc:  # unreadable here (no key, quarantined): say so, no patch
+            ev = dict(ev, patches=None, patch_error=str(exc))
+        for sub in subs:
             sub.offer(ev)
 
-    def subscribe(self, space: str | None = None, doc: str | None = None) -> Subscription:
-        """Change events of one space (by id/name/prefix) or all, optionally one document."""
+    def subscribe(self, space: str | None = None, doc: str | None = None,
+                  patches: bool = False) -> Subscription:
+        """Change events of one space (by id/name/prefix) or all, optionally one document;
+        ``patches``: each event carries the patches that turn the old view into the new."""
         assert self.device is not None
         sid = tid = None
         if space is not None:
@@ -312,7 +348,7 @@ class Agent:
 
                 tid = doc_ref(sp, doc)
         self._next_sub += 1
-        sub = Subscription(self._next_sub, sid, tid)
+        sub = Subscription(self._next_sub, sid, tid, patches)
         self._subs[sub.sub_id] = sub
         return sub
 
@@ -327,8 +363,26 @@ class Agent:
         ic = InviteCode.decode(code)
         if not ic.space_id:
             raise JoinError("this invite code does not name its space (old format)")
-        if ic.space_id in self.node.spaces:
-            return self.node.spaces[ic.space_id]
+        held = self.node.spaces.get(ic.space_id)
+        if held is not None and self.node.replicas.may_access(held.id,
+                                                              self.keys.account.public):
+            return self._joined(held, name)
+        # held without access (a pending, refused or failed join): bootstrap again with this
+        # code — the ACL pull it makes shows a decision we missed (a revoked invite is not
+        # pushed to a non-member), and then this code's join or request is made
+        try:
+            return await self._join(ic, peers, name, timeout)
+        except (JoinError, TimeoutError):
+            # nothing half-joined left behind: a space adopted here that we neither belong to
+            # nor wait for is dropped (it would show as role "none" and could not be used)
+            space = self.node.spaces.get(ic.space_id)
+            if space is not None and ops.join_state(
+                    space, self.keys.account.public)["state"] not in ("member", "pending"):
+                self.leave(space.id)
+            raise
+
+    async def _join(self, ic: InviteCode, peers: list[str] | None, name: str | None,
+                    timeout: float) -> Space:
         errors: list[str] = []
         async with asyncio.timeout(timeout):
             for engine in [e for e in self.node.engines if e.ready.is_set()]:
@@ -393,6 +447,70 @@ class Agent:
                 return self._joined(space, None)
         raise JoinError("no connected peer offers that space: " + "; ".join(errors[-3:]))
 
+    def join_state(self, space_id: str) -> dict[str, Any]:
+        """Where this account stands in a space it holds (see :func:`ops.join_state`), with
+        the command an admin runs to accept a pending request."""
+        space = self.node.spaces.get(space_id)
+        if space is None:
+            return {"space_id": space_id, "state": "none"}
+        out = dict(ops.join_state(space, self.keys.account.public), space_id=space_id)
+        if out["state"] == "pending":
+            out["accept_command"] = ops.accept_command(space_id, out["request"])
+        return out
+
+    async def wait_access(self, space_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until a pending join is decided: returns the join state once we are a member;
+        :class:`JoinRefused` if the request was declined, its invite revoked or expired (the
+        local copy is dropped); TimeoutError if still pending after ``timeout``.
+
+        The admin's Accept arrives as an ACL push (or in the space sync the admin's agent
+        offers once we may have it) and wakes this at once. A decline is not pushed to a
+        non-member, so the ACL is also pulled from the peers sharing the space, first after
+        ``ACL_PULL_FIRST`` s then backing off to one pull per ``ACL_PULL_CAP`` s: a pending
+        join costs well under one message per second."""
+        from p2psync.errors import JoinRefused
+
+        replicas = self.node.replicas
+        pull = Backoff(base=ACL_PULL_FIRST, cap=ACL_PULL_CAP, jitter=0.1)
+        tries = 1
+        next_pull = time.monotonic() + pull.delay(tries)
+        async with asyncio.timeout(timeout):
+            while self.join_state(space_id)["state"] == "pending":
+                changed = replicas.changed()
+                now = time.monotonic()
+                if now >= next_pull:
+                    # pushes reach members only: a decline arrives when we ask for the ACL
+                    for e in list(self.node.engines):
+                        if space_id in e.shared and e.ready.is_set():
+                            e.submit(("acl", space_id, b""), 2)
+                    tries += 1
+                    next_pull = now + pull.delay(tries)
+                await asyncio.wait([changed], timeout=max(0.0, next_pull - now))
+                changed.cancel()
+        st = self.join_state(space_id)
+        if st["state"] == "member":
+            self._offer_spaces()
+            return st
+        if st["state"] != "none" or space_id in self.node.spaces:
+            self.leave(space_id)
+        raise JoinRefused({"declined": "an admin declined the join request",
+                           "revoked": "the invite was revoked (its requests are void)",
+                           "expired": "the invite expired before an admin accepted",
+                           }.get(st["state"], "the join request is gone")
+                          + f" ({space_id}); ask for a new invite code")
+
+    def leave(self, space_ref: str) -> dict[str, Any]:
+        """``space leave``: see :func:`ops.space_leave`; a dropped space also leaves every
+        connection's shared set (no more head syncs for it)."""
+        assert self.device is not None
+        sid = self.device.resolve_space(space_ref).id
+        out = ops.space_leave(self.device, sid)
+        if out["forgotten"]:
+            for e in self.node.engines:
+                e.shared.discard(sid)
+            self._hooked.discard(sid)
+        return out
+
     def sync_state(self, space_id: str) -> dict[str, Any]:
         """How far one space is with the connected peers that share it (for progress)."""
         peers = [ps for e in self.node.engines for ps in e.status().spaces
@@ -404,19 +522,39 @@ class Agent:
 
     async def wait_synced(self, space_id: str, timeout: float = 30.0,
                           on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Until at least one connected peer agrees with us on the space (nothing pending)."""
-        def done() -> bool:
-            st = self.sync_state(space_id)
-            if on_progress is not None:
-                on_progress(st)
-            if st["in_sync"] > 0 and st["pending"] == 0:
-                return True
-            for e in list(self.node.engines):
-                # fetched everything it announced but not yet compared again: confirm now
-                if space_id in e.shared and e.idle:
-                    e.sync_now(space_id)
-            return False
-        await self.node.wait_for(done, timeout)
+        """Until at least one connected peer agrees with us on the space (nothing pending).
+
+        An idle peer that is not yet in sync is asked for a head sync, at most once per
+        ``POKE_INTERVAL`` each (a sync that fails at once, e.g. refused, must not turn into a
+        request loop: that was ~550 messages/s while a join waited for approval), and never
+        while we have no access to the space."""
+        poked: dict[int, float] = {}
+        replicas = self.node.replicas
+        async with asyncio.timeout(timeout):
+            while True:
+                changed = replicas.changed()
+                st = self.sync_state(space_id)
+                if on_progress is not None:
+                    on_progress(st)
+                if st["in_sync"] > 0 and st["pending"] == 0:
+                    changed.cancel()
+                    return
+                now = time.monotonic()
+                wake: float | None = None
+                if replicas.may_access(space_id, self.keys.account.public):
+                    for e in list(self.node.engines):
+                        if space_id not in e.shared or not e.idle:
+                            continue
+                        last = poked.get(id(e))
+                        if last is None or now - last >= POKE_INTERVAL:
+                            e.sync_now(space_id)  # announced all, not compared again: confirm
+                            poked[id(e)] = now
+                        else:
+                            due = last + POKE_INTERVAL
+                            wake = due if wake is None else min(wake, due)
+                await asyncio.wait([changed], timeout=None if wake is None
+                                   else max(0.0, wake - now))
+                changed.cancel()
 
     def peers(self) -> list[dict[str, Any]]:
         """Connected peers and every endpoint we know, with dial state."""

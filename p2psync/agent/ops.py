@@ -25,10 +25,12 @@ from p2psync.errors import (
     P2PSyncError,
     UnknownOperation,
 )
+from p2psync.replica import edits as edits_mod
 from p2psync.replica.acl import InviteCode
-from p2psync.replica.acl_records import Role
+from p2psync.replica.acl_records import Decline, RequestJoin, Role, decode_record
 from p2psync.replica.change import CHANGE_DOMAIN
 from p2psync.replica.document import Document, Text
+from p2psync.replica.space import Space
 
 ROLES = {"reader": Role.READER, "writer": Role.WRITER, "admin": Role.ADMIN}
 
@@ -43,6 +45,45 @@ def role_name(role: Role | None) -> str:
 
 def _ts(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def join_state(space: Space, me: bytes, now: float | None = None) -> dict[str, Any]:
+    """Where this account stands in ``space``: ``member`` (with its role), ``pending`` (our join
+    request waits for an admin: ``request`` is the id to accept), ``declined`` / ``revoked`` /
+    ``expired`` (our request can never be accepted), or ``none`` (no request of ours here).
+
+    Read from the ACL alone, so the CLI without an agent, the agent and an app agree."""
+    st = space.acl.state
+    role = st.role(me)
+    if role is not None or me in st.replicators:
+        return {"state": "member", "role": role_name(role) if role is not None else "replicator"}
+    mine = [q for q in st.requests.values() if q.joiner == me]
+    when = time.time() if now is None else now
+    if mine:
+        q = mine[0]
+        inv = st.invites.get(q.invite_id)
+        if inv is not None and inv.expired(int(when)):
+            return {"state": "expired", "request": short_hash(q.record_id)}
+        return {"state": "pending", "request": short_hash(q.record_id)}
+    asked: list[bytes] = []
+    declined: set[bytes] = set()
+    for raw in space.acl.export():
+        rec = decode_record(raw)
+        if isinstance(rec.payload, RequestJoin) and rec.author == me:
+            asked.append(rec.id)
+        elif isinstance(rec.payload, Decline):
+            declined.add(rec.payload.request_id)
+    if not asked:
+        return {"state": "none"}
+    last = asked[-1]
+    if last in declined:
+        return {"state": "declined", "request": short_hash(last)}
+    return {"state": "revoked", "request": short_hash(last)}
+
+
+def accept_command(space_id: str, request: str) -> str:
+    """What an admin runs to accept a pending request (shown to the joiner)."""
+    return f"p2psync space accept {space_id} {request}"
 
 
 # --- declared parameters ----------------------------------------------------------------------
@@ -116,6 +157,49 @@ class DocGetParams(Params, frozen=True):
     doc: Ref
     path: DocPath | None = None
     at: Annotated[str, msgspec.Meta(max_length=8192)] | None = None
+
+
+class DocChangeParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    edits: edits_mod.EditList
+
+
+class DocPathParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+
+
+class DocInsertParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    value: Any
+    text: bool = False
+
+
+class DocSpliceParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    pos: edits_mod.Index
+    delete: edits_mod.Index = 0
+    insert: Annotated[str, msgspec.Meta(max_length=1 << 20)] = ""
+
+
+class DocIncrementParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    by: edits_mod.Int64 = 1
+
+
+class DocCounterParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    path: DocPath
+    value: edits_mod.Int64 = 0
 
 
 P = TypeVar("P", bound=Params)
@@ -213,11 +297,14 @@ def space_list(dev: LocalDevice) -> list[dict[str, Any]]:
     rows = []
     for sid in dev.space_ids():
         sp = dev.open_space(sid)
-        role = sp.role()
-        rname = role_name(role) if role is not None or dev.keys.account.public not in \
-            sp.acl.state.replicators else "replicator"
-        rows.append({"space_id": sid, "name": names.get(sid, ""), "role": rname,
-                     "documents": len(sp.tree_ids()), "members": len(sp.members())})
+        js = join_state(sp, dev.keys.account.public)
+        # not a member: where our join request stands (pending, declined, …) instead of "none"
+        rname = js["role"] if js["state"] == "member" else js["state"]
+        row = {"space_id": sid, "name": names.get(sid, ""), "role": rname,
+               "documents": len(sp.tree_ids()), "members": len(sp.members())}
+        if "request" in js:
+            row["request"] = js["request"]
+        rows.append(row)
     return rows
 
 
@@ -270,6 +357,20 @@ def space_accept(dev: LocalDevice, space: str, request: str,
     r = ROLES[role] if role else None
     sp.emit_acl(lambda acl: acl.accept(dev.keys.account, reqs[0], r))
     return {"space_id": sp.id, "accepted": short_hash(reqs[0])}
+
+
+def space_leave(dev: LocalDevice, space: str) -> dict[str, Any]:
+    """Leave a space, or cancel a join: a member (not the owner) writes a signed Leave record
+    and keeps its copy until it runs ``leave`` again (so the record can reach the others); a
+    device that is not a member (a pending, declined or failed join) drops its copy at once."""
+    sp = dev.resolve_space(space)
+    me = dev.keys.account.public
+    js = join_state(sp, me)
+    if js["state"] == "member" and sp.role() is not None:
+        sp.emit_acl(lambda acl: acl.leave(dev.keys.account))
+        return {"space_id": sp.id, "left": True, "forgotten": False, "was": js["state"]}
+    dev.forget_space(sp.id)
+    return {"space_id": sp.id, "left": True, "forgotten": True, "was": js["state"]}
 
 
 def space_add_replicator(dev: LocalDevice, space: str, account: str) -> dict[str, Any]:
@@ -330,6 +431,46 @@ def doc_set(dev: LocalDevice, space: str, doc: str, path: str, value: Any,
     d.flush()
     return {"space_id": sp.id, "doc": short_hash(d.tree.id),
             "heads": [short_hash(h) for h in d.tree.heads]}
+
+
+def doc_change(dev: LocalDevice, space: str, doc: str,
+               edits: list[edits_mod.Edit]) -> dict[str, Any]:
+    """Apply ``edits`` (put, delete, insert, splice, increment, counter) as ONE signed change:
+    all of them or, on the first bad one (a typed InvalidPath / WrongType), none."""
+    for ed in edits:
+        if isinstance(ed, edits_mod.Put | edits_mod.Insert):
+            check_value(ed.value)
+    sp = dev.resolve_space(space)
+    d = sp.document(doc_ref(sp, doc))
+    edits_mod.change(d, edits)
+    d.flush()
+    return {"space_id": sp.id, "doc": short_hash(d.tree.id), "edits": len(edits),
+            "heads": [short_hash(h) for h in d.tree.heads]}
+
+
+def doc_delete(dev: LocalDevice, space: str, doc: str, path: str) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Delete(path=path)])
+
+
+def doc_insert(dev: LocalDevice, space: str, doc: str, path: str, value: Any,
+               text: bool = False) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Insert(path=path, value=value, text=text)])
+
+
+def doc_splice(dev: LocalDevice, space: str, doc: str, path: str, pos: int, delete: int = 0,
+               insert: str = "") -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Splice(path=path, pos=pos, delete=delete,
+                                                         insert=insert)])
+
+
+def doc_increment(dev: LocalDevice, space: str, doc: str, path: str,
+                  by: int = 1) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.Increment(path=path, by=by)])
+
+
+def doc_counter(dev: LocalDevice, space: str, doc: str, path: str,
+                value: int = 0) -> dict[str, Any]:
+    return doc_change(dev, space, doc, [edits_mod.MakeCounter(path=path, value=value)])
 
 
 def doc_get(dev: LocalDevice, space: str, doc: str, path: str | None = None,
@@ -405,12 +546,19 @@ LOCAL_OPS: dict[str, LocalOp] = {
     "space.requests": LocalOp(SpaceParams, space_requests),
     "space.accept": LocalOp(SpaceAcceptParams, space_accept),
     "space.add_replicator": LocalOp(MemberParams, space_add_replicator),
+    "space.leave": LocalOp(SpaceParams, space_leave),
     "space.delete_docs": LocalOp(DeleteDocsParams, space_delete_docs),
     "space.delete": LocalOp(SpaceParams, space_delete),
     "doc.new": LocalOp(SpaceParams, doc_new),
     "doc.list": LocalOp(SpaceParams, doc_list),
     "doc.set": LocalOp(DocSetParams, doc_set),
     "doc.get": LocalOp(DocGetParams, doc_get),
+    "doc.change": LocalOp(DocChangeParams, doc_change),
+    "doc.delete": LocalOp(DocPathParams, doc_delete),
+    "doc.insert": LocalOp(DocInsertParams, doc_insert),
+    "doc.splice": LocalOp(DocSpliceParams, doc_splice),
+    "doc.increment": LocalOp(DocIncrementParams, doc_increment),
+    "doc.counter": LocalOp(DocCounterParams, doc_counter),
     "doc.history": LocalOp(DocParams, doc_history),
 }
 

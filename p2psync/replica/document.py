@@ -208,6 +208,23 @@ class Editor:
     def length(self, obj: ObjId) -> int:
         return int(self._tx.length(obj))
 
+    def node(self, obj: ObjId, key: str | int) -> tuple[str, Any]:
+        """What is at ``obj[key]`` inside the transaction: ``("map" | "list" | "text" |
+        "counter", object id)``, ``("scalar", plain value)`` or ``("missing", None)`` (for
+        :mod:`p2psync.replica.edits`, which checks every edit before making it)."""
+        got = self._tx.get(obj, key)
+        if got is None:
+            return "missing", None
+        if not isinstance(got[0], core.ObjType):
+            return "scalar", _plain(got[0])
+        if got[0] == core.ObjType.Text:
+            return "text", got[1]
+        if got[0] == core.ObjType.List:
+            return "list", got[1]
+        if self._tx.get(got[1], COUNTER_MARK) is not None:
+            return "counter", got[1]
+        return "map", got[1]
+
     def _fill(self, child: ObjId, value: Any) -> None:
         if isinstance(value, Text):
             self.splice_text(child, 0, 0, value)

@@ -134,6 +134,13 @@ class MemoryStore(DerivedStoreOps):
             d.heads.pop(t, None)
             d.trees.pop(t, None)
 
+    def forget_space(self, space_id: str) -> None:
+        """Drop everything held of one space (see SqliteStore.forget_space)."""
+        d = self._d()
+        self.delete_trees([t for t, s in d.trees.items() if s == space_id])
+        d.acl.pop(space_id, None)
+        d.spaces.pop(space_id, None)
+
     def space_usage(self) -> dict[str, tuple[int, int]]:
         d = self._d()
         out: dict[str, tuple[int, int]] = {}

@@ -92,6 +92,12 @@ class BootstrapJoin(Core):
             if inv is None:
                 self._fail(JoinError("the invite is no longer valid (revoked or already used)"))
                 return []
+            if not inv.anyone_can_join and any(
+                    q.joiner == me.public for q in space.acl.state.requests.values()):
+                # our request (this code's or an earlier one's) still waits for an admin: a
+                # second one would be refused; the caller reports the pending one
+                self.done = True
+                return []
             raw = (space.acl.join(me, self.code) if inv.anyone_can_join
                    else space.acl.request_join(me, self.code))
             space.commit_acl(raw)  # pushes it to every engine sharing the space

@@ -10,6 +10,7 @@ anyone waiting for "something changed" (status, tests) without polling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -176,6 +177,20 @@ class Replicas:
             space_id, acl_raws, me=self.account, owner=header.owner))
         return self._attach(Space.adopt(self.store, self.account, self.device.public, space_id,
                                         header_raw, acl_raws, window=self.window))
+
+    def forget(self, space_id: str) -> None:
+        """Stop holding a space (``space leave``): detached from head sync and pushes here;
+        the caller drops it from the store."""
+        space = self.spaces.pop(space_id, None)
+        self._ldiffs.pop(space_id, None)
+        self._xkeys.pop(space_id, None)
+        if space is not None:
+            space.flush()
+            with contextlib.suppress(ValueError):
+                space.tree_listeners.remove(self._on_tree)
+            with contextlib.suppress(ValueError):
+                space.acl_listeners.remove(self._on_acl)
+        self.notify()
 
     def ldiff(self, space_id: str) -> LDiff:
         return self._ldiffs[space_id]

@@ -1,0 +1,145 @@
+"""Join states of an approval-required invite (issue 14): pending → accepted, declined,
+cancelled, revoked; expired codes; a later valid code; what waiting costs. Two in-process
+agents on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from p2psync.agent import ops
+from p2psync.agent.core import Agent
+from p2psync.crypto.ids import short_hash
+from p2psync.errors import JoinError, JoinRefused
+from p2psync.replica.acl import InviteCode
+from p2psync.replica.acl_records import Role
+from tests.conftest import Fleet
+
+
+async def pair(fleet: Fleet) -> tuple[Agent, Agent, str]:
+    a, b = await fleet.agent("a"), await fleet.agent("b")
+    assert a.device is not None
+    space = ops.space_create(a.device, "notes")["space_id"]
+    ops.doc_new(a.device, space)
+    return a, b, space
+
+
+def invite(a: Agent, space: str, *, no_approval: bool = False) -> str:
+    assert a.device is not None
+    return str(ops.space_invite(a.device, space, no_approval=no_approval,
+                                addresses=a.reachable_addresses())["invite"])
+
+
+def request_id(a: Agent, space: str, short: str) -> bytes:
+    [rid] = [r for r in a.node.spaces[space].acl.state.requests if short_hash(r) == short]
+    return rid
+
+
+def messages(agent: Agent) -> int:
+    return sum(e.status().messages_in + e.status().messages_out for e in agent.node.engines)
+
+
+async def test_pending_join_says_what_it_waits_for_then_completes(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    joined = await b.join(invite(a, space), timeout=10)
+    st = b.join_state(joined.id)
+    assert st["state"] == "pending"
+    assert st["accept_command"] == f"p2psync space accept {space} {st['request']}"
+    assert [r["request"] for r in ops.space_requests(a.device, space)] == [st["request"]]  # type: ignore[arg-type]
+    assert [r["role"] for r in ops.space_list(b.device)] == ["pending"]  # type: ignore[arg-type]
+    waiter = asyncio.ensure_future(b.wait_access(space, 10))
+    ops.space_accept(a.device, space, st["request"][:8])  # type: ignore[arg-type]
+    assert (await waiter) == {"space_id": space, "state": "member", "role": "writer"}
+    await b.wait_synced(space, 10)
+    assert len(b.node.spaces[space].tree_ids()) == 1
+
+
+async def test_waiting_for_approval_does_not_flood_the_peer(fleet: Fleet) -> None:
+    """Waiting for sync while the request is pending used to poke the peer on every refusal
+    (~550 messages/s). Now: no poke without access, at most one per second per peer."""
+    a, b, space = await pair(fleet)
+    await b.join(invite(a, space), timeout=10)
+    before, t0 = messages(b), time.monotonic()
+    with pytest.raises(TimeoutError):
+        await b.wait_synced(space, 1.5)
+    with pytest.raises(TimeoutError):
+        await b.wait_access(space, 0.5)
+    rate = (messages(b) - before) / (time.monotonic() - t0)
+    print(f"pending join: {rate:.2f} messages/s")
+    assert rate <= 2.0
+
+
+async def test_declined_request_ends_the_wait_and_leaves_nothing(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    await b.join(invite(a, space), timeout=10)
+    short = b.join_state(space)["request"]
+    waiter = asyncio.ensure_future(b.wait_access(space, 10))
+    sp = a.node.spaces[space]
+    sp.emit_acl(lambda acl: acl.decline(a.keys.account, request_id(a, space, short)))
+    with pytest.raises(JoinRefused, match="declined"):
+        await waiter
+    assert space not in b.node.spaces and b.node.store.list_spaces() == []
+    # a later valid code joins as usual
+    joined = await b.join(invite(a, space, no_approval=True), timeout=10)
+    assert b.join_state(joined.id)["state"] == "member"
+
+
+async def test_revoked_invite_a_new_code_still_joins(fleet: Fleet) -> None:
+    """A revoke voids the pending request on the admin's side; it is not pushed to a
+    non-member, but the next code's bootstrap pulls it, so the new code joins."""
+    a, b, space = await pair(fleet)
+    code = invite(a, space)
+    await b.join(code, timeout=10)
+    sp = a.node.spaces[space]
+    sp.emit_acl(lambda acl: acl.revoke_invite(a.keys.account, InviteCode.decode(code).invite_id))
+    joined = await b.join(invite(a, space), timeout=10)  # approval again: a new request
+    st = b.join_state(joined.id)
+    assert st["state"] == "pending"
+    assert [r["request"] for r in ops.space_requests(a.device, space)] == [st["request"]]  # type: ignore[arg-type]
+    waiter = asyncio.ensure_future(b.wait_access(space, 10))
+    ops.space_accept(a.device, space, st["request"])  # type: ignore[arg-type]
+    assert (await waiter)["state"] == "member"
+
+
+async def test_revoked_code_is_refused_and_leaves_nothing(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    code = invite(a, space)
+    sp = a.node.spaces[space]
+    sp.emit_acl(lambda acl: acl.revoke_invite(a.keys.account, InviteCode.decode(code).invite_id))
+    with pytest.raises(JoinError):
+        await b.join(code, timeout=5)
+    assert b.node.store.list_spaces() == [] and space not in b.node.spaces
+
+
+async def test_a_second_code_while_pending_reports_the_same_request(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    await b.join(invite(a, space), timeout=10)
+    first = b.join_state(space)["request"]
+    await b.join(invite(a, space), timeout=10)
+    assert b.join_state(space)["request"] == first
+    assert len(ops.space_requests(a.device, space)) == 1  # type: ignore[arg-type]
+
+
+async def test_cancelled_pending_join_then_a_new_code_completes(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    await b.join(invite(a, space), timeout=10)
+    out = b.leave(space)
+    assert out == {"space_id": space, "left": True, "forgotten": True, "was": "pending"}
+    assert space not in b.node.spaces and b.node.store.list_spaces() == []
+    assert all(space not in e.shared for e in b.node.engines)
+    joined = await b.join(invite(a, space, no_approval=True), timeout=10)
+    await b.wait_synced(joined.id, 10)
+    assert b.join_state(space) == {"space_id": space, "state": "member", "role": "writer"}
+
+
+async def test_expired_invite_is_refused_and_leaves_nothing(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    sp = a.node.spaces[space]
+    raw, code = sp.acl.invite(a.keys.account, Role.WRITER, expires_at=int(time.time()) - 5)
+    sp.commit_acl(raw)
+    code = InviteCode(code.invite_id, code.seed, space, tuple(a.reachable_addresses()))
+    with pytest.raises(JoinError):
+        await b.join(code.encode(), timeout=5)
+    assert b.node.store.list_spaces() == [] and space not in b.node.spaces
