@@ -1,0 +1,3 @@
+/** Platform-neutral entry point (browsers and Node); Node-only carriers live in ./node/. */
+export * from "./errors.js";
+export * from "./codec.js";

@@ -1,0 +1,57 @@
+/** Test helpers: paths, hex, and running the Python reference implementation. */
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** js/ (tests run from js/dist/test/). */
+export const JS_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** The repository root holding the Python package `p2psync`. */
+export const REPO_ROOT = resolve(JS_ROOT, "..");
+
+export const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
+export const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "hex"));
+export const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
+
+/** Run `code` with python3 (PYTHONPATH = repository root), `input` on stdin; return stdout. */
+export function python(code: string, input = ""): string {
+  const r = spawnSync("python3", ["-c", code], {
+    input,
+    env: { ...process.env, PYTHONPATH: REPO_ROOT },
+    encoding: "utf8",
+    maxBuffer: 64 << 20,
+  });
+  if (r.status !== 0) throw new Error(`python failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Run Python code that prints one JSON document; return it parsed. */
+export function pythonJson(code: string, input: unknown = null): unknown {
+  return JSON.parse(python(code, JSON.stringify(input)));
+}
+
+/**
+ * The directory of the shared Noise vectors: $P2PSYNC_NOISE_VECTORS, else the first
+ * `shared/vectors` beside the repository root or one of its ancestors (a worktree at
+ * /work/wt/x finds /work/shared/vectors). Undefined when there is none (tests skip).
+ */
+export function sharedVectorsDir(): string | undefined {
+  const env = process.env.P2PSYNC_NOISE_VECTORS;
+  if (env) return env;
+  let dir = dirname(REPO_ROOT);
+  for (;;) {
+    const candidate = join(dir, "shared", "vectors");
+    if (existsSync(candidate)) return candidate;
+    const up = dirname(dir);
+    if (up === dir) return undefined;
+    dir = up;
+  }
+}
+
+/** Golden vectors of the protocol spec (tests/vectors/*.json) if present. */
+export function goldenVectorsDir(): string | undefined {
+  const env = process.env.P2PSYNC_GOLDEN_VECTORS;
+  if (env) return env;
+  const d = join(REPO_ROOT, "tests", "vectors");
+  return existsSync(d) ? d : undefined;
+}
