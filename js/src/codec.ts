@@ -94,15 +94,36 @@ export interface UnpackOptions {
   maxContainers?: number;
   maxArray?: number;
   what?: string;
+  /** Require the bytes to be exactly pack() of the value (default true, docs/protocol.md). */
+  canonical?: boolean;
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
+ * Canonical numbers: msgpack-python writes a non-negative integer in the smallest unsigned
+ * form and a negative one in the smallest signed form, and floats only as float64.
+ */
+function checkCanonicalNumber(b: number, dv: DataView, pos: number, notCanonical: () => never): void {
+  switch (b) {
+    case 0xca: notCanonical(); break;
+    case 0xcb: break;
+    case 0xcc: if (dv.getUint8(pos) < 0x80) notCanonical(); break;
+    case 0xcd: if (dv.getUint16(pos) <= 0xff) notCanonical(); break;
+    case 0xce: if (dv.getUint32(pos) <= 0xffff) notCanonical(); break;
+    case 0xcf: if (dv.getBigUint64(pos) <= 0xffffffffn) notCanonical(); break;
+    case 0xd0: if (dv.getInt8(pos) >= -32) notCanonical(); break;
+    case 0xd1: if (dv.getInt16(pos) >= -128) notCanonical(); break;
+    case 0xd2: if (dv.getInt32(pos) >= -32768) notCanonical(); break;
+    case 0xd3: if (dv.getBigInt64(pos) >= -0x80000000n) notCanonical(); break;
+  }
+}
+
+/**
  * Validate that `raw` is exactly one msgpack value within the limits, without building it.
  * Throws DecodeError (message mirrors the Python refusal) on the first defect.
  */
-function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: number, what: string): void {
+function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: number, what: string, canonical: boolean): void {
   const n = raw.length;
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   let pos = 0;
@@ -113,15 +134,29 @@ function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: 
   const need = (k: number): void => {
     if (pos + k > n) fail("truncated");
   };
+  const notCanonical = (): never => {
+    throw new DecodeError(`${what}: not canonical msgpack (a value is encoded in a longer or other form than the one canonical encoding prescribes)`);
+  };
+  /**
+   * Canonical: the header used must be the smallest one for `len`: fix (up to fixMax; bin has
+   * none, fixMax -1), then 8 bits (str and bin only), 16, 32.
+   */
+  const minimal = (len: number, header: 0 | 8 | 16 | 32, fixMax: number, has8: boolean): void => {
+    if (!canonical) return;
+    const want = len <= fixMax ? 0 : has8 && len <= 0xff ? 8 : len <= 0xffff ? 16 : 32;
+    if (header !== want) notCanonical();
+  };
   // Stack of remaining item counts; a map of m entries pushes 2m, keys at even remainders.
   const remaining: number[] = [];
   const isMap: boolean[] = [];
+  const keySets: (Set<string> | null)[] = [];
   let items = 1; // the top-level value
   for (;;) {
     if (items === 0) {
       if (remaining.length === 0) break;
       items = remaining.pop()!;
       isMap.pop();
+      keySets.pop();
       continue;
     }
     const atKey = isMap.length > 0 && isMap[isMap.length - 1] === true && items % 2 === 0;
@@ -136,12 +171,14 @@ function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: 
       if (atKey) fail("int is not allowed for map key");
       continue;
     }
+    let header: 0 | 8 | 16 | 32 = 0;
     if (b >= 0xa0 && b <= 0xbf) strLen = b & 0x1f;
     else if (b >= 0x90 && b <= 0x9f) container = b & 0x0f;
     else if (b >= 0x80 && b <= 0x8f) {
       container = b & 0x0f;
       map = true;
     } else {
+      header = ({ 0xc4: 8, 0xc5: 16, 0xc6: 32, 0xd9: 8, 0xda: 16, 0xdb: 32, 0xdc: 16, 0xdd: 32, 0xde: 16, 0xdf: 32 } as Record<number, 8 | 16 | 32>)[b] ?? 0;
       switch (b) {
         case 0xc0:
         case 0xc2:
@@ -166,6 +203,7 @@ function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: 
           if (atKey) fail(`${b <= 0xcb ? "float" : "int"} is not allowed for map key`);
           const width = { 0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8, 0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8 }[b];
           need(width);
+          if (canonical) checkCanonicalNumber(b, dv, pos, notCanonical);
           pos += width;
           continue;
         }
@@ -177,16 +215,25 @@ function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: 
     if (strLen >= 0) {
       if (strLen > maxLen) fail(`${strLen} exceeds max_str_len(${maxLen})`);
       need(strLen);
+      let text = "";
       try {
-        utf8.decode(raw.subarray(pos, pos + strLen));
+        text = utf8.decode(raw.subarray(pos, pos + strLen));
       } catch {
         fail("invalid UTF-8 in str");
       }
       pos += strLen;
+      minimal(strLen, header, 31, true);
+      const keys = atKey ? keySets[keySets.length - 1] : null;
+      if (keys) {
+        // Python builds a dict: a repeated key collapses, so the bytes are not pack(value).
+        if (keys.has(text)) notCanonical();
+        keys.add(text);
+      }
       continue;
     }
     if (binLen >= 0) {
       if (binLen > maxLen) fail(`${binLen} exceeds max_bin_len(${maxLen})`);
+      minimal(binLen, header, -1, true);
       // msgpack-python: bytes are accepted as map keys (strict_map_key allows str and bytes),
       // but @msgpack/msgpack cannot build them; no p2psync record has maps, so refuse.
       if (atKey) fail("bytes map keys are not supported by this decoder");
@@ -197,6 +244,7 @@ function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: 
     // container
     if (atKey) fail(`${map ? "dict" : "list"} is not allowed for map key`);
     if (container > maxArray) fail(`${container} exceeds max_${map ? "map" : "array"}_len(${maxArray})`);
+    minimal(container, header, 15, false);
     containers += 1;
     if (containers > maxContainers) {
       throw new DecodeError(`${what}: more than ${maxContainers} nested arrays/maps (refused while decoding)`);
@@ -204,6 +252,7 @@ function scan(raw: Uint8Array, maxLen: number, maxContainers: number, maxArray: 
     if (remaining.length + 1 > MAX_DEPTH) fail("nested deeper than 1024");
     remaining.push(items);
     isMap.push(map);
+    keySets.push(map && canonical ? new Set<string>() : null);
     items = map ? container * 2 : container;
   }
   if (pos !== n) throw new DecodeError(`${what}: trailing bytes after the value`);
@@ -241,7 +290,7 @@ export function unpackBounded(raw: Uint8Array, opts: UnpackOptions = {}): Value 
   const what = opts.what ?? "record";
   checkInput(raw, maxSize, what);
   const limit = Math.min(maxSize, opts.maxArray ?? maxSize);
-  scan(raw, maxSize, opts.maxContainers ?? DEFAULT_MAX_CONTAINERS, limit, what);
+  scan(raw, maxSize, opts.maxContainers ?? DEFAULT_MAX_CONTAINERS, limit, what, opts.canonical ?? true);
   try {
     const dec = new Decoder({ useBigInt64: true, maxExtLength: 0 });
     return fromDecoded(dec.decode(raw));
@@ -251,7 +300,7 @@ export function unpackBounded(raw: Uint8Array, opts: UnpackOptions = {}): Value 
 }
 
 /** Decode one value, rejecting trailing bytes and oversize input (Python `unpack`). */
-export function unpack(raw: Uint8Array, opts: { maxSize?: number; what?: string } = {}): Value {
+export function unpack(raw: Uint8Array, opts: { maxSize?: number; what?: string; canonical?: boolean } = {}): Value {
   return unpackBounded(raw, opts);
 }
 

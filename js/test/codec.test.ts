@@ -81,48 +81,59 @@ const RAW_CASES: string[] = [
   "90", "9101", "dc000101", "dd0000000101", "c0c0", "9102", "92", "a2", "c4", "c402", "cd00",
   "80", "81a16101", "810102", "81c0c0", "81c4016102", "8190c0", "81a161", "de0001a16101",
   "d40100", "d50100ff", "c70100ff", "c6ffffffff",
+  // non-canonical forms (valid msgpack, refused by the canonical rule) and their canonical twins
+  "cc05", "cc80", "cd00ff", "cd0100", "ce0000ffff", "ce00010000", "cf00000000ffffffff", "cf0000000100000000",
+  "d005", "d0e0", "d0df", "d1ffff", "d1ff7f", "d1ff80", "d2ffff8000", "d2ffff7fff", "d3ffffffff80000000", "d3ffffffff7fffffff",
+  "d90161", "d91f" + "61".repeat(31), "d920" + "61".repeat(32), "da000161", "da00ff" + "61".repeat(255), "db000000ff" + "61".repeat(255),
+  "c5000161", "c500ff" + "00".repeat(255), "c50100" + "00".repeat(256), "c600000001ff",
+  "dc000101", "dc000f" + "00".repeat(15), "dc0010" + "00".repeat(16), "dd0000000101",
+  "de0001a16101", "82a16101a16102", "82a16101a16202", "ca3fc00000",
+  "dc0002" + "c40161c440" + "00".repeat(64),
   "91".repeat(1024) + "c0", "91".repeat(1025) + "c0",
   "dc4000" + "90".repeat(16384), "dc4001" + "90".repeat(16385), "dc3fff" + "90".repeat(16383),
 ];
 
-test("unpack: accepts and refuses exactly what Python's unpack does", () => {
+test("unpack: accepts and refuses exactly what Python's unpack does, canonical rule included", () => {
   const py = pythonJson(PY_TAG + `
+import inspect
+from p2psync.codec import unpack_bounded
+lenient = 'canonical' in inspect.signature(unpack_bounded).parameters
 out = []
 for h in json.load(sys.stdin):
-    try: v = unpack(bytes.fromhex(h))
+    raw = bytes.fromhex(h)
+    try: v = unpack_bounded(raw, canonical=False) if lenient else unpack(raw)
     except DecodeError as e:
         out.append({'err': str(e)})
         continue
-    try: out.append({'ok': tag(v)})
-    except RecursionError: out.append({'deep': True})
-print(json.dumps(out))`, RAW_CASES) as ({ ok: Tagged } | { err: string } | { deep: true })[];
+    canon = pack(v) == raw  # the spec's rule: the bytes are exactly pack() of the value
+    try: out.append({'ok': tag(v), 'canon': canon})
+    except RecursionError: out.append({'deep': True, 'canon': canon})
+print(json.dumps(out))`, RAW_CASES) as ({ ok: Tagged; canon: boolean } | { err: string } | { deep: true; canon: boolean })[];
   RAW_CASES.forEach((h, i) => {
     const expected = py[i]!;
+    const raw = unhex(h);
     const label = `case ${h.length > 40 ? h.slice(0, 40) + "…" : h}`;
-    if ("deep" in expected) {
-      assert.doesNotThrow(() => unpack(unhex(h)), label);
+    if ("err" in expected) {
+      assert.throws(() => unpack(raw, { canonical: false }), DecodeError, `${label}: Python refused (${expected.err})`);
+      assert.throws(() => unpack(raw), DecodeError, label);
       return;
     }
-    if ("ok" in expected) {
-      if (h === "81c4016102") {
-        // bytes map keys: Python accepts, this decoder refuses (documented; no record has maps)
-        assert.throws(() => unpack(unhex(h)), DecodeError, label);
-        return;
-      }
-      if (h.startsWith("8") || h.startsWith("de")) {
-        assert.doesNotThrow(() => unpack(unhex(h)), label);
-        return;
-      }
-      const ok = expected.ok;
-      if (ok !== null && typeof ok === "object" && "f" in ok) {
-        // JS has one number type: a float that happens to be integral reads back as that number
-        assert.equal(unpack(unhex(h)), ok.f, label);
-        return;
-      }
-      assert.deepEqual(tag(unpack(unhex(h))), ok, label);
-    } else {
-      assert.throws(() => unpack(unhex(h)), DecodeError, `${label}: Python refused (${expected.err})`);
+    if (h === "81c4016102") {
+      // bytes map keys: Python accepts, this decoder refuses (documented; no record has maps)
+      assert.throws(() => unpack(raw, { canonical: false }), DecodeError, label);
+      return;
     }
+    if (expected.canon) assert.doesNotThrow(() => unpack(raw), label);
+    else assert.throws(() => unpack(raw), /not canonical/, `${label}: not pack(value)`);
+    const lenient = unpack(raw, { canonical: false });
+    if ("deep" in expected || h.startsWith("8") || h.startsWith("de")) return;
+    const ok = expected.ok;
+    if (ok !== null && typeof ok === "object" && "f" in ok) {
+      // JS has one number type: a float that happens to be integral reads back as that number
+      assert.equal(lenient, ok.f, label);
+      return;
+    }
+    assert.deepEqual(tag(lenient), ok, label);
   });
 });
 

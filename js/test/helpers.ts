@@ -13,11 +13,14 @@ export const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 export const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "hex"));
 export const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
 
-/** Run `code` with python3 (PYTHONPATH = repository root), `input` on stdin; return stdout. */
+/**
+ * Run `code` with python3 (PYTHONPATH = the repository root, or $P2PSYNC_PY_ROOT to check
+ * against another checkout), `input` on stdin; return stdout.
+ */
 export function python(code: string, input = ""): string {
   const r = spawnSync("python3", ["-c", code], {
     input,
-    env: { ...process.env, PYTHONPATH: REPO_ROOT },
+    env: { ...process.env, PYTHONPATH: process.env.P2PSYNC_PY_ROOT ?? REPO_ROOT },
     encoding: "utf8",
     maxBuffer: 64 << 20,
   });
