@@ -342,6 +342,20 @@ export function readInt(buf: Uint8Array, pos: number, what: string): [number | b
   return [v, pos + 1 + k];
 }
 
+/** Python's len() of a str: the number of code points (what string iteration yields). */
+export function codePoints(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) i++;
+    }
+    n++;
+  }
+  return n;
+}
+
 function typeName(v: unknown): string {
   if (v === null) return "NoneType";
   if (Array.isArray(v)) return "list";
@@ -432,9 +446,7 @@ export class Reader {
   text(name: string, maxLen = 1024): string {
     const v = this.next(name);
     if (typeof v !== "string") this.fail(name, `expected str, got ${typeName(v)}`);
-    // Python's len() counts code points, which is what string iteration yields.
-    // eslint-disable-next-line @typescript-eslint/no-misused-spread
-    const chars = [...v].length;
+    const chars = codePoints(v);
     if (chars > maxLen) this.fail(name, `${chars} chars exceeds ${maxLen}`);
     return v;
   }

@@ -35,3 +35,5 @@ export class ConnectionClosed extends TransportError {}
 export class EndOfStream extends TransportError {}
 export class StreamReset extends TransportError {}
 export class StreamLimitExceeded extends TransportError {}
+export class BudgetExceeded extends TransportError {}
+export class StrangerRefused extends HandshakeError {}

@@ -1,5 +1,5 @@
 /** Test helpers: paths, hex, and running the Python reference implementation. */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -57,4 +57,59 @@ export function goldenVectorsDir(): string | undefined {
   if (env) return env;
   const d = join(REPO_ROOT, "tests", "vectors");
   return existsSync(d) ? d : undefined;
+}
+
+/** A long-running Python child speaking JSON lines on stdout. */
+export interface PyProcess {
+  /** The next JSON line it prints (rejects if it exits first). */
+  next(): Promise<Record<string, unknown>>;
+  /** Close its stdin (the fixtures exit on EOF) and wait for it to exit. */
+  stop(): Promise<number | null>;
+  stderr(): string;
+}
+
+export function spawnPython(script: string, args: string[]): PyProcess {
+  const proc = spawn("python3", [join(JS_ROOT, "test", "fixtures", script), ...args], {
+    env: { ...process.env, PYTHONPATH: process.env.P2PSYNC_PY_ROOT ?? REPO_ROOT },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const lines: string[] = [];
+  const waiters: { resolve: (s: string) => void; reject: (e: Error) => void }[] = [];
+  let err = "";
+  let partial = "";
+  let exited = false;
+  proc.stderr.on("data", (d: Buffer) => (err += d.toString()));
+  proc.stdout.on("data", (d: Buffer) => {
+    partial += d.toString();
+    let i: number;
+    while ((i = partial.indexOf("\n")) >= 0) {
+      const line = partial.slice(0, i);
+      partial = partial.slice(i + 1);
+      const w = waiters.shift();
+      if (w) w.resolve(line);
+      else lines.push(line);
+    }
+  });
+  const exit = new Promise<number | null>((resolve) => proc.on("exit", (code) => {
+    exited = true;
+    for (const w of waiters.splice(0)) w.reject(new Error(`python exited (${code}): ${err}`));
+    resolve(code);
+  }));
+  return {
+    next: async () => {
+      const line = lines.shift() ?? (await new Promise<string>((resolve, reject) => {
+        if (exited) reject(new Error(`python exited: ${err}`));
+        else waiters.push({ resolve, reject });
+      }));
+      return JSON.parse(line) as Record<string, unknown>;
+    },
+    stop: async () => {
+      proc.stdin.end();
+      const timer = setTimeout(() => proc.kill(), 5000);
+      const code = await exit;
+      clearTimeout(timer);
+      return code;
+    },
+    stderr: () => err,
+  };
 }
