@@ -7,3 +7,4 @@ export * from "./transport/framing.js";
 export * from "./transport/handshake.js";
 export * from "./transport/session.js";
 export * from "./transport/connection.js";
+export * from "./hashes.js";

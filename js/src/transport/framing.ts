@@ -33,7 +33,7 @@ export const RECORD_NAMES: readonly string[] = Object.keys(RecordType);
 
 export const isDataPath = (t: RecordType): boolean => t === RecordType.DATA || t === RecordType.DATA_END || t === RecordType.FIN;
 
-export interface Record {
+export interface WireRecord {
   readonly type: RecordType;
   readonly stream: number;
   readonly payload: Uint8Array;
@@ -48,7 +48,7 @@ export function encodeRecord(type: RecordType, stream: number, payload: Uint8Arr
 }
 
 /** Parse a record; unknown types and short records are frame errors. */
-export function decodeRecord(plaintext: Uint8Array): Record {
+export function decodeRecord(plaintext: Uint8Array): WireRecord {
   if (plaintext.length < RECORD_HEADER_SIZE) throw new FrameError("record shorter than its header");
   const type = plaintext[0]!;
   if (type > RecordType.ACCEPT) throw new FrameError(`unknown record type ${type}`);
@@ -137,7 +137,7 @@ export class SecureFramer {
     return encodeFrame(this.send.encryptWithAd(EMPTY, record));
   }
 
-  open(data: Uint8Array): Record[] {
+  open(data: Uint8Array): WireRecord[] {
     return this.decoder.feed(data).map((body) => decodeRecord(this.recv.decryptWithAd(EMPTY, body)));
   }
 }

@@ -16,7 +16,7 @@
  */
 import { randomBytes } from "@noble/hashes/utils.js";
 import { BudgetExceeded, FlowControlError, FrameError, PeerTimeout, StreamLimitExceeded, TransportError } from "../errors.js";
-import { encodeRecord, isDataPath, MAX_RECORD_PAYLOAD, RECORD_NAMES, type Record, RecordType } from "./framing.js";
+import { encodeRecord, isDataPath, MAX_RECORD_PAYLOAD, RECORD_NAMES, type WireRecord, RecordType } from "./framing.js";
 import type { Limits } from "./handshake.js";
 
 export const CONTROL = 0;
@@ -368,7 +368,7 @@ export class Session {
 
   // --- receiving -----------------------------------------------------------------------------
   /** Apply authenticated records from `route` (null on TCP/WebSocket: no route check). */
-  receive(records: Record[], route: number | null, now: number): Event[] {
+  receive(records: WireRecord[], route: number | null, now: number): Event[] {
     const events: Event[] = [];
     this.lastReceived = now;
     this.pingOutstanding = false;
@@ -376,7 +376,7 @@ export class Session {
     return events;
   }
 
-  private receiveOne(rec: Record, route: number | null, events: Event[]): void {
+  private receiveOne(rec: WireRecord, route: number | null, events: Event[]): void {
     const { type, stream: sid } = rec;
     const name = RECORD_NAMES[type] ?? String(type);
     if (isDataPath(type)) {
