@@ -8,3 +8,4 @@ export * from "./transport/handshake.js";
 export * from "./transport/session.js";
 export * from "./transport/connection.js";
 export * from "./hashes.js";
+export * from "./transport/websocket.js";
