@@ -1,0 +1,112 @@
+/**
+ * TCP carrier for Node (node:net): one Noise session per TCP connection, every record carrying
+ * its stream id; the prologue binding is "tcp" like p2psync/transport/tcp.py (TCP has no
+ * exporter to bind to: the Noise session is the channel).
+ */
+import { createServer, type Server, type Socket, connect as netConnect } from "node:net";
+import type { DeviceCertificate } from "../crypto/cert.js";
+import type { DeviceKey } from "../crypto/keys.js";
+import { type Carrier, type Connection, Link, type TransportConfig } from "../transport/connection.js";
+
+export const TCP_BINDING = new TextEncoder().encode("tcp");
+
+export interface PeerIdentity {
+  deviceKey: DeviceKey;
+  certificate: DeviceCertificate;
+  config?: TransportConfig;
+}
+
+class TcpCarrier implements Carrier {
+  readonly name = "tcp";
+  link: Link | null = null;
+
+  constructor(readonly socket: Socket) {
+    socket.setNoDelay(true);
+    socket.on("data", (d: Buffer) => this.link?.onBytes(new Uint8Array(d.buffer, d.byteOffset, d.byteLength)));
+    socket.on("end", () => this.link?.onEnd("peer closed the TCP connection"));
+    socket.on("error", (e: Error) => this.link?.onEnd(`TCP connection lost: ${e.message}`));
+    socket.on("close", () => this.link?.onEnd("TCP connection lost"));
+  }
+
+  write(frames: Uint8Array[]): void {
+    if (this.socket.writable) for (const f of frames) this.socket.write(f);
+  }
+
+  teardown(): void {
+    if (!this.socket.destroyed) this.socket.end(); // flushes what was written (the CLOSE record) first
+  }
+
+  remoteAddress(): string {
+    return `${this.socket.remoteAddress ?? "?"}:${this.socket.remotePort ?? "?"}`;
+  }
+}
+
+/** Dial `host:port`, run the authenticated handshake, resolve with the live connection. */
+export function connectTcp(host: string, port: number, id: PeerIdentity & { expectedPeer?: string | null }): Promise<Connection> {
+  const socket = netConnect({ host, port });
+  const carrier = new TcpCarrier(socket);
+  const link = (carrier.link = new Link(carrier, {
+    initiator: true,
+    deviceKey: id.deviceKey,
+    certificate: id.certificate,
+    binding: TCP_BINDING,
+    expectedPeer: id.expectedPeer ?? null,
+    config: id.config ?? {},
+  }));
+  socket.once("connect", () => {
+    link.start();
+  });
+  return link.ready;
+}
+
+export interface TcpListener {
+  readonly port: number;
+  readonly server: Server;
+  readonly connections: Set<Connection>;
+  /** Handshake failures of incoming connections, newest last. */
+  readonly errors: Error[];
+  close(): Promise<void>;
+}
+
+/** Accept peers on `host:port` (0 = any); call `onConnection` for each accepted handshake. */
+export async function listenTcp(host: string, port: number, id: PeerIdentity, onConnection: (c: Connection) => void): Promise<TcpListener> {
+  const connections = new Set<Connection>();
+  const errors: Error[] = [];
+  const server = createServer((socket) => {
+    const carrier = new TcpCarrier(socket);
+    const link = (carrier.link = new Link(carrier, {
+      initiator: false,
+      deviceKey: id.deviceKey,
+      certificate: id.certificate,
+      binding: TCP_BINDING,
+      config: id.config ?? {},
+    }));
+    link.ready.then(
+      (conn) => {
+        connections.add(conn);
+        void conn.waitClosed().then(() => connections.delete(conn));
+        onConnection(conn);
+      },
+      (e: unknown) => errors.push(e as Error),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      resolve();
+    });
+  });
+  const addr = server.address();
+  return {
+    port: typeof addr === "object" && addr !== null ? addr.port : port,
+    server,
+    connections,
+    errors,
+    close: async () => {
+      for (const c of connections) c.close("listener closing");
+      await new Promise<void>((resolve) => server.close(() => {
+        resolve();
+      }));
+    },
+  };
+}

@@ -1,0 +1,221 @@
+/**
+ * The protocol's golden vectors (tests/vectors/*.json, written by scripts/gen_vectors.py and
+ * described in tests/vectors/README.md), checked by the TypeScript implementation the way
+ * tests/test_vectors.py checks them in Python. A vector file that is absent skips its test
+ * with the reason; $P2PSYNC_GOLDEN_VECTORS points at another directory.
+ */
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test, type TestContext } from "node:test";
+import { contentId, pack, unpack, type Value } from "../src/codec.js";
+import {
+  AccountKey,
+  decodeKey,
+  DeviceCertificate,
+  DeviceKey,
+  encodeKey,
+  accountFromPhrase,
+  normalizePhrase,
+  shortHash,
+  slip10Ed25519,
+  verify,
+  x25519Public,
+} from "../src/crypto/index.js";
+import { BadCertificate, BadId, BadRecoveryPhrase, DecodeError } from "../src/errors.js";
+import { elementHash, headsDigest, headsHash } from "../src/hashes.js";
+import { decodeRecord, FrameDecoder } from "../src/transport/framing.js";
+import { Hello, SecureHandshake } from "../src/transport/handshake.js";
+import { CipherState, KeyPair } from "../src/transport/noise.js";
+import { goldenVectorsDir, hex, unhex } from "./helpers.js";
+import { mnemonicToSeedSync } from "@scure/bip39";
+
+const DIR = goldenVectorsDir();
+
+/** The vector file `name`, or undefined after marking the test skipped. */
+function load<T>(t: TestContext, name: string): T | undefined {
+  const path = DIR === undefined ? undefined : join(DIR, `${name}.json`);
+  if (path === undefined || !existsSync(path)) {
+    t.skip(`no golden vector ${name}.json (tests/vectors/ absent; set P2PSYNC_GOLDEN_VECTORS)`);
+    return undefined;
+  }
+  return JSON.parse(readFileSync(path, "utf8")) as T;
+}
+
+type Tagged = { nil: null } | { bool: boolean } | { int: string } | { str: string } | { bin: string } | { array: Tagged[] };
+
+function untag(t: Tagged): Value {
+  if ("nil" in t) return null;
+  if ("bool" in t) return t.bool;
+  if ("int" in t) {
+    const b = BigInt(t.int);
+    const n = Number(b);
+    return Number.isSafeInteger(n) ? n : b;
+  }
+  if ("str" in t) return t.str;
+  if ("bin" in t) return unhex(t.bin);
+  return t.array.map(untag);
+}
+
+test("codec.json: every encoding reproduces and decodes back; every refusal is refused", (t) => {
+  const v = load<{ encode: { value: Tagged; hex: string }[]; refuse: { why: string; hex: string }[] }>(t, "codec");
+  if (v === undefined) return;
+  for (const e of v.encode) {
+    const value = untag(e.value);
+    assert.equal(hex(pack(value)), e.hex, JSON.stringify(e.value).slice(0, 80));
+    assert.deepEqual(unpack(unhex(e.hex)), value);
+  }
+  for (const r of v.refuse) assert.throws(() => unpack(unhex(r.hex)), DecodeError, r.why);
+});
+
+test("ids.json: key ids, content ids, heads hashes, element hash, bad ids", (t) => {
+  interface Ids {
+    key_ids: { kind: string; public: string; id: string }[];
+    content_ids: { bytes: string; id: string; printable: string }[];
+    heads: { heads: string[]; heads_hash: string; heads_digest: string };
+    element: { object_id: string; heads_hash: string; element_hash: string };
+    bad_ids: { kind: string; id: string; why: string }[];
+  }
+  const v = load<Ids>(t, "ids");
+  if (v === undefined) return;
+  for (const k of v.key_ids) {
+    assert.equal(encodeKey(k.kind, unhex(k.public)), k.id);
+    assert.equal(hex(decodeKey(k.kind, k.id)), k.public);
+  }
+  for (const c of v.content_ids) {
+    assert.equal(hex(contentId(unhex(c.bytes))), c.id);
+    assert.equal(shortHash(unhex(c.id)), c.printable);
+  }
+  const heads = v.heads.heads.map(unhex);
+  assert.equal(hex(headsHash(heads)), v.heads.heads_hash);
+  assert.equal(hex(headsDigest(heads)), v.heads.heads_digest);
+  assert.equal(hex(elementHash(unhex(v.element.object_id), unhex(v.element.heads_hash))), v.element.element_hash);
+  for (const b of v.bad_ids) assert.throws(() => decodeKey(b.kind, b.id), BadId, b.why);
+});
+
+test("keys.json: phrase → BIP39 seed → SLIP-0010 accounts, bad phrases, device key, signature", (t) => {
+  interface Keys {
+    phrases: { phrase: string; normalized: string; bip39_seed: string; accounts: { index: number; seed: string; public: string; id: string; x25519_private: string; x25519_public: string }[] }[];
+    bad_phrases: { phrase: string; why: string }[];
+    device: { seed: string; public: string; id: string; x25519_private: string; x25519_public: string };
+    signature: { key_seed: string; public: string; domain: string; data: string; signed_message: string; signature: string };
+  }
+  const v = load<Keys>(t, "keys");
+  if (v === undefined) return;
+  for (const p of v.phrases) {
+    assert.equal(normalizePhrase(p.phrase), p.normalized);
+    const seed = mnemonicToSeedSync(p.normalized, "");
+    assert.equal(hex(seed), p.bip39_seed);
+    for (const a of p.accounts) {
+      const k = accountFromPhrase(p.phrase, a.index);
+      assert.equal(hex(slip10Ed25519(seed, [44, 7337, a.index])), a.seed);
+      assert.equal(hex(k.seed), a.seed);
+      assert.equal(hex(k.public), a.public);
+      assert.equal(k.id, a.id);
+      assert.equal(hex(k.x25519Private()), a.x25519_private);
+      assert.equal(hex(x25519Public(k.public)), a.x25519_public);
+    }
+  }
+  for (const b of v.bad_phrases) assert.throws(() => normalizePhrase(b.phrase), BadRecoveryPhrase, b.why);
+  const d = new DeviceKey(unhex(v.device.seed));
+  assert.equal(hex(d.public), v.device.public);
+  assert.equal(d.id, v.device.id);
+  assert.equal(hex(d.x25519Private()), v.device.x25519_private);
+  assert.equal(hex(x25519Public(d.public)), v.device.x25519_public);
+  const s = v.signature;
+  const key = new AccountKey(unhex(s.key_seed));
+  assert.equal(hex(key.public), s.public);
+  assert.equal(hex(key.sign(s.domain, unhex(s.data))), s.signature);
+  verify(unhex(s.public), s.domain, unhex(s.data), unhex(s.signature));
+  assert.equal(hex(new TextEncoder().encode(`p2psync/${s.domain}\0`)) + s.data, s.signed_message);
+});
+
+test("certificates.json: valid ones verify and re-issue to the same bytes; refusals fail", (t) => {
+  interface Certs {
+    now: number;
+    valid: { account_seed: string; account: string; device_seed: string; device: string; issued_at: number; expires_at: number; body: string; raw: string; id: string; account_id: string; peer_id: string }[];
+    refuse: { why: string; raw: string; now?: number }[];
+  }
+  const v = load<Certs>(t, "certificates");
+  if (v === undefined) return;
+  for (const c of v.valid) {
+    const cert = DeviceCertificate.verify(unhex(c.raw), v.now);
+    assert.equal(hex(cert.account), c.account);
+    assert.equal(hex(cert.device), c.device);
+    assert.equal(cert.accountId, c.account_id);
+    assert.equal(cert.peerId, c.peer_id);
+    assert.equal(hex(contentId(cert.raw)), c.id);
+    const again = DeviceCertificate.issue(new AccountKey(unhex(c.account_seed)), new DeviceKey(unhex(c.device_seed)), { issuedAt: c.issued_at, expiresAt: c.expires_at });
+    assert.equal(hex(again.raw), c.raw);
+  }
+  for (const r of v.refuse) assert.throws(() => DeviceCertificate.verify(unhex(r.raw), r.now ?? v.now), BadCertificate, r.why);
+});
+
+test("handshake.json: the Noise + Hello transcript reproduces byte for byte and every record frame opens", (t) => {
+  interface Side { device_seed: string; ephemeral_private: string; static_public: string; certificate: string; peer_id: string; hello: string }
+  interface Hs {
+    prologue: string;
+    initiator: Side;
+    responder: Side;
+    messages: { from: string; message: string; frame: string }[];
+    handshake_hash: string;
+    initiator_send_key: string;
+    responder_send_key: string;
+    stream_secret: string;
+    version: number;
+    records: { from: string; what: string; record: string; frame: string }[];
+  }
+  const v = load<Hs>(t, "handshake");
+  if (v === undefined) return;
+  assert.equal(hex(new TextEncoder().encode("p2psync/noise/1\0tcp")), v.prologue);
+  const side = (s: Side, initiator: boolean): SecureHandshake => {
+    const hello = Hello.decode(unhex(s.hello));
+    const device = new DeviceKey(unhex(s.device_seed));
+    assert.equal(hex(x25519Public(device.public)), s.static_public);
+    return new SecureHandshake({
+      initiator,
+      deviceKey: device,
+      certificate: DeviceCertificate.verify(unhex(s.certificate)),
+      binding: new TextEncoder().encode("tcp"),
+      limits: hello.limits,
+      features: hello.features,
+      maxVersion: hello.maxVersion,
+      minVersion: hello.minVersion,
+      ephemeral: KeyPair.fromPrivate(unhex(s.ephemeral_private)),
+    });
+  };
+  const i = side(v.initiator, true);
+  const r = side(v.responder, false);
+  assert.equal(hex(i.hello.encode()), v.initiator.hello);
+  assert.equal(hex(r.hello.encode()), v.responder.hello);
+  const m1 = i.start();
+  const m2 = r.receive(m1)!;
+  const m3 = i.receive(m2)!;
+  r.receive(m3);
+  const sent = [m1, m2, m3];
+  v.messages.forEach((m, k) => {
+    assert.equal(hex(sent[k]!), m.message, `handshake message ${k + 1}`);
+    assert.deepEqual(new FrameDecoder().feed(unhex(m.frame)), [sent[k]]);
+  });
+  const res = i.result!;
+  assert.equal(hex(res.handshakeHash), v.handshake_hash);
+  assert.equal(hex(res.streamSecret), v.stream_secret);
+  assert.equal(res.version, v.version);
+  assert.equal(res.certificate!.peerId, v.responder.peer_id);
+  assert.equal(r.result!.certificate!.peerId, v.initiator.peer_id);
+  const recvFrom = {
+    initiator: new CipherState(unhex(v.initiator_send_key)),
+    responder: new CipherState(unhex(v.responder_send_key)),
+  };
+  const sendBy = { initiator: i.result!.sendCipher, responder: r.result!.sendCipher };
+  for (const rec of v.records) {
+    const from = rec.from as "initiator" | "responder";
+    const bodies = new FrameDecoder().feed(unhex(rec.frame));
+    assert.equal(bodies.length, 1);
+    const plain = recvFrom[from].decryptWithAd(new Uint8Array(0), bodies[0]!);
+    assert.equal(hex(plain), rec.record, rec.what);
+    decodeRecord(plain);
+    // our own send cipher, in the same order, writes the same frame
+    assert.equal(hex(sendBy[from].encryptWithAd(new Uint8Array(0), plain)), hex(bodies[0]!), rec.what);
+  }
+});
