@@ -35,7 +35,8 @@ from p2psync.sync.messages import (
 from p2psync.sync.spacex import header_exchange_key
 from p2psync.transport.memory import memory_pair
 from tests.guards import bites
-from tests.test_memory_hardening import OrderedRawPeer, config, node
+from tests.sync_helpers import RawPeer
+from tests.test_memory_hardening import config, node
 
 FAKE = bytes([1]) * 32  #: a fingerprint that differs from every range of ours
 #: policy(query, is_anchor) -> (count, listed ids or None) to claim, or None to omit the range
@@ -290,7 +291,7 @@ async def test_a_member_breaking_head_sync_is_disconnected_and_nothing_it_listed
     ea = PeerEngine(a.replicas, ca, config(strikes_to_close=10_000))
     task = asyncio.ensure_future(ea.run())
     keys = {space.id: header_exchange_key(space.header.raw, space.id)}
-    peer = OrderedRawPeer(cb, evil.device, keys, answer=answer)
+    peer = RawPeer(cb, evil.device, keys, answer=answer)
     try:
         await peer._start()
         await asyncio.wait_for(ea.finished.wait(), 5)
