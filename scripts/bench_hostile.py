@@ -17,8 +17,10 @@ Phases: *before* (1.5 s), *during* (``--duration``), *after* (2.5 s, attack sock
                                     [--duration 8] [--json bench_hostile.json]
 
 ``--listener guarded`` uses ``tcp.serve_tcp``/``quic.serve_quic`` (Retry, admission caps,
-EMFILE-proof accept loop); ``api`` uses ``transport.api.listen`` as wired on main when this
-was written (no Retry, no caps, asyncio's accept loop) — the "before" of issue 12.4. Receive
+EMFILE-proof accept loop); ``api`` uses ``transport.api.listen``, which builds the same guarded
+listeners since the transport branch wired them (before that it had no Retry, no caps and
+asyncio's accept loop — the "before" of issue 12.4). The WebSocket listener (``ws_flood``) is
+always ``api.listen``. Receive
 budgets apply to both; ``P2PSYNC_NO_BUDGET=1`` switches them off (careful: the stream flood
 then grows the target by gigabytes; use ``--hostile 5 --flood-mib 32``).
 
@@ -132,6 +134,12 @@ async def run_target(listener: str, pool_mib: int | None) -> None:
         sock = aioquic_server_socket(quic)
         assert sock is not None
         ports["quic"] = sock.getsockname()[1]
+    from p2psync.transport.api import listen as api_listen
+
+    # the WebSocket carrier always through the API (its listener is the guarded accept loop)
+    ws = await api_listen("127.0.0.1", 0, device_key=dev, certificate=cert, on_connection=handle,
+                          transport="ws", config=cfg)
+    ports["ws"] = ws.port
     print(json.dumps(ports), flush=True)
     loop = asyncio.get_running_loop()
     stall = 0.0
@@ -201,6 +209,10 @@ async def hostile_flood(ctx: Ctx, transport: str) -> None:
 async def attack_stream_flood(ctx: Ctx) -> None:
     n = ctx.args.hostile
     await asyncio.gather(*(hostile_flood(ctx, "tcp" if i % 5 else "quic") for i in range(n)))
+
+
+async def attack_ws_flood(ctx: Ctx) -> None:
+    await asyncio.gather(*(hostile_flood(ctx, "ws") for _ in range(ctx.args.hostile)))
 
 
 def initial_packets(n: int) -> list[bytes]:
@@ -281,6 +293,8 @@ class Attack:
 ATTACKS = [
     Attack("stream_flood", "N hostile peers (4/5 TCP, 1/5 QUIC) fill every stream, reconnect",
            attack_stream_flood),
+    Attack("ws_flood", "N hostile peers over WebSocket fill every stream, reconnect",
+           attack_ws_flood),
     Attack("quic_initials", "spoofable QUIC Initials, fresh connection id each",
            attack_quic_initial_flood),
     Attack("idle_tcp", "idle TCP sockets from many source addresses", attack_idle_tcp),

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
+
+import pytest
 
 from p2psync.transport import TransportConfig, connect
+from p2psync.transport.quic import QuicCarrier
 from tests.test_hostile_transport import identity
 
 CFG = TransportConfig(handshake_timeout=60.0, nofile_limit=0)
@@ -40,3 +44,33 @@ async def test_cancelled_tcp_dial_closes_its_carrier() -> None:
         dial.cancel()
         peer.close()
         lsock.close()
+
+
+async def test_cancelled_quic_dial_closes_its_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUIC: the peer swallows the Initial; cancelling the dial closes the QUIC connection now
+    (not at aioquic's idle timeout, 2 × keepalive timeout = 10 s here)."""
+    made: list[QuicCarrier] = []
+    init = QuicCarrier.__init__
+
+    def spy(self: QuicCarrier, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(QuicCarrier, "__init__", spy)
+    loop = asyncio.get_running_loop()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    dev, cert = identity()
+    dial = asyncio.create_task(connect(("127.0.0.1", sink.getsockname()[1]), device_key=dev,
+                                       certificate=cert, transport="quic", config=CFG))
+    try:
+        assert await loop.sock_recv(sink, 2048)  # the Initial: the dialer waits for an answer
+        dial.cancel()
+        done, _ = await asyncio.wait({dial}, timeout=5)
+        assert dial in done and dial.cancelled()
+        (carrier,) = made
+        await asyncio.wait_for(carrier.wait_closed(), 5)  # guard; closes in a few PTOs
+    finally:
+        dial.cancel()
+        sink.close()
