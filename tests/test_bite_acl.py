@@ -1,0 +1,75 @@
+"""replica/acl.py: the behaviours mutation testing found unguarded (issue 21; the survivors and
+why each is killed or accepted are in docs/testing.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2psync.errors import AccessDenied
+from p2psync.replica.acl import Acl
+from p2psync.replica.acl_records import MAX_PREV, Merge, build_record, decode_record
+from tests.acl_dsl import SPACE, World, account
+
+
+def _forked() -> Acl:
+    """Owner, a reader (rita) and two concurrent invites: two heads a merge may join."""
+    w = World()
+    w.run("""
+        owner invites rita as reader; rita joins
+        fork r2
+        owner invites ann as writer
+        [r2] owner invites bob as writer
+        sync main r2
+        expect heads 2
+    """)
+    return w.acl("main")
+
+
+def _with_heads(n: int) -> Acl:
+    """An ACL with ``n`` heads: rita's merges of the same two heads, each with its own time."""
+    acl = _forked()
+    heads = acl.heads
+    for i in range(n):
+        acl.add(build_record(account("rita"), SPACE, heads, Merge(), timestamp=i))
+    assert len(acl.heads) == n
+    return acl
+
+
+@pytest.mark.parametrize("n", [2, MAX_PREV, MAX_PREV + 1, 2 * MAX_PREV + 1])
+def test_merge_joins_any_number_of_heads_into_one(n: int) -> None:
+    """``merge`` with more heads than a record may name merges in groups first; whatever the
+    count, the ACL ends with exactly one head, the record it returns (issue 12.3: an admin
+    action must always build). With MAX_PREV + 1 heads the groups leave two heads: stopping
+    there (mutants ``< 2`` → ``<= 2``/``< 3``) would leave the ACL forked."""
+    acl = _with_heads(n)
+    raw = acl.merge(account("owner"))
+    assert acl.heads == [decode_record(raw).id]
+    assert all(len(decode_record(r).prev) <= MAX_PREV for r in acl.take_built())
+
+
+def test_join_with_an_invite_this_acl_does_not_hold_is_access_denied() -> None:
+    """A code for an invite this ACL does not know (another space's, or not yet synced) is a
+    typed refusal, not a crash (mutant: ``sealed`` defaulting to None → TypeError)."""
+    other = World()
+    other.run("owner invites x as reader")
+    _raw, code = other.acl("main").invite(account("owner"), anyone_can_join=True)
+    acl = _forked()
+    with pytest.raises(AccessDenied):
+        acl.join(account("zed"), code)
+
+
+def test_a_change_naming_a_shelved_merge_promotes_it() -> None:
+    """A replica that saw rita's merge before her removal may write changes naming it; where
+    the merge arrived after the removal it was shelved, and the change must still be judged,
+    not wait forever: ``knows_head`` admits the shelved merge (mutants: the promotion skipped,
+    or run for the wrong record)."""
+    main = _forked()
+    junk = build_record(account("rita"), SPACE, main.heads, Merge(), timestamp=1)
+    main.remove(account("owner"), [account("rita").public])
+    assert main.add(junk).status == "ignored"
+    jid = decode_record(junk).id
+    assert jid in main.shelved and jid not in main
+    assert main.knows_head(jid)
+    assert jid in main and jid not in main.shelved
+    assert main.take_promoted() == [jid]
+    assert not main.knows_head(bytes(32))  # an unknown head stays unknown
