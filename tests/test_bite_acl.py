@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2psync.errors import AccessDenied
+from p2psync.errors import AccessDenied, RemovedAuthor
 from p2psync.replica.acl import Acl
 from p2psync.replica.acl_records import MAX_PREV, Merge, build_record, decode_record
 from tests.acl_dsl import SPACE, World, account
@@ -73,3 +73,24 @@ def test_a_change_naming_a_shelved_merge_promotes_it() -> None:
     assert jid in main and jid not in main.shelved
     assert main.take_promoted() == [jid]
     assert not main.knows_head(bytes(32))  # an unknown head stays unknown
+
+
+def test_the_gate_itself_refuses_a_removed_authors_change_under_strict() -> None:
+    """Strict removal is enforced by the space on each incoming batch *and* by the ACL gate:
+    a change that waited for its ACL head escapes the batch check (its head was unknown then)
+    and meets only the gate when it is released. The gate must look up *this* author at
+    *this* head (mutants: ``removed_after(None, head)`` / ``(author, None)`` let it in)."""
+    w = World()
+    w.run("owner invites ann as writer; ann joins")
+    acl = w.acl("main")
+    head = acl.heads[0]
+    key = acl.state_at(head).current_key_id
+    ann = account("ann").public
+    acl.check_change(ann, head, key, [])  # ann may write at that head
+    w.run("owner removes ann")
+    acl.removal_policy = "flag"
+    acl.check_change(ann, head, key, [])  # flag: admitted (and flagged elsewhere)
+    acl.removal_policy = "strict"
+    with pytest.raises(RemovedAuthor):
+        acl.check_change(ann, head, key, [])
+    acl.check_change(account("owner").public, head, key, [])  # others are unaffected
