@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2psync.errors import AccessDenied, RemovedAuthor
+from p2psync.errors import AccessDenied, InvalidAclRecord, RemovedAuthor
 from p2psync.replica.acl import Acl
 from p2psync.replica.acl_records import MAX_PREV, Merge, build_record, decode_record
 from tests.acl_dsl import SPACE, World, account
@@ -94,3 +94,17 @@ def test_the_gate_itself_refuses_a_removed_authors_change_under_strict() -> None
     with pytest.raises(RemovedAuthor):
         acl.check_change(ann, head, key, [])
     acl.check_change(account("owner").public, head, key, [])  # others are unaffected
+
+
+def test_accept_needs_a_join_request() -> None:
+    """``accept`` of an id that is not a join request — unknown, or another record such as
+    the invite itself — is a typed refusal before anything is built (mutant: ``or`` → ``and``
+    crashes on an unknown id)."""
+    w = World()
+    w.run("owner invites ann as writer")
+    acl = w.acl("main")
+    invite_id = acl.heads[0]
+    for rid in (bytes(32), invite_id):
+        with pytest.raises(InvalidAclRecord, match="no such join request"):
+            acl.accept(account("owner"), rid)
+    assert acl.heads == [invite_id] and not acl.take_built()[1:]
