@@ -7,7 +7,7 @@ import pytest
 
 from p2psync.errors import AccessDenied, InvalidAclRecord, RemovedAuthor
 from p2psync.replica.acl import Acl
-from p2psync.replica.acl_records import MAX_PREV, Merge, build_record, decode_record
+from p2psync.replica.acl_records import MAX_PREV, Leave, Merge, build_record, decode_record
 from tests.acl_dsl import SPACE, World, account
 
 
@@ -108,3 +108,23 @@ def test_accept_needs_a_join_request() -> None:
         with pytest.raises(InvalidAclRecord, match="no such join request"):
             acl.accept(account("owner"), rid)
     assert acl.heads == [invite_id] and not acl.take_built()[1:]
+
+
+def test_concurrent_removal_is_about_that_author_only() -> None:
+    """A leave by someone else, concurrent with the head, says nothing about this author
+    (mutants: ``and`` → ``or``, ``==`` → ``!=`` matched any leave)."""
+    w = World()
+    w.run("""
+        owner invites ann as writer openly; ann joins
+        owner invites bob as writer openly; bob joins
+        fork r2
+        [r2] bob leaves
+        owner rotates
+        sync main r2
+    """)
+    acl = w.acl("main")
+    leave = next(h for h in acl.heads if isinstance(acl.record(h).payload, Leave))
+    others = [h for h in acl.heads if h != leave]
+    assert len(others) == 1 and acl.concurrent(leave, others[0])
+    assert acl.concurrent_removal(account("bob").public, others[0]) == leave
+    assert acl.concurrent_removal(account("ann").public, others[0]) is None
