@@ -71,7 +71,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "acl": (
         ["p2psync/replica/acl.py"],
         ["tests/test_acl_scenarios.py", "tests/test_acl_properties.py",
-         "tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl.py"],
+         "tests/test_acl_records.py", "tests/test_access.py", "tests/test_acl_removal.py",
+         "tests/test_acl_flood.py", "tests/test_bite_acl.py"],
     ),
     "tree": (
         ["p2psync/replica/tree.py"],
