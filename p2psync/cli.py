@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -31,6 +30,7 @@ from p2psync.device import LocalDevice, NotFound
 from p2psync.errors import P2PSyncError
 from p2psync.home import Home, default_home, interactive, passphrase
 from p2psync.replica.acl import InviteCode
+from p2psync.timefmt import local_time
 
 ROLES = ops.ROLES
 
@@ -65,10 +65,6 @@ def _device(args: argparse.Namespace) -> LocalDevice:
     if not home.exists():
         raise CliError(f"no identity in {home.path}: run `p2psync init` first")
     return LocalDevice(home, home.open_keys())
-
-
-def _ts(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 # --- identity ---------------------------------------------------------------------------------
@@ -173,9 +169,23 @@ def cmd_space_list(args: argparse.Namespace, out: Out) -> None:
 
 
 def cmd_space_invite(args: argparse.Namespace, out: Out) -> None:
+    expires_in = _duration(args.expires) if args.expires else None
     data = _call(args, "space.invite", space=args.space, role=args.role,
-                 no_approval=args.no_approval)
+                 no_approval=args.no_approval, expires_in=expires_in)
+    if data.get("expires_at") and not args.json:
+        print(f"expires {local_time(data['expires_at'] * 1000)}", file=sys.stderr)
     out.emit(data, data["invite"])
+
+
+def _duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    mult = units.get(t[-1:], 0)
+    num = t[:-1] if mult else t
+    if not num.isdigit() or int(num) <= 0:
+        raise CliError(f"--expires {text!r}: give a duration like 90s, 30m, 24h or 7d")
+    return int(num) * (mult or 1)
 
 
 def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
@@ -201,7 +211,9 @@ def cmd_space_requests(args: argparse.Namespace, out: Out) -> None:
         if not rows:
             print("no pending join requests")
         for r in rows:
-            print(f"{r['request']}  {r['account_id']}")
+            until = (f"  (invite expires {local_time(r['expires_at'] * 1000)})"
+                     if r.get("expires_at") else "")
+            print(f"{r['request']}  {r['account_id']}  as {r.get('role')}{until}")
     out.emit(rows, human)
 
 
@@ -236,7 +248,7 @@ def cmd_space_add_backup(args: argparse.Namespace, out: Out) -> None:
         with ApiClient(home.path) as client:
             data = client.call("space.add_backup", space=args.space, address=args.address)
     else:
-        from p2psync.backup.client import (
+        from p2psync.agent.backups import (
             add_replicator_record,
             identify,
             write_backup_config,
@@ -273,7 +285,7 @@ def cmd_space_backup_status(args: argparse.Namespace, out: Out) -> None:
             state = "everything backed up" if r["all_backed_up"] else \
                 f"{r['documents_backed_up']}/{r['documents']} documents backed up at current heads"
             print(f"backup {r['backup_peer'][:20]}… (signed receipt, "
-                  f"{_ts(int(r['receipt_time'] * 1000))}): {state}; it holds "
+                  f"{local_time(r['receipt_time'] * 1000)}): {state}; it holds "
                   f"{r['backup_changes']} changes, {r['backup_bytes']} bytes")
     out.emit(data, human)
 
@@ -513,8 +525,14 @@ def cmd_doc_history(args: argparse.Namespace, out: Out) -> None:
             mark = "✓" if r["signature_ok"] else "✗ BAD SIGNATURE"
             snap = " snapshot" if r["snapshot"] else ""
             parents = ",".join(p[:10] for p in r["parents"]) or "root"
+            notes = ""
+            if r.get("quarantined"):
+                notes += f"  QUARANTINED (content left out): {r['quarantined']}"
+            if r.get("removed_after"):
+                notes += (f"  author removed at or after it (record "
+                          f"{r['removed_after'][:10]}): possibly back-dated")
             print(f"{r['change'][:12]}  {r['time']}  {r['author'][:14]}…  "
-                  f"<- {parents}{snap}  {mark}")
+                  f"<- {parents}{snap}  {mark}{notes}")
     out.emit(rows, human)
 
 
@@ -593,7 +611,7 @@ def cmd_status(args: argparse.Namespace, out: Out) -> None:
             print(f"peer     {p['peer_id'][:20]}… {p['transport']}"
                   + (f" last error: {p['last_error']}" if p["last_error"] else ""))
             for ps in p["spaces"]:
-                when = _ts(int(ps["last_success"] * 1000)) if ps["last_success"] else "never"
+                when = local_time(ps["last_success"] * 1000) if ps["last_success"] else "never"
                 print(f"  {ps['space_id'][:20]}… in_sync={ps['in_sync']} "
                       f"pending={ps['pending_trees']} last_success={when}"
                       + (f" last_error={ps['last_error']}" if ps["last_error"] else ""))
@@ -689,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--role", choices=sorted(ROLES), default="writer")
     inv.add_argument("--no-approval", action="store_true",
                      help="anyone with the code joins at once (no admin approval)")
+    inv.add_argument("--expires", help="the code stops working after this long: 90s, 30m, "
+                     "24h, 7d (default: never)")
     cmd(space, "members", cmd_space_members, "list members").add_argument("space")
     rm = cmd(space, "remove", cmd_space_remove, "remove a member (rotates the read key)")
     rm.add_argument("space")

@@ -214,3 +214,20 @@ def test_every_edit_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rc == 1 and "not text" in err
     rc, _, err = p2p("doc", "change", "n", doc, '{"op": "put"}')
     assert rc == 1 and "JSON list" in err
+
+
+def test_history_shows_quarantined_changes(dev: LocalDevice) -> None:
+    from p2psync.crypto.ids import short_hash
+    from p2psync.replica.document import encode_payload
+    from tests.test_document_poison import COUNTER
+
+    space, doc = space_doc(dev)
+    ops.doc_set(dev, space, doc, "title", "hello")
+    sp = dev.resolve_space(space)
+    d = sp.document(sp.tree_ids()[0])
+    bad = d.tree.create_change(dev.keys.account, encode_payload([], [COUNTER]))
+    d.receive([bad.raw])
+    rows = {r["change"]: r for r in ops.doc_history(dev, space, doc)}
+    assert "counter" in (rows[short_hash(bad.id)]["quarantined"] or "")
+    assert all(r["removed_after"] is None for r in rows.values())
+    assert sum(1 for r in rows.values() if r["quarantined"]) == 1

@@ -143,3 +143,20 @@ async def test_expired_invite_is_refused_and_leaves_nothing(fleet: Fleet) -> Non
     with pytest.raises(JoinError):
         await b.join(code.encode(), timeout=5)
     assert b.node.store.list_spaces() == [] and space not in b.node.spaces
+
+
+async def test_invites_show_expiry_and_requests_come_from_pending_requests(
+        fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert a.device is not None
+    out = ops.space_invite(a.device, space, expires_in=3600,
+                           addresses=a.reachable_addresses())
+    assert abs(out["expires_at"] - (time.time() + 3600)) < 60
+    assert ops.space_invite(a.device, space)["expires_at"] is None
+    await b.join(out["invite"], timeout=10)
+    [row] = ops.space_requests(a.device, space)
+    assert row["expires_at"] == out["expires_at"] and row["role"] == "writer"
+    assert row["request"] == b.join_state(space)["request"]
+    # once the invite has expired its request is void: no longer listed
+    sp = a.node.spaces[space]
+    assert sp.acl.pending_requests(now=out["expires_at"] + 1) == []

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -139,6 +140,12 @@ class Agent:
         """Open the store, listen, load known peers, start mDNS and the dial loop."""
         self.started_at = time.monotonic()
         await self.node.start()
+        # The store is open now (its -wal/-shm exist): nothing in the home may be readable by
+        # others, whatever umask the process started with, and what the agent writes from now
+        # on (names, config, peers, receipts) is private too. The umask is only tightened
+        # (`p2psync run` already set 0077), never loosened.
+        os.umask(os.umask(0o077) | 0o077)
+        self.home.secure()
         if self.setup is not None:
             self.setup(self.node)
         self.device = LocalDevice(self.home, self.keys, window=0,
@@ -297,6 +304,12 @@ class Agent:
         ev = {"event": "change", "space_id": space_id, "doc": short_hash(tree_id),
               "heads": [short_hash(h) for h in result.heads], "origin": origin,
               "changes": len(result.attached)}
+        space = self.node.spaces.get(space_id)
+        if space is not None:
+            flagged = [short_hash(c.id) for c in result.attached
+                       if space.removed_after(c) is not None]
+            if flagged:  # by an author removed at or after their ACL head (docs/acl.md)
+                ev["removed_after"] = flagged
         later = []
         for sub in list(self._subs.values()):
             if sub.patches:

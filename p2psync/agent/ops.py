@@ -8,6 +8,7 @@ local API all run exactly this code; only the presentation differs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from p2psync.replica.acl_records import Decline, RequestJoin, Role, decode_recor
 from p2psync.replica.change import CHANGE_DOMAIN
 from p2psync.replica.document import Document, Text
 from p2psync.replica.space import Space
+from p2psync.timefmt import local_time
 
 ROLES = {"reader": Role.READER, "writer": Role.WRITER, "admin": Role.ADMIN}
 
@@ -41,10 +43,6 @@ class OpError(P2PSyncError):
 
 def role_name(role: Role | None) -> str:
     return role.name.lower() if role is not None else "none"
-
-
-def _ts(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def join_state(space: Space, me: bytes, now: float | None = None) -> dict[str, Any]:
@@ -121,6 +119,8 @@ class SpaceInviteParams(Params, frozen=True):
     role: RoleName = "writer"
     no_approval: bool = False
     addresses: Annotated[list[Address], msgspec.Meta(max_length=64)] | None = None
+    #: seconds the invite stays usable (None: no expiry)
+    expires_in: Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86400)] | None = None
 
 
 class MemberParams(Params, frozen=True):
@@ -309,17 +309,22 @@ def space_list(dev: LocalDevice) -> list[dict[str, Any]]:
 
 
 def space_invite(dev: LocalDevice, space: str, role: str = "writer", no_approval: bool = False,
-                 addresses: list[str] | None = None) -> dict[str, Any]:
+                 addresses: list[str] | None = None,
+                 expires_in: int | None = None) -> dict[str, Any]:
     """A new invite; ``addresses`` (the agent's reachable ``transport:host:port``) go into the
-    code as hints so ``space join CODE`` can find a peer without mDNS."""
+    code as hints so ``space join CODE`` can find a peer without mDNS; ``expires_in`` seconds
+    after now, joins and accepts through it are refused (signed in the Invite record)."""
     if role not in ROLES:
         raise OpError(f"role must be one of {', '.join(sorted(ROLES))}")
     sp = dev.resolve_space(space)
-    raw, code = sp.acl.invite(dev.keys.account, ROLES[role], anyone_can_join=no_approval)
+    expires_at = int(time.time()) + expires_in if expires_in else 0
+    raw, code = sp.acl.invite(dev.keys.account, ROLES[role], anyone_can_join=no_approval,
+                              expires_at=expires_at)
     sp.commit_acl(raw)
     code = InviteCode(code.invite_id, code.seed, sp.id, tuple(addresses or ()))
     return {"space_id": sp.id, "invite": code.encode(), "role": role,
-            "approval_required": not no_approval, "addresses": list(code.addresses)}
+            "approval_required": not no_approval, "addresses": list(code.addresses),
+            "expires_at": expires_at or None}
 
 
 def space_members(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
@@ -340,9 +345,18 @@ def space_remove(dev: LocalDevice, space: str, account: str) -> dict[str, Any]:
 
 
 def space_requests(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
+    """Join requests an admin can still accept, oldest first (those whose invite expired are
+    void and left out: the ACL's ``pending_requests``)."""
     sp = dev.resolve_space(space)
-    return [{"request": short_hash(rid), "account_id": account_id(req.joiner)}
-            for rid, req in sorted(sp.acl.state.requests.items())]
+    st = sp.acl.state
+    rows = []
+    for req in sp.acl.pending_requests(now=time.time()):
+        inv = st.invites.get(req.invite_id)
+        rows.append({"request": short_hash(req.record_id), "account_id": account_id(req.joiner),
+                     "invite": short_hash(req.invite_id),
+                     "role": role_name(inv.role) if inv is not None else None,
+                     "expires_at": (inv.expires_at or None) if inv is not None else None})
+    return rows
 
 
 def space_accept(dev: LocalDevice, space: str, request: str,
@@ -504,17 +518,25 @@ def doc_list(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
 def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
     sp = dev.resolve_space(space)
     tree = sp.tree(doc_ref(sp, doc))
+    quarantined: dict[bytes, str] = {}
+    # what became of each change's content (needs the read key; replicators have none)
+    with contextlib.suppress(P2PSyncError):
+        quarantined = {q.change_id: q.reason
+                       for q in sp.document(tree.id).status().quarantined}
     rows: list[dict[str, Any]] = []
     for ch in tree.replay_order():
+        gone = sp.removed_after(ch)
         try:
             verify(ch.author, CHANGE_DOMAIN, ch.body, ch.signature)
             ok = True
         except P2PSyncError:
             ok = False
         rows.append({"change": short_hash(ch.id), "author": account_id(ch.author),
-                     "time": _ts(ch.timestamp),
+                     "time": local_time(ch.timestamp),
                      "parents": [short_hash(p) for p in ch.prev_ids],
-                     "snapshot": ch.snapshot, "signature_ok": ok})
+                     "snapshot": ch.snapshot, "signature_ok": ok,
+                     "quarantined": quarantined.get(ch.id),
+                     "removed_after": short_hash(gone) if gone is not None else None})
     return rows
 
 
