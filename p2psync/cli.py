@@ -511,6 +511,30 @@ def cmd_doc_edit(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, "ok")
 
 
+def cmd_doc_list(args: argparse.Namespace, out: Out) -> None:
+    rows = _call(args, "doc.list", space=args.space)
+
+    def human() -> None:
+        if not rows:
+            print("no documents (make one: p2psync doc new SPACE)")
+        for r in rows:
+            print(f"{r['doc']}  {len(r['heads'])} head(s)")
+    out.emit(rows, human)
+
+
+def cmd_doc_export(args: argparse.Namespace, out: Out) -> None:
+    path = str(Path(args.file).expanduser().resolve())
+    data = _call(args, "doc.export", space=args.space, doc=args.doc, file=path)
+    out.emit(data, f"wrote {data['bytes']} bytes to {data['file']} (a standard .automerge "
+                   "file)")
+
+
+def cmd_doc_import(args: argparse.Namespace, out: Out) -> None:
+    path = str(Path(args.file).expanduser().resolve())
+    data = _call(args, "doc.import", space=args.space, file=path)
+    out.emit(data, data["doc"])
+
+
 def cmd_doc_get(args: argparse.Namespace, out: Out) -> None:
     value = _call(args, "doc.get", space=args.space, doc=args.doc, path=args.path, at=args.at)
     print(json.dumps(value, indent=None if args.json else 1, sort_keys=True,
@@ -760,6 +784,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("path")
     st.add_argument("value", help="JSON, e.g. '\"hello\"', 42, '{\"a\": [1]}'")
     st.add_argument("--text", action="store_true", help="store a string as editable text")
+    cmd(doc, "list", cmd_doc_list, "the documents of a space").add_argument("space")
+    ex = cmd(doc, "export", cmd_doc_export,
+             "write the document as a standard .automerge file (loads in any Automerge)")
+    ex.add_argument("space")
+    ex.add_argument("doc")
+    ex.add_argument("file", help="where to write it, e.g. notes.automerge")
+    im = cmd(doc, "import", cmd_doc_import,
+             "make a new document from a .automerge file (prints its id)")
+    im.add_argument("space")
+    im.add_argument("file", help="a file saved by any Automerge implementation")
+
     def doc_args(name: str, help: str) -> argparse.ArgumentParser:
         sp = cmd(doc, name, cmd_doc_edit, help)
         sp.add_argument("space", help="space id, local name or id prefix")

@@ -8,10 +8,13 @@ local API all run exactly this code; only the presentation differs.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -25,12 +28,13 @@ from p2psync.errors import (
     InvalidPath,
     P2PSyncError,
     UnknownOperation,
+    UnsupportedContent,
 )
 from p2psync.replica import edits as edits_mod
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Decline, RequestJoin, Role, decode_record
 from p2psync.replica.change import CHANGE_DOMAIN
-from p2psync.replica.document import Document, Text
+from p2psync.replica.document import Document, Text, read_automerge
 from p2psync.replica.space import Space
 from p2psync.timefmt import local_time
 
@@ -200,6 +204,22 @@ class DocCounterParams(Params, frozen=True):
     doc: Ref
     path: DocPath
     value: edits_mod.Int64 = 0
+
+
+FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+MAX_IMPORT = 8 << 20  #: bytes of a .automerge file (one tree change's payload limit)
+
+
+class DocExportParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    file: FilePath | None = None
+
+
+class DocImportParams(Params, frozen=True):
+    space: Ref
+    file: FilePath | None = None
+    data: Annotated[str, msgspec.Meta(max_length=(MAX_IMPORT * 4) // 3 + 4)] | None = None
 
 
 P = TypeVar("P", bound=Params)
@@ -487,6 +507,62 @@ def doc_counter(dev: LocalDevice, space: str, doc: str, path: str,
     return doc_change(dev, space, doc, [edits_mod.MakeCounter(path=path, value=value)])
 
 
+def doc_export(dev: LocalDevice, space: str, doc: str,
+               file: str | None = None) -> dict[str, Any]:
+    """The document as a standard ``.automerge`` file: written to ``file`` (an absolute path
+    on the agent's machine) or returned base64 in ``data``."""
+    sp = dev.resolve_space(space)
+    d = sp.document(doc_ref(sp, doc))
+    data = d.save_automerge()
+    out: dict[str, Any] = {"space_id": sp.id, "doc": short_hash(d.tree.id), "bytes": len(data)}
+    if file is None:
+        out["data"] = base64.b64encode(data).decode()
+        return out
+    path = Path(file)
+    if not path.is_absolute():
+        raise InvalidParams("file must be an absolute path (the CLI makes it one)")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    out["file"] = str(path)
+    return out
+
+
+def doc_import(dev: LocalDevice, space: str, file: str | None = None,
+               data: str | None = None) -> dict[str, Any]:
+    """A new document holding the content of a ``.automerge`` file (``file``: an absolute
+    path on the agent's machine, or ``data`` base64), as one signed change."""
+    if (file is None) == (data is None):
+        raise InvalidParams("give exactly one of file and data")
+    if file is not None:
+        path = Path(file)
+        if not path.is_absolute():
+            raise InvalidParams("file must be an absolute path (the CLI makes it one)")
+        try:
+            if path.stat().st_size > MAX_IMPORT:
+                raise InvalidParams(f"{path} is larger than {MAX_IMPORT >> 20} MiB")
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise OpError(f"cannot read {path}: {exc.strerror or exc}") from None
+    else:
+        try:
+            raw = base64.b64decode(data or "", validate=True)
+        except ValueError:
+            raise InvalidParams("data is not base64") from None
+    try:  # damaged or unrenderable content: refused before a doc is made
+        read_automerge(raw)
+    except UnsupportedContent:
+        raise
+    except DocumentError as exc:
+        raise InvalidParams(f"{file or 'data'} is not a .automerge file Automerge can load "
+                            f"({exc})") from None
+    sp = dev.resolve_space(space)
+    d = sp.new_document()
+    d.import_automerge(raw)
+    return {"space_id": sp.id, "doc": short_hash(d.tree.id), "bytes": len(raw),
+            "heads": [short_hash(h) for h in d.tree.heads]}
+
+
 def doc_get(dev: LocalDevice, space: str, doc: str, path: str | None = None,
             at: str | None = None) -> Any:
     sp = dev.resolve_space(space)
@@ -576,6 +652,8 @@ LOCAL_OPS: dict[str, LocalOp] = {
     "doc.set": LocalOp(DocSetParams, doc_set),
     "doc.get": LocalOp(DocGetParams, doc_get),
     "doc.change": LocalOp(DocChangeParams, doc_change),
+    "doc.export": LocalOp(DocExportParams, doc_export),
+    "doc.import": LocalOp(DocImportParams, doc_import),
     "doc.delete": LocalOp(DocPathParams, doc_delete),
     "doc.insert": LocalOp(DocInsertParams, doc_insert),
     "doc.splice": LocalOp(DocSpliceParams, doc_splice),
