@@ -67,7 +67,7 @@ def test_bad_files_are_refused_before_a_document_is_made(dev: LocalDevice,
     space, _ = made(dev)
     before = ops.doc_list(dev, space)
     (tmp_path / "junk").write_bytes(b"not automerge")
-    with pytest.raises(InvalidParams, match="not a .automerge file"):
+    with pytest.raises(InvalidParams, match=r"not a \.automerge file"):
         ops.doc_import(dev, space, file=str(tmp_path / "junk"))
     # a real Automerge file holding a native counter (made by JS Automerge): refused, typed
     from automerge import core
