@@ -160,3 +160,31 @@ async def test_invites_show_expiry_and_requests_come_from_pending_requests(
     # once the invite has expired its request is void: no longer listed
     sp = a.node.spaces[space]
     assert sp.acl.pending_requests(now=out["expires_at"] + 1) == []
+
+
+async def test_join_without_a_peer_yet_waits_for_one_to_appear(fleet: Fleet) -> None:
+    """No connection and no hint: the join waits for a device to be sighted (here: a
+    simulated mDNS sighting of A) instead of failing at once with "no peer to ask"."""
+    from p2psync.discovery.mdns import PeerSeen
+
+    a, b = await fleet.agent("a", quic_port=None), await fleet.agent("b", quic_port=None)
+    assert a.device is not None
+    space = ops.space_create(a.device, "notes")["space_id"]
+    code = ops.space_invite(a.device, space, no_approval=True)["invite"]  # no address hints
+    join = asyncio.ensure_future(b.join(code, timeout=20))
+    await asyncio.sleep(0)  # the join is waiting now (nothing to ask)
+    assert not join.done()
+    b._on_discovery(PeerSeen(a.keys.device.id, ("127.0.0.1",), None, a.node.servers[0].port,
+                             1))
+    joined = await asyncio.wait_for(join, 20)
+    assert joined.id == space
+
+
+async def test_join_with_nobody_to_ask_says_so_after_its_timeout(fleet: Fleet) -> None:
+    b = await fleet.agent("b")
+    a = await fleet.agent("a")
+    assert a.device is not None
+    space = ops.space_create(a.device, "notes")["space_id"]
+    code = ops.space_invite(a.device, space, no_approval=True)["invite"]
+    with pytest.raises(JoinError, match=r"no device holding the space was found in 0\.5 s"):
+        await b.join(code, timeout=0.5)

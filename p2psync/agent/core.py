@@ -133,6 +133,8 @@ class Agent:
         self._subs: dict[int, Subscription] = {}
         self._next_sub = 0
         self.events_seen: list[str] = []  #: peer ids sighted on mDNS (for status)
+        #: set when a device is sighted or a connection made (a waiting join retries)
+        self._news = asyncio.Event()
         self.first_sync: dict[str, float] = {}  #: space id -> monotonic time first in sync
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -228,6 +230,7 @@ class Agent:
             if ev.peer_id not in self.events_seen:
                 self.events_seen.append(ev.peer_id)
             self.book.mdns_seen(ev.peer_id, ev.addresses, ev.quic_port, ev.tcp_port, now)
+            self._news.set()
             log.info(kv("mdns_seen", peer=ev.peer_id, addresses=",".join(ev.addresses)))
         elif isinstance(ev, PeerGone):
             self.book.mdns_gone(ev.peer_id)
@@ -245,6 +248,7 @@ class Agent:
     def _on_dialled(self, engine: PeerEngine, ep: Endpoint) -> None:
         """The node's dialler connected (to whoever the handshake proved is at ``ep``)."""
         log.info(kv("connected", peer=engine.conn.peer_id, endpoint=ep))
+        self._news.set()
         self._offer_spaces()
         self._close_duplicates()
 
@@ -283,6 +287,7 @@ class Agent:
             if now_peers != peers:
                 peers = now_peers
                 self.node.dialer.wake()
+                self._news.set()
             for engine in self.node.engines:
                 for ps in engine.status().spaces:
                     if ps.in_sync and ps.space_id not in self.first_sync:
@@ -392,36 +397,61 @@ class Agent:
 
     async def _join(self, ic: InviteCode, peers: list[str] | None, name: str | None,
                     timeout: float) -> Space:
+        """Ask every ready connection, then every endpoint we can name; when nobody could be
+        asked at all (no connection, nothing reachable yet), wait for mDNS to sight a device
+        or the dialler to connect one, and try again — up to ``timeout``. A peer that answered
+        and refused ends the join at once (waiting would not change its answer)."""
         errors: list[str] = []
-        async with asyncio.timeout(timeout):
-            for engine in [e for e in self.node.engines if e.ready.is_set()]:
-                space = await self._try_bootstrap(engine, ic, errors)
-                if space is not None:
-                    return self._joined(space, name)
-            endpoints: list[Endpoint] = []
-            for text in peers or []:
-                endpoints += parse_endpoints(text, DEFAULT_PORT)
-            for hint in ic.addresses:
-                endpoints += _hint_endpoints(hint)
-            for cand in self.book.candidates(time.time() + 3600, ()):
-                endpoints.append(cand.endpoint)
-            tried: set[tuple[str, int]] = set()
-            for ep in endpoints:
-                if (ep.host, ep.port) in tried or _is_self(ep, self):
-                    continue
-                tried.add((ep.host, ep.port))
-                try:
-                    engine = await asyncio.wait_for(self.node.connect_endpoint(ep),
-                                                    DIAL_TIMEOUT)
-                except (TransportError, OSError, TimeoutError) as exc:
-                    errors.append(f"{ep}: {type(exc).__name__}: {exc}")
-                    continue
-                self.node.dialer.adopt(ep, engine)
-                space = await self._try_bootstrap(engine, ic, errors)
-                if space is not None:
-                    return self._joined(space, name)
-        raise JoinError("could not join: " + ("; ".join(errors[-4:]) or
-                                               "no peer to ask (give --peer HOST:PORT)"))
+        asked: set[int] = set()
+        tried: set[tuple[str, int]] = set()
+        answered = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self._news.clear()
+                    for engine in [e for e in self.node.engines if e.ready.is_set()
+                                   and id(e) not in asked]:
+                        asked.add(id(engine))
+                        answered += 1
+                        space = await self._try_bootstrap(engine, ic, errors)
+                        if space is not None:
+                            return self._joined(space, name)
+                    endpoints: list[Endpoint] = []
+                    for text in peers or []:
+                        endpoints += parse_endpoints(text, DEFAULT_PORT)
+                    for hint in ic.addresses:
+                        endpoints += _hint_endpoints(hint)
+                    for cand in self.book.candidates(time.time() + 3600, ()):
+                        endpoints.append(cand.endpoint)
+                    for ep in endpoints:
+                        if (ep.host, ep.port) in tried or _is_self(ep, self):
+                            continue
+                        tried.add((ep.host, ep.port))
+                        try:
+                            engine = await asyncio.wait_for(self.node.connect_endpoint(ep),
+                                                            DIAL_TIMEOUT)
+                        except (TransportError, OSError, TimeoutError) as exc:
+                            errors.append(f"{ep}: {type(exc).__name__}: {exc}")
+                            continue
+                        self.node.dialer.adopt(ep, engine)
+                        asked.add(id(engine))
+                        answered += 1
+                        space = await self._try_bootstrap(engine, ic, errors)
+                        if space is not None:
+                            return self._joined(space, name)
+                    if answered:
+                        break
+                    log.info(kv("join_waiting", space=ic.space_id, reason="no peer yet"))
+                    await self._news.wait()  # a device sighted on mDNS, or a connection
+                    tried.clear()  # what failed before may answer now
+        except TimeoutError:
+            if answered:
+                raise
+            raise JoinError(f"no device holding the space was found in {timeout:g} s"
+                            + (f" ({'; '.join(errors[-3:])})" if errors else "")
+                            + ": is it on and on this network? (or give --peer HOST:PORT)"
+                            ) from None
+        raise JoinError("could not join: " + "; ".join(errors[-4:]))
 
     async def _try_bootstrap(self, engine: PeerEngine, ic: InviteCode,
                              errors: list[str]) -> Space | None:
