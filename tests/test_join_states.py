@@ -12,7 +12,7 @@ import pytest
 from p2psync.agent import ops
 from p2psync.agent.core import Agent
 from p2psync.crypto.ids import short_hash
-from p2psync.errors import JoinError, JoinRefused
+from p2psync.errors import AccessDenied, JoinError, JoinRefused
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
 from tests.conftest import Fleet
@@ -188,3 +188,41 @@ async def test_join_with_nobody_to_ask_says_so_after_its_timeout(fleet: Fleet) -
     code = ops.space_invite(a.device, space, no_approval=True)["invite"]
     with pytest.raises(JoinError, match=r"no device holding the space was found in 0\.5 s"):
         await b.join(code, timeout=0.5)
+
+
+async def test_a_removed_member_is_told_and_cannot_edit(fleet: Fleet) -> None:
+    """Once the removal is known on the removed device (pushes do not send it there: it
+    arrives from any device that still talks to it), its state says who removed it and when,
+    and an edit fails with that reason instead of looking like it worked."""
+    a, b, space = await pair(fleet)
+    assert a.device is not None and b.device is not None
+    await b.join(invite(a, space, no_approval=True), timeout=10)
+    await b.wait_synced(space, 10)
+    doc = ops.doc_list(b.device, space)[0]["doc"]
+    ops.doc_set(b.device, space, doc, "x", 1)  # a member: fine
+    ops.space_remove(a.device, space, b.keys.account.id)
+    b.node.spaces[space].add_acl_records(a.node.spaces[space].acl_records())
+    st = b.join_state(space)
+    assert st["state"] == "removed" and st["by"] == a.keys.account.id
+    assert [r["role"] for r in ops.space_list(b.device)] == ["removed"]
+    with pytest.raises(AccessDenied, match="you were removed from .* by "):
+        ops.doc_set(b.device, space, doc, "x", 2)
+    with pytest.raises(AccessDenied, match="removed"):
+        ops.doc_splice(b.device, space, doc, "x", 0)
+    out = b.leave(space)  # and it can drop its copy
+    assert out["forgotten"] and out["was"] == "removed"
+
+
+async def test_leaving_writes_a_record_then_drops_the_copy(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert b.device is not None
+    await b.join(invite(a, space, no_approval=True), timeout=10)
+    await b.wait_synced(space, 10)
+    doc = ops.doc_list(b.device, space)[0]["doc"]
+    assert b.leave(space) == {"space_id": space, "left": True, "forgotten": False,
+                              "was": "member"}
+    assert b.join_state(space)["state"] == "left"
+    with pytest.raises(AccessDenied, match="you left"):
+        ops.doc_set(b.device, space, doc, "x", 1)
+    assert b.leave(space)["forgotten"] is True
+    assert space not in b.node.spaces

@@ -23,6 +23,7 @@ from p2psync.crypto.ids import account_id, decode_key, short_hash
 from p2psync.crypto.keys import verify
 from p2psync.device import LocalDevice, doc_ref
 from p2psync.errors import (
+    AccessDenied,
     DocumentError,
     InvalidParams,
     InvalidPath,
@@ -52,13 +53,20 @@ def role_name(role: Role | None) -> str:
 def join_state(space: Space, me: bytes, now: float | None = None) -> dict[str, Any]:
     """Where this account stands in ``space``: ``member`` (with its role), ``pending`` (our join
     request waits for an admin: ``request`` is the id to accept), ``declined`` / ``revoked`` /
-    ``expired`` (our request can never be accepted), or ``none`` (no request of ours here).
+    ``expired`` (our request can never be accepted), ``removed`` / ``left`` (with ``by``,
+    ``record`` and ``at``, once the record is known here), or ``none``.
 
     Read from the ACL alone, so the CLI without an agent, the agent and an app agree."""
     st = space.acl.state
     role = st.role(me)
     if role is not None or me in st.replicators:
         return {"state": "member", "role": role_name(role) if role is not None else "replicator"}
+    gone = st.departed.get(me)
+    if gone is not None:  # removed, or left (a Leave record of our own)
+        rec = decode_record(space.acl.record(gone).raw)
+        return {"state": "left" if rec.author == me else "removed",
+                "by": account_id(rec.author), "record": short_hash(gone),
+                "at": local_time(rec.timestamp * 1000)}
     mine = [q for q in st.requests.values() if q.joiner == me]
     when = time.time() if now is None else now
     if mine:
@@ -81,6 +89,22 @@ def join_state(space: Space, me: bytes, now: float | None = None) -> dict[str, A
     if last in declined:
         return {"state": "declined", "request": short_hash(last)}
     return {"state": "revoked", "request": short_hash(last)}
+
+
+def _writable(space: Space, dev: LocalDevice) -> None:
+    """Refuse an edit this account may not sign here, saying why (removed, pending, reader)
+    rather than letting it fail deeper (or look like it worked)."""
+    me = dev.keys.account.public
+    if space.acl.state.can_write(me):
+        return
+    js = join_state(space, me)
+    if js["state"] in ("removed", "left"):
+        what = (f"you were removed from {space.id} by {js['by'][:16]}… at {js['at']}"
+                if js["state"] == "removed" else f"you left {space.id} at {js['at']}")
+        raise AccessDenied(f"{what}: this device can no longer edit it")
+    if js["state"] == "member":
+        raise AccessDenied(f"your role in {space.id} is {js['role']}: it cannot edit")
+    raise AccessDenied(f"you are not a member of {space.id} (join: {js['state']})")
 
 
 def accept_command(space_id: str, request: str) -> str:
@@ -448,6 +472,7 @@ def doc_set(dev: LocalDevice, space: str, doc: str, path: str, value: Any,
             raise InvalidParams("text needs a JSON string value")
         value = Text(value)
     sp = dev.resolve_space(space)
+    _writable(sp, dev)
     d = sp.document(doc_ref(sp, doc))
     keys = parse_path(d, path, write=True)
     if not keys:
@@ -475,6 +500,7 @@ def doc_change(dev: LocalDevice, space: str, doc: str,
         if isinstance(ed, edits_mod.Put | edits_mod.Insert):
             check_value(ed.value)
     sp = dev.resolve_space(space)
+    _writable(sp, dev)
     d = sp.document(doc_ref(sp, doc))
     edits_mod.change(d, edits)
     d.flush()
