@@ -205,7 +205,7 @@ async def test_a_removed_member_is_told_and_cannot_edit(fleet: Fleet) -> None:
     st = b.join_state(space)
     assert st["state"] == "removed" and st["by"] == a.keys.account.id
     assert [r["role"] for r in ops.space_list(b.device)] == ["removed"]
-    with pytest.raises(AccessDenied, match="you were removed from .* by "):
+    with pytest.raises(AccessDenied, match=r"you were removed from .* by "):
         ops.doc_set(b.device, space, doc, "x", 2)
     with pytest.raises(AccessDenied, match="removed"):
         ops.doc_splice(b.device, space, doc, "x", 0)
