@@ -222,6 +222,32 @@ def cmd_space_accept(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, "accepted")
 
 
+def cmd_space_invites(args: argparse.Namespace, out: Out) -> None:
+    rows = _call(args, "space.invites", space=args.space)
+
+    def human() -> None:
+        if not rows:
+            print("no open invites (make one: p2psync space invite SPACE)")
+        for r in rows:
+            how = "approval" if r["approval_required"] else "no approval"
+            until = ("expired" if r["expired"] else
+                     f"expires {local_time(r['expires_at'] * 1000)}" if r["expires_at"]
+                     else "no expiry")
+            print(f"{r['invite'][:12]}  {r['role']:7} {how:12} {until}  "
+                  f"{r['pending_requests']} pending")
+    out.emit(rows, human)
+
+
+def cmd_space_revoke(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.revoke", space=args.space, invite=args.invite)
+    out.emit(data, f"revoked invite {data['revoked'][:12]}: its code no longer works")
+
+
+def cmd_space_decline(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.decline", space=args.space, request=args.request)
+    out.emit(data, f"declined request {data['declined'][:12]}")
+
+
 def cmd_space_leave(args: argparse.Namespace, out: Out) -> None:
     data = _call(args, "space.leave", space=args.space)
     if data["forgotten"]:
@@ -772,6 +798,14 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("space")
     acc.add_argument("request")
     acc.add_argument("--role", choices=sorted(ROLES))
+    cmd(space, "invites", cmd_space_invites, "open invites: role, approval, expiry, "
+        "pending requests").add_argument("space")
+    rv = cmd(space, "revoke", cmd_space_revoke, "revoke an invite (its code stops working)")
+    rv.add_argument("space")
+    rv.add_argument("invite", help="invite id or unique prefix (see `space invites`)")
+    dc = cmd(space, "decline", cmd_space_decline, "decline a join request")
+    dc.add_argument("space")
+    dc.add_argument("request", help="request id or unique prefix (see `space requests`)")
     cmd(space, "leave", cmd_space_leave, "leave a space, or cancel a pending join "
         "(drops this device's copy)").add_argument("space")
 

@@ -226,3 +226,24 @@ async def test_leaving_writes_a_record_then_drops_the_copy(fleet: Fleet) -> None
         ops.doc_set(b.device, space, doc, "x", 1)
     assert b.leave(space)["forgotten"] is True
     assert space not in b.node.spaces
+
+
+async def test_invites_listed_revoked_and_requests_declined_by_prefix(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert a.device is not None
+    code = invite(a, space)
+    [row] = ops.space_invites(a.device, space)
+    assert row["invite"] == short_hash(InviteCode.decode(code).invite_id)
+    assert row["approval_required"] and row["role"] == "writer" and not row["expired"]
+    await b.join(code, timeout=10)
+    assert ops.space_invites(a.device, space)[0]["pending_requests"] == 1
+    waiter = asyncio.ensure_future(b.wait_access(space, 10))
+    ops.space_decline(a.device, space, b.join_state(space)["request"][:6])
+    with pytest.raises(JoinRefused, match="declined"):
+        await waiter
+    ops.space_revoke(a.device, space, row["invite"][:8])
+    assert ops.space_invites(a.device, space) == []
+    with pytest.raises(ops.OpError, match="matches 0 open invites"):
+        ops.space_revoke(a.device, space, row["invite"])
+    with pytest.raises(JoinError):
+        await b.join(code, timeout=5)

@@ -412,10 +412,10 @@ class Agent:
                     for engine in [e for e in self.node.engines if e.ready.is_set()
                                    and id(e) not in asked]:
                         asked.add(id(engine))
-                        answered += 1
                         space = await self._try_bootstrap(engine, ic, errors)
                         if space is not None:
                             return self._joined(space, name)
+                        answered += not engine.conn.is_closed  # closed: it did not answer
                     endpoints: list[Endpoint] = []
                     for text in peers or []:
                         endpoints += parse_endpoints(text, DEFAULT_PORT)
@@ -435,10 +435,12 @@ class Agent:
                             continue
                         self.node.dialer.adopt(ep, engine)
                         asked.add(id(engine))
-                        answered += 1
                         space = await self._try_bootstrap(engine, ic, errors)
                         if space is not None:
                             return self._joined(space, name)
+                        # a connection closed under us (e.g. a duplicate of the dialler's)
+                        # did not answer: keep looking
+                        answered += not engine.conn.is_closed
                     if answered:
                         break
                     log.info(kv("join_waiting", space=ic.space_id, reason="no peer yet"))

@@ -156,6 +156,16 @@ class MemberParams(Params, frozen=True):
     account: Ref
 
 
+class InviteRefParams(Params, frozen=True):
+    space: Ref
+    invite: Ref
+
+
+class RequestRefParams(Params, frozen=True):
+    space: Ref
+    request: Ref
+
+
 class SpaceAcceptParams(Params, frozen=True):
     space: Ref
     request: Ref
@@ -431,6 +441,43 @@ def space_leave(dev: LocalDevice, space: str) -> dict[str, Any]:
     return {"space_id": sp.id, "left": True, "forgotten": True, "was": js["state"]}
 
 
+def space_invites(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
+    """The space's open invites (not revoked; expired ones flagged), oldest first."""
+    sp = dev.resolve_space(space)
+    now = int(time.time())
+    return [{"invite": short_hash(inv.record_id), "role": role_name(inv.role),
+             "approval_required": not inv.anyone_can_join, "by": account_id(inv.author),
+             "expires_at": inv.expires_at or None, "expired": inv.expired(now),
+             "pending_requests": sum(1 for q in sp.acl.state.requests.values()
+                                     if q.invite_id == inv.record_id)}
+            for inv in sp.acl.state.invites.values()]
+
+
+def _one(kind: str, ids: Any, ref: str) -> bytes:
+    hits = [i for i in ids if short_hash(i).startswith(str(ref).strip().lower())]
+    if len(hits) != 1:
+        raise OpError(f"{ref!r} matches {len(hits)} {kind}" + (
+            ": " + ", ".join(short_hash(h)[:12] for h in hits[:8]) if hits else ""))
+    return bytes(hits[0])
+
+
+def space_revoke(dev: LocalDevice, space: str, invite: str) -> dict[str, Any]:
+    """Revoke an invite (id or unique prefix): its code stops working and its pending
+    requests are void."""
+    sp = dev.resolve_space(space)
+    iid = _one("open invites", sp.acl.state.invites, invite)
+    sp.emit_acl(lambda acl: acl.revoke_invite(dev.keys.account, iid))
+    return {"space_id": sp.id, "revoked": short_hash(iid)}
+
+
+def space_decline(dev: LocalDevice, space: str, request: str) -> dict[str, Any]:
+    """Decline a pending join request (id or unique prefix)."""
+    sp = dev.resolve_space(space)
+    rid = _one("pending requests", sp.acl.state.requests, request)
+    sp.emit_acl(lambda acl: acl.decline(dev.keys.account, rid))
+    return {"space_id": sp.id, "declined": short_hash(rid)}
+
+
 def space_add_replicator(dev: LocalDevice, space: str, account: str) -> dict[str, Any]:
     """Let ``account`` (a backup peer's account) store and serve the space's ciphertext."""
     sp = dev.resolve_space(space)
@@ -671,6 +718,9 @@ LOCAL_OPS: dict[str, LocalOp] = {
     "space.accept": LocalOp(SpaceAcceptParams, space_accept),
     "space.add_replicator": LocalOp(MemberParams, space_add_replicator),
     "space.leave": LocalOp(SpaceParams, space_leave),
+    "space.invites": LocalOp(SpaceParams, space_invites),
+    "space.revoke": LocalOp(InviteRefParams, space_revoke),
+    "space.decline": LocalOp(RequestRefParams, space_decline),
     "space.delete_docs": LocalOp(DeleteDocsParams, space_delete_docs),
     "space.delete": LocalOp(SpaceParams, space_delete),
     "doc.new": LocalOp(SpaceParams, doc_new),
