@@ -928,36 +928,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.umask(old_umask)
 
 
+#: Exit codes (docs/cli.md): scripts tell outcomes apart without parsing messages.
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_PENDING = 1, 2, 3, 4, 5, 6
+_EXIT_BY_TYPE = {"NotFound": EXIT_NOT_FOUND, "AccessDenied": EXIT_REFUSED,
+                 "JoinRefused": EXIT_REFUSED, "Timeout": EXIT_TIMEOUT,
+                 "TimeoutError": EXIT_TIMEOUT, "JoinPending": EXIT_PENDING}
+
+
+def _exit_for(names: Sequence[str]) -> int:
+    """The exit code of an error, by its type name or the first base class that has one."""
+    for name in names:
+        if name in _EXIT_BY_TYPE:
+            return _EXIT_BY_TYPE[name]
+    return EXIT_ERROR
+
+
+def _fail(args: argparse.Namespace, kind: str, message: str, code: int,
+          extra: str = "") -> int:
+    """One error: ``p2psync: error: …`` on stderr, or with ``--json`` a JSON object there."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"type": kind, "message": message, "exit": code}},
+                         ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"p2psync: error: {message}{extra}", file=sys.stderr)
+    return code
+
+
 def _main(args: argparse.Namespace, out: Out) -> int:
     try:
         args.fn(args, out)
     except ApiError as exc:
         if exc.kind == "InternalError":
-            print(f"p2psync: error: the agent hit a bug: {exc}\np2psync: it kept running; "
-                  "its log has the traceback (report it with the command you ran)",
-                  file=sys.stderr)
-        else:
-            print(f"p2psync: error: {exc}", file=sys.stderr)
-        return 1
+            return _fail(args, exc.kind, f"the agent hit a bug: {exc}", EXIT_ERROR,
+                         "\np2psync: it kept running; its log has the traceback (report it "
+                         "with the command you ran)")
+        # the agent answers with the error's class name; map it as if raised here
+        from p2psync import errors as errs
+
+        cls = getattr(errs, exc.kind, None)
+        names = [c.__name__ for c in cls.__mro__] if isinstance(cls, type) else [exc.kind]
+        return _fail(args, exc.kind, str(exc), _exit_for(names))
     except (P2PSyncError, NotFound) as exc:
-        print(f"p2psync: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, type(exc).__name__, str(exc),
+                     _exit_for([c.__name__ for c in type(exc).__mro__]))
     except TimeoutError:
-        print("p2psync: error: timed out (is the other device reachable?)", file=sys.stderr)
-        return 1
+        return _fail(args, "Timeout", "timed out (is the other device reachable?)",
+                     EXIT_TIMEOUT)
     except OSError as exc:
-        print(f"p2psync: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, type(exc).__name__, str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         print("p2psync: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so plainly and what to do, never a bare traceback
-        print(f"p2psync: internal error: {type(exc).__name__}: {exc}\n"
-              "p2psync: this is a bug in p2psync, not in what you typed; your data is safe. "
-              "Rerun with P2PSYNC_DEBUG=1 to see the traceback and report it with the command.",
-              file=sys.stderr)
+        code = _fail(args, "InternalError", f"internal error: {type(exc).__name__}: {exc}",
+                     EXIT_ERROR, "\np2psync: this is a bug in p2psync, not in what you typed; "
+                     "your data is safe. Rerun with P2PSYNC_DEBUG=1 to see the traceback and "
+                     "report it with the command.")
         if os.environ.get("P2PSYNC_DEBUG"):
             traceback.print_exc()
-        return 1
+        return code
     return 0
 

@@ -231,3 +231,23 @@ def test_history_shows_quarantined_changes(dev: LocalDevice) -> None:
     assert "counter" in (rows[short_hash(bad.id)]["quarantined"] or "")
     assert all(r["removed_after"] is None for r in rows.values())
     assert sum(1 for r in rows.values() if r["quarantined"]) == 1
+
+
+def test_cli_errors_have_distinct_exit_codes_and_json_on_stderr(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PSYNC_PASSPHRASE", "")
+    home = str(tmp_path / "h")
+    assert cli.main(["--home", home, "init", "--no-passphrase"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--home", home, "doc", "new", "nope"]) == cli.EXIT_NOT_FOUND
+    assert capsys.readouterr().err.startswith("p2psync: error: no space 'nope'")
+    assert cli.main(["--home", home, "--json", "doc", "new", "nope"]) == cli.EXIT_NOT_FOUND
+    err = json.loads(capsys.readouterr().err)
+    assert err == {"error": {"type": "NotFound", "exit": 3, "message":
+                             "no space 'nope' on this device (see `p2psync space list`)"}}
+    assert cli.main(["--home", home, "space", "create", "n"]) == 0
+    capsys.readouterr()
+    rc = cli.main(["--home", home, "--json", "doc", "get", "n", "zzz"])
+    assert rc == cli.EXIT_NOT_FOUND and json.loads(capsys.readouterr().err)["error"][
+        "type"] == "NotFound"
