@@ -201,7 +201,7 @@ def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
 
 def cmd_space_remove(args: argparse.Namespace, out: Out) -> None:
     data = _call(args, "space.remove", space=args.space, account=args.account)
-    out.emit(data, f"removed {args.account}; the read key was rotated")
+    out.emit(data, f"removed {data['removed']}; the read key was rotated")
 
 
 def cmd_space_requests(args: argparse.Namespace, out: Out) -> None:

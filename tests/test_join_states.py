@@ -49,6 +49,8 @@ async def test_pending_join_says_what_it_waits_for_then_completes(fleet: Fleet) 
     assert st["accept_command"] == f"p2psync space accept {space} {st['request']}"
     assert [r["request"] for r in ops.space_requests(a.device, space)] == [st["request"]]  # type: ignore[arg-type]
     assert [r["role"] for r in ops.space_list(b.device)] == ["pending"]  # type: ignore[arg-type]
+    [row] = b.status()["spaces"]
+    assert row["role"] == "pending" and row["join"]["request"] == st["request"]
     waiter = asyncio.ensure_future(b.wait_access(space, 10))
     ops.space_accept(a.device, space, st["request"][:8])  # type: ignore[arg-type]
     assert (await waiter) == {"space_id": space, "state": "member", "role": "writer"}
@@ -200,7 +202,9 @@ async def test_a_removed_member_is_told_and_cannot_edit(fleet: Fleet) -> None:
     await b.wait_synced(space, 10)
     doc = ops.doc_list(b.device, space)[0]["doc"]
     ops.doc_set(b.device, space, doc, "x", 1)  # a member: fine
-    ops.space_remove(a.device, space, b.keys.account.id)
+    with pytest.raises(ops.OpError, match="matches 2 accounts"):
+        ops.space_remove(a.device, space, "a")  # every account id starts with "a"
+    ops.space_remove(a.device, space, b.keys.account.id[:12])  # a unique prefix will do
     b.node.spaces[space].add_acl_records(a.node.spaces[space].acl_records())
     st = b.join_state(space)
     assert st["state"] == "removed" and st["by"] == a.keys.account.id

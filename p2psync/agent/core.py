@@ -625,7 +625,14 @@ class Agent:
                               # expected one peer there, the handshake proved another
                               "relabelled_from": ds.relabelled[0] if ds.relabelled else None})
         names = self.device.names() if self.device else {}
-        spaces = [dict(asdict(s), name=names.get(s.space_id, "")) for s in ns.spaces]
+        spaces = []
+        for s in ns.spaces:
+            row = dict(asdict(s), name=names.get(s.space_id, ""))
+            if s.role is None:  # not a member: where our join (or membership) stands
+                js = self.join_state(s.space_id)
+                row["join"] = js
+                row["role"] = js["state"]
+            spaces.append(row)
         return {"version": __version__, "peer_id": ns.peer_id, "account_id": ns.account_id,
                 "home": str(self.home.path), "listening": ns.listening,
                 "uptime": round(time.monotonic() - self.started_at, 3),

@@ -389,13 +389,31 @@ def space_members(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _account(sp: Space, ref: str, *, members_only: bool = True) -> bytes:
+    """An account by its whole id, or a unique prefix of a member's (or replicator's) id;
+    an ambiguous prefix names the matches."""
+    ref = str(ref).strip()
+    with contextlib.suppress(P2PSyncError):
+        return decode_key("a", ref)
+    st = sp.acl.state
+    pool = list(st.members) + ([] if members_only else sorted(st.replicators))
+    hits = [a for a in pool if account_id(a).startswith(ref.lower())] if ref else []
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise OpError(f"{ref!r} is neither an account id nor the start of a member's "
+                      "(see `p2psync space members`)")
+    raise OpError(f"{ref!r} matches {len(hits)} accounts: "
+                  + ", ".join(account_id(a)[:16] + "…" for a in hits[:8]) + "; use more of it")
+
+
 def space_remove(dev: LocalDevice, space: str, account: str) -> dict[str, Any]:
     sp = dev.resolve_space(space)
-    who = decode_key("a", account)
+    who = _account(sp, account)
     if sp.role(who) is None:
         raise OpError(f"{account} is not a member of {sp.id}")
     sp.emit_acl(lambda acl: acl.remove(dev.keys.account, [who]))
-    return {"space_id": sp.id, "removed": account, "read_key_rotated": True}
+    return {"space_id": sp.id, "removed": account_id(who), "read_key_rotated": True}
 
 
 def space_requests(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
