@@ -174,6 +174,12 @@ def cmd_space_invite(args: argparse.Namespace, out: Out) -> None:
                  no_approval=args.no_approval, expires_in=expires_in)
     if data.get("expires_at") and not args.json:
         print(f"expires {local_time(data['expires_at'] * 1000)}", file=sys.stderr)
+    if args.qr and not args.json:
+        import segno  # a well-kept, dependency-free QR encoder (never our own)
+
+        # the code is ASCII upper-case base32 + a short prefix: QR's alphanumeric-friendly
+        segno.make(data["invite"], error="l", micro=False).terminal(out=sys.stdout,
+                                                                     compact=True)
     out.emit(data, data["invite"])
 
 
@@ -757,6 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--role", choices=sorted(ROLES), default="writer")
     inv.add_argument("--no-approval", action="store_true",
                      help="anyone with the code joins at once (no admin approval)")
+    inv.add_argument("--qr", action="store_true", help="also print the code as a QR code "
+                     "(for a phone's camera)")
     inv.add_argument("--expires", help="the code stops working after this long: 90s, 30m, "
                      "24h, 7d (default: never)")
     cmd(space, "members", cmd_space_members, "list members").add_argument("space")

@@ -251,3 +251,19 @@ def test_cli_errors_have_distinct_exit_codes_and_json_on_stderr(
     rc = cli.main(["--home", home, "--json", "doc", "get", "n", "zzz"])
     assert rc == cli.EXIT_NOT_FOUND and json.loads(capsys.readouterr().err)["error"][
         "type"] == "NotFound"
+
+
+def test_invite_qr_and_expiry_on_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PSYNC_PASSPHRASE", "")
+    home = str(tmp_path / "h")
+    assert cli.main(["--home", home, "init", "--no-passphrase"]) == 0
+    assert cli.main(["--home", home, "space", "create", "n"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--home", home, "space", "invite", "n", "--qr", "--expires", "2h"]) == 0
+    got = capsys.readouterr()
+    lines = got.out.splitlines()
+    assert lines[-1].startswith("p2psync-invite") and "█" in got.out and len(lines) > 20
+    assert got.err.startswith("expires ")
+    assert cli.main(["--home", home, "space", "invite", "n", "--expires", "soon"]) == 1
+    assert "--expires 'soon'" in capsys.readouterr().err
