@@ -29,7 +29,6 @@ from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.device import LocalDevice, NotFound
 from p2psync.errors import P2PSyncError
 from p2psync.home import Home, default_home, interactive, passphrase
-from p2psync.replica.acl import InviteCode
 from p2psync.timefmt import local_time
 
 ROLES = ops.ROLES
@@ -465,7 +464,7 @@ async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
                   mdns=cfg.mdns and not args.no_mdns)
     agent = await Agent(home, home.open_keys(), cfg).start()
     try:
-        if not peers and agent.mdns is not None and not InviteCode.decode(args.code).addresses:
+        if not peers and agent.mdns is not None and not ops.parse_invite(args.code).addresses:
             # no hint and no peer given: give mDNS a moment to sight devices on the LAN
             with contextlib.suppress(TimeoutError):
                 await agent.node.wait_for(lambda: bool(agent.events_seen), 5.0)

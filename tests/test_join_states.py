@@ -251,3 +251,13 @@ async def test_invites_listed_revoked_and_requests_declined_by_prefix(fleet: Fle
         ops.space_revoke(a.device, space, row["invite"])
     with pytest.raises(JoinError):
         await b.join(code, timeout=5)
+
+
+async def test_a_damaged_code_says_what_to_do(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    code = invite(a, space)
+    with pytest.raises(ops.InvalidParams, match="damaged or cut short: copy it again"):
+        await b.join(code[:-40], timeout=5)
+    with pytest.raises(ops.InvalidParams, match="not a p2psync invite code"):
+        await b.join("hello", timeout=5)
+    assert b.node.store.list_spaces() == []

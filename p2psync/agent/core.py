@@ -374,7 +374,7 @@ class Agent:
                    timeout: float = 30.0) -> Space:
         """Join a space by invite: ask connected peers first, then ``peers``, the code's hints,
         then every endpoint in the address book; the first that offers the space wins."""
-        ic = InviteCode.decode(code)
+        ic = ops.parse_invite(code)
         if not ic.space_id:
             raise JoinError("this invite code does not name its space (old format)")
         held = self.node.spaces.get(ic.space_id)

@@ -107,6 +107,22 @@ def _writable(space: Space, dev: LocalDevice) -> None:
     raise AccessDenied(f"you are not a member of {space.id} (join: {js['state']})")
 
 
+def parse_invite(code: str) -> InviteCode:
+    """An invite code, or an error that says what the person can do (the decoder's details —
+    base32, msgpack lengths — mean nothing to them)."""
+    try:
+        return InviteCode.decode(code)
+    except P2PSyncError as exc:
+        text = str(code).strip()
+        if not text.startswith(("p2psync-invite1:", "p2psync-invite2:")):
+            what = ("this is not a p2psync invite code (it starts with p2psync-invite2:); "
+                    "copy the whole code that `p2psync space invite` printed")
+        else:
+            what = ("this invite code is damaged or cut short: copy it again as ONE line, "
+                    "all of it (or ask for a new one)")
+        raise InvalidParams(what + f" [{exc}]") from None
+
+
 def accept_command(space_id: str, request: str) -> str:
     """What an admin runs to accept a pending request (shown to the joiner)."""
     return f"p2psync space accept {space_id} {request}"
