@@ -709,6 +709,14 @@ def cmd_run(args: argparse.Namespace, out: Out) -> None:
     run_loop(lambda: serve(home, keys, cfg, emit))
 
 
+# --- shell completion -------------------------------------------------------------------------
+def cmd_completion(args: argparse.Namespace, out: Out) -> None:
+    """A completion script generated from this parser (shtab), so it never drifts from it."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+
+
 # --- demo -------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace, out: Out) -> None:
     from p2psync.demo import run_demo
@@ -900,6 +908,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     cmd(backup, "id", cmd_backup_id, "print the backup's peer id, account id and addresses")
 
+    comp = cmd(sub, "completion", cmd_completion, "print a shell completion script: "
+               "bash: eval \"$(p2psync completion bash)\"; zsh/fish: see docs/cli.md")
+    comp.add_argument("shell", choices=["bash", "zsh", "fish"])
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
     return p

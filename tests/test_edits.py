@@ -267,3 +267,21 @@ def test_invite_qr_and_expiry_on_the_cli(tmp_path: Path, capsys: pytest.CaptureF
     assert got.err.startswith("expires ")
     assert cli.main(["--home", home, "space", "invite", "n", "--expires", "soon"]) == 1
     assert "--expires 'soon'" in capsys.readouterr().err
+
+
+def test_shell_completion_scripts_follow_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+    import subprocess
+
+    for shell in ("bash", "zsh", "fish"):
+        assert cli.main(["completion", shell]) == 0
+        script = capsys.readouterr().out
+        assert "p2psync" in script and "splice" in script, shell
+    if shutil.which("bash") is None:
+        return
+    assert cli.main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    probe = script + '\nCOMP_WORDS=(p2psync doc sp); COMP_CWORD=2; _shtab_p2psync\n' \
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    proc = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.split() == ["splice"], proc.stderr
