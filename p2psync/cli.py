@@ -913,7 +913,34 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("shell", choices=["bash", "zsh", "fish"])
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
+    _fill_help(p)
     return p
+
+
+#: Help for arguments that mean the same in every command (``--help`` explains every one).
+_COMMON_HELP = {
+    "space": "space id, local name or unique id prefix",
+    "doc": "document id or unique prefix (see `doc list`)",
+    "docs": "document ids or unique prefixes",
+    "account": "account id, or a unique prefix of a member's (see `space members`)",
+    "request": "join request id or unique prefix (see `space requests`)",
+    "code": "the invite code: one line starting with p2psync-invite2:",
+    "name": "a local name for the space",
+    "role": "role to give (default: the invite's, or writer)",
+    "path": "path in the document: keys and list indexes separated by /, e.g. items/0/title",
+    "timeout": "seconds to wait (default %(default)s)",
+    "log_level": "log verbosity (default: config or info)",
+    "shell": "the shell to complete for",
+}
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _fill_help(sub)
+        elif action.help is None and action.dest in _COMMON_HELP:
+            action.help = _COMMON_HELP[action.dest]
 
 
 @contextlib.contextmanager

@@ -285,3 +285,20 @@ def test_shell_completion_scripts_follow_the_parser(capsys: pytest.CaptureFixtur
         'printf "%s\\n" "${COMPREPLY[@]}"\n'
     proc = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
     assert proc.stdout.split() == ["splice"], proc.stderr
+
+
+def test_every_cli_argument_has_help() -> None:
+    import argparse
+
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: list[str]) -> None:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    walk(sp, [*path, name])
+            elif not a.help:
+                missing.append(f"{' '.join(path)} {a.dest}")
+
+    walk(cli.build_parser(), [])
+    assert missing == []
