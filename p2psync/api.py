@@ -173,15 +173,11 @@ async def _replicate(ctx: Context, p: ReplicateParams) -> Any:
 
 
 async def _add_backup(ctx: Context, p: AddBackupParams) -> Any:
-    from p2psync.backup.client import add_backup_agent
-
-    return await add_backup_agent(ctx.agent, p.space, p.address)
+    return await ctx.agent.add_backup(p.space, p.address)
 
 
 async def _backup_status(ctx: Context, p: TimedSpaceParams) -> Any:
-    from p2psync.backup.client import backup_status
-
-    return await backup_status(ctx.agent, p.space, p.timeout)
+    return await ctx.agent.backup_status(p.space, p.timeout)
 
 
 async def _sync_state(ctx: Context, p: ops.SpaceParams) -> Any:
@@ -307,13 +303,7 @@ class ApiServer:
                                                            limit=MAX_LINE)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
-        # The agent has opened its store by now (its -wal/-shm exist): make sure nothing in the
-        # home is readable by others, whatever umask the process started with, and that what it
-        # writes from now on (names, config, backups of the store) is private too. The umask is
-        # only tightened (`p2psync run` already set 0077).
-        os.umask(os.umask(0o077) | 0o077)
-        self.agent.home.secure()
+        os.chmod(self.path, 0o600)  # the home itself was secured by Agent.start
         return self
 
     async def close(self) -> None:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -30,7 +29,7 @@ from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.device import LocalDevice, NotFound
 from p2psync.errors import P2PSyncError
 from p2psync.home import Home, default_home, interactive, passphrase
-from p2psync.replica.acl import InviteCode
+from p2psync.timefmt import local_time
 
 ROLES = ops.ROLES
 
@@ -65,10 +64,6 @@ def _device(args: argparse.Namespace) -> LocalDevice:
     if not home.exists():
         raise CliError(f"no identity in {home.path}: run `p2psync init` first")
     return LocalDevice(home, home.open_keys())
-
-
-def _ts(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 # --- identity ---------------------------------------------------------------------------------
@@ -173,9 +168,29 @@ def cmd_space_list(args: argparse.Namespace, out: Out) -> None:
 
 
 def cmd_space_invite(args: argparse.Namespace, out: Out) -> None:
+    expires_in = _duration(args.expires) if args.expires else None
     data = _call(args, "space.invite", space=args.space, role=args.role,
-                 no_approval=args.no_approval)
+                 no_approval=args.no_approval, expires_in=expires_in)
+    if data.get("expires_at") and not args.json:
+        print(f"expires {local_time(data['expires_at'] * 1000)}", file=sys.stderr)
+    if args.qr and not args.json:
+        import segno  # a well-kept, dependency-free QR encoder (never our own)
+
+        # the code is ASCII upper-case base32 + a short prefix: QR's alphanumeric-friendly
+        segno.make(data["invite"], error="l", micro=False).terminal(out=sys.stdout,
+                                                                     compact=True)
     out.emit(data, data["invite"])
+
+
+def _duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    mult = units.get(t[-1:], 0)
+    num = t[:-1] if mult else t
+    if not num.isdigit() or int(num) <= 0:
+        raise CliError(f"--expires {text!r}: give a duration like 90s, 30m, 24h or 7d")
+    return int(num) * (mult or 1)
 
 
 def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
@@ -191,7 +206,7 @@ def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
 
 def cmd_space_remove(args: argparse.Namespace, out: Out) -> None:
     data = _call(args, "space.remove", space=args.space, account=args.account)
-    out.emit(data, f"removed {args.account}; the read key was rotated")
+    out.emit(data, f"removed {data['removed']}; the read key was rotated")
 
 
 def cmd_space_requests(args: argparse.Namespace, out: Out) -> None:
@@ -201,13 +216,41 @@ def cmd_space_requests(args: argparse.Namespace, out: Out) -> None:
         if not rows:
             print("no pending join requests")
         for r in rows:
-            print(f"{r['request']}  {r['account_id']}")
+            until = (f"  (invite expires {local_time(r['expires_at'] * 1000)})"
+                     if r.get("expires_at") else "")
+            print(f"{r['request']}  {r['account_id']}  as {r.get('role')}{until}")
     out.emit(rows, human)
 
 
 def cmd_space_accept(args: argparse.Namespace, out: Out) -> None:
     data = _call(args, "space.accept", space=args.space, request=args.request, role=args.role)
     out.emit(data, "accepted")
+
+
+def cmd_space_invites(args: argparse.Namespace, out: Out) -> None:
+    rows = _call(args, "space.invites", space=args.space)
+
+    def human() -> None:
+        if not rows:
+            print("no open invites (make one: p2psync space invite SPACE)")
+        for r in rows:
+            how = "approval" if r["approval_required"] else "no approval"
+            until = ("expired" if r["expired"] else
+                     f"expires {local_time(r['expires_at'] * 1000)}" if r["expires_at"]
+                     else "no expiry")
+            print(f"{r['invite'][:12]}  {r['role']:7} {how:12} {until}  "
+                  f"{r['pending_requests']} pending")
+    out.emit(rows, human)
+
+
+def cmd_space_revoke(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.revoke", space=args.space, invite=args.invite)
+    out.emit(data, f"revoked invite {data['revoked'][:12]}: its code no longer works")
+
+
+def cmd_space_decline(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.decline", space=args.space, request=args.request)
+    out.emit(data, f"declined request {data['declined'][:12]}")
 
 
 def cmd_space_leave(args: argparse.Namespace, out: Out) -> None:
@@ -236,7 +279,7 @@ def cmd_space_add_backup(args: argparse.Namespace, out: Out) -> None:
         with ApiClient(home.path) as client:
             data = client.call("space.add_backup", space=args.space, address=args.address)
     else:
-        from p2psync.backup.client import (
+        from p2psync.agent.backups import (
             add_replicator_record,
             identify,
             write_backup_config,
@@ -273,7 +316,7 @@ def cmd_space_backup_status(args: argparse.Namespace, out: Out) -> None:
             state = "everything backed up" if r["all_backed_up"] else \
                 f"{r['documents_backed_up']}/{r['documents']} documents backed up at current heads"
             print(f"backup {r['backup_peer'][:20]}… (signed receipt, "
-                  f"{_ts(int(r['receipt_time'] * 1000))}): {state}; it holds "
+                  f"{local_time(r['receipt_time'] * 1000)}): {state}; it holds "
                   f"{r['backup_changes']} changes, {r['backup_bytes']} bytes")
     out.emit(data, human)
 
@@ -421,7 +464,7 @@ async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
                   mdns=cfg.mdns and not args.no_mdns)
     agent = await Agent(home, home.open_keys(), cfg).start()
     try:
-        if not peers and agent.mdns is not None and not InviteCode.decode(args.code).addresses:
+        if not peers and agent.mdns is not None and not ops.parse_invite(args.code).addresses:
             # no hint and no peer given: give mDNS a moment to sight devices on the LAN
             with contextlib.suppress(TimeoutError):
                 await agent.node.wait_for(lambda: bool(agent.events_seen), 5.0)
@@ -499,6 +542,30 @@ def cmd_doc_edit(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, "ok")
 
 
+def cmd_doc_list(args: argparse.Namespace, out: Out) -> None:
+    rows = _call(args, "doc.list", space=args.space)
+
+    def human() -> None:
+        if not rows:
+            print("no documents (make one: p2psync doc new SPACE)")
+        for r in rows:
+            print(f"{r['doc']}  {len(r['heads'])} head(s)")
+    out.emit(rows, human)
+
+
+def cmd_doc_export(args: argparse.Namespace, out: Out) -> None:
+    path = str(Path(args.file).expanduser().resolve())
+    data = _call(args, "doc.export", space=args.space, doc=args.doc, file=path)
+    out.emit(data, f"wrote {data['bytes']} bytes to {data['file']} (a standard .automerge "
+                   "file)")
+
+
+def cmd_doc_import(args: argparse.Namespace, out: Out) -> None:
+    path = str(Path(args.file).expanduser().resolve())
+    data = _call(args, "doc.import", space=args.space, file=path)
+    out.emit(data, data["doc"])
+
+
 def cmd_doc_get(args: argparse.Namespace, out: Out) -> None:
     value = _call(args, "doc.get", space=args.space, doc=args.doc, path=args.path, at=args.at)
     print(json.dumps(value, indent=None if args.json else 1, sort_keys=True,
@@ -513,8 +580,14 @@ def cmd_doc_history(args: argparse.Namespace, out: Out) -> None:
             mark = "✓" if r["signature_ok"] else "✗ BAD SIGNATURE"
             snap = " snapshot" if r["snapshot"] else ""
             parents = ",".join(p[:10] for p in r["parents"]) or "root"
+            notes = ""
+            if r.get("quarantined"):
+                notes += f"  QUARANTINED (content left out): {r['quarantined']}"
+            if r.get("removed_after"):
+                notes += (f"  author removed at or after it (record "
+                          f"{r['removed_after'][:10]}): possibly back-dated")
             print(f"{r['change'][:12]}  {r['time']}  {r['author'][:14]}…  "
-                  f"<- {parents}{snap}  {mark}")
+                  f"<- {parents}{snap}  {mark}{notes}")
     out.emit(rows, human)
 
 
@@ -593,7 +666,7 @@ def cmd_status(args: argparse.Namespace, out: Out) -> None:
             print(f"peer     {p['peer_id'][:20]}… {p['transport']}"
                   + (f" last error: {p['last_error']}" if p["last_error"] else ""))
             for ps in p["spaces"]:
-                when = _ts(int(ps["last_success"] * 1000)) if ps["last_success"] else "never"
+                when = local_time(ps["last_success"] * 1000) if ps["last_success"] else "never"
                 print(f"  {ps['space_id'][:20]}… in_sync={ps['in_sync']} "
                       f"pending={ps['pending_trees']} last_success={when}"
                       + (f" last_error={ps['last_error']}" if ps["last_error"] else ""))
@@ -683,6 +756,12 @@ def cmd_service(args: argparse.Namespace, out: Out) -> None:
         for k, v in data.items():
             print(f"{k:12} {v}")
     out.emit(data, human)
+# --- shell completion -------------------------------------------------------------------------
+def cmd_completion(args: argparse.Namespace, out: Out) -> None:
+    """A completion script generated from this parser (shtab), so it never drifts from it."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -739,6 +818,10 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--role", choices=sorted(ROLES), default="writer")
     inv.add_argument("--no-approval", action="store_true",
                      help="anyone with the code joins at once (no admin approval)")
+    inv.add_argument("--qr", action="store_true", help="also print the code as a QR code "
+                     "(for a phone's camera)")
+    inv.add_argument("--expires", help="the code stops working after this long: 90s, 30m, "
+                     "24h, 7d (default: never)")
     cmd(space, "members", cmd_space_members, "list members").add_argument("space")
     rm = cmd(space, "remove", cmd_space_remove, "remove a member (rotates the read key)")
     rm.add_argument("space")
@@ -778,6 +861,14 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("space")
     acc.add_argument("request")
     acc.add_argument("--role", choices=sorted(ROLES))
+    cmd(space, "invites", cmd_space_invites, "open invites: role, approval, expiry, "
+        "pending requests").add_argument("space")
+    rv = cmd(space, "revoke", cmd_space_revoke, "revoke an invite (its code stops working)")
+    rv.add_argument("space")
+    rv.add_argument("invite", help="invite id or unique prefix (see `space invites`)")
+    dc = cmd(space, "decline", cmd_space_decline, "decline a join request")
+    dc.add_argument("space")
+    dc.add_argument("request", help="request id or unique prefix (see `space requests`)")
     cmd(space, "leave", cmd_space_leave, "leave a space, or cancel a pending join "
         "(drops this device's copy)").add_argument("space")
 
@@ -790,6 +881,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("path")
     st.add_argument("value", help="JSON, e.g. '\"hello\"', 42, '{\"a\": [1]}'")
     st.add_argument("--text", action="store_true", help="store a string as editable text")
+    cmd(doc, "list", cmd_doc_list, "the documents of a space").add_argument("space")
+    ex = cmd(doc, "export", cmd_doc_export,
+             "write the document as a standard .automerge file (loads in any Automerge)")
+    ex.add_argument("space")
+    ex.add_argument("doc")
+    ex.add_argument("file", help="where to write it, e.g. notes.automerge")
+    im = cmd(doc, "import", cmd_doc_import,
+             "make a new document from a .automerge file (prints its id)")
+    im.add_argument("space")
+    im.add_argument("file", help="a file saved by any Automerge implementation")
+
     def doc_args(name: str, help: str) -> argparse.ArgumentParser:
         sp = cmd(doc, name, cmd_doc_edit, help)
         sp.add_argument("space", help="space id, local name or id prefix")
@@ -867,9 +969,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stop", action="store_true", help="only remove the unit file")
     cmd(svc, "status", cmd_service, "whether the unit is installed and running")
 
+    comp = cmd(sub, "completion", cmd_completion, "print a shell completion script: "
+               "bash: eval \"$(p2psync completion bash)\"; zsh/fish: see docs/cli.md")
+    comp.add_argument("shell", choices=["bash", "zsh", "fish"])
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
+    _fill_help(p)
     return p
+
+
+#: Help for arguments that mean the same in every command (``--help`` explains every one).
+_COMMON_HELP = {
+    "space": "space id, local name or unique id prefix",
+    "doc": "document id or unique prefix (see `doc list`)",
+    "docs": "document ids or unique prefixes",
+    "account": "account id, or a unique prefix of a member's (see `space members`)",
+    "request": "join request id or unique prefix (see `space requests`)",
+    "code": "the invite code: one line starting with p2psync-invite2:",
+    "name": "a local name for the space",
+    "role": "role to give (default: the invite's, or writer)",
+    "path": "path in the document: keys and list indexes separated by /, e.g. items/0/title",
+    "timeout": "seconds to wait (default %(default)s)",
+    "log_level": "log verbosity (default: config or info)",
+    "shell": "the shell to complete for",
+}
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _fill_help(sub)
+        elif action.help is None and action.dest in _COMMON_HELP:
+            action.help = _COMMON_HELP[action.dest]
 
 
 @contextlib.contextmanager
@@ -902,36 +1034,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.umask(old_umask)
 
 
+#: Exit codes (docs/cli.md): scripts tell outcomes apart without parsing messages.
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_PENDING = 1, 2, 3, 4, 5, 6
+_EXIT_BY_TYPE = {"NotFound": EXIT_NOT_FOUND, "AccessDenied": EXIT_REFUSED,
+                 "JoinRefused": EXIT_REFUSED, "Timeout": EXIT_TIMEOUT,
+                 "TimeoutError": EXIT_TIMEOUT, "JoinPending": EXIT_PENDING}
+
+
+def _exit_for(names: Sequence[str]) -> int:
+    """The exit code of an error, by its type name or the first base class that has one."""
+    for name in names:
+        if name in _EXIT_BY_TYPE:
+            return _EXIT_BY_TYPE[name]
+    return EXIT_ERROR
+
+
+def _fail(args: argparse.Namespace, kind: str, message: str, code: int,
+          extra: str = "") -> int:
+    """One error: ``p2psync: error: …`` on stderr, or with ``--json`` a JSON object there."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"type": kind, "message": message, "exit": code}},
+                         ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"p2psync: error: {message}{extra}", file=sys.stderr)
+    return code
+
+
 def _main(args: argparse.Namespace, out: Out) -> int:
     try:
         args.fn(args, out)
     except ApiError as exc:
         if exc.kind == "InternalError":
-            print(f"p2psync: error: the agent hit a bug: {exc}\np2psync: it kept running; "
-                  "its log has the traceback (report it with the command you ran)",
-                  file=sys.stderr)
-        else:
-            print(f"p2psync: error: {exc}", file=sys.stderr)
-        return 1
+            return _fail(args, exc.kind, f"the agent hit a bug: {exc}", EXIT_ERROR,
+                         "\np2psync: it kept running; its log has the traceback (report it "
+                         "with the command you ran)")
+        # the agent answers with the error's class name; map it as if raised here
+        from p2psync import errors as errs
+
+        cls = getattr(errs, exc.kind, None)
+        names = [c.__name__ for c in cls.__mro__] if isinstance(cls, type) else [exc.kind]
+        return _fail(args, exc.kind, str(exc), _exit_for(names))
     except (P2PSyncError, NotFound) as exc:
-        print(f"p2psync: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, type(exc).__name__, str(exc),
+                     _exit_for([c.__name__ for c in type(exc).__mro__]))
     except TimeoutError:
-        print("p2psync: error: timed out (is the other device reachable?)", file=sys.stderr)
-        return 1
+        return _fail(args, "Timeout", "timed out (is the other device reachable?)",
+                     EXIT_TIMEOUT)
     except OSError as exc:
-        print(f"p2psync: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, type(exc).__name__, str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         print("p2psync: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so plainly and what to do, never a bare traceback
-        print(f"p2psync: internal error: {type(exc).__name__}: {exc}\n"
-              "p2psync: this is a bug in p2psync, not in what you typed; your data is safe. "
-              "Rerun with P2PSYNC_DEBUG=1 to see the traceback and report it with the command.",
-              file=sys.stderr)
+        code = _fail(args, "InternalError", f"internal error: {type(exc).__name__}: {exc}",
+                     EXIT_ERROR, "\np2psync: this is a bug in p2psync, not in what you typed; "
+                     "your data is safe. Rerun with P2PSYNC_DEBUG=1 to see the traceback and "
+                     "report it with the command.")
         if os.environ.get("P2PSYNC_DEBUG"):
             traceback.print_exc()
-        return 1
+        return code
     return 0
 

@@ -214,3 +214,91 @@ def test_every_edit_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rc == 1 and "not text" in err
     rc, _, err = p2p("doc", "change", "n", doc, '{"op": "put"}')
     assert rc == 1 and "JSON list" in err
+
+
+def test_history_shows_quarantined_changes(dev: LocalDevice) -> None:
+    from p2psync.crypto.ids import short_hash
+    from p2psync.replica.document import encode_payload
+    from tests.test_document_poison import COUNTER
+
+    space, doc = space_doc(dev)
+    ops.doc_set(dev, space, doc, "title", "hello")
+    sp = dev.resolve_space(space)
+    d = sp.document(sp.tree_ids()[0])
+    bad = d.tree.create_change(dev.keys.account, encode_payload([], [COUNTER]))
+    d.receive([bad.raw])
+    rows = {r["change"]: r for r in ops.doc_history(dev, space, doc)}
+    assert "counter" in (rows[short_hash(bad.id)]["quarantined"] or "")
+    assert all(r["removed_after"] is None for r in rows.values())
+    assert sum(1 for r in rows.values() if r["quarantined"]) == 1
+
+
+def test_cli_errors_have_distinct_exit_codes_and_json_on_stderr(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PSYNC_PASSPHRASE", "")
+    home = str(tmp_path / "h")
+    assert cli.main(["--home", home, "init", "--no-passphrase"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--home", home, "doc", "new", "nope"]) == cli.EXIT_NOT_FOUND
+    assert capsys.readouterr().err.startswith("p2psync: error: no space 'nope'")
+    assert cli.main(["--home", home, "--json", "doc", "new", "nope"]) == cli.EXIT_NOT_FOUND
+    err = json.loads(capsys.readouterr().err)
+    assert err == {"error": {"type": "NotFound", "exit": 3, "message":
+                             "no space 'nope' on this device (see `p2psync space list`)"}}
+    assert cli.main(["--home", home, "space", "create", "n"]) == 0
+    capsys.readouterr()
+    rc = cli.main(["--home", home, "--json", "doc", "get", "n", "zzz"])
+    assert rc == cli.EXIT_NOT_FOUND and json.loads(capsys.readouterr().err)["error"][
+        "type"] == "NotFound"
+
+
+def test_invite_qr_and_expiry_on_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PSYNC_PASSPHRASE", "")
+    home = str(tmp_path / "h")
+    assert cli.main(["--home", home, "init", "--no-passphrase"]) == 0
+    assert cli.main(["--home", home, "space", "create", "n"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--home", home, "space", "invite", "n", "--qr", "--expires", "2h"]) == 0
+    got = capsys.readouterr()
+    lines = got.out.splitlines()
+    assert lines[-1].startswith("p2psync-invite") and "█" in got.out and len(lines) > 20
+    assert got.err.startswith("expires ")
+    assert cli.main(["--home", home, "space", "invite", "n", "--expires", "soon"]) == 1
+    assert "--expires 'soon'" in capsys.readouterr().err
+
+
+def test_shell_completion_scripts_follow_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+    import subprocess
+
+    for shell in ("bash", "zsh", "fish"):
+        assert cli.main(["completion", shell]) == 0
+        script = capsys.readouterr().out
+        assert "p2psync" in script and "splice" in script, shell
+    if shutil.which("bash") is None:
+        return
+    assert cli.main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    probe = script + '\nCOMP_WORDS=(p2psync doc sp); COMP_CWORD=2; _shtab_p2psync\n' \
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    proc = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.split() == ["splice"], proc.stderr
+
+
+def test_every_cli_argument_has_help() -> None:
+    import argparse
+
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: list[str]) -> None:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    walk(sp, [*path, name])
+            elif not a.help:
+                missing.append(f"{' '.join(path)} {a.dest}")
+
+    walk(cli.build_parser(), [])
+    assert missing == []

@@ -12,7 +12,7 @@ import pytest
 from p2psync.agent import ops
 from p2psync.agent.core import Agent
 from p2psync.crypto.ids import short_hash
-from p2psync.errors import JoinError, JoinRefused
+from p2psync.errors import AccessDenied, JoinError, JoinRefused
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
 from tests.conftest import Fleet
@@ -49,6 +49,8 @@ async def test_pending_join_says_what_it_waits_for_then_completes(fleet: Fleet) 
     assert st["accept_command"] == f"p2psync space accept {space} {st['request']}"
     assert [r["request"] for r in ops.space_requests(a.device, space)] == [st["request"]]  # type: ignore[arg-type]
     assert [r["role"] for r in ops.space_list(b.device)] == ["pending"]  # type: ignore[arg-type]
+    [row] = b.status()["spaces"]
+    assert row["role"] == "pending" and row["join"]["request"] == st["request"]
     waiter = asyncio.ensure_future(b.wait_access(space, 10))
     ops.space_accept(a.device, space, st["request"][:8])  # type: ignore[arg-type]
     assert (await waiter) == {"space_id": space, "state": "member", "role": "writer"}
@@ -143,3 +145,119 @@ async def test_expired_invite_is_refused_and_leaves_nothing(fleet: Fleet) -> Non
     with pytest.raises(JoinError):
         await b.join(code.encode(), timeout=5)
     assert b.node.store.list_spaces() == [] and space not in b.node.spaces
+
+
+async def test_invites_show_expiry_and_requests_come_from_pending_requests(
+        fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert a.device is not None
+    out = ops.space_invite(a.device, space, expires_in=3600,
+                           addresses=a.reachable_addresses())
+    assert abs(out["expires_at"] - (time.time() + 3600)) < 60
+    assert ops.space_invite(a.device, space)["expires_at"] is None
+    await b.join(out["invite"], timeout=10)
+    [row] = ops.space_requests(a.device, space)
+    assert row["expires_at"] == out["expires_at"] and row["role"] == "writer"
+    assert row["request"] == b.join_state(space)["request"]
+    # once the invite has expired its request is void: no longer listed
+    sp = a.node.spaces[space]
+    assert sp.acl.pending_requests(now=out["expires_at"] + 1) == []
+
+
+async def test_join_without_a_peer_yet_waits_for_one_to_appear(fleet: Fleet) -> None:
+    """No connection and no hint: the join waits for a device to be sighted (here: a
+    simulated mDNS sighting of A) instead of failing at once with "no peer to ask"."""
+    from p2psync.discovery.mdns import PeerSeen
+
+    a, b = await fleet.agent("a", quic_port=None), await fleet.agent("b", quic_port=None)
+    assert a.device is not None
+    space = ops.space_create(a.device, "notes")["space_id"]
+    code = ops.space_invite(a.device, space, no_approval=True)["invite"]  # no address hints
+    join = asyncio.ensure_future(b.join(code, timeout=20))
+    await asyncio.sleep(0)  # the join is waiting now (nothing to ask)
+    assert not join.done()
+    b._on_discovery(PeerSeen(a.keys.device.id, ("127.0.0.1",), None, a.node.servers[0].port,
+                             1))
+    joined = await asyncio.wait_for(join, 20)
+    assert joined.id == space
+
+
+async def test_join_with_nobody_to_ask_says_so_after_its_timeout(fleet: Fleet) -> None:
+    b = await fleet.agent("b")
+    a = await fleet.agent("a")
+    assert a.device is not None
+    space = ops.space_create(a.device, "notes")["space_id"]
+    code = ops.space_invite(a.device, space, no_approval=True)["invite"]
+    with pytest.raises(JoinError, match=r"no device holding the space was found in 0\.5 s"):
+        await b.join(code, timeout=0.5)
+
+
+async def test_a_removed_member_is_told_and_cannot_edit(fleet: Fleet) -> None:
+    """Once the removal is known on the removed device (pushes do not send it there: it
+    arrives from any device that still talks to it), its state says who removed it and when,
+    and an edit fails with that reason instead of looking like it worked."""
+    a, b, space = await pair(fleet)
+    assert a.device is not None and b.device is not None
+    await b.join(invite(a, space, no_approval=True), timeout=10)
+    await b.wait_synced(space, 10)
+    doc = ops.doc_list(b.device, space)[0]["doc"]
+    ops.doc_set(b.device, space, doc, "x", 1)  # a member: fine
+    with pytest.raises(ops.OpError, match="matches 2 accounts"):
+        ops.space_remove(a.device, space, "a")  # every account id starts with "a"
+    ops.space_remove(a.device, space, b.keys.account.id[:12])  # a unique prefix will do
+    b.node.spaces[space].add_acl_records(a.node.spaces[space].acl_records())
+    st = b.join_state(space)
+    assert st["state"] == "removed" and st["by"] == a.keys.account.id
+    assert [r["role"] for r in ops.space_list(b.device)] == ["removed"]
+    with pytest.raises(AccessDenied, match=r"you were removed from .* by "):
+        ops.doc_set(b.device, space, doc, "x", 2)
+    with pytest.raises(AccessDenied, match="removed"):
+        ops.doc_splice(b.device, space, doc, "x", 0)
+    out = b.leave(space)  # and it can drop its copy
+    assert out["forgotten"] and out["was"] == "removed"
+
+
+async def test_leaving_writes_a_record_then_drops_the_copy(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert b.device is not None
+    await b.join(invite(a, space, no_approval=True), timeout=10)
+    await b.wait_synced(space, 10)
+    doc = ops.doc_list(b.device, space)[0]["doc"]
+    assert b.leave(space) == {"space_id": space, "left": True, "forgotten": False,
+                              "was": "member"}
+    assert b.join_state(space)["state"] == "left"
+    with pytest.raises(AccessDenied, match="you left"):
+        ops.doc_set(b.device, space, doc, "x", 1)
+    assert b.leave(space)["forgotten"] is True
+    assert space not in b.node.spaces
+
+
+async def test_invites_listed_revoked_and_requests_declined_by_prefix(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert a.device is not None
+    code = invite(a, space)
+    [row] = ops.space_invites(a.device, space)
+    assert row["invite"] == short_hash(InviteCode.decode(code).invite_id)
+    assert row["approval_required"] and row["role"] == "writer" and not row["expired"]
+    await b.join(code, timeout=10)
+    assert ops.space_invites(a.device, space)[0]["pending_requests"] == 1
+    waiter = asyncio.ensure_future(b.wait_access(space, 10))
+    ops.space_decline(a.device, space, b.join_state(space)["request"][:6])
+    with pytest.raises(JoinRefused, match="declined"):
+        await waiter
+    ops.space_revoke(a.device, space, row["invite"][:8])
+    assert ops.space_invites(a.device, space) == []
+    with pytest.raises(ops.OpError, match="matches 0 open invites"):
+        ops.space_revoke(a.device, space, row["invite"])
+    with pytest.raises(JoinError):
+        await b.join(code, timeout=5)
+
+
+async def test_a_damaged_code_says_what_to_do(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    code = invite(a, space)
+    with pytest.raises(ops.InvalidParams, match="damaged or cut short: copy it again"):
+        await b.join(code[:-40], timeout=5)
+    with pytest.raises(ops.InvalidParams, match="not a p2psync invite code"):
+        await b.join("hello", timeout=5)
+    assert b.node.store.list_spaces() == []

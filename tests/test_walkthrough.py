@@ -144,3 +144,25 @@ def test_readme_use_it_runs_literally(tmp_path: Path, agents: list[AgentProc]) -
     # nothing half-joined on device 2: one space, a writer, named as asked
     rows = json.loads(run(homes[2], ["--json", "space", "list"]).stdout)
     assert [(r["name"], r["role"]) for r in rows] == [("notes", "writer")]
+
+
+def test_pending_join_times_out_with_exit_6_and_leave_cancels_it(
+        tmp_path: Path, agents: list[AgentProc]) -> None:
+    """Without an agent on the joining device, ``space join --wait`` gives up after its wait
+    with exit code 6 and says how to cancel; ``space leave`` does, leaving nothing behind."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    for home in (alice, bob):
+        assert run(home, ["init"]).returncode == 0
+        (home / "config.toml").write_text(CONFIG)
+    agents.append(AgentProc(alice))
+    assert run(alice, ["space", "create", "notes"]).returncode == 0
+    code = run(alice, ["space", "invite", "notes"]).stdout.strip()
+    proc = run(bob, ["space", "join", code, "--wait", "1", "--no-mdns"])
+    assert proc.returncode == 6, proc.stderr
+    assert "waiting for an admin to accept request" in proc.stderr
+    assert "stays pending" in proc.stderr and "p2psync space leave" in proc.stderr
+    rows = json.loads(run(bob, ["--json", "space", "list"]).stdout)
+    assert [r["role"] for r in rows] == ["pending"]
+    left = run(bob, ["space", "leave", rows[0]["space_id"]])
+    assert left.returncode == 0 and left.stdout.startswith("cancelled the pending join")
+    assert json.loads(run(bob, ["--json", "space", "list"]).stdout) == []

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -135,6 +136,8 @@ class Agent:
         self._subs: dict[int, Subscription] = {}
         self._next_sub = 0
         self.events_seen: list[str] = []  #: peer ids sighted on mDNS (for status)
+        #: set when a device is sighted or a connection made (a waiting join retries)
+        self._news = asyncio.Event()
         self.first_sync: dict[str, float] = {}  #: space id -> monotonic time first in sync
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -142,6 +145,12 @@ class Agent:
         """Open the store, listen, load known peers, start mDNS and the dial loop."""
         self.started_at = time.monotonic()
         await self.node.start()
+        # The store is open now (its -wal/-shm exist): nothing in the home may be readable by
+        # others, whatever umask the process started with, and what the agent writes from now
+        # on (names, config, peers, receipts) is private too. The umask is only tightened
+        # (`p2psync run` already set 0077), never loosened.
+        os.umask(os.umask(0o077) | 0o077)
+        self.home.secure()
         if self.setup is not None:
             self.setup(self.node)
         self.device = LocalDevice(self.home, self.keys, window=0,
@@ -225,6 +234,7 @@ class Agent:
             if ev.peer_id not in self.events_seen:
                 self.events_seen.append(ev.peer_id)
             self.book.mdns_seen(ev.peer_id, ev.addresses, ev.quic_port, ev.tcp_port, now)
+            self._news.set()
             log.info(kv("mdns_seen", peer=ev.peer_id, addresses=",".join(ev.addresses)))
         elif isinstance(ev, PeerGone):
             self.book.mdns_gone(ev.peer_id)
@@ -242,6 +252,7 @@ class Agent:
     def _on_dialled(self, engine: PeerEngine, ep: Endpoint) -> None:
         """The node's dialler connected (to whoever the handshake proved is at ``ep``)."""
         log.info(kv("connected", peer=engine.conn.peer_id, endpoint=ep))
+        self._news.set()
         self._offer_spaces()
         self._close_duplicates()
 
@@ -280,6 +291,7 @@ class Agent:
             if now_peers != peers:
                 peers = now_peers
                 self.node.dialer.wake()
+                self._news.set()
             for engine in self.node.engines:
                 for ps in engine.status().spaces:
                     if ps.in_sync and ps.space_id not in self.first_sync:
@@ -301,6 +313,12 @@ class Agent:
         ev = {"event": "change", "space_id": space_id, "doc": short_hash(tree_id),
               "heads": [short_hash(h) for h in result.heads], "origin": origin,
               "changes": len(result.attached)}
+        space = self.node.spaces.get(space_id)
+        if space is not None:
+            flagged = [short_hash(c.id) for c in result.attached
+                       if space.removed_after(c) is not None]
+            if flagged:  # by an author removed at or after their ACL head (docs/acl.md)
+                ev["removed_after"] = flagged
         later = []
         for sub in list(self._subs.values()):
             if sub.patches:
@@ -360,7 +378,7 @@ class Agent:
                    timeout: float = 30.0) -> Space:
         """Join a space by invite: ask connected peers first, then ``peers``, the code's hints,
         then every endpoint in the address book; the first that offers the space wins."""
-        ic = InviteCode.decode(code)
+        ic = ops.parse_invite(code)
         if not ic.space_id:
             raise JoinError("this invite code does not name its space (old format)")
         held = self.node.spaces.get(ic.space_id)
@@ -383,36 +401,63 @@ class Agent:
 
     async def _join(self, ic: InviteCode, peers: list[str] | None, name: str | None,
                     timeout: float) -> Space:
+        """Ask every ready connection, then every endpoint we can name; when nobody could be
+        asked at all (no connection, nothing reachable yet), wait for mDNS to sight a device
+        or the dialler to connect one, and try again — up to ``timeout``. A peer that answered
+        and refused ends the join at once (waiting would not change its answer)."""
         errors: list[str] = []
-        async with asyncio.timeout(timeout):
-            for engine in [e for e in self.node.engines if e.ready.is_set()]:
-                space = await self._try_bootstrap(engine, ic, errors)
-                if space is not None:
-                    return self._joined(space, name)
-            endpoints: list[Endpoint] = []
-            for text in peers or []:
-                endpoints += parse_endpoints(text, DEFAULT_PORT)
-            for hint in ic.addresses:
-                endpoints += _hint_endpoints(hint)
-            for cand in self.book.candidates(time.time() + 3600, ()):
-                endpoints.append(cand.endpoint)
-            tried: set[tuple[str, int]] = set()
-            for ep in endpoints:
-                if (ep.host, ep.port) in tried or _is_self(ep, self):
-                    continue
-                tried.add((ep.host, ep.port))
-                try:
-                    engine = await asyncio.wait_for(self.node.connect_endpoint(ep),
-                                                    DIAL_TIMEOUT)
-                except (TransportError, OSError, TimeoutError) as exc:
-                    errors.append(f"{ep}: {type(exc).__name__}: {exc}")
-                    continue
-                self.node.dialer.adopt(ep, engine)
-                space = await self._try_bootstrap(engine, ic, errors)
-                if space is not None:
-                    return self._joined(space, name)
-        raise JoinError("could not join: " + ("; ".join(errors[-4:]) or
-                                               "no peer to ask (give --peer HOST:PORT)"))
+        asked: set[int] = set()
+        tried: set[tuple[str, int]] = set()
+        answered = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self._news.clear()
+                    for engine in [e for e in self.node.engines if e.ready.is_set()
+                                   and id(e) not in asked]:
+                        asked.add(id(engine))
+                        space = await self._try_bootstrap(engine, ic, errors)
+                        if space is not None:
+                            return self._joined(space, name)
+                        answered += not engine.conn.is_closed  # closed: it did not answer
+                    endpoints: list[Endpoint] = []
+                    for text in peers or []:
+                        endpoints += parse_endpoints(text, DEFAULT_PORT)
+                    for hint in ic.addresses:
+                        endpoints += _hint_endpoints(hint)
+                    for cand in self.book.candidates(time.time() + 3600, ()):
+                        endpoints.append(cand.endpoint)
+                    for ep in endpoints:
+                        if (ep.host, ep.port) in tried or _is_self(ep, self):
+                            continue
+                        tried.add((ep.host, ep.port))
+                        try:
+                            engine = await asyncio.wait_for(self.node.connect_endpoint(ep),
+                                                            DIAL_TIMEOUT)
+                        except (TransportError, OSError, TimeoutError) as exc:
+                            errors.append(f"{ep}: {type(exc).__name__}: {exc}")
+                            continue
+                        self.node.dialer.adopt(ep, engine)
+                        asked.add(id(engine))
+                        space = await self._try_bootstrap(engine, ic, errors)
+                        if space is not None:
+                            return self._joined(space, name)
+                        # a connection closed under us (e.g. a duplicate of the dialler's)
+                        # did not answer: keep looking
+                        answered += not engine.conn.is_closed
+                    if answered:
+                        break
+                    log.info(kv("join_waiting", space=ic.space_id, reason="no peer yet"))
+                    await self._news.wait()  # a device sighted on mDNS, or a connection
+                    tried.clear()  # what failed before may answer now
+        except TimeoutError:
+            if answered:
+                raise
+            raise JoinError(f"no device holding the space was found in {timeout:g} s"
+                            + (f" ({'; '.join(errors[-3:])})" if errors else "")
+                            + ": is it on and on this network? (or give --peer HOST:PORT)"
+                            ) from None
+        raise JoinError("could not join: " + "; ".join(errors[-4:]))
 
     async def _try_bootstrap(self, engine: PeerEngine, ic: InviteCode,
                              errors: list[str]) -> Space | None:
@@ -584,7 +629,14 @@ class Agent:
                               # expected one peer there, the handshake proved another
                               "relabelled_from": ds.relabelled[0] if ds.relabelled else None})
         names = self.device.names() if self.device else {}
-        spaces = [dict(asdict(s), name=names.get(s.space_id, "")) for s in ns.spaces]
+        spaces = []
+        for s in ns.spaces:
+            row = dict(asdict(s), name=names.get(s.space_id, ""))
+            if s.role is None:  # not a member: where our join (or membership) stands
+                js = self.join_state(s.space_id)
+                row["join"] = js
+                row["role"] = js["state"]
+            spaces.append(row)
         return {"version": __version__, "peer_id": ns.peer_id, "account_id": ns.account_id,
                 "home": str(self.home.path), "listening": ns.listening,
                 "uptime": round(time.monotonic() - self.started_at, 3),

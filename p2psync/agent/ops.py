@@ -8,9 +8,13 @@ local API all run exactly this code; only the presentation differs.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -19,18 +23,21 @@ from p2psync.crypto.ids import account_id, decode_key, short_hash
 from p2psync.crypto.keys import verify
 from p2psync.device import LocalDevice, doc_ref
 from p2psync.errors import (
+    AccessDenied,
     DocumentError,
     InvalidParams,
     InvalidPath,
     P2PSyncError,
     UnknownOperation,
+    UnsupportedContent,
 )
 from p2psync.replica import edits as edits_mod
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Decline, RequestJoin, Role, decode_record
 from p2psync.replica.change import CHANGE_DOMAIN
-from p2psync.replica.document import Document, Text
+from p2psync.replica.document import Document, Text, read_automerge
 from p2psync.replica.space import Space
+from p2psync.timefmt import local_time
 
 ROLES = {"reader": Role.READER, "writer": Role.WRITER, "admin": Role.ADMIN}
 
@@ -43,20 +50,23 @@ def role_name(role: Role | None) -> str:
     return role.name.lower() if role is not None else "none"
 
 
-def _ts(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
-
-
 def join_state(space: Space, me: bytes, now: float | None = None) -> dict[str, Any]:
     """Where this account stands in ``space``: ``member`` (with its role), ``pending`` (our join
     request waits for an admin: ``request`` is the id to accept), ``declined`` / ``revoked`` /
-    ``expired`` (our request can never be accepted), or ``none`` (no request of ours here).
+    ``expired`` (our request can never be accepted), ``removed`` / ``left`` (with ``by``,
+    ``record`` and ``at``, once the record is known here), or ``none``.
 
     Read from the ACL alone, so the CLI without an agent, the agent and an app agree."""
     st = space.acl.state
     role = st.role(me)
     if role is not None or me in st.replicators:
         return {"state": "member", "role": role_name(role) if role is not None else "replicator"}
+    gone = st.departed.get(me)
+    if gone is not None:  # removed, or left (a Leave record of our own)
+        rec = decode_record(space.acl.record(gone).raw)
+        return {"state": "left" if rec.author == me else "removed",
+                "by": account_id(rec.author), "record": short_hash(gone),
+                "at": local_time(rec.timestamp * 1000)}
     mine = [q for q in st.requests.values() if q.joiner == me]
     when = time.time() if now is None else now
     if mine:
@@ -79,6 +89,38 @@ def join_state(space: Space, me: bytes, now: float | None = None) -> dict[str, A
     if last in declined:
         return {"state": "declined", "request": short_hash(last)}
     return {"state": "revoked", "request": short_hash(last)}
+
+
+def _writable(space: Space, dev: LocalDevice) -> None:
+    """Refuse an edit this account may not sign here, saying why (removed, pending, reader)
+    rather than letting it fail deeper (or look like it worked)."""
+    me = dev.keys.account.public
+    if space.acl.state.can_write(me):
+        return
+    js = join_state(space, me)
+    if js["state"] in ("removed", "left"):
+        what = (f"you were removed from {space.id} by {js['by'][:16]}… at {js['at']}"
+                if js["state"] == "removed" else f"you left {space.id} at {js['at']}")
+        raise AccessDenied(f"{what}: this device can no longer edit it")
+    if js["state"] == "member":
+        raise AccessDenied(f"your role in {space.id} is {js['role']}: it cannot edit")
+    raise AccessDenied(f"you are not a member of {space.id} (join: {js['state']})")
+
+
+def parse_invite(code: str) -> InviteCode:
+    """An invite code, or an error that says what the person can do (the decoder's details —
+    base32, msgpack lengths — mean nothing to them)."""
+    try:
+        return InviteCode.decode(code)
+    except P2PSyncError as exc:
+        text = str(code).strip()
+        if not text.startswith(("p2psync-invite1:", "p2psync-invite2:")):
+            what = ("this is not a p2psync invite code (it starts with p2psync-invite2:); "
+                    "copy the whole code that `p2psync space invite` printed")
+        else:
+            what = ("this invite code is damaged or cut short: copy it again as ONE line, "
+                    "all of it (or ask for a new one)")
+        raise InvalidParams(what + f" [{exc}]") from None
 
 
 def accept_command(space_id: str, request: str) -> str:
@@ -121,11 +163,23 @@ class SpaceInviteParams(Params, frozen=True):
     role: RoleName = "writer"
     no_approval: bool = False
     addresses: Annotated[list[Address], msgspec.Meta(max_length=64)] | None = None
+    #: seconds the invite stays usable (None: no expiry)
+    expires_in: Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86400)] | None = None
 
 
 class MemberParams(Params, frozen=True):
     space: Ref
     account: Ref
+
+
+class InviteRefParams(Params, frozen=True):
+    space: Ref
+    invite: Ref
+
+
+class RequestRefParams(Params, frozen=True):
+    space: Ref
+    request: Ref
 
 
 class SpaceAcceptParams(Params, frozen=True):
@@ -200,6 +254,22 @@ class DocCounterParams(Params, frozen=True):
     doc: Ref
     path: DocPath
     value: edits_mod.Int64 = 0
+
+
+FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+MAX_IMPORT = 8 << 20  #: bytes of a .automerge file (one tree change's payload limit)
+
+
+class DocExportParams(Params, frozen=True):
+    space: Ref
+    doc: Ref
+    file: FilePath | None = None
+
+
+class DocImportParams(Params, frozen=True):
+    space: Ref
+    file: FilePath | None = None
+    data: Annotated[str, msgspec.Meta(max_length=(MAX_IMPORT * 4) // 3 + 4)] | None = None
 
 
 P = TypeVar("P", bound=Params)
@@ -309,17 +379,22 @@ def space_list(dev: LocalDevice) -> list[dict[str, Any]]:
 
 
 def space_invite(dev: LocalDevice, space: str, role: str = "writer", no_approval: bool = False,
-                 addresses: list[str] | None = None) -> dict[str, Any]:
+                 addresses: list[str] | None = None,
+                 expires_in: int | None = None) -> dict[str, Any]:
     """A new invite; ``addresses`` (the agent's reachable ``transport:host:port``) go into the
-    code as hints so ``space join CODE`` can find a peer without mDNS."""
+    code as hints so ``space join CODE`` can find a peer without mDNS; ``expires_in`` seconds
+    after now, joins and accepts through it are refused (signed in the Invite record)."""
     if role not in ROLES:
         raise OpError(f"role must be one of {', '.join(sorted(ROLES))}")
     sp = dev.resolve_space(space)
-    raw, code = sp.acl.invite(dev.keys.account, ROLES[role], anyone_can_join=no_approval)
+    expires_at = int(time.time()) + expires_in if expires_in else 0
+    raw, code = sp.acl.invite(dev.keys.account, ROLES[role], anyone_can_join=no_approval,
+                              expires_at=expires_at)
     sp.commit_acl(raw)
     code = InviteCode(code.invite_id, code.seed, sp.id, tuple(addresses or ()))
     return {"space_id": sp.id, "invite": code.encode(), "role": role,
-            "approval_required": not no_approval, "addresses": list(code.addresses)}
+            "approval_required": not no_approval, "addresses": list(code.addresses),
+            "expires_at": expires_at or None}
 
 
 def space_members(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
@@ -330,19 +405,46 @@ def space_members(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _account(sp: Space, ref: str, *, members_only: bool = True) -> bytes:
+    """An account by its whole id, or a unique prefix of a member's (or replicator's) id;
+    an ambiguous prefix names the matches."""
+    ref = str(ref).strip()
+    with contextlib.suppress(P2PSyncError):
+        return decode_key("a", ref)
+    st = sp.acl.state
+    pool = list(st.members) + ([] if members_only else sorted(st.replicators))
+    hits = [a for a in pool if account_id(a).startswith(ref.lower())] if ref else []
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise OpError(f"{ref!r} is neither an account id nor the start of a member's "
+                      "(see `p2psync space members`)")
+    raise OpError(f"{ref!r} matches {len(hits)} accounts: "
+                  + ", ".join(account_id(a)[:16] + "…" for a in hits[:8]) + "; use more of it")
+
+
 def space_remove(dev: LocalDevice, space: str, account: str) -> dict[str, Any]:
     sp = dev.resolve_space(space)
-    who = decode_key("a", account)
+    who = _account(sp, account)
     if sp.role(who) is None:
         raise OpError(f"{account} is not a member of {sp.id}")
     sp.emit_acl(lambda acl: acl.remove(dev.keys.account, [who]))
-    return {"space_id": sp.id, "removed": account, "read_key_rotated": True}
+    return {"space_id": sp.id, "removed": account_id(who), "read_key_rotated": True}
 
 
 def space_requests(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
+    """Join requests an admin can still accept, oldest first (those whose invite expired are
+    void and left out: the ACL's ``pending_requests``)."""
     sp = dev.resolve_space(space)
-    return [{"request": short_hash(rid), "account_id": account_id(req.joiner)}
-            for rid, req in sorted(sp.acl.state.requests.items())]
+    st = sp.acl.state
+    rows = []
+    for req in sp.acl.pending_requests(now=time.time()):
+        inv = st.invites.get(req.invite_id)
+        rows.append({"request": short_hash(req.record_id), "account_id": account_id(req.joiner),
+                     "invite": short_hash(req.invite_id),
+                     "role": role_name(inv.role) if inv is not None else None,
+                     "expires_at": (inv.expires_at or None) if inv is not None else None})
+    return rows
 
 
 def space_accept(dev: LocalDevice, space: str, request: str,
@@ -371,6 +473,43 @@ def space_leave(dev: LocalDevice, space: str) -> dict[str, Any]:
         return {"space_id": sp.id, "left": True, "forgotten": False, "was": js["state"]}
     dev.forget_space(sp.id)
     return {"space_id": sp.id, "left": True, "forgotten": True, "was": js["state"]}
+
+
+def space_invites(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
+    """The space's open invites (not revoked; expired ones flagged), oldest first."""
+    sp = dev.resolve_space(space)
+    now = int(time.time())
+    return [{"invite": short_hash(inv.record_id), "role": role_name(inv.role),
+             "approval_required": not inv.anyone_can_join, "by": account_id(inv.author),
+             "expires_at": inv.expires_at or None, "expired": inv.expired(now),
+             "pending_requests": sum(1 for q in sp.acl.state.requests.values()
+                                     if q.invite_id == inv.record_id)}
+            for inv in sp.acl.state.invites.values()]
+
+
+def _one(kind: str, ids: Any, ref: str) -> bytes:
+    hits = [i for i in ids if short_hash(i).startswith(str(ref).strip().lower())]
+    if len(hits) != 1:
+        raise OpError(f"{ref!r} matches {len(hits)} {kind}" + (
+            ": " + ", ".join(short_hash(h)[:12] for h in hits[:8]) if hits else ""))
+    return bytes(hits[0])
+
+
+def space_revoke(dev: LocalDevice, space: str, invite: str) -> dict[str, Any]:
+    """Revoke an invite (id or unique prefix): its code stops working and its pending
+    requests are void."""
+    sp = dev.resolve_space(space)
+    iid = _one("open invites", sp.acl.state.invites, invite)
+    sp.emit_acl(lambda acl: acl.revoke_invite(dev.keys.account, iid))
+    return {"space_id": sp.id, "revoked": short_hash(iid)}
+
+
+def space_decline(dev: LocalDevice, space: str, request: str) -> dict[str, Any]:
+    """Decline a pending join request (id or unique prefix)."""
+    sp = dev.resolve_space(space)
+    rid = _one("pending requests", sp.acl.state.requests, request)
+    sp.emit_acl(lambda acl: acl.decline(dev.keys.account, rid))
+    return {"space_id": sp.id, "declined": short_hash(rid)}
 
 
 def space_add_replicator(dev: LocalDevice, space: str, account: str) -> dict[str, Any]:
@@ -414,6 +553,7 @@ def doc_set(dev: LocalDevice, space: str, doc: str, path: str, value: Any,
             raise InvalidParams("text needs a JSON string value")
         value = Text(value)
     sp = dev.resolve_space(space)
+    _writable(sp, dev)
     d = sp.document(doc_ref(sp, doc))
     keys = parse_path(d, path, write=True)
     if not keys:
@@ -441,6 +581,7 @@ def doc_change(dev: LocalDevice, space: str, doc: str,
         if isinstance(ed, edits_mod.Put | edits_mod.Insert):
             check_value(ed.value)
     sp = dev.resolve_space(space)
+    _writable(sp, dev)
     d = sp.document(doc_ref(sp, doc))
     edits_mod.change(d, edits)
     d.flush()
@@ -471,6 +612,62 @@ def doc_increment(dev: LocalDevice, space: str, doc: str, path: str,
 def doc_counter(dev: LocalDevice, space: str, doc: str, path: str,
                 value: int = 0) -> dict[str, Any]:
     return doc_change(dev, space, doc, [edits_mod.MakeCounter(path=path, value=value)])
+
+
+def doc_export(dev: LocalDevice, space: str, doc: str,
+               file: str | None = None) -> dict[str, Any]:
+    """The document as a standard ``.automerge`` file: written to ``file`` (an absolute path
+    on the agent's machine) or returned base64 in ``data``."""
+    sp = dev.resolve_space(space)
+    d = sp.document(doc_ref(sp, doc))
+    data = d.save_automerge()
+    out: dict[str, Any] = {"space_id": sp.id, "doc": short_hash(d.tree.id), "bytes": len(data)}
+    if file is None:
+        out["data"] = base64.b64encode(data).decode()
+        return out
+    path = Path(file)
+    if not path.is_absolute():
+        raise InvalidParams("file must be an absolute path (the CLI makes it one)")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    out["file"] = str(path)
+    return out
+
+
+def doc_import(dev: LocalDevice, space: str, file: str | None = None,
+               data: str | None = None) -> dict[str, Any]:
+    """A new document holding the content of a ``.automerge`` file (``file``: an absolute
+    path on the agent's machine, or ``data`` base64), as one signed change."""
+    if (file is None) == (data is None):
+        raise InvalidParams("give exactly one of file and data")
+    if file is not None:
+        path = Path(file)
+        if not path.is_absolute():
+            raise InvalidParams("file must be an absolute path (the CLI makes it one)")
+        try:
+            if path.stat().st_size > MAX_IMPORT:
+                raise InvalidParams(f"{path} is larger than {MAX_IMPORT >> 20} MiB")
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise OpError(f"cannot read {path}: {exc.strerror or exc}") from None
+    else:
+        try:
+            raw = base64.b64decode(data or "", validate=True)
+        except ValueError:
+            raise InvalidParams("data is not base64") from None
+    try:  # damaged or unrenderable content: refused before a doc is made
+        read_automerge(raw)
+    except UnsupportedContent:
+        raise
+    except DocumentError as exc:
+        raise InvalidParams(f"{file or 'data'} is not a .automerge file Automerge can load "
+                            f"({exc})") from None
+    sp = dev.resolve_space(space)
+    d = sp.new_document()
+    d.import_automerge(raw)
+    return {"space_id": sp.id, "doc": short_hash(d.tree.id), "bytes": len(raw),
+            "heads": [short_hash(h) for h in d.tree.heads]}
 
 
 def doc_get(dev: LocalDevice, space: str, doc: str, path: str | None = None,
@@ -504,17 +701,25 @@ def doc_list(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
 def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
     sp = dev.resolve_space(space)
     tree = sp.tree(doc_ref(sp, doc))
+    quarantined: dict[bytes, str] = {}
+    # what became of each change's content (needs the read key; replicators have none)
+    with contextlib.suppress(P2PSyncError):
+        quarantined = {q.change_id: q.reason
+                       for q in sp.document(tree.id).status().quarantined}
     rows: list[dict[str, Any]] = []
     for ch in tree.replay_order():
+        gone = sp.removed_after(ch)
         try:
             verify(ch.author, CHANGE_DOMAIN, ch.body, ch.signature)
             ok = True
         except P2PSyncError:
             ok = False
         rows.append({"change": short_hash(ch.id), "author": account_id(ch.author),
-                     "time": _ts(ch.timestamp),
+                     "time": local_time(ch.timestamp),
                      "parents": [short_hash(p) for p in ch.prev_ids],
-                     "snapshot": ch.snapshot, "signature_ok": ok})
+                     "snapshot": ch.snapshot, "signature_ok": ok,
+                     "quarantined": quarantined.get(ch.id),
+                     "removed_after": short_hash(gone) if gone is not None else None})
     return rows
 
 
@@ -547,6 +752,9 @@ LOCAL_OPS: dict[str, LocalOp] = {
     "space.accept": LocalOp(SpaceAcceptParams, space_accept),
     "space.add_replicator": LocalOp(MemberParams, space_add_replicator),
     "space.leave": LocalOp(SpaceParams, space_leave),
+    "space.invites": LocalOp(SpaceParams, space_invites),
+    "space.revoke": LocalOp(InviteRefParams, space_revoke),
+    "space.decline": LocalOp(RequestRefParams, space_decline),
     "space.delete_docs": LocalOp(DeleteDocsParams, space_delete_docs),
     "space.delete": LocalOp(SpaceParams, space_delete),
     "doc.new": LocalOp(SpaceParams, doc_new),
@@ -554,6 +762,8 @@ LOCAL_OPS: dict[str, LocalOp] = {
     "doc.set": LocalOp(DocSetParams, doc_set),
     "doc.get": LocalOp(DocGetParams, doc_get),
     "doc.change": LocalOp(DocChangeParams, doc_change),
+    "doc.export": LocalOp(DocExportParams, doc_export),
+    "doc.import": LocalOp(DocImportParams, doc_import),
     "doc.delete": LocalOp(DocPathParams, doc_delete),
     "doc.insert": LocalOp(DocInsertParams, doc_insert),
     "doc.splice": LocalOp(DocSpliceParams, doc_splice),

@@ -133,6 +133,18 @@ def actor_for(author: bytes, device: bytes) -> bytes:
     return hashlib.blake2b(author + device, digest_size=16, person=b"p2psync-actor").digest()
 
 
+def read_automerge(data: bytes) -> list[bytes]:
+    """The changes of a ``.automerge`` file in causal order, each screened: content this build
+    cannot render (native counters, marks) is :class:`UnsupportedContent`, a damaged file a
+    :class:`DocumentError` — checked before anything is created. The changes keep their own
+    actors."""
+    loaded = am.load(data, b"\x00" * 16)
+    changes = am.changes_since(loaded, [])
+    for c in changes:
+        am.screen(c)
+    return changes
+
+
 class Text(str):
     """Marks a string to be stored as editable Automerge text (one code point per element)."""
 
@@ -469,6 +481,27 @@ class Document:
         self._seen.add(ch.id)
         self._pending = _Pending()
         return ch
+
+    def save_automerge(self) -> bytes:
+        """The document as a standard ``.automerge`` file (Automerge ``save()``): what other
+        Automerge implementations load. Quarantined content is not in it; counters are the
+        per-actor maps described in docs/replica.md."""
+        doc = self._ensure()
+        return am.save(doc)
+
+    def import_automerge(self, data: bytes) -> Change | None:
+        """Take every change of a ``.automerge`` file (saved by any Automerge implementation)
+        into this document as ONE signed tree change (see :func:`read_automerge`)."""
+        changes = read_automerge(data)
+        doc = self._ensure()
+        before = am.heads(doc)
+        am.apply_changes(doc, changes)
+        new = am.changes_since(doc, before)
+        if new:
+            self._pending.items.extend(new)
+            if self._pending.since is None:
+                self._pending.since = time.monotonic()
+        return self.flush()
 
     def snapshot(self) -> Change:
         """Flush, then emit a snapshot change (encrypted Automerge ``save()``)."""
