@@ -273,3 +273,10 @@ class InvalidParams(ApiRequestError):
 class InvalidPath(DocumentError):
     """A document path does not fit the document: a list index past the end or not a number,
     a key into a scalar, an empty path where one is needed."""
+
+
+class OpError(P2PSyncError):
+    """A request cannot be done as asked (bad argument, nothing matches, not allowed).
+
+    Defined here rather than in :mod:`p2psync.agent.ops` (which re-exports it) so the CLI's thin
+    path can raise and name it without importing the sync stack."""
