@@ -20,37 +20,28 @@ import contextlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
 from p2psync.agent import ops
 from p2psync.agent.core import Agent, Subscription
+from p2psync.apiclient import API_VERSION as API_VERSION
+
+# The light client half lives in p2psync.apiclient (the CLI imports only that); re-exported here.
+from p2psync.apiclient import SOCKET as SOCKET
+from p2psync.apiclient import ApiClient as ApiClient
+from p2psync.apiclient import ApiError, _alive, socket_path
+from p2psync.apiclient import agent_running as agent_running
 from p2psync.crypto.ids import short_hash
 from p2psync.device import LocalDevice
 from p2psync.errors import InvalidRequest, P2PSyncError, UnknownOperation
 
-SOCKET = "agent.sock"
 MAX_LINE = 1 << 20  #: bytes per request line
-API_VERSION = 1
 _UNIX_PATH_MAX = 107
 log = logging.getLogger(__name__)
-
-
-class ApiError(P2PSyncError):
-    """The agent answered a request with an error, or the socket failed."""
-
-    def __init__(self, message: str, kind: str = "ApiError") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def socket_path(home: Path) -> Path:
-    return home / SOCKET
 
 
 def _error(rid: Any, kind: str, message: str) -> dict[str, Any]:
@@ -367,81 +358,3 @@ class ApiServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             self._conns.discard(task)
-
-
-def _alive(path: Path) -> bool:
-    """Whether an agent answers on ``path`` (a stale socket file from a crash does not)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2)
-    try:
-        s.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
-
-
-def agent_running(home: Path) -> bool:
-    path = socket_path(home)
-    return path.exists() and _alive(path)
-
-
-class ApiClient:
-    """A blocking JSON-lines client (what the CLI uses; apps may copy it in ~40 lines)."""
-
-    def __init__(self, home: Path, timeout: float | None = 60.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(socket_path(home)))
-        except OSError as exc:
-            self.sock.close()
-            raise ApiError(f"no agent answers on {socket_path(home)}: {exc}") from exc
-        self.file = self.sock.makefile("rb")
-        self._next = 0
-        self._events: list[dict[str, Any]] = []  #: events read while waiting for a response
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def __enter__(self) -> ApiClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def call(self, op: str, **params: Any) -> Any:
-        """Send one request; return its result or raise :class:`ApiError`."""
-        self._next += 1
-        rid = self._next
-        self.sock.sendall(json.dumps({"id": rid, "op": op, "params": params}).encode() + b"\n")
-        while True:
-            msg = self._read_line()
-            if msg.get("id") == rid and "ok" in msg:
-                break
-            if "event" in msg:
-                self._events.append(msg)
-        if not msg["ok"]:
-            err = msg.get("error") or {}
-            raise ApiError(str(err.get("message", "error")), str(err.get("type", "ApiError")))
-        return msg.get("result")
-
-    def read(self) -> dict[str, Any]:
-        """The next line from the agent (events first, in order of arrival)."""
-        if self._events:
-            return self._events.pop(0)
-        return self._read_line()
-
-    def _read_line(self) -> dict[str, Any]:
-        try:
-            line = self.file.readline()
-        except OSError as exc:
-            raise ApiError(f"agent connection failed: {exc}") from exc
-        if not line:
-            raise ApiError("the agent closed the connection")
-        obj = json.loads(line)
-        if not isinstance(obj, dict):
-            raise ApiError("malformed line from the agent")
-        return obj

@@ -18,23 +18,67 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2psync import PROTOCOL_VERSION, __version__
-from p2psync.agent import ops
-from p2psync.agent.run import run_loop
-from p2psync.api import API_VERSION, ApiClient, ApiError, agent_running
-from p2psync.config import AgentConfig, load_config
-from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
-from p2psync.device import LocalDevice, NotFound
-from p2psync.errors import P2PSyncError
+from p2psync.apiclient import API_VERSION, ApiClient, ApiError, agent_running, decode_json_value
+from p2psync.errors import OpError, P2PSyncError
 from p2psync.home import Home, default_home, interactive, passphrase
 from p2psync.timefmt import local_time
 
-ROLES = ops.ROLES
+if TYPE_CHECKING:
+    from p2psync.agent import ops
+    from p2psync.agent.run import run_loop
+    from p2psync.config import AgentConfig, load_config
+    from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
+    from p2psync.device import LocalDevice
+    from p2psync.replica.acl import InviteCode
 
 
-CliError = ops.OpError  #: a user-facing command error (bad argument, nothing to do)
+class _Lazy:
+    """A module, or a name in one, imported on first use.
+
+    The thin CLI path — ``--version``, ``--help`` and every command a running agent answers over
+    its socket — must not load the sync stack (asyncio, aioquic, zeroconf, Automerge, SQLite):
+    that import alone took ~250 ms of the ~450 ms a command cost. Names the command functions
+    use from the heavy modules are these proxies; under ``TYPE_CHECKING`` they are the real
+    imports, so mypy sees the real types. ``tests/test_cli_thin.py`` checks what the path loads.
+    """
+
+    __slots__ = ("_module", "_name")
+
+    def __init__(self, module: str, name: str | None = None) -> None:
+        self._module = module
+        self._name = name
+
+    def _target(self) -> Any:
+        import importlib
+
+        mod = importlib.import_module(self._module)
+        return mod if self._name is None else getattr(mod, self._name)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._target(), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target()(*args, **kwargs)
+
+
+if not TYPE_CHECKING:
+    ops = _Lazy("p2psync.agent.ops")
+    run_loop = _Lazy("p2psync.agent.run", "run_loop")
+    load_config = _Lazy("p2psync.config", "load_config")
+    LocalDevice = _Lazy("p2psync.device", "LocalDevice")
+    InviteCode = _Lazy("p2psync.replica.acl", "InviteCode")
+    account_from_phrase = _Lazy("p2psync.crypto.keys", "account_from_phrase")
+    new_recovery_phrase = _Lazy("p2psync.crypto.keys", "new_recovery_phrase")
+
+#: The role names ``--role`` accepts: the keys of ``ops.ROLES``, spelled out so building the
+#: parser does not import the ops (``tests/test_cli_thin.py`` checks the two agree).
+ROLES = ("admin", "reader", "writer")
+
+
+CliError = OpError  #: a user-facing command error (bad argument, nothing to do)
 
 
 class Out:
@@ -510,7 +554,7 @@ def cmd_doc_new(args: argparse.Namespace, out: Out) -> None:
 
 
 def cmd_doc_set(args: argparse.Namespace, out: Out) -> None:
-    value = ops.decode_json_value(args.value)
+    value = decode_json_value(args.value)
     data = _call(args, "doc.set", space=args.space, doc=args.doc, path=args.path, value=value,
                  text=args.text)
     out.emit(data, "ok")
@@ -1074,7 +1118,7 @@ def _main(args: argparse.Namespace, out: Out) -> int:
         cls = getattr(errs, exc.kind, None)
         names = [c.__name__ for c in cls.__mro__] if isinstance(cls, type) else [exc.kind]
         return _fail(args, exc.kind, str(exc), _exit_for(names))
-    except (P2PSyncError, NotFound) as exc:
+    except P2PSyncError as exc:  # NotFound, OpError, ApiError (above) included
         return _fail(args, type(exc).__name__, str(exc),
                      _exit_for([c.__name__ for c in type(exc).__mro__]))
     except TimeoutError:

@@ -323,3 +323,8 @@ class WrongType(DocumentError):
     """A document edit does not fit what is at its path: splicing into something that is not
     text, incrementing something that is not a counter, inserting into a map, a path through a
     plain value. Answered as a typed error; nothing is changed."""
+class OpError(P2PSyncError):
+    """A request cannot be done as asked (bad argument, nothing matches, not allowed).
+
+    Defined here rather than in :mod:`p2psync.agent.ops` (which re-exports it) so the CLI's thin
+    path can raise and name it without importing the sync stack."""

@@ -22,12 +22,14 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p2psync.crypto.cert import DeviceCertificate
-from p2psync.crypto.keys import AccountKey, DeviceKey
-from p2psync.crypto.keystore import Keystore, read_keystore, write_keystore
 from p2psync.errors import KeystoreError, WrongPassphrase
+
+if TYPE_CHECKING:  # imported where used: the CLI's thin path needs a Home but no crypto
+    from p2psync.crypto.cert import DeviceCertificate
+    from p2psync.crypto.keys import AccountKey
+    from p2psync.crypto.keystore import Keystore
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,9 @@ class Home:
             raise KeystoreError(f"{self.path} already holds an identity; use another --home")
         self.path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         self.secure()
+        from p2psync.crypto.keys import DeviceKey
+        from p2psync.crypto.keystore import Keystore, write_keystore
+
         device = DeviceKey.generate()
         write_keystore(self.keystore_path, account, device, secret)
         return Keystore(account, device, protected=secret != "")
@@ -159,6 +164,8 @@ class Home:
     def open_keys(self, secret: str | None = None) -> Keystore:
         """Decrypt the keystore (passphrase from the environment or a prompt), after making the
         home private: every command and the agent open the keys before the store."""
+        from p2psync.crypto.keystore import read_keystore
+
         self.secure()
         try:
             return read_keystore(self.keystore_path,
@@ -170,6 +177,8 @@ class Home:
             raise
 
     def certificate(self, keys: Keystore) -> DeviceCertificate:
+        from p2psync.crypto.cert import DeviceCertificate
+
         return DeviceCertificate.issue(keys.account, keys.device, issued_at=0)
 
     def config(self) -> dict[str, Any]:

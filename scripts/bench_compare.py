@@ -27,6 +27,10 @@ Workloads (sizes are flags):
    its last edit (loaded in memory). p2psync's lazy materialisation of every document is timed
    separately afterwards.
 4. memory: VmRSS of the receiving (fresh) peer after workload 3 (and after materialising).
+5. hot key: like 2, but every edit overwrites the same key ``h`` (a cursor, a slider);
+   ``--hot-edits`` (10 000); done when the reader holds the last value.
+6. typing: like 2, but every edit is a one-character splice at the end of the text field
+   ``txt``; ``--typing-edits`` (10 000); done when the reader's text has every character.
 
 Output: a markdown table (absolute figures and p2psync ÷ automerge-repo), a JSON file
 (``bench-results/compare-<timestamp>.json`` or ``--out``) and PNG plots of the latency
@@ -231,7 +235,7 @@ async def pair_workloads(run: Run, system: str, args: argparse.Namespace) -> dic
     try:
         address = await start_listening(w, system)
         k = args.latency_docs
-        docs = (await w.call("create_docs", n=k + 1))["docs"]
+        docs = (await w.call("create_docs", n=k + 3))["docs"]
         if system == BASELINE:
             await r.call("start")
             await r.call("join", address=address, docs=docs, timeout=60)
@@ -253,27 +257,41 @@ async def pair_workloads(run: Run, system: str, args: argparse.Namespace) -> dic
                 if ev["ev"] == "t" and ev["doc"] == d and ev["v"] == ts:
                     return int(ev["lat_us"])
 
-        for d in range(k):  # warm-up: every document edited and seen once, not recorded
-            await one(d)
-        t = time.perf_counter()
-        lat = [await one(i % k) for i in range(args.latency_edits)]
-        lat_wall = time.perf_counter() - t
+        out: dict[str, Any] = {}
+        if 1 in args.workload_set:
+            for d in range(k):  # warm-up: every document edited and seen once, not recorded
+                await one(d)
+            t = time.perf_counter()
+            out["latency_us"] = [await one(i % k) for i in range(args.latency_edits)]
+            out["latency_wall_s"] = time.perf_counter() - t
 
-        n = args.burst_edits
-        await r.call("expect", doc=k, key=f"k{n - 1}")
-        b = await w.call("burst", doc=k, n=n, timeout=600)
-        while True:
-            ev = await r.event(timeout=600)
-            if ev["ev"] == "done" and ev["doc"] == k:
-                break
-        seconds = (ev["t_us"] - b["t0_us"]) / 1e6
-        return {
-            "latency_us": lat, "latency_wall_s": lat_wall,
-            "burst_edits": n, "burst_seconds": seconds, "edits_per_s": n / seconds,
-            "writer_edits_per_s": n / ((b["t1_us"] - b["t0_us"]) / 1e6),
-            "rss_writer_kb": (await w.call("rss"))["rss_kb"],
-            "rss_reader_kb": (await r.call("rss"))["rss_kb"],
-        }
+        async def stream(doc: int, n: int, mode: str, **want: Any) -> dict[str, float]:
+            """``n`` edits of ``mode`` as fast as the writer goes; until the reader sees the
+            last one (its ``expect`` condition)."""
+            await r.call("expect", doc=doc, **want)
+            b = await w.call("burst", doc=doc, n=n, mode=mode, timeout=900)
+            while True:
+                ev = await r.event(timeout=900)
+                if ev["ev"] == "done" and ev["doc"] == doc:
+                    break
+            seconds = (ev["t_us"] - b["t0_us"]) / 1e6
+            return {"edits": n, "seconds": seconds, "edits_per_s": n / seconds,
+                    "writer_edits_per_s": n / ((b["t1_us"] - b["t0_us"]) / 1e6)}
+
+        if 2 in args.workload_set:
+            n = args.burst_edits
+            b2 = await stream(k, n, "keys", key=f"k{n - 1}")
+            out.update(burst_edits=n, burst_seconds=b2["seconds"], edits_per_s=b2["edits_per_s"],
+                       writer_edits_per_s=b2["writer_edits_per_s"])
+        if 5 in args.workload_set:
+            n = args.hot_edits
+            out["hot"] = await stream(k + 1, n, "hot", key="h", value=n - 1)
+        if 6 in args.workload_set:
+            n = args.typing_edits
+            out["typing"] = await stream(k + 2, n, "text", key="txt", length=n)
+        out.update(rss_writer_kb=(await w.call("rss"))["rss_kb"],
+                   rss_reader_kb=(await r.call("rss"))["rss_kb"])
+        return out
     finally:
         await r.close()
         await w.close()
@@ -347,7 +365,13 @@ def summarise(res: dict[str, Any]) -> dict[str, float]:
     if "latency_us" in res:
         lat = res["latency_us"]
         out.update(p50_ms=pct(lat, 50), p99_ms=pct(lat, 99), mean_ms=statistics.fmean(lat) / 1000,
-                   max_ms=max(lat) / 1000, edits_per_s=res["edits_per_s"])
+                   max_ms=max(lat) / 1000)
+    if "edits_per_s" in res:
+        out["edits_per_s"] = res["edits_per_s"]
+    if "hot" in res:
+        out["hot_edits_per_s"] = res["hot"]["edits_per_s"]
+    if "typing" in res:
+        out["typing_edits_per_s"] = res["typing"]["edits_per_s"]
     if "sync_seconds" in res:
         out.update(sync_s=res["sync_seconds"], rss_mb=res["rss_fresh_kb"] / 1024,
                    sync_plus_materialise_s=res["sync_seconds"] + res["materialise_seconds"],
@@ -359,6 +383,10 @@ ROWS = [  # key, label, unit, which direction is better
     ("p50_ms", "1. edit latency p50", "ms", "lower"),
     ("p99_ms", "1. edit latency p99", "ms", "lower"),
     ("edits_per_s", "2. sustained edits/s at the reader", "edits/s", "higher"),
+    ("hot_edits_per_s", "5. hot key: {hot} edits to one key, edits/s at the reader", "edits/s",
+     "higher"),
+    ("typing_edits_per_s", "6. typing: {typing} one-character splices, edits/s at the reader",
+     "edits/s", "higher"),
     ("sync_s", "3. initial sync, {docs} docs × {edits} edits", "s", "lower"),
     ("sync_plus_materialise_s", "3b. … + open every document", "s", "lower"),
     ("rss_mb", "4. RSS of the fresh peer after 3", "MiB", "lower"),
@@ -374,7 +402,8 @@ def table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str
     for key, label, unit, better in ROWS:
         if not any(key in summary[s] for s in systems):
             continue
-        cells = [label.format(docs=args.docs, edits=args.doc_edits) + f" ({unit}, {better} "
+        cells = [label.format(docs=args.docs, edits=args.doc_edits, hot=args.hot_edits,
+                              typing=args.typing_edits) + f" ({unit}, {better} "
                  "is better)"]
         for s in systems:
             v = summary[s].get(key)
@@ -474,6 +503,7 @@ async def amain(args: argparse.Namespace) -> int:
         if s not in SYSTEMS:
             raise SystemExit(f"unknown system {s}; choose from {', '.join(SYSTEMS)}")
     workloads = {int(w) for w in args.workloads.split(",")}
+    args.workload_set = sorted(workloads)
     if BASELINE in systems:
         npm_ci()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -490,9 +520,10 @@ async def amain(args: argparse.Namespace) -> int:
         run = Run(Path(tmp), profile_dir)
         for s in systems:
             run.results[s] = {}
-        if workloads & {1, 2}:
+        if workloads & {1, 2, 5, 6}:
             for s in systems:
-                log(f"workloads 1-2: {s} ...")
+                log(f"workloads {','.join(str(w) for w in sorted(workloads & {1, 2, 5, 6}))}: "
+                    f"{s} ...")
                 run.results[s].update(await pair_workloads(run, s, args))
         if workloads & {3, 4}:
             p2p = [transport_of(s) for s in systems if s != BASELINE]
@@ -541,19 +572,23 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
-    ap.add_argument("--workloads", default="1,2,3,4", help="comma-separated subset of 1-4")
+    ap.add_argument("--workloads", default="1,2,3,4,5,6", help="comma-separated subset of 1-6")
     ap.add_argument("--latency-edits", type=int, help="workload 1 edits (default 1000)")
     ap.add_argument("--latency-docs", type=int, help="documents workload 1 rotates over (64)")
     ap.add_argument("--burst-edits", type=int, help="workload 2 edits (default 5000)")
+    ap.add_argument("--hot-edits", type=int, help="workload 5 edits to one key (default 10000)")
+    ap.add_argument("--typing-edits", type=int, help="workload 6 splices (default 10000)")
     ap.add_argument("--docs", type=int, help="workload 3 documents (default 1000)")
     ap.add_argument("--doc-edits", type=int, help="workload 3 edits per document (default 100)")
     ap.add_argument("--out", help="JSON path (default bench-results/compare-<timestamp>.json)")
     ap.add_argument("--profile", metavar="DIR", help="run p2psync peers under py-spy into DIR")
     ap.add_argument("--keep-logs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    quick = {"latency_edits": 200, "latency_docs": 32, "burst_edits": 500, "docs": 50,
+    quick = {"latency_edits": 200, "latency_docs": 32, "burst_edits": 500, "hot_edits": 500,
+             "typing_edits": 500, "docs": 50,
              "doc_edits": 20}
-    full = {"latency_edits": 1000, "latency_docs": 64, "burst_edits": 5000, "docs": 1000,
+    full = {"latency_edits": 1000, "latency_docs": 64, "burst_edits": 5000, "hot_edits": 10000,
+            "typing_edits": 10000, "docs": 1000,
             "doc_edits": 100}
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from p2psync.apiclient import decode_json_value as decode_json_value  # light: the thin CLI path
 from p2psync.crypto.ids import account_id, decode_key, short_hash
 from p2psync.crypto.keys import verify
 from p2psync.device import LocalDevice, doc_ref
@@ -31,6 +32,7 @@ from p2psync.errors import (
     UnknownOperation,
     UnsupportedContent,
 )
+from p2psync.errors import OpError as OpError  # defined there so the thin CLI path can use it
 from p2psync.replica import edits as edits_mod
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Decline, RequestJoin, Role, decode_record
@@ -40,10 +42,6 @@ from p2psync.replica.space import Space
 from p2psync.timefmt import local_time
 
 ROLES = {"reader": Role.READER, "writer": Role.WRITER, "admin": Role.ADMIN}
-
-
-class OpError(P2PSyncError):
-    """A request cannot be done as asked (bad argument, nothing matches, not allowed)."""
 
 
 def role_name(role: Role | None) -> str:
@@ -780,11 +778,3 @@ def run_local(dev: LocalDevice, op: str, params: dict[str, Any]) -> Any:
     if spec is None:
         raise UnknownOperation(f"unknown operation {op!r}")
     return spec.run(dev, parse_params(op, spec.params, params))
-
-
-def decode_json_value(text: str) -> Any:
-    """The JSON value of a CLI argument, with a hint for the usual mistake (unquoted text)."""
-    try:
-        return msgspec.json.decode(text.encode("utf-8", "surrogatepass"))
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise InvalidParams(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None

@@ -7,7 +7,7 @@
 //
 // Times are CLOCK_MONOTONIC microseconds (process.hrtime), the clock Python's
 // time.monotonic_ns reads.
-import { Repo } from "@automerge/automerge-repo"
+import { Repo, splice } from "@automerge/automerge-repo"
 import {
   WebSocketClientAdapter,
   WebSocketServerAdapter,
@@ -34,6 +34,7 @@ let wss = null
 let handles = [] // indexed like the orchestrator's document numbers
 const lastT = new Map()
 const expect = new Map() // doc index -> key whose arrival ends a burst
+const expectValue = new Map() // doc index -> ["value", v] or ["length", n] the key must reach
 
 // Resolves once the repo sees a peer (the client adapter's join handshake completed).
 function whenPeer() {
@@ -78,11 +79,16 @@ function edit({ doc }) {
   return { ts }
 }
 
-async function burst({ doc, n }) {
+// mode: "keys" puts k<i> = i (a growing map), "hot" puts h = i (one key overwritten), "text"
+// appends one character to the text field txt (typing; strings are text in Automerge 3).
+async function burst({ doc, n, mode = "keys" }) {
   const h = handles[doc]
+  if (mode === "text") h.change(d => { d.txt = "" })
   const t0 = nowUs()
   for (let i = 0; i < n; i++) {
-    h.change(d => { d[`k${i}`] = i })
+    if (mode === "keys") h.change(d => { d[`k${i}`] = i })
+    else if (mode === "hot") h.change(d => { d.h = i })
+    else h.change(d => { splice(d, ["txt"], i, 0, "abcdefghij"[i % 10]) })
     await tick() // let the repo send while we write, as p2psync's writer yields per edit
   }
   return { t0_us: t0, t1_us: nowUs() }
@@ -97,7 +103,11 @@ function onChange(i, doc) {
     emit({ ev: "t", doc: i, v, lat_us: t - v })
   }
   const key = expect.get(i)
-  if (key !== undefined && doc[key] !== undefined) {
+  const want = expectValue.get(i)
+  const got = key === undefined ? undefined : doc[key]
+  const ok = got !== undefined && (want === undefined ||
+    (want[0] === "value" ? got === want[1] : got.length >= want[1]))
+  if (ok) {
     expect.delete(i)
     emit({ ev: "done", doc: i, t_us: t })
   }
@@ -141,7 +151,11 @@ async function dispatch(req) {
     case "edit": return edit(req)
     case "burst": return burst(req)
     case "join": return join(req)
-    case "expect": expect.set(req.doc, req.key); return {}
+    case "expect":
+      expect.set(req.doc, req.key)
+      if ("value" in req) expectValue.set(req.doc, ["value", req.value])
+      else if ("length" in req) expectValue.set(req.doc, ["length", req.length])
+      return {}
     case "fetch": return fetchAll(req)
     case "materialise": return { seconds: 0 } // find() already loaded every document
     case "rss": return rss()

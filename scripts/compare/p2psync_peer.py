@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from p2psync.crypto import AccountKey, DeviceKey  # noqa: E402
 from p2psync.node import Node, NodeConfig  # noqa: E402
-from p2psync.replica.document import ROOT  # noqa: E402
+from p2psync.replica.document import ROOT, Text  # noqa: E402
 from p2psync.replica.space import Space  # noqa: E402
 from p2psync.replica.tree import AddResult  # noqa: E402
 from p2psync.sync.engine import EngineConfig  # noqa: E402
@@ -67,6 +67,7 @@ class Peer:
         self.scheduled = False
         self.last_t: dict[int, Any] = {}
         self.expect: dict[int, str] = {}  #: doc index -> key whose arrival ends a burst
+        self.expect_value: dict[int, tuple[str, Any]] = {}  #: ... and its value or length
 
     def emit(self, obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -139,14 +140,27 @@ class Peer:
             e.put(ROOT, "t", ts)
         return {"ts": ts}
 
-    async def burst(self, doc: int, n: int) -> dict[str, Any]:
-        """``n`` edits (key k<i>) as fast as possible, yielding to the loop after each so the
-        engine can send while we write (as an app would between keystrokes)."""
+    async def burst(self, doc: int, n: int, mode: str = "keys") -> dict[str, Any]:
+        """``n`` edits as fast as possible, yielding to the loop after each so the engine can
+        send while we write (as an app would between keystrokes). ``mode``: ``keys`` puts
+        ``k<i> = i`` (a growing map), ``hot`` puts ``h = i`` (one key overwritten), ``text``
+        appends one character to the text field ``txt`` (typing)."""
         d = self._space().document(self.docs[doc])
+        txt = None
+        if mode == "text":
+            with d.edit() as e:
+                e.put(ROOT, "txt", Text(""))
+            txt = d.obj(["txt"])
         t0 = now_us()
         for i in range(n):
             with d.edit() as e:
-                e.put(ROOT, f"k{i}", i)
+                if mode == "keys":
+                    e.put(ROOT, f"k{i}", i)
+                elif mode == "hot":
+                    e.put(ROOT, "h", i)
+                else:
+                    assert txt is not None
+                    e.splice_text(txt, i, 0, "abcdefghij"[i % 10])
             await asyncio.sleep(0)
         return {"t0_us": t0, "t1_us": now_us()}
 
@@ -187,9 +201,20 @@ class Peer:
                 self.last_t[i] = v
                 self.emit({"ev": "t", "doc": i, "v": v, "lat_us": t - v})
             key = self.expect.get(i)
-            if key is not None and doc.get([key]) is not None:
+            if key is not None and self._expected(i, doc.get([key])):
                 del self.expect[i]
                 self.emit({"ev": "done", "doc": i, "t_us": t})
+
+    def _expected(self, i: int, got: Any) -> bool:
+        """Whether a burst's end shows: the key exists, equals ``value``, or is ``length``
+        long (set by ``expect``)."""
+        want = self.expect_value.get(i)
+        if got is None:
+            return False
+        if want is None:
+            return True
+        kind, v = want
+        return bool(got == v) if kind == "value" else len(got) >= v
 
     async def fetch(self, invite: str, address: str, space_hash: str) -> dict[str, Any]:
         """Fresh peer: join and wait until our copy of the space equals the source's (every
@@ -233,11 +258,15 @@ async def serve(peer: Peer) -> None:
             elif cmd == "edit":
                 out = peer.edit(req["doc"])
             elif cmd == "burst":
-                out = await peer.burst(req["doc"], req["n"])
+                out = await peer.burst(req["doc"], req["n"], req.get("mode", "keys"))
             elif cmd == "join":
                 out = await peer.join(req["invite"], req["address"], req["docs"])
             elif cmd == "expect":
                 peer.expect[req["doc"]] = req["key"]
+                if "value" in req:
+                    peer.expect_value[req["doc"]] = ("value", req["value"])
+                elif "length" in req:
+                    peer.expect_value[req["doc"]] = ("length", req["length"])
                 out = {}
             elif cmd == "fetch":
                 out = await peer.fetch(req["invite"], req["address"], req["space_hash"])
