@@ -92,6 +92,9 @@ async def test_the_page_shows_a_peer_going_away(tmp_path: Path) -> None:
                 print(f"page showed the peer gone after {seconds:.2f} s")
                 timeline = await page.eval("document.getElementById('timeline').textContent")
                 assert "disconnected" in timeline
+                # the dial error appears once A retried B (reconnect_cap = 1 s)
+                await page.wait_for("document.getElementById('timeline').textContent"
+                                    ".includes('dial tcp://')", 15)
                 await page.screenshot(shots / "http-status-peer-gone.png")
                 status = await call(s, url_a, key_a, "status")
                 assert status["peers"] == [] and status["spaces"][0]["peers"] == 0
