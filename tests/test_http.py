@@ -353,6 +353,15 @@ async def test_metrics_count_connections_sync_traffic_and_errors(
     assert "p2psync_connections{" not in text
 
 
+async def test_a_taken_port_is_a_clear_error(fleet: Fleet) -> None:
+    from p2psync.api import ApiError
+
+    agent = await fleet.agent("a")
+    first = await serve(fleet, agent)
+    with pytest.raises(ApiError, match=r"cannot serve HTTP on 127\.0\.0\.1:.*port"):
+        await HttpServer(agent, HttpConfig(enabled=True, port=first.port)).start()
+
+
 async def test_public_metrics_need_no_key(fleet: Fleet, session: aiohttp.ClientSession) -> None:
     c = await one(fleet, session, metrics_public=True)
     status, text = await c.req("GET", "/metrics", headers={})
