@@ -136,6 +136,10 @@ async def test_every_op_is_an_endpoint_with_its_schema(fleet: Fleet,
     c = await one(fleet, session)
     table = routes()
     assert {r.op for r in table} == set(OPS) - {"subscribe", "unsubscribe"}
+    for r in table:  # every endpoint refuses a request without the key, whatever its method
+        for method in r.methods:
+            status, body = await c.req(method, r.path, headers={})
+            assert (status, body["error"]["type"]) == (401, "Unauthorized"), (r.op, method)
     for r in table:
         required = [f.name for f in msgspec.structs.fields(r.params) if f.required]
         status, body = await c.req("POST", r.path, data=b"")
