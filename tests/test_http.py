@@ -278,6 +278,18 @@ async def test_the_change_stream_delivers_a_peers_edit(fleet: Fleet,
             await asyncio.sleep(0.01)
 
 
+async def test_the_stream_says_closed_when_the_agent_stops(
+        fleet: Fleet, session: aiohttp.ClientSession) -> None:
+    c = await one(fleet, session)
+    async with session.get(c.base + EVENTS_PATH, headers=c.headers) as resp:
+        events = sse_events(resp)
+        assert (await anext(events))[0] == "ready"
+        await c.server.agent.close()
+        async with asyncio.timeout(10):
+            kind, _ = await anext(events)
+        assert kind == "closed"
+
+
 # --- OpenAPI -----------------------------------------------------------------------------------
 async def test_openapi_matches_the_real_endpoints(fleet: Fleet,
                                                   session: aiohttp.ClientSession) -> None:
