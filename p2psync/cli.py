@@ -764,6 +764,8 @@ def cmd_http(args: argparse.Namespace, out: Out) -> None:
     from p2psync.http.info import http_info
 
     home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
     cfg = load_config(home.config_path)
     info = http_info(home.path, cfg.http, running=agent_running(home.path),
                      with_key=args.open_url)

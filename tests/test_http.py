@@ -136,6 +136,10 @@ async def test_every_op_is_an_endpoint_with_its_schema(fleet: Fleet,
     c = await one(fleet, session)
     table = routes()
     assert {r.op for r in table} == set(OPS) - {"subscribe", "unsubscribe"}
+    for r in table:  # every endpoint refuses a request without the key, whatever its method
+        for method in r.methods:
+            status, body = await c.req(method, r.path, headers={})
+            assert (status, body["error"]["type"]) == (401, "Unauthorized"), (r.op, method)
     for r in table:
         required = [f.name for f in msgspec.structs.fields(r.params) if f.required]
         status, body = await c.req("POST", r.path, data=b"")
@@ -274,6 +278,18 @@ async def test_the_change_stream_delivers_a_peers_edit(fleet: Fleet,
             await asyncio.sleep(0.01)
 
 
+async def test_the_stream_says_closed_when_the_agent_stops(
+        fleet: Fleet, session: aiohttp.ClientSession) -> None:
+    c = await one(fleet, session)
+    async with session.get(c.base + EVENTS_PATH, headers=c.headers) as resp:
+        events = sse_events(resp)
+        assert (await anext(events))[0] == "ready"
+        await c.server.agent.close()
+        async with asyncio.timeout(10):
+            kind, _ = await anext(events)
+        assert kind == "closed"
+
+
 # --- OpenAPI -----------------------------------------------------------------------------------
 async def test_openapi_matches_the_real_endpoints(fleet: Fleet,
                                                   session: aiohttp.ClientSession) -> None:
@@ -351,6 +367,15 @@ async def test_metrics_count_connections_sync_traffic_and_errors(
     status, text = await c.req("GET", "/metrics")
     assert sample(text, "p2psync_sent_bytes_total") >= sent
     assert "p2psync_connections{" not in text
+
+
+async def test_a_taken_port_is_a_clear_error(fleet: Fleet) -> None:
+    from p2psync.api import ApiError
+
+    agent = await fleet.agent("a")
+    first = await serve(fleet, agent)
+    with pytest.raises(ApiError, match=r"cannot serve HTTP on 127\.0\.0\.1:.*port"):
+        await HttpServer(agent, HttpConfig(enabled=True, port=first.port)).start()
 
 
 async def test_public_metrics_need_no_key(fleet: Fleet, session: aiohttp.ClientSession) -> None:

@@ -62,7 +62,7 @@ if (frag.get("key")) { sessionStorage.setItem("p2psync-key", frag.get("key"));
   history.replaceState(null, "", location.pathname); }
 let key = sessionStorage.getItem("p2psync-key") || "";
 const seen = new Map();      // peer id -> {last: time, transport, address}
-let lastPeers = null, lastSpaces = new Map(), streaming = false;
+let lastPeers = null, lastSpaces = new Map(), lastErrors = new Map(), streaming = false;
 
 function h(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -121,6 +121,16 @@ function render(st, list) {
       if (!now.has(id)) note("bad", "peer " + short(id) + " disconnected");
   }
   lastPeers = now;
+  for (const e of st.endpoints) {  // a new dial error is an event too
+    if (e.last_error && !e.connected && lastErrors.get(e.endpoint) !== e.last_error)
+      note("bad", "dial " + e.endpoint + ": " + e.last_error);
+    lastErrors.set(e.endpoint, e.connected ? null : e.last_error);
+  }
+  for (const p of st.peers) {
+    if (p.last_error && lastErrors.get(p.peer_id) !== p.last_error)
+      note("warn", "peer " + short(p.peer_id) + ": " + p.last_error);
+    lastErrors.set(p.peer_id, p.last_error);
+  }
   const ids = [...new Set([...now.keys(), ...eps.keys(), ...seen.keys()])].sort();
   $("peers").replaceChildren(...ids.map(id => {
     const p = now.get(id), e = eps.get(id);

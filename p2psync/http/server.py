@@ -26,7 +26,7 @@ from aiohttp import web
 
 from p2psync import __version__
 from p2psync.agent.core import Agent, Subscription
-from p2psync.api import SubscribeParams, handle_request
+from p2psync.api import ApiError, SubscribeParams, handle_request
 from p2psync.config import HttpConfig
 from p2psync.errors import InvalidParams, InvalidRequest, P2PSyncError
 from p2psync.hostport import host_port
@@ -105,7 +105,13 @@ class HttpServer:
                                      shutdown_timeout=1.0, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.listen, self.config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # port taken, address not local: a clear error, not a trace
+            await self._runner.cleanup()
+            self._runner = None
+            raise ApiError(f"cannot serve HTTP on {host_port(self.config.listen, self.config.port)}"
+                           f": {exc.strerror or exc} (change [http] port or listen)") from None
         self.port = int(self._runner.addresses[0][1])
         url_path(self.agent.home.path).write_text(self.url + "\n")
         log.info("event=http_started url=%s key_file=%s", self.url,
