@@ -33,7 +33,8 @@ from p2psync.apiclient import API_VERSION as API_VERSION
 # The light client half lives in p2psync.apiclient (the CLI imports only that); re-exported here.
 from p2psync.apiclient import SOCKET as SOCKET
 from p2psync.apiclient import ApiClient as ApiClient
-from p2psync.apiclient import ApiError, _alive, socket_path
+from p2psync.apiclient import ApiError as ApiError
+from p2psync.apiclient import _alive, socket_path
 from p2psync.apiclient import agent_running as agent_running
 from p2psync.crypto.ids import short_hash
 from p2psync.device import LocalDevice

@@ -41,7 +41,6 @@ LAYERS: dict[str, int] = {
     "p2psync.agent": AGENT,
     "p2psync.api": API,
     "p2psync.http": API,  # the local HTTP API and status page: REST over the same op table
-    "p2psync.backup.client": API,  # deprecated alias of p2psync.agent.backups
     "p2psync.agent.run": SHELL,  # the process: signals, logging, the API socket
     "p2psync.backup.service": SHELL,  # `p2psync backup run`: the agent in replicator mode
     "p2psync.cli": SHELL,
