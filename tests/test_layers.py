@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "p2psync.device": DEVICE,
     "p2psync.agent": AGENT,
     "p2psync.api": API,
+    "p2psync.apiclient": FOUNDATION,  # local-API client + JSON value parsing: stdlib only
     "p2psync.http": API,  # the local HTTP API and status page: REST over the same op table
     "p2psync.agent.run": SHELL,  # the process: signals, logging, the API socket
     "p2psync.backup.service": SHELL,  # `p2psync backup run`: the agent in replicator mode
