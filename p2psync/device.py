@@ -112,10 +112,7 @@ class LocalDevice:
             space = self._spaces.pop(space_id, None)
             if space is not None:
                 space.flush()
-        forget = getattr(self.store, "forget_space", None)
-        if forget is None:
-            raise StoreError(f"{type(self.store).__name__} cannot drop a space")
-        forget(space_id)
+        self.store.forget_space(space_id)
         names = self.names()
         if names.pop(space_id, None) is not None:
             tmp = self._names_path.with_suffix(".tmp")

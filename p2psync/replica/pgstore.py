@@ -273,6 +273,16 @@ class PgStore(DerivedStoreOps):
                 db.execute(f"DELETE FROM {table} WHERE tree_id = ANY(%s)", (ids,))
         self._query("VACUUM changes", fetch=False)  # reclaim the dead rows now
 
+    def forget_space(self, space_id: str) -> None:
+        with self._tx() as db:
+            trees = [r[0] for r in db.execute("SELECT tree_id FROM trees WHERE space_id = %s",
+                                              (space_id,)).fetchall()]
+            for table in ("changes", "parents", "heads", "trees"):
+                db.execute(f"DELETE FROM {table} WHERE tree_id = ANY(%s)", (trees,))
+            db.execute("DELETE FROM acl_records WHERE space_id = %s", (space_id,))
+            db.execute("DELETE FROM spaces WHERE space_id = %s", (space_id,))
+        self._query("VACUUM changes", fetch=False)
+
     def space_usage(self) -> dict[str, tuple[int, int]]:
         rows = self._query("SELECT t.space_id, coalesce(sum(length(c.raw)), 0), count(c.seq) "
                            "FROM trees t JOIN changes c ON c.tree_id = t.tree_id "

@@ -99,6 +99,11 @@ class ReplicaStore(Protocol):
         """Drop objects (a tombstone): changes, heads and the tree, atomically; the bytes must
         not stay readable where the medium allows (SQLite: ``secure_delete``)."""
 
+    def forget_space(self, space_id: str) -> None:
+        """Drop everything held of one space — header, ACL records, trees, changes, heads —
+        atomically (``space leave``: a cancelled or refused join, a space this account left);
+        like :meth:`delete_trees`, the bytes must not stay readable where the medium allows."""
+
     def space_usage(self) -> dict[str, tuple[int, int]]:
         """``space id -> (bytes of raw changes, number of changes)``; spaces without changes
         are absent."""

@@ -175,6 +175,21 @@ class StoreSuite:
         store.delete_trees([TREE_B.id, b"\0" * 32])
         assert store.space_usage() == {} and store.count_changes() == 0
 
+    def test_forget_space_drops_only_that_space(self, store: ReplicaStore) -> None:
+        store.put_space(SPACE_ID, b"hdr")
+        store.put_space("other", b"hdr2")
+        store.add_acl_records(SPACE_ID, [(b"r", b"raw")])
+        store.add_acl_records("other", [(b"r", b"raw")])
+        grown(store, TREE_A, DAG_A)
+        store.save_changes("other", TREE_B.id, [TREE_B.root], [TREE_B.id])
+        store.forget_space(SPACE_ID)
+        assert store.list_spaces() == ["other"] and store.get_space(SPACE_ID) is None
+        assert store.list_acl_records(SPACE_ID) == [] and store.list_trees(SPACE_ID) == []
+        assert store.count_changes(TREE_A.id) == 0 and store.get_heads(TREE_A.id) == ()
+        assert store.list_acl_records("other") == [(b"r", b"raw")]
+        assert store.list_trees("other") == [TREE_B.id] and store.count_changes() == 1
+        store.forget_space("never-held")  # a no-op
+
     # --- trusted load ----------------------------------------------------------------------
     def test_load_catches_tampered_bytes_and_stale_heads(self, store: ReplicaStore) -> None:
         root = TREE_A.root
