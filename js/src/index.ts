@@ -9,3 +9,6 @@ export * from "./transport/session.js";
 export * from "./transport/connection.js";
 export * from "./hashes.js";
 export * from "./transport/websocket.js";
+export * from "./replica/header.js";
+export * from "./replica/change.js";
+export * from "./replica/tree.js";

@@ -11,8 +11,8 @@ import { EndOfStream } from "../src/errors.js";
 import { listenWebSocket } from "../src/node/ws.js";
 import type { Connection } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
-import { connectWebSocket, type WebSocketConstructor } from "../src/transport/websocket.js";
-import { utf8 } from "./helpers.js";
+import { connectWebSocket, type WebSocketConstructor, WS_PATH } from "../src/transport/websocket.js";
+import { spawnPython, utf8 } from "./helpers.js";
 
 const WS = WebSocket as unknown as WebSocketConstructor;
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
@@ -53,5 +53,30 @@ test("JS ↔ JS over WebSocket: handshake, streams, credit-limited bulk, close r
     assert.match((await conn.waitClosed()).message, /peer closed the connection: closed locally: bye/);
   } finally {
     await l.close();
+  }
+});
+
+test("interop: a Node client over WebSocket completes the handshake with a real Python WebSocket listener", async (t) => {
+  const py = spawnPython("py_peer.py", ["listen", "ws"]);
+  try {
+    const info = await py.next();
+    if ("unsupported" in info) {
+      t.skip(`the Python side has no WebSocket carrier yet: ${String(info.unsupported)}`);
+      return;
+    }
+    const me = identity();
+    const conn = await connectWebSocket(`ws://127.0.0.1:${String(info.port)}${WS_PATH}`, { ...me, expectedPeer: info.peer_id as string, WebSocket: WS });
+    assert.equal(conn.peerId, info.peer_id);
+    assert.equal(conn.accountId, info.account_id);
+    const st = await conn.openStream();
+    await st.send(utf8("hello over ws"));
+    assert.equal(text(await st.recv()), "py:hello over ws");
+    const big = new Uint8Array(700_000).map((_, i) => (i * 7) & 0xff); // > 256 KiB: needs message chunking
+    await st.send(big);
+    const back = await st.recv();
+    assert.deepEqual(back.subarray(3), big);
+    conn.close("ws test over");
+  } finally {
+    await py.stop();
   }
 });

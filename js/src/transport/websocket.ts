@@ -6,14 +6,20 @@
  * Works with any object implementing the standard WebSocket API (the browser's global
  * WebSocket, or the `ws` package in Node 20, which has no global WebSocket).
  *
- * The Noise prologue binding is carrier-specific; WS_BINDING must equal the value the Python
- * WebSocket carrier uses (docs/protocol.md 6.7, docs/transport.md).
+ * As on the Python side (docs/transport.md, "WebSocket carrier"): the prologue binding is "tcp"
+ * (the Noise session is the channel), the agent serves the carrier at GET /p2psync, a sender
+ * joins the frames of one write into messages of at most 64 KiB (the Python receiver refuses
+ * messages over 256 KiB), text messages end the connection.
  */
 import type { DeviceCertificate } from "../crypto/cert.js";
 import type { DeviceKey } from "../crypto/keys.js";
 import { type Carrier, type Connection, Link, type TransportConfig } from "./connection.js";
 
-export const WS_BINDING = new TextEncoder().encode("ws");
+export const WS_BINDING = new TextEncoder().encode("tcp");
+/** The agent's WebSocket path. */
+export const WS_PATH = "/p2psync";
+/** Largest WebSocket message this side sends. */
+export const MAX_SEND_MESSAGE = 64 * 1024;
 
 /** The subset of the standard WebSocket API the carrier uses. */
 export interface WebSocketLike {
@@ -69,17 +75,14 @@ export class WebSocketCarrier implements Carrier {
 
   write(frames: Uint8Array[]): void {
     if (this.ws.readyState !== OPEN) return;
-    if (frames.length === 1) {
-      this.ws.send(frames[0]!);
-      return;
-    }
-    const out = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+    const total = frames.reduce((n, f) => n + f.length, 0);
+    const joined = new Uint8Array(total);
     let pos = 0;
     for (const f of frames) {
-      out.set(f, pos);
+      joined.set(f, pos);
       pos += f.length;
     }
-    this.ws.send(out);
+    for (let off = 0; off < total; off += MAX_SEND_MESSAGE) this.ws.send(joined.subarray(off, off + MAX_SEND_MESSAGE));
   }
 
   teardown(): void {
