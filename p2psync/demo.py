@@ -120,6 +120,12 @@ def run_demo(*, out_json: bool = False, base: Path | None = None) -> dict[str, A
             futures = [pool.submit(edit, laptop, "eggs"), pool.submit(edit, phone, "bread")]
             for f in futures:
                 f.result(TIMEOUT)
+        # once the phone holds both edits, its next change names both as parents (a merge)
+        deadline = time.monotonic() + TIMEOUT
+        while _space_hash(phone, space) != _space_hash(laptop, space):
+            if time.monotonic() > deadline:
+                raise DemoFailed("the phone never received the laptop's concurrent edit")
+            phone.call("space.wait_synced", space=space, timeout=5.0)
         phone.call("doc.set", space=space, doc=doc, path="done", value=False)
 
         # wait until all three hold the same heads (each wait is event-driven in the agent)
