@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(args.src.resolve()), P2PSYNC_PASSPHRASE="")
+    # `python -c` puts the working directory first on sys.path: run from elsewhere, so --src
+    # (not a checkout that happens to be the cwd) is what gets measured.
+    os.chdir(tempfile.gettempdir())
     py = [sys.executable]
     cli = [*py, "-c", ENTRY]
     rows: dict[str, dict[str, float]] = {}

@@ -156,10 +156,13 @@ class Responder:
         tid = msg.object_id
         if not space.has_tree(tid):
             return FullSyncResponse(msg.space_id, tid, (), (), False)
-        tree = space.tree(tid)
-        lack = [c.raw for c in tree.changes_for(msg.heads)]
+        if msg.heads:
+            tree = space.tree(tid)
+            heads, lack = tree.heads, [c.raw for c in tree.changes_for(msg.heads)]
+        else:  # the peer has nothing: stored bytes in order, no ObjectTree built (perf)
+            heads, lack = space.full_sync_raws(tid)
         batch, more = take_batch(lack, self._cap(msg.max_bytes))
-        return FullSyncResponse(msg.space_id, tid, tree.heads[:MAX_HEADS], tuple(batch), more)
+        return FullSyncResponse(msg.space_id, tid, heads[:MAX_HEADS], tuple(batch), more)
 
     def _answer_acl(self, msg: AclSyncRequest, out: _Collect, now: float) -> AclSyncResponse:
         space = self._space_for(msg.space_id, acl_only=True, now=now)

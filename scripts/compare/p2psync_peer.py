@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from p2psync.crypto import AccountKey, DeviceKey  # noqa: E402
 from p2psync.node import Node, NodeConfig  # noqa: E402
-from p2psync.replica.document import ROOT, Text  # noqa: E402
+from p2psync.replica.document import ROOT, AsyncFlusher, Text  # noqa: E402
 from p2psync.replica.space import Space  # noqa: E402
 from p2psync.replica.tree import AddResult  # noqa: E402
 from p2psync.sync.engine import EngineConfig  # noqa: E402
@@ -140,12 +140,17 @@ class Peer:
             e.put(ROOT, "t", ts)
         return {"ts": ts}
 
-    async def burst(self, doc: int, n: int, mode: str = "keys") -> dict[str, Any]:
+    async def burst(self, doc: int, n: int, mode: str = "keys",
+                    window: float = 0.0) -> dict[str, Any]:
         """``n`` edits as fast as possible, yielding to the loop after each so the engine can
         send while we write (as an app would between keystrokes). ``mode``: ``keys`` puts
         ``k<i> = i`` (a growing map), ``hot`` puts ``h = i`` (one key overwritten), ``text``
-        appends one character to the text field ``txt`` (typing)."""
+        appends one character to the text field ``txt`` (typing). ``window`` > 0 coalesces the
+        edits of that many seconds into one signed change (``Document.window`` through
+        :class:`AsyncFlusher`, as an app that sets a window gets)."""
         d = self._space().document(self.docs[doc])
+        d.window = window
+        fl = AsyncFlusher(d)
         txt = None
         if mode == "text":
             with d.edit() as e:
@@ -153,7 +158,7 @@ class Peer:
             txt = d.obj(["txt"])
         t0 = now_us()
         for i in range(n):
-            with d.edit() as e:
+            with fl.edit() as e:
                 if mode == "keys":
                     e.put(ROOT, f"k{i}", i)
                 elif mode == "hot":
@@ -162,6 +167,8 @@ class Peer:
                     assert txt is not None
                     e.splice_text(txt, i, 0, "abcdefghij"[i % 10])
             await asyncio.sleep(0)
+        fl.close()  # the last window's edits go out now
+        d.window = 0.0
         return {"t0_us": t0, "t1_us": now_us()}
 
     # --- reader / fresh peer -----------------------------------------------------------------
@@ -258,7 +265,8 @@ async def serve(peer: Peer) -> None:
             elif cmd == "edit":
                 out = peer.edit(req["doc"])
             elif cmd == "burst":
-                out = await peer.burst(req["doc"], req["n"], req.get("mode", "keys"))
+                out = await peer.burst(req["doc"], req["n"], req.get("mode", "keys"),
+                                       req.get("window", 0.0))
             elif cmd == "join":
                 out = await peer.join(req["invite"], req["address"], req["docs"])
             elif cmd == "expect":
