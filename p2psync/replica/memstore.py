@@ -29,6 +29,8 @@ class _Data:
     #: tree id -> change id -> raw, in storage order
     changes: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
     heads: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    #: chunk address -> (space id, ciphertext)
+    chunks: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
 
 
 _named: dict[str, _Data] = {}
@@ -140,6 +142,8 @@ class MemoryStore(DerivedStoreOps):
         self.delete_trees([t for t, s in d.trees.items() if s == space_id])
         d.acl.pop(space_id, None)
         d.spaces.pop(space_id, None)
+        for a in [a for a, (sid, _) in d.chunks.items() if sid == space_id]:
+            del d.chunks[a]
 
     def space_usage(self) -> dict[str, tuple[int, int]]:
         d = self._d()
@@ -151,6 +155,29 @@ class MemoryStore(DerivedStoreOps):
             b, c = out.get(sid, (0, 0))
             out[sid] = (b + sum(len(r) for r in table.values()), c + len(table))
         return out
+
+    # --- encrypted file chunks ---------------------------------------------------------------
+    def put_chunks(self, space_id: str, chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        d = self._d()
+        staged = {_bytes(a, "chunk address"): (space_id, _bytes(c, "chunk")) for a, c in chunks}
+        new = {a: v for a, v in staged.items() if a not in d.chunks}
+        d.chunks.update(new)  # validated first: all or nothing
+        return len(new)
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        got = self._d().chunks.get(bytes(address))
+        return got[1] if got else None
+
+    def has_chunks(self, addresses: Sequence[bytes]) -> set[bytes]:
+        d = self._d()
+        return {bytes(a) for a in addresses if bytes(a) in d.chunks}
+
+    def list_chunks(self, space_id: str) -> list[bytes]:
+        return sorted(a for a, (sid, _) in self._d().chunks.items() if sid == space_id)
+
+    def delete_chunks(self, addresses: Sequence[bytes]) -> int:
+        d = self._d()
+        return sum(d.chunks.pop(bytes(a), None) is not None for a in addresses)
 
 
 def _open(rest: str, durable: bool) -> MemoryStore:
