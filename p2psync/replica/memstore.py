@@ -29,8 +29,8 @@ class _Data:
     #: tree id -> change id -> raw, in storage order
     changes: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
     heads: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
-    #: chunk address -> (space id, ciphertext)
-    chunks: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
+    #: chunk address -> (space id, file id, ciphertext)
+    chunks: dict[bytes, tuple[str, bytes, bytes]] = field(default_factory=dict)
 
 
 _named: dict[str, _Data] = {}
@@ -135,6 +135,9 @@ class MemoryStore(DerivedStoreOps):
             d.changes.pop(t, None)
             d.heads.pop(t, None)
             d.trees.pop(t, None)
+        gone = set(tree_ids)
+        for a in [a for a, (_, fid, _) in d.chunks.items() if fid in gone]:
+            del d.chunks[a]
 
     def forget_space(self, space_id: str) -> None:
         """Drop everything held of one space (see SqliteStore.forget_space)."""
@@ -142,7 +145,7 @@ class MemoryStore(DerivedStoreOps):
         self.delete_trees([t for t, s in d.trees.items() if s == space_id])
         d.acl.pop(space_id, None)
         d.spaces.pop(space_id, None)
-        for a in [a for a, (sid, _) in d.chunks.items() if sid == space_id]:
+        for a in [a for a, (sid, _, _) in d.chunks.items() if sid == space_id]:
             del d.chunks[a]
 
     def space_usage(self) -> dict[str, tuple[int, int]]:
@@ -157,23 +160,27 @@ class MemoryStore(DerivedStoreOps):
         return out
 
     # --- encrypted file chunks ---------------------------------------------------------------
-    def put_chunks(self, space_id: str, chunks: Sequence[tuple[bytes, bytes]]) -> int:
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int:
         d = self._d()
-        staged = {_bytes(a, "chunk address"): (space_id, _bytes(c, "chunk")) for a, c in chunks}
+        fid = _bytes(file_id, "file id")
+        staged = {_bytes(a, "chunk address"): (space_id, fid, _bytes(c, "chunk"))
+                  for a, c in chunks}
         new = {a: v for a, v in staged.items() if a not in d.chunks}
         d.chunks.update(new)  # validated first: all or nothing
         return len(new)
 
     def get_chunk(self, address: bytes) -> bytes | None:
         got = self._d().chunks.get(bytes(address))
-        return got[1] if got else None
+        return got[2] if got else None
 
     def has_chunks(self, addresses: Sequence[bytes]) -> set[bytes]:
         d = self._d()
         return {bytes(a) for a in addresses if bytes(a) in d.chunks}
 
-    def list_chunks(self, space_id: str) -> list[bytes]:
-        return sorted(a for a, (sid, _) in self._d().chunks.items() if sid == space_id)
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        return sorted(a for a, (sid, fid, _) in self._d().chunks.items()
+                      if sid == space_id and file_id in (None, fid))
 
     def delete_chunks(self, addresses: Sequence[bytes]) -> int:
         d = self._d()
