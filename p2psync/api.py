@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from p2psync.agent import fileops as _fileops  # noqa: F401  (registers the file.* ops)
 from p2psync.agent import ops
 from p2psync.agent.core import Agent, Subscription
 from p2psync.crypto.ids import short_hash

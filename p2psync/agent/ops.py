@@ -578,3 +578,4 @@ def decode_json_value(text: str) -> Any:
         return msgspec.json.decode(text.encode("utf-8", "surrogatepass"))
     except (msgspec.DecodeError, RecursionError) as exc:
         raise InvalidParams(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
+
