@@ -29,6 +29,7 @@ from p2psync.replica.space import Space
 
 #: the key of a file document's manifest (a byte string)
 MANIFEST_KEY = "p2psync.file"
+_BATCH = 64  #: chunks per store write while adding (≤ 16 MiB of ciphertext in memory)
 
 
 @dataclass(frozen=True)
@@ -91,17 +92,33 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
     fid = doc.tree.id
     _head, key_id = space.acl.write_position(space.me.public)
     key = _key_for(space, fid, key_id)
-    enc = F.encrypt_file(source, key, fid)
-    have = space.store.has_chunks(list(enc.blobs))
-    new = [(a, c) for a, c in enc.blobs.items() if a not in have]
-    space.store.put_chunks(space.id, fid, new)
-    manifest = F.Manifest(space.id, fid, name, media_type, enc.size, key_id, enc.chunks,
+    chunks: list[tuple[bytes, int]] = []
+    new_chunks = new_bytes = size = 0
+    batch: dict[bytes, bytes] = {}
+
+    def flush() -> None:
+        nonlocal new_chunks, new_bytes
+        have = space.store.has_chunks(list(batch))
+        new = [(a, c) for a, c in batch.items() if a not in have]
+        space.store.put_chunks(space.id, fid, new)
+        new_chunks += len(new)
+        new_bytes += sum(len(c) for _, c in new)
+        batch.clear()
+
+    for addr, n, ct in F.encrypt_stream(source, key, fid):  # bounded memory: batches
+        chunks.append((addr, n))
+        size += n
+        batch[addr] = ct
+        if len(batch) >= _BATCH:
+            flush()
+    flush()
+    manifest = F.Manifest(space.id, fid, name, media_type, size, key_id, tuple(chunks),
                           space.me.public)
     raw = manifest.sign(space.me)
     with doc.edit() as e:
         e.put(ROOT, MANIFEST_KEY, raw)
     doc.flush()
-    return AddResult(manifest, len(enc.chunks), len(new), sum(len(c) for _, c in new))
+    return AddResult(manifest, len(chunks), new_chunks, new_bytes)
 
 
 def manifest_of(space: Space, file_id: bytes) -> F.Manifest:
