@@ -351,3 +351,7 @@ class FileIncomplete(FileError):
 
 class FileNotFound(FileError):
     """No live file with this id in the space (never added, or deleted)."""
+
+
+class FileTooLarge(FileError):
+    """A file has more chunks than one manifest can list (a chunked manifest is not done)."""

@@ -153,3 +153,15 @@ def test_tombstone_deletes_file_and_frees_chunks(tmp_path: Path) -> None:
     assert store.list_chunks(sp.id, gone) == [] and store.list_chunks(sp.id, keep)
     with pytest.raises(FileNotFound):
         FS.get_file(sp, gone, tmp_path / "x")
+
+
+def test_file_too_large_for_one_manifest_refused(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2psync.errors import FileTooLarge
+    from p2psync.replica import files as F
+    store, me, dev = _device(tmp_path, "a")
+    sp = Space.create(store, me, dev, window=0)
+    monkeypatch.setattr(F, "MAX_MANIFEST_BYTES", 500)  # ~10 chunks
+    with pytest.raises(FileTooLarge):
+        FS.add_file(sp, _content(2_000_000, 8), name="big")
+    assert FS.list_files(sp) == []

@@ -39,6 +39,8 @@ AVG_CHUNK = 64 * 1024
 MAX_CHUNK = 256 * 1024
 #: Manifest bound: 65 536 chunks (4 GiB at the average size, at most 16 GiB).
 MAX_CHUNKS = 1 << 16
+#: a manifest rides in one document change (≤ 1 MiB raw): leave room for the change itself
+MAX_MANIFEST_BYTES = 900 * 1024
 MAX_NAME = 255
 MAX_MEDIA_TYPE = 127
 NONCE_SIZE = 24

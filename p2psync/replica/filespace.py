@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2psync.errors import AccessDenied, FileNotFound, ManifestInvalid, ObjectDeleted
+from p2psync.errors import (
+    AccessDenied,
+    FileNotFound,
+    FileTooLarge,
+    ManifestInvalid,
+    ObjectDeleted,
+)
 from p2psync.replica import files as F
 from p2psync.replica.document import ROOT
 from p2psync.replica.space import Space
@@ -115,6 +121,9 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
     manifest = F.Manifest(space.id, fid, name, media_type, size, key_id, tuple(chunks),
                           space.me.public)
     raw = manifest.sign(space.me)
+    if len(raw) > F.MAX_MANIFEST_BYTES:  # ~25 000 chunks: a chunked manifest is not done
+        raise FileTooLarge(f"{size} bytes is {len(chunks)} chunks: too many for one manifest "
+                           f"(at most ~{F.MAX_MANIFEST_BYTES // 40} chunks)")
     with doc.edit() as e:
         e.put(ROOT, MANIFEST_KEY, raw)
     doc.flush()
