@@ -117,13 +117,13 @@ def test_resume_after_interruption_asks_only_for_the_remainder() -> None:
     assert 0 < held < total and not FS.file_info(b, fid).complete
     again = SF.ChunkFetch(a.id, fid, FS.missing_chunks(b, fid))
     again.add_peer("a")
-    asked = 0
+    sent = 0
     while not again.done:
         for peer, req in again.requests():
-            asked += len(req.addresses)
-            again.on_response(peer, req, SF.answer(a.store, req),
-                              lambda ps: FS.accept_chunks(b, fid, ps))
-    assert asked == total - held
+            resp = SF.answer(a.store, req)
+            sent += len(resp.chunks)
+            again.on_response(peer, req, resp, lambda ps: FS.accept_chunks(b, fid, ps))
+    assert sent == total - held
 
 
 def test_lost_peer_requests_go_to_others() -> None:
@@ -156,3 +156,18 @@ def test_chunk_messages_are_bounded() -> None:
     big = m.ChunkResponse("s", b"\1" * 32, ((b"\2" * 32, b"x" * (m.MAX_CHUNK_DATA + 1)),), ())
     with pytest.raises(DecodeError):
         m.decode(m.encode(big, 1))
+
+
+def test_answer_stays_under_the_message_limit_and_progresses() -> None:
+    a, b, fid = _setup(4_000_000)
+    addrs = tuple(a.store.list_chunks(a.id, fid)[:16])
+    resp = SF.answer(a.store, m.ChunkRequest(a.id, fid, addrs), max_bytes=200_000)
+    assert 1 <= len(resp.chunks) < 16 and resp.missing == ()
+    assert sum(len(d) for _, d in resp.chunks) <= 200_000 + 256 * 1024
+    fetch = SF.ChunkFetch(a.id, fid, FS.missing_chunks(b, fid))
+    fetch.add_peer("a")
+    while not fetch.done:  # partial answers: the rest is asked again, never marked missing
+        for peer, req in fetch.requests():
+            fetch.on_response(peer, req, SF.answer(a.store, req, max_bytes=200_000),
+                              lambda ps: FS.accept_chunks(b, fid, ps))
+    assert FS.file_info(b, fid).complete

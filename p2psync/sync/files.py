@@ -23,18 +23,34 @@ from p2psync.sync.messages import MAX_CHUNK_ADDRESSES, ChunkRequest, ChunkRespon
 Peer = Hashable
 
 
-def answer(store: ReplicaStore, req: ChunkRequest) -> ChunkResponse:
+#: ciphertext bytes per response: under the transport's default 1 MiB message limit
+MAX_RESPONSE_BYTES = 1024 * 1024 - 64 * 1024
+
+
+def answer(store: ReplicaStore, req: ChunkRequest,
+           max_bytes: int = MAX_RESPONSE_BYTES) -> ChunkResponse:
     """What a responder sends back: the requested chunks it holds **of that file of that
-    space** (the caller has checked the peer may access the space), the others as missing."""
+    space** (the caller has checked the peer may access the space), the others as missing.
+    Chunks beyond ``max_bytes`` are left out (neither sent nor missing: ask again); the first
+    held chunk is always sent, so every answer makes progress."""
     held = set(store.list_chunks(req.space_id, req.file_id)) if req.addresses else set()
     chunks: list[tuple[bytes, bytes]] = []
     missing: list[bytes] = []
+    budget = max_bytes
     for a in dict.fromkeys(req.addresses):
-        data = store.get_chunk(a) if a in held else None
+        if a not in held:
+            missing.append(a)
+            continue
+        if budget <= 0:
+            continue
+        data = store.get_chunk(a)
         if data is None:
             missing.append(a)
+        elif chunks and len(data) > budget:
+            budget = 0
         else:
             chunks.append((a, data))
+            budget -= len(data)
     return ChunkResponse(req.space_id, req.file_id, tuple(chunks), tuple(missing))
 
 

@@ -45,8 +45,9 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
                 reply = answer(store, msg)
                 served += 1
             await stream.send(encode(reply, env.request_id))
-    except P2PSyncError:
-        pass  # the peer went away or sent garbage: nothing to clean up, the store is atomic
+    except P2PSyncError as exc:  # the peer went away, sent garbage, or we could not answer:
+        with contextlib.suppress(P2PSyncError):  # tell it, so its fetch asks someone else
+            stream.reset(str(exc)[:100])
     return served
 
 
