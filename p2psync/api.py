@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from p2psync.agent import fileops as _fileops  # noqa: F401  (registers the file.* ops)
 from p2psync.agent import ops
 from p2psync.agent.core import Agent, Subscription
 from p2psync.apiclient import API_VERSION as API_VERSION

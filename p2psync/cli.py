@@ -616,6 +616,34 @@ def cmd_doc_get(args: argparse.Namespace, out: Out) -> None:
                      ensure_ascii=False))
 
 
+# --- encrypted files (issue 18, docs/files.md) -------------------------------------------------
+def cmd_file_add(args: argparse.Namespace, out: Out) -> None:
+    path = str(Path(args.path).expanduser().resolve())  # the agent may run elsewhere in the fs
+    data = _call(args, "file.add", space=args.space, path=path, name=args.name,
+                 media_type=args.media_type, file=args.file)
+    out.emit(data, f"{data['file']}  {data['size']} bytes, {data['new_chunks']} of "
+                   f"{data['chunks']} chunks new ({data['new_bytes']} bytes)")
+
+
+def cmd_file_get(args: argparse.Namespace, out: Out) -> None:
+    dest = str(Path(args.out).expanduser().resolve())
+    data = _call(args, "file.get", space=args.space, file=args.file, out=dest)
+    out.emit(data, f"{data['size']} bytes -> {data['out']}")
+
+
+def cmd_file_list(args: argparse.Namespace, out: Out) -> None:
+    rows = _call(args, "file.list", space=args.space)
+
+    def human() -> None:
+        if not rows:
+            print("no files yet (add one: p2psync file add SPACE PATH)")
+        for r in rows:
+            state = "complete" if r["complete"] else f"{r['held']}/{r['chunks']} chunks"
+            print(f"{r['file'][:12]}  {r['size']:>12}  {r['media_type']:24} {state:14} "
+                  f"{r['name']}")
+    out.emit(rows, human)
+
+
 def cmd_doc_history(args: argparse.Namespace, out: Out) -> None:
     rows = _call(args, "doc.history", space=args.space, doc=args.doc)
 
@@ -1018,6 +1046,21 @@ def build_parser() -> argparse.ArgumentParser:
     comp = cmd(sub, "completion", cmd_completion, "print a shell completion script: "
                "bash: eval \"$(p2psync completion bash)\"; zsh/fish: see docs/cli.md")
     comp.add_argument("shell", choices=["bash", "zsh", "fish"])
+    fil = sub.add_parser("file", help="encrypted files of a space").add_subparsers(
+        dest="file_command", required=True)
+    fa = cmd(fil, "add", cmd_file_add, "add a file to a space (or replace one: --file)")
+    fa.add_argument("space")
+    fa.add_argument("path")
+    fa.add_argument("--name", help="name to record (default: the file's name)")
+    fa.add_argument("--media-type", help="e.g. image/jpeg (default: guessed from the name)")
+    fa.add_argument("--file", help="replace this file's content; only changed chunks are new")
+    fg = cmd(fil, "get", cmd_file_get, "write a file out once all its chunks are here")
+    fg.add_argument("space")
+    fg.add_argument("file", help="file id or prefix")
+    fg.add_argument("out")
+    cmd(fil, "list", cmd_file_list, "files of a space and how much of each is here"
+        ).add_argument("space")
+
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
     _fill_help(p)

@@ -328,3 +328,35 @@ class OpError(P2PSyncError):
 
     Defined here rather than in :mod:`p2psync.agent.ops` (which re-exports it) so the CLI's thin
     path can raise and name it without importing the sync stack."""
+
+
+# --- encrypted files (issue 18) ------------------------------------------------------------------
+class FileError(ReplicaError):
+    """Something about an encrypted file of a space (docs/files.md)."""
+
+
+class ManifestInvalid(FileError, DecodeError):
+    """A file manifest is malformed, out of bounds, or its signature does not verify."""
+
+
+class FileChunkInvalid(FileError, CryptoError):
+    """A chunk does not match its address, its length or its authentication tag: it was
+    tampered with or substituted. It is never used nor stored."""
+
+
+class FileIncomplete(FileError):
+    """Some chunks of a file are not held locally yet: the file is not complete and nothing was
+    written to the output."""
+
+    def __init__(self, missing: int, total: int) -> None:
+        super().__init__(f"{missing} of {total} chunks of this file are not here yet")
+        self.missing = missing
+        self.total = total
+
+
+class FileNotFound(FileError):
+    """No live file with this id in the space (never added, or deleted)."""
+
+
+class FileTooLarge(FileError):
+    """A file has more chunks than one manifest can list (a chunked manifest is not done)."""

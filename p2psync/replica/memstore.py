@@ -29,6 +29,8 @@ class _Data:
     #: tree id -> change id -> raw, in storage order
     changes: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)
     heads: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    #: chunk address -> (space id, file id, ciphertext)
+    chunks: dict[bytes, tuple[str, bytes, bytes]] = field(default_factory=dict)
 
 
 _named: dict[str, _Data] = {}
@@ -133,6 +135,9 @@ class MemoryStore(DerivedStoreOps):
             d.changes.pop(t, None)
             d.heads.pop(t, None)
             d.trees.pop(t, None)
+        gone = set(tree_ids)
+        for a in [a for a, (_, fid, _) in d.chunks.items() if fid in gone]:
+            del d.chunks[a]
 
     def forget_space(self, space_id: str) -> None:
         """Drop everything held of one space (see SqliteStore.forget_space)."""
@@ -140,6 +145,8 @@ class MemoryStore(DerivedStoreOps):
         self.delete_trees([t for t, s in d.trees.items() if s == space_id])
         d.acl.pop(space_id, None)
         d.spaces.pop(space_id, None)
+        for a in [a for a, (sid, _, _) in d.chunks.items() if sid == space_id]:
+            del d.chunks[a]
 
     def space_usage(self) -> dict[str, tuple[int, int]]:
         d = self._d()
@@ -151,6 +158,33 @@ class MemoryStore(DerivedStoreOps):
             b, c = out.get(sid, (0, 0))
             out[sid] = (b + sum(len(r) for r in table.values()), c + len(table))
         return out
+
+    # --- encrypted file chunks ---------------------------------------------------------------
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        d = self._d()
+        fid = _bytes(file_id, "file id")
+        staged = {_bytes(a, "chunk address"): (space_id, fid, _bytes(c, "chunk"))
+                  for a, c in chunks}
+        new = {a: v for a, v in staged.items() if a not in d.chunks}
+        d.chunks.update(new)  # validated first: all or nothing
+        return len(new)
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        got = self._d().chunks.get(bytes(address))
+        return got[2] if got else None
+
+    def has_chunks(self, addresses: Sequence[bytes]) -> set[bytes]:
+        d = self._d()
+        return {bytes(a) for a in addresses if bytes(a) in d.chunks}
+
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        return sorted(a for a, (sid, fid, _) in self._d().chunks.items()
+                      if sid == space_id and file_id in (None, fid))
+
+    def delete_chunks(self, addresses: Sequence[bytes]) -> int:
+        d = self._d()
+        return sum(d.chunks.pop(bytes(a), None) is not None for a in addresses)
 
 
 def _open(rest: str, durable: bool) -> MemoryStore:

@@ -84,6 +84,14 @@ CREATE TABLE IF NOT EXISTS heads (
     head    BYTEA NOT NULL,
     PRIMARY KEY (tree_id, head)
 );
+CREATE TABLE IF NOT EXISTS chunks (
+    address  BYTEA PRIMARY KEY,
+    space_id TEXT NOT NULL,
+    file_id  BYTEA NOT NULL,
+    data     BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_space ON chunks (space_id);
+CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file_id);
 """
 
 #: serialises schema creation between processes opening a fresh database at once
@@ -271,6 +279,7 @@ class PgStore(DerivedStoreOps):
         with self._tx() as db:
             for table in ("changes", "parents", "heads", "trees"):
                 db.execute(f"DELETE FROM {table} WHERE tree_id = ANY(%s)", (ids,))
+            db.execute("DELETE FROM chunks WHERE file_id = ANY(%s)", (ids,))
         self._query("VACUUM changes", fetch=False)  # reclaim the dead rows now
 
     def forget_space(self, space_id: str) -> None:
@@ -293,6 +302,46 @@ class PgStore(DerivedStoreOps):
         rows = self._query("SELECT change_id, raw FROM changes WHERE tree_id = %s ORDER BY seq",
                            (tree_id,))
         return [(bytes(a), bytes(b)) for a, b in rows]
+
+    # --- encrypted file chunks ---------------------------------------------------------------
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        with self._tx() as db:
+            n = 0
+            for addr, data in chunks:
+                cur = db.execute("INSERT INTO chunks VALUES (%s, %s, %s, %s) "
+                                 "ON CONFLICT DO NOTHING",
+                                 (bytes(addr), space_id, bytes(file_id), bytes(data)))
+                n += max(cur.rowcount, 0)
+            return n
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        rows = self._query("SELECT data FROM chunks WHERE address = %s", (bytes(address),))
+        return bytes(rows[0][0]) if rows else None
+
+    def has_chunks(self, addresses: Sequence[bytes]) -> set[bytes]:
+        if not addresses:
+            return set()
+        rows = self._query("SELECT address FROM chunks WHERE address = ANY(%s)",
+                           ([bytes(a) for a in addresses],))
+        return {bytes(r[0]) for r in rows}
+
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        if file_id is None:
+            rows = self._query("SELECT address FROM chunks WHERE space_id = %s "
+                               "ORDER BY address", (space_id,))
+        else:
+            rows = self._query("SELECT address FROM chunks WHERE space_id = %s AND file_id = %s "
+                               "ORDER BY address", (space_id, bytes(file_id)))
+        return [bytes(r[0]) for r in rows]
+
+    def delete_chunks(self, addresses: Sequence[bytes]) -> int:
+        if not addresses:
+            return 0
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM chunks WHERE address = ANY(%s)",
+                             ([bytes(a) for a in addresses],))
+            return max(cur.rowcount, 0)
 
 
 def _open(rest: str, durable: bool) -> ReplicaStore:

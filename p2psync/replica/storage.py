@@ -112,6 +112,28 @@ class ReplicaStore(Protocol):
                   verify_signatures: bool = False) -> ObjectTree:
         """Rebuild a tree (see :func:`load_trusted_tree`); StoreError if missing or corrupt."""
 
+    # --- encrypted file chunks (docs/files.md) -----------------------------------------------
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        """Store ``(address, ciphertext)`` chunks of one file (a tree id: keys are per file,
+        so a chunk belongs to exactly one file) atomically; known addresses are ignored;
+        returns how many were new. The store does not verify: callers check the address
+        first (:func:`p2psync.replica.files.check_chunks`). :meth:`delete_trees` of the file
+        id drops its chunks too (a tombstone frees them, also on a backup that cannot read
+        the manifest)."""
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        """A chunk's ciphertext exactly as stored, or None."""
+
+    def has_chunks(self, addresses: Sequence[bytes]) -> set[bytes]:
+        """Which of ``addresses`` are stored."""
+
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        """Addresses of a space's chunks (of one file if given), sorted."""
+
+    def delete_chunks(self, addresses: Sequence[bytes]) -> int:
+        """Drop chunks atomically (unknown ones ignored); returns how many went."""
+
 
 class DerivedStoreOps:
     """The ReplicaStore methods that follow from the primitives, shared by implementations

@@ -62,6 +62,15 @@ CREATE TABLE heads (
 ) WITHOUT ROWID;
 """
 
+#: file chunks (docs/files.md): created on open when missing, so older stores gain it in place
+_CHUNKS_SCHEMA = """CREATE TABLE IF NOT EXISTS chunks (
+    address  BLOB PRIMARY KEY,
+    space_id TEXT NOT NULL,
+    file_id  BLOB NOT NULL,
+    data     BLOB NOT NULL
+)"""
+_CHUNKS_INDEX = "CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file_id)"
+
 
 def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
     msg = str(exc).lower()
@@ -103,6 +112,8 @@ class SqliteStore(DerivedStoreOps):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute(_CHUNKS_SCHEMA)  # added after schema 1; harmless when present
+            self._db.execute(_CHUNKS_INDEX)
             if version == 0:
                 with self._tx() as db:
                     if db.execute("PRAGMA user_version").fetchone()[0] == 0:
@@ -221,6 +232,7 @@ class SqliteStore(DerivedStoreOps):
                 db.executemany("DELETE FROM changes WHERE tree_id = ?", args)
                 db.executemany("DELETE FROM heads WHERE tree_id = ?", args)
                 db.executemany("DELETE FROM trees WHERE tree_id = ?", args)
+                db.executemany("DELETE FROM chunks WHERE file_id = ?", args)
         finally:
             self._query("PRAGMA secure_delete=OFF")
 
@@ -251,6 +263,46 @@ class SqliteStore(DerivedStoreOps):
                 db.execute("DELETE FROM trees WHERE space_id = ?", (space_id,))
                 db.execute("DELETE FROM acl_records WHERE space_id = ?", (space_id,))
                 db.execute("DELETE FROM spaces WHERE space_id = ?", (space_id,))
+                db.execute("DELETE FROM chunks WHERE space_id = ?", (space_id,))
+        finally:
+            self._query("PRAGMA secure_delete=OFF")
+
+    # --- encrypted file chunks ---------------------------------------------------------------
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        with self._tx() as db:
+            n = 0
+            for addr, data in chunks:
+                n += db.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)",
+                                (bytes(addr), space_id, bytes(file_id), bytes(data))).rowcount
+            return n
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        rows = self._query("SELECT data FROM chunks WHERE address = ?", (address,))
+        return bytes(rows[0][0]) if rows else None
+
+    def has_chunks(self, addresses: Sequence[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        for a in addresses:
+            if self._query("SELECT 1 FROM chunks WHERE address = ?", (a,)):
+                out.add(bytes(a))
+        return out
+
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        if file_id is None:
+            rows = self._query("SELECT address FROM chunks WHERE space_id = ? ORDER BY address",
+                               (space_id,))
+        else:
+            rows = self._query("SELECT address FROM chunks WHERE space_id = ? AND file_id = ? "
+                               "ORDER BY address", (space_id, file_id))
+        return [bytes(r[0]) for r in rows]
+
+    def delete_chunks(self, addresses: Sequence[bytes]) -> int:
+        self._query("PRAGMA secure_delete=ON")
+        try:
+            with self._tx() as db:
+                return sum(db.execute("DELETE FROM chunks WHERE address = ?", (a,)).rowcount
+                           for a in addresses)
         finally:
             self._query("PRAGMA secure_delete=OFF")
 

@@ -82,6 +82,8 @@ class MsgType(IntEnum):
     RECEIPT_REQUEST = 51
     RECEIPT_RESPONSE = 52
     STORAGE_REFUSED = 53
+    CHUNK_REQUEST = 60  #: encrypted file chunks (docs/files.md); a v1 extension
+    CHUNK_RESPONSE = 61
     ERROR = 63
 
 
@@ -605,12 +607,66 @@ def error_for(exc: BaseException, *, retry_after_ms: int | None = None) -> Error
     return ErrorMessage(code, text, retry_after_ms)
 
 
+# --- encrypted file chunks (docs/files.md; v1 extension: peers without them answer type 5) ----
+MAX_CHUNK_ADDRESSES = 16  #: addresses per chunk request (and chunks per response)
+MAX_CHUNK_DATA = 256 * 1024 + 40  #: one chunk's ciphertext: max plaintext + nonce + tag
+_CHUNK_ADDR = c.blob(size=ID_SIZE)
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """Asks a peer for chunks of one file of a space (addresses from the file's manifest).
+    Scoped to the file so a responder serves only what it holds *of that file*."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHUNK_REQUEST
+    space_id: str
+    file_id: bytes
+    addresses: tuple[bytes, ...]
+
+    def fields(self) -> list[Any]:
+        return [self.space_id, self.file_id, list(self.addresses)]
+
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, c.blob(size=ID_SIZE),
+                                     c.array(_CHUNK_ADDR, max_items=MAX_CHUNK_ADDRESSES))
+
+    @classmethod
+    def from_body(cls, b: tuple[Any, ...]) -> ChunkRequest:
+        return cls(b[0], b[1], tuple(b[2]))
+
+
+@dataclass(frozen=True)
+class ChunkResponse:
+    """The requested chunks the responder holds (ciphertext, verified by the receiver against
+    the address) and the addresses it does not hold (ask someone else)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHUNK_RESPONSE
+    space_id: str
+    file_id: bytes
+    chunks: tuple[tuple[bytes, bytes], ...]
+    missing: tuple[bytes, ...]
+
+    def fields(self) -> list[Any]:
+        return [self.space_id, self.file_id, [[a, d] for a, d in self.chunks],
+                list(self.missing)]
+
+    SCHEMA: ClassVar[Any] = c.fields(
+        _SPACE_ID, c.blob(size=ID_SIZE),
+        c.array(c.fields(_CHUNK_ADDR, c.blob(max_len=MAX_CHUNK_DATA)),
+                max_items=MAX_CHUNK_ADDRESSES),
+        c.array(_CHUNK_ADDR, max_items=MAX_CHUNK_ADDRESSES))
+
+    @classmethod
+    def from_body(cls, b: tuple[Any, ...]) -> ChunkResponse:
+        return cls(b[0], b[1], tuple((a, d) for a, d in b[2]), tuple(b[3]))
+
+
 # --- envelope -----------------------------------------------------------------------------------
 Message: TypeAlias = (
     SpaceHello | SpaceTokens | HeadSyncRequest | HeadSyncResponse | HeadUpdate
     | FullSyncRequest | FullSyncResponse | AclHeadUpdate | AclSyncRequest | AclSyncResponse
     | BootstrapRequest | BootstrapResponse | ErrorMessage
     | SpaceOffer | ReceiptRequest | ReceiptResponse | StorageRefused
+    | ChunkRequest | ChunkResponse
 )
 
 _CLASSES: tuple[type[Any], ...] = (
@@ -618,6 +674,7 @@ _CLASSES: tuple[type[Any], ...] = (
     FullSyncRequest, FullSyncResponse, AclHeadUpdate, AclSyncRequest, AclSyncResponse,
     BootstrapRequest, BootstrapResponse, ErrorMessage,
     SpaceOffer, ReceiptRequest, ReceiptResponse, StorageRefused,
+    ChunkRequest, ChunkResponse,
 )
 #: message type -> (body schema, constructor from the decoded body)
 _READERS: dict[int, tuple[Any, Callable[[tuple[Any, ...]], Message]]] = {

@@ -1,0 +1,203 @@
+"""Encrypted files in a space: the glue between the storage model (:mod:`.files`), a
+:class:`~p2psync.replica.space.Space` and its store (docs/files.md).
+
+A file **is a document** of the space: its tree id is the file id, and its Automerge content
+holds the signed manifest under :data:`MANIFEST_KEY`. So a file syncs, is gated by the ACL,
+encrypted under the space's read key and deleted by a signed tombstone exactly like any
+document, with no new record type. Re-adding a file under the same id (an edit) writes a new
+manifest into the same document; its file key is unchanged while the read key is, so only
+changed chunks are new. After a key rotation the next manifest names the new read key, and
+chunks written from then on are under a key a removed member never had.
+
+Chunks live in the store's chunk table (ciphertext only). A manifest can arrive long before its
+chunks (sync is lazy): :func:`file_info` tells how many are held, :func:`get_file` refuses to
+report a partial file as complete.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2psync.errors import (
+    AccessDenied,
+    FileNotFound,
+    FileTooLarge,
+    ManifestInvalid,
+    ObjectDeleted,
+)
+from p2psync.replica import files as F
+from p2psync.replica.document import ROOT
+from p2psync.replica.space import Space
+
+#: the key of a file document's manifest (a byte string)
+MANIFEST_KEY = "p2psync.file"
+_BATCH = 64  #: chunks per store write while adding (≤ 16 MiB of ciphertext in memory)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What :func:`add_file` did: the manifest, and how much was new (an edit re-stores only
+    the chunks it changed)."""
+
+    manifest: F.Manifest
+    chunks: int
+    new_chunks: int
+    new_bytes: int
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file as listed: its manifest's facts and how many distinct chunks are held here."""
+
+    file_id: bytes
+    name: str
+    media_type: str
+    size: int
+    chunks: int
+    held: int
+
+    @property
+    def complete(self) -> bool:
+        return self.held == self.chunks
+
+
+class _Fetch:
+    """``fetch(address)`` over the store, with ``has`` for the completeness check."""
+
+    def __init__(self, space: Space) -> None:
+        self.store = space.store
+
+    def __call__(self, address: bytes) -> bytes | None:
+        return self.store.get_chunk(address)
+
+    def has(self, address: bytes) -> bool:
+        return bool(self.store.has_chunks([address]))
+
+
+def _key_for(space: Space, file_id: bytes, read_key_id: bytes) -> bytes:
+    rk = space.acl.read_key(read_key_id)
+    if rk is None:
+        raise AccessDenied("this device holds no read key for this file (not a member when "
+                           "it was written, or removed since)")
+    return F.file_key(rk, space.id, file_id)
+
+
+def add_file(space: Space, source: bytes | str | Path, *, name: str | None = None,
+             media_type: str = "application/octet-stream",
+             file_id: bytes | None = None) -> AddResult:
+    """Add a file to the space (a new document), or replace the content of file ``file_id``.
+    Chunks are encrypted under the current read key and stored; then the signed manifest is
+    written into the file's document (so no manifest ever names a chunk not stored here)."""
+    if name is None:
+        name = Path(source).name if not isinstance(source, bytes) else "file"
+    doc = space.document(file_id) if file_id is not None else space.new_document()
+    fid = doc.tree.id
+    _head, key_id = space.acl.write_position(space.me.public)
+    key = _key_for(space, fid, key_id)
+    chunks: list[tuple[bytes, int]] = []
+    new_chunks = new_bytes = size = 0
+    batch: dict[bytes, bytes] = {}
+
+    def flush() -> None:
+        nonlocal new_chunks, new_bytes
+        have = space.store.has_chunks(list(batch))
+        new = [(a, c) for a, c in batch.items() if a not in have]
+        space.store.put_chunks(space.id, fid, new)
+        new_chunks += len(new)
+        new_bytes += sum(len(c) for _, c in new)
+        batch.clear()
+
+    for addr, n, ct in F.encrypt_stream(source, key, fid):  # bounded memory: batches
+        chunks.append((addr, n))
+        size += n
+        batch[addr] = ct
+        if len(batch) >= _BATCH:
+            flush()
+    flush()
+    manifest = F.Manifest(space.id, fid, name, media_type, size, key_id, tuple(chunks),
+                          space.me.public)
+    raw = manifest.sign(space.me)
+    if len(raw) > F.MAX_MANIFEST_BYTES:  # ~25 000 chunks: a chunked manifest is not done
+        raise FileTooLarge(f"{size} bytes is {len(chunks)} chunks: too many for one manifest "
+                           f"(at most ~{F.MAX_MANIFEST_BYTES // 40} chunks)")
+    with doc.edit() as e:
+        e.put(ROOT, MANIFEST_KEY, raw)
+    doc.flush()
+    return AddResult(manifest, len(chunks), new_chunks, new_bytes)
+
+
+def manifest_of(space: Space, file_id: bytes) -> F.Manifest:
+    """The verified manifest of a live file; :class:`FileNotFound` if there is none."""
+    if space.is_deleted(file_id) or not space.has_tree(file_id):
+        raise FileNotFound(f"no file {file_id.hex()[:16]} in this space")
+    try:
+        value: Any = space.document(file_id).get([MANIFEST_KEY])
+    except ObjectDeleted as exc:
+        raise FileNotFound(f"file {file_id.hex()[:16]} was deleted") from exc
+    raw = _as_bytes(value)
+    if raw is None:
+        raise FileNotFound(f"document {file_id.hex()[:16]} is not a file")
+    m = F.Manifest.parse(raw)
+    if m.space_id != space.id or m.file_id != file_id:
+        raise ManifestInvalid("file manifest was made for another file or space")
+    return m
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("$bytes"), str):
+        return base64.b64decode(value["$bytes"])
+    return None
+
+
+def file_info(space: Space, file_id: bytes) -> FileInfo:
+    m = manifest_of(space, file_id)
+    distinct = list(dict.fromkeys(m.addresses))
+    held = len(space.store.has_chunks(distinct))
+    return FileInfo(file_id, m.name, m.media_type, m.size, len(distinct), held)
+
+
+def list_files(space: Space) -> list[FileInfo]:
+    """Every live file of the space (documents holding a valid manifest), by name."""
+    out: list[FileInfo] = []
+    for tid in space.tree_ids():
+        try:
+            out.append(file_info(space, tid))
+        except (FileNotFound, ManifestInvalid):
+            continue
+    return sorted(out, key=lambda i: (i.name, i.file_id))
+
+
+def missing_chunks(space: Space, file_id: bytes) -> list[bytes]:
+    """Addresses of a file's chunks not held here, in file order (what a fetch asks for)."""
+    m = manifest_of(space, file_id)
+    return F.missing(m, space.store.has_chunks(m.addresses))
+
+
+def get_file(space: Space, file_id: bytes, out: str | Path) -> int:
+    """Write the file to ``out`` once every chunk is here and verified (temp file + rename);
+    :class:`~p2psync.errors.FileIncomplete` otherwise, nothing written."""
+    m = manifest_of(space, file_id)
+    return F.assemble(m, _key_for(space, file_id, m.read_key_id), _Fetch(space), Path(out))
+
+
+def accept_chunks(space: Space, file_id: bytes, pairs: Sequence[tuple[bytes, bytes]]) -> int:
+    """Store chunks received from a peer or a backup after checking each address (a device
+    or backup without the read key can still refuse a substituted chunk). Returns new count."""
+    F.check_chunks(pairs)
+    return space.store.put_chunks(space.id, file_id, pairs)
+
+
+def collect_garbage(space: Space) -> int:
+    """Drop chunks of the space no live manifest references (after a deletion or an edit);
+    returns how many went."""
+    live: set[bytes] = set()
+    for info in list_files(space):
+        live.update(manifest_of(space, info.file_id).addresses)
+    dead = [a for a in space.store.list_chunks(space.id) if a not in live]
+    return space.store.delete_chunks(dead)

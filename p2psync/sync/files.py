@@ -1,0 +1,159 @@
+"""Chunk transfer, sans-IO (docs/files.md): the responder's answer to a
+:class:`~p2psync.sync.messages.ChunkRequest`, and :class:`ChunkFetch`, the state of fetching the
+missing chunks of one file from any number of peers.
+
+No I/O here: the asyncio shell (not written yet; docs/files.md says what the engine must do)
+sends what :meth:`ChunkFetch.requests` returns on a dedicated stream per peer, feeds back
+responses and peer losses, and stops when :attr:`ChunkFetch.done` or :attr:`ChunkFetch.stuck`.
+Resuming after an interruption is starting a new fetch with what the store still lacks
+(:func:`p2psync.replica.filespace.missing_chunks`): chunks are stored as they arrive, verified,
+so nothing received is fetched twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+from p2psync.errors import FileChunkInvalid
+from p2psync.replica.files import chunk_address
+from p2psync.replica.storage import ReplicaStore
+from p2psync.sync.messages import MAX_CHUNK_ADDRESSES, ChunkRequest, ChunkResponse
+
+Peer = Hashable
+
+
+#: ciphertext bytes per response: under the transport's default 1 MiB message limit
+MAX_RESPONSE_BYTES = 1024 * 1024 - 64 * 1024
+
+
+def answer(store: ReplicaStore, req: ChunkRequest,
+           max_bytes: int = MAX_RESPONSE_BYTES) -> ChunkResponse:
+    """What a responder sends back: the requested chunks it holds **of that file of that
+    space** (the caller has checked the peer may access the space), the others as missing.
+    Chunks beyond ``max_bytes`` are left out (neither sent nor missing: ask again); the first
+    held chunk is always sent, so every answer makes progress."""
+    held = set(store.list_chunks(req.space_id, req.file_id)) if req.addresses else set()
+    chunks: list[tuple[bytes, bytes]] = []
+    missing: list[bytes] = []
+    budget = max_bytes
+    for a in dict.fromkeys(req.addresses):
+        if a not in held:
+            missing.append(a)
+            continue
+        if budget <= 0:
+            continue
+        data = store.get_chunk(a)
+        if data is None:
+            missing.append(a)
+        elif chunks and len(data) > budget:
+            budget = 0
+        else:
+            chunks.append((a, data))
+            budget -= len(data)
+    return ChunkResponse(req.space_id, req.file_id, tuple(chunks), tuple(missing))
+
+
+@dataclass
+class ChunkFetch:
+    """Fetching ``wanted`` chunk addresses of one file from several peers at once.
+
+    Each peer has at most ``window`` requests in flight, of up to MAX_CHUNK_ADDRESSES
+    addresses each; unrequested addresses are spread over the peers that might hold them. A
+    peer that answers "missing" is not asked for that address again; a peer that sends a chunk
+    not matching its address is dropped (its chunk refused, its other requests re-queued). A
+    lost peer's requests are re-queued for the others."""
+
+    space_id: str
+    file_id: bytes
+    wanted: list[bytes]
+    window: int = 2
+    _queue: list[bytes] = field(default_factory=list)
+    _in_flight: dict[Peer, list[tuple[bytes, ...]]] = field(default_factory=dict)
+    _lacks: dict[Peer, set[bytes]] = field(default_factory=dict)
+    _bad: set[Peer] = field(default_factory=set)
+    _got: set[bytes] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.wanted = list(dict.fromkeys(self.wanted))
+        self._queue = list(self.wanted)
+
+    def add_peer(self, peer: Peer) -> None:
+        if peer not in self._bad:
+            self._in_flight.setdefault(peer, [])
+            self._lacks.setdefault(peer, set())
+
+    @property
+    def remaining(self) -> int:
+        return len(self.wanted) - len(self._got)
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    @property
+    def stuck(self) -> bool:
+        """Nothing in flight and no peer left that might hold a remaining chunk."""
+        if self.done or any(self._in_flight.values()):
+            return False
+        return not any(self._candidates(p) for p in self._in_flight)
+
+    def _candidates(self, peer: Peer) -> list[bytes]:
+        lacks = self._lacks[peer]
+        return [a for a in self._queue if a not in lacks]
+
+    def requests(self) -> list[tuple[Peer, ChunkRequest]]:
+        """New requests to send now (each peer up to its window)."""
+        out: list[tuple[Peer, ChunkRequest]] = []
+        progress = True
+        while progress:
+            progress = False
+            for peer, flying in self._in_flight.items():  # round-robin: spread the load
+                if len(flying) >= self.window:
+                    continue
+                batch = self._candidates(peer)[:MAX_CHUNK_ADDRESSES]
+                if not batch:
+                    continue
+                for a in batch:
+                    self._queue.remove(a)
+                flying.append(tuple(batch))
+                out.append((peer, ChunkRequest(self.space_id, self.file_id, tuple(batch))))
+                progress = True
+        return out
+
+    def on_response(self, peer: Peer, req: ChunkRequest, resp: ChunkResponse,
+                    store: Callable[[Sequence[tuple[bytes, bytes]]], object]) -> int:
+        """Take a peer's answer to ``req`` (the shell matches them by request id): verified
+        chunks go to ``store`` (all at once), missing ones back to the queue for other peers.
+        Returns how many chunks were new. A chunk not asked for or not matching its address
+        drops the peer (nothing of that answer is stored) and raises FileChunkInvalid."""
+        flying = self._in_flight.get(peer)
+        asked = tuple(req.addresses)
+        if not flying or asked not in flying:
+            return 0  # a late answer from a peer already dropped or lost
+        flying.remove(asked)
+        asked_set = set(asked)
+        good: list[tuple[bytes, bytes]] = []
+        for addr, data in resp.chunks:
+            if addr not in asked_set or chunk_address(data) != addr:
+                self._drop(peer, asked)
+                raise FileChunkInvalid(f"peer {peer!r} sent a chunk not matching its address")
+            if addr not in self._got:
+                good.append((addr, data))
+        store(good)
+        self._got.update(a for a, _ in good)
+        self._lacks[peer].update(resp.missing)
+        back = [a for a in asked if a not in self._got]
+        self._queue[:0] = [a for a in back if a not in self._queue]
+        return len(good)
+
+    def on_peer_lost(self, peer: Peer) -> None:
+        """The peer went away: what it was asked is asked of others."""
+        for batch in self._in_flight.pop(peer, []):
+            self._queue[:0] = [a for a in batch if a not in self._got]
+        self._lacks.pop(peer, None)
+
+    def _drop(self, peer: Peer, current: tuple[bytes, ...]) -> None:
+        self._bad.add(peer)
+        self._queue[:0] = [a for a in current if a not in self._got]
+        self.on_peer_lost(peer)
