@@ -17,13 +17,14 @@
  */
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
 import { contentId } from "../codec.js";
-import { ReadKey, unseal } from "../crypto/box.js";
+import { ReadKey, seal, unseal } from "../crypto/box.js";
 import { concat, type SigningKey, verify } from "../crypto/keys.js";
 import { BadSignature, DecryptionFailed, P2PSyncError } from "../errors.js";
 import {
-  AccessDenied, type AclRecord, decodeAclRecord, introducesKey, InvalidAclRecord, JOIN_DOMAIN,
+  AccessDenied, type AclRecord, buildRecord, decodeAclRecord, type Payload, introducesKey, InvalidAclRecord, JOIN_DOMAIN,
   joinProofMessage, Kind, Role, rotationOf,
 } from "./aclRecords.js";
+import type { AclGate } from "./tree.js";
 
 export const MAX_PENDING = 4096;
 export const MAX_SHELVED = 1024;
@@ -418,6 +419,31 @@ export class Acl {
 
   concurrent(a: string, b: string): boolean {
     return !this.isAncestor(a, b) && !this.isAncestor(b, a);
+  }
+
+  /** A new space ACL: the root record names owner and seals the first read key to it. */
+  static create(spaceId: string, owner: SigningKey, timestamp?: number): Acl {
+    const key = ReadKey.generate();
+    const raw = buildRecord(owner, spaceId, [], { kind: Kind.ROOT, sealedKey: seal(key.key, owner.public) }, timestamp);
+    return new Acl(spaceId, raw, { me: owner, owner: owner.public });
+  }
+
+  /** Build a record naming every current head, admit it, and return it raw (the caller stores
+   * and sends it). Throws like add() when the author may not do this. */
+  emit(author: SigningKey, payload: Payload, timestamp?: number): Uint8Array {
+    const raw = buildRecord(author, this.spaceId, this.heads.map((x) => hexToBytes(x)), payload, timestamp);
+    this.add(raw);
+    return raw;
+  }
+
+  /** This ACL as the object tree's gate: changes are judged at the ACL head they name. */
+  gate(): AclGate {
+    return {
+      knowsHead: (aclHead) => this.knowsHead(h(aclHead)),
+      checkChange: (author, aclHead, readKeyId, prevs) => {
+        this.checkChange(author, aclHead, readKeyId, prevs.map((c) => c.aclHead));
+      },
+    };
   }
 
   // --- the ACL gate for object trees --------------------------------------------------------

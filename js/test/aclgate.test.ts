@@ -1,0 +1,95 @@
+/**
+ * The ACL built and used from TypeScript: lowest role wins whichever of two concurrent
+ * permission changes sorts last, and the ACL as the object tree's gate (changes judged at the
+ * ACL head they name: strangers and pre-membership heads refused, unknown heads wait, wrong
+ * read keys and heads that go back refused).
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { AccountKey, ReadKey, seal, SigningKey } from "../src/crypto/index.js";
+import { Acl, InvalidAclHead, UnknownReadKey } from "../src/replica/acl.js";
+import { AccessDenied, buildRecord, JOIN_DOMAIN, joinProofMessage, Kind, Role } from "../src/replica/aclRecords.js";
+import { buildChange } from "../src/replica/change.js";
+import { ObjectTree } from "../src/replica/tree.js";
+import { hex, unhex, utf8 } from "./helpers.js";
+
+const SID = "testspace.1";
+
+/** Invite `who` with `role` (approval-required), request, accept: the full join as records. */
+function join(acl: Acl, admin: AccountKey, who: AccountKey, role: Role): void {
+  const ikey = SigningKey.generate();
+  acl.emit(admin, { kind: Kind.INVITE, inviteKey: ikey.public, anyoneCanJoin: false, role, keys: [], expiresAt: 0 });
+  const inviteId = unhex(acl.heads.at(-1)!);
+  const proof = ikey.sign(JOIN_DOMAIN, joinProofMessage(SID, inviteId, who.public));
+  acl.emit(who, { kind: Kind.REQUEST_JOIN, inviteId, proof });
+  const requestId = unhex(acl.heads.at(-1)!);
+  const ring = acl.keysOf(admin);
+  const keys = acl.state.tips.map((k) => ({ ref: unhex(k), blob: seal(ring.get(k)!.key, who.public) }));
+  acl.emit(admin, { kind: Kind.ACCEPT, requestId, role, keys });
+  assert.equal(acl.state.role(hex(who.public)), role);
+}
+
+test("lowest role wins between concurrent permission changes, whichever sorts last", () => {
+  const alice = AccountKey.generate();
+  const frank = AccountKey.generate();
+  const dave = AccountKey.generate();
+  const acl = Acl.create(SID, alice, 1767225600);
+  join(acl, alice, frank, Role.ADMIN);
+  join(acl, alice, dave, Role.WRITER);
+  const base = acl.export();
+  const heads = acl.heads.map((x) => unhex(x));
+  const lower = buildRecord(frank, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.READER }, 1767225700);
+  const seen = new Set<boolean>();
+  for (let ts = 1767225700; seen.size < 2 && ts < 1767225800; ts++) {
+    const raise = buildRecord(alice, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.ADMIN }, ts);
+    for (const order of [[lower, raise], [raise, lower]]) {
+      const replica = Acl.fromRecords(SID, base);
+      for (const r of order) replica.add(r);
+      assert.equal(replica.state.role(hex(dave.public)), Role.READER);
+      assert.equal(replica.heads.length, 2);
+    }
+    const raiseId = buildRecord(alice, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.ADMIN }, ts);
+    const replica = Acl.fromRecords(SID, [...base, lower, raiseId]);
+    seen.add(replica.heads.at(-1) === replica.heads.find((x) => replica.record(x)!.author.every((b, i) => b === alice.public[i])));
+  }
+  assert.equal(seen.size, 2, "both replay orders of the two changes were exercised");
+});
+
+test("the ACL gates the object tree: changes are judged at the ACL head they name", () => {
+  const alice = AccountKey.generate();
+  const bob = AccountKey.generate();
+  const acl = Acl.create(SID, alice);
+  const rootHead = unhex(acl.rootId);
+  const k0 = acl.keysOf(alice).get(acl.rootId)!;
+  const opts = { spaceId: SID, aclHead: rootHead, readKeyId: rootHead };
+  const root = buildChange(alice, k0, utf8("root"), { ...opts, treeId: null, prevIds: [] });
+  const tree = ObjectTree.fromRoot(SID, root.raw, acl.gate());
+  // A stranger may not write at any head.
+  const stranger = buildChange(bob, k0, utf8("x"), { ...opts, treeId: root.id, prevIds: [root.id] });
+  assert.throws(() => tree.add([stranger.raw]), AccessDenied);
+  // Bob joins as writer; at the head that admits him he may write, at the root head not.
+  join(acl, alice, bob, Role.WRITER);
+  const head = unhex(acl.heads[0]!);
+  const ok = buildChange(bob, k0, utf8("ok"), { ...opts, aclHead: head, treeId: root.id, prevIds: [root.id] });
+  assert.equal(tree.add([ok.raw]).attached.length, 1);
+  const early = buildChange(bob, k0, utf8("early"), { ...opts, treeId: root.id, prevIds: [root.id] });
+  assert.throws(() => tree.add([early.raw]), AccessDenied);
+  // A change may not name an ACL head earlier than its parents'.
+  const back = buildChange(alice, k0, utf8("back"), { ...opts, treeId: root.id, prevIds: [ok.id] });
+  assert.throws(() => tree.add([back.raw]), InvalidAclHead);
+  // Not under a current read key of its head.
+  const wrongKey = buildChange(bob, ReadKey.generate(), utf8("k"), { ...opts, aclHead: head, readKeyId: new Uint8Array(32).fill(9), treeId: root.id, prevIds: [ok.id] });
+  assert.throws(() => tree.add([wrongKey.raw]), UnknownReadKey);
+  // A change naming an ACL head this replica does not know yet waits, and attaches after.
+  const rot = buildRecord(alice, SID, [head], { kind: Kind.DELETE_OBJECTS, objects: [new Uint8Array(32).fill(1)] });
+  const future = new Acl(SID, acl.export()[0]!);
+  for (const r of acl.export().slice(1)) future.add(r);
+  future.add(rot);
+  const futureHead = unhex(future.heads[0]!);
+  const waits = buildChange(bob, k0, utf8("waits"), { ...opts, aclHead: futureHead, treeId: root.id, prevIds: [ok.id] });
+  const r1 = tree.add([waits.raw]);
+  assert.equal(r1.attached.length, 0);
+  assert.equal(r1.waiting.length, 1);
+  acl.add(rot);
+  assert.equal(tree.add([]).attached.length, 1);
+});
