@@ -7,11 +7,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { AccountKey, ReadKey, seal, SigningKey } from "../src/crypto/index.js";
-import { Acl, InvalidAclHead, UnknownReadKey } from "../src/replica/acl.js";
+import { Acl, InvalidAclHead, UnknownReadKey, wrapAad } from "../src/replica/acl.js";
 import { AccessDenied, buildRecord, JOIN_DOMAIN, joinProofMessage, Kind, Role } from "../src/replica/aclRecords.js";
 import { buildChange } from "../src/replica/change.js";
 import { ObjectTree } from "../src/replica/tree.js";
-import { hex, unhex, utf8 } from "./helpers.js";
+import { hex, pythonJson, unhex, utf8 } from "./helpers.js";
 
 const SID = "testspace.1";
 
@@ -92,4 +92,52 @@ test("the ACL gates the object tree: changes are judged at the ACL head they nam
   assert.equal(r1.waiting.length, 1);
   acl.add(rot);
   assert.equal(tree.add([]).attached.length, 1);
+});
+
+test("a JS-built ACL (joins, concurrent role changes, merge, remove with rotation) replays identically in Python", () => {
+  const [alice, frank, bob, dave] = [AccountKey.generate(), AccountKey.generate(), AccountKey.generate(), AccountKey.generate()];
+  const acl = Acl.create(SID, alice);
+  join(acl, alice, frank, Role.ADMIN);
+  join(acl, alice, bob, Role.WRITER);
+  join(acl, alice, dave, Role.WRITER);
+  const heads = acl.heads.map((x) => unhex(x));
+  acl.add(buildRecord(frank, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.READER }));
+  acl.add(buildRecord(alice, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.ADMIN }));
+  acl.emit(alice, { kind: Kind.MERGE });
+  const st = acl.state;
+  const nk = ReadKey.generate();
+  const ring = acl.keysOf(alice);
+  const stay = [...st.members.keys()].filter((m) => m !== hex(frank.public)).map((m) => unhex(m));
+  acl.emit(alice, { kind: Kind.REMOVE, members: [frank.public], rotation: {
+    members: stay.map((m) => ({ ref: m, blob: seal(nk.key, m) })),
+    invites: [],
+    wraps: st.tips.map((k) => ({ ref: unhex(k), blob: nk.encrypt(ring.get(k)!.key, wrapAad(SID, unhex(k))) })),
+  } });
+  const js = acl.state;
+  assert.equal(js.role(hex(dave.public)), Role.READER);
+  assert.equal(js.members.has(hex(frank.public)), false);
+  const jsKeys = Object.fromEntries([...acl.keysOf(bob)].map(([k, v]) => [k, hex(v.key)]));
+  assert.equal(Object.keys(jsKeys).length, 2);
+  const py = pythonJson(`
+import json, sys
+from p2psync.crypto.keys import AccountKey
+from p2psync.replica.acl import Acl
+d = json.load(sys.stdin)
+bob = AccountKey(bytes.fromhex(d["bob"]))
+acl = Acl.from_records(d["sid"], [bytes.fromhex(r) for r in reversed(d["raws"])], me=bob)
+st = acl.state
+print(json.dumps({"rejected": len(acl.rejected), "heads": [h.hex() for h in acl.heads],
+  "members": {k.hex(): int(v) for k, v in st.members.items()},
+  "departed": {k.hex(): v.hex() for k, v in st.departed.items()},
+  "skipped": {k.hex(): v for k, v in st.skipped.items()},
+  "tips": [t.hex() for t in st.tips], "current": st.current_key_id.hex(),
+  "rotation_needed": st.rotation_needed,
+  "keys": {k.hex(): v.key.hex() for k, v in acl.keys_of(bob).items()}}))
+`, { sid: SID, bob: hex(bob.seed), raws: acl.export().map(hex) }) as Record<string, unknown>;
+  assert.deepEqual(py, {
+    rejected: 0, heads: acl.heads,
+    members: Object.fromEntries(js.members), departed: Object.fromEntries(js.departed),
+    skipped: Object.fromEntries(js.skipped), tips: js.tips, current: js.currentKeyId,
+    rotation_needed: js.rotationNeeded, keys: jsKeys,
+  });
 });
