@@ -8,8 +8,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { AccountKey, ReadKey, seal, SigningKey } from "../src/crypto/index.js";
 import { Acl, InvalidAclHead, UnknownReadKey, wrapAad } from "../src/replica/acl.js";
-import { AccessDenied, buildRecord, JOIN_DOMAIN, joinProofMessage, Kind, Role } from "../src/replica/aclRecords.js";
+import { AccessDenied, buildRecord, InvalidAclRecord, JOIN_DOMAIN, joinProofMessage, Kind, Role } from "../src/replica/aclRecords.js";
 import { buildChange } from "../src/replica/change.js";
+import { contentId } from "../src/codec.js";
 import { ObjectTree } from "../src/replica/tree.js";
 import { hex, pythonJson, unhex, utf8 } from "./helpers.js";
 
@@ -38,9 +39,10 @@ test("lowest role wins between concurrent permission changes, whichever sorts la
   join(acl, alice, dave, Role.WRITER);
   const base = acl.export();
   const heads = acl.heads.map((x) => unhex(x));
-  const lower = buildRecord(frank, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.READER }, 1767225700);
   const seen = new Set<boolean>();
-  for (let ts = 1767225700; seen.size < 2 && ts < 1767225800; ts++) {
+  for (let ts = 1767225700; seen.size < 2 && ts < 1767225900; ts++) {
+    // Both records vary with ts, so which one sorts last (larger id) is a fair coin each time.
+    const lower = buildRecord(frank, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.READER }, ts);
     const raise = buildRecord(alice, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.ADMIN }, ts);
     for (const order of [[lower, raise], [raise, lower]]) {
       const replica = Acl.fromRecords(SID, base);
@@ -48,9 +50,7 @@ test("lowest role wins between concurrent permission changes, whichever sorts la
       assert.equal(replica.state.role(hex(dave.public)), Role.READER);
       assert.equal(replica.heads.length, 2);
     }
-    const raiseId = buildRecord(alice, SID, heads, { kind: Kind.PERMISSION_CHANGE, member: dave.public, role: Role.ADMIN }, ts);
-    const replica = Acl.fromRecords(SID, [...base, lower, raiseId]);
-    seen.add(replica.heads.at(-1) === replica.heads.find((x) => replica.record(x)!.author.every((b, i) => b === alice.public[i])));
+    seen.add(hex(contentId(raise)) > hex(contentId(lower)));
   }
   assert.equal(seen.size, 2, "both replay orders of the two changes were exercised");
 });
@@ -140,4 +140,52 @@ print(json.dumps({"rejected": len(acl.rejected), "heads": [h.hex() for h in acl.
     skipped: Object.fromEntries(js.skipped), tips: js.tips, current: js.currentKeyId,
     rotation_needed: js.rotationNeeded, keys: jsKeys,
   });
+});
+
+test("records Python refuses at admission (escalations, strangers, bad rotations) JS refuses with the same error", () => {
+  const py = pythonJson(`
+import json
+from p2psync.crypto.keys import AccountKey
+from p2psync.errors import ReplicaError
+from p2psync.replica.acl import Acl, Role
+from p2psync.replica.acl_records import (build_record, DeleteObjects, DeleteSpace, Invite, Remove,
+    Rotate, Rotation, PermissionChange, TransferOwnership, AddReplicator)
+sid = "testspace.1"
+alice, bob, carol = AccountKey.generate(), AccountKey.generate(), AccountKey.generate()
+acl = Acl.create(sid, alice)
+_, code = acl.invite(alice, Role.WRITER)
+acl.request_join(bob, code)
+acl.accept(alice, acl.pending_requests()[0].record_id)
+st = acl.state
+heads = acl.heads
+good_rot = acl._rotation(alice, st, st.members)
+bad = {
+  "writer invites as admin": build_record(bob, sid, heads, Invite(bytes(32), False, Role.ADMIN, ())),
+  "writer removes the owner": build_record(bob, sid, heads, Remove((alice.public,), acl._rotation(bob, st, [bob.public]))),
+  "rotation leaves out a member": build_record(alice, sid, heads, Rotate(Rotation(good_rot.members[:1], (), good_rot.wraps))),
+  "writer deletes the space": build_record(bob, sid, heads, DeleteSpace()),
+  "stranger deletes objects": build_record(carol, sid, heads, DeleteObjects((bytes(32),))),
+  "writer makes himself admin": build_record(bob, sid, heads, PermissionChange(bob.public, Role.ADMIN)),
+  "admin-less transfer": build_record(bob, sid, heads, TransferOwnership(bob.public)),
+  "writer adds a replicator": build_record(bob, sid, heads, AddReplicator(carol.public)),
+}
+out = {}
+for why, raw in bad.items():
+    try:
+        Acl.from_records(sid, acl.export()).add(raw)
+        out[why] = [raw.hex(), "accepted"]
+    except ReplicaError as e:
+        out[why] = [raw.hex(), type(e).__name__]
+print(json.dumps({"raws": [r.hex() for r in acl.export()], "bad": out}))
+`) as { raws: string[]; bad: Record<string, [string, string]> };
+  const acl = Acl.fromRecords(SID, py.raws.map(unhex));
+  assert.equal(acl.rejected.size, 0);
+  const before = acl.state;
+  for (const [why, [raw, err]] of Object.entries(py.bad)) {
+    assert.notEqual(err, "accepted", why);
+    const want = err === "AccessDenied" ? AccessDenied : InvalidAclRecord;
+    assert.throws(() => acl.add(unhex(raw)), want, why);
+    assert.equal(acl.state, before, `${why}: state unchanged`);
+  }
+  assert.equal(acl.size, py.raws.length);
 });
