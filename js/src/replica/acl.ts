@@ -161,7 +161,7 @@ export class AclState {
   }
 }
 
-export interface AddResult {
+export interface AclAddResult {
   readonly id: string;
   readonly status: "added" | "duplicate" | "waiting" | "ignored";
   readonly released: readonly string[];
@@ -254,13 +254,13 @@ export class Acl {
 
   /** Admit one raw record; throws InvalidAclRecord / AccessDenied and changes nothing if it is
    * malformed, forged, for another space, or not allowed in its own causal past. */
-  add(raw: Uint8Array): AddResult {
+  add(raw: Uint8Array): AclAddResult {
     return this.addRecord(decodeAclRecord(raw, this.spaceId));
   }
 
-  private addRecord(rec: AclRecord): AddResult {
+  private addRecord(rec: AclRecord): AclAddResult {
     const id = h(rec.id);
-    const res = (status: AddResult["status"], released: string[] = [], rejected: [string, string][] = []): AddResult =>
+    const res = (status: AclAddResult["status"], released: string[] = [], rejected: [string, string][] = []): AclAddResult =>
       ({ id, status, released, rejected });
     if (this.records.has(id)) return res("duplicate");
     if (this.pending.has(id)) return res("waiting");

@@ -6,6 +6,7 @@
  * sorted unique lists, no trailing fields) and throws InvalidAclRecord.
  */
 import { bytesToHex } from "@noble/hashes/utils.js";
+import { compareBytes } from "../hashes.js";
 import { contentId, ID_SIZE, pack, Reader, unpack, type Value } from "../codec.js";
 import { type SigningKey, verify } from "../crypto/keys.js";
 import { makeSigned, openSigned } from "../crypto/signed.js";
@@ -82,13 +83,6 @@ export function rotationOf(rec: AclRecord): Rotation | undefined {
 export function introducesKey(rec: AclRecord): boolean {
   const k = rec.payload.kind;
   return k === Kind.ROOT || k === Kind.REMOVE || k === Kind.ROTATE;
-}
-
-/** Lexicographic byte order (Python bytes comparison). */
-export function compareBytes(a: Uint8Array, b: Uint8Array): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i]! - b[i]!;
-  return a.length - b.length;
 }
 
 // --- encoding ---------------------------------------------------------------------------
