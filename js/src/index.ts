@@ -12,3 +12,5 @@ export * from "./transport/websocket.js";
 export * from "./replica/header.js";
 export * from "./replica/change.js";
 export * from "./replica/tree.js";
+export * from "./replica/aclRecords.js";
+export * from "./replica/acl.js";

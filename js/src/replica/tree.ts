@@ -121,7 +121,12 @@ export class ObjectTree {
         if (!ch.prevIds.every((p) => this.changes.has(key(p)))) continue;
         if (this.gate !== null) {
           if (!this.gate.knowsHead(ch.aclHead)) continue;
-          this.gate.checkChange(ch.author, ch.aclHead, ch.readKeyId, ch.prevIds.map((p) => this.changes.get(key(p))!));
+          try {
+            this.gate.checkChange(ch.author, ch.aclHead, ch.readKeyId, ch.prevIds.map((p) => this.changes.get(key(p))!));
+          } catch (e) {
+            this.waiting.delete(k); // refused for good: do not retry it on every later add
+            throw e;
+          }
         }
         this.waiting.delete(k);
         this.attach(ch);
