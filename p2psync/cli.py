@@ -1057,7 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg = cmd(fil, "get", cmd_file_get, "write a file out once all its chunks are here")
     fg.add_argument("space")
     fg.add_argument("file", help="file id or prefix")
-    fg.add_argument("out")
+    fg.add_argument("out", help="where to write it (written whole, or not at all)")
     cmd(fil, "list", cmd_file_list, "files of a space and how much of each is here"
         ).add_argument("space")
 
