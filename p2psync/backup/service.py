@@ -35,7 +35,8 @@ class BackupService:
         self.keys = keys
         self.config = config
         self.policy: BackupPolicy | None = None
-        self.agent = Agent(home, keys, config, setup=self._setup)
+        self.agent = Agent(home, keys, config, setup=self._setup,
+                           store=config.replicator.store or None)
         self.metrics: MetricsServer | None = None
         self.started = time.monotonic()
         self._errors_closed = 0  #: sync errors of connections that have ended
@@ -91,7 +92,8 @@ class BackupService:
         usage = self.policy.usage.total
         objects = sum(len(node.replicas.ldiff(s)) for s in node.spaces)
         store_bytes = 0
-        for suffix in ("", "-wal", "-shm"):
+        # the SQLite files; 0 on a database server (its size is the server's to report)
+        for suffix in () if self.config.replicator.store else ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 store_bytes += os.stat(str(node.store_path) + suffix).st_size
         quota_out = sum(e.quota_refusals for e in node.engines)
