@@ -8,12 +8,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.backup_helpers import (
+    MarkedBackup,
     assert_no_plaintext,
     back_up_marked_space,
+    edit,
     free_udp_port,
     new_marker,
     receipt,
@@ -55,6 +58,17 @@ def stored_changes(url: str) -> int:
     return int(row[0])
 
 
+async def second_process(mb: MarkedBackup, home2: Path,
+                         url: str) -> tuple[JsonLinesProcess, dict[str, Any]]:
+    """Another ``backup run`` of the same backup: its home is a copy of the first's (the same
+    keystore, so the same identity), on its own port, on the same database."""
+    shutil.copytree(mb.home, home2, ignore=shutil.ignore_patterns("*.log", "*.sock", "run"))
+    (home2 / "config.toml").write_text(
+        f'listen = "127.0.0.1"\nquic_port = {free_udp_port()}\ntcp_port = -1\nmdns = false\n'
+        f'[replicator]\nstore = "{url}"\n')
+    return await start_backup(home2)
+
+
 async def test_backup_process_on_postgresql_holds_no_plaintext(
         tmp_path: Path, procs: list[JsonLinesProcess], pg_server: str) -> None:  # noqa: F811
     url = fresh_schema(pg_server)
@@ -93,12 +107,7 @@ async def test_second_process_same_identity_same_database_is_the_same_backup(
     name the same account: devices may use either."""
     url = fresh_schema(pg_server)
     mb = await back_up_marked_space(tmp_path, procs, new_marker(), store=url)
-    home2 = tmp_path / "backup2"
-    shutil.copytree(mb.home, home2, ignore=shutil.ignore_patterns("*.log", "*.sock", "run"))
-    (home2 / "config.toml").write_text(
-        f'listen = "127.0.0.1"\nquic_port = {free_udp_port()}\ntcp_port = -1\nmdns = false\n'
-        f'[replicator]\nstore = "{url}"\n')
-    second, ready = await start_backup(home2)
+    second, ready = await second_process(mb, tmp_path / "backup2", url)
     procs.append(second)
     first_device = {bytes(e.remote_device) for e in mb.laptop.engines}
     await mb.laptop.close()  # the laptop is gone: only the database holds its space now
@@ -114,6 +123,36 @@ async def test_second_process_same_identity_same_database_is_the_same_backup(
         assert rec.root == mb.receipt.root and rec.changes_count == mb.receipt.changes_count
     finally:
         await close_all([mb.laptop, phone])
+
+
+async def test_a_change_pushed_to_one_process_reaches_a_device_on_the_other(
+        tmp_path: Path, procs: list[JsonLinesProcess], pg_server: str) -> None:  # noqa: F811
+    """The laptop is connected to the first process only, the phone to the second only: the
+    second learns of the laptop's new changes from PostgreSQL's NOTIFY (it never talks to the
+    first) and pushes them to the phone."""
+    url = fresh_schema(pg_server)
+    mb = await back_up_marked_space(tmp_path, procs, new_marker(), store=url)
+    second, ready = await second_process(mb, tmp_path / "backup2", url)
+    procs.append(second)
+    phone = await make_node(tmp_path, "phone")
+    laptop, space = mb.laptop, mb.space
+    try:
+        await phone.join(mb.invite, [ready["listening"][0]])
+        await wait_any([phone], lambda: phone.space_hash(space.id) == mb.receipt.root)
+        assert len(laptop.engines) == 1 and len(phone.engines) == 1
+        edit(space, mb.docs[0], "later", "from the laptop")
+        fresh = space.new_document()
+        edit(space, fresh.tree.id, "body", "a new document")
+        space.flush()
+        await wait_any([phone], lambda: phone.space_hash(space.id)
+                       == laptop.space_hash(space.id), timeout=15)
+        # and the other way: the phone's edit reaches the laptop through the first process
+        edit(phone.spaces[space.id], fresh.tree.id, "reply", "from the phone")
+        phone.spaces[space.id].flush()
+        await wait_any([laptop], lambda: phone.space_hash(space.id)
+                       == laptop.space_hash(space.id), timeout=15)
+    finally:
+        await close_all([laptop, phone])
 
 
 def test_replicator_store_key() -> None:
