@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from p2psync.node import Node
+from p2psync.sync.engine import PeerEngine
 from tests.backup_helpers import (
     MarkedBackup,
     assert_no_plaintext,
@@ -21,11 +23,12 @@ from tests.backup_helpers import (
     new_marker,
     receipt,
     start_backup,
+    until_backed_up,
 )
 from tests.guards import encryption_off
 from tests.netns import JsonLinesProcess
 from tests.pg import fresh_schema, pg_server  # noqa: F401  (a fixture)
-from tests.sync_helpers import close_all, make_node, wait_any
+from tests.sync_helpers import close_all, converged, make_node, wait_any
 
 
 @pytest.fixture
@@ -56,6 +59,11 @@ def stored_changes(url: str) -> int:
         row = db.execute("SELECT count(*) FROM changes").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def live(node: Node) -> PeerEngine:
+    """The node's connection that is still open (each device here has one backup at a time)."""
+    return next(e for e in node.engines if not e.conn.is_closed)
 
 
 async def second_process(mb: MarkedBackup, home2: Path,
@@ -153,6 +161,62 @@ async def test_a_change_pushed_to_one_process_reaches_a_device_on_the_other(
                        == laptop.space_hash(space.id), timeout=15)
     finally:
         await close_all([laptop, phone])
+
+
+async def test_devices_on_two_processes_converge_and_a_sigkill_loses_nothing_acknowledged(
+        tmp_path: Path, procs: list[JsonLinesProcess], pg_server: str) -> None:  # noqa: F811
+    """Four devices, two on each process, write concurrently (the same documents too): all
+    converge and both processes' receipts cover the result; then the first process is
+    SIGKILLed in the middle of a burst: everything it acknowledged is in the database, the
+    devices that used it reconnect to the second and converge with the rest."""
+    url = fresh_schema(pg_server)
+    mb = await back_up_marked_space(tmp_path, procs, new_marker(), store=url)
+    first_addr = f"quic:{mb.address}"
+    second, ready = await second_process(mb, tmp_path / "backup2", url)
+    procs.append(second)
+    second_addr = ready["listening"][0]
+    laptop, space = mb.laptop, mb.space
+    codes = [laptop.invite(space.id) for _ in range(3)]
+    phones = [await make_node(tmp_path, f"phone{i}") for i in range(3)]
+    devices = [laptop, *phones]
+    try:
+        await until_backed_up(laptop, live(laptop), space.id)  # the invites are stored
+        for phone, code, addr in zip(phones, codes, [first_addr, second_addr, second_addr],
+                                     strict=True):
+            await phone.join(code, [addr])
+        await wait_any(devices, lambda: converged(devices, space.id), timeout=20)
+
+        def burst(tag: str, n: int) -> None:
+            for i, dev in enumerate(devices):
+                sp = dev.spaces[space.id]
+                for k in range(n):
+                    edit(sp, mb.docs[k % len(mb.docs)], f"{tag}{i}", k)
+                sp.flush()
+
+        burst("a", 6)
+        await wait_any(devices, lambda: converged(devices, space.id), timeout=20)
+        root = laptop.space_hash(space.id)
+        for dev in devices:  # each process's receipt covers the converged state
+            assert (await until_backed_up(dev, live(dev), space.id)).root == root
+        # the first process dies in the middle of the next burst; what it acknowledged
+        # (the receipts above) must survive, what was in flight is pushed again
+        on_first = [laptop, phones[0]]
+        burst("b", 6)
+        mb.backup.kill_now()
+        to_second = {id(dev): await dev.connect(second_addr.removeprefix("quic:"), "quic")
+                     for dev in on_first}  # the dead connection may not have timed out yet
+        burst("c", 3)
+        await wait_any(devices, lambda: converged(devices, space.id), timeout=20)
+        final = laptop.space_hash(space.id)
+        for dev in devices:
+            engine = to_second.get(id(dev)) or live(dev)
+            assert (await until_backed_up(dev, engine, space.id)).root == final
+        # every change of every device is in the database exactly once
+        total = sum(dev.store.count_changes(t) for dev in devices[:1]
+                    for t in dev.spaces[space.id].tree_ids() if dev.store is not None)
+        assert stored_changes(url) == total
+    finally:
+        await close_all(devices)
 
 
 def test_replicator_store_key() -> None:
