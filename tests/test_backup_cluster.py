@@ -66,14 +66,14 @@ def live(node: Node) -> PeerEngine:
     return next(e for e in node.engines if not e.conn.is_closed)
 
 
-async def second_process(mb: MarkedBackup, home2: Path,
-                         url: str) -> tuple[JsonLinesProcess, dict[str, Any]]:
+async def second_process(mb: MarkedBackup, home2: Path, url: str,
+                         extra: str = "") -> tuple[JsonLinesProcess, dict[str, Any]]:
     """Another ``backup run`` of the same backup: its home is a copy of the first's (the same
     keystore, so the same identity), on its own port, on the same database."""
     shutil.copytree(mb.home, home2, ignore=shutil.ignore_patterns("*.log", "*.sock", "run"))
     (home2 / "config.toml").write_text(
         f'listen = "127.0.0.1"\nquic_port = {free_udp_port()}\ntcp_port = -1\nmdns = false\n'
-        f'[replicator]\nstore = "{url}"\n')
+        f'[replicator]\nstore = "{url}"\n{extra}')
     return await start_backup(home2)
 
 
@@ -217,6 +217,34 @@ async def test_devices_on_two_processes_converge_and_a_sigkill_loses_nothing_ack
         assert stored_changes(url) == total
     finally:
         await close_all(devices)
+
+
+async def test_quota_counts_what_the_other_process_stored(
+        tmp_path: Path, procs: list[JsonLinesProcess], pg_server: str) -> None:  # noqa: F811
+    """A quota is enforced on the cluster's totals: changes stored through the first process
+    count against the space's quota in the second, which then refuses the phone's push."""
+    url = fresh_schema(pg_server)
+    mb = await back_up_marked_space(tmp_path, procs, new_marker(), store=url)
+    assert stored_changes(url) == 6
+    second, ready = await second_process(mb, tmp_path / "backup2", url, "space_changes = 9\n")
+    procs.append(second)
+    phone = await make_node(tmp_path, "phone")
+    laptop, space = mb.laptop, mb.space
+    try:
+        await phone.join(mb.invite, [ready["listening"][0]])
+        for k in range(3):  # through the first process (no quota there): the space is full
+            edit(space, mb.docs[k], "more", k)
+        space.flush()
+        await wait_any([phone], lambda: phone.space_hash(space.id)
+                       == laptop.space_hash(space.id), timeout=15)
+        assert stored_changes(url) == 9
+        edit(phone.spaces[space.id], mb.docs[0], "one", "too many")
+        phone.spaces[space.id].flush()
+        engine = live(phone)
+        await wait_any([phone], lambda: space.id in engine.refused_by_peer, timeout=15)
+        assert stored_changes(url) == 9
+    finally:
+        await close_all([laptop, phone])
 
 
 def test_replicator_store_key() -> None:

@@ -73,6 +73,9 @@ class BackupService:
         and push them to our connected devices (docs/backup-cluster.md)."""
         try:
             self.agent.node.replicas.refresh(space_id, tree_id)
+            usage_of = getattr(self.agent.node.store, "space_usage_of", None)
+            if self.policy is not None and usage_of is not None:
+                self.policy.resync(space_id, usage_of(space_id))
         except P2PSyncError as exc:
             log.warning("refresh of %s after a notify failed: %s", space_id, exc)
 

@@ -288,6 +288,13 @@ class PgStore(DerivedStoreOps):
                            "GROUP BY t.space_id")
         return {str(a): (int(b), int(c)) for a, b, c in rows}
 
+    def space_usage_of(self, space_id: str) -> tuple[int, int]:
+        """``(bytes, changes)`` stored in one space (the backup cluster's quota totals)."""
+        row = self._query("SELECT coalesce(sum(length(c.raw)), 0), count(c.seq) FROM trees t "
+                          "JOIN changes c ON c.tree_id = t.tree_id WHERE t.space_id = %s",
+                          (space_id,))[0]
+        return int(row[0]), int(row[1])
+
     def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
         rows = self._query("SELECT change_id, raw FROM changes WHERE tree_id = %s ORDER BY seq",
                            (tree_id,))
