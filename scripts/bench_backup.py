@@ -207,11 +207,14 @@ class BackupProc:
 
     @classmethod
     async def start(cls, store: Path, account: AccountKey, device: DeviceKey, *,
-                    durable: bool = True, timeout: float = 900.0) -> BackupProc:
+                    durable: bool = True, timeout: float = 900.0,
+                    url: str | None = None) -> BackupProc:
+        """``url``: open that store (e.g. postgresql://…) instead of ``store``, which then only
+        names the log file."""
         t0 = time.perf_counter()
         log = open(store.with_suffix(".log"), "ab")  # noqa: SIM115 - the child keeps it open
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--child-backup", str(store), account.seed.hex(),
+            sys.executable, __file__, "--child-backup", url or str(store), account.seed.hex(),
             device.seed.hex(), "--durable" if durable else "--no-durable",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
             limit=1 << 20)
@@ -491,6 +494,81 @@ async def measure_pull(tmp: Path, args: argparse.Namespace, backup: BackupProc,
             "pull_changes_per_s_median": statistics.median(p["changes_per_s"] for p in pulls)}
 
 
+# --- several backup processes on one PostgreSQL database (docs/backup-cluster.md) ---------
+async def measure_cluster(tmp: Path, args: argparse.Namespace, pg_url: str) -> dict[str, Any]:
+    """Push throughput of ``args.devices`` devices spread round-robin over 1, 2 and 4 backup
+    processes sharing one database (a fresh schema each), beside one SQLite process; pull of
+    one space from the first process; RSS per process. Same identity in every process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.pg import fresh_schema
+
+    out: dict[str, Any] = {}
+    for label, n in [("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]:
+        b_acct, b_dev = AccountKey.generate(), DeviceKey.generate()
+        url = None if label == "sqlite" else fresh_schema(pg_url)
+        procs = [await BackupProc.start(tmp / f"cl-{label}-{n}-{i}.sqlite3", b_acct, b_dev,
+                                        url=url) for i in range(n)]
+        members: list[Node] = []
+        try:
+            spaces, engines, owner_of = [], [], []
+            for i in range(args.devices):
+                m = await Node(tmp / f"cl-dev-{label}{n}-{i}.sqlite3", AccountKey.generate(),
+                               DeviceKey.generate(), config=member_config()).start()
+                members.append(m)
+                space = m.create_space()
+                key_head, kid = space.acl.write_position(m.account.public)
+                key = space.acl.read_key(kid)
+                assert key is not None
+                for d in range(args.docs):
+                    root = build_change(m.account, key, encode_payload([], [b""]),
+                                        space_id=space.id, tree_id=None, prev_ids=(),
+                                        acl_head=key_head, read_key_id=kid, timestamp=d)
+                    space.add_changes(root.id, [root.raw])
+                space.emit_acl(lambda acl, a=m.account, r=b_acct.public: acl.add_replicator(a, r))
+                spaces.append(space)
+                owner_of.append(i % n)
+                engines.append(await m.connect(procs[i % n].address))
+            share = [sum(1 for o in owner_of if o == p) for p in range(n)]
+            for p, bp in enumerate(procs):
+                await bp.wait_changes(share[p] * args.docs, timeout=300)
+            for m, e, s in zip(members, engines, spaces, strict=True):
+                await m.wait_for(lambda e=e, s=s: s.id in e.shared, timeout=60)
+            bases = [(await bp.ask(cmd="stats"))["changes"] for bp in procs]
+            work = []
+            for s in spaces:
+                tids = s.tree_ids()
+                per_doc = [chain(s, t, -(-args.push_changes // len(tids)), args.item)
+                           for t in tids]
+                work.append([(tids[j % len(tids)], per_doc[j % len(tids)][j // len(tids)])
+                             for j in range(args.push_changes)])
+            total = args.devices * args.push_changes
+            t0 = time.perf_counter()
+            await asyncio.gather(*(push_all(s, w, e)
+                                   for s, w, e in zip(spaces, work, engines, strict=True)))
+            await asyncio.gather(*(bp.wait_changes(bases[p] + share[p] * args.push_changes)
+                                   for p, bp in enumerate(procs)))
+            took = time.perf_counter() - t0
+            row: dict[str, Any] = {"processes": n, "push_changes": total, "push_s": took,
+                                   "push_changes_per_s": total / took,
+                                   "rss_mib": [round(bp.rss_mib(), 1) for bp in procs]}
+            print(f"(c) {label} x{n}: push {total:,} changes in {took:.2f} s = "
+                  f"{total / took:,.0f}/s; RSS {row['rss_mib']} MiB", flush=True)
+        finally:
+            for m in members:
+                await m.close()
+        try:
+            sub = tmp / f"pull-{label}-{n}"  # measure_pull's file names are fixed
+            sub.mkdir()
+            pull = await measure_pull(sub, argparse.Namespace(**(vars(args) | {"runs": 1})),
+                                      procs[0], b_acct)
+            row["pull_changes_per_s"] = pull["pull_changes_per_s_median"]
+        finally:
+            for bp in procs:
+                await bp.close()
+        out[f"{label}-{n}"] = row
+    return out
+
+
 # --- main -----------------------------------------------------------------------------------------
 def table(results: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
@@ -516,6 +594,10 @@ def table(results: dict[str, Any]) -> list[tuple[str, str]]:
              f"; {a['trees_in_memory']} trees / {a['changes_in_memory']:,} changes cached)"),
             ("document loads in the backup", str(a["document_loads"])),
         ]
+    for key, c in (results.get("cluster") or {}).items():
+        rows.append((f"cluster {key}: push / pull changes/s, RSS MiB per process",
+                     f"{c['push_changes_per_s']:,.0f} / {c.get('pull_changes_per_s', 0):,.0f}"
+                     f"  {c['rss_mib']}"))
     b = results.get("throughput")
     if b:
         rows += [
@@ -551,6 +633,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                     Path(tmp / (name + suffix)).unlink(missing_ok=True)
         if "b" in args.only:
             results["throughput"] = await measure_throughput(tmp, args)
+        if args.store == "postgresql":
+            if not args.pg_url:
+                raise SystemExit("--store postgresql needs --pg-url (scripts/pg_cluster.sh "
+                                 "start DIR prints one)")
+            results["cluster"] = await measure_cluster(tmp, args, args.pg_url)
     return results
 
 
@@ -574,6 +661,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--only", default="ab", help="a: size, b: throughput")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="postgresql: also (c) 1, 2, 4 backup processes on one database "
+                         "beside one on SQLite")
+    ap.add_argument("--pg-url", help="PostgreSQL server for --store postgresql")
     ap.add_argument("--tmp", help="directory for the stores (default: system temp)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child-backup", nargs=3, metavar=("STORE", "ACCOUNT", "DEVICE"),

@@ -111,14 +111,15 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_backup_home(home: Path, metrics_port: int = 0) -> dict[str, Any]:
+def init_backup_home(home: Path, metrics_port: int = 0, store: str = "") -> dict[str, Any]:
     env = dict(os.environ, P2PSYNC_PASSPHRASE="", PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-m", "p2psync", "--json", "init", "--home",
                           str(home)], capture_output=True, text=True, env=env, check=True,
                          timeout=60)
     (home / "config.toml").write_text(
         f'listen = "127.0.0.1"\nquic_port = {free_udp_port()}\ntcp_port = -1\nmdns = false\n'
-        f'durable = true\n[replicator]\nmetrics_port = {metrics_port}\n')
+        f'durable = true\n[replicator]\nmetrics_port = {metrics_port}\n'
+        + (f'store = "{store}"\n' if store else ""))
     ident = json.loads(out.stdout)
     got = json.loads(subprocess.run(
         [sys.executable, "-m", "p2psync", "--json", "backup", "id", "--home", str(home)],
@@ -178,12 +179,13 @@ class MarkedBackup:
 
 
 async def back_up_marked_space(tmp_path: Path, procs: list[JsonLinesProcess],
-                               marker: str, ndocs: int = 3) -> MarkedBackup:
+                               marker: str, ndocs: int = 3, store: str = "") -> MarkedBackup:
     """Start a backup process, make ``ndocs`` documents holding the marker on a laptop node,
-    make the backup a replicator of the space and wait for a receipt covering it all."""
+    make the backup a replicator of the space and wait for a receipt covering it all.
+    ``store``: the backup's ``[replicator] store`` ("" = its home's SQLite file)."""
     home = tmp_path / "backup"
     mport = free_port()
-    ident = init_backup_home(home, metrics_port=mport)
+    ident = init_backup_home(home, metrics_port=mport, store=store)
     backup, ready = await start_backup(home)
     procs.append(backup)
     addr = ready["listening"][0].removeprefix("quic:")

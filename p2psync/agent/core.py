@@ -102,7 +102,8 @@ class Agent:
     """A running device: ``await Agent(home, keys, config).start()`` … ``await agent.close()``."""
 
     def __init__(self, home: Home, keys: Keystore, config: AgentConfig | None = None, *,
-                 setup: Callable[[Node], None] | None = None) -> None:
+                 setup: Callable[[Node], None] | None = None,
+                 store: str | None = None) -> None:
         self.home = home
         #: called right after the node opened its store, before any peer is served (a backup
         #: installs its storage policy here)
@@ -121,7 +122,9 @@ class Agent:
                                 backup_peer_id=c.backup_peer_id,
                                 self_peer_id=keys.device.id, default_port=DEFAULT_PORT,
                                 policy=Backoff(base=0.5, cap=c.reconnect_cap, jitter=0.2))
-        self.node = Node(home.store_path, keys.account, keys.device,
+        #: ``store``: what the node opens instead of the home's SQLite file (a store URL, e.g.
+        #: the backup's ``[replicator] store = "postgresql://…"``)
+        self.node = Node(store or home.store_path, keys.account, keys.device,
                          certificate=home.certificate(keys),
                          config=NodeConfig(listen=listen, durable=c.durable,
                                            engine=c.engine, transport=c.transport,

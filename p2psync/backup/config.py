@@ -10,6 +10,7 @@ Example::
     accounts = []                 # owner account ids whose spaces it accepts (empty: any)
     metrics_port = 9464           # Prometheus text on http://metrics_listen:port/metrics; 0 off
     metrics_listen = "127.0.0.1"
+    store = ""                    # "" = the home's SQLite file; or "postgresql://user@host/db"
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from p2psync.crypto.ids import ACCOUNT, decode_key
 from p2psync.errors import P2PSyncError
 
 _KEYS = {"space_bytes", "space_changes", "account_bytes", "account_changes", "accounts",
-         "metrics_port", "metrics_listen"}
+         "metrics_port", "metrics_listen", "store"}
 
 
 class ReplicatorConfigError(P2PSyncError):
@@ -46,6 +47,10 @@ class ReplicatorConfig:
     accounts: frozenset[bytes] = frozenset()  #: allowed space owners (empty: anyone)
     metrics_port: int = 0
     metrics_listen: str = "127.0.0.1"
+    #: where the backup keeps what it stores: "" = the home's SQLite file, or any URL
+    #: :func:`~p2psync.replica.storage.open_store` opens (``postgresql://…``: several
+    #: ``backup run`` processes may share one database, docs/backup-cluster.md)
+    store: str = ""
 
 
 def parse_replicator(data: Any) -> ReplicatorConfig:
@@ -81,4 +86,8 @@ def parse_replicator(data: Any) -> ReplicatorConfig:
     listen = data.get("metrics_listen", "127.0.0.1")
     if not isinstance(listen, str) or not listen:
         raise ReplicatorConfigError("config: replicator.metrics_listen must be an address")
-    return ReplicatorConfig(quotas, accounts, port, listen)
+    store = data.get("store", "")
+    if not isinstance(store, str):
+        raise ReplicatorConfigError("config: replicator.store must be a string "
+                                    '("": the home\'s SQLite file, or "postgresql://…")')
+    return ReplicatorConfig(quotas, accounts, port, listen, store)

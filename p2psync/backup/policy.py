@@ -100,6 +100,18 @@ class BackupPolicy:
         if t is not None:
             self.usage.stored(space_id, b - t.bytes, c - t.changes)
 
+    # --- a cluster: other processes on our database (docs/backup-cluster.md) ----------------
+    def resync(self, space_id: str, totals: tuple[int, int]) -> None:
+        """Another process stored into this space: set its tally to the database's
+        ``(bytes, changes)``, so quotas hold across the cluster (not only what passed here)."""
+        space = self.replicas.spaces.get(space_id)
+        if space is None:
+            return
+        self._hook(space)
+        self.usage.add_space(space_id, space.header.owner)
+        t = self.usage.spaces[space_id]
+        self.usage.stored(space_id, totals[0] - t.bytes, totals[1] - t.changes)
+
     # --- offers: fetch spaces that name us replicator ----------------------------------------
     def on_offer(self, engine: OfferingPeer, space_id: str) -> None:
         """A member says "you replicate this space": fetch it (or refresh our ACL copy)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import time
@@ -23,8 +24,11 @@ from p2psync.backup.metrics import MetricsServer, Sample, SampleCollector, regis
 from p2psync.backup.policy import BackupPolicy
 from p2psync.config import AgentConfig
 from p2psync.crypto.keystore import Keystore
+from p2psync.errors import P2PSyncError
 from p2psync.home import Home
 from p2psync.node import Node
+
+log = logging.getLogger(__name__)
 
 
 class BackupService:
@@ -35,12 +39,14 @@ class BackupService:
         self.keys = keys
         self.config = config
         self.policy: BackupPolicy | None = None
-        self.agent = Agent(home, keys, config, setup=self._setup)
+        self.agent = Agent(home, keys, config, setup=self._setup,
+                           store=config.replicator.store or None)
         self.metrics: MetricsServer | None = None
         self.started = time.monotonic()
         self._errors_closed = 0  #: sync errors of connections that have ended
         self._errors_live: dict[int, int] = {}
         self._watch: asyncio.Task[None] | None = None
+        self._follow: asyncio.Task[None] | None = None
 
     def _setup(self, node: Node) -> None:
         guard.forbid_documents()
@@ -57,11 +63,26 @@ class BackupService:
             self.metrics = await MetricsServer(registry, rc.metrics_listen,
                                                rc.metrics_port).start()
         self._watch = asyncio.get_running_loop().create_task(self._watch_errors())
+        watch = getattr(self.agent.node.store, "watch", None)
+        if watch is not None:  # a shared database: follow the other processes' writes
+            self._follow = asyncio.get_running_loop().create_task(watch(self._refresh))
         return self
 
+    def _refresh(self, space_id: str, tree_id: bytes | None) -> None:
+        """Another backup process on our database stored changes of this tree: take them in
+        and push them to our connected devices (docs/backup-cluster.md)."""
+        try:
+            self.agent.node.replicas.refresh(space_id, tree_id)
+            usage_of = getattr(self.agent.node.store, "space_usage_of", None)
+            if self.policy is not None and usage_of is not None:
+                self.policy.resync(space_id, usage_of(space_id))
+        except P2PSyncError as exc:
+            log.warning("refresh of %s after a notify failed: %s", space_id, exc)
+
     async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in (self._watch, self._follow):
+            if task is not None:
+                task.cancel()
         if self.metrics is not None:
             await self.metrics.close()
         await self.agent.close()
@@ -91,7 +112,8 @@ class BackupService:
         usage = self.policy.usage.total
         objects = sum(len(node.replicas.ldiff(s)) for s in node.spaces)
         store_bytes = 0
-        for suffix in ("", "-wal", "-shm"):
+        # the SQLite files; 0 on a database server (its size is the server's to report)
+        for suffix in () if self.config.replicator.store else ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 store_bytes += os.stat(str(node.store_path) + suffix).st_size
         quota_out = sum(e.quota_refusals for e in node.engines)

@@ -32,7 +32,7 @@ Decisions (docs/backup-cluster.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -152,6 +152,8 @@ class PgStore(DerivedStoreOps):
                     f"{SCHEMA_VERSION}: upgrade p2psync to open it (the database is untouched)")
         if not durable:
             self._query("SET synchronous_commit = off", fetch=False)
+        #: NOTIFY channel of this store's schema (several stores may share one database)
+        self.channel = "p2psync_" + str(self._query("SELECT current_schema()")[0][0])
 
     # --- plumbing ---------------------------------------------------------------------------
     def _error(self, exc: Exception) -> StoreError:
@@ -216,6 +218,8 @@ class PgStore(DerivedStoreOps):
                                  "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                                  (space_id, record_id, raw))
                 new += max(cur.rowcount, 0)
+            if new:  # the other processes take the new records in (watch())
+                db.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{space_id} "))
         return new
 
     def list_acl_records(self, space_id: str) -> list[tuple[bytes, bytes]]:
@@ -234,9 +238,11 @@ class PgStore(DerivedStoreOps):
             # the contract only promises ``id`` and ``raw``; parsed changes also carry parents
             parents = [(tree_id, p) for c in changes for p in getattr(c, "prev_ids", ())]
             with db.cursor() as cur:
+                inserted = 0
                 if rows:
                     cur.executemany("INSERT INTO changes (tree_id, change_id, raw) "
                                     "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows)
+                    inserted = max(cur.rowcount, 0)
                 if parents:
                     cur.executemany("INSERT INTO parents VALUES (%s, %s) "
                                     "ON CONFLICT DO NOTHING", parents)
@@ -247,6 +253,9 @@ class PgStore(DerivedStoreOps):
                                     [(tree_id, h) for h in heads])
                 cur.execute("DELETE FROM heads h USING parents p WHERE h.tree_id = %s "
                             "AND p.tree_id = h.tree_id AND p.parent_id = h.head", (tree_id,))
+                if inserted:  # delivered at commit to every process LISTENing (watch())
+                    cur.execute("SELECT pg_notify(%s, %s)",
+                                (self.channel, f"{space_id} {tree_id.hex()}"))
                 if not changes:
                     # a bare head replacement (no new changes): the caller's heads are the truth
                     cur.execute("DELETE FROM heads WHERE tree_id = %s AND NOT (head = ANY(%s))",
@@ -298,6 +307,13 @@ class PgStore(DerivedStoreOps):
                            "GROUP BY t.space_id")
         return {str(a): (int(b), int(c)) for a, b, c in rows}
 
+    def space_usage_of(self, space_id: str) -> tuple[int, int]:
+        """``(bytes, changes)`` stored in one space (the backup cluster's quota totals)."""
+        row = self._query("SELECT coalesce(sum(length(c.raw)), 0), count(c.seq) FROM trees t "
+                          "JOIN changes c ON c.tree_id = t.tree_id WHERE t.space_id = %s",
+                          (space_id,))[0]
+        return int(row[0]), int(row[1])
+
     def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
         rows = self._query("SELECT change_id, raw FROM changes WHERE tree_id = %s ORDER BY seq",
                            (tree_id,))
@@ -342,6 +358,26 @@ class PgStore(DerivedStoreOps):
             cur = db.execute("DELETE FROM chunks WHERE address = ANY(%s)",
                              ([bytes(a) for a in addresses],))
             return max(cur.rowcount, 0)
+    # --- several processes on one database (docs/backup-cluster.md) -------------------------
+    async def watch(self, on_change: Callable[[str, bytes | None], None]) -> None:
+        """Call ``on_change(space_id, tree_id)`` whenever another connection commits changes
+        of a tree in this store (``tree_id`` None: new ACL records of the space), by
+        PostgreSQL LISTEN/NOTIFY on a connection of its own, until cancelled. Our own
+        writes are skipped (the notifying backend's pid is ours)."""
+        pg = _psycopg()
+        from psycopg import sql
+
+        own = self._db.info.backend_pid
+        conn = await pg.AsyncConnection.connect(self.url, autocommit=True)
+        try:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            async for n in conn.notifies():
+                if n.pid == own:
+                    continue
+                space_id, _, tree_hex = n.payload.partition(" ")
+                on_change(space_id, bytes.fromhex(tree_hex) if tree_hex else None)
+        finally:
+            await conn.close()
 
 
 def _open(rest: str, durable: bool) -> ReplicaStore:

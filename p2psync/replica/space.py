@@ -336,6 +336,32 @@ class Space:
             self._notify(tree_id, res)
         return res
 
+    def refresh_acl(self) -> None:
+        """Take in ACL records another process stored in our store (see :meth:`refresh`)."""
+        raws = [raw for rid, raw in self.store.list_acl_records(self.id) if rid not in self.acl]
+        if raws:
+            self.add_acl_records(raws)
+
+    def refresh(self, tree_id: bytes) -> AddResult | None:
+        """Another process sharing our store (a backup cluster on one database) committed
+        changes of this tree: take in the stored ones not in memory through the verified path
+        (:meth:`add_changes`), so listeners (pushes to connected peers, head sync) see them as
+        if a peer had pushed them here. A tree not in memory is loaded from the store whole;
+        its heads are announced (peers fetch what they lack). None: nothing new."""
+        if self.acl.state.is_deleted(tree_id):
+            return None
+        tree = self._trees.get(tree_id)
+        if tree is None and tree_id in self._known_trees:
+            tree = self.tree(tree_id)  # loaded from the store: already current
+            res = AddResult(attached=[tree.get(h) for h in tree.heads], heads=tree.heads)
+            self._notify(tree_id, res)
+            return res
+        new = [raw for cid, raw in self.store.raw_changes(tree_id)
+               if tree is None or cid not in tree]
+        if not new:
+            return None
+        return self.add_changes(tree_id, new)
+
     def _strict_split(self, raws: Sequence[bytes],
                       ) -> tuple[list[bytes], list[tuple[bytes, ReplicaError]]]:
         """Strict removal: take out changes by authors removed at or after their ACL head (and

@@ -228,6 +228,20 @@ class Replicas:
         finally:
             self.source = prev
 
+    def refresh(self, space_id: str, tree_id: bytes | None) -> None:
+        """Another process sharing our store wrote changes of this tree (PostgreSQL NOTIFY,
+        docs/backup-cluster.md): bring memory up to date and push to connected peers; a space
+        new to us is opened from the store."""
+        space = self.spaces.get(space_id)
+        if space is None:
+            if self.store.get_space(space_id) is None:
+                return
+            space = self._attach(Space.open(self.store, self.account, self.device.public,
+                                            space_id, window=self.window))
+        space.refresh_acl()
+        if tree_id is not None:
+            space.refresh(tree_id)
+
     # --- listeners -----------------------------------------------------------------------------
     def _on_tree(self, space_id: str, tree_id: bytes, result: AddResult) -> None:
         space = self.spaces.get(space_id)
