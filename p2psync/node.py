@@ -63,9 +63,9 @@ class NodeConfig:
     #: Issue 12.6: listeners send this device's certificate (which names the account) only to
     #: an initiator that is a known peer, shares a space, or may be bootstrapping by invite
     #: (:meth:`Node.reveals_to`). Off: the certificate goes in handshake message 2 to anyone.
-    #: Ignored when ``transport.reveal_certificate`` is set explicitly. Off by default until
-    #: the tests that dial nodes as strangers are updated (docs/transport.md).
-    hide_identity: bool = False
+    #: Ignored when ``transport.reveal_certificate`` is set explicitly. On by default (the
+    #: agent sets it explicitly too); off lets anyone learn the account (the switch-off).
+    hide_identity: bool = True
 
 
 @dataclass
