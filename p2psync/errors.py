@@ -323,3 +323,9 @@ class WrongType(DocumentError):
     """A document edit does not fit what is at its path: splicing into something that is not
     text, incrementing something that is not a counter, inserting into a map, a path through a
     plain value. Answered as a typed error; nothing is changed."""
+
+
+class ChangeTooLarge(DocumentError):
+    """One local edit makes an Automerge change bigger than a tree change may carry (the sync
+    layer's 1 MiB per change): refused at edit time and rolled back, nothing signed. Big blobs
+    belong in files (encrypted file storage), not in a document."""
