@@ -125,7 +125,8 @@ class Agent:
                          config=NodeConfig(listen=listen, durable=c.durable,
                                            engine=c.engine, transport=c.transport,
                                            reconnect_cap=c.reconnect_cap,
-                                           hide_identity=True),  # issue 12.6
+                                           hide_identity=True,  # issue 12.6
+                                           limits=c.limits),
                          book=self.book, on_connected=self._on_dialled)
         self.mdns: MdnsDiscovery | None = None
         self.device: LocalDevice | None = None
