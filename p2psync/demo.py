@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from p2psync.agent.core import Agent
-from p2psync.api import ApiClient, ApiServer
+from p2psync.api import ApiClient, ApiError, ApiServer
 from p2psync.config import AgentConfig
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.errors import P2PSyncError
@@ -109,7 +109,14 @@ def run_demo(*, out_json: bool = False, base: Path | None = None) -> dict[str, A
                     account=keys["backup"].account.id)
         loop.run(agents["laptop"].node.wait_for(
             lambda: keys["backup"].device.id in agents["laptop"].connected_peers(), TIMEOUT))
-        backup.call("space.replicate", space_id=space)
+        for attempt in range(5):  # both dialled each other: one link may close as a duplicate
+            try:
+                backup.call("space.replicate", space_id=space)
+                break
+            except ApiError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1)
         say(f"space   {space} (laptop owns it; backup replicates ciphertext)")
 
         # the phone joins by invite code, over the network
