@@ -57,6 +57,7 @@ from p2psync.discovery.peers import BadPeerAddress, parse_endpoints
 from p2psync.errors import P2PSyncError
 from p2psync.node import sync_transport_config
 from p2psync.sync.engine import EngineConfig
+from p2psync.sync.memberlimits import MemberLimits
 from p2psync.transport.connection import TransportConfig
 
 DEFAULT_PORT = 4433
@@ -145,6 +146,9 @@ class AgentConfig:
     #: ``[http]``: the local HTTP API, status page and metrics (docs/http.md)
     http: HttpConfig = field(default_factory=HttpConfig, metadata=meta(
         "the local HTTP API, status page and metrics (docs/http.md)"))
+    #: ``[limits]``: what one space and one author may make this device store (0: no limit)
+    limits: MemberLimits = field(default_factory=MemberLimits, metadata=meta(
+        "what one space, and one author in a space, may make this device store (0: no limit)"))
     #: ``[replicator]``: quotas, allowed owners, metrics of `p2psync backup run` (docs/backup.md)
     replicator: ReplicatorConfig = field(default_factory=ReplicatorConfig, metadata=meta(
         "what `p2psync backup run` accepts and stores (docs/backup.md)"))
@@ -169,6 +173,7 @@ _BOUNDS: dict[tuple[str, ...], dict[str, Any]] = {
     ("engine", "in_rate"): {"low": 0.001},
     ("engine", "stranger_grace"): {"off": -1},  # -1 in the file: strangers are never dropped
     ("transport", "handshake_timeout"): {"low": 0.1},
+    **{("limits", f.name): {"low": 0} for f in dataclasses.fields(MemberLimits)},
 }
 
 #: flat keys of older config files -> where they live now

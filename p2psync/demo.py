@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from p2psync.agent.core import Agent
-from p2psync.api import ApiClient, ApiServer
+from p2psync.api import ApiClient, ApiError, ApiServer
 from p2psync.config import AgentConfig
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.errors import P2PSyncError
@@ -87,6 +87,13 @@ def run_demo(*, out_json: bool = False, base: Path | None = None) -> dict[str, A
         loop.run(start("laptop", _config(backup=f"tcp://{backup_addr}",
                                          backup_peer_id=keys["backup"].device.id)))
         loop.run(start("phone", _config()))
+
+        async def backup_dials_laptop() -> None:
+            # the backup is a plain agent: it answers only devices it has a reason to (issue
+            # 12.6). Dialling the laptop (which names it as its backup) gives it one.
+            agents["backup"].node.add_peer(agents["laptop"].node.address("tcp"))
+
+        loop.run(backup_dials_laptop())
         for name in DEVICES:
             clients[name] = ApiClient(homes[name].path, timeout=TIMEOUT + 5)
             say(f"{name:7} peer {keys[name].device.id[:16]}…  listening "
@@ -102,7 +109,14 @@ def run_demo(*, out_json: bool = False, base: Path | None = None) -> dict[str, A
                     account=keys["backup"].account.id)
         loop.run(agents["laptop"].node.wait_for(
             lambda: keys["backup"].device.id in agents["laptop"].connected_peers(), TIMEOUT))
-        backup.call("space.replicate", space_id=space)
+        for attempt in range(5):  # both dialled each other: one link may close as a duplicate
+            try:
+                backup.call("space.replicate", space_id=space)
+                break
+            except ApiError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1)
         say(f"space   {space} (laptop owns it; backup replicates ciphertext)")
 
         # the phone joins by invite code, over the network

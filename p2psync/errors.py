@@ -360,3 +360,9 @@ class FileNotFound(FileError):
 
 class FileTooLarge(FileError):
     """A file has more chunks than one manifest can list (a chunked manifest is not done)."""
+
+
+class ChangeTooLarge(DocumentError):
+    """One local edit makes an Automerge change bigger than a tree change may carry (the sync
+    layer's 1 MiB per change): refused at edit time and rolled back, nothing signed. Big blobs
+    belong in files (encrypted file storage), not in a document."""

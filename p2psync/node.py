@@ -30,6 +30,7 @@ from p2psync.replica.space import Space
 from p2psync.replica.storage import ReplicaStore, open_store
 from p2psync.sync.engine import EngineConfig, PeerEngine, PeerStatus
 from p2psync.sync.ldiff import heads_hash
+from p2psync.sync.memberlimits import MemberLimits
 from p2psync.sync.messages import MAX_MESSAGE_SIZE
 from p2psync.sync.replicas import Replicas
 from p2psync.transport.api import Server, TransportName, listen
@@ -63,9 +64,12 @@ class NodeConfig:
     #: Issue 12.6: listeners send this device's certificate (which names the account) only to
     #: an initiator that is a known peer, shares a space, or may be bootstrapping by invite
     #: (:meth:`Node.reveals_to`). Off: the certificate goes in handshake message 2 to anyone.
-    #: Ignored when ``transport.reveal_certificate`` is set explicitly. Off by default until
-    #: the tests that dial nodes as strangers are updated (docs/transport.md).
-    hide_identity: bool = False
+    #: Ignored when ``transport.reveal_certificate`` is set explicitly. On by default (the
+    #: agent sets it explicitly too); off lets anyone learn the account (the switch-off).
+    hide_identity: bool = True
+    #: What one space and one author may make this device store (``[limits]`` of the agent's
+    #: config; None or all zero: no limit) — :class:`~p2psync.sync.memberlimits.MemberLimits`.
+    limits: MemberLimits | None = None
 
 
 @dataclass
@@ -145,7 +149,7 @@ class Node:
         """Open the store and every space in it, then listen."""
         self.store = open_store(self.store_where, durable=self.config.durable)
         self._replicas = Replicas(self.store, self.account, self.device,
-                                  window=self.config.window)
+                                  window=self.config.window, limits=self.config.limits)
         for host, port, transport in self.config.listen:
             server = await listen(host, port, device_key=self.device,
                                   certificate=self.certificate, on_connection=self._incoming,

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from p2psync.codec import pack
 from p2psync.crypto import AccountKey
+from p2psync.errors import RefusedByPeer
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import build_change
 from p2psync.replica.document import ROOT, encode_payload
@@ -35,6 +38,12 @@ async def test_stranger_learns_nothing_from_the_bytes_it_receives(tmp_path: Path
         with doc.edit() as e:
             e.put(ROOT, "secret", "x")
         tid = doc.tree.id
+        # issue 12.6: a plain stranger is refused at the handshake, before reading a's account
+        with pytest.raises(RefusedByPeer):
+            await RawPeer.dial(a.address())
+        # while a space has an open invite anyone passes the handshake (the joiner is no
+        # member yet); past it, the sync layer must still tell a non-member nothing
+        a.invite(other.id)
         peer = await RawPeer.dial(a.address())
         try:
             def probes(sid: str) -> list[object]:

@@ -154,6 +154,12 @@ async def test_mdns_squatter_cannot_cut_two_agents_apart(fleet: Fleet) -> None:
     The claims change nothing: when the connection drops, the agents reconnect (before the fix
     the endpoint was relabelled, the handshake's answer refused and the dial backed off)."""
     a, b = await fleet.agent("a", quic_port=None), await fleet.agent("b", quic_port=None)
+    # they share a space: agents that share nothing refuse each other (issue 12.6). b joins
+    # (a's open invite answers its dial), then the invite is revoked (it would answer anyone)
+    space = a.node.create_space()
+    code = a.node.invite(space.id)
+    await b.join(code.encode(), [f"tcp://{a.node.address('tcp')}"])
+    space.commit_acl(space.acl.revoke_invite(a.node.account, code.invite_id))
     a_port, b_port = a.node.servers[0].port, b.node.servers[0].port
     a._on_discovery(PeerSeen(b.keys.device.id, ("127.0.0.1",), None, b_port, 1))
     b._on_discovery(PeerSeen(a.keys.device.id, ("127.0.0.1",), None, a_port, 1))

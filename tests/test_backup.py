@@ -68,6 +68,7 @@ async def test_backup_refuses_spaces_that_do_not_name_it(fleet: Fleet) -> None:
     backup, _ = await fleet.backup()
     laptop = await fleet.node("laptop")
     space = laptop.create_space()
+    laptop.dialer.book.set_backup([], backup.device.id)  # the laptop knows its backup
     engine = await backup.connect(laptop.address())
     with pytest.raises(Exception):  # noqa: B017 - UnknownSpace or JoinError: not served
         await backup.fetch_space(space.id, engine)

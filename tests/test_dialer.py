@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from p2psync.backoff import Backoff
+from p2psync.crypto import AccountKey
 from p2psync.discovery.peers import AddressBook, Endpoint, Source, Transport
 from p2psync.hostport import bracket, host_port
 from p2psync.node import Node
@@ -48,7 +49,8 @@ def test_local_time_format() -> None:
 
 
 async def test_add_peer_keeps_an_address_connected_and_reconnects(fleet: Fleet) -> None:
-    a, b = await fleet.nodes("a", "b")
+    # two devices of one account (b answers a stranger's dial with a refusal, issue 12.6)
+    a, b = await fleet.nodes("a", "b", account=AccountKey.generate())
     a.add_peer(b.address())
 
     def dialled() -> bool:
@@ -66,7 +68,7 @@ async def test_add_peer_keeps_an_address_connected_and_reconnects(fleet: Fleet) 
 async def test_reaching_another_peer_than_expected_keeps_and_relabels(fleet: Fleet) -> None:
     """A neighbour advertised a made-up id Z at B's address: the dial reaches B, the handshake
     proves it is B, and the connection stays (it used to be closed and backed off)."""
-    a, b = await fleet.nodes("a", "b")
+    a, b = await fleet.nodes("a", "b", account=AccountKey.generate())  # one user's devices
     z = fleet.peer_id()
     host, port = b.address().rsplit(":", 1)
     a.dialer.book.mdns_seen(z, [host], None, int(port), time.time())

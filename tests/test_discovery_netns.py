@@ -236,8 +236,13 @@ async def test_mdns_squatter_does_not_cut_two_agents_apart(
     homes = [tmp_path / "a", tmp_path / "b"]
     ids = [init_home(h) for h in homes]
     await start_run_agents(lan, homes)
-    await until("A and B connected by mDNS", lambda: connected_to(homes[0], {ids[1]}))
-    await until("B connected to A", lambda: connected_to(homes[1], {ids[0]}))
+    # they share a space (agents that share nothing refuse each other, issue 12.6): A's open
+    # invite makes it answer B's dial, and B joins over that connection
+    space = (await call(homes[0], "space.create", name="s"))["space_id"]
+    code = (await call(homes[0], "space.invite", space=space, no_approval=True))["invite"]
+    await until("A and B connected by mDNS", lambda: connected_to(homes[1], {ids[0]}))
+    await call(homes[1], "space.join", code=code)
+    await until("A connected to B", lambda: connected_to(homes[0], {ids[1]}))
 
     squat = await lan.spawn_python(lan.nodes[2], ["-c", SQUATTER, lan.nodes[2].ipv4, str(PORT),
                                                   lan.nodes[0].ipv4, lan.nodes[1].ipv4])

@@ -170,6 +170,7 @@ async def test_unknown_message_type_and_garbage_get_error_messages(tmp_path: Pat
     a = await make_node(tmp_path, "a")
     try:
         space = a.create_space()
+        a.invite(space.id)  # an open invite: the node answers a non-member's handshake
         peer = await RawPeer.dial(a.address())
         try:
             ans = await peer.request_raw(pack([1, 99, 7, []]), 7)

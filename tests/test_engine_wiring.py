@@ -158,6 +158,7 @@ async def test_a_stranger_gets_a_small_receive_budget(tmp_path: Path) -> None:
 
     a = await make_node(tmp_path, "a", config=fast_config(stranger_grace=60.0))
     try:
+        a.invite(a.create_space().id)  # open invite: a non-member passes the handshake
         stranger = await RawPeer.dial(a.address())
         try:
             big = pack([1, 10, 5, [b"\0" * (2 << 20)]])  # malformed but 2 MiB

@@ -3,8 +3,8 @@
 A listening node reveals its certificate only to another device of its account, a peer that
 shares a space with it, or anyone while one of its spaces has an open invite (the joiner is not
 a member yet); a stranger is refused (``RefusedByPeer``) and never reads the account. With
-``NodeConfig.hide_identity`` off (the default for now, and the switch-off), the stranger
-connects and learns it.
+``NodeConfig.hide_identity`` off (the switch-off; on by default), the stranger connects and
+learns it.
 """
 
 from __future__ import annotations
@@ -72,8 +72,14 @@ async def test_same_account_member_and_invitee_are_answered(tmp_path: Path) -> N
         await a.close()
 
 
+async def test_hiding_is_the_default() -> None:
+    assert NodeConfig().hide_identity
+
+
 async def test_hide_identity_off_answers_anyone(tmp_path: Path) -> None:
-    a = await make_node(tmp_path, "a")
+    cfg = fast_config()
+    cfg.hide_identity = False
+    a = await make_node(tmp_path, "a", config=cfg)
     try:
         conn = await dial(a)
         assert conn.account_id == a.account.id  # the stranger learnt the account

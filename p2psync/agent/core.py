@@ -128,7 +128,9 @@ class Agent:
                          certificate=home.certificate(keys),
                          config=NodeConfig(listen=listen, durable=c.durable,
                                            engine=c.engine, transport=c.transport,
-                                           reconnect_cap=c.reconnect_cap),
+                                           reconnect_cap=c.reconnect_cap,
+                                           hide_identity=True,  # issue 12.6
+                                           limits=c.limits),
                          book=self.book, on_connected=self._on_dialled)
         self.mdns: MdnsDiscovery | None = None
         self.device: LocalDevice | None = None
@@ -621,7 +623,11 @@ class Agent:
         ns = self.node.status()
         endpoints = []
         connected = self.connected_peers()
-        for cand in self.book.candidates(time.time() + 10 * 86400, ()):
+        # entries(), not candidates(far future): that expires (deletes) every mDNS sighting
+        # with a failed dial — with issue 12.6's refusals, each status call emptied the book
+        for cand in self.book.entries():
+            if cand.peer_id is not None and cand.peer_id == self.keys.device.id:
+                continue
             ds = self.node.dialer.state.get(cand.endpoint, DialState())
             pid = cand.peer_id or self.node.dialer.aliases.get(
                 (cand.endpoint.host, cand.endpoint.port))

@@ -264,3 +264,11 @@ def changes_since(doc: core.Document, have: Sequence[bytes]) -> list[bytes]:
     """Raw bytes of the changes not in the causal past of ``have``, in causal order."""
     with contained("listing changes"):
         return [bytes(c.bytes) for c in doc.get_changes(list(have))]
+
+
+def change_links(doc: core.Document, have: Sequence[bytes]) -> list[tuple[bytes, bytes,
+                                                                           tuple[bytes, ...]]]:
+    """(raw bytes, hash, dependencies) of the changes not in the causal past of ``have``."""
+    with contained("listing changes"):
+        return [(bytes(c.bytes), bytes(c.hash), tuple(bytes(d) for d in c.deps))
+                for c in doc.get_changes(list(have))]

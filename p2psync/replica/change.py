@@ -30,10 +30,13 @@ PAYLOAD_AAD_PREFIX = b"p2psync/tree-change-payload\0"
 FORMAT_VERSION = 1
 #: Most parents a change may name (merges of more concurrent heads need several changes).
 MAX_PREV_IDS = 64
-#: Largest encrypted payload (a snapshot of a big document is the largest case).
-MAX_PAYLOAD_SIZE = 8 * 1024 * 1024
-#: Largest whole change: payload plus generous room for the header and envelope.
-MAX_CHANGE_SIZE = MAX_PAYLOAD_SIZE + 16 * 1024
+#: Largest whole signed change: what one sync message carries per change
+#: (``p2psync.sync.messages.MAX_CHANGE_SIZE``, 1 MiB). A bigger change could be made but never
+#: synced, and would earn its pusher a strike; ``Document.flush`` splits pending edits instead.
+MAX_CHANGE_SIZE = 1024 * 1024
+#: Largest encrypted payload: the change minus generous room for the header (64 parents) and
+#: the signed envelope.
+MAX_PAYLOAD_SIZE = MAX_CHANGE_SIZE - 16 * 1024
 MAX_SPACE_ID_LEN = 128
 
 

@@ -25,6 +25,7 @@ import base64
 import datetime as _dt
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from automerge import core
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.keys import SigningKey
 from p2psync.errors import (
+    ChangeTooLarge,
     DecodeError,
     DecryptionFailed,
     DocumentError,
@@ -43,8 +45,10 @@ from p2psync.errors import (
     UnsupportedContent,
 )
 from p2psync.replica import automerge_adapter as am
-from p2psync.replica.change import Change
+from p2psync.replica.change import MAX_PAYLOAD_SIZE, Change
 from p2psync.replica.tree import AddResult, ObjectTree, Persist
+
+log = logging.getLogger("p2psync.document")
 
 ObjId = bytes
 ROOT: ObjId = core.ROOT
@@ -297,6 +301,40 @@ def _json_scalar(scalar: tuple[Any, Any]) -> Any:
 class _Pending:
     items: list[bytes] = field(default_factory=list)
     since: float | None = None
+    #: Automerge hash and dependencies of each item (to name the heads after part of them)
+    links: list[tuple[bytes, tuple[bytes, ...]]] = field(default_factory=list)
+
+
+#: Plaintext one tree change may carry: the payload cap less the AEAD nonce and tag (and slack).
+PAYLOAD_ROOM = MAX_PAYLOAD_SIZE - 64
+
+
+def _payload_size(heads: Sequence[bytes], items: Sequence[bytes]) -> int:
+    return len(encode_payload(heads, items))
+
+
+def _split(items: Sequence[bytes], heads: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Cut ``items`` into consecutive runs whose payload (with ``heads``) fits one change."""
+    runs: list[tuple[int, int]] = []
+    start, size = 0, _payload_size(heads, [])
+    for i, item in enumerate(items):
+        extra = len(item) + 9  # the item's bytes and its msgpack bin header, at most
+        if i > start and size + extra > PAYLOAD_ROOM:
+            runs.append((start, i))
+            start, size = i, _payload_size(heads, [])
+        size += extra
+    runs.append((start, len(items)))
+    return runs
+
+
+def _heads_without(final: Sequence[bytes],
+                   later: Sequence[tuple[bytes, tuple[bytes, ...]]]) -> list[bytes]:
+    """The Automerge heads before the ``later`` changes (hash, deps) were made: drop them from
+    ``final`` and add what they depended on (an ancestor among those names nothing extra)."""
+    gone = {h for h, _ in later}
+    out = {h for h in final if h not in gone}
+    out.update(d for _, deps in later for d in deps if d not in gone)
+    return sorted(out)
 
 
 class Document:
@@ -440,15 +478,26 @@ class Document:
         before = am.heads(doc)
         with am.contained("editing"), doc.transaction() as tx:
             yield Editor(tx, self.actor.hex())
-        new = am.changes_since(doc, before)
+        links = am.change_links(doc, before)
+        new = [raw for raw, _, _ in links]
         try:
             for b in new:
                 am.screen(b)
         except UnsupportedContent:
             self._reset()  # never sign it: rebuild from the tree without this edit
             raise
+        heads = am.heads(doc)
+        for b in new:
+            if _payload_size(heads, [b]) > PAYLOAD_ROOM:
+                self._reset()  # never sign it: rebuild without this edit, keep earlier ones
+                if self._pending.items:
+                    am.apply_changes(self._ensure(), self._pending.items)
+                raise ChangeTooLarge(
+                    f"one edit makes a {len(b)}-byte Automerge change; a change may carry at "
+                    f"most {PAYLOAD_ROOM} bytes (what sync sends): big blobs belong in files")
         if new:
             self._pending.items.extend(new)
+            self._pending.links.extend((h, deps) for _, h, deps in links)
             if self._pending.since is None:
                 self._pending.since = time.monotonic() if now is None else now
         if self.window <= 0:
@@ -470,17 +519,28 @@ class Document:
         return self.flush() if due is not None and now >= due else None
 
     def flush(self) -> Change | None:
-        """Put all pending Automerge changes into ONE signed tree change (pending kept on error)."""
+        """Put all pending Automerge changes into one signed tree change — or several, each on
+        the previous, when together they exceed what one change (and so one sync message) may
+        carry (``PAYLOAD_ROOM``). Returns the last; pending is kept for the part not signed
+        if signing fails."""
         if not self._pending.items:
             return None
-        doc = self._ensure()
-        heads = am.heads(doc)
-        ch = self.tree.create_change(
-            self.author, encode_payload(heads, self._pending.items), persist=self.persist)
-        self._am_heads[ch.id] = tuple(sorted(heads))
-        self._seen.add(ch.id)
+        final = am.heads(self._ensure())
+        pending = self._pending
+        runs = _split(pending.items, final)
+        last: Change | None = None
+        for n, (start, end) in enumerate(runs):
+            heads = final if n == len(runs) - 1 else _heads_without(
+                final, pending.links[end:])
+            ch = self.tree.create_change(
+                self.author, encode_payload(heads, pending.items[start:end]),
+                persist=self.persist)
+            self._am_heads[ch.id] = tuple(sorted(heads))
+            self._seen.add(ch.id)
+            last = ch
+            self._pending = _Pending(pending.items[end:], pending.since, pending.links[end:])
         self._pending = _Pending()
-        return ch
+        return last
 
     def save_automerge(self) -> bytes:
         """The document as a standard ``.automerge`` file (Automerge ``save()``): what other
@@ -503,13 +563,20 @@ class Document:
                 self._pending.since = time.monotonic()
         return self.flush()
 
-    def snapshot(self) -> Change:
-        """Flush, then emit a snapshot change (encrypted Automerge ``save()``)."""
+    def snapshot(self) -> Change | None:
+        """Flush, then emit a snapshot change (encrypted Automerge ``save()``); None (logged)
+        when the saved document is bigger than one change may carry — the changes still hold
+        everything, a snapshot only speeds loading."""
         self.flush()
         doc = self._ensure()
         heads = am.heads(doc)
+        saved = am.save(doc)
+        if _payload_size(heads, [saved]) > PAYLOAD_ROOM:
+            log.info("snapshot of %s skipped: %d bytes exceed one change (%d)",
+                     self.tree.id.hex()[:12], len(saved), PAYLOAD_ROOM)
+            return None
         ch = self.tree.create_change(
-            self.author, encode_payload(heads, [am.save(doc)]), snapshot=True,
+            self.author, encode_payload(heads, [saved]), snapshot=True,
             persist=self.persist)
         self._am_heads[ch.id] = tuple(sorted(heads))
         self._seen.add(ch.id)

@@ -30,12 +30,12 @@ from p2psync.replica.tree import AddResult
 class MemberLimits:
     """What one space, and one author within a space, may make this device store."""
 
-    space_documents: int = 0
-    space_changes: int = 0
-    space_bytes: int = 0
-    author_documents: int = 0
-    author_changes: int = 0
-    author_bytes: int = 0
+    space_documents: int = 0  #: documents one space may hold here (0: no limit)
+    space_changes: int = 0  #: tree changes one space may hold here (0: no limit)
+    space_bytes: int = 0  #: bytes of changes one space may hold here (0: no limit)
+    author_documents: int = 0  #: documents one author may create in a space (0: no limit)
+    author_changes: int = 0  #: tree changes one author may make in a space (0: no limit)
+    author_bytes: int = 0  #: bytes of changes one author may make in a space (0: no limit)
 
     @property
     def enabled(self) -> bool:
