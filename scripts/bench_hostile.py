@@ -498,7 +498,7 @@ async def run_headsync_target(name: str, seconds: float, rules_off: bool) -> dic
     from p2psync.sync.spacex import header_exchange_key
     from p2psync.transport.memory import memory_pair
     from tests.memory_net import SimNode
-    from tests.test_memory_hardening import OrderedRawPeer
+    from tests.sync_helpers import RawPeer  # reads in order: hello first
 
     if rules_off:  # the "before": main without the rules (and without anchors' sum check)
         for rule in [r for r in vars(HeadSyncSession) if r.startswith("_rule_")]:
@@ -551,7 +551,7 @@ async def run_headsync_target(name: str, seconds: float, rules_off: bool) -> dic
     peak = before
     t0 = time.perf_counter()
     task = asyncio.ensure_future(engine.run())
-    peer = OrderedRawPeer(cb, evil.device,
+    peer = RawPeer(cb, evil.device,
                           {space.id: header_exchange_key(space.header.raw, space.id)},
                           answer=answer)
     await peer._start()

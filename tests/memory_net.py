@@ -212,3 +212,28 @@ class MemoryNet:
         for node in self.nodes:
             if node.up:
                 node.stop()
+
+
+class Running:
+    """Both engines of each memory link made by :meth:`link`, run as tasks; :meth:`close`
+    ends them all (shared by the memory-carrier hardening and engine-wiring tests)."""
+
+    def __init__(self) -> None:
+        self.engines: list[PeerEngine] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def link(self, a: SimNode, b: SimNode, config: EngineConfig,
+                   ) -> tuple[PeerEngine, PeerEngine]:
+        assert a.replicas is not None and b.replicas is not None
+        ca, cb, _ = await memory_pair(a.device, a.certificate, b.device, b.certificate,
+                                      config=sync_transport_config())
+        ea, eb = PeerEngine(a.replicas, ca, config), PeerEngine(b.replicas, cb, config)
+        self.engines += [ea, eb]
+        self.tasks += [asyncio.ensure_future(ea.run()), asyncio.ensure_future(eb.run())]
+        await asyncio.wait_for(asyncio.gather(ea.ready.wait(), eb.ready.wait()), 5)
+        return ea, eb
+
+    async def close(self) -> None:
+        for e in self.engines:
+            await e.close("test done")
+        await asyncio.gather(*self.tasks, return_exceptions=True)

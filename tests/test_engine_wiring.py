@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 
 from p2psync.errors import PeerRefused
-from p2psync.node import sync_transport_config
 from p2psync.replica.acl import Acl
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import Space
-from p2psync.sync.engine import EngineConfig, PeerEngine
+from p2psync.sync.engine import EngineConfig
 from p2psync.sync.messages import NONCE_SIZE
 from p2psync.sync.replicas import DevicePolicy, OfferingPeer
-from p2psync.transport.memory import memory_pair
-from tests.memory_net import SimNode
+from tests.memory_net import Running, SimNode
 
 
 def node(tmp: Path, name: str) -> SimNode:
@@ -33,30 +31,6 @@ def node(tmp: Path, name: str) -> SimNode:
 
 def config(**kw: object) -> EngineConfig:
     return EngineConfig(request_timeout=5.0, exchange_timeout=5.0, **kw)  # type: ignore[arg-type]
-
-
-class Running:
-    """Both engines of memory links, run as tasks."""
-
-    def __init__(self) -> None:
-        self.engines: list[PeerEngine] = []
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def link(self, a: SimNode, b: SimNode, cfg: EngineConfig,
-                   ) -> tuple[PeerEngine, PeerEngine]:
-        assert a.replicas is not None and b.replicas is not None
-        ca, cb, _ = await memory_pair(a.device, a.certificate, b.device, b.certificate,
-                                      config=sync_transport_config())
-        ea, eb = PeerEngine(a.replicas, ca, cfg), PeerEngine(b.replicas, cb, cfg)
-        self.engines += [ea, eb]
-        self.tasks += [asyncio.ensure_future(ea.run()), asyncio.ensure_future(eb.run())]
-        await asyncio.wait_for(asyncio.gather(ea.ready.wait(), eb.ready.wait()), 5)
-        return ea, eb
-
-    async def close(self) -> None:
-        for e in self.engines:
-            await e.close("test done")
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class RecordingPolicy(DevicePolicy):

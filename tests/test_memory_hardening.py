@@ -23,7 +23,7 @@ from p2psync.sync.messages import (
 )
 from p2psync.sync.spacex import header_exchange_key
 from p2psync.transport.memory import memory_pair
-from tests.memory_net import SimNode
+from tests.memory_net import Running, SimNode
 from tests.sync_helpers import RawPeer
 
 GRACE = 0.3
@@ -33,30 +33,6 @@ def node(tmp: Path, name: str) -> SimNode:
     n = SimNode(0, tmp / f"{name}.sqlite3")
     n.start()
     return n
-
-
-class Running:
-    """Both engines of one memory link, run as tasks."""
-
-    def __init__(self) -> None:
-        self.engines: list[PeerEngine] = []
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def link(self, a: SimNode, b: SimNode, config: EngineConfig,
-                   ) -> tuple[PeerEngine, PeerEngine]:
-        assert a.replicas is not None and b.replicas is not None
-        ca, cb, _ = await memory_pair(a.device, a.certificate, b.device, b.certificate,
-                                      config=sync_transport_config())
-        ea, eb = PeerEngine(a.replicas, ca, config), PeerEngine(b.replicas, cb, config)
-        self.engines += [ea, eb]
-        self.tasks += [asyncio.ensure_future(ea.run()), asyncio.ensure_future(eb.run())]
-        await asyncio.wait_for(asyncio.gather(ea.ready.wait(), eb.ready.wait()), 5)
-        return ea, eb
-
-    async def close(self) -> None:
-        for e in self.engines:
-            await e.close("test done")
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 def config(**kw: Any) -> EngineConfig:
