@@ -128,3 +128,28 @@ def test_concurrent_removal_is_about_that_author_only() -> None:
     assert len(others) == 1 and acl.concurrent(leave, others[0])
     assert acl.concurrent_removal(account("bob").public, others[0]) == leave
     assert acl.concurrent_removal(account("ann").public, others[0]) is None
+
+
+def test_a_record_still_blocked_does_not_hold_back_the_others_its_parent_releases() -> None:
+    """When a record arrives, every waiting record it completes is admitted, in one pass —
+    also when another record waiting on it still misses a second parent and sorts first
+    (mutant: ``continue`` → ``break`` in the release loop left the rest waiting until the
+    next sync: availability)."""
+    acl = _forked()
+    h = acl.heads
+    x = build_record(account("rita"), SPACE, h, Merge(), timestamp=0)
+    y = build_record(account("rita"), SPACE, h, Merge(), timestamp=1)  # never delivered
+    blocked = build_record(account("owner"), SPACE, sorted([decode_record(x).id,
+                                                            decode_record(y).id]), Merge(),
+                           timestamp=2)
+    ts = 3
+    while True:  # a ready record that sorts after the blocked one: the order that bites
+        ready = build_record(account("rita"), SPACE, [decode_record(x).id], Leave(),
+                             timestamp=ts)
+        if decode_record(blocked).id < decode_record(ready).id:
+            break
+        ts += 1
+    assert acl.add(blocked).status == "waiting" and acl.add(ready).status == "waiting"
+    result = acl.add(x)
+    assert result.status == "added" and result.released == (decode_record(ready).id,)
+    assert acl.waiting == [decode_record(blocked).id]
