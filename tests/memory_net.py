@@ -12,7 +12,9 @@ written) is a function of the seed alone, so a failing seed replays the same run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from p2psync.replica.document import ROOT
 from p2psync.replica.store import Store
 from p2psync.sync.engine import EngineConfig, PeerEngine
 from p2psync.sync.replicas import Replicas
+from p2psync.sync.spacex import header_exchange_key
 from p2psync.transport.memory import MemoryPipe, memory_pair
 
 
@@ -237,3 +240,28 @@ class Running:
         for e in self.engines:
             await e.close("test done")
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def lying_member(a: SimNode, evil: SimNode, space: Any, answer: Callable[[Any], Any],
+                       config: EngineConfig) -> AsyncIterator[tuple[PeerEngine, Any]]:
+    """``a``'s real engine facing ``evil``, a member that answers our requests with
+    ``answer(msg)`` (a :class:`tests.sync_helpers.RawPeer` over a memory link, real Noise);
+    yields ``(engine, peer)`` and stops everything, both nodes included, at the end."""
+    from tests.sync_helpers import RawPeer
+
+    assert a.replicas is not None
+    ca, cb, _ = await memory_pair(a.device, a.certificate, evil.device, evil.certificate,
+                                  config=sync_transport_config())
+    engine = PeerEngine(a.replicas, ca, config)
+    task = asyncio.ensure_future(engine.run())
+    keys = {space.id: header_exchange_key(space.header.raw, space.id)}
+    peer = RawPeer(cb, evil.device, keys, answer=answer)
+    try:
+        await peer._start()
+        yield engine, peer
+    finally:
+        await peer.close()
+        await asyncio.gather(task, return_exceptions=True)
+        a.stop()
+        evil.stop()

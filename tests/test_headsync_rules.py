@@ -19,9 +19,7 @@ from typing import Any
 import pytest
 
 from p2psync.errors import HeadSyncViolation, ProtocolError
-from p2psync.node import sync_transport_config
 from p2psync.replica.document import ROOT
-from p2psync.sync.engine import PeerEngine
 from p2psync.sync.ldiff import HeadSyncSession, LDiff
 from p2psync.sync.messages import (
     AclSyncRequest,
@@ -32,10 +30,8 @@ from p2psync.sync.messages import (
     RangeQuery,
     RangeResult,
 )
-from p2psync.sync.spacex import header_exchange_key
-from p2psync.transport.memory import memory_pair
 from tests.guards import bites
-from tests.sync_helpers import RawPeer
+from tests.memory_net import lying_member
 from tests.test_memory_hardening import config, node
 
 FAKE = bytes([1]) * 32  #: a fingerprint that differs from every range of ours
@@ -286,24 +282,13 @@ async def test_a_member_breaking_head_sync_is_disconnected_and_nothing_it_listed
             return AclSyncResponse(msg.space_id, msg.heads, (), False)
         return None
 
-    ca, cb, _ = await memory_pair(a.device, a.certificate, evil.device, evil.certificate,
-                                  config=sync_transport_config())
-    ea = PeerEngine(a.replicas, ca, config(strikes_to_close=10_000))
-    task = asyncio.ensure_future(ea.run())
-    keys = {space.id: header_exchange_key(space.header.raw, space.id)}
-    peer = RawPeer(cb, evil.device, keys, answer=answer)
-    try:
-        await peer._start()
+    async with lying_member(a, evil, space, answer,
+                            config(strikes_to_close=10_000)) as (ea, peer):
         await asyncio.wait_for(ea.finished.wait(), 5)
         assert ea.last_error is not None and "protocol violation" in ea.last_error
         assert "head sync rule 'sum'" in ea.last_error
         assert not any(isinstance(m, FullSyncRequest) for m in peer.requests_seen)
         assert ea.state.space_state(space.id).pending == set()
-    finally:
-        await peer.close()
-        await asyncio.gather(task, return_exceptions=True)
-        a.stop()
-        evil.stop()
 
 
 def test_head_sync_violation_is_a_protocol_error() -> None:

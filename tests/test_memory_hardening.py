@@ -10,9 +10,8 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from p2psync.node import sync_transport_config
 from p2psync.replica.document import ROOT
-from p2psync.sync.engine import EngineConfig, PeerEngine
+from p2psync.sync.engine import EngineConfig
 from p2psync.sync.messages import (
     AclSyncRequest,
     AclSyncResponse,
@@ -21,10 +20,7 @@ from p2psync.sync.messages import (
     HeadSyncResponse,
     RangeResult,
 )
-from p2psync.sync.spacex import header_exchange_key
-from p2psync.transport.memory import memory_pair
-from tests.memory_net import Running, SimNode
-from tests.sync_helpers import RawPeer
+from tests.memory_net import Running, SimNode, lying_member
 
 GRACE = 0.3
 
@@ -85,24 +81,13 @@ async def test_head_sync_violation_disconnects_and_discards_the_claims(tmp_path:
             return AclSyncResponse(msg.space_id, msg.heads, (), False)
         return None
 
-    ca, cb, _ = await memory_pair(a.device, a.certificate, evil.device, evil.certificate,
-                                  config=sync_transport_config())
-    ea = PeerEngine(a.replicas, ca, config(strikes_to_close=10_000))
-    task = asyncio.ensure_future(ea.run())
-    keys = {space.id: header_exchange_key(space.header.raw, space.id)}
-    peer = RawPeer(cb, evil.device, keys, answer=poison)
-    try:
-        await peer._start()
+    async with lying_member(a, evil, space, poison,
+                            config(strikes_to_close=10_000)) as (ea, peer):
         await asyncio.wait_for(ea.finished.wait(), 5)
         assert ea.last_error is not None and "protocol violation" in ea.last_error
         assert ea.strikes >= 1
         assert not any(isinstance(m, FullSyncRequest) for m in peer.requests_seen)
         assert ea.state.space_state(space.id).pending == set()
-    finally:
-        await peer.close()
-        await asyncio.gather(task, return_exceptions=True)
-        a.stop()
-        evil.stop()
 
 
 async def test_big_batch_is_stored_in_chunks_with_the_loop_running(tmp_path: Path) -> None:
