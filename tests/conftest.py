@@ -26,6 +26,7 @@ from p2psync.crypto.ids import peer_id
 from p2psync.crypto.keys import account_from_phrase, new_recovery_phrase
 from p2psync.home import Home
 from p2psync.node import Node, NodeConfig
+from tests.netns import JsonLinesProcess
 from tests.sync_helpers import fast_config, make_node
 
 
@@ -90,3 +91,15 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         yield f
     finally:
         await f.close()
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[list[JsonLinesProcess]]:
+    """Child processes a test starts (agents, backups): append them; all are stopped at the end,
+    also when the test fails."""
+    started: list[JsonLinesProcess] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            await p.aclose()

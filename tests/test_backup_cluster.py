@@ -6,7 +6,6 @@ database serves the same backup (its receipts verify as the same account)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,6 @@ from tests.guards import encryption_off
 from tests.netns import JsonLinesProcess
 from tests.pg import fresh_schema, pg_server  # noqa: F401  (a fixture)
 from tests.sync_helpers import close_all, converged, make_node, wait_any
-
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[JsonLinesProcess]]:
-    started: list[JsonLinesProcess] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            await p.aclose()
 
 
 def data_directory(url: str) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,6 @@ from tests.backup_helpers import (
 )
 from tests.netns import JsonLinesProcess
 from tests.sync_helpers import close_all, documents_json, make_node, wait_any
-
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[JsonLinesProcess]]:
-    started: list[JsonLinesProcess] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            await p.aclose()
 
 
 async def metrics(port: int) -> dict[str, float]:

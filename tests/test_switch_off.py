@@ -8,7 +8,7 @@ is in docs/testing.md; the switches are in tests/guards.py.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -119,16 +119,6 @@ async def test_crash_safety_rollback(tmp_path: Path) -> None:
     runs = iter(_dirs(tmp_path))
     await bites(lambda: test_store.test_full_disk_gives_store_error_and_memory_rolls_back(
         next(runs)), rollback_off)
-
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[JsonLinesProcess]]:
-    started: list[JsonLinesProcess] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            await p.aclose()
 
 
 async def test_backup_no_plaintext_fails_with_encryption_off(
