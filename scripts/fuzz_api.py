@@ -281,14 +281,14 @@ def fuzz(target: Target, n: int, seed: int | None = None) -> Stats:
 class AgentProcess:
     """``p2psync run`` on a fresh home in a subprocess (no passphrase, no mDNS, loopback)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, config: str = CONFIG) -> None:
         self.home = base / "home"
         env = dict(os.environ, P2PSYNC_PASSPHRASE="", PYTHONUNBUFFERED="1",
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         subprocess.run([sys.executable, "-m", "p2psync", "--json", "init", "--home",
                         str(self.home)], check=True, capture_output=True, env=env,
                        stdin=subprocess.DEVNULL)
-        (self.home / "config.toml").write_text(CONFIG)
+        (self.home / "config.toml").write_text(config)
         self.log = (base / "agent.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "p2psync", "--json", "run", "--home", str(self.home)],
@@ -297,7 +297,8 @@ class AgentProcess:
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("agent exited: " + (base / "agent.log").read_text())
-        self.socket = Path(json.loads(line)["socket"])
+        self.ready: dict[str, Any] = json.loads(line)  #: the agent's ready line
+        self.socket = Path(self.ready["socket"])
 
     def rss_kib(self) -> int:
         for row in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -21,8 +21,6 @@ import collections
 import http.client
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -156,24 +154,8 @@ class Agent(fuzz_api.AgentProcess):  # type: ignore[misc,name-defined]
     """The socket fuzzer's agent process, with the HTTP server on."""
 
     def __init__(self, base: Path) -> None:
-        self.home = base / "home"
-        env = dict(os.environ, P2PSYNC_PASSPHRASE="", PYTHONUNBUFFERED="1",
-                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        subprocess.run([sys.executable, "-m", "p2psync", "--json", "init", "--home",
-                        str(self.home)], check=True, capture_output=True, env=env,
-                       stdin=subprocess.DEVNULL)
-        (self.home / "config.toml").write_text(CONFIG)
-        self.log = (base / "agent.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "p2psync", "--json", "run", "--home", str(self.home)],
-            stdout=subprocess.PIPE, stderr=self.log, env=env, stdin=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("agent exited: " + (base / "agent.log").read_text())
-        ready = json.loads(line)
-        self.socket = Path(ready["socket"])
-        self.url = ready["http"]
+        super().__init__(base, CONFIG)
+        self.url = self.ready["http"]
         self.key = (self.home / "http-api-key").read_text().strip()
 
 
