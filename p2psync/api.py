@@ -355,8 +355,12 @@ class ApiServer:
                 self.agent.unsubscribe(sub.sub_id)
             for p in pumps:
                 p.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            # a second cancel (shutdown) may land while we tidy up: the connection is ending
+            # either way, and a CancelledError escaping here is printed by asyncio's stream
+            # callback as an "Exception in callback" traceback at every shutdown
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pumps, return_exceptions=True)
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
             self._conns.discard(task)
