@@ -100,6 +100,7 @@ _CHANGE_FIELDS = ("id", "raw", "space_id", "tree_id", "prev_ids", "acl_head", "r
                   "snapshot", "author", "timestamp", "payload", "header", "body", "signature")
 _FAST_NEW = ("__slots__" not in Change.__dict__
              and tuple(f.name for f in fields(Change)) == _CHANGE_FIELDS)
+_set_dict = object.__setattr__
 
 
 def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
@@ -148,15 +149,17 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
     sh = _shared
     if len(sh) >= _SHARED_MAX:
         sh.clear()
-    values = (cid, raw, sh.setdefault(space_id, space_id),
-              tree_id if tree_id is None else sh.setdefault(tree_id, tree_id), tuple(prev),
-              sh.setdefault(acl_head, acl_head), sh.setdefault(read_key_id, read_key_id),
-              snapshot, sh.setdefault(author, author), timestamp, payload, header, body, sig)
+    values = {"id": cid, "raw": raw, "space_id": sh.setdefault(space_id, space_id),
+              "tree_id": tree_id if tree_id is None else sh.setdefault(tree_id, tree_id),
+              "prev_ids": tuple(prev), "acl_head": sh.setdefault(acl_head, acl_head),
+              "read_key_id": sh.setdefault(read_key_id, read_key_id), "snapshot": snapshot,
+              "author": sh.setdefault(author, author), "timestamp": timestamp,
+              "payload": payload, "header": header, "body": body, "signature": sig}
     if _FAST_NEW:
         ch: Change = object.__new__(Change)
-        ch.__dict__.update(zip(_CHANGE_FIELDS, values, strict=True))
+        _set_dict(ch, "__dict__", values)
         return ch
-    return Change(**dict(zip(_CHANGE_FIELDS, values, strict=True)))
+    return Change(**values)
 
 
 @dataclass
