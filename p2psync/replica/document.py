@@ -377,9 +377,7 @@ class Document:
         key = self.tree.gate.read_key(ch.read_key_id)
         if key is None:
             raise UnknownReadKey("this replica does not hold the read key of the change")
-        p = decode_payload(ch.decrypt(key))
-        self._am_heads[ch.id] = p.am_heads
-        return p
+        return decode_payload(ch.decrypt(key))
 
     def _payloads(self, changes: Sequence[Change]) -> list[tuple[Change, Payload]]:
         """Decrypt payloads for materialisation; one that fails is skipped and reported.
@@ -622,9 +620,10 @@ class Document:
         for h in tree_heads:
             if h not in self.tree:
                 raise DocumentError(f"unknown tree head {h.hex()[:16]}…")
-            if h not in self._am_heads:
-                self._payload(self.tree.get(h))
-            out.update(self._am_heads[h])
+            amh = self._am_heads.get(h)
+            if amh is None:  # cached only for heads asked about (issue 13: no per-change cache)
+                amh = self._am_heads[h] = self._payload(self.tree.get(h)).am_heads
+            out.update(amh)
         return sorted(out)
 
     def obj(self, path: Sequence[str | int], *, heads: Sequence[bytes] | None = None) -> ObjId:
