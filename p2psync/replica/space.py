@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from p2psync.codec import content_id
@@ -313,13 +313,16 @@ class Space:
         tree = self._trees.get(tree_id)
         return tree.heads if tree is not None else self.store.get_heads(tree_id)
 
-    def add_changes(self, tree_id: bytes, raws: Sequence[bytes]) -> AddResult:
+    def add_changes(self, tree_id: bytes, raws: Sequence[bytes], *,
+                    parsed: Mapping[bytes, Change] | None = None) -> AddResult:
         """Sync path: verify and store changes for one tree; a new tree needs its root among
-        ``raws``. Never decrypts; the document (if materialised) catches up on next read."""
+        ``raws``. Never decrypts; the document (if materialised) catches up on next read.
+        ``parsed``: raw bytes -> :func:`parse_change` of them, where the caller already
+        parsed (see :meth:`ObjectTree.add`)."""
         if self.acl.state.is_deleted(tree_id):
             raise ObjectDeleted("that object was deleted; its changes are no longer accepted")
         if tree_id not in self._known_trees:
-            root_raw = next((r for r in raws if _is_root(r, tree_id)), None)
+            root_raw = next((r for r in raws if _is_root(r, tree_id, parsed)), None)
             if root_raw is None:
                 raise InvalidChange("changes for an unknown object arrived without its root")
             tree = ObjectTree.from_root(self.id, self.acl, root_raw)
@@ -339,8 +342,8 @@ class Space:
         tree = self.tree(tree_id)
         refused: list[tuple[bytes, ReplicaError]] = []
         if self.acl.removal_policy == "strict":
-            raws, refused = self._strict_split(raws)
-        res = tree.add(raws, persist=self.store.persister())
+            raws, refused = self._strict_split(raws, parsed)
+        res = tree.add(raws, persist=self.store.persister(), parsed=parsed)
         res.rejected.extend(refused)
         self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any
         if created:  # a new tree: listeners (push, counting) see its root with the rest
@@ -375,7 +378,7 @@ class Space:
             return None
         return self.add_changes(tree_id, new)
 
-    def _strict_split(self, raws: Sequence[bytes],
+    def _strict_split(self, raws: Sequence[bytes], parsed: Mapping[bytes, Change] | None,
                       ) -> tuple[list[bytes], list[tuple[bytes, ReplicaError]]]:
         """Strict removal: take out changes by authors removed at or after their ACL head (and
         changes of the batch built on them) so the rest of the batch still attaches."""
@@ -384,7 +387,7 @@ class Space:
         dropped: set[bytes] = set()
         for raw in raws:
             try:
-                ch = parse_change(raw)
+                ch = _parsed(raw, parsed)
             except (DecodeError, ReplicaError):
                 keep.append(raw)  # the tree refuses it with the right error
                 continue
@@ -468,9 +471,14 @@ def _id_raws(acl: Acl) -> list[tuple[bytes, bytes]]:
     return [(content_id(r), r) for r in acl.export()]
 
 
-def _is_root(raw: bytes, tree_id: bytes) -> bool:
+def _parsed(raw: bytes, parsed: Mapping[bytes, Change] | None) -> Change:
+    ch = parsed.get(raw) if parsed is not None else None
+    return parse_change(raw) if ch is None else ch
+
+
+def _is_root(raw: bytes, tree_id: bytes, parsed: Mapping[bytes, Change] | None = None) -> bool:
     try:
-        ch = parse_change(raw)
+        ch = _parsed(raw, parsed)
     except (DecodeError, ReplicaError):
         return False
     return ch.is_root and ch.id == tree_id

@@ -17,7 +17,7 @@ import hashlib
 import heapq
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -406,26 +406,33 @@ class ObjectTree:
         self._add_parsed([ch], persist)
         return ch
 
-    def add(self, raws: Iterable[bytes], *, persist: Persist | None = None) -> AddResult:
+    def add(self, raws: Iterable[bytes], *, persist: Persist | None = None,
+            parsed: Mapping[bytes, Change] | None = None) -> AddResult:
         """Verify and add received changes; all-or-nothing for the given changes.
+
+        ``parsed`` maps raw bytes to what :func:`~p2psync.replica.change.parse_change` made of
+        them earlier on the same path (the sync layer parses each received change to filter
+        a batch): those are not parsed twice. Every signature is verified here regardless.
 
         Raises DecodeError / BadSignature / WrongTree / InvalidChange / AccessDenied /
         UnknownReadKey (or whatever ``persist`` raises) and then the tree is unchanged.
         """
-        parsed: list[Change] = []
+        new: list[Change] = []
         dup: list[bytes] = []
         seen: set[bytes] = set()
         for raw in raws:
-            cid = content_id(raw)
+            ch = parsed.get(raw) if parsed is not None else None
+            cid = content_id(raw) if ch is None else ch.id
             if cid in self._changes or cid in self._waiting or cid in seen:
                 dup.append(cid)
                 continue
             seen.add(cid)
-            ch = parse_change(raw)
+            if ch is None:
+                ch = parse_change(raw)
             self._structural_check(ch)
-            parsed.append(ch)
-        verify_signatures(parsed)  # all of them before any attaches: all-or-nothing
-        result = self._add_parsed(parsed, persist)
+            new.append(ch)
+        verify_signatures(new)  # all of them before any attaches: all-or-nothing
+        result = self._add_parsed(new, persist)
         result.duplicates = dup
         return result
 
