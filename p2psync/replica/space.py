@@ -367,6 +367,8 @@ class Space:
         if self.acl.state.is_deleted(tree_id):
             return None
         tree = self._trees.get(tree_id)
+        if tree is None and (doc := self._live.get(tree_id)) is not None:
+            tree = doc.tree  # in memory through a document an app holds: may be behind
         if tree is None and tree_id in self._known_trees:
             tree = self.tree(tree_id)  # loaded from the store: already current
             res = AddResult(attached=[tree.get(h) for h in tree.heads], heads=tree.heads)
