@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from p2psync.replica.pgstore import WATCH_APP, PgStore
 from p2psync.replica.storage import open_store
-from tests.conformance.store_suite import DAG_A, OWNER, TREE_A, TREE_B, fresh
-from tests.pg import fresh_schema, pg_server  # noqa: F401  (a fixture)
+from tests.backup_helpers import back_up_marked_space, edit, new_marker, until_backed_up
+from tests.conformance.store_suite import DAG_A, TREE_A, TREE_B, fresh
+from tests.netns import JsonLinesProcess
+from tests.pg import Cluster, fresh_schema, own_cluster, pg_server  # noqa: F401
 from tests.replica_helpers import SPACE_ID
+from tests.sync_helpers import close_all, make_node, wait_any
+from tests.test_backup_cluster import live, second_process, stored_changes
 
 
 @pytest.fixture
@@ -144,3 +149,44 @@ async def test_the_catch_up_starts_from_a_watermark_that_follows_the_notificatio
             await task
         a.close()
         b.close()
+
+
+async def test_backup_processes_ride_out_a_postgresql_restart(
+        tmp_path: Path, procs: list[JsonLinesProcess],
+        own_cluster: Cluster) -> None:  # noqa: F811
+    """Two ``backup run`` processes, the laptop on the first and the phone on the second; the
+    server is stopped and started again under them. A change the laptop pushes while it is
+    down is not acknowledged (the process ends that connection), and reaches the phone
+    after the restart (the laptop redials and head-syncs); a change made after the restart
+    reaches the phone at once: the first process's store reconnected, the second's LISTEN
+    came back."""
+    url = fresh_schema(own_cluster.url)
+    mb = await back_up_marked_space(tmp_path, procs, new_marker(), store=url)
+    second, ready = await second_process(mb, tmp_path / "backup2", url)
+    procs.append(second)
+    phone = await make_node(tmp_path, "phone")
+    laptop, space = mb.laptop, mb.space
+    try:
+        await phone.join(mb.invite, [ready["listening"][0]])
+        await wait_any([phone], lambda: phone.space_hash(space.id) == mb.receipt.root)
+        own_cluster.stop()
+        edit(space, mb.docs[0], "down", "while the database is down")
+        space.flush()
+        first = live(laptop)
+        # the first process cannot store the push: it ends that connection (the engine's
+        # answer to a store error) without acknowledging anything
+        await wait_any([laptop], lambda: first.conn.is_closed, timeout=15)
+        own_cluster.start()
+        await laptop.connect(mb.address, "quic")  # the device redials (an agent does)
+        await wait_any([phone], lambda: phone.space_hash(space.id)
+                       == laptop.space_hash(space.id), timeout=15)
+        edit(space, mb.docs[1], "up", "after the restart")
+        space.flush()
+        await wait_any([phone], lambda: phone.space_hash(space.id)
+                       == laptop.space_hash(space.id), timeout=15)
+        assert (await until_backed_up(laptop, live(laptop), space.id)).root \
+            == laptop.space_hash(space.id)
+        assert stored_changes(url) == sum(laptop.store.count_changes(t)  # type: ignore[union-attr]
+                                          for t in space.tree_ids())
+    finally:
+        await close_all([laptop, phone])

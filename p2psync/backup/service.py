@@ -66,6 +66,7 @@ class BackupService:
         watch = getattr(self.agent.node.store, "watch", None)
         if watch is not None:  # a shared database: follow the other processes' writes
             self._follow = asyncio.get_running_loop().create_task(watch(self._refresh))
+            self._follow.add_done_callback(_report_end)
         return self
 
     def _refresh(self, space_id: str, tree_id: bytes | None) -> None:
@@ -145,6 +146,13 @@ class BackupService:
                    "attempts to load a document (must stay 0)", "counter", guard.attempts),
             Sample("p2psync_backup_max_rss_bytes", "peak resident memory", "gauge", rss),
         ]
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """The watch reconnects on its own; it only ends on cancel (shutdown) or a bug of ours."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the watch of the shared database ended: %r; this process no longer "
+                  "follows the others' writes (restart it)", task.exception())
 
 
 async def serve_backup(home: Home, keys: Keystore, config: AgentConfig,
