@@ -20,6 +20,7 @@ from typing import Any
 from p2psync.agent.core import Agent
 from p2psync.agent.run import serve_until_signalled
 from p2psync.backup import guard
+from p2psync.backup.cluster import check_identity
 from p2psync.backup.metrics import MetricsServer, Sample, SampleCollector, registry_of
 from p2psync.backup.policy import BackupPolicy
 from p2psync.config import AgentConfig
@@ -49,6 +50,8 @@ class BackupService:
         self._follow: asyncio.Task[None] | None = None
 
     def _setup(self, node: Node) -> None:
+        # a database claimed by another backup is refused before any peer is served
+        check_identity(node.store, self.keys.device.public)
         guard.forbid_documents()
         self.policy = BackupPolicy(node.replicas, self.config.replicator).install()
 

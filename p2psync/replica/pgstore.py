@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_space ON chunks (space_id);
 CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file_id);
+CREATE TABLE IF NOT EXISTS p2psync_identity (
+    one      BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    device   BYTEA NOT NULL,
+    account  BYTEA NOT NULL,
+    keystore BYTEA NOT NULL
+);
 """
 
 #: ``application_name`` of :meth:`PgStore.watch`'s LISTEN connection (pg_stat_activity)
@@ -414,6 +420,23 @@ class PgStore(DerivedStoreOps):
         return self._write(lambda db: max(db.execute(
             "DELETE FROM chunks WHERE address = ANY(%s)", (addrs,)).rowcount, 0))
     # --- several processes on one database (docs/backup-cluster.md) -------------------------
+    def publish_identity(self, device: bytes, account: bytes, keystore: bytes) -> bytes:
+        """Claim this database for the backup identity whose (passphrase-encrypted)
+        ``keystore`` is given, unless one already did; returns the owning device key
+        (:mod:`p2psync.backup.cluster`)."""
+        def op(db: psycopg.Connection[Any]) -> bytes:
+            db.execute("INSERT INTO p2psync_identity (device, account, keystore) "
+                       "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (device, account, keystore))
+            row = db.execute("SELECT device FROM p2psync_identity").fetchone()
+            assert row is not None
+            return bytes(row[0])
+        return self._write(op)
+
+    def published_identity(self) -> tuple[bytes, bytes] | None:
+        """``(device key, encrypted keystore)`` of the backup owning this database, if any."""
+        rows = self._query("SELECT device, keystore FROM p2psync_identity")
+        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
+
     async def watch(self, on_change: Callable[[str, bytes | None], None], *,
                     tick: float = 30.0, retry: float = 1.0) -> None:
         """Call ``on_change(space_id, tree_id)`` whenever another connection commits changes
