@@ -47,6 +47,7 @@ class BackupCluster:
 
     url: str
     account_id: str
+    peer_id: str
     procs: list[JsonLinesProcess] = field(default_factory=list)
     addresses: list[str] = field(default_factory=list)  #: "host:port" (QUIC)
     homes: list[Path] = field(default_factory=list)
@@ -58,7 +59,7 @@ async def start_cluster(tmp: Path, url: str, n: int,
     same keystore: one identity), each on its own port, all on ``url``."""
     first = tmp / "backup0"
     ident = init_backup_home(first, store=url)
-    cl = BackupCluster(url, ident["account_id"])
+    cl = BackupCluster(url, ident["account_id"], ident["peer_id"])
     for i in range(n):
         home = tmp / f"backup{i}"
         if i:
