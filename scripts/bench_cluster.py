@@ -70,6 +70,9 @@ def table(res: dict[str, Any]) -> list[tuple[str, str]]:
          f"{res['kill_recovered_s']:.2f} s" if "kill_recovered_s" in res else "-"),
         ("changes in the database (= devices', each once)",
          str(res.get("changes_stored_total", "-"))),
+        ("machine load average (1 min) before / after",
+         f"{res['load_average_1min'][0]} / {res['load_average_1min'][1]} on {os.cpu_count()} "
+         "cores"),
     ]
 
 
@@ -94,7 +97,9 @@ def main() -> None:
             url = subprocess.run([str(script), "start", str(own), "55433"], check=True,
                                  capture_output=True, text=True).stdout.strip()
         t0 = time.perf_counter()
+        load0 = os.getloadavg()[0]
         res = asyncio.run(amain(args, tmp, url))
+        res["load_average_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         res["total_s"] = time.perf_counter() - t0
     finally:
         if own is not None:
