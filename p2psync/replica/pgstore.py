@@ -23,6 +23,9 @@ Decisions (docs/backup-cluster.md):
 * **Durability**: PostgreSQL's commit is durable with ``synchronous_commit=on`` (the server
   default); ``durable=False`` sets it ``off`` for this session (a crash may lose the last
   commits, never corrupt).
+* **Lost connections** (server restart, terminated backend): the next operation re-opens
+  the connection and is repeated once — safe because every write is idempotent. The LISTEN
+  connection of :meth:`PgStore.watch` reconnects and catches up from a watermark.
 * **Deletion**: ``DELETE`` leaves dead tuples until vacuum; :meth:`delete_trees` runs
   ``VACUUM`` on the affected tables afterwards so the rows' space is reclaimed promptly.
   PostgreSQL does not zero freed space the way SQLite's ``secure_delete`` does — said in the
