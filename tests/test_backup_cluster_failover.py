@@ -190,3 +190,20 @@ async def test_backup_processes_ride_out_a_postgresql_restart(
                                           for t in space.tree_ids())
     finally:
         await close_all([laptop, phone])
+
+
+async def test_what_is_written_between_opening_and_listening_is_reported(url: str) -> None:
+    """A process opens its store, then starts its watch: a tree another process writes in
+    between (no LISTEN yet, so no notification) is reported when the watch comes up."""
+    a, b = PgStore(url), PgStore(url)
+    seen = Seen()
+    a.save_tree(fresh(TREE_A))  # b is open, its watch not started
+    task = asyncio.get_running_loop().create_task(b.watch(seen, retry=0.05))
+    try:
+        await seen.until((SPACE_ID, TREE_A.id))
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        a.close()
+        b.close()

@@ -177,6 +177,11 @@ class PgStore(DerivedStoreOps):
             self._query("SET synchronous_commit = off", fetch=False)
         #: NOTIFY channel of this store's schema (several stores may share one database)
         self.channel = "p2psync_" + str(self._query("SELECT current_schema()")[0][0])
+        row = self._query("SELECT (SELECT coalesce(max(seq), 0) FROM changes), "
+                          "(SELECT coalesce(max(seq), 0) FROM acl_records)")[0]
+        #: what was written when this store opened: :meth:`watch` starts from here, so what
+        #: others write before its LISTEN is up is caught up on too
+        self.opened_at: tuple[int, int] = (int(row[0]), int(row[1]))
 
     # --- plumbing ---------------------------------------------------------------------------
     def _error(self, exc: Exception) -> StoreError:
@@ -454,11 +459,13 @@ class PgStore(DerivedStoreOps):
         notified. The watermark is the highest ``seq`` read one ``tick`` earlier while
         listening: a write whose ``seq`` is below it was committed (and so notified to this
         connection) within a tick — write transactions are one batch, far shorter than a
-        tick. Catching up also reports our own writes; refreshing those is a no-op."""
+        tick. The first connection catches up from :attr:`opened_at` (what others wrote
+        between the store's opening and the LISTEN). Catching up also reports our own
+        writes; refreshing those is a no-op."""
         pg = _psycopg()
         from psycopg import sql
 
-        mark: tuple[int, int] | None = None  # (changes seq, acl seq) all seen up to
+        mark = self.opened_at  # (changes seq, acl seq): everything up to it is known
         while True:
             try:
                 conn = await pg.AsyncConnection.connect(self.url, autocommit=True,
@@ -470,14 +477,13 @@ class PgStore(DerivedStoreOps):
             try:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 now = await self._marks(conn)
-                if mark is not None:
-                    missed = await self._since(conn, mark)
-                    log.warning("%s: LISTEN connection re-established; catching up on %d "
-                                "trees/ACLs written meanwhile", self.label, len(missed))
-                    for space_id, tree_id in missed:
-                        on_change(space_id, tree_id)
-                else:
-                    mark = now
+                missed = await self._since(conn, mark)
+                if self.watch_connects or missed:
+                    log.warning("%s: LISTEN connection %s; catching up on %d trees/ACLs "
+                                "written meanwhile", self.label, "re-established"
+                                if self.watch_connects else "up", len(missed))
+                for space_id, tree_id in missed:
+                    on_change(space_id, tree_id)
                 self.watch_connects += 1
                 while True:
                     async for n in conn.notifies(timeout=tick):
