@@ -516,9 +516,9 @@ async def settle(procs: list[BackupProc], targets: list[int], engines: list[Peer
             for e, s in zip(engines, spaces, strict=True):
                 e.sync_now(s.id)
         last = sum(got)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.gather(*(bp.wait_changes(t, timeout=STALL_S)
-                                   for bp, t in zip(procs, targets, strict=True)))
+        # every answer read before the next ask (one reader per child's stdout)
+        await asyncio.gather(*(bp.ask(cmd="wait", changes=t, timeout=STALL_S)
+                               for bp, t in zip(procs, targets, strict=True)))
 
 
 async def measure_cluster(tmp: Path, args: argparse.Namespace, pg_url: str) -> dict[str, Any]:
