@@ -10,6 +10,7 @@ writes JSON (``bench-results/mutation-<time>.json`` or ``--out``).
     python3 scripts/mutation.py                      # every group
     python3 scripts/mutation.py crypto change        # some groups
     python3 scripts/mutation.py --survivors crypto   # also list surviving mutants
+    python3 scripts/mutation.py acl --only '*ǁAclǁ_add__mutmut_*'   # some functions only
     (cd .mutation/crypto && python3 -m mutmut show p2psync.crypto.box.x_open__mutmut_3)
 
 Score = killed / (mutants - "no tests"), timeouts count as killed (the mutant hung the test).
@@ -201,22 +202,24 @@ def collect(ws: Path, files: list[str]) -> dict[str, dict[str, Any]]:
         killed = sorted(k for k, c in codes.items() if c in KILLED)
         survived = sorted(k for k, c in codes.items() if c in SURVIVED)
         no_tests = sorted(k for k, c in codes.items() if c in NO_TESTS)
+        not_run = sorted(k for k, c in codes.items() if c is None)  # --only, or stopped
         other = sorted(k for k, c in codes.items()
-                       if c not in KILLED | SURVIVED | NO_TESTS)
-        tested = len(codes) - len(no_tests)
+                       if c is not None and c not in KILLED | SURVIVED | NO_TESTS)
+        tested = len(codes) - len(no_tests) - len(not_run)
         funcs = _functions(ws / "mutants" / f) if survived else {}
         kinds = {k: classify(funcs, k) for k in survived}
         diffs = {k: mutant_diff(funcs, k) for k in survived}
         logic = sorted(k for k in survived if kinds[k] == "logic")
         out[f] = {"mutants": len(codes), "killed": len(killed), "survived": len(survived),
                   "survived_logic": len(logic), "survivor_kinds": kinds, "diffs": diffs,
-                  "no_tests": len(no_tests), "other": len(other),
+                  "no_tests": len(no_tests), "other": len(other), "not_run": len(not_run),
                   "score": round(len(killed) / tested, 3) if tested else None,
                   "survivors": survived, "untested": no_tests, "unclassified": other}
     return out
 
 
-def run_group(group: str, children: int) -> tuple[dict[str, dict[str, Any]], float]:
+def run_group(group: str, children: int,
+              only: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
     ws = prepare(group, files, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ must win
@@ -231,7 +234,10 @@ def run_group(group: str, children: int) -> tuple[dict[str, dict[str, Any]], flo
     log = (ws / "mutmut.log").open("w")
     # not ``-m mutmut``: its trampolines import mutmut.__main__ again, which then fails
     cli = "import sys; from mutmut.__main__ import cli; sys.exit(cli())"
-    proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children)],
+    # ``only``: mutmut's own name filter (fnmatch patterns on mutant names, e.g.
+    # ``*ǁAclǁ_add__mutmut_*``): the other mutants are generated but not run (no result)
+    proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children),
+                           *(only or [])],
                           cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     elapsed = time.monotonic() - t0
@@ -249,6 +255,10 @@ def main() -> None:
     ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
     ap.add_argument("--logic", action="store_true",
                     help="with --survivors: only those that change logic, not text")
+    ap.add_argument("--only", action="append", metavar="PATTERN",
+                    help="run only the mutants whose name matches this fnmatch pattern "
+                         "(repeatable), e.g. '*ǁAclǁ_add__mutmut_*' or '*.check_change__*'; "
+                         "scores then cover those mutants only")
     ap.add_argument("--collect", action="store_true",
                     help="do not run: re-read the results of earlier runs in .mutation/")
     args = ap.parse_args()
@@ -265,20 +275,21 @@ def main() -> None:
                 elapsed = float(timing.read_text())
         else:
             print(f"[{g}] running ...", file=sys.stderr, flush=True)
-            mods, elapsed = run_group(g, args.children)
+            mods, elapsed = run_group(g, args.children, args.only)
             (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
         results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
         results["modules"].update(mods)
     results["total_seconds"] = round(time.monotonic() - t_all, 1)
 
     print(f"{'module':34} {'mutants':>7} {'killed':>6} {'surv':>5} {'logic':>5} "
-          f"{'notest':>6} {'score':>6} {'group time':>10}")
+          f"{'notest':>6} {'notrun':>6} {'score':>6} {'group time':>10}")
     for g in groups:
         for f in GROUPS[g][0]:
             m = results["modules"][f]
             score = f"{m['score']:.0%}" if m["score"] is not None else "-"
             print(f"{f.removeprefix('p2psync/'):34} {m['mutants']:7} {m['killed']:6} "
-                  f"{m['survived']:5} {m['survived_logic']:5} {m['no_tests']:6} {score:>6} "
+                  f"{m['survived']:5} {m['survived_logic']:5} {m['no_tests']:6} "
+                  f"{m.get('not_run', 0):6} {score:>6} "
                   f"{results['groups'][g]['seconds']:9.0f}s")
     print(f"total {results['total_seconds']:.0f}s")
     if args.survivors:
