@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
 import json
 import os
@@ -218,6 +219,57 @@ def collect(ws: Path, files: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+WALL_LIMIT = 240.0  #: seconds a mutant's test run may take before it counts as a timeout
+
+
+def mutmut_cli() -> int:
+    """mutmut's CLI with its timeout checker fixed (runs inside the mutmut process).
+
+    mutmut 3.3.1 judges a mutant "timeout" (counted as killed) from per-test durations that
+    cover only the test call, not its fixtures (a real-socket test "takes" 5 ms), and its
+    wall-clock checker compares *every* running child of a file with each mutant's estimate in
+    turn: any child is killed after 15 × (the smallest estimate + 1 s), i.e. ~15 s. On a
+    loaded shared machine most mutants of ``acl.py`` were thus reported killed without having
+    failed anything (2026-12-03: 50 "timeouts" in 123 mutants). Here a child gets 240 s of wall
+    time and its CPU limit is 10 × mutmut's + 120 s: a mutant that really loops is still
+    stopped (by the CPU limit), a slow but finishing one is judged by its tests.
+    """
+    import resource
+    import signal
+    from datetime import datetime
+
+    import mutmut.__main__ as mm  # type: ignore[import-untyped]
+
+    class _Resource:
+        RLIMIT_CPU = resource.RLIMIT_CPU
+
+        @staticmethod
+        def setrlimit(which: int, limits: tuple[int, int]) -> None:
+            soft, hard = limits
+            resource.setrlimit(which, (soft * 10 + 120, hard * 10 + 121))
+
+    mm.resource = _Resource
+
+    def timeout_checker(mutants: list[Any]) -> Any:
+        files = list({id(m): m for m, _, _ in mutants}.values())
+
+        def check() -> None:
+            while True:
+                time.sleep(1)
+                now = datetime.now()
+                for m in files:
+                    with mm.START_TIMES_BY_PID_LOCK:
+                        starts = dict(m.start_time_by_pid)
+                    for pid, t0 in starts.items():
+                        if (now - t0).total_seconds() > WALL_LIMIT:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGXCPU)
+        return check
+
+    mm.timeout_checker = timeout_checker
+    return int(mm.cli() or 0)
+
+
 def run_group(group: str, children: int,
               only: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
@@ -233,7 +285,9 @@ def run_group(group: str, children: int,
     t0 = time.monotonic()
     log = (ws / "mutmut.log").open("w")
     # not ``-m mutmut``: its trampolines import mutmut.__main__ again, which then fails
-    cli = "import sys; from mutmut.__main__ import cli; sys.exit(cli())"
+    here = str(Path(__file__).resolve().parent)
+    cli = (f"import sys; sys.path.insert(0, {here!r}); import mutation; "
+           "sys.exit(mutation.mutmut_cli())")
     # ``only``: mutmut's own name filter (fnmatch patterns on mutant names, e.g.
     # ``*ǁAclǁ_add__mutmut_*``): the other mutants are generated but not run (no result)
     proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children),
