@@ -270,9 +270,10 @@ def mutmut_cli() -> int:
     return int(mm.cli() or 0)
 
 
-def run_group(group: str, children: int,
-              only: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
+def run_group(group: str, children: int, only: list[str] | None = None,
+              tests_override: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
+    tests = tests_override or tests
     ws = prepare(group, files, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ must win
     # the Noise test vectors sit next to the checkout (../shared/vectors), not next to the
@@ -313,6 +314,10 @@ def main() -> None:
                     help="run only the mutants whose name matches this fnmatch pattern "
                          "(repeatable), e.g. '*ǁAclǁ_add__mutmut_*' or '*.check_change__*'; "
                          "scores then cover those mutants only")
+    ap.add_argument("--tests", action="append", metavar="FILE",
+                    help="run these test files instead of the group's (repeatable): a quick "
+                         "first pass on a loaded machine; re-check its survivors with the "
+                         "group's full list")
     ap.add_argument("--collect", action="store_true",
                     help="do not run: re-read the results of earlier runs in .mutation/")
     args = ap.parse_args()
@@ -329,7 +334,7 @@ def main() -> None:
                 elapsed = float(timing.read_text())
         else:
             print(f"[{g}] running ...", file=sys.stderr, flush=True)
-            mods, elapsed = run_group(g, args.children, args.only)
+            mods, elapsed = run_group(g, args.children, args.only, args.tests)
             (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
         results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
         results["modules"].update(mods)
