@@ -266,12 +266,45 @@ def mutmut_cli() -> int:
                                 os.kill(pid, signal.SIGXCPU)
         return check
 
+    def forget_verify_pool() -> None:
+        # mutmut forks one child per mutant from a process whose clean run already started
+        # the tree's signature-verification thread pool: in the child its threads are gone,
+        # a submitted batch never completes and the child hangs (then "timeout" = killed).
+        tree = sys.modules.get("p2psync.replica.tree")
+        if tree is not None:
+            tree._pool = None  # type: ignore[attr-defined]
+
+    os.register_at_fork(after_in_child=forget_verify_pool)
     mm.timeout_checker = timeout_checker
     return int(mm.cli() or 0)
 
 
+def logic_mutants(ws: Path, files: list[str], only: list[str] | None) -> list[str]:
+    """Names of the generated mutants (matching ``only``, if given) that change logic, not only
+    a message or a label (:func:`classify`): the ones worth a test run."""
+    import fnmatch
+
+    names: list[str] = []
+    stats = ws / "mutants" / "mutmut-stats.json"
+    tested = (json.loads(stats.read_text())["tests_by_mangled_function_name"]
+              if stats.exists() else {})
+    for f in files:
+        meta = ws / "mutants" / (f + ".meta")
+        if not meta.exists():
+            continue
+        funcs = _functions(ws / "mutants" / f)
+        for key in json.loads(meta.read_text())["exit_code_by_key"]:
+            if only and not any(fnmatch.fnmatch(key, pat) for pat in only):
+                continue
+            # mutmut looks each named mutant's function up in its test map (KeyError if none)
+            if classify(funcs, key) == "logic" and tested.get(key.partition("__mutmut_")[0]):
+                names.append(key)
+    return names
+
+
 def run_group(group: str, children: int, only: list[str] | None = None,
-              tests_override: list[str] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
+              tests_override: list[str] | None = None,
+              logic_only: bool = False) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
     tests = tests_override or tests
     ws = prepare(group, files, tests)
@@ -291,8 +324,16 @@ def run_group(group: str, children: int, only: list[str] | None = None,
            "sys.exit(mutation.mutmut_cli())")
     # ``only``: mutmut's own name filter (fnmatch patterns on mutant names, e.g.
     # ``*ǁAclǁ_add__mutmut_*``): the other mutants are generated but not run (no result)
+    names = list(only or [])
+    if logic_only:
+        # a first call that matches nothing only generates the mutants and maps tests to
+        # functions (mutmut then stops: "nothing matches"); then run just the logic ones
+        subprocess.run([sys.executable, "-c", cli, "run", "__generate_only__"],
+                       cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+        names = logic_mutants(ws, files, only)
+        print(f"[{group}] {len(names)} logic mutants to run", file=sys.stderr, flush=True)
     proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children),
-                           *(only or [])],
+                           *names],
                           cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     elapsed = time.monotonic() - t0
@@ -318,6 +359,9 @@ def main() -> None:
                     help="run these test files instead of the group's (repeatable): a quick "
                          "first pass on a loaded machine; re-check its survivors with the "
                          "group's full list")
+    ap.add_argument("--logic-only", action="store_true",
+                    help="run only mutants that change logic (not messages or labels): "
+                         "message/text mutants are left unrun and out of the score")
     ap.add_argument("--collect", action="store_true",
                     help="do not run: re-read the results of earlier runs in .mutation/")
     args = ap.parse_args()
@@ -334,7 +378,8 @@ def main() -> None:
                 elapsed = float(timing.read_text())
         else:
             print(f"[{g}] running ...", file=sys.stderr, flush=True)
-            mods, elapsed = run_group(g, args.children, args.only, args.tests)
+            mods, elapsed = run_group(g, args.children, args.only, args.tests,
+                                      args.logic_only)
             (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
         results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
         results["modules"].update(mods)
