@@ -688,7 +688,8 @@ def cmd_doc_history(args: argparse.Namespace, out: Out) -> None:
             if r.get("removed_after"):
                 notes += (f"  author removed at or after it (record "
                           f"{r['removed_after'][:10]}): possibly back-dated")
-            print(f"{r['change'][:12]}  {r['time']}  {r['author'][:14]}…  "
+            when = r["time"] or "time sealed (no key)"  # change format 2 seals the time
+            print(f"{r['change'][:12]}  {when}  {r['author'][:14]}…  "
                   f"<- {parents}{snap}  {mark}{notes}")
     out.emit(rows, human)
 
