@@ -19,9 +19,11 @@ change we pushed would be shown out of sync meanwhile. Two rules close that gap:
   difference is the peer's acknowledgement of our heads. Deduped by the scheduler (one in
   flight, one re-run), so a burst of pushes costs one or two round trips, not one each.
 * :func:`succeeded` for a ``"tree"`` job: when the pulls a head sync asked for are all done
-  and our fingerprint has moved since that head sync saw differences (concurrent edits
-  crossing), check again with a ``("heads", space)`` job. A peer that lists differences it
-  never serves moves nothing, so this never loops.
+  and that head sync found differences, check again with a ``("heads", space)`` job —
+  concurrent edits cross (the peer's answer can predate a change it pushed us a moment later,
+  and the pull then shows the same heads on both sides). At most :data:`MAX_RECHECKS`
+  such follow-ups run in a row without reaching agreement, so a peer that lists differences
+  it never serves costs a bounded number of requests.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from p2psync.sync.pull import Core, SpaceSync, job_core, job_failure
 from p2psync.sync.replicas import Pusher
 
 CHECK_PRIORITY = 0  #: the in-sync check runs before anything else queued (it is cheap)
+MAX_RECHECKS = 2  #: follow-up checks in a row that did not reach agreement
 
 
 class HeadCheck(SpaceSync):
@@ -66,14 +69,13 @@ def succeeded(state: PeerState, key: JobKey, now: float) -> list[Effect]:
     kind, sid, _ = key
     st = state.space_state(sid)
     st.last_success = now
-    if sid not in state.replicas.spaces:
-        return []
-    local = state.replicas.ldiff(sid).hash()
     if kind in ("space", "heads"):
-        st.differed_at = None if st.agreed_hash is not None else local
-        return []
-    if kind == "tree" and not st.pending and st.differed_at not in (None, local):
-        st.differed_at = None
+        st.differed = st.agreed_hash is None
+        if not st.differed:
+            st.rechecks = 0
+    elif kind == "tree" and st.differed and not st.pending and st.rechecks < MAX_RECHECKS:
+        st.differed = False
+        st.rechecks += 1
         return [Submit(("heads", sid, b""), CHECK_PRIORITY)]
     return []
 

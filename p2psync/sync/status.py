@@ -43,9 +43,10 @@ class SpaceState:
     head_sync_rounds: int = 0
     last_success: float | None = None
     last_error: str | None = None
-    #: our fingerprint when the last head sync found differences (None: it agreed, or none
-    #: ran); the jobs module checks again once those are pulled and ours has moved on
-    differed_at: bytes | None = None
+    #: the last head sync found differences and its tree jobs are not all done yet
+    differed: bool = False
+    #: follow-up checks run since we last agreed (bounded: see p2psync.sync.jobs)
+    rechecks: int = 0
 
     def confirm_push(self, ld: LDiff, tree_id: bytes, heads: Sequence[bytes],
                      before: PushSnapshot) -> None:
