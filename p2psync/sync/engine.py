@@ -5,13 +5,14 @@ loop: the two streams (:class:`~p2psync.sync.channel.Channel`), tasks, futures a
 Every decision is made by a sans-IO core and comes back as a reply and/or
 :mod:`effects <p2psync.sync.effects>` that this shell carries out:
 
-* :mod:`~p2psync.sync.spacex` — the space exchange (first message on each stream);
-* :class:`~p2psync.sync.responder.Responder` — the peer's requests and pushes;
-* :mod:`~p2psync.sync.pull` — our ACL pull, head sync + tree jobs of a space, tree pull with
-  its "stuck" rule; :mod:`~p2psync.sync.bootstrap` — fetching a space (invite or member);
+* :class:`~p2psync.sync.responder.Responder` — everything on the peer's request stream: the
+  space exchange (:mod:`~p2psync.sync.spacex`), the inbound gate, pushes and requests;
+* :mod:`~p2psync.sync.jobs` — which core runs a scheduled job, what its outcome changes, and
+  the in-sync check after our pushes; :mod:`~p2psync.sync.pull` — ACL pull, head sync + tree
+  jobs, tree pull with its "stuck" rule; :mod:`~p2psync.sync.bootstrap` — fetching a space;
 * :mod:`~p2psync.sync.ingest` — incoming changes, verified and stored a chunk at a time;
 * :mod:`~p2psync.sync.push` — what to push and the bounded push queue;
-* :mod:`~p2psync.sync.sched` — outgoing jobs (dedupe, rate, backoff) and the inbound gate.
+* :mod:`~p2psync.sync.peerstate` — who the peer is, strikes, the stranger restriction, status.
 
 A misbehaving peer collects strikes and is disconnected (at once for a :class:`Violation`);
 a peer that shares no space is disconnected after ``stranger_grace``. Nothing a peer sends
@@ -29,34 +30,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from p2psync.errors import (
-    DecodeError,
     JoinError,
-    MessageTooLarge,
     P2PSyncError,
     PeerRefused,
     ProtocolError,
     StoreError,
     TransportError,
-    UnknownMessageType,
 )
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
+from p2psync.sync import effects as fx
 from p2psync.sync import jobs
 from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, BootstrapJoin, bootstrap_message
 from p2psync.sync.channel import Channel
-from p2psync.sync.effects import (
-    Answer,
-    Befriend,
-    Effect,
-    JobKey,
-    Offered,
-    Push,
-    Serve,
-    Strike,
-    Submit,
-    Violation,
-)
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.messages import (
@@ -71,16 +58,15 @@ from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import RESPONSE_FOR, Challenge, ChallengeResult, Core
 from p2psync.sync.push import PushQueue, acl_push, offers, tree_pushes
 from p2psync.sync.replicas import Replicas
-from p2psync.sync.responder import Responder
+from p2psync.sync.responder import UNDECODABLE, Responder
 from p2psync.sync.sched import Backoff, PeerScheduler
-from p2psync.sync.status import PeerSpaceStatus, PeerStatus, space_status
+from p2psync.sync.status import PeerSpaceStatus, PeerStatus
 from p2psync.transport.interface import PeerConnection, PeerStream
 
 __all__ = ["BOOTSTRAP_DOMAIN", "EngineConfig", "PeerEngine", "PeerSpaceStatus", "PeerStatus",
            "bootstrap_message"]
 
 log = logging.getLogger("p2psync.sync")
-_UNDECODABLE = (DecodeError, UnknownMessageType, MessageTooLarge)
 
 
 class PeerEngine:
@@ -100,7 +86,7 @@ class PeerEngine:
         self.responder = Responder(self.state, self, clock=now)
         self.channel = Channel(cfg, self._strike)
         rng = random.Random(cfg.seed)
-        self.sched: PeerScheduler[JobKey] = PeerScheduler(
+        self.sched: PeerScheduler[fx.JobKey] = PeerScheduler(
             now=now, max_queue=cfg.max_jobs_queued, max_in_flight=cfg.max_in_flight,
             rate=cfg.out_rate, burst=cfg.out_burst, backoff=Backoff(base=0.2, cap=10.0, rng=rng))
         self._exchanged = asyncio.Event()
@@ -226,36 +212,34 @@ class PeerEngine:
             self.last_error = str(reason)
 
     # --- effects -------------------------------------------------------------------------------
-    def _apply(self, effects: Iterable[Effect]) -> None:
+    def _apply(self, effects: Iterable[fx.Effect]) -> None:
         """Carry out what a core decided."""
         for eff in effects:
-            if isinstance(eff, Strike):
-                self._strike(eff.why)
-            elif isinstance(eff, Violation):
-                self._strike(eff.why, violation=True)
-            elif isinstance(eff, Push):
-                self._enqueue(eff.message, eff.space_id)
-            elif isinstance(eff, Submit):
-                self.submit(eff.key, eff.priority)
-            elif isinstance(eff, Offered):  # only backups fetch offered spaces
-                self.replicas.policy.on_offer(self, eff.space_id)
-            elif isinstance(eff, Serve):
-                self._spawn(self._serve(eff.message, eff.request_id))
-            elif isinstance(eff, Befriend):
-                self.conn.lift_restriction()
-                log.debug("peer %s shares a space now: restriction lifted", self.conn.peer_id)
-            elif isinstance(eff, Answer):  # outside the read loop (a served request)
-                self._spawn(self._send_answer(eff))
+            match eff:
+                case fx.Strike(why):
+                    self._strike(why)
+                case fx.Violation(why):
+                    self._strike(why, violation=True)
+                case fx.Push(message, space_id):
+                    self._enqueue(message, space_id)
+                case fx.Submit(key, priority):
+                    self.submit(key, priority)
+                case fx.Offered(space_id):  # only backups fetch offered spaces
+                    self.replicas.policy.on_offer(self, space_id)
+                case fx.Serve(message, request_id):
+                    self._spawn(self._serve(message, request_id))
+                case fx.Befriend():
+                    self.conn.lift_restriction()
+                    log.debug("peer %s shares a space: restriction lifted", self.conn.peer_id)
+                case fx.Answer():  # outside the read loop: a task (in the loop: _carry)
+                    self._spawn(self._answer(eff))
 
-    async def _carry(self, effects: Iterable[Effect]) -> None:
+    async def _carry(self, effects: Iterable[fx.Effect]) -> None:
         """Carry out effects in the read loop: answers are sent in order before it reads on."""
         for eff in effects:
-            if isinstance(eff, Answer):
-                await self._send_answer(eff)
-            else:
-                self._apply((eff,))
+            await self._answer(eff) if isinstance(eff, fx.Answer) else self._apply((eff,))
 
-    async def _send_answer(self, eff: Answer) -> None:
+    async def _answer(self, eff: fx.Answer) -> None:
         assert self.channel.inp is not None
         with contextlib.suppress(TransportError):
             await self.channel.send(self.channel.inp, eff.message, eff.request_id)
@@ -301,15 +285,12 @@ class PeerEngine:
         async for raw in self.channel.recv(stream):
             try:
                 env = decode(raw)
-            except _UNDECODABLE as exc:
+            except UNDECODABLE as exc:
                 self._strike(f"bad response: {exc}")
                 continue
             msg = env.message
             self.channel.count("in", msg, len(raw))
             if isinstance(msg, SpaceTokens):
-                if self._exchanged.is_set():
-                    self._strike("second token list")
-                    continue
                 self._apply(self.responder.tokens(msg))
                 if self.responder.exchanged is not None:
                     self._exchanged.set()
@@ -323,7 +304,7 @@ class PeerEngine:
         async for raw in self.channel.recv(stream):
             try:
                 env = decode(raw)
-            except _UNDECODABLE as exc:
+            except UNDECODABLE as exc:
                 await self._carry(r.undecodable(exc))
                 continue
             self.channel.count("in", env.message, len(raw))
@@ -343,7 +324,7 @@ class PeerEngine:
                     log.warning("store error while serving %s: %s", self.conn.peer_id, exc)
             reply = self.responder.answer(msg, time.time())
             self._apply(reply.effects)
-            await self._send_answer(Answer(reply.message, rid))
+            await self._answer(fx.Answer(reply.message, rid))
         finally:
             self.responder.served(msg)
 
@@ -383,7 +364,7 @@ class PeerEngine:
                 self.replicas.notify()  # idle may have changed
 
     # --- scheduling (requester side) -----------------------------------------------------------
-    def submit(self, key: JobKey, priority: int = 1) -> None:
+    def submit(self, key: fx.JobKey, priority: int = 1) -> None:
         """Ask for a sync job with this peer (deduped, bounded, rate limited)."""
         if self._closing:
             return
@@ -413,7 +394,7 @@ class PeerEngine:
             await asyncio.sleep(self.config.head_sync_interval)  # a timer, not synchronisation
             self.sync_now()
 
-    async def _job(self, key: JobKey) -> None:
+    async def _job(self, key: fx.JobKey) -> None:
         try:
             await self._drive(jobs.core_for(self.state, self, key))
         except asyncio.CancelledError:
@@ -458,16 +439,11 @@ class PeerEngine:
                 and st.queued == st.retrying == st.in_flight == 0)
 
     def status(self) -> PeerStatus:
-        spaces = []
-        for sid in sorted(self.shared):
-            ld = self.replicas.ldiff(sid) if sid in self.replicas.spaces else None
-            spaces.append(space_status(sid, self.state.space_state(sid),
-                                       ld.hash() if ld is not None else b""))
         ch = self.channel
         return PeerStatus(
             peer_id=self.conn.peer_id, account_id=self.conn.account_id,
             transport=self.conn.transport, connected=not self.conn.is_closed,
-            ready=self.ready.is_set(), spaces=spaces, scheduler=self.sched.status(),
+            ready=self.ready.is_set(), spaces=self.state.statuses(), scheduler=self.sched.status(),
             push_queue=len(self._push_queue), pushes_dropped=self.pushes_dropped,
             strikes=self.strikes, messages_in=ch.messages_in, messages_out=ch.messages_out,
             bytes_in=ch.bytes_in, bytes_out=ch.bytes_out, last_error=self.last_error)

@@ -16,7 +16,7 @@ from p2psync.sync.effects import Befriend, Effect, Submit
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.messages import StorageRefused
 from p2psync.sync.replicas import Replicas
-from p2psync.sync.status import SpaceState
+from p2psync.sync.status import PeerSpaceStatus, SpaceState, space_status
 
 UNKNOWN = "unknown space"  #: the one refusal text, so it never names a space
 
@@ -86,6 +86,14 @@ class PeerState:
         if st is None:
             st = self.spaces[space_id] = SpaceState()
         return st
+
+    def statuses(self) -> list[PeerSpaceStatus]:
+        """Each shared space's status with this peer, against our fingerprint now."""
+        out = []
+        for sid in sorted(self.shared):
+            local = self.replicas.ldiff(sid).hash() if sid in self.replicas.spaces else b""
+            out.append(space_status(sid, self.space_state(sid), local))
+        return out
 
     def may_access(self, space_id: str) -> bool:
         """Our ACL copy lets the peer's account receive this space (checked on every use)."""

@@ -25,10 +25,12 @@ from p2psync.errors import (
     AccessDenied,
     BadSignature,
     DecodeError,
+    MessageTooLarge,
     P2PSyncError,
     ProtocolError,
     ReplicaError,
     StoreError,
+    UnknownMessageType,
     UnknownSpace,
 )
 from p2psync.replica.space import AclAddResult, Space
@@ -70,6 +72,8 @@ from p2psync.sync.status import PushSnapshot
 
 log = logging.getLogger("p2psync.sync")
 
+#: What ``decode`` raises for bytes that are not a message (a strike, never fatal by itself).
+UNDECODABLE = (DecodeError, UnknownMessageType, MessageTooLarge)
 #: Requests the responder answers (anything else on the peer's stream is a push or a strike).
 REQUESTS = (HeadSyncRequest, FullSyncRequest, AclSyncRequest, BootstrapRequest, ReceiptRequest)
 
