@@ -237,7 +237,10 @@ class PeerEngine:
     async def _carry(self, effects: Iterable[fx.Effect]) -> None:
         """Carry out effects in the read loop: answers are sent in order before it reads on."""
         for eff in effects:
-            await self._answer(eff) if isinstance(eff, fx.Answer) else self._apply((eff,))
+            if isinstance(eff, fx.Answer):
+                await self._answer(eff)
+            else:
+                self._apply((eff,))
 
     async def _answer(self, eff: fx.Answer) -> None:
         assert self.channel.inp is not None
