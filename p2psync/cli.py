@@ -211,6 +211,16 @@ def cmd_space_list(args: argparse.Namespace, out: Out) -> None:
     out.emit(rows, human)
 
 
+def cmd_space_rename(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.rename", space=args.space, name=args.name, local=args.local)
+    if args.local:
+        msg = (f"this device now calls {data['space_id']} {data['alias']!r}" if data["alias"]
+               else f"local alias of {data['space_id']} cleared")
+    else:
+        msg = f"renamed {data['space_id']} to {data['name']!r} for every member"
+    out.emit(data, msg)
+
+
 def cmd_space_invite(args: argparse.Namespace, out: Out) -> None:
     expires_in = _duration(args.expires) if args.expires else None
     data = _call(args, "space.invite", space=args.space, role=args.role,
@@ -887,6 +897,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="space_command", required=True)
     cmd(space, "create", cmd_space_create, "create a space").add_argument("name")
     cmd(space, "list", cmd_space_list, "list spaces on this device")
+    ren = cmd(space, "rename", cmd_space_rename, "rename a space for every member (admins), "
+              "or give it a local alias (--local)")
+    ren.add_argument("space", help="space id, unique id prefix, name or alias")
+    ren.add_argument("name", help="the new name (with --local, empty clears the alias)")
+    ren.add_argument("--local", action="store_true",
+                     help="a name on this device only; never sent to anyone")
     inv = cmd(space, "invite", cmd_space_invite, "create an invite code")
     inv.add_argument("space")
     inv.add_argument("--role", choices=sorted(ROLES), default="writer")

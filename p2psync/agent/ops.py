@@ -156,6 +156,12 @@ class SpaceParams(Params, frozen=True):
     space: Ref
 
 
+class SpaceRenameParams(Params, frozen=True):
+    space: Ref
+    name: Name
+    local: bool = False
+
+
 class SpaceInviteParams(Params, frozen=True):
     space: Ref
     role: RoleName = "writer"
@@ -360,15 +366,35 @@ def space_create(dev: LocalDevice, name: str) -> dict[str, Any]:
     return {"space_id": space.id, "name": name}
 
 
+def space_rename(dev: LocalDevice, space: str, name: str, local: bool = False) -> dict[str, Any]:
+    """Rename a space for every member (``local`` False: a SpaceMeta record sealed under the
+    read key, admins and the owner only), or give it a local alias on this device only
+    (``local``: an empty name clears the alias)."""
+    sp = dev.resolve_space(space)
+    if local:
+        dev.set_name(sp.id, name)
+        return {"space_id": sp.id, "alias": name or None, "name": dev.shared_name(sp)}
+    if not name:
+        raise InvalidParams("a space name cannot be empty")
+    role = sp.role()
+    if role is None or role < Role.ADMIN:
+        raise AccessDenied(f"only admins and the owner rename a space (your role: "
+                           f"{role_name(role)}); `--local` gives it a name on this device only")
+    dev.rename(sp, name)
+    return {"space_id": sp.id, "name": dev.shared_name(sp), "alias": dev.aliases().get(sp.id)}
+
+
 def space_list(dev: LocalDevice) -> list[dict[str, Any]]:
-    names = dev.names()
+    aliases = dev.aliases()
     rows = []
     for sid in dev.space_ids():
         sp = dev.open_space(sid)
         js = join_state(sp, dev.keys.account.public)
         # not a member: where our join request stands (pending, declined, …) instead of "none"
         rname = js["role"] if js["state"] == "member" else js["state"]
-        row = {"space_id": sid, "name": names.get(sid, ""), "role": rname,
+        shared = dev.shared_name(sp)
+        row = {"space_id": sid, "name": aliases.get(sid) or shared or "", "shared_name": shared,
+               "alias": aliases.get(sid), "role": rname,
                "documents": len(sp.tree_ids()), "members": len(sp.members())}
         if "request" in js:
             row["request"] = js["request"]
@@ -743,6 +769,7 @@ LOCAL_OPS: dict[str, LocalOp] = {
     "whoami": LocalOp(NoParams, whoami),
     "space.create": LocalOp(SpaceCreateParams, space_create),
     "space.list": LocalOp(NoParams, space_list),
+    "space.rename": LocalOp(SpaceRenameParams, space_rename),
     "space.invite": LocalOp(SpaceInviteParams, space_invite),
     "space.members": LocalOp(SpaceParams, space_members),
     "space.remove": LocalOp(MemberParams, space_remove),
