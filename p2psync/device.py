@@ -131,6 +131,16 @@ class LocalDevice:
         self.rename(space, name)
         return space
 
+    def adopt_space(self, space_id: str, header: bytes, acl_records: list[bytes]) -> Space:
+        """Take in a space another device of the account handed over (device pairing): the
+        header and ACL are verified like any received space; documents follow by sync."""
+        if space_id in self.space_ids():
+            return self.open_space(space_id)
+        space = Space.adopt(self.store, self.keys.account, self.keys.device.public, space_id,
+                            header, acl_records, window=self.window)
+        self._spaces[space_id] = space
+        return space
+
     def open_space(self, space_id: str) -> Space:
         space = self._spaces.get(space_id)
         if space is None:

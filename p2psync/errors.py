@@ -366,3 +366,11 @@ class ChangeTooLarge(DocumentError):
     """One local edit makes an Automerge change bigger than a tree change may carry (the sync
     layer's 1 MiB per change): refused at edit time and rolled back, nothing signed. Big blobs
     belong in files (encrypted file storage), not in a document."""
+
+
+class PairingError(P2PSyncError):
+    """Pairing a new device of the account failed (unreachable host, bad code format, ...)."""
+
+
+class PairingRefused(PairingError):
+    """The pairing was refused: wrong code, a garbled or replayed message, too many attempts."""

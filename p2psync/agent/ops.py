@@ -156,6 +156,10 @@ class SpaceParams(Params, frozen=True):
     space: Ref
 
 
+class DeviceParams(Params, frozen=True):
+    device: Ref
+
+
 class SpaceRenameParams(Params, frozen=True):
     space: Ref
     name: Name
@@ -747,6 +751,66 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
     return rows
 
 
+# --- devices of this account (pairing: p2psync/agent/pairing.py) -----------------------------
+def host_bundle(dev: LocalDevice, device_pub: bytes, name: str) -> Any:
+    """What a new device of this account receives when it pairs: the account key, a device
+    certificate for its key signed by the account key, and every space held here (header and
+    ACL records; it verifies them and syncs the documents). Records it in the device list."""
+    import socket
+
+    from p2psync.agent import pairing
+    from p2psync.crypto.cert import DeviceCertificate
+
+    cert = DeviceCertificate.issue(dev.keys.account, device_pub)
+    spaces = []
+    for sid in dev.space_ids():
+        sp = dev.open_space(sid)
+        spaces.append((sid, sp.header.raw, sp.acl_records()))
+    pairing.record_device(dev.home.path, device_pub, name, cert=cert.raw)
+    return pairing.Bundle(dev.keys.account, cert, dev.keys.device.id, socket.gethostname(),
+                          spaces)
+
+
+def device_list(dev: LocalDevice) -> list[dict[str, Any]]:
+    """This device and the devices paired from or to it, with their state."""
+    from p2psync.agent import pairing
+
+    rows = pairing.load_devices(dev.home.path)
+    me = dev.keys.device.id
+    out = [{"peer_id": me, "name": "this device", "this_device": True, "state": "active",
+            "paired_at": None}]
+    for d in rows:
+        if d.get("peer_id") == me:
+            out[0].update(name=d.get("name") or "this device", paired_at=d.get("paired_at"))
+            continue
+        out.append({"peer_id": d.get("peer_id"), "name": d.get("name"), "this_device": False,
+                    "state": "removed" if d.get("revoked_at") else "active",
+                    "paired_at": d.get("paired_at")})
+    return out
+
+
+def device_remove(dev: LocalDevice, device: str) -> dict[str, Any]:
+    """Revoke a paired device's certificate here: this device refuses it from now on (its
+    agent drops and refuses its connections). It held the account key: docs/threat-model.md
+    "Device pairing" says what that means and when to move to a new account."""
+    from p2psync.agent import pairing
+
+    rows = pairing.load_devices(dev.home.path)
+    ref = str(device).strip()
+    hits = [d for d in rows if str(d.get("peer_id", "")).startswith(ref)
+            or d.get("name") == ref]
+    if dev.keys.device.id.startswith(ref):
+        raise OpError("that is this device: run `device remove` on another device of the "
+                      "account")
+    if len(hits) != 1:
+        raise OpError(f"{ref!r} matches {len(hits)} paired devices" + (
+            ": " + ", ".join(str(d["peer_id"])[:16] for d in hits) if hits else
+            " (see `p2psync device list`)"))
+    hits[0]["revoked_at"] = int(time.time())
+    pairing.save_devices(dev.home.path, rows)
+    return {"peer_id": hits[0]["peer_id"], "removed": True}
+
+
 def whoami(dev: LocalDevice) -> dict[str, Any]:
     return {"account_id": dev.keys.account.id, "peer_id": dev.keys.device.id,
             "home": str(dev.home.path)}
@@ -767,6 +831,8 @@ class LocalOp:
 #: Operations that need nothing but the device: the table the CLI and the local API dispatch on.
 LOCAL_OPS: dict[str, LocalOp] = {
     "whoami": LocalOp(NoParams, whoami),
+    "device.list": LocalOp(NoParams, device_list),
+    "device.remove": LocalOp(DeviceParams, device_remove),
     "space.create": LocalOp(SpaceCreateParams, space_create),
     "space.list": LocalOp(NoParams, space_list),
     "space.rename": LocalOp(SpaceRenameParams, space_rename),
