@@ -341,9 +341,11 @@ def cmd_space_list(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no spaces yet (create one: p2psync space create NAME)")
-        for r in rows:
-            print(f"{r['name'] or '-':16} {r['role']:10} {r['documents']:4} docs "
-                  f"{r['members']:3} members  {r['space_id']}")
+            return
+        _table(["name", "role", "docs", "members", "space"],
+               [[(r["name"] or "-") + (" (alias)" if r.get("alias") else ""),
+                 r["role"] + (f" {r['request'][:8]}" if r.get("request") else ""),
+                 r["documents"], r["members"], r["space_id"]] for r in rows])
     out.emit(rows, human)
 
 
@@ -738,8 +740,9 @@ def cmd_doc_list(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no documents (make one: p2psync doc new SPACE)")
-        for r in rows:
-            print(f"{r['doc']}  {len(r['heads'])} head(s)")
+            return
+        _table(["document", "heads"], [[r["doc"], " ".join(h[:12] for h in r["heads"])]
+                                       for r in rows])
     out.emit(rows, human)
 
 
@@ -849,10 +852,10 @@ def cmd_peers(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no peers connected")
-        for r in rows:
-            way = "out" if r["outgoing"] else "in"
-            print(f"{r['peer_id'][:20]}…  {r['transport']:4} {way:3} "
-                  f"{len(r['shared_spaces'])} shared spaces  account {r['account_id'][:16]}…")
+            return
+        _table(["peer", "transport", "dialled", "shared spaces", "account"],
+               [[r["peer_id"][:20] + "…", r["transport"], "out" if r["outgoing"] else "in",
+                 len(r["shared_spaces"]), (r["account_id"] or "?")[:16] + "…"] for r in rows])
     out.emit(rows, human)
 
 
@@ -875,22 +878,30 @@ def cmd_status(args: argparse.Namespace, out: Out) -> None:
         print(f"agent    {state}\npeer     {data['peer_id']}\naccount  {data['account_id']}")
         if data["agent"]:
             print(f"listen   {', '.join(data['listening'])}")
-        for s in data["spaces"]:
-            extra = (f"{s['peers_in_sync']}/{s['peers']} peers in sync" if data["agent"]
-                     else f"{s['members']} members")
-            print(f"space    {s.get('name') or '-':12} {s['role'] or '-':10} "
-                  f"{s.get('objects', s.get('documents'))} docs  {extra}  {s['space_id']}")
-        for p in data["peers"]:
-            print(f"peer     {p['peer_id'][:20]}… {p['transport']}"
-                  + (f" last error: {p['last_error']}" if p["last_error"] else ""))
-            for ps in p["spaces"]:
-                when = local_time(ps["last_success"] * 1000) if ps["last_success"] else "never"
-                print(f"  {ps['space_id'][:20]}… in_sync={ps['in_sync']} "
-                      f"pending={ps['pending_trees']} last_success={when}"
-                      + (f" last_error={ps['last_error']}" if ps["last_error"] else ""))
-        for e in data["endpoints"]:
-            if not e["connected"] and e["last_error"]:
-                print(f"dial     {e['endpoint']} failures={e['failures']} {e['last_error']}")
+        if data["spaces"]:
+            print()
+            sync = "in sync" if data["agent"] else "members"
+            _table(["space", "role", "docs", sync, "id"],
+                   [[s.get("name") or "-", s["role"] or "-",
+                     s.get("objects", s.get("documents")),
+                     f"{s['peers_in_sync']}/{s['peers']} peers" if data["agent"]
+                     else s["members"], s["space_id"]] for s in data["spaces"]])
+        rows = [[p["peer_id"][:20] + "…", p["transport"], ps["space_id"][:20] + "…",
+                 "yes" if ps["in_sync"] else f"no ({ps['pending_trees']} pending)",
+                 local_time(ps["last_success"] * 1000) if ps["last_success"] else "never",
+                 ps["last_error"] or p["last_error"] or ""]
+                for p in data["peers"] for ps in (p["spaces"] or [{
+                    "space_id": "-", "in_sync": False, "pending_trees": 0,
+                    "last_success": None, "last_error": None}])]
+        if rows:
+            print()
+            _table(["peer", "transport", "space", "in sync", "last success", "last error"],
+                   rows)
+        dials = [[e["endpoint"], e["failures"], e["last_error"]] for e in data["endpoints"]
+                 if not e["connected"] and e["last_error"]]
+        if dials:
+            print()
+            _table(["dialling", "failures", "last error"], dials)
     out.emit(data, human)
 
 
