@@ -76,3 +76,14 @@ async def test_only_the_concerned_account_is_told(fleet: Fleet) -> None:
     assert notice(sp, [rid], Fleet.peer_id().encode()[:32], 1 << 20) is None
     told = notice(sp, [rid], b.keys.account.public, 1 << 20)
     assert told is not None and told.heads == (rid,) and told.records[-1] == raw
+
+
+def test_a_damaged_code_shows_no_decoder_internals() -> None:
+    """Issue 14: 'invite code is damaged: … malformed msgpack (71 exceeds max_ext_len(0))'
+    told the person nothing they could act on."""
+    for bad in ("p2psync-invite2:AAAA", "p2psync-invite2:" + "Z" * 90, "hello"):
+        with pytest.raises(ops.InvalidParams) as err:
+            ops.parse_invite(bad)
+        text = str(err.value)
+        assert "msgpack" not in text and "[" not in text and "base32" not in text, text
+        assert "copy" in text
