@@ -155,8 +155,9 @@ async def _device_add(ctx: Context, p: DeviceAddParams) -> Any:
     """Start pairing a new device: listen on ``port`` (0: any) and return the code, the
     addresses and the link for the QR code; ``device.add_wait`` waits for the new device."""
     dev = _device(ctx)
-    host = await pairing.PairingHost(lambda pub, name: ops.host_bundle(dev, pub, name),
-                                     port=p.port).start()
+    synced_at = ctx.agent.reachable_addresses()
+    host = await pairing.PairingHost(
+        lambda pub, name: ops.host_bundle(dev, pub, name, synced_at), port=p.port).start()
     _PAIRINGS[host.code] = host
     loop = asyncio.get_running_loop()
     loop.call_later(p.timeout, lambda: loop.create_task(host.close()))

@@ -287,6 +287,8 @@ def cmd_device_pair(args: argparse.Namespace, out: Out) -> None:
     pairing.record_device(home.path, device.public, name, cert=bundle.certificate.raw,
                           this=True)
     pairing.record_device(home.path, bundle.host_peer, bundle.host_name)
+    if bundle.addresses:
+        pairing.remember_host(home.path, bundle.host_peer, bundle.addresses)
     data = {"account_id": bundle.account.id, "peer_id": device.id, "home": str(home.path),
             "spaces": [s for s, _, _ in bundle.spaces], "paired_with": bundle.host_peer}
     out.emit(data, f"paired: this device ({device.id}) acts for account {bundle.account.id};"

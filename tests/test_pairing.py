@@ -29,7 +29,7 @@ CODE = "ABCDEFGH"
 
 def bundle_for(pub: bytes, name: str) -> pairing.Bundle:
     cert = DeviceCertificate.issue(ACCOUNT, pub)
-    return pairing.Bundle(ACCOUNT, cert, "p-host", "laptop", [])
+    return pairing.Bundle(ACCOUNT, cert, "p-host", "laptop", [], ["tcp:10.0.0.2:4000"])
 
 
 def run(host: pairing.HostSession, guest: pairing.GuestSession) -> pairing.Bundle:
@@ -43,7 +43,7 @@ def test_the_right_code_hands_over_the_account_and_a_certificate() -> None:
     got = run(host, pairing.GuestSession(CODE, device, "phone"))
     assert got.account.public == ACCOUNT.public
     assert (got.certificate.account, got.certificate.device) == (ACCOUNT.public, device.public)
-    assert host.guest == (device.public, "phone")
+    assert host.guest == (device.public, "phone") and got.addresses == ["tcp:10.0.0.2:4000"]
 
 
 def test_a_wrong_code_is_refused_before_anything_is_sent() -> None:
@@ -168,12 +168,12 @@ async def test_a_paired_device_acts_for_the_account_then_is_removed(
         for sid, header, acl in bundle.spaces:
             dev.adopt_space(sid, header, acl)
         assert [r["name"] for r in ops.space_list(dev)] == ["Notes"]  # the shared name
+    pairing.remember_host(home.path, bundle.host_peer, bundle.addresses)
     cfg = AgentConfig(listen="127.0.0.1", quic_port=0, tcp_port=0, mdns=False,
                       durable=False, reconnect_cap=1.0)
     b = fleet.track(await Agent(home, home.open_keys(""), cfg).start())
     assert b.keys.account.id == a.keys.account.id and b.keys.device.id == device.id
-    await b.node.connect(a.node.address("tcp"))
-    await b.wait_synced(space, 20)
+    await b.wait_synced(space, 20)  # its agent dials the laptop on its own (known peers)
     assert await call(b, "doc.get", space=space, doc=doc, path="title") == "from the laptop"
     await call(b, "doc.set", space=space, doc=doc, path="by", value="the phone")
     async with asyncio.timeout(20):

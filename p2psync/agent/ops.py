@@ -756,7 +756,8 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
 
 
 # --- devices of this account (pairing: p2psync/agent/pairing.py) -----------------------------
-def host_bundle(dev: LocalDevice, device_pub: bytes, name: str) -> Any:
+def host_bundle(dev: LocalDevice, device_pub: bytes, name: str,
+                addresses: list[str] | None = None) -> Any:
     """What a new device of this account receives when it pairs: the account key, a device
     certificate for its key signed by the account key, and every space held here (header and
     ACL records; it verifies them and syncs the documents). Records it in the device list."""
@@ -772,7 +773,7 @@ def host_bundle(dev: LocalDevice, device_pub: bytes, name: str) -> Any:
         spaces.append((sid, sp.header.raw, sp.acl_records()))
     pairing.record_device(dev.home.path, device_pub, name, cert=cert.raw)
     return pairing.Bundle(dev.keys.account, cert, dev.keys.device.id, socket.gethostname(),
-                          spaces)
+                          spaces, list(addresses or []))
 
 
 def device_list(dev: LocalDevice) -> list[dict[str, Any]]:

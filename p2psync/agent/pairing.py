@@ -145,27 +145,32 @@ class Bundle:
     host_peer: str
     host_name: str
     spaces: list[tuple[str, bytes, list[bytes]]]  #: (space id, header, ACL records)
+    #: where the host's agent syncs (``transport:host:port``), if one runs: the new device's
+    #: agent dials them (its known-peers file) besides what mDNS finds
+    addresses: list[str] = field(default_factory=list)
 
     def encode(self) -> bytes:
         return pack([_VERSION, self.account.seed, self.certificate.raw, self.host_peer,
-                     self.host_name, [[s, h, list(a)] for s, h, a in self.spaces]])
+                     self.host_name, [[s, h, list(a)] for s, h, a in self.spaces],
+                     self.addresses[:16]])
 
     @classmethod
     def decode(cls, raw: bytes, device: DeviceKey) -> Bundle:
-        v = _decode(raw, "pairing bundle", 6)
+        v = _decode(raw, "pairing bundle", 7)
         try:
             if v[0] != _VERSION:
                 raise PairingRefused(f"pairing bundle version {v[0]} (this device speaks 1)")
             account = AccountKey(bytes(v[1]))
             cert = DeviceCertificate.verify(bytes(v[2]))
             spaces = [(str(s), bytes(h), [bytes(r) for r in a]) for s, h, a in v[5]]
+            addresses = [str(x)[:300] for x in v[6][:16]]
         except (TypeError, ValueError, P2PSyncError) as exc:
             if isinstance(exc, PairingRefused):
                 raise
             raise PairingRefused(f"malformed pairing bundle: {exc}") from None
         if cert.account != account.public or cert.device != device.public:
             raise PairingRefused("the device certificate is not for this device and account")
-        return cls(account, cert, str(v[3]), str(v[4]), spaces)
+        return cls(account, cert, str(v[3]), str(v[4]), spaces, addresses)
 
 
 class HostSession:
@@ -419,6 +424,21 @@ def create_home(home: Any, account: AccountKey, device: DeviceKey, secret: str) 
     home.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     home.secure()
     write_keystore(home.keystore_path, account, device, secret)
+
+
+def remember_host(home: Path, host_peer: str, addresses: list[str]) -> None:
+    """Put the host's sync addresses in the new home's known-peers file, so its agent dials
+    them at start (``discovery/peers.py`` format; bad ones are skipped when loaded)."""
+    from p2psync.discovery.peers import KNOWN_PEERS_FILE
+
+    eps = []
+    for a in addresses:
+        transport, _, rest = a.partition(":")
+        eps.append({"addr": f"{transport}://{rest}" if rest else a, "last_ok": time.time()})
+    path = home / KNOWN_PEERS_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"version": 1, "peers": {host_peer: eps}}, f)
 
 
 def revoked_peers(home: Path) -> set[str]:
