@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from p2psync.agent import fileops as _fileops  # noqa: F401  (registers the file.* ops)
+from p2psync.agent import fileops as _fileops  # registers the file.* ops
 from p2psync.agent import ops
 from p2psync.agent.core import Agent, Subscription
 from p2psync.apiclient import API_VERSION as API_VERSION
@@ -218,6 +218,7 @@ OPS: dict[str, Op] = {
     "space.wait_synced": Op(TimedSpaceParams, _wait_synced),
     "subscribe": Op(SubscribeParams, _subscribe),
     "unsubscribe": Op(UnsubscribeParams, _unsubscribe),
+    **{name: Op(params, run) for name, (params, run) in _fileops.AGENT_FILE_OPS.items()},
 }
 
 
