@@ -57,6 +57,14 @@ async def has_file(agent: Agent, space_id: str, fid: bytes) -> None:
     await wait_any([agent.node], lambda: any(i.file_id == fid for i in FS.list_files(sp)))
 
 
+async def sees(agent: Agent, space_id: str, *others: Agent) -> None:
+    """Until ``agent`` has ready connections sharing the space with exactly ``others``."""
+    want = {o.keys.device.id for o in others}
+    await wait_any([agent.node], lambda: {
+        e.conn.peer_id for e in files_io.peers_for(agent.node.engines, space_id)} == want
+        and len(files_io.peers_for(agent.node.engines, space_id)) == len(want))
+
+
 @pytest.mark.parametrize("carrier", ["tcp", "quic"])
 async def test_put_on_a_get_on_b(fleet: Fleet, carrier: str, tmp_path: Path) -> None:
     (a, b), space = await pair(fleet, carrier, "a", "b")
@@ -91,7 +99,7 @@ async def test_chunks_come_from_several_peers_and_resume(fleet: Fleet, tmp_path:
         await has_file(ag, space.id, fid)
     sb, sc = b.node.replicas.spaces[space.id], c.node.replicas.spaces[space.id]
     assert await files_io.fetch_file(b.node.engines, sb, fid)  # B has it all now
-    await wait_any([c.node], lambda: len(files_io.peers_for(c.node.engines, space.id)) == 2)
+    await sees(c, space.id, a, b)
     total = len(FS.missing_chunks(sc, fid))
     served = {"a": 0, "b": 0}
     real_answer = files_io.answer
@@ -120,7 +128,7 @@ async def test_chunks_come_from_several_peers_and_resume(fleet: Fleet, tmp_path:
         err = await call_err(c, "file.get", space=space.id, file=short_hash(fid), out=str(out))
         assert err["type"] == "FileIncomplete" and not out.exists()
     before = sum(served.values())
-    await wait_any([c.node], lambda: len(files_io.peers_for(c.node.engines, space.id)) == 2)
+    await sees(c, space.id, a, b)
     await call(c, "file.get", space=space.id, file=short_hash(fid), out=str(out))
     assert out.read_bytes() == data
     assert sum(served.values()) - before == total - held  # only the remainder moved
