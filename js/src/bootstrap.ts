@@ -11,10 +11,10 @@
 import { base32, base32nopad } from "@scure/base";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
 import { codePoints, pack, Reader, unpack } from "./codec.js";
-import { seal, unseal } from "./crypto/box.js";
+import { ReadKey, seal, unseal } from "./crypto/box.js";
 import { SigningKey } from "./crypto/keys.js";
 import { BadId, DecodeError } from "./errors.js";
-import { Acl, MAX_REQUESTS_PER_INVITE } from "./replica/acl.js";
+import { type Acl, type AclState, MAX_REQUESTS_PER_INVITE, wrapAad } from "./replica/acl.js";
 import {
   AccessDenied,
   decodeAclRecord,
@@ -166,13 +166,53 @@ export function accept(acl: Acl, author: SigningKey, requestId: Uint8Array, role
     const inv = acl.record(bytesToHex(req.payload.inviteId));
     role = inv !== undefined && inv.payload.kind === Kind.INVITE ? inv.payload.role : Role.READER;
   }
+  const keys = sealedTips(acl, author, req.author);
+  return acl.emit(author, { kind: Kind.ACCEPT, requestId, role, keys }, timestamp);
+}
+
+/** Keys `author` holds for the current tips, sealed to `to` (an account or invite key). */
+function sealedTips(acl: Acl, author: SigningKey, to: Uint8Array): KeyEntry[] {
   const ring = acl.keysOf(author);
-  const keys: KeyEntry[] = acl.state.tips.map((k) => {
+  return acl.state.tips.map((k) => {
     const key = ring.get(k);
     if (key === undefined) throw new AccessDenied("you do not hold the current read key");
-    return { ref: hexToBytes(k), blob: seal(key.key, req.author) };
+    return { ref: hexToBytes(k), blob: seal(key.key, to) };
   });
-  return acl.emit(author, { kind: Kind.ACCEPT, requestId, role, keys }, timestamp);
+}
+
+/** Create an invite; hand the returned code (with the space id) to the invitee out of band.
+ * With `anyoneCanJoin` the code itself unlocks the current read key; otherwise an admin must
+ * accept the join request. `expiresAt` (unix seconds, 0 = never) voids it afterwards. */
+export function invite(acl: Acl, author: SigningKey, role: Role = Role.WRITER,
+  o: { anyoneCanJoin?: boolean; expiresAt?: number; timestamp?: number; addresses?: readonly string[] } = {}): [Uint8Array, InviteCode] {
+  const ikey = SigningKey.generate();
+  const anyone = o.anyoneCanJoin ?? false;
+  const keys = anyone ? sealedTips(acl, author, ikey.public) : [];
+  const raw = acl.emit(author, { kind: Kind.INVITE, inviteKey: ikey.public, anyoneCanJoin: anyone, role, keys, expiresAt: o.expiresAt ?? 0 }, o.timestamp);
+  return [raw, new InviteCode(decodeAclRecord(raw).id, ikey.seed, acl.spaceId, o.addresses ?? [])];
+}
+
+function rotation(acl: Acl, author: SigningKey, st: AclState, stay: readonly string[]): { members: KeyEntry[]; invites: KeyEntry[]; wraps: KeyEntry[] } {
+  const fresh = ReadKey.generate();
+  const ring = acl.keysOf(author);
+  return {
+    members: [...stay].sort().map((m) => ({ ref: hexToBytes(m), blob: seal(fresh.key, hexToBytes(m)) })),
+    invites: [...st.invites].filter(([, inv]) => inv.anyoneCanJoin).sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([i, inv]) => ({ ref: hexToBytes(i), blob: seal(fresh.key, inv.inviteKey) })),
+    wraps: st.tips.map((k) => {
+      const key = ring.get(k);
+      if (key === undefined) throw new AccessDenied("you do not hold the current read key");
+      return { ref: hexToBytes(k), blob: fresh.encrypt(key.key, wrapAad(acl.spaceId, hexToBytes(k))) };
+    }),
+  };
+}
+
+/** Remove members and rotate the read key to everyone who stays. */
+export function remove(acl: Acl, author: SigningKey, members: readonly Uint8Array[], timestamp?: number): Uint8Array {
+  const st = acl.state;
+  const gone = new Set(members.map(bytesToHex));
+  const stay = [...st.members.keys()].filter((m) => !gone.has(m));
+  return acl.emit(author, { kind: Kind.REMOVE, members: [...gone].sort().map(hexToBytes), rotation: rotation(acl, author, st, stay) }, timestamp);
 }
 
 /** The latest head (replay order) at which author may write, and its current read key id. */
