@@ -47,6 +47,7 @@ import {
   MAX_OBJECT_PAGE,
   type Message,
   MsgType,
+  peekRequestId,
   requestIdOf,
   type SpaceHello,
   takeBatch,
@@ -736,8 +737,22 @@ export class SyncCore {
     return out;
   }
 
-  /** One raw message from the peer's request stream, at wall time `now` (seconds). */
+  /** One raw message from the peer's request stream, at wall time `now` (seconds). Never
+   * throws: a bug of ours while handling it answers INTERNAL (requests) and is reported as
+   * `internalError`, not held against the peer. */
   onRequest(raw: Uint8Array, now: number): Inbound {
+    try {
+      return this.dispatch(raw, now);
+    } catch (exc) {
+      this.internalError = exc instanceof Error ? `${exc.name}: ${exc.message}` : String(exc);
+      return { replies: [[errorMessage(ErrorCode.INTERNAL), peekRequestId(raw) ?? 0]], effects: [] };
+    }
+  }
+
+  /** The last internal error (a bug of ours) met while handling the peer's input. */
+  internalError: string | null = null;
+
+  private dispatch(raw: Uint8Array, now: number): Inbound {
     let msg: Message, rid: number;
     try {
       ({ message: msg, requestId: rid } = decode(raw));

@@ -107,8 +107,8 @@ export class PeerSync implements Pusher {
       (this.periodic as { unref?: () => void }).unref?.();
       await Promise.race([this.conn.waitClosed(), ...readers]);
     } catch (exc) {
-      if (!(exc instanceof P2PSyncError)) throw exc;
-      this.lastError ??= `${exc.name}: ${exc.message}`;
+      // the peer's behaviour never escapes run(); a bug of ours is reported, not thrown
+      this.lastError ??= exc instanceof Error ? `${exc.name}: ${exc.message}` : String(exc);
     } finally {
       this.stop();
       this.conn.close("sync engine stopped");
@@ -229,7 +229,11 @@ export class PeerSync implements Pusher {
         continue;
       }
       if (msg.type === MsgType.SPACE_TOKENS) {
-        this.apply(this.core.onTokens(msg));
+        try {
+          this.apply(this.core.onTokens(msg));
+        } catch (exc) {
+          this.lastError = `space exchange failed: ${String(exc)}`;
+        }
         if (this.core.exchange.done && !this.readyFlag) {
           this.readyFlag = true;
           this.readyResolve();
@@ -256,7 +260,7 @@ export class PeerSync implements Pusher {
         try {
           await this.send(stream, m, rid);
         } catch (exc) {
-          if (!(exc instanceof TransportError)) throw exc;
+          if (!(exc instanceof TransportError)) this.lastError = `reply failed: ${String(exc)}`;
         }
       }
       this.notify();
@@ -293,19 +297,32 @@ export class PeerSync implements Pusher {
         await this.send(this.out, this.pushQueue.shift()!, 0);
       }
     } catch (exc) {
-      if (!(exc instanceof TransportError)) throw exc;
+      if (!(exc instanceof TransportError)) this.lastError = `push failed: ${String(exc)}`;
     } finally {
       this.pushing = false;
       this.notify();
     }
   }
 
+  /** Called synchronously by the replicas (e.g. inside an app's edit): never throws into it. */
   pushTree(space: SyncSpace, treeId: Uint8Array, changes: readonly Change[]): void {
-    if (!this.closing && this.readyFlag) this.apply(this.core.pushTree(space, treeId, changes));
+    if (this.closing || !this.readyFlag) return;
+    try {
+      this.apply(this.core.pushTree(space, treeId, changes));
+    } catch (exc) {
+      this.lastError = `push failed: ${String(exc)}`;
+      this.submit(["space", space.id, ""], 2);
+    }
   }
 
   pushAcl(space: SyncSpace, raws: readonly Uint8Array[]): void {
-    if (!this.closing && this.readyFlag) this.apply(this.core.pushAcl(space, raws));
+    if (this.closing || !this.readyFlag) return;
+    try {
+      this.apply(this.core.pushAcl(space, raws));
+    } catch (exc) {
+      this.lastError = `push failed: ${String(exc)}`;
+      this.submit(["space", space.id, ""], 2);
+    }
   }
 
   /** Ask for a sync job with this peer (deduped; one re-run if it is running). */
@@ -343,8 +360,8 @@ export class PeerSync implements Pusher {
       st.lastSuccess = this.now();
       this.attempts.delete(k);
     } catch (exc) {
-      if (!(exc instanceof P2PSyncError)) throw exc;
-      const [text, retryable, after] = jobFailure(exc);
+      const [text, retryable, after] = exc instanceof P2PSyncError ? jobFailure(exc)
+        : [`internal error: ${exc instanceof Error ? exc.message : String(exc)}`, false, null];
       st.lastError = error = text;
       const n = (this.attempts.get(k) ?? 0) + 1;
       this.attempts.set(k, n);
