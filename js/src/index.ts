@@ -14,3 +14,5 @@ export * from "./replica/change.js";
 export * from "./replica/tree.js";
 export * from "./replica/aclRecords.js";
 export * from "./replica/acl.js";
+export * from "./docs/payload.js";
+export * from "./docs/document.js";
