@@ -16,3 +16,7 @@ export * from "./replica/aclRecords.js";
 export * from "./replica/acl.js";
 export * from "./docs/payload.js";
 export * from "./docs/document.js";
+export * from "./storage/types.js";
+export * from "./storage/memory.js";
+export * from "./storage/idb.js";
+export * from "./storage/conformance.js";
