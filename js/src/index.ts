@@ -20,3 +20,5 @@ export * from "./storage/types.js";
 export * from "./storage/memory.js";
 export * from "./storage/idb.js";
 export * from "./storage/conformance.js";
+export * from "./docs/replicas.js";
+export * from "./repo.js";

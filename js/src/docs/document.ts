@@ -145,6 +145,12 @@ export interface DocumentOptions {
   useSnapshots?: boolean;
   /** Called with every tree change this document makes (to store and send it). */
   onLocalChange?: (changes: Change[]) => void;
+  /**
+   * Sign `plaintext` as the next change of this document's tree and attach it (default: build
+   * it here and add it to the tree). The Repo passes its replica's writer so the change also
+   * reaches storage and every connected peer.
+   */
+  write?: (plaintext: Uint8Array, snapshot: boolean) => Change;
 }
 
 export type ChangeFn<T> = (doc: T) => void;
@@ -154,6 +160,7 @@ export class Document<T extends object = Record<string, unknown>> {
   readonly windowMs: number;
   readonly useSnapshots: boolean;
   onLocalChange: ((changes: Change[]) => void) | undefined;
+  private readonly write: ((plaintext: Uint8Array, snapshot: boolean) => Change) | undefined;
   /** change id hex -> why its content is left out of the document */
   readonly quarantined = new Map<string, Quarantined>();
   /** id (hex) of the snapshot change the document was materialised from (null: full replay). */
@@ -175,6 +182,7 @@ export class Document<T extends object = Record<string, unknown>> {
     this.windowMs = opts.windowMs ?? DEFAULT_WINDOW_MS;
     this.useSnapshots = opts.useSnapshots ?? true;
     this.onLocalChange = opts.onLocalChange;
+    this.write = opts.write;
   }
 
   /** A new, empty document: a new tree whose root carries an empty payload (as Python's). */
@@ -353,6 +361,11 @@ export class Document<T extends object = Record<string, unknown>> {
   }
 
   private sign(plaintext: Uint8Array, snapshot: boolean): Change {
+    if (this.write !== undefined) {
+      const made = this.write(plaintext, snapshot);
+      this.seen.add(hex(made.id)); // catch-up skips it (its content is in the doc already)
+      return made;
+    }
     const { aclHead, readKeyId } = this.keys.writePosition(this.author.public);
     const key = this.keys.readKey(readKeyId);
     if (key === undefined) throw new UnknownReadKey("cannot write: this replica holds no current read key");
@@ -361,7 +374,6 @@ export class Document<T extends object = Record<string, unknown>> {
     });
     this.tree.add([ch.raw]);
     this.seen.add(hex(ch.id));
-    this.cursor = this.tree.size;
     return ch;
   }
 
