@@ -8,6 +8,7 @@ import pytest
 from p2psync.codec import content_id, pack
 from p2psync.crypto.signed import make_signed
 from p2psync.errors import DecodeError, ReplicaError
+from p2psync.replica import tree as tree_mod
 from p2psync.replica.change import CHANGE_DOMAIN, parse_change
 from p2psync.replica.tree import ObjectTree, parse_stored_change
 from tests.replica_helpers import SPACE_ID, make_owner, random_dag
@@ -16,7 +17,8 @@ OWNER = make_owner(1)
 BASE = ObjectTree.create(SPACE_ID, OWNER.gate(), OWNER.account, b"root", timestamp=0)
 DAG = random_dag(OWNER, BASE.id, 30, seed=7)
 I32 = b"\x01" * 32
-GOOD = [1, SPACE_ID, BASE.id, [I32], I32, I32, False, OWNER.account.public, 5]
+GOOD = [1, SPACE_ID, BASE.id, [I32], I32, I32, False, OWNER.account.public, 5]  # format 1
+GOOD2 = [2, SPACE_ID, BASE.id, [I32], I32, I32, OWNER.account.public]  # format 2
 
 
 def _raw(header: list[object] | None = None, *, body: object = None,
@@ -42,7 +44,9 @@ def _strict(raw: bytes, cid: bytes) -> object:
 
 
 def test_valid_changes_parse_the_same() -> None:
-    for raw in [BASE.root.raw, *DAG, _raw()]:
+    assert tree_mod._FAST  # the fast path is on for the formats this build reads
+    v2_root = _raw([2, SPACE_ID, None, [], *GOOD2[4:]])
+    for raw in [BASE.root.raw, *DAG, _raw(), _raw(GOOD2), v2_root]:
         assert parse_stored_change(raw, content_id(raw)) == _strict(raw, content_id(raw))
 
 
@@ -67,6 +71,13 @@ def test_valid_changes_parse_the_same() -> None:
     _raw([*GOOD[:8], 2**63]),  # timestamp out of range
     _raw([*GOOD, 0]),  # a trailing field
     _raw(GOOD[:8]),  # a missing field
+    _raw([*GOOD2, 0]),  # format 2 with a trailing field
+    _raw(GOOD2[:6]),  # format 2 without the author
+    _raw([2, *GOOD[1:]]),  # format 2 with format 1's clear fields
+    _raw([1, *GOOD2[1:]]),  # format 1 without its clear fields
+    _raw([*GOOD2[:6], b"\x02" * 33]),  # format 2, long author
+    _raw([*GOOD2[:2], None, *GOOD2[3:]]),  # format 2, root naming a parent
+    _raw([3, *GOOD2[1:]]),  # a future format
     _raw(body=[pack(GOOD)]),  # body without payload
     _raw(body=[pack(GOOD), "text"]),  # str payload
     _raw(body=[pack(GOOD), b"x", b"y"]),  # extra body field

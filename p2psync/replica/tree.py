@@ -36,10 +36,12 @@ from p2psync.errors import (
 from p2psync.replica.acl_gate import AclGate
 from p2psync.replica.change import (
     FORMAT_VERSION,
+    LEGACY_VERSION,
     MAX_CHANGE_SIZE,
     MAX_PAYLOAD_SIZE,
     MAX_PREV_IDS,
     MAX_SPACE_ID_LEN,
+    READ_VERSIONS,
     Change,
     build_change,
     parse_change,
@@ -93,13 +95,15 @@ _SHARED_MAX = 4096
 
 
 #: Whether a :class:`Change` can be made by filling its ``__dict__`` (a frozen dataclass's
-#: ``__init__`` sets each of its 14 fields through ``object.__setattr__``: ~3 µs, most of a
-#: stored change's parse). Falls back to the constructor if the class ever gains slots or
-#: fields this module does not fill.
+#: ``__init__`` sets each of its fields through ``object.__setattr__``: ~3 µs, most of a
+#: stored change's parse). If the class ever gains slots or fields this module does not fill,
+#: or a format this module does not know, :func:`parse_stored_change` is the strict parser.
 _CHANGE_FIELDS = ("id", "raw", "space_id", "tree_id", "prev_ids", "acl_head", "read_key_id",
-                  "snapshot", "author", "timestamp", "payload", "header", "body", "signature")
-_FAST_NEW = ("__slots__" not in Change.__dict__
-             and tuple(f.name for f in fields(Change)) == _CHANGE_FIELDS)
+                  "snapshot", "author", "timestamp", "payload", "header", "body", "signature",
+                  "version")
+_FAST = ("__slots__" not in Change.__dict__
+         and tuple(f.name for f in fields(Change)) == _CHANGE_FIELDS
+         and set(READ_VERSIONS) == {LEGACY_VERSION, FORMAT_VERSION} == {1, 2})
 _set_dict = object.__setattr__
 
 
@@ -114,7 +118,7 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
     same typed error as before. ~3-4× faster than the strict parser: opening a document
     rebuilds its tree from the store (issue 13, "store open")."""
     raw = bytes(raw)
-    if len(raw) > MAX_CHANGE_SIZE:
+    if not _FAST or len(raw) > MAX_CHANGE_SIZE:
         return parse_change(raw, expected_id=expected_id)
     cid = content_id(raw)
     if cid != expected_id:
@@ -124,22 +128,30 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
         # msgpack's defaults bound every length by the input's; types are checked below
         body, sig = msgpack.unpackb(raw)
         header, payload = msgpack.unpackb(body)
-        (version, space_id, tree_id, prev, acl_head, read_key_id, snapshot, author,
-         timestamp) = msgpack.unpackb(header)
+        h = msgpack.unpackb(header)
+        if h[0] == FORMAT_VERSION:
+            version, space_id, tree_id, prev, acl_head, read_key_id, author = h
+            snapshot: Any = None
+            timestamp: Any = None
+        else:
+            (version, space_id, tree_id, prev, acl_head, read_key_id, snapshot, author,
+             timestamp) = h
+            if not (version == LEGACY_VERSION and type(snapshot) is bool
+                    and type(timestamp) is int and 0 <= timestamp <= 2**63 - 1):
+                return parse_change(raw, expected_id=expected_id)
     except Exception:  # any other shape: the strict parser names what is wrong
         return parse_change(raw, expected_id=expected_id)
     if not (type(body) is bytes and type(sig) is bytes and len(sig) == 64
             and type(header) is bytes and len(header) <= 8 * 1024
             and type(payload) is bytes and len(payload) <= MAX_PAYLOAD_SIZE
-            and type(version) is int and version == FORMAT_VERSION
+            and type(version) is int
             and type(space_id) is str and len(space_id) <= MAX_SPACE_ID_LEN
             and (tree_id is None or (type(tree_id) is bytes and len(tree_id) == ID_SIZE))
             and type(prev) is list and len(prev) <= MAX_PREV_IDS
             and (not prev) == (tree_id is None)
             and type(acl_head) is bytes and len(acl_head) == ID_SIZE
             and type(read_key_id) is bytes and len(read_key_id) == ID_SIZE
-            and type(snapshot) is bool and type(author) is bytes and len(author) == 32
-            and type(timestamp) is int and 0 <= timestamp <= 2**63 - 1):
+            and type(author) is bytes and len(author) == 32):
         return parse_change(raw, expected_id=expected_id)
     for p in prev:
         if type(p) is not bytes or len(p) != ID_SIZE:
@@ -154,12 +166,11 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
               "prev_ids": tuple(prev), "acl_head": sh.setdefault(acl_head, acl_head),
               "read_key_id": sh.setdefault(read_key_id, read_key_id), "snapshot": snapshot,
               "author": sh.setdefault(author, author), "timestamp": timestamp,
-              "payload": payload, "header": header, "body": body, "signature": sig}
-    if _FAST_NEW:
-        ch: Change = object.__new__(Change)
-        _set_dict(ch, "__dict__", values)
-        return ch
-    return Change(**values)
+              "payload": payload, "header": header, "body": body, "signature": sig,
+              "version": version}
+    ch: Change = object.__new__(Change)
+    _set_dict(ch, "__dict__", values)
+    return ch
 
 
 @dataclass
@@ -205,7 +216,6 @@ class ObjectTree:
         self._waiting: dict[bytes, Change] = {}
         self._blocked_on: dict[bytes, list[bytes]] = {}  #: missing parent id -> waiting ids
         self._acl_blocked: dict[bytes, list[bytes]] = {}  #: unknown ACL head -> waiting ids
-        self._latest_snapshot: Change | None = root if root.snapshot else None
         self._replay_cache: list[Change] | None = None
 
     # --- construction ------------------------------------------------------------------------
@@ -267,8 +277,6 @@ class ObjectTree:
             order.append(ch)
             heads.difference_update(ch.prev_ids)
             heads.add(cid)
-            if ch.snapshot:
-                tree._latest_snapshot = ch
         return tree
 
     @staticmethod
@@ -311,11 +319,6 @@ class ObjectTree:
     @property
     def waiting_ids(self) -> list[bytes]:
         return list(self._waiting)
-
-    @property
-    def latest_snapshot(self) -> Change | None:
-        """The most recently attached snapshot change (or None)."""
-        return self._latest_snapshot
 
     def replay_order(self) -> list[Change]:
         """Deterministic topological order: among ready changes the smallest id goes first."""
@@ -542,14 +545,11 @@ class ObjectTree:
 
     def _attach(self, ch: Change, undo: list[Callable[[], None]] | None) -> None:
         removed = [p for p in ch.prev_ids if p in self._heads]
-        old_snap = self._latest_snapshot
         self._changes[ch.id] = ch
         self._index[ch.id] = len(self._order)
         self._order.append(ch)
         self._heads.difference_update(removed)
         self._heads.add(ch.id)
-        if ch.snapshot:
-            self._latest_snapshot = ch
         self._replay_cache = None
         if undo is None:
             return
@@ -560,7 +560,6 @@ class ObjectTree:
             self._order.pop()
             self._heads.discard(ch.id)
             self._heads.update(removed)
-            self._latest_snapshot = old_snap
 
         undo.append(revert)
 
