@@ -125,7 +125,7 @@ export class Repo {
       }
       this.handle(space.id).notifyTree(treeId, changes);
     });
-    driver?.onStatus((s) => { for (const l of this.statusListeners) l(s); });
+    driver?.onStatus((s) => { for (const l of [...this.statusListeners]) l(s); });
   }
 
   /** Open the Repo kept in `storage` (made on first use: a new identity unless `phrase`). */
@@ -320,11 +320,11 @@ export class SpaceHandle {
   notifyTree(treeId: Uint8Array, changes: readonly Change[]): void {
     const h = this.docs.get(bytesToHex(treeId));
     h?.notify(changes.some((c) => !h.ownChange(c)));
-    if (changes.some((c) => c.isRoot)) for (const l of this.listeners) l();
+    if (changes.some((c) => c.isRoot)) for (const l of [...this.listeners]) l();
   }
 
   notifyAcl(): void {
-    for (const l of this.listeners) l();
+    for (const l of [...this.listeners]) l();
   }
 
   flushAll(): void {
@@ -397,7 +397,7 @@ export class DocHandle<T extends object> {
   notify(remote: boolean): void {
     if (this.listeners.size === 0) return;
     const json = this.json();
-    for (const l of this.listeners) l(json, { remote });
+    for (const l of [...this.listeners]) l(json, { remote });
   }
 }
 
