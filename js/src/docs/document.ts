@@ -25,7 +25,7 @@
 import * as A from "@automerge/automerge";
 import type { ReadKey } from "../crypto/box.js";
 import type { SigningKey } from "../crypto/keys.js";
-import { DecryptionFailed } from "../errors.js";
+import { DecryptionFailed, P2PSyncError } from "../errors.js";
 import { compareBytes } from "../hashes.js";
 import { type Acl, UnknownReadKey } from "../replica/acl.js";
 import { AccessDenied } from "../replica/aclRecords.js";
@@ -168,6 +168,7 @@ export class Document<T extends object = Record<string, unknown>> {
   private am: A.Doc<T> | null = null;
   private pending: Pending = { items: [], links: [], since: null };
   private readonly amHeads = new Map<string, readonly Uint8Array[]>();
+  private readonly snapFlags = new Map<string, boolean>();
   private readonly seen = new Set<string>();
   private cursor = 0;
 
@@ -210,9 +211,30 @@ export class Document<T extends object = Record<string, unknown>> {
   private payload(ch: Change): ChangePayload {
     const key = this.keys.readKey(ch.readKeyId);
     if (key === undefined) throw new UnknownReadKey("this replica does not hold the read key of the change");
-    const p = decodePayload(ch.decrypt(key));
+    const sealed = ch.open(key);
+    this.snapFlags.set(hex(ch.id), sealed.snapshot);
+    const p = decodePayload(sealed.plaintext);
     this.amHeads.set(hex(ch.id), p.amHeads);
     return p;
+  }
+
+  /** Whether a change is a snapshot: clear in change format 1, sealed with the content in
+   * format 2 (so only a key holder knows; a change that does not open counts as not one). */
+  private isSnapshot(ch: Change): boolean {
+    if (ch.snapshot !== null) return ch.snapshot;
+    const id = hex(ch.id);
+    let flag = this.snapFlags.get(id);
+    if (flag === undefined) {
+      const key = this.keys.readKey(ch.readKeyId);
+      try {
+        flag = key === undefined ? false : ch.open(key).snapshot;
+      } catch (e) {
+        if (!(e instanceof P2PSyncError || e instanceof DocumentError)) throw e;
+        flag = false;
+      }
+      this.snapFlags.set(id, flag);
+    }
+    return flag;
   }
 
   private payloads(changes: readonly Change[]): [Change, ChangePayload][] {
@@ -259,7 +281,11 @@ export class Document<T extends object = Record<string, unknown>> {
       return this.am;
     }
     let order = this.tree.replayOrder();
-    const snap = this.useSnapshots ? this.tree.attachedChanges().filter((c) => c.snapshot).at(-1) : undefined;
+    let snap: Change | undefined;
+    if (this.useSnapshots) {
+      const attached = this.tree.attachedChanges();
+      for (let i = attached.length - 1; i >= 0 && snap === undefined; i--) if (this.isSnapshot(attached[i]!)) snap = attached[i];
+    }
     let doc: A.Doc<T> | null = null;
     if (snap !== undefined) {
       try {
@@ -288,7 +314,7 @@ export class Document<T extends object = Record<string, unknown>> {
     let doc = this.am!;
     for (const [c] of items) this.seen.add(hex(c.id));
     for (const [c, p] of items) {
-      if (c.snapshot) continue;
+      if (this.isSnapshot(c)) continue;
       try {
         for (const b of p.items) screen(b);
         [doc] = A.applyChanges(doc, [...p.items]);
