@@ -17,11 +17,16 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from p2psync.http import auth
 from tests.cdp import Page, browser, chromium
 from tests.http_helpers import start_agent
 
@@ -143,3 +148,114 @@ async def test_the_app_edits_offline_and_keeps_everything_across_a_reload(
         await until(page, "window.selftest", 30)
         results = await js(page, "return await window.selftest")
         assert results and all(r["ok"] for r in results), results
+
+
+async def call(session: aiohttp.ClientSession, url: str, key: str, op: str,
+               **params: Any) -> Any:
+    async with session.post(f"{url}api/v1/{op.replace('.', '/')}", json=params,
+                            headers={"X-API-Key": key}) as r:
+        body = await r.json()
+        assert r.status == 200, (op, body)
+        return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def static_site(root: Path) -> AsyncIterator[str]:
+    """The app's files on their own origin (as a backup or any web server would serve them),
+    so the page still loads while the agent is stopped."""
+    app = web.Application()
+    app.router.add_static("/app/", root)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_app_joins_by_invite_syncs_both_ways_and_edits_offline(
+        tmp_path: Path) -> None:
+    """Join by pasting an invite from a real agent, see its document, edit it (the edit
+    appears on the Python side), receive a Python edit; with the agent stopped, edit and
+    reload (the edit is kept); agent back: both converge."""
+    assert CHROMIUM is not None, "chromium is required"
+    shots = DOCS_IMG if os.environ.get("P2PSYNC_SAVE_SCREENSHOTS") else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    ws_port = free_port()
+    async with static_site(APP) as site, browser(CHROMIUM, tmp_path / "profile") as page, \
+            aiohttp.ClientSession() as s:
+        extra = (f'ws_port = {ws_port}\n[transport]\nws_static_dir = {json.dumps(str(APP))}\n'
+                 f'ws_origins = [{json.dumps(site)}]\n')
+        home = tmp_path / "laptop"
+        async with start_agent(home, extra) as (_, ready, _h):
+            url = ready["http"]
+            key = auth.key_path(home).read_text().strip()
+            space = (await call(s, url, key, "space.create", name="family"))["space_id"]
+            doc = (await call(s, url, key, "doc.new", space=space))["doc"]
+            await call(s, url, key, "doc.set", space=space, doc=doc, path="title",
+                       value="Holiday plan")
+            await call(s, url, key, "doc.set", space=space, doc=doc, path="items",
+                       value=["tickets"])
+            invite = (await call(s, url, key, "space.invite", space=space, no_approval=True,
+                                 addresses=[f"ws:127.0.0.1:{ws_port}"]))["invite"]
+
+            await phone(page)
+            await page.navigate(f"{site}/app/index.html")
+            await until(page, "window.p2psync && document.querySelector('#invite')", 30)
+            await js(page, "await window.p2psync.ready")
+            await set_input(page, "#invite", invite)
+            await page.screenshot(shots / "phone-join.png")
+            await click(page, "#join")
+            await until(page, "document.querySelector('#space-title')", 30)
+            await until(page, "document.querySelector('a.doc')", 30)
+            await js(page, "document.querySelector('a.doc').click()")
+            await until(page, "document.querySelector('#f-title') && "
+                              "document.querySelector('#f-title').value === 'Holiday plan'", 20)
+            await set_input(page, "#f-title", "Holiday plan 2027")
+            got = None
+            async with asyncio.timeout(20):
+                while got != "Holiday plan 2027":
+                    got = await call(s, url, key, "doc.get", space=space, doc=doc, path="title")
+                    await asyncio.sleep(0.1)
+            await call(s, url, key, "doc.set", space=space, doc=doc, path="budget", value=900)
+            await until(page, "document.querySelector('#f-budget')", 20)
+            await until(page, "document.querySelector('#sync').textContent.startsWith('synced')",
+                        20)
+            await page.screenshot(shots / "phone-synced.png")
+
+        # the agent is stopped: edit offline, reload from the static site, the edit is kept
+        await until(page, "document.querySelector('#sync').textContent !== 'synced · 1 peer'",
+                    20)
+        await set_input(page, "#f-items-add", "passports")
+        await click(page, "#f-items-push")
+        await js(page, "await (await window.p2psync.ready).flushed()")
+        await page.send("Page.reload", ignoreCache=True)
+        await until(page, "window.p2psync && document.querySelector('#f-items')", 30)
+        items = await js(page, "return [...document.querySelectorAll('#f-items input')]"
+                               ".map(e => e.value)")
+        assert items == ["tickets", "passports"]
+        await page.screenshot(shots / "phone-offline.png")
+
+        # the agent is back (same home, same port): both converge
+        async with start_agent(home, init=False) as (_, ready, _h):
+            url = ready["http"]
+            want = {"title": "Holiday plan 2027", "items": ["tickets", "passports"],
+                    "budget": 900}
+            got = None
+            async with asyncio.timeout(30):
+                while got != want:
+                    got = await call(s, url, key, "doc.get", space=space, doc=doc)
+                    await asyncio.sleep(0.2)
+            app_json = await js(page, """const repo = await window.p2psync.ready;
+                const [s] = repo.spaces(); const sp = repo.space(s.id);
+                return sp.find(sp.documentIds()[0]).json();""")
+            assert app_json == want

@@ -11,7 +11,7 @@ import * as A from "@automerge/automerge";
 import jsQRModule, { type QRCode } from "jsqr";
 import { type DocHandle, Repo, type SpaceHandle, type SyncStatus } from "../src/repo.js";
 import { IdbStorage } from "../src/storage/idb.js";
-import { syncDriver } from "./driver.js";
+import { rememberPeers, syncOptions } from "./driver.js";
 
 type Json = Record<string, unknown>;
 type Decode = (data: Uint8ClampedArray, width: number, height: number) => QRCode | null;
@@ -34,6 +34,8 @@ function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, 
 
 const main = (): HTMLElement => document.getElementById("main")!;
 const short = (id: string): string => `${id.slice(0, 8)}…`;
+/** A space's local name, or "Space <id…>" when it has none (ids are long). */
+const spaceName = (s: { id: string; name: string }): string => (s.name === s.id ? `Space ${short(s.id)}` : s.name);
 let repo: Repo;
 let unsubscribe: (() => void) | null = null;
 
@@ -61,6 +63,7 @@ function homeScreen(): Node[] {
     if (code === "") return;
     try {
       const space = await repo.join(code);
+      await rememberPeers(repo.storage, repo.driver);
       location.hash = `#/space/${space.id}`;
     } catch (e) {
       err.textContent = e instanceof Error ? e.message : String(e);
@@ -76,7 +79,7 @@ function homeScreen(): Node[] {
   return [
     h("h2", {}, "Spaces"),
     ...(spaces.length === 0 ? [h("p", { class: "muted" }, "No spaces on this device yet.")] : spaces.map((s) =>
-      h("a", { class: "item card space", href: `#/space/${s.id}` }, h("div", {}, s.name), h("div", { class: "sub" }, `${String(s.documents)} document${s.documents === 1 ? "" : "s"} · ${s.role ?? "not a member"}`)))),
+      h("a", { class: "item card space", href: `#/space/${s.id}` }, h("div", {}, spaceName(s)), h("div", { class: "sub" }, `${String(s.documents)} document${s.documents === 1 ? "" : "s"} · ${s.role ?? "not a member"}`)))),
     h("h2", {}, "Join a space"),
     h("div", { class: "card" },
       h("label", { class: "field", for: "invite" }, "Paste the invite code (p2psync space invite)"),
@@ -100,7 +103,7 @@ function spaceScreen(space: SpaceHandle): Node[] {
   const off = space.on(() => { route(); });
   unsubscribe = off;
   return [
-    h("h2", { id: "space-title" }, space.name),
+    h("h2", { id: "space-title" }, spaceName(space)),
     h("p", { class: "muted" }, `Your role: ${space.role ?? "none"} · `, h("code", {}, short(space.id))),
     h("h2", {}, "Documents"),
     ...(docs.length === 0 ? [h("p", { class: "muted" }, "No documents yet.")] : docs.map((d) =>
@@ -176,7 +179,7 @@ function docScreen(space: SpaceHandle, doc: DocHandle<Json>): Node[] {
   const kind = h("select", { id: "new-field-type" }, ...["text", "number", "checkbox", "list"].map((k) => h("option", { value: k }, k)));
   unsubscribe = doc.on((_json, m) => { if (m.remote) refreshFields(doc); });
   return [
-    h("p", {}, h("a", { href: `#/space/${space.id}` }, `← ${space.name}`)),
+    h("p", {}, h("a", { href: `#/space/${space.id}` }, `← ${spaceName(space)}`)),
     h("h2", { id: "doc-title" }, titleOf(doc)),
     fields,
     h("h2", {}, "Add a field"),
@@ -272,8 +275,7 @@ function route(): void {
 
 async function boot(): Promise<Repo> {
   const storage = await IdbStorage.open("p2psync");
-  const sync = syncDriver();
-  repo = await Repo.open(sync === undefined ? { storage } : { storage, sync });
+  repo = await Repo.open({ storage, ...(await syncOptions(storage, location)) });
   document.getElementById("who")!.textContent = `account ${repo.accountId} · device ${repo.deviceId}`;
   showStatus(repo.status());
   repo.onStatus((s) => {

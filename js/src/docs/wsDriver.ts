@@ -99,9 +99,22 @@ export class WsSyncDriver implements SyncDriver {
   private ticker: ReturnType<typeof setInterval> | null = null;
   private stopped = false;
   private readonly certificate: DeviceCertificate;
+  private readonly urls: string[];
 
   constructor(readonly replicas: SyncReplicaSet, private readonly o: WsDriverOptions = {}) {
     this.certificate = DeviceCertificate.issue(replicas.account, replicas.device);
+    this.urls = [...(o.urls ?? [])];
+  }
+
+  /** Keep `url` connected from now on (e.g. the peer a space was joined through). */
+  addPeer(url: string): void {
+    if (!this.urls.includes(url)) this.urls.push(url);
+    if (!this.stopped) void this.connect(this.peer(url));
+  }
+
+  /** The peer URLs kept connected. */
+  get peerUrls(): readonly string[] {
+    return this.urls;
   }
 
   /** A driver factory for Repo.open (it makes the SyncReplicaSet the Repo must use). */
@@ -168,7 +181,7 @@ export class WsSyncDriver implements SyncDriver {
   }
 
   private retry(p: Peer): void {
-    if (this.stopped || p.timer !== null || !(this.o.urls ?? []).includes(p.url)) return;
+    if (this.stopped || p.timer !== null || !this.urls.includes(p.url)) return;
     p.timer = setTimeout(() => {
       p.timer = null;
       void this.connect(p);
@@ -178,7 +191,7 @@ export class WsSyncDriver implements SyncDriver {
 
   start(): void {
     this.stopped = false;
-    for (const url of this.o.urls ?? []) void this.connect(this.peer(url));
+    for (const url of this.urls) void this.connect(this.peer(url));
     this.ticker ??= setInterval(() => { this.emit(); }, 250);
     (this.ticker as { unref?: () => void }).unref?.();
   }
@@ -186,7 +199,7 @@ export class WsSyncDriver implements SyncDriver {
   async join(invite: string): Promise<{ spaceId: string; pendingApproval: boolean }> {
     const code = InviteCode.decode(invite);
     if (code.spaceId === "") throw new Error("this invite code names no space (format 1): ask for a new one");
-    const candidates = [...hintUrls(code.addresses), ...(this.o.urls ?? [])];
+    const candidates = [...hintUrls(code.addresses), ...this.urls];
     const errors: string[] = [];
     for (const url of [...new Set(candidates)]) {
       const sync = await this.connect(this.peer(url));
@@ -196,6 +209,7 @@ export class WsSyncDriver implements SyncDriver {
       }
       try {
         const { space, pendingApproval } = await sync.bootstrap(code.spaceId, code);
+        this.addPeer(url); // the peer we joined through holds the space: keep syncing with it
         // other connections learn about the new space on their next exchange
         for (const p of this.peers.values()) if (p.sync !== null && p.sync !== sync) p.sync.syncNow();
         this.emit();
