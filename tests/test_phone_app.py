@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import segno
 from aiohttp import web
 
 from p2psync.http import auth
@@ -184,9 +185,9 @@ async def static_site(root: Path) -> AsyncIterator[str]:
 
 async def test_the_app_joins_by_invite_syncs_both_ways_and_edits_offline(
         tmp_path: Path) -> None:
-    """Join by pasting an invite from a real agent, see its document, edit it (the edit
-    appears on the Python side), receive a Python edit; with the agent stopped, edit and
-    reload (the edit is kept); agent back: both converge."""
+    """Join by a photo of the invite's QR code from a real agent, see its document, edit it
+    (the edit appears on the Python side), receive a Python edit; with the agent stopped, edit
+    and reload (the edit is kept); agent back: both converge."""
     assert CHROMIUM is not None, "chromium is required"
     shots = DOCS_IMG if os.environ.get("P2PSYNC_SAVE_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
@@ -214,7 +215,15 @@ async def test_the_app_joins_by_invite_syncs_both_ways_and_edits_offline(
             await js(page, "await window.p2psync.ready")
             await set_input(page, "#invite", invite)
             await page.screenshot(shots / "phone-join.png")
-            await click(page, "#join")
+            await set_input(page, "#invite", "")
+            # join through a photo of the QR code `p2psync space invite --qr` shows (segno,
+            # error level L), decoded in the page by jsqr: the camera-free path plain http allows
+            qr = tmp_path / "invite.png"
+            segno.make(invite, error="l", micro=False).save(str(qr), scale=6, border=4)
+            root = (await page.send("DOM.getDocument"))["root"]["nodeId"]
+            node = (await page.send("DOM.querySelector", nodeId=root,
+                                    selector="#qr-photo"))["nodeId"]
+            await page.send("DOM.setFileInputFiles", files=[str(qr)], nodeId=node)
             await until(page, "document.querySelector('#space-title')", 30)
             await until(page, "document.querySelector('a.doc')", 30)
             await js(page, "document.querySelector('a.doc').click()")
