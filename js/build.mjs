@@ -50,4 +50,4 @@ await build({
   alias: AUTOMERGE_BROWSER,
 });
 mkdirSync("dist/app", { recursive: true });
-for (const f of ["index.html", "selftest.html", "style.css"]) copyFileSync(join("app", f), join("dist/app", f));
+for (const f of ["index.html", "selftest.html", "style.css", "sw.js"]) copyFileSync(join("app", f), join("dist/app", f));

@@ -268,3 +268,26 @@ async def test_the_app_joins_by_invite_syncs_both_ways_and_edits_offline(
                 const [s] = repo.spaces(); const sp = repo.space(s.id);
                 return sp.find(sp.documentIds()[0]).json();""")
             assert app_json == want
+
+
+async def test_on_a_secure_origin_the_app_starts_while_the_agent_is_off(tmp_path: Path) -> None:
+    """http://127.0.0.1 is a secure context, as https is: the service worker (js/app/sw.js)
+    keeps the app's files, so after the agent that served them stops, a reload still starts
+    the app, with its data from IndexedDB. (A plain-http LAN origin cannot do this.)"""
+    assert CHROMIUM is not None, "chromium is required"
+    async with browser(CHROMIUM, tmp_path / "profile") as page:
+        async with start_agent(tmp_path / "laptop", agent_config()) as (_, ready, _home):
+            base = ws_url(ready)
+            await phone(page)
+            await page.navigate(f"{base}/app/")
+            await until(page, "window.p2psync && document.querySelector('#new-space')", 30)
+            assert await js(page, "return isSecureContext") is True
+            await until(page, "navigator.serviceWorker.controller !== null", 20)
+            await js(page, """const repo = await window.p2psync.ready;
+                const s = await repo.createSpace('Kept offline');
+                s.create(d => { d.title = 'works without the laptop'; });
+                await repo.flushed();""")
+        await page.send("Page.reload", ignoreCache=False)
+        await until(page, "window.p2psync && document.querySelector('a.space')", 30)
+        names = await js(page, "return (await window.p2psync.ready).spaces().map(s => s.name)")
+        assert names == ["Kept offline"]

@@ -286,6 +286,10 @@ async function boot(): Promise<Repo> {
   // flush pending edits when the page is hidden (phones kill background tabs)
   addEventListener("visibilitychange", () => { if (document.visibilityState === "hidden") void repo.flushed(); });
   route();
+  // offline start: only secure origins may run a service worker (docs/phones.md)
+  if (isSecureContext && "serviceWorker" in navigator) {
+    navigator.serviceWorker.register("sw.js").catch((e: unknown) => { console.warn("service worker not registered", e); });
+  }
   return repo;
 }
 
