@@ -41,7 +41,7 @@ from p2psync.replica.acl import InviteCode
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync import effects as fx
-from p2psync.sync import jobs
+from p2psync.sync import files_io, jobs
 from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, BootstrapJoin, bootstrap_message
 from p2psync.sync.channel import Channel
 from p2psync.sync.ingest import Ingest
@@ -191,6 +191,7 @@ class PeerEngine:
             ch.inp = await self.conn.accept_stream()
         readers = [self._spawn(self._read_requests(ch.inp)),
                    self._spawn(self._read_responses(ch.out))]
+        self._spawn(files_io.serve_extra_streams(self))  # further streams: chunks (files.md)
         self._spawn(self._push_loop())
         self._spawn(self._sched_loop())
         closed = self._spawn(self.conn.wait_closed())

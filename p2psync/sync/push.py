@@ -18,14 +18,15 @@ from p2psync.replica.tree import AddResult
 from p2psync.sync.effects import Effect, Push, Submit
 from p2psync.sync.jobs import after_push
 from p2psync.sync.messages import MAX_HEADS, AclHeadUpdate, Message, SpaceOffer, take_batch
+from p2psync.sync.notice import notice
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import push_lacking
 
 
 def may_push(state: PeerState, space_id: str) -> bool:
     """We push a space to the peer only while it shares it and our ACL lets it access it
-    (evaluated after the ACL change that triggered the push: a removed member is not even
-    sent its own removal)."""
+    (evaluated after the ACL change that triggered the push). A removed member gets only
+    its own removal, with its causal past (:mod:`p2psync.sync.notice`)."""
     return space_id in state.shared and state.may_access(space_id)
 
 
@@ -39,7 +40,9 @@ def tree_pushes(state: PeerState, space: Space, tree_id: bytes,
 
 def acl_push(state: PeerState, space: Space, record_ids: list[bytes]) -> list[Effect]:
     if not may_push(state, space.id):
-        return offers(state, space.id)
+        # a record that removes the peer or refuses its join is still sent (issue 14)
+        told = notice(space, record_ids, state.remote_account, state.config.batch_bytes)
+        return [Push(told, space.id)] if told is not None else offers(state, space.id)
     raws = [space.acl.record(i).raw for i in record_ids if i in space.acl]
     batch, _ = take_batch(raws, state.config.batch_bytes) if raws else ([], False)
     return [Push(AclHeadUpdate(space.id, tuple(space.acl.heads[:MAX_HEADS]), tuple(batch)),
