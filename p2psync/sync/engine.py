@@ -63,6 +63,7 @@ from p2psync.sync.messages import (
     error_for,
     request_id_of,
 )
+from p2psync.sync.notice import removal_of
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import (
     RESPONSE_FOR,
@@ -228,6 +229,10 @@ class PeerEngine:
                 self.shared.add(sid)
                 self.submit(("space", sid, b""))
         self.ready.set()
+        for sid in sorted(self._exchange.shared - self.shared):  # held there, lost: say why
+            rid = removal_of(self.replicas.spaces.get(sid), self.remote_account)
+            if rid is not None:
+                self.push_acl(self.replicas.spaces[sid], [rid])
         self.offer_replicated()
         self.replicas.notify()
         self._spawn(self._periodic())
