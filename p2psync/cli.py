@@ -392,9 +392,8 @@ def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
     me = "" if args.json else _call(args, "whoami")["account_id"]
 
     def human() -> None:
-        for r in rows:
-            mark = " (you)" if r["account_id"] == me else ""
-            print(f"{r['role']:10} {r['account_id']}{mark}")
+        _table(["role", "account"], [[r["role"], r["account_id"] + (
+            " (you)" if r["account_id"] == me else "")] for r in rows])
     out.emit(rows, human)
 
 
@@ -427,13 +426,12 @@ def cmd_space_invites(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no open invites (make one: p2psync space invite SPACE)")
-        for r in rows:
-            how = "approval" if r["approval_required"] else "no approval"
-            until = ("expired" if r["expired"] else
-                     f"expires {local_time(r['expires_at'] * 1000)}" if r["expires_at"]
-                     else "no expiry")
-            print(f"{r['invite'][:12]}  {r['role']:7} {how:12} {until}  "
-                  f"{r['pending_requests']} pending")
+            return
+        _table(["invite", "role", "joins", "expiry", "pending"],
+               [[r["invite"][:12], r["role"],
+                 "approval" if r["approval_required"] else "no approval",
+                 "expired" if r["expired"] else local_time(r["expires_at"] * 1000)
+                 if r["expires_at"] else "never", r["pending_requests"]] for r in rows])
     out.emit(rows, human)
 
 
