@@ -611,11 +611,13 @@ def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
                 state = client.call("space.wait_synced", space=data["space_id"],
                                     timeout=args.timeout)
                 progress(state)
-        data.update(documents=state["documents"], synced=True)
+            names = [r["name"] for r in client.call("space.list")
+                     if r["space_id"] == data["space_id"]]
+        data.update(documents=state["documents"], synced=True, name=names[0] if names else "")
     else:
         data = run_loop(lambda: _join_offline(home, args, peers, out))
-    out.emit(data, f"joined {data['space_id']} as {data['role']} "
-                   f"({data['documents']} documents)")
+    what = f"{data['name']} ({data['space_id']})" if data.get("name") else data["space_id"]
+    out.emit(data, f"joined {what} as {data['role']} ({data['documents']} documents)")
 
 
 def _say_waiting(data: dict[str, Any]) -> None:
@@ -671,8 +673,10 @@ async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
                 raise _still_pending(st, args.wait, agent=False) from None
         with _progress(out, "initial sync") as progress:
             await agent.wait_synced(space.id, args.timeout, progress)
+        assert agent.device is not None
         return {**st, "space_id": space.id, "role": ops.role_name(space.role()),
-                "documents": len(space.tree_ids()), "synced": True}
+                "documents": len(space.tree_ids()), "synced": True,
+                "name": agent.device.names().get(space.id, "")}
     finally:
         await agent.close()
 
