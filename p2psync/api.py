@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from p2psync.agent import fileops as _fileops  # noqa: F401  (registers the file.* ops)
+from p2psync.agent import fileops as _fileops  # registers the file.* ops
 from p2psync.agent import ops, pairing
 from p2psync.agent.core import Agent, Subscription
 from p2psync.apiclient import API_VERSION as API_VERSION
@@ -274,6 +274,7 @@ OPS: dict[str, Op] = {
     "unsubscribe": Op(UnsubscribeParams, _unsubscribe),
     "device.add": Op(DeviceAddParams, _device_add),
     "device.add_wait": Op(DeviceAddWaitParams, _device_add_wait),
+    **{name: Op(params, run) for name, (params, run) in _fileops.AGENT_FILE_OPS.items()},
 }
 
 

@@ -583,6 +583,36 @@ def cmd_backup_id(args: argparse.Namespace, out: Out) -> None:
                                                                    else "HOST:PORT"))
 
 
+def cmd_backup_init(args: argparse.Namespace, out: Out) -> None:
+    """A backup process on a shared PostgreSQL database: claim it with this home's identity
+    (new or existing), or ``--join`` the identity already there (docs/backup-cluster.md)."""
+    from p2psync.backup.cluster import init_backup
+
+    def new_account() -> tuple[Any, str]:
+        phrase = new_recovery_phrase()
+        return account_from_phrase(phrase), phrase
+
+    home = _home(args)
+    secret = passphrase("Keystore passphrase (shared by the cluster's processes): ",
+                        confirm=not args.join and not home.exists(), require=True)
+    data = init_backup(home, args.store, secret, join=args.join, new_account=new_account,
+                       port=args.port)
+
+    def human() -> None:
+        print(f"account  {data['account_id']}\npeer     {data['peer_id']}\n"
+              f"home     {data['home']}")
+        print("joined the backup in the database" if data["joined"] else
+              "this backup's identity now owns the database; other processes: "
+              "p2psync backup init --join --store URL --home NEW_HOME")
+        if data["phrase"]:
+            print("\nRecovery phrase of the backup's account — shown only this once:\n\n  "
+                  + data["phrase"] + "\n")
+        if not data["config_written"]:
+            print(f"{data['config']} kept: check that its [replicator] store names this "
+                  "database", file=sys.stderr)
+    out.emit(data, human)
+
+
 def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
     """Join by invite: through the running agent, or a short-lived one that syncs and exits.
     An approval-required invite says what it waits for (the request id and the command an
@@ -811,7 +841,8 @@ def cmd_doc_history(args: argparse.Namespace, out: Out) -> None:
             if r.get("removed_after"):
                 notes += (f"  author removed at or after it (record "
                           f"{r['removed_after'][:10]}): possibly back-dated")
-            print(f"{r['change'][:12]}  {r['time']}  {r['author'][:14]}…  "
+            when = r["time"] or "time sealed (no key)"  # change format 2 seals the time
+            print(f"{r['change'][:12]}  {when}  {r['author'][:14]}…  "
                   f"<- {parents}{snap}  {mark}{notes}")
     out.emit(rows, human)
 
@@ -1222,6 +1253,13 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     br.add_argument("--log-format", choices=["text", "json"], help="stderr log lines")
     cmd(backup, "id", cmd_backup_id, "print the backup's peer id, account id and addresses")
+    bi = cmd(backup, "init", cmd_backup_init, "a backup process on a shared PostgreSQL "
+             "database: claim it, or --join the backup identity already in it")
+    bi.add_argument("--store", required=True, help="postgresql://… (the cluster's database)")
+    bi.add_argument("--join", action="store_true",
+                    help="take the identity stored in the database (every process but the "
+                    "first)")
+    bi.add_argument("--port", type=int, help="QUIC and TCP port written to config.toml")
 
     cmd(sub, "http", cmd_http, "the HTTP API's URL and key file (docs/http.md)").add_argument(
         "--open-url", action="store_true", help="also print the status page URL with the key")

@@ -734,12 +734,17 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
     sp = dev.resolve_space(space)
     tree = sp.tree(doc_ref(sp, doc))
     quarantined: dict[bytes, str] = {}
-    # what became of each change's content (needs the read key; replicators have none)
+    # what became of each change's content, and (change format 2) its sealed time and
+    # snapshot flag: both need the read key; replicators have none
+    document: Document | None = None
     with contextlib.suppress(P2PSyncError):
-        quarantined = {q.change_id: q.reason
-                       for q in sp.document(tree.id).status().quarantined}
+        d = sp.document(tree.id)
+        quarantined = {q.change_id: q.reason for q in d.status().quarantined}
+        document = d
     rows: list[dict[str, Any]] = []
     for ch in tree.replay_order():
+        ts, snap = (document.claims(ch) if document is not None
+                    else (ch.timestamp, ch.snapshot))
         gone = sp.removed_after(ch)
         try:
             verify(ch.author, CHANGE_DOMAIN, ch.body, ch.signature)
@@ -747,9 +752,9 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
         except P2PSyncError:
             ok = False
         rows.append({"change": short_hash(ch.id), "author": account_id(ch.author),
-                     "time": local_time(ch.timestamp),
+                     "time": local_time(ts) if ts is not None else None,
                      "parents": [short_hash(p) for p in ch.prev_ids],
-                     "snapshot": ch.snapshot, "signature_ok": ok,
+                     "snapshot": snap, "signature_ok": ok,
                      "quarantined": quarantined.get(ch.id),
                      "removed_after": short_hash(gone) if gone is not None else None})
     return rows

@@ -4,16 +4,19 @@
 ``HEAD_UPDATE`` / ``ACL_HEAD_UPDATE`` messages within the byte cap; :func:`offers` lists the
 ``SPACE_OFFER`` notices for spaces our ACL names the peer replicator of. :class:`PushQueue`
 holds them until the engine's push loop sends them; when it is full a push is dropped and a
-head sync of its space is scheduled instead (head sync carries whatever was dropped).
+head sync of its space is scheduled instead (head sync carries whatever was dropped). When the
+last tree push of a space has been sent, :meth:`PushQueue.pop` hands back the in-sync check
+(:func:`p2psync.sync.jobs.after_push`).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.effects import Effect, Push, Submit
+from p2psync.sync.jobs import after_push
 from p2psync.sync.messages import MAX_HEADS, AclHeadUpdate, Message, SpaceOffer, take_batch
 from p2psync.sync.notice import notice
 from p2psync.sync.peerstate import PeerState
@@ -65,7 +68,8 @@ class PushQueue:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.items: deque[Message] = deque()
+        self.items: deque[tuple[Message, str]] = deque()
+        self._per_space: Counter[str] = Counter()
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -76,8 +80,16 @@ class PushQueue:
         if len(self.items) >= self.limit:
             self.dropped += 1
             return [Submit(("space", space_id, b""), 2)]
-        self.items.append(message)
+        self.items.append((message, space_id))
+        self._per_space[space_id] += 1
         return []
 
-    def pop(self) -> Message:
-        return self.items.popleft()
+    def pop(self) -> tuple[Message, list[Effect]]:
+        """The next push to send, and what to do once it is sent (the in-sync check after the
+        last queued push of its space)."""
+        message, space_id = self.items.popleft()
+        self._per_space[space_id] -= 1
+        more = self._per_space[space_id] > 0
+        if not more:
+            del self._per_space[space_id]
+        return message, after_push(message, more)
