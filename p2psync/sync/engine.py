@@ -201,7 +201,7 @@ class PeerEngine:
         assert self.responder.exchanged is not None
         self._apply(self.state.exchanged(self.responder.exchanged))
         self.ready.set()
-        for sid in sorted(self._exchange.shared - self.shared):  # held there, lost: say why
+        for sid in sorted(self.responder.exchanged - self.shared):  # held there, lost: say why
             rid = removal_of(self.replicas.spaces.get(sid), self.remote_account)
             if rid is not None:
                 self.push_acl(self.replicas.spaces[sid], [rid])
