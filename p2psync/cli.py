@@ -392,9 +392,8 @@ def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
     me = "" if args.json else _call(args, "whoami")["account_id"]
 
     def human() -> None:
-        for r in rows:
-            mark = " (you)" if r["account_id"] == me else ""
-            print(f"{r['role']:10} {r['account_id']}{mark}")
+        _table(["role", "account"], [[r["role"], r["account_id"] + (
+            " (you)" if r["account_id"] == me else "")] for r in rows])
     out.emit(rows, human)
 
 
@@ -427,13 +426,12 @@ def cmd_space_invites(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no open invites (make one: p2psync space invite SPACE)")
-        for r in rows:
-            how = "approval" if r["approval_required"] else "no approval"
-            until = ("expired" if r["expired"] else
-                     f"expires {local_time(r['expires_at'] * 1000)}" if r["expires_at"]
-                     else "no expiry")
-            print(f"{r['invite'][:12]}  {r['role']:7} {how:12} {until}  "
-                  f"{r['pending_requests']} pending")
+            return
+        _table(["invite", "role", "joins", "expiry", "pending"],
+               [[r["invite"][:12], r["role"],
+                 "approval" if r["approval_required"] else "no approval",
+                 "expired" if r["expired"] else local_time(r["expires_at"] * 1000)
+                 if r["expires_at"] else "never", r["pending_requests"]] for r in rows])
     out.emit(rows, human)
 
 
@@ -643,11 +641,13 @@ def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
                 state = client.call("space.wait_synced", space=data["space_id"],
                                     timeout=args.timeout)
                 progress(state)
-        data.update(documents=state["documents"], synced=True)
+            names = [r["name"] for r in client.call("space.list")
+                     if r["space_id"] == data["space_id"]]
+        data.update(documents=state["documents"], synced=True, name=names[0] if names else "")
     else:
         data = run_loop(lambda: _join_offline(home, args, peers, out))
-    out.emit(data, f"joined {data['space_id']} as {data['role']} "
-                   f"({data['documents']} documents)")
+    what = f"{data['name']} ({data['space_id']})" if data.get("name") else data["space_id"]
+    out.emit(data, f"joined {what} as {data['role']} ({data['documents']} documents)")
 
 
 def _say_waiting(data: dict[str, Any]) -> None:
@@ -703,8 +703,10 @@ async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
                 raise _still_pending(st, args.wait, agent=False) from None
         with _progress(out, "initial sync") as progress:
             await agent.wait_synced(space.id, args.timeout, progress)
+        assert agent.device is not None
         return {**st, "space_id": space.id, "role": ops.role_name(space.role()),
-                "documents": len(space.tree_ids()), "synced": True}
+                "documents": len(space.tree_ids()), "synced": True,
+                "name": agent.device.names().get(space.id, "")}
     finally:
         await agent.close()
 

@@ -54,6 +54,7 @@ from p2psync.sync.messages import (
     StorageRefused,
     decode,
 )
+from p2psync.sync.notice import removal_of
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import RESPONSE_FOR, Challenge, ChallengeResult, Core
 from p2psync.sync.push import PushQueue, acl_push, offers, tree_pushes
@@ -200,6 +201,10 @@ class PeerEngine:
         assert self.responder.exchanged is not None
         self._apply(self.state.exchanged(self.responder.exchanged))
         self.ready.set()
+        for sid in sorted(self.responder.exchanged - self.shared):  # held there, lost: say why
+            rid = removal_of(self.replicas.spaces.get(sid), self.remote_account)
+            if rid is not None:
+                self.push_acl(self.replicas.spaces[sid], [rid])
         self.offer_replicated()
         self.replicas.notify()
         self._spawn(self._periodic())
