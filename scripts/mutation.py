@@ -52,7 +52,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "change": (
         ["p2psync/replica/change.py"],
         ["tests/test_change.py", "tests/test_tree.py", "tests/test_access.py",
-         "tests/test_bite_change.py"],
+         "tests/test_bite_change.py", "tests/test_change_seal.py"],
     ),
     "backup": (
         ["p2psync/backup/guard.py", "p2psync/backup/policy.py", "p2psync/backup/receipt.py"],
@@ -74,11 +74,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["p2psync/replica/acl.py"],
         ["tests/test_acl_scenarios.py", "tests/test_acl_properties.py",
          "tests/test_acl_records.py", "tests/test_access.py", "tests/test_acl_removal.py",
-         "tests/test_acl_flood.py", "tests/test_bite_acl.py"],
+         "tests/test_acl_flood.py", "tests/test_bite_acl.py", "tests/test_acl_mutants.py"],
     ),
     "tree": (
         ["p2psync/replica/tree.py"],
-        ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py"],
+        ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py",
+         "tests/test_tree_mutants.py"],
     ),
 }
 
