@@ -79,7 +79,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "tree": (
         ["p2psync/replica/tree.py"],
         ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py",
-         "tests/test_tree_mutants.py"],
+         "tests/test_tree_mutants.py", "tests/test_parallel_verify.py"],
     ),
 }
 
