@@ -310,7 +310,9 @@ INPROC_TIMEOUT = 120  #: seconds one mutant's tests may take in-process (then: k
 
 #: Runs inside the workspace (``cwd``), mutants/ first on sys.path: one pytest session per
 #: mutant in ONE process, the mutant picked by MUTANT_UNDER_TEST, which mutmut's trampolines
-#: read at every call. No fork, no re-import: per mutant only its tests run.
+#: read at every call. No fork, no re-import: per mutant only its tests run. Caveat: state a
+#: module creates lazily outlives a mutant (the tree's verify pool is reset here; a survivor
+#: of this mode that touches other such state is worth a re-check in fork mode or by hand).
 INPROC_DRIVER = r"""
 import json, os, signal, sys, time
 os.chdir("mutants")  # as mutmut does: the mutated p2psync/ and the tests' copy live there
@@ -328,6 +330,10 @@ class Timeout(BaseException):
 def alarm(*_):
     raise Timeout()
 signal.signal(signal.SIGALRM, alarm)
+# import every test module once under the original code: module-level fixtures (worlds,
+# trees built at import) must not be built by whichever mutant happens to run first
+files = sorted({t.split("::")[0] for ts in tests_of.values() for t in ts})
+pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *files])
 for name in names:
     fn = name.partition("__mutmut_")[0]
     path = fn.rpartition(".")[0]
@@ -340,6 +346,10 @@ for name in names:
         meta["exit_code_by_key"][name] = 33
         continue
     os.environ["MUTANT_UNDER_TEST"] = name
+    tree = sys.modules.get("p2psync.replica.tree")  # module state a mutant may create lazily
+    if tree is not None and tree._pool is not None:
+        tree._pool.shutdown(wait=False)
+        tree._pool = None
     t0 = time.monotonic()
     signal.alarm(timeout)
     try:
