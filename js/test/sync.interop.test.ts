@@ -131,3 +131,45 @@ test("tcp: a join request waits for the owner, who accepts it; then the space sy
     await py.stop();
   }
 });
+
+test("laptop stopped: the TS peer and another Python device sync through a Python backup (which holds no read key)", { timeout: 90_000 }, async () => {
+  const py = await startPyNode(["backup"]);
+  const info = py.info as typeof py.info & { backup_ws: number; backup_peer_id: string; backup_account: string };
+  const { replicas, id } = me();
+  const conn = await dial(py, "tcp", id);
+  const laptop = new PeerSync(replicas, conn);
+  const runs = [laptop.run()];
+  let backup: PeerSync | null = null;
+  try {
+    const code = InviteCode.decode(info.invite);
+    const { space } = await laptop.bootstrap(code.spaceId, code);
+    const doc = info.doc;
+    await laptop.waitFor(() => plaintexts(space, doc).some((p) => contains(p, "from python")));
+    assert.ok(space.acl.state.replicators.has(info.backup_account), "our ACL copy names the backup");
+    const acct = hex(replicas.account.public);
+    await py.cmd({ cmd: "wait_member", node: "backup", account: acct });
+    // a second connection, to the backup, over WebSocket
+    const bconn = await connectWebSocket(`ws://127.0.0.1:${info.backup_ws}${WS_PATH}`,
+      { ...id, expectedPeer: info.backup_peer_id, WebSocket: WebSocket as unknown as WebSocketConstructor });
+    backup = new PeerSync(replicas, bconn);
+    runs.push(backup.run());
+    const b = backup;
+    await b.waitFor(() => b.shared.has(space.id) && b.idle);
+    await py.cmd({ cmd: "stop_laptop" });
+    // our change goes to the backup only; device2 receives it from there
+    const p = await py.cmd({ cmd: "payload", node: "device2", doc, key: "viabackup", value: "ts to device2", account: acct, device: hex(replicas.device.public) });
+    space.createChange(unhex(doc), unhex(p.payload as string));
+    const got = (await py.cmd({ cmd: "wait_key", node: "device2", doc, key: "viabackup", timeout: 20 })).json as Record<string, unknown>;
+    assert.equal(got.viabackup, "ts to device2");
+    // and device2's edit reaches us through the backup
+    await py.cmd({ cmd: "edit", node: "device2", doc, key: "fromdev2", value: "device2 to ts" });
+    await b.waitFor(() => plaintexts(space, doc).some((x) => contains(x, "device2 to ts")), 20);
+    assert.equal((await py.cmd({ cmd: "keys", node: "backup" })).keys, 0, "the backup holds ciphertext only");
+    assert.equal(b.strikes, 0);
+  } finally {
+    laptop.close();
+    backup?.close();
+    await Promise.all(runs);
+    await py.stop();
+  }
+});
