@@ -20,6 +20,7 @@ import { PeerSync } from "../src/sync/engine.js";
 import { JoinError } from "../src/sync/errors.js";
 import { decode, encode, ErrorCode, type Message, MsgType } from "../src/sync/messages.js";
 import { SyncReplicas, type SyncSpace } from "../src/sync/replica.js";
+import { SpaceExchange } from "../src/sync/spacex.js";
 import { hex, spawnPython, utf8 } from "./helpers.js";
 
 const LIMITS = new Limits(64, 16 << 20, 8 * 1024 * 1024 + 4096);
@@ -247,6 +248,55 @@ test("a hostile or garbled peer gets typed errors, is disconnected after its str
     await s.waitFor(() => space.ldiff.size === 2 && [...space.trees.values()].every((t) => t.size === 2));
     s.close();
     await run;
+  } finally {
+    await shutdown(h);
+  }
+});
+
+test("a member lying in head sync is disconnected at once and nothing it listed is fetched", { timeout: 30_000 }, async () => {
+  const h = await holder();
+  const evil = identity();
+  try {
+    // evil becomes a real member of the space
+    const [raw, code] = invite(h.space.acl, h.id.account, Role.WRITER, { anyoneCanJoin: true });
+    h.replicas.commitAcl(h.space, raw);
+    const own = join(Acl.fromRecords(h.space.id, h.space.acl.export(), { me: evil.account }), evil.account, code);
+    assert.deepEqual(h.space.addAcl([own], null).rejected, []);
+    const seen: MsgType[] = [];
+    const lis = await listenTcp("127.0.0.1", 0, evil, (conn) => {
+      void (async () => {
+        const theirs = await conn.acceptStream();
+        const mine = await conn.openStream();
+        const keys = new Map([[h.space.id, h.space.exchangeKey]]);
+        const x = new SpaceExchange(evil.deviceKey.public, h.id.deviceKey.public, keys, conn.result.handshakeHash);
+        await mine.send(encode(x.start()));
+        for (;;) {
+          const env = decode(await theirs.recv());
+          const m = env.message;
+          seen.push(m.type);
+          let reply: Message | null = null;
+          if (m.type === MsgType.SPACE_HELLO) reply = x.receive(m)[0]!;
+          else if (m.type === MsgType.ACL_SYNC_REQUEST) reply = { type: MsgType.ACL_SYNC_RESPONSE, spaceId: m.spaceId, heads: m.heads, records: [], more: false };
+          else if (m.type === MsgType.HEAD_SYNC_REQUEST) {
+            // every range "differs" with 1000 objects; the children do not add up to the parent
+            const ids = new Set(m.ranges.map((q) => `${q.bits}:${q.prefix}`));
+            reply = {
+              type: MsgType.HEAD_SYNC_RESPONSE, spaceId: m.spaceId,
+              results: m.ranges.map((q) => ({ bits: q.bits, prefix: q.prefix, hash: new Uint8Array(32).fill(1), count: ids.has(`${q.bits + 4}:${q.prefix << 4n}`) || q.bits === 0 ? 1000 : 40, elements: null })),
+            };
+          }
+          if (reply !== null) await theirs.send(encode(reply, env.requestId));
+        }
+      })().catch(() => undefined);
+    });
+    const conn = await connectTcp("127.0.0.1", lis.port, { ...h.id, expectedPeer: evil.deviceKey.id });
+    const victim = new PeerSync(h.replicas, conn);
+    await victim.run(); // returns when the connection is closed: by the victim, for the violation
+    assert.match(victim.lastError ?? "", /protocol violation: head sync: head sync rule 'sum'/);
+    assert.ok(seen.includes(MsgType.HEAD_SYNC_REQUEST));
+    assert.ok(!seen.includes(MsgType.FULL_SYNC_REQUEST), "nothing it claimed was fetched");
+    assert.equal(victim.core.state.spaceState(h.space.id).pending.size, 0);
+    await lis.close();
   } finally {
     await shutdown(h);
   }
