@@ -87,6 +87,10 @@ for (const transport of ["tcp", "ws"] as const) {
 
       // the owner removes us: nothing new reaches us, and asking gets UNKNOWN_SPACE
       await py.cmd({ cmd: "remove", account: acct });
+      // the owner tells us (the REMOVE record is pushed to the removed member): we know, and
+      // our next edit is refused locally
+      await sync.waitFor(() => space.acl.state.departed.has(acct));
+      assert.throws(() => space.createChange(unhex(doc), unhex(p1.payload as string)), /may not write/);
       await py.cmd({ cmd: "edit", doc, key: "after", value: "secret after removal" });
       const before = space.tree(unhex(doc))!.size;
       const jobs = sync.jobLog.length;
