@@ -10,6 +10,7 @@ import { test } from "node:test";
 import { pack } from "../src/codec.js";
 import { AccountKey, DeviceCertificate, DeviceKey } from "../src/crypto/index.js";
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
+import { listenWebSocket, type WsListener } from "../src/node/ws.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
 import { accept, invite, InviteCode, join } from "../src/bootstrap.js";
@@ -32,7 +33,7 @@ function identity(): { account: AccountKey; deviceKey: DeviceKey; certificate: D
   return { account, deviceKey, certificate: DeviceCertificate.issue(account, deviceKey), config: { limits: LIMITS } };
 }
 
-interface Holder { replicas: SyncReplicas; space: SyncSpace; listener: TcpListener; syncs: PeerSync[]; runs: Promise<void>[]; id: ReturnType<typeof identity> }
+interface Holder { replicas: SyncReplicas; space: SyncSpace; listener: TcpListener; ws: WsListener; syncs: PeerSync[]; runs: Promise<void>[]; id: ReturnType<typeof identity> }
 
 /** A TS peer holding a space with two trees, listening on TCP. */
 async function holder(strikesToClose = 100): Promise<Holder> {
@@ -45,26 +46,29 @@ async function holder(strikesToClose = 100): Promise<Holder> {
   }
   const syncs: PeerSync[] = [];
   const runs: Promise<void>[] = [];
-  const listener = await listenTcp("127.0.0.1", 0, id, (conn) => {
+  const serve = (conn: Connection): void => {
     const s = new PeerSync(replicas, conn, { strikesToClose });
     syncs.push(s);
     runs.push(s.run());
-  });
-  return { replicas, space, listener, syncs, runs, id };
+  };
+  const listener = await listenTcp("127.0.0.1", 0, id, serve);
+  const ws = await listenWebSocket("127.0.0.1", 0, id, serve);
+  return { replicas, space, listener, ws, syncs, runs, id };
 }
 
 async function shutdown(h: Holder): Promise<void> {
   for (const s of h.syncs) s.close("test over");
   await Promise.all(h.runs);
   await h.listener.close();
+  await h.ws.close();
 }
 
-test("a Python node joins a space the TS peer holds, fetches its trees, and its document reaches us", { timeout: 60_000 }, async () => {
+for (const transport of ["tcp", "ws"] as const) test(`${transport}: a Python node joins a space the TS peer holds, fetches its trees, and its document reaches us`, { timeout: 60_000 }, async () => {
   const h = await holder();
   try {
     const [raw, code] = invite(h.space.acl, h.id.account, Role.WRITER, { anyoneCanJoin: true });
     h.replicas.commitAcl(h.space, raw);
-    const py = spawnPython("py_join.py", [code.encode(), "tcp", String(h.listener.port), "2"]);
+    const py = spawnPython("py_join.py", [code.encode(), transport, String(transport === "tcp" ? h.listener.port : h.ws.port), "2"]);
     try {
       const joined = await py.next();
       assert.equal(joined.error, undefined, String(joined.error));
