@@ -16,6 +16,8 @@ import { Limits } from "../src/transport/handshake.js";
 import { connectWebSocket, WS_PATH, type WebSocketConstructor } from "../src/transport/websocket.js";
 import { InviteCode } from "../src/bootstrap.js";
 import { PeerSync } from "../src/sync/engine.js";
+import { JoinError } from "../src/sync/errors.js";
+import { joinByInvite, splitHint } from "../src/sync/join.js";
 import { SyncReplicas, type SyncSpace } from "../src/sync/replica.js";
 import { hex, unhex, utf8 } from "./helpers.js";
 import { type PyNode, startPyNode } from "./fixtures/pynode.js";
@@ -174,6 +176,31 @@ test("laptop stopped: the TS peer and another Python device sync through a Pytho
     laptop.close();
     backup?.close();
     await Promise.all(runs);
+    await py.stop();
+  }
+});
+
+test("joinByInvite: a browser-like dialer (WebSocket only) skips the code's TCP hint and joins over WebSocket", { timeout: 60_000 }, async () => {
+  assert.deepEqual(splitHint("quic:[fe80::1]:7337"), ["quic", "fe80::1", 7337]);
+  assert.deepEqual(splitHint("tcp://10.0.0.2:4711"), ["tcp", "10.0.0.2", 4711]);
+  assert.deepEqual(splitHint("192.168.1.7:7337"), ["quic", "192.168.1.7", 7337]);
+  assert.throws(() => splitHint("ws:host"), JoinError);
+  const py = await startPyNode();
+  const { replicas, id } = me();
+  const tried: string[] = [];
+  const joined = await joinByInvite(replicas, py.info.invite, async (carrier, host, port) => {
+    tried.push(carrier);
+    if (carrier !== "ws") throw new Error(`no ${carrier} in a browser`);
+    return connectWebSocket(`ws://${host}:${port}${WS_PATH}`, { ...id, expectedPeer: null, WebSocket: WebSocket as unknown as WebSocketConstructor });
+  });
+  try {
+    assert.deepEqual(tried, ["tcp", "ws"]);
+    assert.equal(joined.sync.conn.transport, "ws");
+    assert.equal(joined.pendingApproval, false);
+    await joined.sync.waitFor(() => plaintexts(joined.space, py.info.doc).some((p) => contains(p, "from python")));
+  } finally {
+    joined.sync.close();
+    await joined.running;
     await py.stop();
   }
 });
