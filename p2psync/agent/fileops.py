@@ -25,7 +25,7 @@ from p2psync.device import LocalDevice, doc_ref
 from p2psync.errors import FileIncomplete, InvalidParams
 from p2psync.replica import filespace as FS
 from p2psync.replica.files import MAX_MEDIA_TYPE
-from p2psync.sync.files_io import fetch_file
+from p2psync.sync.files_io import fetch_file, offer_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from p2psync.agent.core import Agent
@@ -122,6 +122,19 @@ async def agent_file_get(agent: Agent, space: str, file: str, out: str) -> dict[
     return file_get(dev, space, file, out)
 
 
+async def agent_file_add(agent: Agent, space: str, path: str, name: str | None = None,
+                         media_type: str | None = None, file: str | None = None
+                         ) -> dict[str, Any]:
+    """Add as without an agent, then offer the chunks to the connected backups of the space
+    (they pull them at once; a backup away now gets them offered when it next connects)."""
+    dev = agent.device
+    assert dev is not None
+    out = file_add(dev, space, path, name, media_type, file)
+    sp = dev.resolve_space(out["space_id"])
+    await offer_file(agent.node.engines, sp, doc_ref(sp, out["file"]))
+    return out
+
+
 AgentRun = Callable[[Any, Params], Awaitable[Any]]
 
 
@@ -134,5 +147,6 @@ def _on_agent(fn: Callable[..., Awaitable[Any]]) -> AgentRun:
 
 #: ops that need the running agent (its peers): ``p2psync.api`` puts them over FILE_OPS
 AGENT_FILE_OPS: dict[str, tuple[type[Params], AgentRun]] = {
+    "file.add": (FileAddParams, _on_agent(agent_file_add)),
     "file.get": (FileGetParams, _on_agent(agent_file_get)),
 }
