@@ -133,3 +133,16 @@ async def test_chunks_come_from_several_peers_and_resume(fleet: Fleet, tmp_path:
     assert out.read_bytes() == data
     assert sum(served.values()) - before == total - held  # only the remainder moved
     assert served["a"] > 0 and served["b"] > 0  # both peers served chunks of the file
+
+
+async def test_pin_fetches_now_and_unpin_keeps_the_chunks(fleet: Fleet) -> None:
+    (_a, b), space = await pair(fleet, "tcp", "a", "b")
+    fid = FS.add_file(space, random.Random(9).randbytes(SIZE), name="f").manifest.file_id
+    await has_file(b, space.id, fid)
+    ref = short_hash(fid)
+    row = await call(b, "file.pin", space=space.id, file=ref)
+    assert row["pinned"] and row["complete"]  # fetched at pin time, not at open
+    [listed] = await call(b, "file.list", space=space.id)
+    assert listed["pinned"]
+    row = await call(b, "file.unpin", space=space.id, file=ref)
+    assert not row["pinned"] and row["complete"]

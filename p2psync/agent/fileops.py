@@ -12,7 +12,9 @@ local ones): chunks are fetched lazily, when a file is opened, never with head s
 
 from __future__ import annotations
 
+import json
 import mimetypes
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -57,10 +59,33 @@ class FileListParams(Params, frozen=True):
     space: Ref
 
 
-def _row(info: FS.FileInfo) -> dict[str, Any]:
+PINS = "pinned-files.json"  #: in the home: {space id: [file id hex, ...]}
+
+
+def pins(dev: LocalDevice) -> dict[str, set[str]]:
+    """Pinned files of this device: kept complete (fetched when pinned) and never evicted."""
+    try:
+        data = json.loads((dev.home.path / PINS).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise InvalidParams(f"{dev.home.path / PINS} is unreadable: {exc}") from exc
+    return {str(k): {str(f) for f in v} for k, v in data.items()} if isinstance(
+        data, dict) else {}
+
+
+def _save_pins(dev: LocalDevice, data: dict[str, set[str]]) -> None:
+    path = dev.home.path / PINS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: sorted(v) for k, v in data.items() if v}, indent=1,
+                              sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _row(info: FS.FileInfo, pinned: bool = False) -> dict[str, Any]:
     return {"file": short_hash(info.file_id), "name": info.name, "media_type": info.media_type,
             "size": info.size, "chunks": info.chunks, "held": info.held,
-            "complete": info.complete}
+            "complete": info.complete, "pinned": pinned}
 
 
 def file_add(dev: LocalDevice, space: str, path: str, name: str | None = None,
@@ -85,12 +110,35 @@ def file_get(dev: LocalDevice, space: str, file: str, out: str) -> dict[str, Any
 
 
 def file_list(dev: LocalDevice, space: str) -> list[dict[str, Any]]:
-    return [_row(i) for i in FS.list_files(dev.resolve_space(space))]
+    sp = dev.resolve_space(space)
+    pinned = pins(dev).get(sp.id, set())
+    return [_row(i, i.file_id.hex() in pinned) for i in FS.list_files(sp)]
 
 
 def file_info(dev: LocalDevice, space: str, file: str) -> dict[str, Any]:
     sp = dev.resolve_space(space)
-    return _row(FS.file_info(sp, doc_ref(sp, file)))
+    fid = doc_ref(sp, file)
+    return _row(FS.file_info(sp, fid), fid.hex() in pins(dev).get(sp.id, set()))
+
+
+def file_pin(dev: LocalDevice, space: str, file: str) -> dict[str, Any]:
+    """Mark a file pinned (the agent fetches it at once: see :func:`agent_file_pin`)."""
+    sp = dev.resolve_space(space)
+    fid = doc_ref(sp, file)
+    FS.manifest_of(sp, fid)  # a live file
+    data = pins(dev)
+    data.setdefault(sp.id, set()).add(fid.hex())
+    _save_pins(dev, data)
+    return file_info(dev, space, file)
+
+
+def file_unpin(dev: LocalDevice, space: str, file: str) -> dict[str, Any]:
+    sp = dev.resolve_space(space)
+    fid = doc_ref(sp, file)
+    data = pins(dev)
+    data.get(sp.id, set()).discard(fid.hex())
+    _save_pins(dev, data)
+    return file_info(dev, space, file)
 
 
 FILE_OPS: dict[str, LocalOp] = {
@@ -98,6 +146,8 @@ FILE_OPS: dict[str, LocalOp] = {
     "file.get": LocalOp(FileGetParams, file_get),
     "file.list": LocalOp(FileListParams, file_list),
     "file.info": LocalOp(FileParams, file_info),
+    "file.pin": LocalOp(FileParams, file_pin),
+    "file.unpin": LocalOp(FileParams, file_unpin),
 }
 
 LOCAL_OPS.update(FILE_OPS)
@@ -135,6 +185,16 @@ async def agent_file_add(agent: Agent, space: str, path: str, name: str | None =
     return out
 
 
+async def agent_file_pin(agent: Agent, space: str, file: str) -> dict[str, Any]:
+    """Pin, then fetch what is missing from the connected peers (FileIncomplete if they lack
+    some: the pin stays, and ``file pin`` again later fetches the rest)."""
+    dev = agent.device
+    assert dev is not None
+    file_pin(dev, space, file)
+    await fetch(agent, space, file)
+    return file_info(dev, space, file)
+
+
 AgentRun = Callable[[Any, Params], Awaitable[Any]]
 
 
@@ -149,4 +209,5 @@ def _on_agent(fn: Callable[..., Awaitable[Any]]) -> AgentRun:
 AGENT_FILE_OPS: dict[str, tuple[type[Params], AgentRun]] = {
     "file.add": (FileAddParams, _on_agent(agent_file_add)),
     "file.get": (FileGetParams, _on_agent(agent_file_get)),
+    "file.pin": (FileParams, _on_agent(agent_file_pin)),
 }
