@@ -366,3 +366,8 @@ class ChangeTooLarge(DocumentError):
     """One local edit makes an Automerge change bigger than a tree change may carry (the sync
     layer's 1 MiB per change): refused at edit time and rolled back, nothing signed. Big blobs
     belong in files (encrypted file storage), not in a document."""
+
+
+class DiskFull(FileError):
+    """The disk filled up while a file was written out: the transfer was aborted, the partial
+    temp file removed, and whatever was at the target before is untouched."""
