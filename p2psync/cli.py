@@ -672,6 +672,15 @@ def cmd_file_unpin(args: argparse.Namespace, out: Out) -> None:
     out.emit(data, f"{data['file']} unpinned")
 
 
+def cmd_file_cache(args: argparse.Namespace, out: Out) -> None:
+    mib = args.max_mib
+    data = _call(args, "file.cache", max_bytes=None if mib is None else mib << 20,
+                 unlimited=args.unlimited)
+    limit = "unlimited" if data["limit"] is None else f"{data['limit'] >> 20} MiB"
+    out.emit(data, f"cache {data['cached_bytes'] >> 20} MiB of {limit}; evicted "
+                   f"{len(data['evicted'])} file(s)")
+
+
 def cmd_file_list(args: argparse.Namespace, out: Out) -> None:
     rows = _call(args, "file.list", space=args.space)
 
@@ -1106,6 +1115,9 @@ def build_parser() -> argparse.ArgumentParser:
         fp = cmd(fil, name, fn, text)
         fp.add_argument("space")
         fp.add_argument("file", help="file id or prefix")
+    fc = cmd(fil, "cache", cmd_file_cache, "local cache size for fetched files (LRU eviction)")
+    fc.add_argument("--max-mib", type=int, help="evict down to this many MiB (now and later)")
+    fc.add_argument("--unlimited", action="store_true", help="remove the limit")
 
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")

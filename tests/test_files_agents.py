@@ -146,3 +146,28 @@ async def test_pin_fetches_now_and_unpin_keeps_the_chunks(fleet: Fleet) -> None:
     assert listed["pinned"]
     row = await call(b, "file.unpin", space=space.id, file=ref)
     assert not row["pinned"] and row["complete"]
+
+
+async def test_cache_limit_evicts_least_recently_used_unpinned_fetched_files(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """B fetches three of A's files (one pinned) and adds one itself; a cache limit of about
+    one file drops the oldest unpinned fetched file first, never the pinned one nor B's own;
+    an evicted file is fetched again when opened."""
+    (_a, b), space = await pair(fleet, "tcp", "a", "b")
+    fids = [FS.add_file(space, random.Random(20 + i).randbytes(SIZE), name=f"f{i}"
+                        ).manifest.file_id for i in range(3)]
+    sb = b.node.replicas.spaces[space.id]
+    own = FS.add_file(sb, random.Random(30).randbytes(SIZE), name="mine").manifest.file_id
+    for fid in fids:
+        await has_file(b, space.id, fid)
+    refs = [short_hash(f) for f in fids]
+    await call(b, "file.pin", space=space.id, file=refs[0])
+    for i in (1, 2):
+        await call(b, "file.get", space=space.id, file=refs[i], out=str(tmp_path / f"o{i}"))
+    res = await call(b, "file.cache", max_bytes=SIZE * 3 // 2)
+    assert res["evicted"] == [fids[1].hex()[:16]]  # the least recently used unpinned one
+    held = {f: FS.file_info(sb, f).complete for f in (*fids, own)}
+    assert held == {fids[0]: True, fids[1]: False, fids[2]: True, own: True}
+    await call(b, "file.get", space=space.id, file=refs[1], out=str(tmp_path / "again"))
+    assert (tmp_path / "again").read_bytes() == random.Random(21).randbytes(SIZE)
+    assert not FS.file_info(sb, fids[2]).complete  # the limit holds: now f2 is the oldest
