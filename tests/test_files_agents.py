@@ -16,6 +16,7 @@ from p2psync.agent.core import Agent
 from p2psync.api import handle_request
 from p2psync.crypto.ids import short_hash
 from p2psync.replica import filespace as FS
+from p2psync.replica.document import ROOT
 from p2psync.replica.space import Space
 from p2psync.sync import files_io
 from tests.conftest import Fleet
@@ -171,3 +172,30 @@ async def test_cache_limit_evicts_least_recently_used_unpinned_fetched_files(
     await call(b, "file.get", space=space.id, file=refs[1], out=str(tmp_path / "again"))
     assert (tmp_path / "again").read_bytes() == random.Random(21).randbytes(SIZE)
     assert not FS.file_info(sb, fids[2]).complete  # the limit holds: now f2 is the oldest
+
+
+async def test_file_change_events(fleet: Fleet, tmp_path: Path) -> None:
+    """A subscriber on B sees a ``file`` event when A's file arrives (incomplete) and another
+    when B has fetched it (complete); documents that are not files give none."""
+    (_a, b), space = await pair(fleet, "tcp", "a", "b")
+    sub = b.subscribe(space.id)
+
+    async def next_file_event(origin: str) -> dict[str, Any]:
+        while True:
+            ev = await asyncio.wait_for(sub.queue.get(), 20)
+            if ev["event"] == "file" and ev["origin"] == origin:
+                return ev
+            assert ev["event"] == "change" or ev["file"] == short_hash(fid)
+
+    doc = space.new_document()  # not a file: change events only
+    with doc.edit() as e:
+        e.put(ROOT, "k", 1)
+    doc.flush()
+    fid = FS.add_file(space, random.Random(40).randbytes(SIZE), name="pic.png",
+                      media_type="image/png").manifest.file_id
+    ev = await next_file_event("peer")
+    assert (ev["file"], ev["name"], ev["origin"], ev["complete"]) == (
+        short_hash(fid), "pic.png", "peer", False)
+    await call(b, "file.get", space=space.id, file=short_hash(fid), out=str(tmp_path / "o"))
+    ev = await next_file_event("fetched")
+    assert (ev["origin"], ev["complete"], ev["held"]) == ("fetched", True, ev["chunks"])

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -30,8 +30,8 @@ from p2psync.replica import filespace as FS
 from p2psync.replica.files import MAX_MEDIA_TYPE
 from p2psync.sync.files_io import fetch_file, offer_file
 
-if TYPE_CHECKING:  # pragma: no cover
-    from p2psync.agent.core import Agent
+#: the running agent (p2psync.agent.core.Agent; not imported: core imports this module)
+Agent = Any
 
 FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 MediaType = Annotated[str, msgspec.Meta(max_length=MAX_MEDIA_TYPE)]
@@ -261,10 +261,24 @@ async def fetch(agent: Agent, space: str, file: str) -> tuple[LocalDevice, Any, 
 
 
 async def agent_file_get(agent: Agent, space: str, file: str, out: str) -> dict[str, Any]:
-    dev, sp, fid = await fetch(agent, space, file)
+    dev, sp, fid = await _fetched(agent, space, file)
     res = file_get(dev, space, file, out)
     _used(dev, sp.id, fid)
     return res
+
+
+async def _fetched(agent: Agent, space: str, file: str) -> tuple[LocalDevice, Any, bytes]:
+    """:func:`fetch`, then a ``file`` event (origin ``fetched``) if chunks arrived."""
+    dev = agent.device
+    assert dev is not None
+    sp = dev.resolve_space(space)
+    fid = doc_ref(sp, file)
+    had = FS.missing_chunks(sp, fid)
+    try:
+        return await fetch(agent, space, file)
+    finally:
+        if had and len(FS.missing_chunks(sp, fid)) < len(had):
+            _announce(agent, sp, fid, "fetched")
 
 
 def _used(dev: LocalDevice, space_id: str, fid: bytes) -> None:
@@ -294,9 +308,27 @@ async def agent_file_pin(agent: Agent, space: str, file: str) -> dict[str, Any]:
     dev = agent.device
     assert dev is not None
     file_pin(dev, space, file)
-    _dev, sp, fid = await fetch(agent, space, file)
+    _dev, sp, fid = await _fetched(agent, space, file)
     _used(dev, sp.id, fid)
     return file_info(dev, space, file)
+
+
+def file_event(space: Any, file_id: bytes, origin: str) -> dict[str, Any] | None:
+    """The ``file`` change event of a document that holds a file (None for other documents
+    and for files this device cannot read): what apps show, with ``held``/``complete``."""
+    try:
+        info = FS.file_info(space, file_id)
+    except P2PSyncError:
+        return None
+    return {"event": "file", "space_id": space.id, "doc": short_hash(file_id), **_row(info),
+            "origin": origin}
+
+
+def _announce(agent: Agent, space: Any, file_id: bytes, origin: str) -> None:
+    ev = file_event(space, file_id, origin)
+    if ev is not None:
+        for sub in list(agent._subs.values()):
+            sub.offer(ev)
 
 
 AgentRun = Callable[[Any, Params], Awaitable[Any]]
