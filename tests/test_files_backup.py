@@ -8,9 +8,12 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from p2psync.backup.config import Quotas
 from p2psync.node import Node
 from p2psync.replica import filespace as FS
+from p2psync.replica.files import chunk_address
 from p2psync.replica.space import Space
 from p2psync.sync import files_io
 from tests.backup_helpers import NO_PERIODIC
@@ -99,3 +102,31 @@ async def test_over_quota_chunks_are_refused(fleet: Fleet) -> None:
     assert backup.store is not None
     held = sum(len(backup.store.get_chunk(a) or b"") for a in backup.store.list_chunks(space.id))
     assert held <= SIZE // 2 and policy.usage.spaces[space.id].bytes <= SIZE // 2
+
+
+async def test_offers_for_unknown_files_store_nothing(fleet: Fleet,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member offers chunks it holds under a file id that is no document of the space (no
+    tombstone could ever free them): the backup pulls nothing of them; a real file's offer
+    made at the same time is pulled."""
+    monkeypatch.setattr(files_io, "TREE_WAIT", 0.3)
+    backup, _policy = await fleet.backup(head_sync_interval=NO_PERIODIC)
+    laptop = await fleet.node("laptop", config=fast_config(head_sync_interval=NO_PERIODIC))
+    space = laptop.create_space()
+    space.emit_acl(lambda acl: acl.add_replicator(laptop.account, backup.account.public))
+    await laptop.connect(backup.address())
+    await wait_any([laptop, backup], lambda: converged([laptop, backup], space.id))
+    data = random.Random(5).randbytes(300_000)
+    real = FS.add_file(space, data, name="f").manifest.file_id
+    await wait_any([backup], lambda: backup.spaces[space.id].has_tree(real))
+    ghost = os.urandom(32)
+    blobs = [os.urandom(1000) for _ in range(5)]
+    space.store.put_chunks(space.id, ghost, [(chunk_address(b), b) for b in blobs])
+    engine = files_io.peers_for(laptop.engines, space.id)[0]
+    puller = files_io.Puller.of(backup.replicas)
+    assert await files_io.offer_chunks(engine, space, [ghost]) == 1
+    assert await files_io.offer_chunks(engine, space, [real]) == 1  # real: pulled
+    await wait_any([backup], lambda: puller.idle.is_set())
+    assert backup.store is not None
+    assert backup.store.list_chunks(space.id, ghost) == []
+    assert backup.store.list_chunks(space.id, real) == space.store.list_chunks(space.id, real)

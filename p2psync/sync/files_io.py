@@ -253,6 +253,12 @@ def is_replicator(replicas: Replicas, space_id: str, account: bytes) -> bool:
     return space is not None and account in space.acl.state.replicators
 
 
+#: addresses a replicator keeps queued from offers (~10 MiB; ~16 GiB of chunks)
+MAX_QUEUED = 1 << 18
+#: seconds a replicator waits for an offered file's document to arrive
+TREE_WAIT = 30.0
+
+
 class Puller:
     """What a replicator of a space (a backup) does with chunk offers: pull the offered chunks
     it lacks from every connected peer of the space, one file at a time, verified by address
@@ -267,6 +273,7 @@ class Puller:
         self.replicas = replicas
         self.queue: dict[tuple[str, bytes], set[bytes]] = {}
         self.task: asyncio.Task[None] | None = None
+        self.queued = 0  #: addresses waiting (bounded: offers cost the offerer nothing)
         self.pulled = 0  #: chunks stored from offers
         self.failures = 0
         self.idle = asyncio.Event()
@@ -285,9 +292,10 @@ class Puller:
             return
         have = r.store.has_chunks(list(offer.addresses))
         lacking = [a for a in offer.addresses if a not in have]
-        if not lacking:
-            return
+        if not lacking or self.queued + len(lacking) > MAX_QUEUED:
+            return  # nothing new, or too much queued: offered again at the next connection
         self.queue.setdefault((offer.space_id, offer.file_id), set()).update(lacking)
+        self.queued += len(lacking)
         self.idle.clear()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
@@ -297,8 +305,15 @@ class Puller:
             while self.queue:
                 (sid, fid), wanted = next(iter(self.queue.items()))
                 del self.queue[(sid, fid)]
+                self.queued -= len(wanted)
                 space = self.replicas.spaces.get(sid)
-                if space is None or space.is_deleted(fid):
+                if space is None:
+                    continue
+                try:  # the file's document may arrive after the offer (another stream)
+                    await self.replicas.wait_for(_known(space, fid), TREE_WAIT)
+                except TimeoutError:
+                    continue  # no such file here: chunks of unknown files are not kept
+                if space.is_deleted(fid):
                     continue
                 try:
                     await self._pull(space, fid, sorted(wanted))
@@ -332,6 +347,10 @@ class Puller:
         if streams:
             await run_fetch(ChunkFetch(space.id, fid, wanted, window=4), streams, keep,
                             on_bad=_strike_engine)
+
+
+def _known(space: Space, fid: bytes) -> Callable[[], bool]:
+    return lambda: space.is_deleted(fid) or space.has_tree(fid)
 
 
 def _strike_engine(peer: Peer, why: str) -> None:
