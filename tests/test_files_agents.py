@@ -199,3 +199,32 @@ async def test_file_change_events(fleet: Fleet, tmp_path: Path) -> None:
     await call(b, "file.get", space=space.id, file=short_hash(fid), out=str(tmp_path / "o"))
     ev = await next_file_event("fetched")
     assert (ev["origin"], ev["complete"], ev["held"]) == ("fetched", True, ev["chunks"])
+
+
+async def test_an_edited_file_moves_only_its_changed_chunks(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (_a, b), space = await pair(fleet, "tcp", "a", "b")
+    data = bytearray(random.Random(50).randbytes(SIZE))
+    res = FS.add_file(space, bytes(data), name="doc.bin")
+    fid = res.manifest.file_id
+    await has_file(b, space.id, fid)
+    ref = short_hash(fid)
+    await call(b, "file.get", space=space.id, file=ref, out=str(tmp_path / "v1"))
+    data[SIZE // 2:SIZE // 2 + 100] = b"x" * 100  # a small edit in the middle
+    edit = FS.add_file(space, bytes(data), name="doc.bin", file_id=fid)
+    assert 0 < edit.new_chunks <= 3
+    sb = b.node.replicas.spaces[space.id]
+    await wait_any([b.node], lambda: FS.manifest_of(sb, fid).addresses
+                   == edit.manifest.addresses)
+    served = [0]
+    real = files_io.answer
+
+    def counting(store: Any, req: Any) -> Any:
+        resp = real(store, req)
+        served[0] += len(resp.chunks)
+        return resp
+
+    monkeypatch.setattr(files_io, "answer", counting)
+    await call(b, "file.get", space=space.id, file=ref, out=str(tmp_path / "v2"))
+    assert (tmp_path / "v2").read_bytes() == bytes(data)
+    assert served[0] == edit.new_chunks  # only the changed chunks travelled
