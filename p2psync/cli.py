@@ -810,8 +810,58 @@ def cmd_file_add(args: argparse.Namespace, out: Out) -> None:
 
 def cmd_file_get(args: argparse.Namespace, out: Out) -> None:
     dest = str(Path(args.out).expanduser().resolve())
-    data = _call(args, "file.get", space=args.space, file=args.file, out=dest)
+    with _file_progress(args, "file.get"):
+        data = _call(args, "file.get", space=args.space, file=args.file, out=dest)
     out.emit(data, f"{data['size']} bytes -> {data['out']}")
+
+
+@contextlib.contextmanager
+def _file_progress(args: argparse.Namespace, what: str) -> Iterator[None]:
+    """While a running agent fetches a file's chunks: ``held/chunks`` on a terminal's stderr,
+    polled over a second API connection (nothing when not a terminal or no agent runs)."""
+    import threading
+
+    home = _home(args)
+    if not sys.stderr.isatty() or getattr(args, "json", False) or not agent_running(home.path):
+        yield
+        return
+    done = threading.Event()
+
+    def poll() -> None:
+        with contextlib.suppress(OSError, ApiError), ApiClient(home.path) as client:
+            while not done.wait(0.3):
+                r = client.call("file.info", space=args.space, file=args.file)
+                pct = 100 * r["held"] // max(1, r["chunks"])
+                print(f"\r{what}: {r['held']}/{r['chunks']} chunks ({pct} %)", end="",
+                      file=sys.stderr, flush=True)
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(1.0)
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def cmd_file_pin(args: argparse.Namespace, out: Out) -> None:
+    with _file_progress(args, "file.pin"):
+        data = _call(args, "file.pin", space=args.space, file=args.file)
+    out.emit(data, f"{data['file']} pinned, {data['held']}/{data['chunks']} chunks here")
+
+
+def cmd_file_unpin(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "file.unpin", space=args.space, file=args.file)
+    out.emit(data, f"{data['file']} unpinned")
+
+
+def cmd_file_cache(args: argparse.Namespace, out: Out) -> None:
+    mib = args.max_mib
+    data = _call(args, "file.cache", max_bytes=None if mib is None else mib << 20,
+                 unlimited=args.unlimited)
+    limit = "unlimited" if data["limit"] is None else f"{data['limit'] >> 20} MiB"
+    out.emit(data, f"cache {data['cached_bytes'] >> 20} MiB of {limit}; evicted "
+                   f"{len(data['evicted'])} file(s)")
 
 
 def cmd_file_list(args: argparse.Namespace, out: Out) -> None:
@@ -1289,6 +1339,14 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("out", help="where to write it (written whole, or not at all)")
     cmd(fil, "list", cmd_file_list, "files of a space and how much of each is here"
         ).add_argument("space")
+    for name, fn, text in (("pin", cmd_file_pin, "keep a file complete here (fetch it now)"),
+                           ("unpin", cmd_file_unpin, "stop keeping a file complete here")):
+        fp = cmd(fil, name, fn, text)
+        fp.add_argument("space")
+        fp.add_argument("file", help="file id or prefix")
+    fc = cmd(fil, "cache", cmd_file_cache, "local cache size for fetched files (LRU eviction)")
+    fc.add_argument("--max-mib", type=int, help="evict down to this many MiB (now and later)")
+    fc.add_argument("--unlimited", action="store_true", help="remove the limit")
 
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")
