@@ -503,8 +503,9 @@ async def settle(procs: list[BackupProc], targets: list[int], engines: list[Peer
     """Wait until every process holds its target. A push the engine dropped (its queue
     overflows when the backup is slower than the members) is only repaired by head sync,
     which the members run every hour here (QUIET): after STALL_S without progress they
-    head-sync now — what a real device's 30 s timer does. This was the "stall" of (c) with
-    20 devices. Returns how many such repairs were needed."""
+    head-sync now — what a real device's 30 s timer does. Returns how many such repairs
+    were needed. (It does not cure the 20-device stall of docs/backup-cluster.md: there
+    the members never get past push_all's backpressure.)"""
     repairs = 0
     last = -1
     while True:
