@@ -4,22 +4,31 @@
 CLI (without an agent) and the local API (with one) dispatch them like every other op; ops.py
 itself does not import it (that would be an import cycle).
 
-Paths are paths on the machine of the agent (the local API is a local socket)."""
+Paths are paths on the machine of the agent (the local API is a local socket).
+
+With an agent running, ``file.get`` first fetches the chunks this store lacks from every
+connected peer sharing the space (:data:`AGENT_FILE_OPS`, which ``p2psync.api`` puts over the
+local ones): chunks are fetched lazily, when a file is opened, never with head sync."""
 
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from p2psync.agent.ops import LOCAL_OPS, LocalOp, Name, Params, Ref
 from p2psync.crypto.ids import short_hash
 from p2psync.device import LocalDevice, doc_ref
-from p2psync.errors import InvalidParams
+from p2psync.errors import FileIncomplete, InvalidParams
 from p2psync.replica import filespace as FS
 from p2psync.replica.files import MAX_MEDIA_TYPE
+from p2psync.sync.files_io import fetch_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from p2psync.agent.core import Agent
 
 FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 MediaType = Annotated[str, msgspec.Meta(max_length=MAX_MEDIA_TYPE)]
@@ -92,3 +101,38 @@ FILE_OPS: dict[str, LocalOp] = {
 }
 
 LOCAL_OPS.update(FILE_OPS)
+
+
+# --- with a running agent: chunks come from peers --------------------------------------------
+async def fetch(agent: Agent, space: str, file: str) -> tuple[LocalDevice, Any, bytes]:
+    """Fetch what this store lacks of a file from the connected peers sharing its space;
+    :class:`FileIncomplete` (saying how much is here) when they do not have the rest."""
+    dev = agent.device
+    assert dev is not None
+    sp = dev.resolve_space(space)
+    fid = doc_ref(sp, file)
+    if not await fetch_file(agent.node.engines, sp, fid):
+        info = FS.file_info(sp, fid)  # what the connected peers (if any) had is kept
+        raise FileIncomplete(info.chunks - info.held, info.chunks)
+    return dev, sp, fid
+
+
+async def agent_file_get(agent: Agent, space: str, file: str, out: str) -> dict[str, Any]:
+    dev, _sp, _fid = await fetch(agent, space, file)
+    return file_get(dev, space, file, out)
+
+
+AgentRun = Callable[[Any, Params], Awaitable[Any]]
+
+
+def _on_agent(fn: Callable[..., Awaitable[Any]]) -> AgentRun:
+    """``fn(agent, **params)`` as an API runner ``run(ctx, params)`` (ctx.agent is the agent)."""
+    async def run(ctx: Any, p: Params) -> Any:
+        return await fn(ctx.agent, **msgspec.structs.asdict(p))
+    return run
+
+
+#: ops that need the running agent (its peers): ``p2psync.api`` puts them over FILE_OPS
+AGENT_FILE_OPS: dict[str, tuple[type[Params], AgentRun]] = {
+    "file.get": (FileGetParams, _on_agent(agent_file_get)),
+}
