@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,6 +358,20 @@ async def initial_sync(run: Run, system: str, args: argparse.Namespace,
         await s.close()
 
 
+async def guarded(run: Run, system: str, what: str,
+                  job: Coroutine[Any, Any, dict[str, Any]]) -> bool:
+    """Run one system's workloads; a failure is logged and recorded in its results
+    (``errors``) instead of ending the whole run and losing every other figure."""
+    try:
+        run.results[system].update(await job)
+        return True
+    except Exception as exc:  # a peer's error reply, a timeout, a crashed process
+        log(f"  {system} workloads {what} failed: {type(exc).__name__}: {exc}"[:500])
+        run.results[system].setdefault("errors", []).append(
+            {"workloads": what, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        return False
+
+
 # --- report -------------------------------------------------------------------------------------
 def pct(xs: list[int], q: float) -> float:
     s = sorted(xs)
@@ -529,13 +544,17 @@ async def amain(args: argparse.Namespace) -> int:
             for s in systems:
                 log(f"workloads {','.join(str(w) for w in sorted(workloads & {1, 2, 5, 6}))}: "
                     f"{s} ...")
-                run.results[s].update(await pair_workloads(run, s, args))
+                await guarded(run, s, "1,2,5,6", pair_workloads(run, s, args))
         if workloads & {3, 4}:
             p2p = [transport_of(s) for s in systems if s != BASELINE]
             seeded = await seed_p2psync(run, args, p2p) if p2p else None
             for s in systems:
                 log(f"workloads 3-4: {s} ...")
-                run.results[s].update(await initial_sync(run, s, args, seeded))
+                if not await guarded(run, s, "3-4", initial_sync(run, s, args, seeded)):
+                    # once more: on a loaded machine automerge-repo's find() can give up
+                    # ("Document … is unavailable"); the retry is recorded in the JSON
+                    log(f"workloads 3-4: {s} again ...")
+                    await guarded(run, s, "3-4 (retry)", initial_sync(run, s, args, seeded))
         if not args.keep_logs:
             for logf in Path(tmp).glob("*.log"):
                 if logf.stat().st_size:

@@ -108,9 +108,9 @@ async def test_big_batch_is_stored_in_chunks_with_the_loop_running(tmp_path: Pat
     calls: list[tuple[int, int]] = []  # (ticks at the call, changes in it)
     real_apply = a.replicas.apply_changes
 
-    def counting(source: Any, sp: Any, tid: bytes, raws: Any) -> Any:
+    def counting(source: Any, sp: Any, tid: bytes, raws: Any, **kw: Any) -> Any:
         calls.append((ticks, len(raws)))
-        return real_apply(source, sp, tid, raws)
+        return real_apply(source, sp, tid, raws, **kw)
 
     a.replicas.apply_changes = counting  # type: ignore[method-assign]
     tick = asyncio.ensure_future(ticker())

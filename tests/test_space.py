@@ -117,3 +117,46 @@ def test_trees_in_memory_are_bounded_and_reload_from_the_store(tmp_path: Path) -
     assert all(d.tree.id in a._trees for d in docs)  # pinned by their open documents
     a.tree(docs[0].tree.id)
     assert len(a._trees) == 6
+
+
+def test_open_documents_are_bounded_and_an_app_held_one_stays_the_same(tmp_path: Path) -> None:
+    """Issue 13: the space keeps at most ``max_open_documents`` documents open (LRU); the rest
+    are freed and reopen from the store with the same content. A document an app still holds
+    is handed back as the same object over the same tree (never a second copy), and one with
+    unflushed edits is never dropped."""
+    import gc
+
+    store, me, dev = _device(tmp_path, "a")
+    a = Space.create(store, me, dev, window=0)
+    a.max_open_documents = 3
+    tids = []
+    for i in range(8):
+        doc = a.new_document()
+        with doc.edit() as e:
+            e.put(ROOT, "i", i)
+        tids.append(doc.tree.id)
+    del doc
+    for i, tid in enumerate(tids):
+        assert a.document(tid).to_json() == {"i": i}
+    gc.collect()
+    assert len(a._docs) == 3 and len(a._live) == 3  # the others were freed
+    assert [a.document(t).to_json() for t in tids] == [{"i": i} for i in range(8)]
+
+    held = a.document(tids[0])
+    a.max_cached_trees = 1
+    for t in tids[1:]:
+        a.document(t).to_json()
+    assert tids[0] not in a._docs
+    assert a.document(tids[0]) is held  # same object, so edits and syncs meet in one tree
+    assert a.tree(tids[0]) is held.tree
+
+    held.window = 3600.0  # an unflushed edit pins the document even when nobody holds it
+    with held.edit() as e:
+        e.put(ROOT, "late", True)
+    del held
+    for t in tids[1:]:
+        a.document(t).to_json()
+    gc.collect()
+    assert a.flush() == 1
+    reopened = Space.open(store, me, dev, a.id)
+    assert reopened.document(tids[0]).to_json() == {"i": 0, "late": True}

@@ -547,7 +547,7 @@ def test_removal_policy_refusals_are_not_strikes(tmp_path: Path,
     raws = [c.raw for c in bs.tree(tid).changes()]
 
     def refuse(exc: Exception) -> None:
-        def apply(*_: Any) -> Any:
+        def apply(*_: Any, **__: Any) -> Any:
             raise exc
         monkeypatch.setattr(a.replicas, "apply_changes", apply)
 

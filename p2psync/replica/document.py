@@ -394,7 +394,6 @@ class Document:
         p = decode_payload(sealed.plaintext)
         if sealed.snapshot:
             p = Payload(p.am_heads, p.items, snapshot=True)
-        self._am_heads[ch.id] = p.am_heads
         return p
 
     def claims(self, ch: Change) -> tuple[int | None, bool | None]:
@@ -681,9 +680,10 @@ class Document:
         for h in tree_heads:
             if h not in self.tree:
                 raise DocumentError(f"unknown tree head {h.hex()[:16]}…")
-            if h not in self._am_heads:
-                self._payload(self.tree.get(h))
-            out.update(self._am_heads[h])
+            amh = self._am_heads.get(h)
+            if amh is None:  # cached only for heads asked about (issue 13: no per-change cache)
+                amh = self._am_heads[h] = self._payload(self.tree.get(h)).am_heads
+            out.update(amh)
         return sorted(out)
 
     def obj(self, path: Sequence[str | int], *, heads: Sequence[bytes] | None = None) -> ObjId:

@@ -13,8 +13,9 @@ typed error and leaves the store unchanged.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from p2psync.codec import content_id
@@ -60,6 +61,10 @@ class Space:
 
     #: trees kept in memory per space (documents in use are always kept)
     max_cached_trees: int = 256
+    #: documents this space keeps open (materialised) on its own, least recently used dropped
+    #: beyond it (one with unflushed edits stays); a document an app still holds stays open
+    #: and is returned again — see :meth:`document`
+    max_open_documents: int = 128
 
     def __init__(
         self, header: SpaceHeader, acl: Acl, store: ReplicaStore, me: SigningKey, device: bytes,
@@ -74,7 +79,12 @@ class Space:
         self.window = window
         #: trees in memory, least recently used first (bounded: see :meth:`_cache`)
         self._trees: OrderedDict[bytes, ObjectTree] = OrderedDict()
-        self._docs: dict[bytes, Document] = {}
+        #: documents kept open by the space, least recently used first (bounded)
+        self._docs: OrderedDict[bytes, Document] = OrderedDict()
+        #: every document object still alive (kept by the space or by an app): one tree never
+        #: gets two documents, or two in-memory trees, at once
+        self._live: weakref.WeakValueDictionary[bytes, Document] = (
+            weakref.WeakValueDictionary())
         self._known_trees: set[bytes] = set(store.list_trees(header.space_id))
         self.tree_listeners: list[TreeListener] = []
         self.acl_listeners: list[AclListener] = []
@@ -223,6 +233,7 @@ class Space:
             self._known_trees.discard(t)
             self._trees.pop(t, None)
             self._docs.pop(t, None)
+            self._live.pop(t, None)
         self.purged.extend(gone)
 
     def is_deleted(self, tree_id: bytes | None = None) -> bool:
@@ -252,7 +263,9 @@ class Space:
         if tree is None:
             if tree_id not in self._known_trees:
                 raise WrongTree(f"space {self.id} has no object {tree_id.hex()[:16]}…")
-            tree = self.store.load_tree(self.id, tree_id, self.acl)
+            doc = self._live.get(tree_id)  # an app still holds its document: that tree
+            tree = doc.tree if doc is not None else self.store.load_tree(
+                self.id, tree_id, self.acl)
             self._cache(tree)
         else:
             self._trees.move_to_end(tree_id)
@@ -290,7 +303,7 @@ class Space:
         for tid in list(self._trees):
             if excess <= 0:
                 break
-            if tid in self._docs or tid == tree.id or self._trees[tid].waiting_ids:
+            if tid in self._live or tid == tree.id or self._trees[tid].waiting_ids:
                 continue
             del self._trees[tid]
             excess -= 1
@@ -300,13 +313,16 @@ class Space:
         tree = self._trees.get(tree_id)
         return tree.heads if tree is not None else self.store.get_heads(tree_id)
 
-    def add_changes(self, tree_id: bytes, raws: Sequence[bytes]) -> AddResult:
+    def add_changes(self, tree_id: bytes, raws: Sequence[bytes], *,
+                    parsed: Mapping[bytes, Change] | None = None) -> AddResult:
         """Sync path: verify and store changes for one tree; a new tree needs its root among
-        ``raws``. Never decrypts; the document (if materialised) catches up on next read."""
+        ``raws``. Never decrypts; the document (if materialised) catches up on next read.
+        ``parsed``: raw bytes -> :func:`parse_change` of them, where the caller already
+        parsed (see :meth:`ObjectTree.add`)."""
         if self.acl.state.is_deleted(tree_id):
             raise ObjectDeleted("that object was deleted; its changes are no longer accepted")
         if tree_id not in self._known_trees:
-            root_raw = next((r for r in raws if _is_root(r, tree_id)), None)
+            root_raw = next((r for r in raws if _is_root(r, tree_id, parsed)), None)
             if root_raw is None:
                 raise InvalidChange("changes for an unknown object arrived without its root")
             tree = ObjectTree.from_root(self.id, self.acl, root_raw)
@@ -326,8 +342,8 @@ class Space:
         tree = self.tree(tree_id)
         refused: list[tuple[bytes, ReplicaError]] = []
         if self.acl.removal_policy == "strict":
-            raws, refused = self._strict_split(raws)
-        res = tree.add(raws, persist=self.store.persister())
+            raws, refused = self._strict_split(raws, parsed)
+        res = tree.add(raws, persist=self.store.persister(), parsed=parsed)
         res.rejected.extend(refused)
         self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any
         if created:  # a new tree: listeners (push, counting) see its root with the rest
@@ -351,6 +367,8 @@ class Space:
         if self.acl.state.is_deleted(tree_id):
             return None
         tree = self._trees.get(tree_id)
+        if tree is None and (doc := self._live.get(tree_id)) is not None:
+            tree = doc.tree  # in memory through a document an app holds: may be behind
         if tree is None and tree_id in self._known_trees:
             tree = self.tree(tree_id)  # loaded from the store: already current
             res = AddResult(attached=[tree.get(h) for h in tree.heads], heads=tree.heads)
@@ -362,7 +380,7 @@ class Space:
             return None
         return self.add_changes(tree_id, new)
 
-    def _strict_split(self, raws: Sequence[bytes],
+    def _strict_split(self, raws: Sequence[bytes], parsed: Mapping[bytes, Change] | None,
                       ) -> tuple[list[bytes], list[tuple[bytes, ReplicaError]]]:
         """Strict removal: take out changes by authors removed at or after their ACL head (and
         changes of the batch built on them) so the rest of the batch still attaches."""
@@ -371,7 +389,7 @@ class Space:
         dropped: set[bytes] = set()
         for raw in raws:
             try:
-                ch = parse_change(raw)
+                ch = _parsed(raw, parsed)
             except (DecodeError, ReplicaError):
                 keep.append(raw)  # the tree refuses it with the right error
                 continue
@@ -404,17 +422,42 @@ class Space:
         return self.document(tree.id)
 
     def document(self, tree_id: bytes) -> Document:
-        """The document of a tree (materialised lazily on first read or edit)."""
+        """The document of a tree (materialised lazily on first read or edit).
+
+        The space keeps at most :attr:`max_open_documents` documents open, least recently used
+        dropped first (their Automerge state, per-change caches and pinned trees are freed;
+        the next call reopens from the store). A document with unflushed edits is never
+        dropped, and one an app still holds stays the same object: this call returns it again
+        rather than a second copy over a second tree."""
         doc = self._docs.get(tree_id)
         if doc is None:
-            opened = doctype_for(self.header.space_type).open(
-                self.tree(tree_id), self.me, self.device, window=self.window,
-                persist=self._doc_persist)
-            if not isinstance(opened, Document):  # the app API (edits, JSON) is Automerge's
-                raise UnknownSpaceType(f"space type {self.header.space_type!r} has no "
-                                       "Automerge document API")
-            doc = self._docs[tree_id] = opened
+            doc = self._live.get(tree_id)
+            if doc is None:
+                opened = doctype_for(self.header.space_type).open(
+                    self.tree(tree_id), self.me, self.device, window=self.window,
+                    persist=self._doc_persist)
+                if not isinstance(opened, Document):  # the app API (edits, JSON) is Automerge's
+                    raise UnknownSpaceType(f"space type {self.header.space_type!r} has no "
+                                           "Automerge document API")
+                doc = self._live[tree_id] = opened
+            self._docs[tree_id] = doc
+            self._drop_documents(keep=tree_id)
+        else:
+            self._docs.move_to_end(tree_id)
         return doc
+
+    def _drop_documents(self, keep: bytes) -> None:
+        """Forget the least recently used documents beyond :attr:`max_open_documents`."""
+        excess = len(self._docs) - self.max_open_documents
+        if excess <= 0:
+            return
+        for tid in list(self._docs):
+            if excess <= 0:
+                break
+            if tid == keep or self._docs[tid].pending:
+                continue
+            del self._docs[tid]
+            excess -= 1
 
     def _doc_persist(self, tree: ObjectTree, res: AddResult) -> None:
         self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any
@@ -423,16 +466,21 @@ class Space:
 
     def flush(self) -> int:
         """Flush every document's pending edits; returns how many tree changes were made."""
-        return sum(1 for d in self._docs.values() if d.flush() is not None)
+        return sum(1 for d in list(self._live.values()) if d.flush() is not None)
 
 
 def _id_raws(acl: Acl) -> list[tuple[bytes, bytes]]:
     return [(content_id(r), r) for r in acl.export()]
 
 
-def _is_root(raw: bytes, tree_id: bytes) -> bool:
+def _parsed(raw: bytes, parsed: Mapping[bytes, Change] | None) -> Change:
+    ch = parsed.get(raw) if parsed is not None else None
+    return parse_change(raw) if ch is None else ch
+
+
+def _is_root(raw: bytes, tree_id: bytes, parsed: Mapping[bytes, Change] | None = None) -> bool:
     try:
-        ch = parse_change(raw)
+        ch = _parsed(raw, parsed)
     except (DecodeError, ReplicaError):
         return False
     return ch.is_root and ch.id == tree_id

@@ -71,6 +71,33 @@ _CHUNKS_SCHEMA = """CREATE TABLE IF NOT EXISTS chunks (
 )"""
 _CHUNKS_INDEX = "CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file_id)"
 
+#: Running quota totals per space (issue 13): kept by triggers on ``changes``, so every writer
+#: of the file keeps them right — also an older p2psync that knows nothing of this table — and
+#: a backup reads its totals at start instead of scanning every stored change. Added after
+#: schema 1 like ``chunks``: created (and filled by one scan) on the first open that lacks it.
+#: ``save_changes`` inserts the ``trees`` row before the changes and the deletions drop changes
+#: before their ``trees`` row, so the space of a change is always found.
+_USAGE_SCHEMA = (
+    """CREATE TABLE usage (
+    space_id TEXT PRIMARY KEY NOT NULL,
+    bytes    INTEGER NOT NULL,
+    changes  INTEGER NOT NULL
+)""",
+    """CREATE TRIGGER usage_add AFTER INSERT ON changes BEGIN
+    INSERT INTO usage (space_id, bytes, changes)
+        SELECT space_id, length(NEW.raw), 1 FROM trees WHERE tree_id = NEW.tree_id
+        ON CONFLICT (space_id) DO UPDATE
+        SET bytes = bytes + excluded.bytes, changes = changes + 1;
+END""",
+    """CREATE TRIGGER usage_del AFTER DELETE ON changes BEGIN
+    UPDATE usage SET bytes = bytes - length(OLD.raw), changes = changes - 1
+        WHERE space_id = (SELECT space_id FROM trees WHERE tree_id = OLD.tree_id);
+END""",
+    """INSERT INTO usage (space_id, bytes, changes)
+    SELECT t.space_id, coalesce(sum(length(c.raw)), 0), count(c.seq)
+    FROM trees t JOIN changes c ON c.tree_id = t.tree_id GROUP BY t.space_id""",
+)
+
 
 def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
     msg = str(exc).lower()
@@ -121,6 +148,13 @@ class SqliteStore(DerivedStoreOps):
                             if stmt.strip():
                                 db.execute(stmt)
                         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                    "name = 'usage'").fetchone():
+                with self._tx() as db:
+                    if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                      "name = 'usage'").fetchone():
+                        for stmt in _USAGE_SCHEMA:
+                            db.execute(stmt)
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from exc
 
@@ -237,8 +271,16 @@ class SqliteStore(DerivedStoreOps):
             self._query("PRAGMA secure_delete=OFF")
 
     def space_usage(self) -> dict[str, tuple[int, int]]:
-        """``space id -> (bytes of raw changes, number of changes)`` for every space (one
-        scan; a backup reads it once at start and then counts what it stores)."""
+        """``space id -> (bytes of raw changes, number of changes)`` for every space holding
+        changes: the running totals the ``usage`` triggers keep (one row per space, no scan of
+        the changes; a backup reads them at start and then counts what it stores)."""
+        rows = self._query("SELECT space_id, bytes, changes FROM usage WHERE changes > 0 "
+                           "ORDER BY space_id")
+        return {str(a): (int(b), int(c)) for a, b, c in rows}
+
+    def space_usage_scan(self) -> dict[str, tuple[int, int]]:
+        """:meth:`space_usage` counted from the changes themselves (one scan of every stored
+        change): what the running totals must always equal."""
         rows = self._query("SELECT t.space_id, coalesce(sum(length(c.raw)), 0), count(c.seq) "
                            "FROM trees t JOIN changes c ON c.tree_id = t.tree_id "
                            "GROUP BY t.space_id")
@@ -261,6 +303,7 @@ class SqliteStore(DerivedStoreOps):
                 db.executemany("DELETE FROM changes WHERE tree_id = ?", trees)
                 db.executemany("DELETE FROM heads WHERE tree_id = ?", trees)
                 db.execute("DELETE FROM trees WHERE space_id = ?", (space_id,))
+                db.execute("DELETE FROM usage WHERE space_id = ?", (space_id,))
                 db.execute("DELETE FROM acl_records WHERE space_id = ?", (space_id,))
                 db.execute("DELETE FROM spaces WHERE space_id = ?", (space_id,))
                 db.execute("DELETE FROM chunks WHERE space_id = ?", (space_id,))

@@ -55,6 +55,7 @@ class Ingest:
         """Filter and store the next chunk of connectable changes."""
         effects: list[Effect] = []
         ok: list[bytes] = []
+        parsed: dict[bytes, Change] = {}  #: what the replica need not parse again
         space, tid = self.space, self.tree_id
         tree = space.tree(tid) if space.has_tree(tid) else None
         while self._pos < len(self.raws) and len(ok) < self.chunk:
@@ -79,8 +80,9 @@ class Ingest:
                 continue
             self._seen.add(ch.id)
             ok.append(raw)
+            parsed[raw] = ch
         if ok:
-            effects += self._store(ok)
+            effects += self._store(ok, parsed)
         return effects
 
     def run(self) -> list[Effect]:
@@ -90,11 +92,12 @@ class Ingest:
             out += self.step()
         return out
 
-    def _store(self, ok: list[bytes]) -> list[Effect]:
+    def _store(self, ok: list[bytes], parsed: dict[bytes, Change] | None = None,
+               ) -> list[Effect]:
         st = self.state
         sid = self.space.id
         try:
-            st.replicas.apply_changes(self.source, self.space, self.tree_id, ok)
+            st.replicas.apply_changes(self.source, self.space, self.tree_id, ok, parsed=parsed)
         except StoreError:
             raise  # our disk, not the peer: the caller logs it
         except QuotaExceeded as exc:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.errors import ProtocolError
 from p2psync.replica.acl import Acl, AclState, InviteCode
+from p2psync.replica.change import Change
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import AclAddResult, Space
 from p2psync.replica.storage import ReplicaStore
@@ -206,17 +207,23 @@ class Replicas:
 
     def exchange_keys_for(self, account: bytes) -> dict[str, bytes]:
         """Exchange keys of the spaces we would list to ``account``: only spaces where it is a
-        member or replicator in our ACL copy, so strangers get nothing but padding."""
-        return {sid: k for sid, k in self._xkeys.items() if self.may_access(sid, account)}
+        member or replicator in our ACL copy, so strangers get nothing but padding — and
+        spaces it was removed from, so that it learns why (``sync/notice.py``, issue 14)."""
+        from p2psync.sync.notice import removal_of
+
+        return {sid: k for sid, k in self._xkeys.items() if self.may_access(sid, account)
+                or removal_of(self.spaces.get(sid), account) is not None}
 
     # --- applying remote input -----------------------------------------------------------------
     def apply_changes(self, source: Pusher, space: Space, tree_id: bytes,
-                      raws: Sequence[bytes]) -> AddResult:
-        """Verify and store changes from ``source`` (not echoed back to it)."""
+                      raws: Sequence[bytes], *,
+                      parsed: Mapping[bytes, Change] | None = None) -> AddResult:
+        """Verify and store changes from ``source`` (not echoed back to it); ``parsed`` as in
+        :meth:`Space.add_changes` (raw bytes -> their strict parse, made by the caller)."""
         self.policy.admit_changes(space, tree_id, raws)
         prev, self.source = self.source, source
         try:
-            return space.add_changes(tree_id, raws)
+            return space.add_changes(tree_id, raws, parsed=parsed)
         finally:
             self.source = prev
 
