@@ -51,11 +51,21 @@ function signedMessage(domain: string, data: Uint8Array): Uint8Array {
 
 /**
  * Signatures verified by `verifyBatch`, by signature hex, with the exact key and signed message:
- * `verify` accepts only an exact match (and consumes it). Bounded: the oldest entries go first,
- * and a miss simply verifies again.
+ * `verify` accepts only an exact match (and consumes it). Bounded in entries and in bytes (a
+ * peer's batch may hold changes that are never verified synchronously: duplicates, orphans): the
+ * oldest entries go first, and a miss simply verifies again.
  */
 const verified = new Map<string, { publicKey: Uint8Array; message: Uint8Array }>();
 const VERIFIED_MAX = 1024;
+const VERIFIED_MAX_BYTES = 32 << 20;
+let verifiedBytes = 0;
+
+function forget(k: string): void {
+  const e = verified.get(k);
+  if (e === undefined) return;
+  verified.delete(k);
+  verifiedBytes -= e.message.length;
+}
 
 function sigKey(signature: Uint8Array): string {
   return Array.from(signature, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -65,7 +75,7 @@ function takeVerified(publicKey: Uint8Array, message: Uint8Array, signature: Uin
   const k = sigKey(signature);
   const hit = verified.get(k);
   if (hit === undefined || !equalBytes(hit.publicKey, publicKey) || !equalBytes(hit.message, message)) return false;
-  verified.delete(k);
+  forget(k);
   return true;
 }
 
@@ -96,12 +106,14 @@ export async function verifyBatch(items: readonly SignedItem[]): Promise<boolean
       if (it.publicKey.length !== 32 || it.signature.length !== 64) return false;
       const message = signedMessage(it.domain, it.data);
       const ok = await verifyFast(it.publicKey, message, it.signature);
-      if (ok) {
-        if (verified.size >= VERIFIED_MAX) verified.delete(verified.keys().next().value!);
-        verified.set(sigKey(it.signature), {
-          publicKey: Uint8Array.from(it.publicKey),
-          message,
-        });
+      if (ok && message.length <= VERIFIED_MAX_BYTES) {
+        const k = sigKey(it.signature);
+        forget(k);
+        while (verified.size >= VERIFIED_MAX || verifiedBytes + message.length > VERIFIED_MAX_BYTES) {
+          forget(verified.keys().next().value!);
+        }
+        verified.set(k, { publicKey: Uint8Array.from(it.publicKey), message });
+        verifiedBytes += message.length;
       }
       return ok;
     }),
