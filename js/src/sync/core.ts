@@ -20,6 +20,7 @@ import { equalBytes, verify } from "../crypto/keys.js";
 import { BadSignature, DecodeError, P2PSyncError } from "../errors.js";
 import { AccessDenied } from "../replica/aclRecords.js";
 import type { Change } from "../replica/change.js";
+import { preverifyChanges } from "../replica/tree.js";
 import {
   BOOTSTRAP_DOMAIN,
   bootstrapMessage,
@@ -100,9 +101,22 @@ export class Ingest {
     return this.refused !== null || this.pos >= this.raws.length;
   }
 
+  /** The next step's slice: the shell awaits `prepare()` before each `step()`. */
+  private nextSlice(): readonly Uint8Array[] {
+    return this.raws.slice(this.pos, this.pos + Math.max(1, this.chunk));
+  }
+
+  /**
+   * Verify the next step's signatures asynchronously (WebCrypto where available), so that the
+   * synchronous `step()` finds them verified. Optional: `step()` alone verifies in pure JS.
+   */
+  async prepare(): Promise<void> {
+    if (!this.done) await preverifyChanges(this.nextSlice());
+  }
+
   step(): Effect[] {
     if (this.done) return [];
-    const slice = this.raws.slice(this.pos, this.pos + Math.max(1, this.chunk));
+    const slice = this.nextSlice();
     this.pos += slice.length;
     const res = this.space.ingest(this.treeId, slice, this.source);
     this.missing ||= res.missing;

@@ -390,9 +390,11 @@ export class PeerSync implements Pusher {
     }
   }
 
-  /** Take in a batch a step at a time, yielding to the event loop between steps. */
+  /** Take in a batch a step at a time, yielding to the event loop between steps; each step's
+   * signatures are verified first, asynchronously (Ingest.prepare). */
   private async ingest(ing: Ingest): Promise<void> {
     while (!ing.done && !this.closing) {
+      await ing.prepare();
       this.apply(ing.step());
       await yieldToLoop();
     }
