@@ -19,6 +19,7 @@ import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
 import { contentId } from "./codec.js";
 import { AccountKey, accountFromPhrase, DeviceKey, newRecoveryPhrase } from "./crypto/keys.js";
 import type { Change } from "./replica/change.js";
+import { preverifyChanges } from "./replica/tree.js";
 import { Role } from "./replica/aclRecords.js";
 import { aclKeys, Document } from "./docs/document.js";
 import { encodePayload } from "./docs/payload.js";
@@ -155,7 +156,9 @@ export class Repo {
         const name = (await this.storage.getMeta(`name:${sid}`)) as string | undefined;
         if (name !== undefined) this.names.set(sid, name);
         for (const tid of await this.storage.listTrees(sid)) {
-          space.ingest(hexToBytes(tid), await this.storage.changes(sid, tid), null);
+          const raws = await this.storage.changes(sid, tid);
+          await preverifyChanges(raws); // WebCrypto Ed25519 for the batch; the tree still checks each
+          space.ingest(hexToBytes(tid), raws, null);
         }
       }
     } finally {
