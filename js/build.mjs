@@ -1,7 +1,7 @@
 // Build with esbuild: every module to dist/ (ESM for Node, tests included), plus one
 // browser bundle (dist/p2psync.browser.js) of the platform-neutral entry point.
 import { build } from "esbuild";
-import { readdirSync, rmSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
 function tsFiles(dir) {
@@ -35,3 +35,19 @@ await build({
   logLevel: "warning",
   alias: AUTOMERGE_BROWSER,
 });
+
+// The phone-sized web app (app/): static files the agent serves at /app/ ([transport]
+// ws_static_dir = js/dist/app). app.js is the app, selftest.js the storage suite in IndexedDB.
+await build({
+  entryPoints: ["app/app.ts", "app/selftest.ts"],
+  outdir: "dist/app",
+  bundle: true,
+  format: "esm",
+  platform: "browser",
+  target: "es2022",
+  minify: true,
+  logLevel: "warning",
+  alias: AUTOMERGE_BROWSER,
+});
+mkdirSync("dist/app", { recursive: true });
+for (const f of ["index.html", "selftest.html", "style.css", "sw.js"]) copyFileSync(join("app", f), join("dist/app", f));

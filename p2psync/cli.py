@@ -392,9 +392,8 @@ def cmd_space_members(args: argparse.Namespace, out: Out) -> None:
     me = "" if args.json else _call(args, "whoami")["account_id"]
 
     def human() -> None:
-        for r in rows:
-            mark = " (you)" if r["account_id"] == me else ""
-            print(f"{r['role']:10} {r['account_id']}{mark}")
+        _table(["role", "account"], [[r["role"], r["account_id"] + (
+            " (you)" if r["account_id"] == me else "")] for r in rows])
     out.emit(rows, human)
 
 
@@ -427,13 +426,12 @@ def cmd_space_invites(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no open invites (make one: p2psync space invite SPACE)")
-        for r in rows:
-            how = "approval" if r["approval_required"] else "no approval"
-            until = ("expired" if r["expired"] else
-                     f"expires {local_time(r['expires_at'] * 1000)}" if r["expires_at"]
-                     else "no expiry")
-            print(f"{r['invite'][:12]}  {r['role']:7} {how:12} {until}  "
-                  f"{r['pending_requests']} pending")
+            return
+        _table(["invite", "role", "joins", "expiry", "pending"],
+               [[r["invite"][:12], r["role"],
+                 "approval" if r["approval_required"] else "no approval",
+                 "expired" if r["expired"] else local_time(r["expires_at"] * 1000)
+                 if r["expires_at"] else "never", r["pending_requests"]] for r in rows])
     out.emit(rows, human)
 
 
@@ -643,11 +641,13 @@ def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
                 state = client.call("space.wait_synced", space=data["space_id"],
                                     timeout=args.timeout)
                 progress(state)
-        data.update(documents=state["documents"], synced=True)
+            names = [r["name"] for r in client.call("space.list")
+                     if r["space_id"] == data["space_id"]]
+        data.update(documents=state["documents"], synced=True, name=names[0] if names else "")
     else:
         data = run_loop(lambda: _join_offline(home, args, peers, out))
-    out.emit(data, f"joined {data['space_id']} as {data['role']} "
-                   f"({data['documents']} documents)")
+    what = f"{data['name']} ({data['space_id']})" if data.get("name") else data["space_id"]
+    out.emit(data, f"joined {what} as {data['role']} ({data['documents']} documents)")
 
 
 def _say_waiting(data: dict[str, Any]) -> None:
@@ -703,8 +703,10 @@ async def _join_offline(home: Home, args: argparse.Namespace, peers: list[str],
                 raise _still_pending(st, args.wait, agent=False) from None
         with _progress(out, "initial sync") as progress:
             await agent.wait_synced(space.id, args.timeout, progress)
+        assert agent.device is not None
         return {**st, "space_id": space.id, "role": ops.role_name(space.role()),
-                "documents": len(space.tree_ids()), "synced": True}
+                "documents": len(space.tree_ids()), "synced": True,
+                "name": agent.device.names().get(space.id, "")}
     finally:
         await agent.close()
 
@@ -808,8 +810,58 @@ def cmd_file_add(args: argparse.Namespace, out: Out) -> None:
 
 def cmd_file_get(args: argparse.Namespace, out: Out) -> None:
     dest = str(Path(args.out).expanduser().resolve())
-    data = _call(args, "file.get", space=args.space, file=args.file, out=dest)
+    with _file_progress(args, "file.get"):
+        data = _call(args, "file.get", space=args.space, file=args.file, out=dest)
     out.emit(data, f"{data['size']} bytes -> {data['out']}")
+
+
+@contextlib.contextmanager
+def _file_progress(args: argparse.Namespace, what: str) -> Iterator[None]:
+    """While a running agent fetches a file's chunks: ``held/chunks`` on a terminal's stderr,
+    polled over a second API connection (nothing when not a terminal or no agent runs)."""
+    import threading
+
+    home = _home(args)
+    if not sys.stderr.isatty() or getattr(args, "json", False) or not agent_running(home.path):
+        yield
+        return
+    done = threading.Event()
+
+    def poll() -> None:
+        with contextlib.suppress(OSError, ApiError), ApiClient(home.path) as client:
+            while not done.wait(0.3):
+                r = client.call("file.info", space=args.space, file=args.file)
+                pct = 100 * r["held"] // max(1, r["chunks"])
+                print(f"\r{what}: {r['held']}/{r['chunks']} chunks ({pct} %)", end="",
+                      file=sys.stderr, flush=True)
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(1.0)
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def cmd_file_pin(args: argparse.Namespace, out: Out) -> None:
+    with _file_progress(args, "file.pin"):
+        data = _call(args, "file.pin", space=args.space, file=args.file)
+    out.emit(data, f"{data['file']} pinned, {data['held']}/{data['chunks']} chunks here")
+
+
+def cmd_file_unpin(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "file.unpin", space=args.space, file=args.file)
+    out.emit(data, f"{data['file']} unpinned")
+
+
+def cmd_file_cache(args: argparse.Namespace, out: Out) -> None:
+    mib = args.max_mib
+    data = _call(args, "file.cache", max_bytes=None if mib is None else mib << 20,
+                 unlimited=args.unlimited)
+    limit = "unlimited" if data["limit"] is None else f"{data['limit'] >> 20} MiB"
+    out.emit(data, f"cache {data['cached_bytes'] >> 20} MiB of {limit}; evicted "
+                   f"{len(data['evicted'])} file(s)")
 
 
 def cmd_file_list(args: argparse.Namespace, out: Out) -> None:
@@ -1287,6 +1339,14 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("out", help="where to write it (written whole, or not at all)")
     cmd(fil, "list", cmd_file_list, "files of a space and how much of each is here"
         ).add_argument("space")
+    for name, fn, text in (("pin", cmd_file_pin, "keep a file complete here (fetch it now)"),
+                           ("unpin", cmd_file_unpin, "stop keeping a file complete here")):
+        fp = cmd(fil, name, fn, text)
+        fp.add_argument("space")
+        fp.add_argument("file", help="file id or prefix")
+    fc = cmd(fil, "cache", cmd_file_cache, "local cache size for fetched files (LRU eviction)")
+    fc.add_argument("--max-mib", type=int, help="evict down to this many MiB (now and later)")
+    fc.add_argument("--unlimited", action="store_true", help="remove the limit")
 
     demo = cmd(sub, "demo", cmd_demo, "run the multi-device demo on this machine")
     demo.add_argument("--dir", help="keep the demo's device folders here (default: temp)")

@@ -87,7 +87,8 @@ class LocalDevice:
         meta = space.acl.meta()
         name = meta.get("name") if meta else None
         name = name if isinstance(name, str) and name else None
-        self._shared[space.id] = (rid, name)
+        if name is not None:  # not "no key yet": a pending join gets it once accepted
+            self._shared[space.id] = (rid, name)
         return name
 
     def names(self) -> dict[str, str]:

@@ -284,6 +284,8 @@ class Node:
             if cert.account == st.owner or cert.account in st.members \
                     or cert.account in st.replicators:
                 return True
+            if cert.account in st.departed:  # it knew us; it is told why it lost the space
+                return True
             if any(not inv.expired(int(now)) for inv in st.invites.values()):
                 return True
         return False

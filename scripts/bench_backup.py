@@ -372,7 +372,7 @@ async def push_all(space: Space, items: list[tuple[bytes, bytes]], engine: PeerE
     """Add changes one at a time (each is pushed alone), yielding to the loop after each."""
     for tid, raw in items:
         space.add_changes(tid, [raw])
-        while len(engine._push_queue) > PUSH_QUEUE_HIGH:  # backpressure, no drops
+        while len(engine._push_queue) > PUSH_QUEUE_HIGH and not engine.conn.is_closed:
             await asyncio.sleep(0.002)
         await asyncio.sleep(0)
 
@@ -498,13 +498,14 @@ async def measure_pull(tmp: Path, args: argparse.Namespace, backup: BackupProc,
 STALL_S = 10.0  #: no progress for this long: the members head-sync (what their timer does)
 
 
-async def settle(procs: list[BackupProc], targets: list[int], engines: list[PeerEngine],
-                 spaces: list[Space]) -> int:
-    """Wait until every process holds its target. A push the engine dropped (its queue
-    overflows when the backup is slower than the members) is only repaired by head sync,
-    which the members run every hour here (QUIET): after STALL_S without progress they
-    head-sync now — what a real device's 30 s timer does. This was the "stall" of (c) with
-    20 devices. Returns how many such repairs were needed."""
+async def settle(procs: list[BackupProc], targets: list[int], members: list[Node],
+                 engines: list[PeerEngine], spaces: list[Space], addrs: list[str]) -> int:
+    """Wait until every process holds its target. After STALL_S without progress the
+    members do what an agent does: redial a connection that closed and head-sync (the bench
+    members' own timer is hourly, QUIET). Needed on a loaded machine: a backup process's
+    store calls are synchronous, so a slow commit (an fsync taking seconds) stalls its event
+    loop past the 5 s keepalive and the members close their connections — the "stall" of
+    20-device runs. Returns how many such repairs were needed (``engines`` is updated)."""
     repairs = 0
     last = -1
     while True:
@@ -513,8 +514,10 @@ async def settle(procs: list[BackupProc], targets: list[int], engines: list[Peer
             return repairs
         if sum(got) == last:
             repairs += 1
-            for e, s in zip(engines, spaces, strict=True):
-                e.sync_now(s.id)
+            for i, (m, s) in enumerate(zip(members, spaces, strict=True)):
+                if engines[i].conn.is_closed:
+                    engines[i] = await m.connect(addrs[i])
+                engines[i].sync_now(s.id)
         last = sum(got)
         # every answer read before the next ask (one reader per child's stdout)
         await asyncio.gather(*(bp.ask(cmd="wait", changes=t, timeout=STALL_S)
@@ -567,21 +570,26 @@ async def measure_cluster(tmp: Path, args: argparse.Namespace, pg_url: str) -> d
                            for t in tids]
                 work.append([(tids[j % len(tids)], per_doc[j % len(tids)][j // len(tids)])
                              for j in range(args.push_changes)])
+                await asyncio.sleep(0)  # signing is slow: let the connections breathe
             total = args.devices * args.push_changes
             t0 = time.perf_counter()
             await asyncio.gather(*(push_all(s, w, e)
                                    for s, w, e in zip(spaces, work, engines, strict=True)))
+            closed_early = sum(1 for e in engines if e.conn.is_closed)
             repairs = await settle(procs, [bases[p] + share[p] * args.push_changes
-                                           for p in range(n)], engines, spaces)
+                                           for p in range(n)], members, engines, spaces,
+                                   [procs[o].address for o in owner_of])
             took = time.perf_counter() - t0
             row: dict[str, Any] = {"processes": n, "push_changes": total, "push_s": took,
                                    "push_changes_per_s": total / took,
                                    "rss_mib": [round(bp.rss_mib(), 1) for bp in procs],
                                    "pushes_dropped": sum(e.pushes_dropped for e in engines),
+                                   "connections_closed_during_push": closed_early,
                                    "head_sync_repairs": repairs}
             print(f"(c) {label} x{n}: push {total:,} changes in {took:.2f} s = "
                   f"{total / took:,.0f}/s; RSS {row['rss_mib']} MiB; pushes dropped "
-                  f"{row['pushes_dropped']}, head-sync repairs {repairs}", flush=True)
+                  f"{row['pushes_dropped']}, connections closed {closed_early}, "
+                  f"repairs {repairs}", flush=True)
         finally:
             for m in members:
                 await m.close()

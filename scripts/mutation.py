@@ -52,7 +52,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "change": (
         ["p2psync/replica/change.py"],
         ["tests/test_change.py", "tests/test_tree.py", "tests/test_access.py",
-         "tests/test_bite_change.py"],
+         "tests/test_bite_change.py", "tests/test_change_seal.py"],
     ),
     "backup": (
         ["p2psync/backup/guard.py", "p2psync/backup/policy.py", "p2psync/backup/receipt.py"],
@@ -74,11 +74,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["p2psync/replica/acl.py"],
         ["tests/test_acl_scenarios.py", "tests/test_acl_properties.py",
          "tests/test_acl_records.py", "tests/test_access.py", "tests/test_acl_removal.py",
-         "tests/test_acl_flood.py", "tests/test_bite_acl.py"],
+         "tests/test_acl_flood.py", "tests/test_bite_acl.py", "tests/test_acl_mutants.py"],
     ),
     "tree": (
         ["p2psync/replica/tree.py"],
-        ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py"],
+        ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py",
+         "tests/test_tree_mutants.py", "tests/test_parallel_verify.py"],
     ),
 }
 
@@ -279,9 +280,11 @@ def mutmut_cli() -> int:
     return int(mm.cli() or 0)
 
 
-def logic_mutants(ws: Path, files: list[str], only: list[str] | None) -> list[str]:
+def logic_mutants(ws: Path, files: list[str], only: list[str] | None,
+                  logic: bool = True) -> list[str]:
     """Names of the generated mutants (matching ``only``, if given) that change logic, not only
-    a message or a label (:func:`classify`): the ones worth a test run."""
+    a message or a label (:func:`classify`): the ones worth a test run (all if not ``logic``).
+    """
     import fnmatch
 
     names: list[str] = []
@@ -297,14 +300,76 @@ def logic_mutants(ws: Path, files: list[str], only: list[str] | None) -> list[st
             if only and not any(fnmatch.fnmatch(key, pat) for pat in only):
                 continue
             # mutmut looks each named mutant's function up in its test map (KeyError if none)
-            if classify(funcs, key) == "logic" and tested.get(key.partition("__mutmut_")[0]):
+            if (not logic or classify(funcs, key) == "logic") \
+                    and tested.get(key.partition("__mutmut_")[0]):
                 names.append(key)
     return names
 
 
+INPROC_TIMEOUT = 120  #: seconds one mutant's tests may take in-process (then: killed)
+
+#: Runs inside the workspace (``cwd``), mutants/ first on sys.path: one pytest session per
+#: mutant in ONE process, the mutant picked by MUTANT_UNDER_TEST, which mutmut's trampolines
+#: read at every call. No fork, no re-import: per mutant only its tests run. Caveat: state a
+#: module creates lazily outlives a mutant (the tree's verify pool is reset here; a survivor
+#: of this mode that touches other such state is worth a re-check in fork mode or by hand).
+INPROC_DRIVER = r"""
+import json, os, signal, sys, time
+os.chdir("mutants")  # as mutmut does: the mutated p2psync/ and the tests' copy live there
+sys.path[:0] = [os.getcwd()]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.getcwd())]
+os.environ["MUTANT_UNDER_TEST"] = "none"
+import pytest
+
+names = json.loads(sys.argv[1]); timeout = int(sys.argv[2])
+stats = json.load(open("mutmut-stats.json"))
+tests_of = stats["tests_by_mangled_function_name"]; dur = stats["duration_by_test"]
+metas = {}
+class Timeout(BaseException):
+    pass
+def alarm(*_):
+    raise Timeout()
+signal.signal(signal.SIGALRM, alarm)
+# import every test module once under the original code: module-level fixtures (worlds,
+# trees built at import) must not be built by whichever mutant happens to run first
+files = sorted({t.split("::")[0] for ts in tests_of.values() for t in ts})
+pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *files])
+for name in names:
+    fn = name.partition("__mutmut_")[0]
+    path = fn.rpartition(".")[0]
+    while path and not os.path.exists(path.replace(".", "/") + ".py"):
+        path = path.rpartition(".")[0]
+    meta_path = path.replace(".", "/") + ".py.meta"
+    meta = metas.setdefault(meta_path, json.load(open(meta_path)))
+    tests = sorted(tests_of.get(fn, []), key=lambda t: dur.get(t, 0))
+    if not tests:
+        meta["exit_code_by_key"][name] = 33
+        continue
+    os.environ["MUTANT_UNDER_TEST"] = name
+    tree = sys.modules.get("p2psync.replica.tree")  # module state a mutant may create lazily
+    if tree is not None and tree._pool is not None:
+        tree._pool.shutdown(wait=False)
+        tree._pool = None
+    t0 = time.monotonic()
+    signal.alarm(timeout)
+    try:
+        code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header",
+                                "-p", "no:warnings", *tests]))
+    except Timeout:
+        code = -24
+    finally:
+        signal.alarm(0)
+        os.environ["MUTANT_UNDER_TEST"] = "none"
+    meta["exit_code_by_key"][name] = code
+    print(f"RESULT {name} {code} {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+    json.dump(meta, open(meta_path, "w"), indent=1)
+"""
+
+
 def run_group(group: str, children: int, only: list[str] | None = None,
               tests_override: list[str] | None = None,
-              logic_only: bool = False) -> tuple[dict[str, dict[str, Any]], float]:
+              logic_only: bool = False,
+              in_process: bool = False) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
     tests = tests_override or tests
     ws = prepare(group, files, tests)
@@ -325,16 +390,21 @@ def run_group(group: str, children: int, only: list[str] | None = None,
     # ``only``: mutmut's own name filter (fnmatch patterns on mutant names, e.g.
     # ``*ǁAclǁ_add__mutmut_*``): the other mutants are generated but not run (no result)
     names = list(only or [])
-    if logic_only:
+    if logic_only or in_process:
         # a first call that matches nothing only generates the mutants and maps tests to
         # functions (mutmut then stops: "nothing matches"); then run just the logic ones
         subprocess.run([sys.executable, "-c", cli, "run", "__generate_only__"],
                        cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
-        names = logic_mutants(ws, files, only)
-        print(f"[{group}] {len(names)} logic mutants to run", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children),
-                           *names],
-                          cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+        names = logic_mutants(ws, files, only, logic=logic_only)
+        print(f"[{group}] {len(names)} mutants to run", file=sys.stderr, flush=True)
+    if in_process:
+        proc = subprocess.run([sys.executable, "-c", INPROC_DRIVER, json.dumps(names),
+                               str(INPROC_TIMEOUT)],
+                              cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children",
+                               str(children), *names],
+                              cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     elapsed = time.monotonic() - t0
     if proc.returncode != 0:
@@ -362,6 +432,11 @@ def main() -> None:
     ap.add_argument("--logic-only", action="store_true",
                     help="run only mutants that change logic (not messages or labels): "
                          "message/text mutants are left unrun and out of the score")
+    ap.add_argument("--in-process", action="store_true",
+                    help="after mutmut generated the mutants and mapped the tests, run every "
+                         "mutant's tests in ONE process (no fork, no re-import; several times "
+                         f"faster on a loaded machine; {INPROC_TIMEOUT} s per mutant, then "
+                         "killed)")
     ap.add_argument("--collect", action="store_true",
                     help="do not run: re-read the results of earlier runs in .mutation/")
     args = ap.parse_args()
@@ -379,7 +454,7 @@ def main() -> None:
         else:
             print(f"[{g}] running ...", file=sys.stderr, flush=True)
             mods, elapsed = run_group(g, args.children, args.only, args.tests,
-                                      args.logic_only)
+                                      args.logic_only, args.in_process)
             (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
         results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
         results["modules"].update(mods)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from p2psync.crypto import AccountKey, DeviceKey
 from p2psync.errors import AccessDenied, FileChunkInvalid, FileIncomplete, FileNotFound
 from p2psync.replica import filespace as FS
 from p2psync.replica.acl_records import Role
+from p2psync.replica.memstore import MemoryStore
 from p2psync.replica.space import Space
 from p2psync.replica.store import Store
 from tests.backup_helpers import assert_no_plaintext
@@ -165,3 +167,50 @@ def test_file_too_large_for_one_manifest_refused(tmp_path: Path,
     with pytest.raises(FileTooLarge):
         FS.add_file(sp, _content(2_000_000, 8), name="big")
     assert FS.list_files(sp) == []
+
+
+def test_disk_full_aborts_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC midway through writing a file out: DiskFull, no partial temp file, and the file
+    that was at the target before is untouched (temp file + atomic rename)."""
+    import builtins
+    import errno
+
+    from p2psync.errors import DiskFull
+    from p2psync.replica import files as files_mod
+
+    sp = Space.create(MemoryStore(), AccountKey.generate(), DeviceKey.generate().public,
+                      window=0)
+    data = random.Random(11).randbytes(1_000_000)
+    fid = FS.add_file(sp, data, name="f").manifest.file_id
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"the previous version")
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f: Any) -> None:
+            self.f, self.n = f, 0
+
+        def write(self, b: bytes) -> int:
+            self.n += len(b)
+            if self.n > 300_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return int(self.f.write(b))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.f, name)
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    monkeypatch.setattr(files_mod, "open", lambda *a, **k: Full(real_open(*a, **k)),
+                        raising=False)
+    with pytest.raises(DiskFull):
+        FS.get_file(sp, fid, out)
+    assert out.read_bytes() == b"the previous version"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no .p2psync-part left
+    monkeypatch.undo()
+    FS.get_file(sp, fid, out)
+    assert out.read_bytes() == data

@@ -5,6 +5,7 @@ and edits say so. Two in-process agents on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -87,3 +88,21 @@ def test_a_damaged_code_shows_no_decoder_internals() -> None:
         text = str(err.value)
         assert "msgpack" not in text and "[" not in text and "base32" not in text, text
         assert "copy" in text
+
+
+async def test_a_member_removed_while_away_is_told_when_it_comes_back(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert a.device is not None
+    await b.join(invite(a, space, no_approval=True), timeout=10)
+    await b.wait_synced(space, 10)
+    home, keys, cfg = b.home, b.keys, b.config
+    await b.close()  # away (laptop closed)
+    ops.space_remove(a.device, space, keys.account.id)
+    for inv in ops.space_invites(a.device, space):  # no open invite: a answers members only
+        ops.space_revoke(a.device, space, inv["invite"])
+    back = fleet.track(await Agent(home, keys, cfg).start())
+    assert back.join_state(space)["state"] == "member"  # it does not know yet
+    with contextlib.suppress(Exception):  # it may be dropped as a stranger afterwards
+        await back.node.connect(a.node.address("tcp"))
+    st = await state_becomes(back, space, "removed")
+    assert st["by"] == a.keys.account.id

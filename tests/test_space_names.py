@@ -3,6 +3,8 @@ key, written by admins, read by members, opaque to replicators; local aliases st
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from p2psync.agent import ops
@@ -106,3 +108,15 @@ async def test_a_joined_space_shows_its_name_and_admins_rename_it(fleet: Fleet) 
     assert ops.space_list(a.device)[0]["name"] == "Groceries"
     ops.space_rename(b.device, space, "", local=True)
     assert ops.space_list(b.device)[0]["name"] == "Groceries"
+
+
+async def test_a_pending_joiner_sees_the_name_once_accepted(fleet: Fleet) -> None:
+    a, b, space = await pair(fleet)
+    assert a.device is not None and b.device is not None
+    st = b.join_state((await b.join(invite(a, space), timeout=10)).id)
+    [row] = ops.space_list(b.device)
+    assert (row["role"], row["shared_name"]) == ("pending", None)  # no read key yet
+    waiter = asyncio.ensure_future(b.wait_access(space, 10))
+    ops.space_accept(a.device, space, st["request"])
+    await waiter
+    assert ops.space_list(b.device)[0]["shared_name"] == "notes"

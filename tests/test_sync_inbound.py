@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from p2psync.errors import DecodeError
 from p2psync.replica.document import ROOT
 from p2psync.replica.space import Space
@@ -32,6 +34,7 @@ from p2psync.sync.messages import (
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.push import PushQueue, tree_pushes
 from p2psync.sync.responder import Responder
+from p2psync.sync.sched import PeerScheduler
 from p2psync.sync.status import PushSnapshot
 from tests.sync_helpers import close_all, converged, fast_config, make_node, wait_any
 from tests.test_sync_cores import NOW, Dev, Pair, _Source, drive, joined, strikes
@@ -161,11 +164,28 @@ def test_push_queue_asks_for_the_check_after_the_last_push_of_a_space() -> None:
     q.put(AclHeadUpdate("s.1", (), ()), "s.1")
     q.put(h2, "s.2")
     q.put(h1, "s.1")
-    check1 = Submit(("heads", "s.1", b""), jobs.CHECK_PRIORITY)
+    check1 = Submit(("heads", "s.1", b""), jobs.CHECK_PRIORITY, jobs.CHECK_DELAY)
     assert q.pop() == (h1, [])  # more of s.1 queued
     assert q.pop()[1] == []  # an ACL push is not a tree push
-    assert q.pop() == (h2, [Submit(("heads", "s.2", b""), jobs.CHECK_PRIORITY)])
+    assert q.pop() == (h2, [Submit(("heads", "s.2", b""), jobs.CHECK_PRIORITY,
+                                   jobs.CHECK_DELAY)])
     assert q.pop() == (h1, [check1])
+
+
+def test_a_debounced_job_runs_once_after_the_last_submit() -> None:
+    s: PeerScheduler[str] = PeerScheduler(now=0.0)
+    for t in (0.0, 0.02, 0.04):  # a burst: each submit postpones the queued one
+        s.submit("check", t, 0, delay=0.05)
+        assert s.poll(t) == []
+    assert s.poll(0.08) == []
+    assert s.next_wakeup(0.08) == pytest.approx(0.09)
+    assert s.poll(0.09) == ["check"]
+    s.submit("check", 0.1, 0, delay=0.05)  # while it runs: one re-run, 0.05 after it ends
+    s.succeeded("check", 0.12)
+    assert s.poll(0.15) == [] and s.poll(0.17) == ["check"]
+    s.succeeded("check", 0.18)
+    s.submit("other", 0.2, 1)  # no delay: at once, as before
+    assert s.poll(0.2) == ["other"]
 
 
 def test_head_check_skips_the_acl_pull_and_records_agreement(tmp_path: Path) -> None:

@@ -155,3 +155,17 @@ def test_create_change_defaults_are_a_normal_change_stamped_now() -> None:
     snap = t.create_change(OWNER.account, b"s", snapshot=True, timestamp=5)
     assert (snap.open(OWNER.key).snapshot, snap.open(OWNER.key).timestamp) == (True, 5)
     assert snap.prev_ids == (ch.id,) and t.heads == (snap.id,)
+
+
+def test_local_writes_name_the_authors_write_position_in_a_real_acl() -> None:
+    """With a real ACL the head a local change names depends on who writes (mutant:
+    ``write_position(None)`` — nobody may write, every local edit refused)."""
+    from p2psync.replica.acl import Acl
+    from tests.acl_dsl import SPACE, account
+
+    owner = account("owner")
+    acl = Acl.create(SPACE, owner)
+    t = ObjectTree.create(SPACE, acl, owner, b"root")
+    ch = t.create_change(owner, b"x")
+    assert (ch.acl_head, ch.read_key_id) == acl.write_position(owner.public)
+    assert ch.decrypt(acl.keys_of(owner)[ch.read_key_id]) == b"x"

@@ -84,7 +84,8 @@ def test_readme_use_it_runs_literally(tmp_path: Path, agents: list[AgentProc]) -
             if join is not None and device == 2:
                 out, err = join.communicate(timeout=60)
                 assert join.returncode == 0, "".join(join_err) + err
-                assert re.fullmatch(r"joined \S+ as writer \(1 documents\)\n", out), out
+                assert re.fullmatch(r"joined notes \(\S+\) as writer \(1 documents\)\n",
+                                    out), out
                 join = None
             continue
         code, _, comment = line.partition(" #")
@@ -141,9 +142,11 @@ def test_readme_use_it_runs_literally(tmp_path: Path, agents: list[AgentProc]) -
     assert values["SPACE"] == values["SPACE_ID"]
     for step in ("space join", "space accept", "doc watch", "status"):
         assert step in ran, f"the README no longer runs {step}"
-    # nothing half-joined on device 2: one space, a writer, named as asked
+    # nothing half-joined on device 2: one space, a writer, named by the space itself (its
+    # name travels sealed in its ACL: no --name on the join, no local alias; issue 14)
     rows = json.loads(run(homes[2], ["--json", "space", "list"]).stdout)
-    assert [(r["name"], r["role"]) for r in rows] == [("notes", "writer")]
+    assert [(r["name"], r["shared_name"], r["alias"], r["role"]) for r in rows] == [
+        ("notes", "notes", None, "writer")]
 
 
 def test_pending_join_times_out_with_exit_6_and_leave_cancels_it(

@@ -30,3 +30,4 @@ export * from "./storage/idb.js";
 export * from "./storage/conformance.js";
 export * from "./docs/replicas.js";
 export * from "./repo.js";
+export * from "./docs/wsDriver.js";

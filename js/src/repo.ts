@@ -19,6 +19,7 @@ import { bytesToHex, hexToBytes } from "@noble/hashes/utils.js";
 import { contentId } from "./codec.js";
 import { AccountKey, accountFromPhrase, DeviceKey, newRecoveryPhrase } from "./crypto/keys.js";
 import type { Change } from "./replica/change.js";
+import { preverifyChanges } from "./replica/tree.js";
 import { Role } from "./replica/aclRecords.js";
 import { aclKeys, Document } from "./docs/document.js";
 import { encodePayload } from "./docs/payload.js";
@@ -125,7 +126,7 @@ export class Repo {
       }
       this.handle(space.id).notifyTree(treeId, changes);
     });
-    driver?.onStatus((s) => { for (const l of this.statusListeners) l(s); });
+    driver?.onStatus((s) => { for (const l of [...this.statusListeners]) l(s); });
   }
 
   /** Open the Repo kept in `storage` (made on first use: a new identity unless `phrase`). */
@@ -155,7 +156,9 @@ export class Repo {
         const name = (await this.storage.getMeta(`name:${sid}`)) as string | undefined;
         if (name !== undefined) this.names.set(sid, name);
         for (const tid of await this.storage.listTrees(sid)) {
-          space.ingest(hexToBytes(tid), await this.storage.changes(sid, tid), null);
+          const raws = await this.storage.changes(sid, tid);
+          await preverifyChanges(raws); // WebCrypto Ed25519 for the batch; the tree still checks each
+          space.ingest(hexToBytes(tid), raws, null);
         }
       }
     } finally {
@@ -301,11 +304,21 @@ export class SpaceHandle {
     if (h === undefined) {
       const tree = this.replica.tree(hexToBytes(docId));
       if (tree === undefined) throw new Error(`no document ${docId} in space ${this.id}`);
+      let handle: DocHandle<T> | null = null;
       const doc = new Document<T>(tree, aclKeys(this.replica.acl), this.repo.account, this.repo.replicas.device.public, {
         windowMs: this.repo.windowMs,
-        write: (plaintext, snapshot) => this.replica.createChange(tree.id, plaintext, { snapshot }),
+        // our own change reaches notifyTree while it is being written: not a remote change
+        write: (plaintext, snapshot) => {
+          if (handle !== null) handle.writing++;
+          try {
+            return this.replica.createChange(tree.id, plaintext, { snapshot });
+          } finally {
+            if (handle !== null) handle.writing--;
+          }
+        },
       });
-      h = new DocHandle<T>(this, doc) as unknown as DocHandle<object>;
+      handle = new DocHandle<T>(this, doc);
+      h = handle as unknown as DocHandle<object>;
       this.docs.set(docId, h);
     }
     return h as unknown as DocHandle<T>;
@@ -319,12 +332,12 @@ export class SpaceHandle {
 
   notifyTree(treeId: Uint8Array, changes: readonly Change[]): void {
     const h = this.docs.get(bytesToHex(treeId));
-    h?.notify(changes.some((c) => !h.ownChange(c)));
-    if (changes.some((c) => c.isRoot)) for (const l of this.listeners) l();
+    if (h !== undefined && h.writing === 0) h.notify(true);
+    if (changes.some((c) => c.isRoot)) for (const l of [...this.listeners]) l();
   }
 
   notifyAcl(): void {
-    for (const l of this.listeners) l();
+    for (const l of [...this.listeners]) l();
   }
 
   flushAll(): void {
@@ -338,11 +351,10 @@ export type DocListener<T> = (json: T, meta: { remote: boolean }) => void;
 export class DocHandle<T extends object> {
   private readonly listeners = new Set<DocListener<T>>();
   private timer: ReturnType<typeof setTimeout> | null = null;
-  private readonly mine = new Set<string>();
+  /** >0 while this handle's own change is being signed and fanned out. */
+  writing = 0;
 
-  constructor(readonly space: SpaceHandle, readonly document: Document<T>) {
-    document.onLocalChange = (cs) => { for (const c of cs) this.mine.add(bytesToHex(c.id)); };
-  }
+  constructor(readonly space: SpaceHandle, readonly document: Document<T>) {}
 
   get id(): string {
     return bytesToHex(this.document.id);
@@ -384,10 +396,6 @@ export class DocHandle<T extends object> {
     this.document.flush();
   }
 
-  ownChange(c: Change): boolean {
-    return this.mine.has(bytesToHex(c.id));
-  }
-
   /** Subscribe to changes (local and remote); returns an unsubscribe function. */
   on(fn: DocListener<T>): () => void {
     this.listeners.add(fn);
@@ -397,7 +405,7 @@ export class DocHandle<T extends object> {
   notify(remote: boolean): void {
     if (this.listeners.size === 0) return;
     const json = this.json();
-    for (const l of this.listeners) l(json, { remote });
+    for (const l of [...this.listeners]) l(json, { remote });
   }
 }
 

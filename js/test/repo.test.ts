@@ -68,3 +68,27 @@ test("a Repo reopened from files has its identity, spaces, names and documents; 
   assert.deepEqual(r3.space(s.id).find(d.id).json(), { text: "drafts", n: 2 });
   await r3.close();
 });
+
+test("a listener that re-subscribes while being notified (what a re-rendering screen does) is called once", async () => {
+  const repo = await Repo.open({ storage: new MemoryStorage(), windowMs: 0 });
+  const space = await repo.createSpace();
+  let calls = 0;
+  let off = (): void => undefined;
+  const listen = (): void => {
+    off = space.on(() => {
+      calls++;
+      off();
+      listen();
+    });
+  };
+  listen();
+  space.create((d: Record<string, unknown>) => { d.x = 1; });
+  assert.equal(calls, 1);
+  const doc = space.find(space.documentIds()[0]!);
+  let docCalls = 0;
+  let offDoc = (): void => undefined;
+  const listenDoc = (): void => { offDoc = doc.on(() => { docCalls++; offDoc(); listenDoc(); }); };
+  listenDoc();
+  doc.change((d) => { d.y = 2; });
+  assert.equal(docCalls, 1);
+});

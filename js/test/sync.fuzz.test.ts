@@ -12,7 +12,7 @@ import { AccountKey, DeviceKey } from "../src/crypto/index.js";
 import { P2PSyncError } from "../src/errors.js";
 import { invite } from "../src/bootstrap.js";
 import { Role } from "../src/replica/aclRecords.js";
-import { SyncCore } from "../src/sync/core.js";
+import { Ingest, SyncCore } from "../src/sync/core.js";
 import { decode, encode, MsgType } from "../src/sync/messages.js";
 import { SyncReplicas } from "../src/sync/replica.js";
 import { goldenVectorsDir, unhex, utf8 } from "./helpers.js";
@@ -77,8 +77,41 @@ test("mutated, truncated and random messages: typed errors from decode, no throw
     const res = core.onRequest(raw, Date.now() / 1000);
     assert.equal(core.internalError, null, `internal error on ${Buffer.from(raw).toString("hex").slice(0, 120)}`);
     for (const [m, rid] of res.replies) decode(encode(m, rid));
-    strikes += res.effects.filter((e) => e.kind === "strike").length;
+    const later = [...(res.ingest?.run() ?? []), ...(res.after?.() ?? [])];
+    strikes += [...res.effects, ...later].filter((e) => e.kind === "strike").length;
   }
   assert.ok(decoded > 100, `only ${decoded} mutants decoded: the fuzz does not reach the handlers`);
   assert.ok(strikes > 100, `${strikes} strikes`);
+});
+
+test("a batch is taken in a chunk per step: orphans dropped and reported, the first refused chunk ends it", () => {
+  const account = AccountKey.generate();
+  const replicas = new SyncReplicas(account, DeviceKey.generate());
+  const space = replicas.createSpace();
+  const root = space.createChange(null, utf8("root"));
+  for (let i = 0; i < 20; i++) space.createChange(root.id, utf8(`c${i}`));
+  const raws = space.changesFor(root.id, []);
+  const other = new SyncReplicas(account, DeviceKey.generate()).adopt(space.id, space.header.raw, space.acl.export());
+  const ing = new Ingest(other, root.id, raws.slice(0, 15), null, 4);
+  let steps = 0;
+  while (!ing.done) {
+    assert.deepEqual(ing.step(), []);
+    steps++;
+    assert.equal(other.tree(root.id)!.size, Math.min(15, 4 * steps), "one chunk per step");
+  }
+  assert.equal(steps, 4);
+  assert.equal(ing.missing, false);
+  // an orphan (its parent is not sent) is dropped and reported
+  const orphan = new Ingest(other, root.id, raws.slice(16), null, 4);
+  orphan.run();
+  assert.equal(orphan.missing, true);
+  assert.equal(other.tree(root.id)!.size, 15);
+  // a chunk with a forged change ends the batch with one strike
+  const bad = Uint8Array.from(raws[15]!);
+  bad[bad.length - 1]! ^= 1;
+  const refused = new Ingest(other, root.id, [bad, raws[16]!, raws[17]!], null, 1);
+  const effects = refused.run();
+  assert.equal(effects.filter((e) => e.kind === "strike").length, 1);
+  assert.ok(refused.done && refused.refused !== null);
+  assert.equal(other.tree(root.id)!.size, 15);
 });

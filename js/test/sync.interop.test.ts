@@ -16,6 +16,8 @@ import { Limits } from "../src/transport/handshake.js";
 import { connectWebSocket, WS_PATH, type WebSocketConstructor } from "../src/transport/websocket.js";
 import { InviteCode } from "../src/bootstrap.js";
 import { PeerSync } from "../src/sync/engine.js";
+import { JoinError } from "../src/sync/errors.js";
+import { joinByInvite, splitHint } from "../src/sync/join.js";
 import { SyncReplicas, type SyncSpace } from "../src/sync/replica.js";
 import { hex, unhex, utf8 } from "./helpers.js";
 import { type PyNode, startPyNode } from "./fixtures/pynode.js";
@@ -87,6 +89,10 @@ for (const transport of ["tcp", "ws"] as const) {
 
       // the owner removes us: nothing new reaches us, and asking gets UNKNOWN_SPACE
       await py.cmd({ cmd: "remove", account: acct });
+      // the owner tells us (the REMOVE record is pushed to the removed member): we know, and
+      // our next edit is refused locally
+      await sync.waitFor(() => space.acl.state.departed.has(acct));
+      assert.throws(() => space.createChange(unhex(doc), unhex(p1.payload as string)), /may not write/);
       await py.cmd({ cmd: "edit", doc, key: "after", value: "secret after removal" });
       const before = space.tree(unhex(doc))!.size;
       const jobs = sync.jobLog.length;
@@ -128,6 +134,73 @@ test("tcp: a join request waits for the owner, who accepts it; then the space sy
   } finally {
     sync.close("test over");
     await running;
+    await py.stop();
+  }
+});
+
+test("laptop stopped: the TS peer and another Python device sync through a Python backup (which holds no read key)", { timeout: 90_000 }, async () => {
+  const py = await startPyNode(["backup"]);
+  const info = py.info as typeof py.info & { backup_ws: number; backup_peer_id: string; backup_account: string };
+  const { replicas, id } = me();
+  const conn = await dial(py, "tcp", id);
+  const laptop = new PeerSync(replicas, conn);
+  const runs = [laptop.run()];
+  let backup: PeerSync | null = null;
+  try {
+    const code = InviteCode.decode(info.invite);
+    const { space } = await laptop.bootstrap(code.spaceId, code);
+    const doc = info.doc;
+    await laptop.waitFor(() => plaintexts(space, doc).some((p) => contains(p, "from python")));
+    assert.ok(space.acl.state.replicators.has(info.backup_account), "our ACL copy names the backup");
+    const acct = hex(replicas.account.public);
+    await py.cmd({ cmd: "wait_member", node: "backup", account: acct });
+    // a second connection, to the backup, over WebSocket
+    const bconn = await connectWebSocket(`ws://127.0.0.1:${info.backup_ws}${WS_PATH}`,
+      { ...id, expectedPeer: info.backup_peer_id, WebSocket: WebSocket as unknown as WebSocketConstructor });
+    backup = new PeerSync(replicas, bconn);
+    runs.push(backup.run());
+    const b = backup;
+    await b.waitFor(() => b.shared.has(space.id) && b.idle);
+    await py.cmd({ cmd: "stop_laptop" });
+    // our change goes to the backup only; device2 receives it from there
+    const p = await py.cmd({ cmd: "payload", node: "device2", doc, key: "viabackup", value: "ts to device2", account: acct, device: hex(replicas.device.public) });
+    space.createChange(unhex(doc), unhex(p.payload as string));
+    const got = (await py.cmd({ cmd: "wait_key", node: "device2", doc, key: "viabackup", timeout: 20 })).json as Record<string, unknown>;
+    assert.equal(got.viabackup, "ts to device2");
+    // and device2's edit reaches us through the backup
+    await py.cmd({ cmd: "edit", node: "device2", doc, key: "fromdev2", value: "device2 to ts" });
+    await b.waitFor(() => plaintexts(space, doc).some((x) => contains(x, "device2 to ts")), 20);
+    assert.equal((await py.cmd({ cmd: "keys", node: "backup" })).keys, 0, "the backup holds ciphertext only");
+    assert.equal(b.strikes, 0);
+  } finally {
+    laptop.close();
+    backup?.close();
+    await Promise.all(runs);
+    await py.stop();
+  }
+});
+
+test("joinByInvite: a browser-like dialer (WebSocket only) skips the code's TCP hint and joins over WebSocket", { timeout: 60_000 }, async () => {
+  assert.deepEqual(splitHint("quic:[fe80::1]:7337"), ["quic", "fe80::1", 7337]);
+  assert.deepEqual(splitHint("tcp://10.0.0.2:4711"), ["tcp", "10.0.0.2", 4711]);
+  assert.deepEqual(splitHint("192.168.1.7:7337"), ["quic", "192.168.1.7", 7337]);
+  assert.throws(() => splitHint("ws:host"), JoinError);
+  const py = await startPyNode();
+  const { replicas, id } = me();
+  const tried: string[] = [];
+  const joined = await joinByInvite(replicas, py.info.invite, async (carrier, host, port) => {
+    tried.push(carrier);
+    if (carrier !== "ws") throw new Error(`no ${carrier} in a browser`);
+    return connectWebSocket(`ws://${host}:${port}${WS_PATH}`, { ...id, expectedPeer: null, WebSocket: WebSocket as unknown as WebSocketConstructor });
+  });
+  try {
+    assert.deepEqual(tried, ["tcp", "ws"]);
+    assert.equal(joined.sync.conn.transport, "ws");
+    assert.equal(joined.pendingApproval, false);
+    await joined.sync.waitFor(() => plaintexts(joined.space, py.info.doc).some((p) => contains(p, "from python")));
+  } finally {
+    joined.sync.close();
+    await joined.running;
     await py.stop();
   }
 });

@@ -10,6 +10,7 @@ import { test } from "node:test";
 import { pack } from "../src/codec.js";
 import { AccountKey, DeviceCertificate, DeviceKey } from "../src/crypto/index.js";
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
+import { listenWebSocket, type WsListener } from "../src/node/ws.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
 import { accept, invite, InviteCode, join } from "../src/bootstrap.js";
@@ -20,6 +21,7 @@ import { PeerSync } from "../src/sync/engine.js";
 import { JoinError } from "../src/sync/errors.js";
 import { decode, encode, ErrorCode, type Message, MsgType } from "../src/sync/messages.js";
 import { SyncReplicas, type SyncSpace } from "../src/sync/replica.js";
+import { SpaceExchange } from "../src/sync/spacex.js";
 import { hex, spawnPython, utf8 } from "./helpers.js";
 
 const LIMITS = new Limits(64, 16 << 20, 8 * 1024 * 1024 + 4096);
@@ -31,7 +33,7 @@ function identity(): { account: AccountKey; deviceKey: DeviceKey; certificate: D
   return { account, deviceKey, certificate: DeviceCertificate.issue(account, deviceKey), config: { limits: LIMITS } };
 }
 
-interface Holder { replicas: SyncReplicas; space: SyncSpace; listener: TcpListener; syncs: PeerSync[]; runs: Promise<void>[]; id: ReturnType<typeof identity> }
+interface Holder { replicas: SyncReplicas; space: SyncSpace; listener: TcpListener; ws: WsListener; syncs: PeerSync[]; runs: Promise<void>[]; id: ReturnType<typeof identity> }
 
 /** A TS peer holding a space with two trees, listening on TCP. */
 async function holder(strikesToClose = 100): Promise<Holder> {
@@ -44,26 +46,29 @@ async function holder(strikesToClose = 100): Promise<Holder> {
   }
   const syncs: PeerSync[] = [];
   const runs: Promise<void>[] = [];
-  const listener = await listenTcp("127.0.0.1", 0, id, (conn) => {
+  const serve = (conn: Connection): void => {
     const s = new PeerSync(replicas, conn, { strikesToClose });
     syncs.push(s);
     runs.push(s.run());
-  });
-  return { replicas, space, listener, syncs, runs, id };
+  };
+  const listener = await listenTcp("127.0.0.1", 0, id, serve);
+  const ws = await listenWebSocket("127.0.0.1", 0, id, serve);
+  return { replicas, space, listener, ws, syncs, runs, id };
 }
 
 async function shutdown(h: Holder): Promise<void> {
   for (const s of h.syncs) s.close("test over");
   await Promise.all(h.runs);
   await h.listener.close();
+  await h.ws.close();
 }
 
-test("a Python node joins a space the TS peer holds, fetches its trees, and its document reaches us", { timeout: 60_000 }, async () => {
+for (const transport of ["tcp", "ws"] as const) test(`${transport}: a Python node joins a space the TS peer holds, fetches its trees, and its document reaches us`, { timeout: 60_000 }, async () => {
   const h = await holder();
   try {
     const [raw, code] = invite(h.space.acl, h.id.account, Role.WRITER, { anyoneCanJoin: true });
     h.replicas.commitAcl(h.space, raw);
-    const py = spawnPython("py_join.py", [code.encode(), "tcp", String(h.listener.port), "2"]);
+    const py = spawnPython("py_join.py", [code.encode(), transport, String(transport === "tcp" ? h.listener.port : h.ws.port), "2"]);
     try {
       const joined = await py.next();
       assert.equal(joined.error, undefined, String(joined.error));
@@ -247,6 +252,55 @@ test("a hostile or garbled peer gets typed errors, is disconnected after its str
     await s.waitFor(() => space.ldiff.size === 2 && [...space.trees.values()].every((t) => t.size === 2));
     s.close();
     await run;
+  } finally {
+    await shutdown(h);
+  }
+});
+
+test("a member lying in head sync is disconnected at once and nothing it listed is fetched", { timeout: 30_000 }, async () => {
+  const h = await holder();
+  const evil = identity();
+  try {
+    // evil becomes a real member of the space
+    const [raw, code] = invite(h.space.acl, h.id.account, Role.WRITER, { anyoneCanJoin: true });
+    h.replicas.commitAcl(h.space, raw);
+    const own = join(Acl.fromRecords(h.space.id, h.space.acl.export(), { me: evil.account }), evil.account, code);
+    assert.deepEqual(h.space.addAcl([own], null).rejected, []);
+    const seen: MsgType[] = [];
+    const lis = await listenTcp("127.0.0.1", 0, evil, (conn) => {
+      void (async () => {
+        const theirs = await conn.acceptStream();
+        const mine = await conn.openStream();
+        const keys = new Map([[h.space.id, h.space.exchangeKey]]);
+        const x = new SpaceExchange(evil.deviceKey.public, h.id.deviceKey.public, keys, conn.result.handshakeHash);
+        await mine.send(encode(x.start()));
+        for (;;) {
+          const env = decode(await theirs.recv());
+          const m = env.message;
+          seen.push(m.type);
+          let reply: Message | null = null;
+          if (m.type === MsgType.SPACE_HELLO) reply = x.receive(m)[0]!;
+          else if (m.type === MsgType.ACL_SYNC_REQUEST) reply = { type: MsgType.ACL_SYNC_RESPONSE, spaceId: m.spaceId, heads: m.heads, records: [], more: false };
+          else if (m.type === MsgType.HEAD_SYNC_REQUEST) {
+            // every range "differs" with 1000 objects; the children do not add up to the parent
+            const ids = new Set(m.ranges.map((q) => `${q.bits}:${q.prefix}`));
+            reply = {
+              type: MsgType.HEAD_SYNC_RESPONSE, spaceId: m.spaceId,
+              results: m.ranges.map((q) => ({ bits: q.bits, prefix: q.prefix, hash: new Uint8Array(32).fill(1), count: ids.has(`${q.bits + 4}:${q.prefix << 4n}`) || q.bits === 0 ? 1000 : 40, elements: null })),
+            };
+          }
+          if (reply !== null) await theirs.send(encode(reply, env.requestId));
+        }
+      })().catch(() => undefined);
+    });
+    const conn = await connectTcp("127.0.0.1", lis.port, { ...h.id, expectedPeer: evil.deviceKey.id });
+    const victim = new PeerSync(h.replicas, conn);
+    await victim.run(); // returns when the connection is closed: by the victim, for the violation
+    assert.match(victim.lastError ?? "", /protocol violation: head sync: head sync rule 'sum'/);
+    assert.ok(seen.includes(MsgType.HEAD_SYNC_REQUEST));
+    assert.ok(!seen.includes(MsgType.FULL_SYNC_REQUEST), "nothing it claimed was fetched");
+    assert.equal(victim.core.state.spaceState(h.space.id).pending.size, 0);
+    await lis.close();
   } finally {
     await shutdown(h);
   }

@@ -327,6 +327,7 @@ class Agent:
                        if space.removed_after(c) is not None]
             if flagged:  # by an author removed at or after their ACL head (docs/acl.md)
                 ev["removed_after"] = flagged
+        asyncio.get_running_loop().call_soon(self._file_event, space_id, tree_id, origin)
         later = []
         for sub in list(self._subs.values()):
             if sub.patches:
@@ -341,6 +342,16 @@ class Agent:
                 + [p for c in result.attached for p in c.prev_ids if p not in attached]))
             asyncio.get_running_loop().call_soon(
                 self._offer_patches, later, ev, space_id, tree_id, before, list(result.heads))
+
+    def _file_event(self, space_id: str, tree_id: bytes, origin: str) -> None:
+        """A change to a file's document is also a ``file`` event (docs/files.md)."""
+        from p2psync.agent.fileops import file_event  # fileops registers ops into ops.py
+
+        space = self.node.spaces.get(space_id)
+        ev = file_event(space, tree_id, origin) if space is not None else None
+        if ev is not None:
+            for sub in list(self._subs.values()):
+                sub.offer(ev)
 
     def _offer_patches(self, subs: list[Subscription], ev: dict[str, Any], space_id: str,
                        tree_id: bytes, before: list[bytes], after: list[bytes]) -> None:

@@ -72,6 +72,9 @@ SHAPES: dict[str, str] = {
     "file.get": "space_id:s file:s out:s size:i",
     "file.list": "[] file:s name:s? size:i chunks:i held:i complete:b",
     "file.info": "file:s name:s? size:i chunks:i held:i complete:b",
+    "file.pin": "file:s name:s? size:i chunks:i held:i complete:b",
+    "file.unpin": "file:s name:s? size:i chunks:i held:i complete:b",
+    "file.cache": "limit:i? cached_bytes:i evicted:*",
 }
 
 

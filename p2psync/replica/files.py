@@ -17,6 +17,7 @@ records) before a byte of it is used.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,7 @@ import nacl.exceptions
 from p2psync.codec import array, blob, fields, integer, pack, text
 from p2psync.crypto.box import ReadKey
 from p2psync.crypto.keys import SigningKey, verify
-from p2psync.errors import FileChunkInvalid, FileIncomplete, ManifestInvalid
+from p2psync.errors import DiskFull, FileChunkInvalid, FileIncomplete, ManifestInvalid
 
 #: FastCDC bounds: 16 KiB .. 256 KiB, 64 KiB on average.
 MIN_CHUNK = 16 * 1024
@@ -239,8 +240,11 @@ def assemble(manifest: Manifest, key: bytes, fetch: Any, out: Path) -> int:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left to write {out.name} ({manifest.size} bytes): "
+                           f"nothing was written") from exc
         raise
     return written
 

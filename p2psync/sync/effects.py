@@ -41,10 +41,12 @@ class Push:
 
 @dataclass(frozen=True)
 class Submit:
-    """Schedule a sync job with this peer (deduped, rate limited by the scheduler)."""
+    """Schedule a sync job with this peer (deduped, rate limited by the scheduler); with a
+    ``delay``, debounced: it runs ``delay`` seconds after the last such submit."""
 
     key: JobKey
     priority: int = 1
+    delay: float = 0.0
 
 
 @dataclass(frozen=True)

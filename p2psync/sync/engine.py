@@ -54,6 +54,7 @@ from p2psync.sync.messages import (
     StorageRefused,
     decode,
 )
+from p2psync.sync.notice import removal_of
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import RESPONSE_FOR, Challenge, ChallengeResult, Core
 from p2psync.sync.push import PushQueue, acl_push, offers, tree_pushes
@@ -200,6 +201,10 @@ class PeerEngine:
         assert self.responder.exchanged is not None
         self._apply(self.state.exchanged(self.responder.exchanged))
         self.ready.set()
+        for sid in sorted(self.responder.exchanged - self.shared):  # held there, lost: say why
+            rid = removal_of(self.replicas.spaces.get(sid), self.remote_account)
+            if rid is not None:
+                self.push_acl(self.replicas.spaces[sid], [rid])
         self.offer_replicated()
         self.replicas.notify()
         self._spawn(self._periodic())
@@ -223,8 +228,8 @@ class PeerEngine:
                     self._strike(why, violation=True)
                 case fx.Push(message, space_id):
                     self._enqueue(message, space_id)
-                case fx.Submit(key, priority):
-                    self.submit(key, priority)
+                case fx.Submit(key, priority, delay):
+                    self.submit(key, priority, delay)
                 case fx.Offered(space_id):  # only backups fetch offered spaces
                     self.replicas.policy.on_offer(self, space_id)
                 case fx.Serve(message, request_id):
@@ -368,11 +373,12 @@ class PeerEngine:
                 self.replicas.notify()  # idle may have changed
 
     # --- scheduling (requester side) -----------------------------------------------------------
-    def submit(self, key: fx.JobKey, priority: int = 1) -> None:
-        """Ask for a sync job with this peer (deduped, bounded, rate limited)."""
+    def submit(self, key: fx.JobKey, priority: int = 1, delay: float = 0.0) -> None:
+        """Ask for a sync job with this peer (deduped, bounded, rate limited; debounced by
+        ``delay``)."""
         if self._closing:
             return
-        self.sched.submit(key, time.monotonic(), priority)
+        self.sched.submit(key, time.monotonic(), priority, delay)
         self._sched_event.set()
 
     def sync_now(self, space_id: str | None = None) -> None:

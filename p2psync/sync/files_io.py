@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol, cast
 
 from p2psync.errors import (
     DecodeError,
@@ -28,6 +30,8 @@ from p2psync.replica.space import Space
 from p2psync.replica.storage import ReplicaStore
 from p2psync.sync.files import ChunkFetch, Peer, answer
 from p2psync.sync.messages import (
+    MAX_OFFER_ADDRESSES,
+    ChunkOffer,
     ChunkRequest,
     ChunkResponse,
     ErrorCode,
@@ -35,15 +39,34 @@ from p2psync.sync.messages import (
     decode,
     encode,
 )
-from p2psync.transport.interface import PeerStream
+from p2psync.sync.replicas import Replicas
+from p2psync.transport.interface import PeerConnection, PeerStream
 
-if TYPE_CHECKING:  # pragma: no cover
-    from p2psync.sync.engine import PeerEngine
+
+class PeerEngine(Protocol):
+    """What these hooks use of :class:`p2psync.sync.engine.PeerEngine` (declared here: the
+    engine imports this module, so importing it back would be a cycle)."""
+
+    replicas: Replicas
+    conn: PeerConnection
+    remote_account: bytes
+    ready: asyncio.Event
+
+    @property
+    def shared(self) -> set[str]: ...
+
+    def __hash__(self) -> int: ...
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]: ...
+
+    def _strike(self, why: str, *, violation: bool = False) -> None: ...
 
 #: what makes a peer's message garbage (a strike), as opposed to the stream going away
 GARBLED = (DecodeError, UnknownMessageType, MessageTooLarge)
 
 Strike = Callable[[str], None]
+
+log = logging.getLogger("p2psync.files")
 
 #: seconds without any answer from any peer after which the peers asked are given up on
 IDLE_TIMEOUT = 30.0
@@ -54,11 +77,13 @@ def _no_strike(why: str) -> None:
 
 
 async def serve_stream(stream: PeerStream, store: ReplicaStore,
-                       may_access: Callable[[str], bool], strike: Strike = _no_strike) -> int:
+                       may_access: Callable[[str], bool], strike: Strike = _no_strike,
+                       on_offer: Callable[[ChunkOffer], None] | None = None) -> int:
     """Answer chunk requests arriving on ``stream`` until the peer finishes it or the
     connection goes; a space the peer may not access is UNKNOWN_SPACE (existence never leaks).
-    Garbage (undecodable, over the schema's bounds, another message type) is a ``strike`` and
-    ends the stream. Returns how many requests were answered."""
+    Chunk offers are passed to ``on_offer`` (a replicator pulls what it lacks) and answered
+    with an empty response. Garbage (undecodable, over the schema's bounds, another message
+    type) is a ``strike`` and ends the stream. Returns how many requests were answered."""
     served = 0
     try:
         async for raw in stream:
@@ -68,9 +93,16 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
                 strike(f"bad chunk request: {exc}")
                 raise
             msg = env.message
-            if not isinstance(msg, ChunkRequest):
+            if isinstance(msg, ChunkOffer):
+                if not may_access(msg.space_id):
+                    reply: Any = ErrorMessage(ErrorCode.UNKNOWN_SPACE, "")
+                else:
+                    if on_offer is not None:
+                        on_offer(msg)
+                    reply = ChunkResponse(msg.space_id, msg.file_id, (), ())
+            elif not isinstance(msg, ChunkRequest):
                 strike(f"{type(msg).__name__} on a chunk stream")
-                reply: Any = ErrorMessage(ErrorCode.MALFORMED, "chunk streams carry chunk requests")
+                reply = ErrorMessage(ErrorCode.MALFORMED, "chunk streams carry chunk requests")
             elif not may_access(msg.space_id):
                 reply = ErrorMessage(ErrorCode.UNKNOWN_SPACE, "")
             else:
@@ -177,12 +209,15 @@ async def serve_extra_streams(engine: PeerEngine) -> None:
     def may_access(space_id: str) -> bool:
         return replicas.may_access(space_id, account)
 
+    engine._spawn(offer_to_replicator(engine))
+    puller = Puller.of(replicas)
     while not engine.conn.is_closed:
         try:
             stream = await engine.conn.accept_stream()
         except P2PSyncError:
             return
-        engine._spawn(serve_stream(stream, replicas.store, may_access, engine._strike))
+        engine._spawn(serve_stream(stream, replicas.store, may_access, engine._strike,
+                                   puller.on_offer))
 
 
 def peers_for(engines: Iterable[PeerEngine], space_id: str) -> list[PeerEngine]:
@@ -207,9 +242,187 @@ async def fetch_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes
     if not streams:
         return False
 
-    def on_bad(peer: Peer, why: str) -> None:
-        peer._strike(why)  # type: ignore[attr-defined]  # peers here are engines
-
     fetch = ChunkFetch(space.id, file_id, wanted, window=window)
     return await run_fetch(fetch, streams, lambda ps: FS.accept_chunks(space, file_id, ps),
-                           on_bad=on_bad, progress=progress)
+                           on_bad=_strike_engine, progress=progress)
+
+
+# --- replicators (backups): offered chunks are pulled -----------------------------------------
+def is_replicator(replicas: Replicas, space_id: str, account: bytes) -> bool:
+    space = replicas.spaces.get(space_id)
+    return space is not None and account in space.acl.state.replicators
+
+
+#: addresses a replicator keeps queued from offers (~10 MiB; ~16 GiB of chunks)
+MAX_QUEUED = 1 << 18
+#: seconds a replicator waits for an offered file's document to arrive
+TREE_WAIT = 30.0
+
+
+class Puller:
+    """What a replicator of a space (a backup) does with chunk offers: pull the offered chunks
+    it lacks from every connected peer of the space, one file at a time, verified by address
+    (it cannot decrypt them) and counted against the backup's quota, if it has one. A peer that
+    is not a replicator of the space (an ordinary device) ignores offers: devices fetch chunks
+    lazily, when a file is opened or pinned."""
+
+    _by_replicas: ClassVar[weakref.WeakKeyDictionary[Replicas, Puller]] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self, replicas: Replicas) -> None:
+        self.replicas = replicas
+        self.queue: dict[tuple[str, bytes], set[bytes]] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.queued = 0  #: addresses waiting (bounded: offers cost the offerer nothing)
+        self.pulled = 0  #: chunks stored from offers
+        self.failures = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @classmethod
+    def of(cls, replicas: Replicas) -> Puller:
+        p = cls._by_replicas.get(replicas)
+        if p is None:
+            p = cls._by_replicas[replicas] = cls(replicas)
+        return p
+
+    def on_offer(self, offer: ChunkOffer) -> None:
+        r = self.replicas
+        if not is_replicator(r, offer.space_id, r.account.public):
+            return
+        have = r.store.has_chunks(list(offer.addresses))
+        lacking = [a for a in offer.addresses if a not in have]
+        if not lacking or self.queued + len(lacking) > MAX_QUEUED:
+            return  # nothing new, or too much queued: offered again at the next connection
+        self.queue.setdefault((offer.space_id, offer.file_id), set()).update(lacking)
+        self.queued += len(lacking)
+        self.idle.clear()
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self.queue:
+                (sid, fid), wanted = next(iter(self.queue.items()))
+                del self.queue[(sid, fid)]
+                self.queued -= len(wanted)
+                space = self.replicas.spaces.get(sid)
+                if space is None:
+                    continue
+                try:  # the file's document may arrive after the offer (another stream)
+                    await self.replicas.wait_for(_known(space, fid), TREE_WAIT)
+                except TimeoutError:
+                    continue  # no such file here: chunks of unknown files are not kept
+                if space.is_deleted(fid):
+                    continue
+                try:
+                    await self._pull(space, fid, sorted(wanted))
+                except P2PSyncError as exc:  # e.g. over quota: the rest of this file waits
+                    self.failures += 1
+                    log.info("event=chunk_pull_failed space=%s file=%s error=%r", sid,
+                             fid.hex()[:16], str(exc))
+        finally:
+            self.idle.set()
+            self.replicas.notify()
+
+    async def _pull(self, space: Space, fid: bytes, wanted: list[bytes]) -> None:
+        store = self.replicas.store
+        usage = getattr(self.replicas.policy, "usage", None)  # a backup's quota tally
+
+        def keep(pairs: Sequence[tuple[bytes, bytes]]) -> None:
+            have = store.has_chunks([a for a, _ in pairs])
+            new = [(a, d) for a, d in pairs if a not in have]
+            size = sum(len(d) for _, d in new)
+            if usage is not None:
+                usage.check(space.id, size, 0)  # QuotaExceeded: nothing of it stored
+            self.pulled += FS.accept_chunks(space, fid, new)
+            if usage is not None:
+                usage.stored(space.id, size, 0)
+
+        engines = cast("list[PeerEngine]", list(self.replicas.pushers))  # the live engines
+        streams: dict[Peer, PeerStream] = {}
+        for e in peers_for(engines, space.id):
+            with contextlib.suppress(P2PSyncError):
+                streams[e] = await e.conn.open_stream()
+        if streams:
+            await run_fetch(ChunkFetch(space.id, fid, wanted, window=4), streams, keep,
+                            on_bad=_strike_engine)
+
+
+def _known(space: Space, fid: bytes) -> Callable[[], bool]:
+    return lambda: space.is_deleted(fid) or space.has_tree(fid)
+
+
+def _strike_engine(peer: Peer, why: str) -> None:
+    peer._strike(why)  # type: ignore[attr-defined]  # peers here are engines
+
+
+async def offer_chunks(engine: PeerEngine, space: Space,
+                       file_ids: Iterable[bytes] | None = None) -> int:
+    """Tell a replicator peer (a backup) which chunks of ``file_ids`` (default: every file of
+    the space) this store holds, so it pulls what it lacks. Returns how many offers it took."""
+    store = engine.replicas.store
+    fids = list(file_ids) if file_ids is not None else [i.file_id for i in FS.list_files(space)]
+    offers = [ChunkOffer(space.id, fid, tuple(addrs[i:i + MAX_OFFER_ADDRESSES]))
+              for fid in fids if (addrs := store.list_chunks(space.id, fid))
+              for i in range(0, len(addrs), MAX_OFFER_ADDRESSES)]
+    if not offers:
+        return 0
+    stream = await engine.conn.open_stream()
+    taken = 0
+    try:
+        for rid, offer in enumerate(offers, 1):
+            await stream.send(encode(offer, rid))
+            reply = decode(await stream.recv())
+            taken += isinstance(reply.message, ChunkResponse)
+    finally:
+        with contextlib.suppress(P2PSyncError):
+            stream.finish()
+    return taken
+
+
+async def offer_to_replicator(engine: PeerEngine) -> None:
+    """For the life of the connection: whenever the peer is a replicator of a space of ours and
+    holds it (the backup fetched it, or the ACL named it), offer it the chunks of every
+    file of that space once (it pulls what it lacks: a backup catches up with files added
+    while it was away). Later files are offered as they are added (:func:`offer_file`)."""
+    await engine.ready.wait()
+    offered: set[str] = set()
+    retry = 0.25
+    while not engine.conn.is_closed:
+        changed = engine.replicas.changed()
+        refused = False
+        for sid, space in sorted(engine.replicas.spaces.items()):
+            if sid in offered or engine.remote_account not in space.acl.state.replicators:
+                continue
+            try:
+                files = [i.file_id for i in FS.list_files(space)]
+                if await offer_chunks(engine, space, files) == _offers(engine, space, files):
+                    offered.add(sid)
+                else:  # the backup does not hold the space yet (it is fetching it): retry
+                    refused = True
+            except P2PSyncError:
+                refused = True
+        if not refused:
+            await changed
+            continue
+        with contextlib.suppress(TimeoutError):  # a timer: the backup's fetch is not seen here
+            async with asyncio.timeout(retry):
+                await changed
+        changed.cancel()
+        retry = min(retry * 2, 30.0)
+
+
+def _offers(engine: PeerEngine, space: Space, fids: list[bytes]) -> int:
+    store = engine.replicas.store
+    return sum(-(-len(store.list_chunks(space.id, f)) // MAX_OFFER_ADDRESSES) for f in fids)
+
+
+async def offer_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes) -> int:
+    """Offer one file's chunks to every connected replicator of its space (after an add)."""
+    n = 0
+    for e in peers_for(engines, space.id):
+        if e.remote_account in space.acl.state.replicators:
+            with contextlib.suppress(P2PSyncError):
+                n += await offer_chunks(e, space, [file_id])
+    return n

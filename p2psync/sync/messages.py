@@ -84,6 +84,7 @@ class MsgType(IntEnum):
     STORAGE_REFUSED = 53
     CHUNK_REQUEST = 60  #: encrypted file chunks (docs/files.md); a v1 extension
     CHUNK_RESPONSE = 61
+    CHUNK_OFFER = 62  #: "I hold these chunks of this file": a replicator pulls what it lacks
     ERROR = 63
 
 
@@ -660,13 +661,38 @@ class ChunkResponse:
         return cls(b[0], b[1], tuple((a, d) for a, d in b[2]), tuple(b[3]))
 
 
+MAX_OFFER_ADDRESSES = 4096  #: addresses per chunk offer (128 KiB of addresses)
+
+
+@dataclass(frozen=True)
+class ChunkOffer:
+    """Tells a replicator (backup) of the space which chunks of one file the sender holds, so
+    it can pull those it lacks with chunk requests (it cannot read manifests). Answered with an
+    empty :class:`ChunkResponse` (noted) or an error; a peer that is no replicator ignores it."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHUNK_OFFER
+    space_id: str
+    file_id: bytes
+    addresses: tuple[bytes, ...]
+
+    def fields(self) -> list[Any]:
+        return [self.space_id, self.file_id, list(self.addresses)]
+
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, c.blob(size=ID_SIZE),
+                                     c.array(_CHUNK_ADDR, max_items=MAX_OFFER_ADDRESSES))
+
+    @classmethod
+    def from_body(cls, b: tuple[Any, ...]) -> ChunkOffer:
+        return cls(b[0], b[1], tuple(b[2]))
+
+
 # --- envelope -----------------------------------------------------------------------------------
 Message: TypeAlias = (
     SpaceHello | SpaceTokens | HeadSyncRequest | HeadSyncResponse | HeadUpdate
     | FullSyncRequest | FullSyncResponse | AclHeadUpdate | AclSyncRequest | AclSyncResponse
     | BootstrapRequest | BootstrapResponse | ErrorMessage
     | SpaceOffer | ReceiptRequest | ReceiptResponse | StorageRefused
-    | ChunkRequest | ChunkResponse
+    | ChunkRequest | ChunkResponse | ChunkOffer
 )
 
 _CLASSES: tuple[type[Any], ...] = (
@@ -674,7 +700,7 @@ _CLASSES: tuple[type[Any], ...] = (
     FullSyncRequest, FullSyncResponse, AclHeadUpdate, AclSyncRequest, AclSyncResponse,
     BootstrapRequest, BootstrapResponse, ErrorMessage,
     SpaceOffer, ReceiptRequest, ReceiptResponse, StorageRefused,
-    ChunkRequest, ChunkResponse,
+    ChunkRequest, ChunkResponse, ChunkOffer,
 )
 #: message type -> (body schema, constructor from the decoded body)
 _READERS: dict[int, tuple[Any, Callable[[tuple[Any, ...]], Message]]] = {

@@ -45,6 +45,15 @@ def concerns(space: Space, record_id: bytes, account: bytes) -> bool:
     return False
 
 
+def removal_of(space: Space | None, account: bytes) -> bytes | None:
+    """The record that removed ``account`` from ``space`` (not its own Leave), if any: what
+    a peer that still holds the space is told when it connects (it was away at the time)."""
+    rid = space.acl.state.departed.get(account) if space is not None else None
+    if rid is None or not isinstance(space.acl.record(rid).payload, Remove):  # type: ignore[union-attr]
+        return None
+    return rid
+
+
 def notice(space: Space, record_ids: Sequence[bytes], account: bytes,
            max_bytes: int) -> AclHeadUpdate | None:
     """The ``ACL_HEAD_UPDATE`` that tells ``account`` about the first record of

@@ -207,8 +207,12 @@ class Replicas:
 
     def exchange_keys_for(self, account: bytes) -> dict[str, bytes]:
         """Exchange keys of the spaces we would list to ``account``: only spaces where it is a
-        member or replicator in our ACL copy, so strangers get nothing but padding."""
-        return {sid: k for sid, k in self._xkeys.items() if self.may_access(sid, account)}
+        member or replicator in our ACL copy, so strangers get nothing but padding — and
+        spaces it was removed from, so that it learns why (``sync/notice.py``, issue 14)."""
+        from p2psync.sync.notice import removal_of
+
+        return {sid: k for sid, k in self._xkeys.items() if self.may_access(sid, account)
+                or removal_of(self.spaces.get(sid), account) is not None}
 
     # --- applying remote input -----------------------------------------------------------------
     def apply_changes(self, source: Pusher, space: Space, tree_id: bytes,

@@ -92,7 +92,8 @@ class _Collect:
 
 
 class Responder:
-    """Answers one peer's requests and judges its pushes, on one connection."""
+    """Everything one peer sends on its request stream, on one connection: the exchange's
+    hello, the gate, its pushes (judged) and its requests (answered)."""
 
     def __init__(self, state: PeerState, source: Pusher, *, clock: float = 0.0) -> None:
         self.state = state

@@ -78,6 +78,7 @@ class _Job(Generic[K]):
     not_before: float = 0.0
     in_flight: bool = False
     rerun: bool = False
+    rerun_delay: float = 0.0  #: the re-run waits this long after the run completes
 
 
 @dataclass
@@ -126,14 +127,23 @@ class PeerScheduler(Generic[K]):
     def _waiting(self) -> int:
         return len(self._jobs) - self._in_flight
 
-    def submit(self, key: K, now: float, priority: int = 0) -> Submit:
-        """Ask for ``key`` to be sent; never blocks, never grows past ``max_queue``."""
+    def submit(self, key: K, now: float, priority: int = 0, delay: float = 0.0) -> Submit:
+        """Ask for ``key`` to be sent; never blocks, never grows past ``max_queue``.
+
+        ``delay`` > 0 debounces: the request waits until ``delay`` after the *last* such
+        submit (a queued one is postponed; one in flight re-runs ``delay`` after it ends), so
+        a burst of submits costs one request after the burst."""
         job = self._jobs.get(key)
         if job is not None:
             if job.in_flight:
                 job.rerun = True
+                job.rerun_delay = max(job.rerun_delay, delay)
                 job.priority = min(job.priority, priority)
                 return Submit.COALESCED
+            if delay > 0 and now + delay > job.not_before:  # postpone (older entry is stale)
+                job.priority = min(job.priority, priority)
+                self._requeue(job, now + delay, attempts=job.attempts)
+                return Submit.DUPLICATE
             if priority < job.priority:
                 job.priority = priority
                 if job.not_before <= now:  # in the ready heap: re-file it at the new priority
@@ -143,9 +153,12 @@ class PeerScheduler(Generic[K]):
         if self._waiting() >= self.max_queue:
             self.dropped_full += 1
             return Submit.FULL
-        job = _Job(key, priority, self._next_seq(), not_before=now)
+        job = _Job(key, priority, self._next_seq(), not_before=now + delay)
         self._jobs[key] = job
-        heapq.heappush(self._ready, (priority, job.seq, key))
+        if delay > 0:
+            heapq.heappush(self._delayed, (job.not_before, job.seq, key))
+        else:
+            heapq.heappush(self._ready, (priority, job.seq, key))
         return Submit.QUEUED
 
     def poll(self, now: float) -> list[K]:
@@ -197,7 +210,7 @@ class PeerScheduler(Generic[K]):
             return
         self.last_success = now
         if job.rerun:
-            self._requeue(job, now, attempts=0)
+            self._requeue(job, now + job.rerun_delay, attempts=0)
 
     def failed(self, key: K, now: float, reason: str = "", *, retryable: bool = True,
                retry_after: float | None = None) -> float | None:
@@ -240,6 +253,7 @@ class PeerScheduler(Generic[K]):
         job.attempts = attempts
         job.not_before = at
         job.rerun = False
+        job.rerun_delay = 0.0
         self._jobs[job.key] = job
         heapq.heappush(self._delayed, (at, job.seq, job.key))
 

@@ -8,8 +8,9 @@
  * since change format 2 the snapshot flag is sealed with the content, so finding the latest
  * snapshot is the document's job (it holds the read key), as in Python.
  */
+import { verifyBatch } from "../crypto/keys.js";
 import { compareBytes } from "../hashes.js";
-import { type Change, InvalidChange, ReplicaError, verifyChange } from "./change.js";
+import { type Change, CHANGE_DOMAIN, InvalidChange, parseChange, ReplicaError, verifyChange } from "./change.js";
 
 export class WrongTree extends ReplicaError {}
 
@@ -18,6 +19,25 @@ export interface AclGate {
   knowsHead(aclHead: Uint8Array): boolean;
   /** Throw (AccessDenied, UnknownReadKey, …) if `author` may not write this change. */
   checkChange(author: Uint8Array, aclHead: Uint8Array, readKeyId: Uint8Array, prevs: readonly Change[]): void;
+}
+
+/**
+ * Check the signatures of raw changes ahead of `ObjectTree.add`/`fromRoot`, asynchronously
+ * (WebCrypto where available, see crypto/ed25519.ts), so that their synchronous verification is
+ * a lookup. Changes that do not parse or do not verify are left for `add` to refuse, so its
+ * all-or-nothing rule and its errors are unchanged. Returns how many verified.
+ */
+export async function preverifyChanges(raws: readonly Uint8Array[]): Promise<number> {
+  const items = [];
+  for (const raw of raws) {
+    try {
+      const ch = parseChange(raw);
+      items.push({ publicKey: ch.author, domain: CHANGE_DOMAIN, data: ch.body, signature: ch.signature });
+    } catch {
+      // add() reports it
+    }
+  }
+  return (await verifyBatch(items)).filter((ok) => ok).length;
 }
 
 const key = (b: Uint8Array): string => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");

@@ -20,6 +20,7 @@ import { equalBytes, verify } from "../crypto/keys.js";
 import { BadSignature, DecodeError, P2PSyncError } from "../errors.js";
 import { AccessDenied } from "../replica/aclRecords.js";
 import type { Change } from "../replica/change.js";
+import { preverifyChanges } from "../replica/tree.js";
 import {
   BOOTSTRAP_DOMAIN,
   bootstrapMessage,
@@ -70,12 +71,71 @@ export interface SyncConfig {
   headSyncInterval: number;
   maxInFlight: number;
   maxPushQueue: number;
+  /** Incoming changes verified and added per step; the shell yields to the event loop between
+   * steps, so a big batch never freezes a page (Ed25519 in JS costs milliseconds each). */
+  ingestChunk: number;
 }
 
 export const DEFAULT_CONFIG: SyncConfig = {
   batchBytes: 1 << 20, maxRounds: 1024, maxStuck: 3, strikesToClose: 100, requestTimeout: 30, exchangeTimeout: 10,
-  headSyncInterval: 30, maxInFlight: 8, maxPushQueue: 1024,
+  headSyncInterval: 30, maxInFlight: 8, maxPushQueue: 1024, ingestChunk: 16,
 };
+
+/**
+ * One incoming batch for one tree, taken in `chunk` changes per `step()` (p2psync/sync/ingest.py):
+ * each step filters (parents held or earlier in the batch, ACL head known) and adds its slice;
+ * orphans are dropped and only reported (`missing`, `unknownAcl`). The first refused slice ends
+ * the batch with one strike.
+ */
+export class Ingest {
+  missing = false;
+  unknownAcl = false;
+  refused: string | null = null;
+  attached = 0;
+  private pos = 0;
+
+  constructor(readonly space: SyncSpace, readonly treeId: Uint8Array, readonly raws: readonly Uint8Array[],
+    readonly source: Pusher | null, readonly chunk = DEFAULT_CONFIG.ingestChunk) {}
+
+  get done(): boolean {
+    return this.refused !== null || this.pos >= this.raws.length;
+  }
+
+  /** The next step's slice: the shell awaits `prepare()` before each `step()`. */
+  private nextSlice(): readonly Uint8Array[] {
+    return this.raws.slice(this.pos, this.pos + Math.max(1, this.chunk));
+  }
+
+  /**
+   * Verify the next step's signatures asynchronously (WebCrypto where available), so that the
+   * synchronous `step()` finds them verified. Optional: `step()` alone verifies in pure JS.
+   */
+  async prepare(): Promise<void> {
+    if (!this.done) await preverifyChanges(this.nextSlice());
+  }
+
+  step(): Effect[] {
+    if (this.done) return [];
+    const slice = this.nextSlice();
+    this.pos += slice.length;
+    const res = this.space.ingest(this.treeId, slice, this.source);
+    this.missing ||= res.missing;
+    this.unknownAcl ||= res.unknownAcl;
+    this.attached += res.attached.length;
+    if (res.refused !== null) {
+      this.refused = res.refused;
+      return [strike(res.refused)];
+    }
+    return [];
+  }
+
+  /** Every step at once (tests, small batches). */
+  run(): Effect[] {
+    const out: Effect[] = [];
+    while (!this.done) out.push(...this.step());
+    return out;
+  }
+}
 
 export type JobKind = "space" | "acl" | "tree";
 /** [kind, space id, tree id hex or ""]. */
@@ -307,22 +367,27 @@ export class Responder {
     return [res.added.length > 0, res.rejected.length ? [strike(`${res.rejected.length} ACL records refused`)] : []];
   }
 
-  /** A HEAD_UPDATE: take in its changes, then pull what its heads show we still lack. */
-  headUpdate(msg: HeadUpdate): Effect[] {
+  /** Admit a HEAD_UPDATE: the batch to take in (null when it carries no changes), then call
+   * `headUpdateDone`; or [null, [strike]] when the peer may not access the space. */
+  headUpdate(msg: HeadUpdate): [Ingest | null, Effect[]] {
     const st = this.state;
     const sid = msg.spaceId;
     const space = st.replicas.spaces.get(sid);
-    if (space === undefined || !st.mayAccess(sid)) return [strike("push for a space the peer may not access")];
+    if (space === undefined || !st.mayAccess(sid)) return [null, [strike("push for a space the peer may not access")]];
     st.shared.add(sid);
+    return [msg.changes.length ? new Ingest(space, msg.objectId, msg.changes, this.source, st.config.ingestChunk) : null, []];
+  }
+
+  /** After a push's changes are in: pull what its heads show we still lack (bounded by the
+   * stuck rule). */
+  headUpdateDone(msg: HeadUpdate, ing: Ingest | null): Effect[] {
+    const st = this.state;
+    const sid = msg.spaceId;
+    const space = st.replicas.spaces.get(sid);
+    if (space === undefined) return [];
     const out: Effect[] = [];
-    let missing = false;
-    let unknownAcl = false;
-    if (msg.changes.length) {
-      const res = space.ingest(msg.objectId, msg.changes, this.source);
-      if (res.refused !== null) out.push(strike(res.refused));
-      missing = res.missing;
-      unknownAcl = res.unknownAcl;
-    }
+    let missing = ing?.missing ?? false;
+    const unknownAcl = ing?.unknownAcl ?? false;
     const tree = space.tree(msg.objectId);
     missing ||= tree === undefined ? msg.heads.length > 0 : msg.heads.some((h) => !tree.has(h));
     const tid = bytesToHex(msg.objectId);
@@ -365,11 +430,13 @@ export abstract class Core {
   done = false;
   error: P2PSyncError | null = null;
   sub: Core | null = null;
+  /** A batch the shell must take in (step by step) and then report with `ingested`. */
+  ingest: Ingest | null = null;
 
   constructor(readonly state: PeerState, readonly source: Pusher) {}
 
   nextRequest(): [number, Message] | null {
-    if (this.done) return null;
+    if (this.done || this.ingest !== null) return null;
     if (this.sub !== null) return this.sub.nextRequest();
     return this.next();
   }
@@ -387,9 +454,16 @@ export abstract class Core {
     return out;
   }
 
+  /** The batch in `ingest` has been taken in. */
+  // eslint-disable-next-line @typescript-eslint/no-unused-vars
+  ingested(_now: number): Effect[] {
+    return [];
+  }
+
   protected fail(exc: P2PSyncError): void {
     this.error = exc;
     this.done = true;
+    this.ingest = null;
   }
 
   protected abstract next(): [number, Message] | null;
@@ -489,25 +563,28 @@ export class TreePull extends Core {
     this.pendingChanges = msg.changes;
     this.more = msg.more;
     this.retriedAcl = false;
-    return this.ingest();
+    this.ingest = new Ingest(this.space!, this.treeId, msg.changes, this.source, this.state.config.ingestChunk);
+    return [];
   }
 
-  private ingest(): Effect[] {
-    const res = this.space!.ingest(this.treeId, this.pendingChanges, this.source);
-    const out: Effect[] = res.refused !== null ? [strike(res.refused)] : [];
-    if (res.unknownAcl && !this.retriedAcl) {
+  override ingested(): Effect[] {
+    const ing = this.ingest!;
+    this.ingest = null;
+    if (ing.unknownAcl && !this.retriedAcl) {
+      // the batch names ACL heads we lack: ACL sync first, then take the batch again
       this.retriedAcl = true;
       const sub = new AclPull(this.state, this.source, this.spaceId);
       if (!sub.done) {
         this.sub = sub;
-        return out;
+        return [];
       }
     }
-    return [...out, ...this.roundDone()];
+    return this.roundDone();
   }
 
   protected override subDone(): Effect[] {
-    return this.ingest();
+    this.ingest = new Ingest(this.space!, this.treeId, this.pendingChanges, this.source, this.state.config.ingestChunk);
+    return [];
   }
 
   private roundDone(): Effect[] {
@@ -692,6 +769,9 @@ export interface Inbound {
   /** Messages to send back on the peer's stream, with the request id to answer. */
   readonly replies: [Message, number][];
   readonly effects: Effect[];
+  /** A batch to take in step by step (yielding between steps), then call `after`. */
+  readonly ingest?: Ingest;
+  readonly after?: () => Effect[];
 }
 
 /**
@@ -772,8 +852,12 @@ export class SyncCore {
         this.state.theirNonce = msg.nonce;
         return { replies: replies.map((m) => [m, rid]), effects: [] };
       }
-      case MsgType.HEAD_UPDATE:
-        return { replies: [], effects: this.responder.headUpdate(msg) };
+      case MsgType.HEAD_UPDATE: {
+        const [ing, effects] = this.responder.headUpdate(msg);
+        if (effects.length) return { replies: [], effects }; // refused: nothing more happens
+        const after = (): Effect[] => this.responder.headUpdateDone(msg, ing);
+        return ing === null ? { replies: [], effects: after() } : { replies: [], effects: [], ingest: ing, after };
+      }
       case MsgType.ACL_HEAD_UPDATE:
         return { replies: [], effects: this.responder.aclUpdate(msg, now) };
       case MsgType.SPACE_OFFER:

@@ -19,6 +19,7 @@ import {
   type Core,
   DEFAULT_CONFIG,
   type Effect,
+  type Ingest,
   type JobKey,
   jobCore,
   jobFailure,
@@ -31,6 +32,8 @@ import { decode, encode, type Message, MsgType, RESPONSE_FOR, toException } from
 import type { Pusher, SyncReplicas, SyncSpace } from "./replica.js";
 
 const wallNow = (): number => Date.now() / 1000;
+/** Let the event loop run (other peers, the page) between ingest steps. */
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
 
 interface Pending {
   resolve: (m: Message) => void;
@@ -254,8 +257,12 @@ export class PeerSync implements Pusher {
   /** The peer's stream: its requests and pushes; we answer on the same stream. */
   private async readRequests(stream: Stream): Promise<void> {
     for await (const raw of this.messages(stream)) {
-      const { replies, effects } = this.core.onRequest(raw, this.now());
+      const { replies, effects, ingest, after } = this.core.onRequest(raw, this.now());
       this.apply(effects);
+      if (ingest !== undefined) {
+        await this.ingest(ingest);
+        if (after !== undefined) this.apply(after());
+      }
       for (const [m, rid] of replies) {
         try {
           await this.send(stream, m, rid);
@@ -383,9 +390,25 @@ export class PeerSync implements Pusher {
     }
   }
 
+  /** Take in a batch a step at a time, yielding to the event loop between steps; each step's
+   * signatures are verified first, asynchronously (Ingest.prepare). */
+  private async ingest(ing: Ingest): Promise<void> {
+    while (!ing.done && !this.closing) {
+      await ing.prepare();
+      this.apply(ing.step());
+      await yieldToLoop();
+    }
+  }
+
   /** Run one requester core over the connection until it is done. */
   private async drive(core: Core): Promise<void> {
     while (!core.done) {
+      if (core.ingest !== null) {
+        await this.ingest(core.ingest);
+        this.apply(core.ingested(this.now()));
+        if (core.error !== null) throw core.error;
+        continue;
+      }
       const batch: [number, Message][] = [];
       for (let nxt = core.nextRequest(); nxt !== null; nxt = core.nextRequest()) batch.push(nxt);
       if (!batch.length) throw new ProtocolError(`${core.constructor.name} stalled`);

@@ -9,3 +9,4 @@ export * from "./core.js";
 export * from "./engine.js";
 export * from "./receipt.js";
 export * from "../bootstrap.js";
+export * from "./join.js";

@@ -12,6 +12,7 @@ import { contentId } from "../codec.js";
 import type { AccountKey, DeviceKey } from "../crypto/keys.js";
 import { compareBytes, headsHash } from "../hashes.js";
 import { Acl } from "../replica/acl.js";
+import type { ReadKey } from "../crypto/box.js";
 import { AccessDenied, InvalidAclRecord } from "../replica/aclRecords.js";
 import { buildChange, type Change, parseChange } from "../replica/change.js";
 import { SpaceHeader } from "../replica/header.js";
@@ -55,6 +56,8 @@ export class SyncSpace {
   readonly trees = new Map<string, ObjectTree>();
   readonly ldiff = new LDiff();
   readonly exchangeKey: Uint8Array;
+  private ring = new Map<string, ReadKey>();
+  private ringSize = -1;
 
   constructor(readonly header: SpaceHeader, readonly acl: Acl, readonly owner: SyncReplicas) {
     this.exchangeKey = headerExchangeKey(header.raw, header.spaceId);
@@ -202,12 +205,22 @@ export class SyncSpace {
     return tree.attachedChanges().filter((c) => !have.has(bytesToHex(c.id))).map((c) => c.raw);
   }
 
+  /** Every read key our account can open (hex key id -> key), recomputed only when the ACL
+   * gained records (unsealing costs an X25519 operation per key). */
+  keyring(): ReadonlyMap<string, ReadKey> {
+    if (this.ringSize !== this.acl.size) {
+      this.ring = this.acl.keysOf(this.owner.account);
+      this.ringSize = this.acl.size;
+    }
+    return this.ring;
+  }
+
   /** Make a signed, encrypted change of our own (a new tree when treeId is null) and fan it
    * out to every peer. */
   createChange(treeId: Uint8Array | null, plaintext: Uint8Array, o: { snapshot?: boolean } = {}): Change {
     const me = this.owner.account;
     const [aclHead, keyId] = writePosition(this.acl, me.public);
-    const key = this.acl.keysOf(me).get(bytesToHex(keyId));
+    const key = this.keyring().get(bytesToHex(keyId));
     if (key === undefined) throw new AccessDenied("you do not hold the current read key");
     const tree = treeId === null ? undefined : this.tree(treeId);
     if (treeId !== null && tree === undefined) throw new AccessDenied("no such object here");
@@ -221,7 +234,7 @@ export class SyncSpace {
 
   /** The plaintext of a change (throws when we hold no key for it). */
   read(change: Change): Uint8Array {
-    const key = this.acl.keysOf(this.owner.account).get(bytesToHex(change.readKeyId));
+    const key = this.keyring().get(bytesToHex(change.readKeyId));
     if (key === undefined) throw new AccessDenied("no read key for this change");
     return change.decrypt(key);
   }

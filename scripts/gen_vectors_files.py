@@ -1,0 +1,95 @@
+"""Golden vectors for encrypted files (docs/files.md): the file key, chunk encryption and
+address, the signed manifest, and chunk messages 60/61/62 with cases a receiver must refuse.
+
+Not wired into ``scripts/gen_vectors.py`` (owned elsewhere this round): to adopt it, add
+``"files": files_vectors`` to ``BUILDERS`` there (import it from this module) and regenerate
+``tests/vectors/files.json``; ``tests/test_vectors.py`` then needs a checker that re-derives
+every value below with this implementation. Standalone:
+
+    python3 scripts/gen_vectors_files.py [--out files.json]
+
+Deterministic: keys and data come from gen_vectors' labelled seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from gen_vectors import FORMAT, account, h, seed, space_header, tag  # noqa: E402
+
+from p2psync.codec import pack  # noqa: E402
+from p2psync.crypto.box import ReadKey  # noqa: E402
+from p2psync.replica import files as F  # noqa: E402
+from p2psync.sync import messages as m  # noqa: E402
+
+
+def files_vectors() -> dict[str, Any]:
+    sid = space_header().space_id
+    rk = ReadKey(seed("files/read-key"))
+    rk_id = seed("files/read-key-id")
+    fid = seed("files/file-id")
+    author = account("alice")
+    key = F.file_key(rk, sid, fid)
+    plains = [seed("files/chunk/0", 100), seed("files/chunk/1", 300), b""]
+    chunks = []
+    for p in plains[:2]:
+        addr, ct = F.encrypt_chunk(key, fid, p)
+        chunks.append({"plaintext": h(p), "nonce": h(ct[:F.NONCE_SIZE]), "ciphertext": h(ct),
+                       "address": h(addr)})
+    manifest = F.Manifest(sid, fid, "photo.jpg", "image/jpeg", sum(len(p) for p in plains[:2]),
+                          rk_id, tuple((bytes.fromhex(c["address"]), len(bytes.fromhex(
+                              c["plaintext"]))) for c in chunks), author.public)
+    raw = manifest.sign(author)
+    a0, a1 = (bytes.fromhex(c["address"]) for c in chunks)
+    ct0 = bytes.fromhex(chunks[0]["ciphertext"])
+    msgs = [
+        (21, m.ChunkRequest(sid, fid, (a0, a1))),
+        (21, m.ChunkResponse(sid, fid, ((a0, ct0),), (a1,))),
+        (22, m.ChunkOffer(sid, fid, (a0, a1))),
+    ]
+    refuse = [
+        ("CHUNK_REQUEST with 17 addresses", pack([1, 60, 5, [sid, fid, [a0] * 17]])),
+        ("CHUNK_REQUEST address of 31 bytes", pack([1, 60, 5, [sid, fid, [a0[:31]]]])),
+        ("CHUNK_RESPONSE chunk over 256 KiB + 40",
+         pack([1, 61, 5, [sid, fid, [[a0, bytes(256 * 1024 + 41)]], []]])),
+        ("CHUNK_OFFER with 4097 addresses", pack([1, 62, 5, [sid, fid, [a0] * 4097]])),
+    ]
+    return {
+        "about": "Encrypted files (docs/files.md): file_key = BLAKE2b-256(key=read key, "
+                 "person='p2psync-filekey1', space_id || 0x00 || file_id); each chunk is "
+                 "nonce || XChaCha20-Poly1305(plaintext, aad='p2psync/file-chunk/v1\\0' || "
+                 "file_id) with nonce = BLAKE2b-192(key=file_key, person='p2psync-chnonce1', "
+                 "plaintext); address = BLAKE2b-256(ciphertext). The manifest is "
+                 "[body, signature] signed under 'p2psync/file-manifest/v1'.",
+        "format": FORMAT,
+        "space_id": sid, "file_id": h(fid), "read_key": h(rk.key), "read_key_id": h(rk_id),
+        "file_key": h(key), "chunks": chunks,
+        "manifest": {"author_seed": h(author.seed), "body": h(manifest.body()), "signed": h(raw)},
+        "messages": [{"type": int(x.TYPE), "name": x.TYPE.name, "request_id": rid,
+                      "body": tag(x.fields()), "hex": m.encode(x, rid).hex()} for rid, x in msgs],
+        "refuse": [{"why": why, "hex": raw_.hex(), "error": "MALFORMED"} for why, raw_ in refuse],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="write here (default: print)")
+    args = ap.parse_args()
+    text = json.dumps(files_vectors(), indent=1, ensure_ascii=False) + "\n"
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

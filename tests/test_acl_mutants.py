@@ -1,0 +1,99 @@
+"""replica/acl.py: ``Acl.add``'s bookkeeping that mutation testing left unguarded (issue 21;
+docs/testing.md names each mutant and the test here that kills it).
+
+What ``add`` reports (``added``/``duplicate``/``waiting``/``ignored``, released and rejected
+waiters) is what the sync layer acts on — a record reported "added" is stored and forwarded, a
+rejected one earns its pusher a strike — so each status is pinned against the record's fate.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from p2psync.errors import InvalidAclRecord
+from p2psync.replica import acl as acl_mod
+from p2psync.replica.acl import Acl, InviteCode
+from p2psync.replica.acl_records import PermissionChange, Role, build_record, decode_record
+from tests.acl_dsl import SPACE, account
+
+OWNER = account("owner")
+
+
+def _chain(n: int) -> tuple[Acl, list[bytes]]:
+    """An ACL at its root, and ``n`` owner records each on the previous (not yet added)."""
+    acl = Acl.create(SPACE, OWNER)
+    src = Acl.from_records(SPACE, acl.export())
+    raws = [src.invite(OWNER, Role.READER)[0] for _ in range(n)]
+    return acl, raws
+
+
+def _id(raw: bytes) -> bytes:
+    return decode_record(raw, SPACE).id
+
+
+def test_each_status_is_the_records_fate() -> None:
+    acl, (r1, r2, r3) = _chain(3)
+    assert acl.add(r3) == acl_mod.AddResult(_id(r3), "waiting")
+    assert acl.add(r3) == acl_mod.AddResult(_id(r3), "waiting")  # still waiting, not re-queued
+    assert _id(r3) not in acl and acl.waiting == [_id(r3)]
+    assert acl.add(r2) == acl_mod.AddResult(_id(r2), "waiting")
+    got = acl.add(r1)
+    assert got == acl_mod.AddResult(_id(r1), "added", (_id(r2), _id(r3)))  # in causal order
+    assert acl.waiting == [] and all(_id(r) in acl for r in (r1, r2, r3))
+    assert acl.add(r1) == acl_mod.AddResult(_id(r1), "duplicate")
+    assert acl.heads == [_id(r3)]
+
+
+def test_a_record_waits_until_all_its_parents_are_there() -> None:
+    acl = Acl.create(SPACE, OWNER)
+    a = Acl.from_records(SPACE, acl.export())
+    b = Acl.from_records(SPACE, acl.export())
+    x = a.invite(OWNER, Role.READER)[0]
+    y = b.invite(OWNER, Role.WRITER)[0]
+    a.add(y)
+    m = a.merge(OWNER)  # names both x and y
+    assert set(decode_record(m, SPACE).prev) == {_id(x), _id(y)}
+    assert acl.add(m).status == "waiting"
+    assert acl.add(x) == acl_mod.AddResult(_id(x), "added")  # y is still missing
+    assert acl.waiting == [_id(m)]
+    assert acl.add(y) == acl_mod.AddResult(_id(y), "added", (_id(m),))
+    assert acl.heads == [_id(m)]
+
+
+def test_a_released_waiter_that_is_not_allowed_is_rejected_and_reported() -> None:
+    acl, (r1,) = _chain(1)
+    # rita is no member: her permission change waits for r1, then fails admission
+    bad = build_record(account("rita"), SPACE, [_id(r1)],
+                       PermissionChange(account("rita").public, Role.ADMIN))
+    assert acl.add(bad).status == "waiting"
+    got = acl.add(r1)
+    assert got.status == "added" and got.released == ()
+    assert [rid for rid, _ in got.rejected] == [_id(bad)]
+    assert acl.rejected == {_id(bad): got.rejected[0][1]}
+    assert _id(bad) not in acl and acl.waiting == []
+
+
+def test_the_waiting_cap_is_exactly_max_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(acl_mod, "MAX_PENDING", 3)
+    acl, raws = _chain(5)
+    for r in raws[1:4]:  # all wait for raws[0]
+        assert acl.add(r).status == "waiting"
+    with pytest.raises(InvalidAclRecord, match="waiting"):
+        acl.add(raws[4])
+    assert len(acl.waiting) == 3
+    assert acl.add(raws[0]).released == tuple(_id(r) for r in raws[1:4])
+
+
+def test_a_second_root_is_refused() -> None:
+    acl = Acl.create(SPACE, OWNER)
+    other = Acl.create(SPACE, account("rita"))
+    with pytest.raises(InvalidAclRecord, match="root"):
+        acl.add(other.export()[0])
+
+
+def test_an_invite_code_names_its_space() -> None:
+    acl = Acl.create(SPACE, OWNER)
+    raw, code = acl.invite(OWNER, Role.WRITER)
+    assert code.space_id == SPACE and code.invite_id == _id(raw)
+    back = InviteCode.decode(code.encode())
+    assert (back.space_id, back.invite_id, back.seed) == (SPACE, code.invite_id, code.seed)
