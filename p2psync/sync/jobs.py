@@ -19,7 +19,7 @@ change we pushed would be shown out of sync meanwhile. Two rules close that gap:
   difference is the peer's acknowledgement of our heads. Deduped by the scheduler (one in
   at most one per :data:`CHECK_SPACING` (throttled by the scheduler: the first at once, the
   last after the burst's last push), so a burst of pushes — typing, a script writing — costs
-  a round trip per 50 ms, not one per push.
+  a round trip per 250 ms, not one per push.
 * :func:`succeeded` for a ``"tree"`` job: when the pulls a head sync asked for are all done
   and that head sync found differences, check again with a ``("heads", space)`` job —
   concurrent edits cross (the peer's answer can predate a change it pushed us a moment later,
@@ -40,7 +40,7 @@ from p2psync.sync.replicas import Pusher
 CHECK_PRIORITY = 0  #: the in-sync check runs before anything else queued (it is cheap)
 MAX_RECHECKS = 2  #: follow-up checks in a row that did not reach agreement
 #: checks after our pushes of one space start at least this many seconds apart
-CHECK_SPACING = 0.05
+CHECK_SPACING = 0.25
 
 
 class HeadCheck(SpaceSync):
