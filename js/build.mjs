@@ -9,6 +9,10 @@ function tsFiles(dir) {
     e.isDirectory() ? tsFiles(join(dir, e.name)) : e.name.endsWith(".ts") ? [join(dir, e.name)] : []);
 }
 
+// Automerge's "browser" export imports a .wasm module (for bundlers that handle wasm); browsers
+// get its base64 entry instead, which instantiates the inlined wasm on import.
+const AUTOMERGE_BROWSER = { "@automerge/automerge": "./node_modules/@automerge/automerge/dist/mjs/entrypoints/fullfat_base64.js" };
+
 rmSync("dist", { recursive: true, force: true });
 await build({
   entryPoints: [...tsFiles("src"), ...tsFiles("test")],
@@ -29,4 +33,5 @@ await build({
   target: "es2022",
   minify: true,
   logLevel: "warning",
+  alias: AUTOMERGE_BROWSER,
 });

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import msgspec
 
 from p2psync.agent import fileops as _fileops  # registers the file.* ops
-from p2psync.agent import ops
+from p2psync.agent import ops, pairing
 from p2psync.agent.core import Agent, Subscription
 from p2psync.apiclient import API_VERSION as API_VERSION
 
@@ -37,7 +37,7 @@ from p2psync.apiclient import ApiClient as ApiClient
 from p2psync.apiclient import ApiError as ApiError
 from p2psync.apiclient import _alive, socket_path
 from p2psync.apiclient import agent_running as agent_running
-from p2psync.crypto.ids import short_hash
+from p2psync.crypto.ids import peer_id, short_hash
 from p2psync.device import LocalDevice
 from p2psync.errors import InvalidRequest, P2PSyncError, UnknownOperation
 
@@ -121,8 +121,62 @@ def _local(name: str, spec: ops.LocalOp) -> Op:
     async def run(ctx: Context, p: ops.Params) -> Any:
         if name == "space.invite" and isinstance(p, ops.SpaceInviteParams) and not p.addresses:
             p = msgspec.structs.replace(p, addresses=ctx.agent.reachable_addresses())
-        return spec.run(_device(ctx), p)
+        out = spec.run(_device(ctx), p)
+        if name == "device.remove":  # refused from now on, and dropped if connected now
+            ctx.agent.node.refused_peers.add(out["peer_id"])
+            for e in list(ctx.agent.node.engines):
+                if e.conn.peer_id == out["peer_id"]:
+                    await e.close("this device was removed from the account")
+        return out
     return Op(spec.params, run)
+
+
+class DeviceAddParams(ops.Params, frozen=True):
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    #: seconds the code stays valid (the listener closes then, paired or not)
+    timeout: ops.Timeout = 300.0
+
+
+class DeviceAddWaitParams(ops.Params, frozen=True):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    timeout: ops.Timeout = 300.0
+
+
+#: pairing listeners the agents of this process run (``device.add``), by code
+_PAIRINGS: dict[str, pairing.PairingHost] = {}
+
+
+def pairing_addresses(hosts: list[str], port: int) -> list[str]:
+    """``host:port`` of a pairing listener on every given host (LAN first, loopback last)."""
+    return [f"{h}:{port}" for h in hosts]
+
+
+async def _device_add(ctx: Context, p: DeviceAddParams) -> Any:
+    """Start pairing a new device: listen on ``port`` (0: any) and return the code, the
+    addresses and the link for the QR code; ``device.add_wait`` waits for the new device."""
+    dev = _device(ctx)
+    synced_at = ctx.agent.reachable_addresses()
+    host = await pairing.PairingHost(
+        lambda pub, name: ops.host_bundle(dev, pub, name, synced_at), port=p.port).start()
+    _PAIRINGS[host.code] = host
+    loop = asyncio.get_running_loop()
+    loop.call_later(p.timeout, lambda: loop.create_task(host.close()))
+    hosts = [a.rsplit(":", 2)[-2] for a in ctx.agent.reachable_addresses()]
+    addrs = pairing_addresses(list(dict.fromkeys(hosts)), host.bound_port)
+    return {"code": pairing.show_code(host.code), "addresses": addrs,
+            "link": pairing.link(host.code, addrs), "attempts": pairing.MAX_ATTEMPTS}
+
+
+async def _device_add_wait(ctx: Context, p: DeviceAddWaitParams) -> Any:
+    code = pairing.normalize_code(p.code)
+    host = _PAIRINGS.get(code)
+    if host is None:
+        raise ops.OpError("no pairing in progress with that code (run `device add` again)")
+    try:
+        pub, name = await host.wait(p.timeout)
+    finally:
+        _PAIRINGS.pop(code, None)
+    return {"peer_id": peer_id(pub), "name": name, "paired": True}
 
 
 async def _ping(ctx: Context, p: ops.NoParams) -> Any:
@@ -218,6 +272,8 @@ OPS: dict[str, Op] = {
     "space.wait_synced": Op(TimedSpaceParams, _wait_synced),
     "subscribe": Op(SubscribeParams, _subscribe),
     "unsubscribe": Op(UnsubscribeParams, _unsubscribe),
+    "device.add": Op(DeviceAddParams, _device_add),
+    "device.add_wait": Op(DeviceAddWaitParams, _device_add_wait),
     **{name: Op(params, run) for name, (params, run) in _fileops.AGENT_FILE_OPS.items()},
 }
 

@@ -193,6 +193,144 @@ def _call(args: argparse.Namespace, op: str, **params: Any) -> Any:
         return ops.run_local(dev, op, params)
 
 
+# --- devices of the account (pairing) ----------------------------------------------------------
+def _show_pairing(data: dict[str, Any], out: Out, qr: bool) -> None:
+    """The code, where the new device connects, and (``--qr``) the link as a QR code."""
+    if out.as_json:
+        print(json.dumps({"pairing": data}, sort_keys=True), flush=True)
+        return
+    first = data["addresses"][0] if data["addresses"] else "HOST:PORT"
+    print(f"pairing code: {data['code']}\n"
+          f"on the new device run:\n  p2psync device pair {data['code']} --address {first}\n"
+          f"(other addresses of this device: {', '.join(data['addresses'][1:]) or 'none'}; "
+          f"{data['attempts']} wrong codes end the pairing)", flush=True)
+    if qr:
+        import segno
+
+        segno.make(data["link"], error="l", micro=False).terminal(out=sys.stdout, compact=True)
+        sys.stdout.flush()
+
+
+def cmd_device_add(args: argparse.Namespace, out: Out) -> None:
+    """Show a code (and a QR code), wait for the new device to pair over the LAN."""
+    home = _home(args)
+    if not home.exists():
+        raise CliError(f"no identity in {home.path}: run `p2psync init` first")
+    if agent_running(home.path):
+        with ApiClient(home.path, timeout=args.timeout + 10) as client:
+            data = client.call("device.add", port=args.port, timeout=args.timeout)
+            _show_pairing(data, out, args.qr)
+            with _spinner(out, "waiting for the new device"):
+                done = client.call("device.add_wait", code=data["code"], timeout=args.timeout)
+    else:
+        done = run_loop(lambda: _device_add_offline(home, args, out))
+    out.emit(done, f"paired {done['name']} ({done['peer_id']}): it acts for this account now")
+
+
+async def _device_add_offline(home: Home, args: argparse.Namespace,
+                              out: Out) -> dict[str, Any]:
+    from p2psync.agent import pairing
+    from p2psync.crypto.ids import peer_id
+    from p2psync.discovery.netwatch import local_addresses
+
+    with LocalDevice(home, home.open_keys()) as dev:
+        host = await pairing.PairingHost(lambda pub, name: ops.host_bundle(dev, pub, name),
+                                         port=args.port).start()
+        hosts = [a.ip for a in local_addresses(ipv6=False)] + ["127.0.0.1"]
+        addrs = [f"{h}:{host.bound_port}" for h in dict.fromkeys(hosts)]
+        _show_pairing({"code": pairing.show_code(host.code), "addresses": addrs,
+                       "link": pairing.link(host.code, addrs),
+                       "attempts": pairing.MAX_ATTEMPTS}, out, args.qr)
+        pub, name = await host.wait(args.timeout)
+    return {"peer_id": peer_id(pub), "name": name, "paired": True}
+
+
+def cmd_device_pair(args: argparse.Namespace, out: Out) -> None:
+    """The new device: pair with CODE, receive the account, keep the spaces."""
+    import socket
+
+    from p2psync.agent import pairing
+    from p2psync.crypto.keys import DeviceKey
+    from p2psync.errors import PairingError, PairingRefused
+
+    home = _home(args)
+    if home.exists():
+        raise CliError(f"{home.path} already holds an identity: pairing makes a new one "
+                       "(use another --home)")
+    code, addrs = pairing.parse_link(args.code)
+    if args.address:
+        addrs = [args.address]
+    if not addrs:
+        raise CliError("give --address HOST:PORT as `p2psync device add` shows it (or paste "
+                       "the whole p2psync-pair1: link from its QR code)")
+    secret = "" if args.no_passphrase else passphrase(
+        "New keystore passphrase (empty: none): ", confirm=True, require=True)
+    device = DeviceKey.generate()
+    name = args.name or socket.gethostname()
+
+    async def go() -> Any:
+        errors: list[str] = []
+        for addr in addrs:
+            try:
+                return await pairing.pair(code, addr, device, name, timeout=args.timeout)
+            except PairingRefused:
+                raise
+            except (P2PSyncError, TimeoutError) as exc:
+                errors.append(f"{addr}: {exc or 'timed out'}")
+        raise PairingError("could not pair: " + "; ".join(errors))
+
+    bundle = run_loop(go)
+    pairing.create_home(home, bundle.account, device, secret)
+    with LocalDevice(home, home.open_keys(secret)) as dev:
+        for sid, header, acl in bundle.spaces:
+            dev.adopt_space(sid, header, acl)
+    pairing.record_device(home.path, device.public, name, cert=bundle.certificate.raw,
+                          this=True)
+    pairing.record_device(home.path, bundle.host_peer, bundle.host_name)
+    if bundle.addresses:
+        pairing.remember_host(home.path, bundle.host_peer, bundle.addresses)
+    data = {"account_id": bundle.account.id, "peer_id": device.id, "home": str(home.path),
+            "spaces": [s for s, _, _ in bundle.spaces], "paired_with": bundle.host_peer}
+    out.emit(data, f"paired: this device ({device.id}) acts for account {bundle.account.id};"
+                   f" {len(bundle.spaces)} space(s) — their documents arrive when `p2psync "
+                   "run` syncs with the other device")
+
+
+def cmd_device_list(args: argparse.Namespace, out: Out) -> None:
+    rows = _call(args, "device.list")
+
+    def human() -> None:
+        _table(["device", "name", "state", "paired"],
+               [[r["peer_id"], r["name"] or "-", r["state"] + (" (this)" if r["this_device"]
+                                                              else ""),
+                 local_time(r["paired_at"] * 1000) if r["paired_at"] else "-"] for r in rows])
+    out.emit(rows, human)
+
+
+def cmd_device_remove(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "device.remove", device=args.device)
+    out.emit(data, f"removed {data['peer_id']}: this device refuses it from now on")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A table on stdout (rich: aligned, no colour when piped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for h in headers:
+        t.add_column(h, overflow="fold")
+    for r in rows:
+        t.add_row(*[str(c) for c in r])
+    Console(width=max(100, _term_width())).print(t)
+
+
+def _term_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 24)).columns
+
+
 # --- spaces -----------------------------------------------------------------------------------
 def cmd_space_create(args: argparse.Namespace, out: Out) -> None:
     data = _call(args, "space.create", name=args.name)
@@ -205,10 +343,22 @@ def cmd_space_list(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no spaces yet (create one: p2psync space create NAME)")
-        for r in rows:
-            print(f"{r['name'] or '-':16} {r['role']:10} {r['documents']:4} docs "
-                  f"{r['members']:3} members  {r['space_id']}")
+            return
+        _table(["name", "role", "docs", "members", "space"],
+               [[(r["name"] or "-") + (" (alias)" if r.get("alias") else ""),
+                 r["role"] + (f" {r['request'][:8]}" if r.get("request") else ""),
+                 r["documents"], r["members"], r["space_id"]] for r in rows])
     out.emit(rows, human)
+
+
+def cmd_space_rename(args: argparse.Namespace, out: Out) -> None:
+    data = _call(args, "space.rename", space=args.space, name=args.name, local=args.local)
+    if args.local:
+        msg = (f"this device now calls {data['space_id']} {data['alias']!r}" if data["alias"]
+               else f"local alias of {data['space_id']} cleared")
+    else:
+        msg = f"renamed {data['space_id']} to {data['name']!r} for every member"
+    out.emit(data, msg)
 
 
 def cmd_space_invite(args: argparse.Namespace, out: Out) -> None:
@@ -435,6 +585,36 @@ def cmd_backup_id(args: argparse.Namespace, out: Out) -> None:
                                                                    else "HOST:PORT"))
 
 
+def cmd_backup_init(args: argparse.Namespace, out: Out) -> None:
+    """A backup process on a shared PostgreSQL database: claim it with this home's identity
+    (new or existing), or ``--join`` the identity already there (docs/backup-cluster.md)."""
+    from p2psync.backup.cluster import init_backup
+
+    def new_account() -> tuple[Any, str]:
+        phrase = new_recovery_phrase()
+        return account_from_phrase(phrase), phrase
+
+    home = _home(args)
+    secret = passphrase("Keystore passphrase (shared by the cluster's processes): ",
+                        confirm=not args.join and not home.exists(), require=True)
+    data = init_backup(home, args.store, secret, join=args.join, new_account=new_account,
+                       port=args.port)
+
+    def human() -> None:
+        print(f"account  {data['account_id']}\npeer     {data['peer_id']}\n"
+              f"home     {data['home']}")
+        print("joined the backup in the database" if data["joined"] else
+              "this backup's identity now owns the database; other processes: "
+              "p2psync backup init --join --store URL --home NEW_HOME")
+        if data["phrase"]:
+            print("\nRecovery phrase of the backup's account — shown only this once:\n\n  "
+                  + data["phrase"] + "\n")
+        if not data["config_written"]:
+            print(f"{data['config']} kept: check that its [replicator] store names this "
+                  "database", file=sys.stderr)
+    out.emit(data, human)
+
+
 def cmd_space_join(args: argparse.Namespace, out: Out) -> None:
     """Join by invite: through the running agent, or a short-lived one that syncs and exits.
     An approval-required invite says what it waits for (the request id and the command an
@@ -592,8 +772,9 @@ def cmd_doc_list(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no documents (make one: p2psync doc new SPACE)")
-        for r in rows:
-            print(f"{r['doc']}  {len(r['heads'])} head(s)")
+            return
+        _table(["document", "heads"], [[r["doc"], " ".join(h[:12] for h in r["heads"])]
+                                       for r in rows])
     out.emit(rows, human)
 
 
@@ -708,7 +889,8 @@ def cmd_doc_history(args: argparse.Namespace, out: Out) -> None:
             if r.get("removed_after"):
                 notes += (f"  author removed at or after it (record "
                           f"{r['removed_after'][:10]}): possibly back-dated")
-            print(f"{r['change'][:12]}  {r['time']}  {r['author'][:14]}…  "
+            when = r["time"] or "time sealed (no key)"  # change format 2 seals the time
+            print(f"{r['change'][:12]}  {when}  {r['author'][:14]}…  "
                   f"<- {parents}{snap}  {mark}{notes}")
     out.emit(rows, human)
 
@@ -753,10 +935,10 @@ def cmd_peers(args: argparse.Namespace, out: Out) -> None:
     def human() -> None:
         if not rows:
             print("no peers connected")
-        for r in rows:
-            way = "out" if r["outgoing"] else "in"
-            print(f"{r['peer_id'][:20]}…  {r['transport']:4} {way:3} "
-                  f"{len(r['shared_spaces'])} shared spaces  account {r['account_id'][:16]}…")
+            return
+        _table(["peer", "transport", "dialled", "shared spaces", "account"],
+               [[r["peer_id"][:20] + "…", r["transport"], "out" if r["outgoing"] else "in",
+                 len(r["shared_spaces"]), (r["account_id"] or "?")[:16] + "…"] for r in rows])
     out.emit(rows, human)
 
 
@@ -779,22 +961,30 @@ def cmd_status(args: argparse.Namespace, out: Out) -> None:
         print(f"agent    {state}\npeer     {data['peer_id']}\naccount  {data['account_id']}")
         if data["agent"]:
             print(f"listen   {', '.join(data['listening'])}")
-        for s in data["spaces"]:
-            extra = (f"{s['peers_in_sync']}/{s['peers']} peers in sync" if data["agent"]
-                     else f"{s['members']} members")
-            print(f"space    {s.get('name') or '-':12} {s['role'] or '-':10} "
-                  f"{s.get('objects', s.get('documents'))} docs  {extra}  {s['space_id']}")
-        for p in data["peers"]:
-            print(f"peer     {p['peer_id'][:20]}… {p['transport']}"
-                  + (f" last error: {p['last_error']}" if p["last_error"] else ""))
-            for ps in p["spaces"]:
-                when = local_time(ps["last_success"] * 1000) if ps["last_success"] else "never"
-                print(f"  {ps['space_id'][:20]}… in_sync={ps['in_sync']} "
-                      f"pending={ps['pending_trees']} last_success={when}"
-                      + (f" last_error={ps['last_error']}" if ps["last_error"] else ""))
-        for e in data["endpoints"]:
-            if not e["connected"] and e["last_error"]:
-                print(f"dial     {e['endpoint']} failures={e['failures']} {e['last_error']}")
+        if data["spaces"]:
+            print()
+            sync = "in sync" if data["agent"] else "members"
+            _table(["space", "role", "docs", sync, "id"],
+                   [[s.get("name") or "-", s["role"] or "-",
+                     s.get("objects", s.get("documents")),
+                     f"{s['peers_in_sync']}/{s['peers']} peers" if data["agent"]
+                     else s["members"], s["space_id"]] for s in data["spaces"]])
+        rows = [[p["peer_id"][:20] + "…", p["transport"], ps["space_id"][:20] + "…",
+                 "yes" if ps["in_sync"] else f"no ({ps['pending_trees']} pending)",
+                 local_time(ps["last_success"] * 1000) if ps["last_success"] else "never",
+                 ps["last_error"] or p["last_error"] or ""]
+                for p in data["peers"] for ps in (p["spaces"] or [{
+                    "space_id": "-", "in_sync": False, "pending_trees": 0,
+                    "last_success": None, "last_error": None}])]
+        if rows:
+            print()
+            _table(["peer", "transport", "space", "in sync", "last success", "last error"],
+                   rows)
+        dials = [[e["endpoint"], e["failures"], e["last_error"]] for e in data["endpoints"]
+                 if not e["connected"] and e["last_error"]]
+        if dials:
+            print()
+            _table(["dialling", "failures", "last error"], dials)
     out.emit(data, human)
 
 
@@ -933,10 +1123,40 @@ def build_parser() -> argparse.ArgumentParser:
                       "needed when there is no terminal and P2PSYNC_PASSPHRASE is unset")
     cmd(sub, "whoami", cmd_whoami, "print this device's account and peer id")
 
+    dev = sub.add_parser("device", help="devices of this account: pair a new one over the "
+                         "LAN, list, remove").add_subparsers(dest="device_command",
+                                                             required=True)
+    dadd = cmd(dev, "add", cmd_device_add, "show a pairing code (and QR code) and wait for a "
+               "new device of this account to pair")
+    dadd.add_argument("--port", type=int, default=0, help="TCP port to listen on for the new "
+                      "device (default: any free port)")
+    dadd.add_argument("--timeout", type=float, default=300.0,
+                      help="seconds to wait for the new device (default 300)")
+    dadd.add_argument("--qr", action="store_true", help="also print the pairing link as a QR "
+                      "code (for a phone's camera)")
+    dpair = cmd(dev, "pair", cmd_device_pair, "on the NEW device: pair with the code `device "
+                "add` shows; makes this home a device of that account")
+    dpair.add_argument("code", help="the code (ABCD-EFGH) or the whole p2psync-pair1: link")
+    dpair.add_argument("--address", help="HOST:PORT the other device showed")
+    dpair.add_argument("--name", help="a name for this device (default: its host name)")
+    dpair.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds to wait for the other device (default 60)")
+    dpair.add_argument("--no-passphrase", action="store_true",
+                       help="no keystore passphrase (keys protected by file permissions only)")
+    cmd(dev, "list", cmd_device_list, "this device and the devices paired with it")
+    cmd(dev, "remove", cmd_device_remove, "revoke a paired device: refused from now on"
+        ).add_argument("device", help="its peer id (or a unique prefix) or name")
+
     space = sub.add_parser("space", help="spaces and their members").add_subparsers(
         dest="space_command", required=True)
     cmd(space, "create", cmd_space_create, "create a space").add_argument("name")
     cmd(space, "list", cmd_space_list, "list spaces on this device")
+    ren = cmd(space, "rename", cmd_space_rename, "rename a space for every member (admins), "
+              "or give it a local alias (--local)")
+    ren.add_argument("space", help="space id, unique id prefix, name or alias")
+    ren.add_argument("name", help="the new name (with --local, empty clears the alias)")
+    ren.add_argument("--local", action="store_true",
+                     help="a name on this device only; never sent to anyone")
     inv = cmd(space, "invite", cmd_space_invite, "create an invite code")
     inv.add_argument("space")
     inv.add_argument("--role", choices=sorted(ROLES), default="writer")
@@ -1081,6 +1301,13 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     br.add_argument("--log-format", choices=["text", "json"], help="stderr log lines")
     cmd(backup, "id", cmd_backup_id, "print the backup's peer id, account id and addresses")
+    bi = cmd(backup, "init", cmd_backup_init, "a backup process on a shared PostgreSQL "
+             "database: claim it, or --join the backup identity already in it")
+    bi.add_argument("--store", required=True, help="postgresql://… (the cluster's database)")
+    bi.add_argument("--join", action="store_true",
+                    help="take the identity stored in the database (every process but the "
+                    "first)")
+    bi.add_argument("--port", type=int, help="QUIC and TCP port written to config.toml")
 
     cmd(sub, "http", cmd_http, "the HTTP API's URL and key file (docs/http.md)").add_argument(
         "--open-url", action="store_true", help="also print the status page URL with the key")
@@ -1184,7 +1411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: Exit codes (docs/cli.md): scripts tell outcomes apart without parsing messages.
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_PENDING = 1, 2, 3, 4, 5, 6
 _EXIT_BY_TYPE = {"NotFound": EXIT_NOT_FOUND, "AccessDenied": EXIT_REFUSED,
-                 "JoinRefused": EXIT_REFUSED, "Timeout": EXIT_TIMEOUT,
+                 "JoinRefused": EXIT_REFUSED, "PairingRefused": EXIT_REFUSED,
+                 "Timeout": EXIT_TIMEOUT,
                  "TimeoutError": EXIT_TIMEOUT, "JoinPending": EXIT_PENDING}
 
 

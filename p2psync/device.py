@@ -1,8 +1,11 @@
 """This device's replica: its identity, its store, and every space it holds, by id or name.
 
-Space names are local labels (a ``space_names`` file in the home): a space id is a hash, so a
-person needs a name, but names are not part of the signed space and never leave the device.
-Documents are referred to by their object id in base32, or any unique prefix of it.
+A space id is a hash, so a person needs a name. The space's own name travels with it inside
+its encrypted metadata (a SpaceMeta ACL record sealed under the read key: members read it,
+replicators never do; admins rename it, docs/acl.md); a device may also give a space a local
+alias (a ``space_names.json`` file in the home) that never leaves it and wins over the shared
+name on this device. Documents are referred to by their object id in base32, or any unique
+prefix of it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class LocalDevice:
         self.replicas = replicas
         self.store = replicas.store if replicas is not None else open_store(home.store_path)
         self._spaces: dict[str, Space] = replicas.spaces if replicas is not None else {}
+        self._shared: dict[str, tuple[bytes, str | None]] = {}  #: space -> (meta id, name)
 
     def close(self) -> None:
         """Flush pending edits; close the store only if we opened it."""
@@ -62,8 +66,8 @@ class LocalDevice:
     def _names_path(self) -> Path:
         return self.home.path / NAMES
 
-    def names(self) -> dict[str, str]:
-        """space id -> local name."""
+    def aliases(self) -> dict[str, str]:
+        """space id -> local alias (this device only)."""
         try:
             data = json.loads(self._names_path.read_text())
         except FileNotFoundError:
@@ -72,9 +76,41 @@ class LocalDevice:
             raise StoreError(f"{self._names_path} is unreadable: {exc}") from exc
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
+    def shared_name(self, space: Space) -> str | None:
+        """The name the space's metadata gives it (None: none set, or no key opens it)."""
+        rid = space.acl.state.meta
+        if rid is None:
+            return None
+        cached = self._shared.get(space.id)
+        if cached is not None and cached[0] == rid:
+            return cached[1]
+        meta = space.acl.meta()
+        name = meta.get("name") if meta else None
+        name = name if isinstance(name, str) and name else None
+        self._shared[space.id] = (rid, name)
+        return name
+
+    def names(self) -> dict[str, str]:
+        """space id -> the name shown here: the local alias, else the shared name."""
+        aliases = self.aliases()
+        out: dict[str, str] = {}
+        for sid in self.space_ids():
+            name = aliases.get(sid) or self.shared_name(self.open_space(sid))
+            if name:
+                out[sid] = name
+        return out
+
+    def rename(self, space: Space, name: str) -> bytes:
+        """Rename a space for every member (a SpaceMeta record; admins and the owner)."""
+        return space.emit_acl(lambda acl: acl.set_meta(self.keys.account, {"name": name}))
+
     def set_name(self, space_id: str, name: str) -> None:
-        names = self.names()
-        names[space_id] = name
+        """Set (or, with an empty name, clear) this device's alias of a space."""
+        names = self.aliases()
+        if name:
+            names[space_id] = name
+        else:
+            names.pop(space_id, None)
         tmp = self._names_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(names, indent=1, sort_keys=True))
         os.replace(tmp, self._names_path)
@@ -92,7 +128,17 @@ class LocalDevice:
             space = Space.create(self.store, self.keys.account, self.keys.device.public,
                                  window=self.window)
             self._spaces[space.id] = space
-        self.set_name(space.id, name)
+        self.rename(space, name)
+        return space
+
+    def adopt_space(self, space_id: str, header: bytes, acl_records: list[bytes]) -> Space:
+        """Take in a space another device of the account handed over (device pairing): the
+        header and ACL are verified like any received space; documents follow by sync."""
+        if space_id in self.space_ids():
+            return self.open_space(space_id)
+        space = Space.adopt(self.store, self.keys.account, self.keys.device.public, space_id,
+                            header, acl_records, window=self.window)
+        self._spaces[space_id] = space
         return space
 
     def open_space(self, space_id: str) -> Space:
@@ -113,18 +159,20 @@ class LocalDevice:
             if space is not None:
                 space.flush()
         self.store.forget_space(space_id)
-        names = self.names()
+        names = self.aliases()
         if names.pop(space_id, None) is not None:
             tmp = self._names_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(names, indent=1, sort_keys=True))
             os.replace(tmp, self._names_path)
 
     def resolve_space(self, ref: str) -> Space:
-        """A space by exact id, local name, or unique id prefix."""
+        """A space by exact id, local alias, shared name, or unique id prefix."""
         ids = self.space_ids()
         if ref in ids:
             return self.open_space(ref)
-        by_name = [sid for sid, n in self.names().items() if n == ref and sid in ids]
+        by_name = [sid for sid, n in self.aliases().items() if n == ref and sid in ids]
+        if not by_name:
+            by_name = [sid for sid, n in self.names().items() if n == ref]
         hits = by_name or [sid for sid in ids if sid.startswith(ref)]
         if len(hits) == 1:
             return self.open_space(hits[0])

@@ -368,6 +368,18 @@ class ChangeTooLarge(DocumentError):
     belong in files (encrypted file storage), not in a document."""
 
 
+class ClusterIdentityError(KeystoreError):
+    """A backup cluster's shared identity cannot be set up or used: the database belongs to
+    another backup, holds no identity to join, or the passphrase does not open its keystore
+    (docs/backup-cluster.md)."""
+class PairingError(P2PSyncError):
+    """Pairing a new device of the account failed (unreachable host, bad code format, ...)."""
+
+
+class PairingRefused(PairingError):
+    """The pairing was refused: wrong code, a garbled or replayed message, too many attempts."""
+
+
 class DiskFull(FileError):
     """The disk filled up while a file was written out: the transfer was aborted, the partial
     temp file removed, and whatever was at the target before is untouched."""

@@ -143,6 +143,8 @@ class Node:
             self._connect_endpoint, connected_peers=self.connected_peers,
             on_connected=on_connected, on_change=self._notify)
         self.closed = False
+        #: peer ids whose connections are refused (devices removed by `device remove`)
+        self.refused_peers: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> Node:
@@ -317,6 +319,9 @@ class Node:
     async def _incoming(self, conn: Connection) -> None:
         if self.closed:
             await conn.close("node closing")
+            return
+        if conn.peer_id in self.refused_peers:
+            await conn.close("this device was removed from the account")
             return
         await self._run_engine(self._engine_for(conn))
 

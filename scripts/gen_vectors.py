@@ -49,7 +49,7 @@ from p2psync.replica import automerge_adapter as ad
 from p2psync.replica import change as change_mod
 from p2psync.replica.acl import Acl, InviteCode, wrap_aad
 from p2psync.replica.acl_records import Role, decode_record, join_proof_message
-from p2psync.replica.change import PAYLOAD_AAD_PREFIX, build_change
+from p2psync.replica.change import LEGACY_VERSION, PAYLOAD_AAD_PREFIX, build_change
 from p2psync.replica.document import actor_for, encode_payload
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.tree import ObjectTree, heads_digest
@@ -559,31 +559,46 @@ def tree_vectors() -> dict[str, Any]:
         tree = ObjectTree.from_root(sid, _Gate(), made["root"].raw)  # type: ignore[arg-type]
         tree.add([made[n].raw for n, *_ in steps[1:]])
         final_heads = sorted(ad.heads(final))
-    changes = []
-    for name, *_ in steps:
+        # a change in the legacy format 1 (clear timestamp and snapshot flag): still read
+        plain["legacy"] = payload([], [])
+        made["legacy"] = build_change(
+            people["bob"], key, plain["legacy"], space_id=sid, tree_id=tree_id,
+            prev_ids=[made["tail"].id], acl_head=kid, read_key_id=kid,
+            timestamp=BASE_TIME * 1000 + len(TREE_STEPS), version=LEGACY_VERSION)
+
+    def change_vector(name: str) -> dict[str, Any]:
         ch = made[name]
-        changes.append({
+        sealed = ch.open(key)
+        return {
             "name": name, "id": h(ch.id), "raw": h(ch.raw), "body": h(ch.body),
             "header": h(ch.header), "signature": h(ch.signature), "payload": h(ch.payload),
             "nonce": h(ch.payload[:24]), "aad": h(PAYLOAD_AAD_PREFIX + ch.header),
+            "sealed": h(key.decrypt(ch.payload, PAYLOAD_AAD_PREFIX + ch.header)),
             "plaintext": h(plain[name]),
-            "fields": {"space_id": ch.space_id, "tree_id": h(ch.tree_id),
+            "fields": {"version": ch.version, "space_id": ch.space_id, "tree_id": h(ch.tree_id),
                        "prev_ids": [h(x) for x in ch.prev_ids], "acl_head": h(ch.acl_head),
-                       "read_key_id": h(ch.read_key_id), "snapshot": ch.snapshot,
-                       "author": h(ch.author), "timestamp_ms": ch.timestamp},
-        })
+                       "read_key_id": h(ch.read_key_id), "snapshot": sealed.snapshot,
+                       "author": h(ch.author), "timestamp_ms": sealed.timestamp},
+        }
+
+    changes = [change_vector(name) for name, *_ in steps]
     tampered = bytearray(made["a1"].raw)
     tampered[-70] ^= 1  # inside the payload ciphertext: the signature no longer verifies
     return {
         "about": "A tree of signed, encrypted changes (section 9) with two authors, a merge "
-                 "and a snapshot. Decrypt 'payload' (nonce = first 24 bytes) with 'read_key' "
-                 "and aad = 'p2psync/tree-change-payload\\0' + header to get 'plaintext' "
+                 "and a snapshot, in change format 2. Decrypt 'payload' (nonce = first 24 "
+                 "bytes) with 'read_key' and aad = 'p2psync/tree-change-payload\\0' + header "
+                 "to get 'sealed' = pack([timestamp_ms, snapshot, plaintext]) (the header holds "
+                 "neither: 'fields' lists header and sealed values together); 'plaintext' = "
                  "(pack([1, sorted Automerge heads after the change, items]); items are real "
                  "Automerge changes, or one save() for the snapshot; Automerge actor = "
                  "BLAKE2b-128(person='p2psync-actor')(author || 'device')). Applying every "
                  "change's items gives 'document' (root map) at 'automerge_heads'. 'heads' "
                  "after adding all; 'replay_order' = Kahn, smallest "
-                 "id first. 'refuse': raw changes that must not verify.",
+                 "id first. 'refuse': raw changes that must not verify. 'legacy': a change "
+                 "in format 1 (header [1, space_id, tree_id, prev_ids, acl_head, read_key_id, "
+                 "snapshot, author, timestamp_ms], 'sealed' = 'plaintext') that must still "
+                 "verify, decrypt and attach as a child of 'tail'.",
         "format": FORMAT,
         "space_id": sid,
         "acl_root": h(root_rec),
@@ -597,6 +612,7 @@ def tree_vectors() -> dict[str, Any]:
         "document": document,
         "automerge_heads": [h(x) for x in final_heads],
         "replay_order": [h(c.id) for c in tree.replay_order()],
+        "legacy": change_vector("legacy"),
         "refuse": [
             {"why": "payload altered (signature fails)", "raw": h(bytes(tampered))},
             {"why": "non-canonical envelope (array16 header)",

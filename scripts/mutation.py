@@ -10,6 +10,7 @@ writes JSON (``bench-results/mutation-<time>.json`` or ``--out``).
     python3 scripts/mutation.py                      # every group
     python3 scripts/mutation.py crypto change        # some groups
     python3 scripts/mutation.py --survivors crypto   # also list surviving mutants
+    python3 scripts/mutation.py acl --only '*ǁAclǁ_add__mutmut_*'   # some functions only
     (cd .mutation/crypto && python3 -m mutmut show p2psync.crypto.box.x_open__mutmut_3)
 
 Score = killed / (mutants - "no tests"), timeouts count as killed (the mutant hung the test).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
 import json
 import os
@@ -201,23 +203,110 @@ def collect(ws: Path, files: list[str]) -> dict[str, dict[str, Any]]:
         killed = sorted(k for k, c in codes.items() if c in KILLED)
         survived = sorted(k for k, c in codes.items() if c in SURVIVED)
         no_tests = sorted(k for k, c in codes.items() if c in NO_TESTS)
+        not_run = sorted(k for k, c in codes.items() if c is None)  # --only, or stopped
         other = sorted(k for k, c in codes.items()
-                       if c not in KILLED | SURVIVED | NO_TESTS)
-        tested = len(codes) - len(no_tests)
+                       if c is not None and c not in KILLED | SURVIVED | NO_TESTS)
+        tested = len(codes) - len(no_tests) - len(not_run)
         funcs = _functions(ws / "mutants" / f) if survived else {}
         kinds = {k: classify(funcs, k) for k in survived}
         diffs = {k: mutant_diff(funcs, k) for k in survived}
         logic = sorted(k for k in survived if kinds[k] == "logic")
         out[f] = {"mutants": len(codes), "killed": len(killed), "survived": len(survived),
                   "survived_logic": len(logic), "survivor_kinds": kinds, "diffs": diffs,
-                  "no_tests": len(no_tests), "other": len(other),
+                  "no_tests": len(no_tests), "other": len(other), "not_run": len(not_run),
                   "score": round(len(killed) / tested, 3) if tested else None,
                   "survivors": survived, "untested": no_tests, "unclassified": other}
     return out
 
 
-def run_group(group: str, children: int) -> tuple[dict[str, dict[str, Any]], float]:
+WALL_LIMIT = 240.0  #: seconds a mutant's test run may take before it counts as a timeout
+
+
+def mutmut_cli() -> int:
+    """mutmut's CLI with its timeout checker fixed (runs inside the mutmut process).
+
+    mutmut 3.3.1 judges a mutant "timeout" (counted as killed) from per-test durations that
+    cover only the test call, not its fixtures (a real-socket test "takes" 5 ms), and its
+    wall-clock checker compares *every* running child of a file with each mutant's estimate in
+    turn: any child is killed after 15 × (the smallest estimate + 1 s), i.e. ~15 s. On a
+    loaded shared machine most mutants of ``acl.py`` were thus reported killed without having
+    failed anything (2026-12-03: 50 "timeouts" in 123 mutants). Here a child gets 240 s of wall
+    time and its CPU limit is 10 × mutmut's + 120 s: a mutant that really loops is still
+    stopped (by the CPU limit), a slow but finishing one is judged by its tests.
+    """
+    import resource
+    import signal
+    from datetime import datetime
+
+    import mutmut.__main__ as mm  # type: ignore[import-untyped]
+
+    class _Resource:
+        RLIMIT_CPU = resource.RLIMIT_CPU
+
+        @staticmethod
+        def setrlimit(which: int, limits: tuple[int, int]) -> None:
+            soft, hard = limits
+            resource.setrlimit(which, (soft * 10 + 120, hard * 10 + 121))
+
+    mm.resource = _Resource
+
+    def timeout_checker(mutants: list[Any]) -> Any:
+        files = list({id(m): m for m, _, _ in mutants}.values())
+
+        def check() -> None:
+            while True:
+                time.sleep(1)
+                now = datetime.now()
+                for m in files:
+                    with mm.START_TIMES_BY_PID_LOCK:
+                        starts = dict(m.start_time_by_pid)
+                    for pid, t0 in starts.items():
+                        if (now - t0).total_seconds() > WALL_LIMIT:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGXCPU)
+        return check
+
+    def forget_verify_pool() -> None:
+        # mutmut forks one child per mutant from a process whose clean run already started
+        # the tree's signature-verification thread pool: in the child its threads are gone,
+        # a submitted batch never completes and the child hangs (then "timeout" = killed).
+        tree = sys.modules.get("p2psync.replica.tree")
+        if tree is not None:
+            tree._pool = None  # type: ignore[attr-defined]
+
+    os.register_at_fork(after_in_child=forget_verify_pool)
+    mm.timeout_checker = timeout_checker
+    return int(mm.cli() or 0)
+
+
+def logic_mutants(ws: Path, files: list[str], only: list[str] | None) -> list[str]:
+    """Names of the generated mutants (matching ``only``, if given) that change logic, not only
+    a message or a label (:func:`classify`): the ones worth a test run."""
+    import fnmatch
+
+    names: list[str] = []
+    stats = ws / "mutants" / "mutmut-stats.json"
+    tested = (json.loads(stats.read_text())["tests_by_mangled_function_name"]
+              if stats.exists() else {})
+    for f in files:
+        meta = ws / "mutants" / (f + ".meta")
+        if not meta.exists():
+            continue
+        funcs = _functions(ws / "mutants" / f)
+        for key in json.loads(meta.read_text())["exit_code_by_key"]:
+            if only and not any(fnmatch.fnmatch(key, pat) for pat in only):
+                continue
+            # mutmut looks each named mutant's function up in its test map (KeyError if none)
+            if classify(funcs, key) == "logic" and tested.get(key.partition("__mutmut_")[0]):
+                names.append(key)
+    return names
+
+
+def run_group(group: str, children: int, only: list[str] | None = None,
+              tests_override: list[str] | None = None,
+              logic_only: bool = False) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
+    tests = tests_override or tests
     ws = prepare(group, files, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ must win
     # the Noise test vectors sit next to the checkout (../shared/vectors), not next to the
@@ -230,8 +319,21 @@ def run_group(group: str, children: int) -> tuple[dict[str, dict[str, Any]], flo
     t0 = time.monotonic()
     log = (ws / "mutmut.log").open("w")
     # not ``-m mutmut``: its trampolines import mutmut.__main__ again, which then fails
-    cli = "import sys; from mutmut.__main__ import cli; sys.exit(cli())"
-    proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children)],
+    here = str(Path(__file__).resolve().parent)
+    cli = (f"import sys; sys.path.insert(0, {here!r}); import mutation; "
+           "sys.exit(mutation.mutmut_cli())")
+    # ``only``: mutmut's own name filter (fnmatch patterns on mutant names, e.g.
+    # ``*ǁAclǁ_add__mutmut_*``): the other mutants are generated but not run (no result)
+    names = list(only or [])
+    if logic_only:
+        # a first call that matches nothing only generates the mutants and maps tests to
+        # functions (mutmut then stops: "nothing matches"); then run just the logic ones
+        subprocess.run([sys.executable, "-c", cli, "run", "__generate_only__"],
+                       cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+        names = logic_mutants(ws, files, only)
+        print(f"[{group}] {len(names)} logic mutants to run", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children", str(children),
+                           *names],
                           cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     elapsed = time.monotonic() - t0
@@ -249,6 +351,17 @@ def main() -> None:
     ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
     ap.add_argument("--logic", action="store_true",
                     help="with --survivors: only those that change logic, not text")
+    ap.add_argument("--only", action="append", metavar="PATTERN",
+                    help="run only the mutants whose name matches this fnmatch pattern "
+                         "(repeatable), e.g. '*ǁAclǁ_add__mutmut_*' or '*.check_change__*'; "
+                         "scores then cover those mutants only")
+    ap.add_argument("--tests", action="append", metavar="FILE",
+                    help="run these test files instead of the group's (repeatable): a quick "
+                         "first pass on a loaded machine; re-check its survivors with the "
+                         "group's full list")
+    ap.add_argument("--logic-only", action="store_true",
+                    help="run only mutants that change logic (not messages or labels): "
+                         "message/text mutants are left unrun and out of the score")
     ap.add_argument("--collect", action="store_true",
                     help="do not run: re-read the results of earlier runs in .mutation/")
     args = ap.parse_args()
@@ -265,20 +378,22 @@ def main() -> None:
                 elapsed = float(timing.read_text())
         else:
             print(f"[{g}] running ...", file=sys.stderr, flush=True)
-            mods, elapsed = run_group(g, args.children)
+            mods, elapsed = run_group(g, args.children, args.only, args.tests,
+                                      args.logic_only)
             (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
         results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
         results["modules"].update(mods)
     results["total_seconds"] = round(time.monotonic() - t_all, 1)
 
     print(f"{'module':34} {'mutants':>7} {'killed':>6} {'surv':>5} {'logic':>5} "
-          f"{'notest':>6} {'score':>6} {'group time':>10}")
+          f"{'notest':>6} {'notrun':>6} {'score':>6} {'group time':>10}")
     for g in groups:
         for f in GROUPS[g][0]:
             m = results["modules"][f]
             score = f"{m['score']:.0%}" if m["score"] is not None else "-"
             print(f"{f.removeprefix('p2psync/'):34} {m['mutants']:7} {m['killed']:6} "
-                  f"{m['survived']:5} {m['survived_logic']:5} {m['no_tests']:6} {score:>6} "
+                  f"{m['survived']:5} {m['survived_logic']:5} {m['no_tests']:6} "
+                  f"{m.get('not_run', 0):6} {score:>6} "
                   f"{results['groups'][g]['seconds']:9.0f}s")
     print(f"total {results['total_seconds']:.0f}s")
     if args.survivors:

@@ -63,3 +63,43 @@ def fresh_schema(server: str) -> str:
     with psycopg.connect(server, autocommit=True) as db:
         db.execute(f"CREATE SCHEMA {name}")
     return with_schema(server, name)
+
+
+class Cluster:
+    """A PostgreSQL cluster of this test alone (it may be stopped and restarted)."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.dir, self.port = directory, port
+        self.url = ""
+
+    def start(self) -> str:
+        out = subprocess.run([str(SCRIPT), "start", str(self.dir), str(self.port)], check=True,
+                             capture_output=True, text=True, timeout=120)
+        self.url = out.stdout.strip()
+        return self.url
+
+    def stop(self) -> None:
+        subprocess.run([str(SCRIPT), "stop", str(self.dir)], check=True, capture_output=True,
+                       timeout=120)
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A throwaway cluster for a test that restarts the server (the session's is shared)."""
+    if not _have_binaries():
+        if os.environ.get("P2PSYNC_REQUIRE_PG") == "1":
+            pytest.fail("P2PSYNC_REQUIRE_PG=1 but no PostgreSQL binaries")
+        pytest.skip("no PostgreSQL binaries (install Debian's postgresql)")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    d = Path(tempfile.mkdtemp(prefix="p2psync-pg-own-"))
+    c = Cluster(d, port)
+    c.start()
+    try:
+        yield c
+    finally:
+        subprocess.run([str(SCRIPT), "stop", str(d)], check=False, capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)

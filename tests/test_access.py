@@ -9,7 +9,7 @@ import pytest
 
 from p2psync.codec import pack
 from p2psync.crypto import AccountKey
-from p2psync.errors import RefusedByPeer
+from p2psync.errors import AccessDenied, RefusedByPeer
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import build_change
 from p2psync.replica.document import ROOT, encode_payload
@@ -145,12 +145,26 @@ async def test_removed_member_stops_receiving(tmp_path: Path) -> None:
         assert not bs.has_tree(fresh.tree.id)
         errors = [s.last_error for e in b.engines for s in e.status().spaces]
         assert any(err and "unknown_space" in err for err in errors)
-        # and b's own (back-dated) edit no longer reaches a
-        with bs.document(doc.tree.id).edit() as e:
+        # b was told it was removed (issue 14: the removal is pushed to it), so its own
+        # edits are refused here ...
+        assert b.account.public in bs.acl.state.departed
+        with pytest.raises(AccessDenied), bs.document(doc.tree.id).edit() as e:
             e.put(ROOT, "v", "from removed b")
+        # ... and a back-dated change a modified client signs anyway (at the ACL head before
+        # its removal) no longer reaches a
+        removal = bs.acl.record(bs.acl.state.departed[b.account.public])
+        head = removal.prev[-1]
+        key_id = bs.acl.state_at(head).current_key_id
+        key = bs.acl.read_key(key_id)
+        assert key is not None
+        forged = build_change(b.account, key, encode_payload([], []), space_id=space.id,
+                              tree_id=doc.tree.id, prev_ids=bs.heads(doc.tree.id),
+                              acl_head=head, read_key_id=key_id)
+        bs.add_changes(doc.tree.id, [forged.raw])
         for engine in b.engines:
             engine.sync_now()
         await wait_any([a, b], lambda: all(e.idle for e in b.engines))
         assert space.document(doc.tree.id).to_json() == {"v": "after"}
+        assert forged.id not in {c.id for c in space.tree(doc.tree.id).changes()}
     finally:
         await close_all([a, b, c])

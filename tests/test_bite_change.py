@@ -16,6 +16,7 @@ from p2psync.errors import DecodeError, IdMismatch
 from p2psync.replica.change import (
     CHANGE_DOMAIN,
     FORMAT_VERSION,
+    LEGACY_VERSION,
     MAX_CHANGE_SIZE,
     MAX_PAYLOAD_SIZE,
     MAX_SPACE_ID_LEN,
@@ -27,16 +28,21 @@ from p2psync.replica.change import (
 AUTHOR = AccountKey(b"\x01" * 32)
 KEY = ReadKey(b"\x02" * 32)
 ID = b"\x03" * 32
-FIELDS = ["version", "space_id", "tree_id", "prev_ids", "acl_head", "read_key_id", "snapshot",
-          "author", "timestamp"]
+#: header fields of the legacy format 1 (still read) and of format 2 (written)
+FIELDS = {
+    LEGACY_VERSION: ["version", "space_id", "tree_id", "prev_ids", "acl_head", "read_key_id",
+                     "snapshot", "author", "timestamp"],
+    FORMAT_VERSION: ["version", "space_id", "tree_id", "prev_ids", "acl_head", "read_key_id",
+                     "author"],
+}
 
 
-def header(**over: object) -> list[object]:
+def header(version: int = LEGACY_VERSION, **over: object) -> list[object]:
     good: dict[str, object] = dict(
-        version=FORMAT_VERSION, space_id="s.1", tree_id=ID, prev_ids=[ID], acl_head=ID,
+        version=version, space_id="s.1", tree_id=ID, prev_ids=[ID], acl_head=ID,
         read_key_id=ID, snapshot=False, author=AUTHOR.public, timestamp=7)
     good.update(over)
-    return [good[f] for f in FIELDS]
+    return [good[f] for f in FIELDS[version]]
 
 
 def raw_change(hdr: list[object], payload: bytes = b"p" * 40) -> bytes:
@@ -48,17 +54,31 @@ def test_hand_built_change_parses_and_verifies() -> None:
     assert ch.snapshot is True and ch.timestamp == 7 and ch.author == AUTHOR.public
 
 
+def test_hand_built_format_2_change_has_no_clear_time_or_flag() -> None:
+    ch = verify_change(raw_change(header(FORMAT_VERSION)))
+    assert ch.version == FORMAT_VERSION and ch.author == AUTHOR.public
+    assert ch.snapshot is None and ch.timestamp is None
+    with pytest.raises(DecodeError):  # a format-2 header with the legacy tail is malformed
+        parse_change(raw_change([*header(FORMAT_VERSION), True, 7]))
+    with pytest.raises(DecodeError):  # and a legacy header without it too
+        parse_change(raw_change(header(LEGACY_VERSION)[:7]))
+    with pytest.raises(DecodeError, match="version"):
+        parse_change(raw_change([FORMAT_VERSION + 1, *header(FORMAT_VERSION)[1:]]))
+
+
+@pytest.mark.parametrize("version", [LEGACY_VERSION, FORMAT_VERSION])
 @pytest.mark.parametrize("field", ["tree_id", "acl_head", "read_key_id", "author"])
 @pytest.mark.parametrize("size", [31, 33])
-def test_every_id_field_has_its_exact_size(field: str, size: int) -> None:
+def test_every_id_field_has_its_exact_size(version: int, field: str, size: int) -> None:
     with pytest.raises(DecodeError, match=field):
-        parse_change(raw_change(header(**{field: b"\x04" * size})))
+        parse_change(raw_change(header(version, **{field: b"\x04" * size})))
 
 
+@pytest.mark.parametrize("version", [LEGACY_VERSION, FORMAT_VERSION])
 @pytest.mark.parametrize("size", [31, 33])
-def test_parent_ids_have_their_exact_size(size: int) -> None:
+def test_parent_ids_have_their_exact_size(version: int, size: int) -> None:
     with pytest.raises(DecodeError, match="prev_ids"):
-        parse_change(raw_change(header(prev_ids=[b"\x04" * size])))
+        parse_change(raw_change(header(version, prev_ids=[b"\x04" * size])))
 
 
 def test_timestamp_bounds() -> None:
@@ -94,16 +114,22 @@ def test_record_of_exactly_the_size_limit_passes_the_size_check() -> None:
 
 
 def test_build_change_accepts_a_payload_of_exactly_the_limit() -> None:
-    plain = b"\x00" * (MAX_PAYLOAD_SIZE - NONCE_SIZE - TAG_SIZE)
+    # format 2 seals [timestamp, snapshot, plaintext]: 8 bytes of wrapper for timestamp=1
+    wrapper = len(pack([1, False, b"\x00" * 70_000])) - 70_000
+    plain = b"\x00" * (MAX_PAYLOAD_SIZE - NONCE_SIZE - TAG_SIZE - wrapper)
     ch = build_change(AUTHOR, KEY, plain, space_id="s.1", tree_id=ID, prev_ids=[ID],
                       acl_head=ID, read_key_id=ID, timestamp=1)
+    assert len(ch.payload) == MAX_PAYLOAD_SIZE
+    legacy = b"\x00" * (MAX_PAYLOAD_SIZE - NONCE_SIZE - TAG_SIZE)
+    ch = build_change(AUTHOR, KEY, legacy, space_id="s.1", tree_id=ID, prev_ids=[ID],
+                      acl_head=ID, read_key_id=ID, timestamp=1, version=LEGACY_VERSION)
     assert len(ch.payload) == MAX_PAYLOAD_SIZE
 
 
 def test_build_change_stamps_milliseconds_since_the_epoch() -> None:
     ch = build_change(AUTHOR, KEY, b"x", space_id="s.1", tree_id=ID, prev_ids=[ID],
                       acl_head=ID, read_key_id=ID)
-    assert abs(ch.timestamp - time.time() * 1000) < 60_000
+    assert abs(ch.open(KEY).timestamp - time.time() * 1000) < 60_000
 
 
 def test_verify_change_checks_the_expected_id() -> None:

@@ -42,9 +42,12 @@ def test_round_trip_fields_and_id() -> None:
     raw = _change()
     ch = verify_change(raw)
     assert ch.id == content_id(raw) and ch.raw == raw
-    assert (ch.space_id, ch.tree_id, ch.prev_ids, ch.acl_head, ch.author, ch.timestamp) == (
-        "s.1", b"\x05" * 32, (b"\x04" * 32,), ACL, AUTHOR.public, 7)
-    assert not ch.snapshot and not ch.is_root and ch.tree == b"\x05" * 32
+    assert (ch.space_id, ch.tree_id, ch.prev_ids, ch.acl_head, ch.author) == (
+        "s.1", b"\x05" * 32, (b"\x04" * 32,), ACL, AUTHOR.public)
+    assert not ch.is_root and ch.tree == b"\x05" * 32
+    assert ch.timestamp is None and ch.snapshot is None  # format 2: sealed with the content
+    sealed = ch.open(KEY)
+    assert (sealed.timestamp, sealed.snapshot, sealed.plaintext) == (7, False, b"hello")
     assert ch.decrypt(KEY) == b"hello"
     assert b"hello" not in raw  # encrypted
 

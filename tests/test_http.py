@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import msgspec
 import openapi_spec_validator
 import pytest
@@ -22,10 +23,22 @@ from p2psync.api import OPS, handle_request
 from p2psync.config import HttpConfig
 from p2psync.http import auth
 from p2psync.http.info import url_path
-from p2psync.http.routes import EVENTS_PATH, OPENAPI_PATH, SAFE_OPS, http_status, routes
+from p2psync.http.results import SHAPES, result_schema
+from p2psync.http.routes import (
+    EVENTS_PATH,
+    OPENAPI_PATH,
+    SAFE_OPS,
+    STREAM_OPS,
+    WRITE_OPS,
+    http_status,
+    routes,
+)
 from p2psync.http.server import HttpServer
 from tests.conftest import Fleet
 from tests.http_helpers import env, start_agent
+
+#: ops whose real answers this run validated against their declared result schema
+CHECKED: set[str] = set()
 
 
 class Client:
@@ -36,6 +49,7 @@ class Client:
         self.base = f"http://127.0.0.1:{server.port}"
         self.session = session
         self.headers = {"X-API-Key": server.key}
+        self.spec: dict[str, Any] | None = None
 
     async def req(self, method: str, path: str, *, headers: dict[str, str] | None = None,
                   **kw: Any) -> tuple[int, Any]:
@@ -46,8 +60,16 @@ class Client:
             return r.status, json.loads(text) if ctype.startswith("application/json") else text
 
     async def call(self, op: str, **params: Any) -> Any:
-        status, body = await self.req("POST", "/api/v1/" + op.replace(".", "/"), json=params)
+        """POST an op; its answer must match the result schema the served OpenAPI declares."""
+        path = "/api/v1/" + op.replace(".", "/")
+        status, body = await self.req("POST", path, json=params)
         assert status == 200, (op, status, body)
+        if self.spec is None:
+            _, self.spec = await self.req("GET", OPENAPI_PATH, headers={})
+        declared = self.spec["paths"][path]["post"]["responses"]["200"]["content"][
+            "application/json"]["schema"]
+        jsonschema.Draft202012Validator(declared).validate(body)
+        CHECKED.add(op)
         return body
 
 
@@ -312,6 +334,9 @@ async def test_openapi_matches_the_real_endpoints(fleet: Fleet,
                                                  ref_template="#/components/schemas/{name}")
         assert schemas[name] == want[name], r.op
         assert ("get" in item) == (r.op in SAFE_OPS)
+        ok = item["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == result_schema(r.op), r.op
+        assert ok or r.op == "doc.get", f"{r.op}: declare its result in http/results.py"
     # every described operation answers as described: not 404/405, JSON errors are typed
     for path, method in sorted(described):
         if path == EVENTS_PATH:
@@ -422,3 +447,44 @@ def test_default_home_is_the_platforms_data_folder(monkeypatch: pytest.MonkeyPat
     assert default_home() == tmp_path / "me" / ".local" / "share" / "p2psync"
     monkeypatch.setenv("P2PSYNC_HOME", str(tmp_path / "elsewhere"))
     assert default_home() == tmp_path / "elsewhere"
+
+
+def test_every_op_is_classified_safe_or_writing_and_has_a_result() -> None:
+    """A new op must be put on purpose in SAFE_OPS (also GET) or WRITE_OPS (POST only), and
+    declare its result shape (issue 17)."""
+    ops_ = set(OPS) - STREAM_OPS
+    assert ops_ == SAFE_OPS | WRITE_OPS and not SAFE_OPS & WRITE_OPS
+    assert set(SHAPES) == ops_
+
+
+async def test_real_answers_match_their_declared_results(
+        fleet: Fleet, session: aiohttp.ClientSession) -> None:
+    """The answers of the ops a person uses most, validated against the served schemas
+    (Client.call does it for every call of this module)."""
+    c = await one(fleet, session)
+    space = (await c.call("space.create", name="notes"))["space_id"]
+    doc = (await c.call("doc.new", space=space))["doc"]
+    await c.call("doc.change", space=space, doc=doc, edits=[
+        {"op": "put", "path": "title", "value": "Hi"}, {"op": "put", "path": "l", "value": []},
+        {"op": "insert", "path": "l/0", "value": 1}, {"op": "counter", "path": "n"}])
+    for op, params in [("doc.delete", {"path": "l/0"}), ("doc.insert", {"path": "l/0",
+                                                                          "value": 2}),
+                       ("doc.increment", {"path": "n"}), ("doc.set", {"path": "t", "value": "x",
+                                                                       "text": True}),
+                       ("doc.splice", {"path": "t", "pos": 0, "insert": "a"}),
+                       ("doc.counter", {"path": "m"})]:
+        await c.call(op, space=space, doc=doc, **params)
+    exported = await c.call("doc.export", space=space, doc=doc)
+    await c.call("doc.import", space=space, data=exported["data"])
+    for op in ["ping", "whoami", "status", "peers", "space.list", "device.list"]:
+        await c.call(op)
+    for op in ["space.members", "space.requests", "space.invites", "space.join_state",
+               "space.sync_state", "doc.list", "file.list"]:
+        await c.call(op, space=space)
+    await c.call("space.invite", space=space)
+    await c.call("space.rename", space=space, name="renamed")
+    await c.call("space.rename", space=space, name="mine", local=True)
+    await c.call("doc.history", space=space, doc=doc)
+    await c.call("space.backup_status", space=space, timeout=0.2)
+    await c.call("space.delete_docs", space=space, docs=[doc])
+    assert len(CHECKED) >= 30

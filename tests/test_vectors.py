@@ -49,7 +49,12 @@ from p2psync.errors import (
 from p2psync.replica import automerge_adapter as ad
 from p2psync.replica.acl import Acl, InviteCode, wrap_aad
 from p2psync.replica.acl_records import decode_record, join_proof_message
-from p2psync.replica.change import verify_change
+from p2psync.replica.change import (
+    FORMAT_VERSION,
+    LEGACY_VERSION,
+    PAYLOAD_AAD_PREFIX,
+    verify_change,
+)
 from p2psync.replica.document import decode_payload
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.tree import ObjectTree, heads_digest
@@ -226,23 +231,34 @@ def check_acl(v: Any) -> None:
 def check_tree(v: Any) -> None:
     sid = v["space_id"]
     key = ReadKey(b(v["read_key"]))
-    for c in v["changes"]:
+    for c in [*v["changes"], v["legacy"]]:
         ch = verify_change(b(c["raw"]), expected_id=b(c["id"]))
         f = c["fields"]
-        assert (ch.space_id, ch.tree_id and ch.tree_id.hex(), ch.snapshot, ch.timestamp) == (
-            f["space_id"], f["tree_id"], f["snapshot"], f["timestamp_ms"])
+        sealed = ch.open(key)
+        assert (ch.version, ch.space_id, ch.tree_id and ch.tree_id.hex()) == (
+            f["version"], f["space_id"], f["tree_id"])
+        assert (sealed.snapshot, sealed.timestamp) == (f["snapshot"], f["timestamp_ms"])
+        if ch.version == 1:  # legacy: the same values in the clear header
+            assert (ch.snapshot, ch.timestamp) == (f["snapshot"], f["timestamp_ms"])
+        else:
+            assert ch.snapshot is None and ch.timestamp is None
         assert [x.hex() for x in ch.prev_ids] == f["prev_ids"]
         assert (ch.acl_head.hex(), ch.read_key_id.hex(), ch.author.hex()) == (
             f["acl_head"], f["read_key_id"], f["author"])
         assert (ch.header.hex(), ch.payload.hex(), ch.body.hex()) == (
             c["header"], c["payload"], c["body"])
+        assert key.decrypt(ch.payload, PAYLOAD_AAD_PREFIX + ch.header).hex() == c["sealed"]
         assert ch.decrypt(key).hex() == c["plaintext"]
+    assert [c["fields"]["version"] for c in v["changes"]] == [FORMAT_VERSION] * 7
+    assert v["legacy"]["fields"]["version"] == LEGACY_VERSION
     tree = ObjectTree.from_root(sid, GEN._Gate(), b(v["changes"][0]["raw"]))
     rest = [b(c["raw"]) for c in v["changes"][1:]]
     tree.add(rest[::-1])  # any order: children wait for their parents
     assert tree.id.hex() == v["tree_id"]
     assert [x.hex() for x in tree.heads] == v["heads"]
     assert [c.id.hex() for c in tree.replay_order()] == v["replay_order"]
+    legacy = tree.add([b(v["legacy"]["raw"])])  # a format-1 change attaches among format 2
+    assert [c.id.hex() for c in legacy.attached] == [v["legacy"]["id"]]
     for bad in v["refuse"]:
         with pytest.raises(P2PSyncError):
             verify_change(b(bad["raw"]))

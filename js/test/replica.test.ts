@@ -34,18 +34,20 @@ rk = ReadKey(bytes.fromhex(a["rk"]))
 out = []
 for raw in a["changes"]:
     c = verify_change(bytes.fromhex(raw))
-    out.append({"id": c.id.hex(), "pt": c.decrypt(rk).decode(), "prev": [p.hex() for p in c.prev_ids], "snap": c.snapshot})
+    out.append({"id": c.id.hex(), "pt": c.decrypt(rk).decode(), "prev": [p.hex() for p in c.prev_ids], "snap": c.open(rk).snapshot, "clear_snap": c.snapshot, "ts": c.open(rk).timestamp})
 ids = {o["id"] for o in out}
 heads = sorted(ids - {p for o in out for p in o["prev"]})
 print(json.dumps({"owner": h.owner_id, "changes": out, "heads": heads}))`,
   { header: hex(header.raw), space_id: header.spaceId, rk: hex(rk.key), changes: [root, a, b, m].map((c) => hex(c.raw)) }) as {
-    owner: string; changes: { id: string; pt: string; prev: string[]; snap: boolean }[]; heads: string[];
+    owner: string; changes: { id: string; pt: string; prev: string[]; snap: boolean; clear_snap: boolean | null; ts: number }[]; heads: string[];
   };
   assert.equal(py.owner, owner.id);
   assert.deepEqual(py.changes.map((c) => c.pt), ["root", "a", "b", "merge"]);
   assert.deepEqual(py.changes.map((c) => c.id), [root, a, b, m].map((c) => hex(c.id)));
   assert.deepEqual(py.changes[3]!.prev, [hex(a.id), hex(b.id)].sort());
   assert.equal(py.changes[3]!.snap, true);
+  assert.equal(py.changes[3]!.clear_snap, null); // format 2: sealed, not in the clear header
+  assert.equal(py.changes[3]!.ts, m.open(rk).timestamp);
   assert.deepEqual(tree.heads.map(hex), py.heads);
 });
 

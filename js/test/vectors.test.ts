@@ -30,7 +30,7 @@ import { CipherState, KeyPair } from "../src/transport/noise.js";
 import { goldenVectorsDir, hex, unhex } from "./helpers.js";
 import { ReadKey } from "../src/crypto/box.js";
 import { BadSpaceHeader, SpaceHeader } from "../src/replica/header.js";
-import { buildChange, verifyChange } from "../src/replica/change.js";
+import { buildChange, FORMAT_VERSION, LEGACY_VERSION, verifyChange } from "../src/replica/change.js";
 import { ObjectTree } from "../src/replica/tree.js";
 import { mnemonicToSeedSync } from "@scure/bip39";
 
@@ -239,33 +239,42 @@ test("space_header.json: verifies against its space id and re-creates to the sam
 });
 
 test("tree.json: each change verifies and decrypts; all added in any order give the heads and replay order", (t) => {
-  interface Ch { name: string; id: string; raw: string; body: string; header: string; signature: string; payload: string; nonce: string; aad: string; plaintext: string; fields: { space_id: string; tree_id: string | null; prev_ids: string[]; acl_head: string; read_key_id: string; snapshot: boolean; author: string; timestamp_ms: number } }
-  interface Tree { space_id: string; read_key_id: string; read_key: string; authors: Record<string, { seed: string; public: string }>; tree_id: string; changes: Ch[]; heads: string[]; replay_order: string[]; refuse: { why: string; raw: string }[] }
+  interface Ch { name: string; id: string; raw: string; body: string; header: string; signature: string; payload: string; nonce: string; aad: string; sealed: string; plaintext: string; fields: { version: number; space_id: string; tree_id: string | null; prev_ids: string[]; acl_head: string; read_key_id: string; snapshot: boolean; author: string; timestamp_ms: number } }
+  interface Tree { space_id: string; read_key_id: string; read_key: string; authors: Record<string, { seed: string; public: string }>; tree_id: string; changes: Ch[]; legacy: Ch; heads: string[]; replay_order: string[]; refuse: { why: string; raw: string }[] }
   const v = load<Tree>(t, "tree");
   if (v === undefined) return;
   const rk = new ReadKey(unhex(v.read_key));
-  for (const c of v.changes) {
+  assert.deepEqual(v.changes.map((c) => c.fields.version), v.changes.map(() => FORMAT_VERSION));
+  assert.equal(v.legacy.fields.version, LEGACY_VERSION);
+  for (const c of [...v.changes, v.legacy]) {
     const ch = verifyChange(unhex(c.raw), unhex(c.id));
     assert.equal(hex(ch.header), c.header, c.name);
     assert.equal(hex(ch.body), c.body);
     assert.equal(hex(ch.signature), c.signature);
     assert.equal(hex(ch.payload), c.payload);
     assert.equal(hex(ch.payload.subarray(0, 24)), c.nonce);
+    assert.equal(hex(rk.decrypt(ch.payload, unhex(c.aad))), c.sealed, c.name);
     assert.equal(hex(ch.decrypt(rk)), c.plaintext, c.name);
     const f = c.fields;
+    const sealed = ch.open(rk);
+    assert.equal(ch.version, f.version);
+    assert.equal(sealed.snapshot, f.snapshot);
+    assert.equal(sealed.timestamp, f.timestamp_ms);
+    // format 2 keeps both out of the clear header; format 1 had them there
+    assert.equal(ch.snapshot, f.version === LEGACY_VERSION ? f.snapshot : null);
+    assert.equal(ch.timestamp, f.version === LEGACY_VERSION ? f.timestamp_ms : null);
     assert.equal(ch.spaceId, f.space_id);
     assert.equal(ch.treeId === null ? null : hex(ch.treeId), f.tree_id);
     assert.deepEqual(ch.prevIds.map(hex), f.prev_ids);
     assert.equal(hex(ch.aclHead), f.acl_head);
     assert.equal(hex(ch.readKeyId), f.read_key_id);
-    assert.equal(ch.snapshot, f.snapshot);
     assert.equal(hex(ch.author), f.author);
-    assert.equal(ch.timestamp, f.timestamp_ms);
     // rebuilding with the same nonce reproduces the exact change (Ed25519 is deterministic)
     const author = Object.values(v.authors).find((a) => a.public === f.author)!;
     const again = buildChange(new AccountKey(unhex(author.seed)), rk, unhex(c.plaintext), {
       spaceId: f.space_id, treeId: f.tree_id === null ? null : unhex(f.tree_id), prevIds: f.prev_ids.map(unhex),
       aclHead: unhex(f.acl_head), readKeyId: unhex(f.read_key_id), snapshot: f.snapshot, timestamp: f.timestamp_ms, nonce: unhex(c.nonce),
+      version: f.version,
     });
     assert.equal(hex(again.raw), c.raw, `${c.name} rebuilt`);
   }
@@ -277,5 +286,7 @@ test("tree.json: each change verifies and decrypts; all added in any order give 
   assert.equal(res.waiting.length, 0);
   assert.deepEqual(tree.heads.map(hex), v.heads);
   assert.deepEqual(tree.replayOrder().map((c) => hex(c.id)), v.replay_order);
+  // a format-1 change still attaches among format-2 ones
+  assert.deepEqual(tree.add([unhex(v.legacy.raw)]).attached.map((c) => hex(c.id)), [v.legacy.id]);
   for (const r of v.refuse) assert.throws(() => verifyChange(unhex(r.raw)), r.why);
 });

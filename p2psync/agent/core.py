@@ -161,6 +161,9 @@ class Agent:
         self.device = LocalDevice(self.home, self.keys, window=0,
                                   replicas=self.node.replicas)
         load_known_file(self.book, self.home.path / KNOWN_PEERS_FILE)
+        from p2psync.agent.pairing import revoked_peers  # `device remove` (issue 14)
+
+        self.node.refused_peers |= revoked_peers(self.home.path)
         self._hook_spaces()
         if self.config.mdns:
             quic = self._port("quic")

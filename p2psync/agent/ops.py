@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -118,7 +119,10 @@ def parse_invite(code: str) -> InviteCode:
         else:
             what = ("this invite code is damaged or cut short: copy it again as ONE line, "
                     "all of it (or ask for a new one)")
-        raise InvalidParams(what + f" [{exc}]") from None
+        # the decoder's reason (msgpack lengths, base32) stays in the debug log: it tells a
+        # developer which byte broke, and tells the person holding the code nothing
+        logging.getLogger(__name__).debug("event=invite_code_refused reason=%s", exc)
+        raise InvalidParams(what) from None
 
 
 def accept_command(space_id: str, request: str) -> str:
@@ -154,6 +158,16 @@ class SpaceCreateParams(Params, frozen=True):
 
 class SpaceParams(Params, frozen=True):
     space: Ref
+
+
+class DeviceParams(Params, frozen=True):
+    device: Ref
+
+
+class SpaceRenameParams(Params, frozen=True):
+    space: Ref
+    name: Name
+    local: bool = False
 
 
 class SpaceInviteParams(Params, frozen=True):
@@ -360,15 +374,35 @@ def space_create(dev: LocalDevice, name: str) -> dict[str, Any]:
     return {"space_id": space.id, "name": name}
 
 
+def space_rename(dev: LocalDevice, space: str, name: str, local: bool = False) -> dict[str, Any]:
+    """Rename a space for every member (``local`` False: a SpaceMeta record sealed under the
+    read key, admins and the owner only), or give it a local alias on this device only
+    (``local``: an empty name clears the alias)."""
+    sp = dev.resolve_space(space)
+    if local:
+        dev.set_name(sp.id, name)
+        return {"space_id": sp.id, "alias": name or None, "name": dev.shared_name(sp)}
+    if not name:
+        raise InvalidParams("a space name cannot be empty")
+    role = sp.role()
+    if role is None or role < Role.ADMIN:
+        raise AccessDenied(f"only admins and the owner rename a space (your role: "
+                           f"{role_name(role)}); `--local` gives it a name on this device only")
+    dev.rename(sp, name)
+    return {"space_id": sp.id, "name": dev.shared_name(sp), "alias": dev.aliases().get(sp.id)}
+
+
 def space_list(dev: LocalDevice) -> list[dict[str, Any]]:
-    names = dev.names()
+    aliases = dev.aliases()
     rows = []
     for sid in dev.space_ids():
         sp = dev.open_space(sid)
         js = join_state(sp, dev.keys.account.public)
         # not a member: where our join request stands (pending, declined, …) instead of "none"
         rname = js["role"] if js["state"] == "member" else js["state"]
-        row = {"space_id": sid, "name": names.get(sid, ""), "role": rname,
+        shared = dev.shared_name(sp)
+        row = {"space_id": sid, "name": aliases.get(sid) or shared or "", "shared_name": shared,
+               "alias": aliases.get(sid), "role": rname,
                "documents": len(sp.tree_ids()), "members": len(sp.members())}
         if "request" in js:
             row["request"] = js["request"]
@@ -700,12 +734,17 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
     sp = dev.resolve_space(space)
     tree = sp.tree(doc_ref(sp, doc))
     quarantined: dict[bytes, str] = {}
-    # what became of each change's content (needs the read key; replicators have none)
+    # what became of each change's content, and (change format 2) its sealed time and
+    # snapshot flag: both need the read key; replicators have none
+    document: Document | None = None
     with contextlib.suppress(P2PSyncError):
-        quarantined = {q.change_id: q.reason
-                       for q in sp.document(tree.id).status().quarantined}
+        d = sp.document(tree.id)
+        quarantined = {q.change_id: q.reason for q in d.status().quarantined}
+        document = d
     rows: list[dict[str, Any]] = []
     for ch in tree.replay_order():
+        ts, snap = (document.claims(ch) if document is not None
+                    else (ch.timestamp, ch.snapshot))
         gone = sp.removed_after(ch)
         try:
             verify(ch.author, CHANGE_DOMAIN, ch.body, ch.signature)
@@ -713,12 +752,73 @@ def doc_history(dev: LocalDevice, space: str, doc: str) -> list[dict[str, Any]]:
         except P2PSyncError:
             ok = False
         rows.append({"change": short_hash(ch.id), "author": account_id(ch.author),
-                     "time": local_time(ch.timestamp),
+                     "time": local_time(ts) if ts is not None else None,
                      "parents": [short_hash(p) for p in ch.prev_ids],
-                     "snapshot": ch.snapshot, "signature_ok": ok,
+                     "snapshot": snap, "signature_ok": ok,
                      "quarantined": quarantined.get(ch.id),
                      "removed_after": short_hash(gone) if gone is not None else None})
     return rows
+
+
+# --- devices of this account (pairing: p2psync/agent/pairing.py) -----------------------------
+def host_bundle(dev: LocalDevice, device_pub: bytes, name: str,
+                addresses: list[str] | None = None) -> Any:
+    """What a new device of this account receives when it pairs: the account key, a device
+    certificate for its key signed by the account key, and every space held here (header and
+    ACL records; it verifies them and syncs the documents). Records it in the device list."""
+    import socket
+
+    from p2psync.agent import pairing
+    from p2psync.crypto.cert import DeviceCertificate
+
+    cert = DeviceCertificate.issue(dev.keys.account, device_pub)
+    spaces = []
+    for sid in dev.space_ids():
+        sp = dev.open_space(sid)
+        spaces.append((sid, sp.header.raw, sp.acl_records()))
+    pairing.record_device(dev.home.path, device_pub, name, cert=cert.raw)
+    return pairing.Bundle(dev.keys.account, cert, dev.keys.device.id, socket.gethostname(),
+                          spaces, list(addresses or []))
+
+
+def device_list(dev: LocalDevice) -> list[dict[str, Any]]:
+    """This device and the devices paired from or to it, with their state."""
+    from p2psync.agent import pairing
+
+    rows = pairing.load_devices(dev.home.path)
+    me = dev.keys.device.id
+    out = [{"peer_id": me, "name": "this device", "this_device": True, "state": "active",
+            "paired_at": None}]
+    for d in rows:
+        if d.get("peer_id") == me:
+            out[0].update(name=d.get("name") or "this device", paired_at=d.get("paired_at"))
+            continue
+        out.append({"peer_id": d.get("peer_id"), "name": d.get("name"), "this_device": False,
+                    "state": "removed" if d.get("revoked_at") else "active",
+                    "paired_at": d.get("paired_at")})
+    return out
+
+
+def device_remove(dev: LocalDevice, device: str) -> dict[str, Any]:
+    """Revoke a paired device's certificate here: this device refuses it from now on (its
+    agent drops and refuses its connections). It held the account key: docs/threat-model.md
+    "Device pairing" says what that means and when to move to a new account."""
+    from p2psync.agent import pairing
+
+    rows = pairing.load_devices(dev.home.path)
+    ref = str(device).strip()
+    hits = [d for d in rows if str(d.get("peer_id", "")).startswith(ref)
+            or d.get("name") == ref]
+    if dev.keys.device.id.startswith(ref):
+        raise OpError("that is this device: run `device remove` on another device of the "
+                      "account")
+    if len(hits) != 1:
+        raise OpError(f"{ref!r} matches {len(hits)} paired devices" + (
+            ": " + ", ".join(str(d["peer_id"])[:16] for d in hits) if hits else
+            " (see `p2psync device list`)"))
+    hits[0]["revoked_at"] = int(time.time())
+    pairing.save_devices(dev.home.path, rows)
+    return {"peer_id": hits[0]["peer_id"], "removed": True}
 
 
 def whoami(dev: LocalDevice) -> dict[str, Any]:
@@ -741,8 +841,11 @@ class LocalOp:
 #: Operations that need nothing but the device: the table the CLI and the local API dispatch on.
 LOCAL_OPS: dict[str, LocalOp] = {
     "whoami": LocalOp(NoParams, whoami),
+    "device.list": LocalOp(NoParams, device_list),
+    "device.remove": LocalOp(DeviceParams, device_remove),
     "space.create": LocalOp(SpaceCreateParams, space_create),
     "space.list": LocalOp(NoParams, space_list),
+    "space.rename": LocalOp(SpaceRenameParams, space_rename),
     "space.invite": LocalOp(SpaceInviteParams, space_invite),
     "space.members": LocalOp(SpaceParams, space_members),
     "space.remove": LocalOp(MemberParams, space_remove),

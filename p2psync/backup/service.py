@@ -20,6 +20,7 @@ from typing import Any
 from p2psync.agent.core import Agent
 from p2psync.agent.run import serve_until_signalled
 from p2psync.backup import guard
+from p2psync.backup.cluster import check_identity
 from p2psync.backup.metrics import MetricsServer, Sample, SampleCollector, registry_of
 from p2psync.backup.policy import BackupPolicy
 from p2psync.config import AgentConfig
@@ -49,6 +50,8 @@ class BackupService:
         self._follow: asyncio.Task[None] | None = None
 
     def _setup(self, node: Node) -> None:
+        # a database claimed by another backup is refused before any peer is served
+        check_identity(node.store, self.keys.device.public)
         guard.forbid_documents()
         self.policy = BackupPolicy(node.replicas, self.config.replicator).install()
 
@@ -66,6 +69,7 @@ class BackupService:
         watch = getattr(self.agent.node.store, "watch", None)
         if watch is not None:  # a shared database: follow the other processes' writes
             self._follow = asyncio.get_running_loop().create_task(watch(self._refresh))
+            self._follow.add_done_callback(_report_end)
         return self
 
     def _refresh(self, space_id: str, tree_id: bytes | None) -> None:
@@ -145,6 +149,13 @@ class BackupService:
                    "attempts to load a document (must stay 0)", "counter", guard.attempts),
             Sample("p2psync_backup_max_rss_bytes", "peak resident memory", "gauge", rss),
         ]
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """The watch reconnects on its own; it only ends on cancel (shutdown) or a bug of ours."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the watch of the shared database ended: %r; this process no longer "
+                  "follows the others' writes (restart it)", task.exception())
 
 
 async def serve_backup(home: Home, keys: Keystore, config: AgentConfig,

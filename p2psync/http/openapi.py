@@ -2,9 +2,10 @@
 
 Request schemas are the ops' msgspec ``Params`` structs as JSON Schema
 (:func:`msgspec.json.schema_components`), so the description cannot drift from what the server
-validates; results are described as "any JSON" (the ops return plain data whose shape is in
-docs/local-api.md, not a declared type). Served at ``GET /api/v1/openapi.json`` without a key
-(it holds nothing private); ``tests/test_http.py`` checks it against the real endpoints.
+validates; results are the shapes declared in :mod:`p2psync.http.results` (the ops return
+plain data; ``tests/test_http.py`` validates real answers against them). Served at
+``GET /api/v1/openapi.json`` without a key (it holds nothing private); ``tests/test_http.py``
+checks it against the real endpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import msgspec
 
 from p2psync.http.auth import KEY_HEADER
+from p2psync.http.results import result_schema
 from p2psync.http.routes import EVENTS_PATH, OPENAPI_PATH, Route, routes
 
 _REF = "#/components/schemas/{name}"
@@ -47,7 +49,8 @@ def describe(version: str, table: list[Route] | None = None) -> dict[str, Any]:
     for r in table:
         schema_ref = {"$ref": _REF.format(name=r.params.__name__)}
         ok = {"200": {"description": "the op's result (docs/local-api.md)",
-                      "content": {"application/json": {"schema": {}}}}, **errors}
+                      "content": {"application/json": {"schema": result_schema(r.op)}}},
+              **errors}
         item: dict[str, Any] = {}
         if "POST" in r.methods:
             item["post"] = {"operationId": r.op, "summary": f"local API op {r.op}",

@@ -33,10 +33,28 @@ EVENTS_PATH = PREFIX + "/events"
 OPENAPI_PATH = PREFIX + "/openapi.json"
 STREAM_OPS = frozenset({"subscribe", "unsubscribe"})  #: served by EVENTS_PATH
 
-#: Ops that read and change nothing: they also answer GET (query-string parameters).
+#: Ops that read and change nothing: they also answer GET (query-string parameters). The two
+#: waits change nothing either (they return when something else did).
 SAFE_OPS = frozenset({"ping", "whoami", "status", "peers", "space.list", "space.members",
-                      "space.requests", "space.sync_state", "doc.list", "doc.get",
-                      "doc.history"})
+                      "space.requests", "space.invites", "space.join_state",
+                      "space.sync_state", "space.wait_access", "space.wait_synced",
+                      "doc.list", "doc.get", "doc.history", "device.list", "file.list",
+                      "file.info"})
+
+#: Ops that write (or have effects a GET must not have): POST only. Every op is in exactly one
+#: of the two sets (a test checks it), so a new op is classified on purpose.
+WRITE_OPS = frozenset({
+    "space.create", "space.rename", "space.invite", "space.join", "space.leave",
+    "space.remove", "space.accept", "space.decline", "space.revoke", "space.add_replicator",
+    "space.replicate", "space.add_backup", "space.delete_docs", "space.delete",
+    # asks the backup for a signed receipt and keeps it as evidence (a write)
+    "space.backup_status",
+    "doc.new", "doc.set", "doc.change", "doc.delete", "doc.insert", "doc.splice",
+    "doc.increment", "doc.counter", "doc.import",
+    "doc.export",  # writes a file when given `file`
+    "file.add", "file.get",  # file.get writes `out`
+    "device.add", "device.add_wait", "device.remove",
+})
 
 #: error type (class name) -> HTTP status; a class not listed takes its nearest ancestor's
 STATUS_BY_TYPE: dict[str, int] = {

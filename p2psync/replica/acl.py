@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from p2psync.codec import Reader, pack, unpack
 from p2psync.crypto.box import ReadKey, seal, unseal
@@ -72,10 +72,12 @@ from p2psync.replica.acl_records import (
     Root,
     Rotate,
     Rotation,
+    SpaceMeta,
     TransferOwnership,
     build_record,
     decode_record,
     join_proof_message,
+    meta_aad,
 )
 
 __all__ = ["Acl", "AclState", "AddResult", "InviteCode", "RequestInfo", "Role"]
@@ -212,6 +214,8 @@ class AclState:
     deleted: dict[bytes, bytes] = field(default_factory=dict)
     #: id of the record that deleted the whole space, if any.
     space_deleted: bytes | None = None
+    #: id of the space's current metadata record (SpaceMeta: its name), if any.
+    meta: bytes | None = None
 
     def copy(self) -> AclState:
         return AclState(
@@ -219,7 +223,7 @@ class AclState:
             dict(self.requests), dict(self.role_set_by), dict(self.departed),
             dict(self.skipped), dict(self.key_order), set(self.wrapped),
             {k: set(v) for k, v in self.holders.items()}, dict(self.deleted),
-            self.space_deleted,
+            self.space_deleted, self.meta,
         )
 
     def is_deleted(self, object_id: bytes) -> bool:
@@ -280,7 +284,7 @@ class AclState:
             self.owner, sorted(self.members.items()), sorted(self.replicators),
             sorted(self.invites), sorted(self.requests), sorted(self.departed.items()),
             sorted(self.skipped.items()), self.tips, self.current_key_id,
-            self.rotation_reasons, sorted(self.deleted), self.space_deleted,
+            self.rotation_reasons, sorted(self.deleted), self.space_deleted, self.meta,
         )
 
 
@@ -879,6 +883,34 @@ class Acl:
         """A tombstone: these objects are deleted everywhere (writers and above may)."""
         return self._emit(author, DeleteObjects(tuple(sorted(set(objects)))))
 
+    def set_meta(self, author: SigningKey, meta: dict[str, Any]) -> bytes:
+        """A SpaceMeta record: ``meta`` (e.g. ``{"name": "Notes"}``) encrypted under the
+        current read key, so only members can read it (admins and the owner only)."""
+        kid = self.state.current_key_id
+        key = self._key_for(author, kid)
+        sealed = key.encrypt(pack(meta), meta_aad(self.space_id, kid))
+        return self._emit(author, SpaceMeta(kid, sealed))
+
+    def meta(self, who: SigningKey | None = None) -> dict[str, Any] | None:
+        """The space's current metadata as ``who`` (default: this replica's account) reads
+        it, or None: none set, or no key ``who`` holds opens it (a replicator, a pending
+        joiner, a member removed before the rename)."""
+        rid = self.state.meta
+        who = who if who is not None else self.me
+        if rid is None or who is None:
+            return None
+        p = self._records[rid].payload
+        assert isinstance(p, SpaceMeta)
+        key = self._keyring(who).get(p.key_id)
+        if key is None:
+            return None
+        try:
+            out = unpack(key.decrypt(p.sealed, meta_aad(self.space_id, p.key_id)),
+                         what="space metadata")
+        except (DecryptionFailed, DecodeError):
+            return None
+        return out if isinstance(out, dict) else None
+
     def delete_space(self, author: SigningKey) -> bytes:
         """A tombstone for the whole space: every object dropped, no new changes (owner)."""
         return self._emit(author, DeleteSpace())
@@ -1060,6 +1092,8 @@ class Acl:
                     s.deleted.setdefault(obj, rid)
             case DeleteSpace():
                 s.space_deleted = rid
+            case SpaceMeta():
+                s.meta = rid
 
     def _role_seen(self, s: AclState, rec: AclRecord, member: bytes, current: Role) -> Role:
         """The member's role for judging ``rec``'s right to act on them.
@@ -1197,6 +1231,11 @@ class Acl:
                     return denied, "only the owner deletes the space"
                 if s.space_deleted is not None:
                     return bad, "the space is already deleted"
+            case SpaceMeta():
+                if ra is None or ra < Role.ADMIN:
+                    return denied, "only admins and the owner rename the space"
+                if p.key_id not in s.key_order:
+                    return bad, "space metadata under an unknown read key"
         return None
 
     def _check_structure(self, past: AclState, rec: AclRecord) -> _Failure | None:

@@ -65,6 +65,7 @@ class Kind(enum.IntEnum):
     MERGE = 14
     DELETE_OBJECTS = 15  #: tombstones for objects (docs/backup.md "Deletion")
     DELETE_SPACE = 16
+    SPACE_META = 17  #: the space's encrypted metadata (its name), admins only (docs/acl.md)
 
 
 @dataclass(frozen=True)
@@ -187,10 +188,29 @@ class DeleteSpace:
     pass
 
 
+#: Largest encrypted metadata blob of a SpaceMeta record (nonce + tag + a small msgpack map).
+MAX_META_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class SpaceMeta:
+    """The space's metadata (``{"name": ...}`` as msgpack), encrypted under the read key
+    ``key_id`` (XChaCha20-Poly1305, AAD :func:`meta_aad`): members read it, replicators and
+    strangers see only its size. The latest valid one in replay order is the space's."""
+
+    key_id: bytes
+    sealed: bytes
+
+
+def meta_aad(space_id: str, key_id: bytes) -> bytes:
+    """Associated data binding encrypted space metadata to its space and read key."""
+    return b"p2psync/space-meta\0" + space_id.encode() + b"\0" + key_id
+
+
 Payload = (
     Root | Invite | RequestJoin | InviteJoin | Accept | Decline | RevokeInvite
     | PermissionChange | Remove | Leave | TransferOwnership | AddReplicator | RemoveReplicator
-    | Rotate | Merge | DeleteObjects | DeleteSpace
+    | Rotate | Merge | DeleteObjects | DeleteSpace | SpaceMeta
 )
 
 _KIND_OF: dict[type[Any], Kind] = {
@@ -201,6 +221,7 @@ _KIND_OF: dict[type[Any], Kind] = {
     AddReplicator: Kind.ADD_REPLICATOR, RemoveReplicator: Kind.REMOVE_REPLICATOR,
     Rotate: Kind.ROTATE, Merge: Kind.MERGE,
     DeleteObjects: Kind.DELETE_OBJECTS, DeleteSpace: Kind.DELETE_SPACE,
+    SpaceMeta: Kind.SPACE_META,
 }
 
 
@@ -276,6 +297,8 @@ def _payload_fields(p: Payload) -> list[Any]:
             return []
         case DeleteObjects():
             return [sorted(p.objects)]
+        case SpaceMeta():
+            return [p.key_id, p.sealed]
     raise TypeError(f"unknown payload {p!r}")  # pragma: no cover
 
 
@@ -382,6 +405,12 @@ def _read_payload(kind: Kind, value: Any) -> Payload:
             p = DeleteObjects(objects)
         case Kind.DELETE_SPACE:
             p = DeleteSpace()
+        case Kind.SPACE_META:
+            key_id = r.blob("key_id", size=ID_SIZE)
+            sealed = r.blob("sealed", max_len=MAX_META_SIZE)
+            if len(sealed) < 40:  # nonce + tag: not even an empty ciphertext
+                raise DecodeError("space meta: sealed metadata is too short")
+            p = SpaceMeta(key_id, sealed)
     r.end()
     return p
 

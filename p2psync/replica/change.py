@@ -1,12 +1,20 @@
 """Signed, encrypted tree changes: the records an object tree is made of.
 
-Wire form (all canonical msgpack arrays, see docs/replica.md)::
+Wire form, format 2 (all canonical msgpack arrays, see docs/replica.md)::
 
     raw    = pack([body, signature])                  # make_signed(author, "tree-change", body)
     body   = pack([header, payload])                  # header kept as raw bytes: it is the AAD
-    header = pack([1, space_id, tree_id|None, prev_ids, acl_head, read_key_id,
-                   snapshot, author, timestamp_ms])
-    payload = ReadKey.encrypt(plaintext, aad=PAYLOAD_AAD_PREFIX + header)
+    header = pack([2, space_id, tree_id|None, prev_ids, acl_head, read_key_id, author])
+    payload = ReadKey.encrypt(pack([timestamp_ms, snapshot, plaintext]),
+                              aad=PAYLOAD_AAD_PREFIX + header)
+
+The clear header holds only what a keyless peer (a backup, a relaying member without the
+current key) needs to verify, place and sync a change: the space, the tree, the parents, the
+ACL position (head and read key), the author. The author's claimed time and the snapshot flag
+are not needed for any of that, so format 2 seals them with the content (issue 20 item 6;
+docs/threat-model.md lists what each party learns). Format 1 (the same header with
+``snapshot, author, timestamp_ms`` at its end, the payload holding the bare plaintext) is still
+read, never written by the app.
 
 The id of a change is ``content_id(raw)`` of the exact bytes received; a tree's id is the id of
 its root change (``tree_id`` None, no parents). Parsing and signature checks never need the read
@@ -27,7 +35,11 @@ from p2psync.errors import DecodeError, IdMismatch, InvalidChange
 
 CHANGE_DOMAIN = "tree-change"
 PAYLOAD_AAD_PREFIX = b"p2psync/tree-change-payload\0"
-FORMAT_VERSION = 1
+#: The format written; :data:`READ_VERSIONS` are the formats read.
+FORMAT_VERSION = 2
+#: Format 1 had the author's timestamp and the snapshot flag in the clear header.
+LEGACY_VERSION = 1
+READ_VERSIONS = (LEGACY_VERSION, FORMAT_VERSION)
 #: Most parents a change may name (merges of more concurrent heads need several changes).
 MAX_PREV_IDS = 64
 #: Largest whole signed change: what one sync message carries per change
@@ -38,6 +50,21 @@ MAX_CHANGE_SIZE = 1024 * 1024
 #: the signed envelope.
 MAX_PAYLOAD_SIZE = MAX_CHANGE_SIZE - 16 * 1024
 MAX_SPACE_ID_LEN = 128
+
+
+#: Bytes the sealed wrapper ``pack([timestamp_ms, snapshot, plaintext])`` adds at most (array
+#: header 1, int64 9, bool 1, bin32 header 5) to the plaintext, before encryption.
+SEAL_OVERHEAD = 16
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What only a holder of the read key learns of a change (format 2): the content and the
+    fields that are not needed to verify it."""
+
+    timestamp: int  #: milliseconds since the epoch, as claimed by the author (informative only)
+    snapshot: bool  #: the plaintext is a whole-document snapshot, not an increment
+    plaintext: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -51,13 +78,17 @@ class Change:
     prev_ids: tuple[bytes, ...]
     acl_head: bytes
     read_key_id: bytes
-    snapshot: bool
+    #: Format 1 only (clear header); None in format 2, where it is sealed: see :meth:`open`.
+    snapshot: bool | None
     author: bytes
-    timestamp: int  #: milliseconds since the epoch, as claimed by the author (informative only)
+    #: Format 1 only: milliseconds since the epoch as claimed by the author (informative
+    #: only); None in format 2, where it is sealed: see :meth:`open`.
+    timestamp: int | None
     payload: bytes = field(repr=False)  #: ciphertext
     header: bytes = field(repr=False)  #: exact header bytes (the payload's associated data)
     body: bytes = field(repr=False)
     signature: bytes = field(repr=False)
+    version: int = FORMAT_VERSION  #: the change's format (1: legacy, clear timestamp)
 
     @property
     def is_root(self) -> bool:
@@ -73,8 +104,24 @@ class Change:
         verify(self.author, CHANGE_DOMAIN, self.body, self.signature)
 
     def decrypt(self, key: ReadKey) -> bytes:
-        """Decrypt the payload; :class:`DecryptionFailed` if wrong key or moved ciphertext."""
-        return key.decrypt(self.payload, PAYLOAD_AAD_PREFIX + self.header)
+        """Decrypt the payload's plaintext; :class:`DecryptionFailed` if wrong key or moved
+        ciphertext, :class:`DecodeError` if a format-2 sealed part is malformed."""
+        return self.open(key).plaintext
+
+    def open(self, key: ReadKey) -> Sealed:
+        """Decrypt the payload: the plaintext with the claimed time and snapshot flag (from
+        the clear header for format 1). Raises as :meth:`decrypt`."""
+        inner = key.decrypt(self.payload, PAYLOAD_AAD_PREFIX + self.header)
+        if self.version == LEGACY_VERSION:
+            assert self.timestamp is not None and self.snapshot is not None
+            return Sealed(self.timestamp, self.snapshot, inner)
+        r = Reader(unpack(inner, max_size=MAX_PAYLOAD_SIZE, what="tree change sealed part"),
+                   "tree change sealed part")
+        timestamp = r.integer("timestamp", min_value=0, max_value=2**63 - 1)
+        snapshot = r.boolean("snapshot")
+        plaintext = r.blob("plaintext", max_len=MAX_PAYLOAD_SIZE)
+        r.end()
+        return Sealed(timestamp, snapshot, plaintext)
 
 
 def parse_change(raw: bytes, *, expected_id: bytes | None = None) -> Change:
@@ -97,15 +144,19 @@ def parse_change(raw: bytes, *, expected_id: bytes | None = None) -> Change:
     payload = b.blob("payload", max_len=MAX_PAYLOAD_SIZE)
     b.end()
     h = Reader(unpack(header, what="tree change header"), "tree change header")
-    h.version([FORMAT_VERSION])
+    version = h.version(READ_VERSIONS)
     space_id = h.text("space_id", max_len=MAX_SPACE_ID_LEN)
     tree_id = h.optional_blob("tree_id", size=ID_SIZE)
     prev = h.blob_list("prev_ids", size=ID_SIZE, max_items=MAX_PREV_IDS)
     acl_head = h.blob("acl_head", size=ID_SIZE)
     read_key_id = h.blob("read_key_id", size=ID_SIZE)
-    snapshot = h.boolean("snapshot")
+    snapshot: bool | None = None
+    timestamp: int | None = None
+    if version == LEGACY_VERSION:
+        snapshot = h.boolean("snapshot")
     author = h.blob("author", size=32)
-    timestamp = h.integer("timestamp", min_value=0, max_value=2**63 - 1)
+    if version == LEGACY_VERSION:
+        timestamp = h.integer("timestamp", min_value=0, max_value=2**63 - 1)
     h.end()
     if tree_id is None and prev:
         raise InvalidChange("a root change (no tree id) cannot have parents")
@@ -117,6 +168,7 @@ def parse_change(raw: bytes, *, expected_id: bytes | None = None) -> Change:
         id=cid, raw=raw, space_id=space_id, tree_id=tree_id, prev_ids=tuple(prev),
         acl_head=acl_head, read_key_id=read_key_id, snapshot=snapshot, author=author,
         timestamp=timestamp, payload=payload, header=header, body=body, signature=sig,
+        version=version,
     )
 
 
@@ -131,12 +183,24 @@ def build_change(
     author: SigningKey, key: ReadKey, plaintext: bytes, *, space_id: str,
     tree_id: bytes | None, prev_ids: list[bytes] | tuple[bytes, ...], acl_head: bytes,
     read_key_id: bytes, snapshot: bool = False, timestamp: int | None = None,
+    version: int = FORMAT_VERSION,
 ) -> Change:
-    """Encrypt ``plaintext`` bound to a fresh header, sign it, and return the parsed change."""
+    """Encrypt ``plaintext`` (with the claimed time and the snapshot flag, in format 2) bound
+    to a fresh header, sign it, and return the parsed change. ``version=1`` writes the legacy
+    format (clear time and flag): for tests and vectors of old data only."""
     ts = int(time.time() * 1000) if timestamp is None else timestamp
-    header = pack([FORMAT_VERSION, space_id, tree_id, sorted(prev_ids), acl_head, read_key_id,
-                   snapshot, author.public, ts])
-    payload = key.encrypt(plaintext, PAYLOAD_AAD_PREFIX + header)
+    prev = sorted(prev_ids)
+    if version == LEGACY_VERSION:
+        header = pack([LEGACY_VERSION, space_id, tree_id, prev, acl_head, read_key_id,
+                       snapshot, author.public, ts])
+        inner = plaintext
+    elif version == FORMAT_VERSION:
+        header = pack([FORMAT_VERSION, space_id, tree_id, prev, acl_head, read_key_id,
+                       author.public])
+        inner = pack([ts, snapshot, plaintext])
+    else:
+        raise ValueError(f"cannot write tree change format {version}")
+    payload = key.encrypt(inner, PAYLOAD_AAD_PREFIX + header)
     if len(payload) > MAX_PAYLOAD_SIZE:
         raise InvalidChange(
             f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}; flush edits more often"

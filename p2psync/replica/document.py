@@ -41,11 +41,12 @@ from p2psync.errors import (
     DecodeError,
     DecryptionFailed,
     DocumentError,
+    P2PSyncError,
     UnknownReadKey,
     UnsupportedContent,
 )
 from p2psync.replica import automerge_adapter as am
-from p2psync.replica.change import MAX_PAYLOAD_SIZE, Change
+from p2psync.replica.change import MAX_PAYLOAD_SIZE, SEAL_OVERHEAD, Change
 from p2psync.replica.tree import AddResult, ObjectTree, Persist
 
 log = logging.getLogger("p2psync.document")
@@ -79,9 +80,11 @@ class HistoryEntry:
 
     change_id: bytes
     author: bytes
-    timestamp: int
+    #: claimed by the author; sealed with the content since change format 2, so None when
+    #: this replica cannot decrypt the change
+    timestamp: int | None
     parents: tuple[bytes, ...]
-    snapshot: bool
+    snapshot: bool | None  #: None when sealed and not decryptable here
     #: why its content is not in the document (None: applied)
     quarantined: str | None
     #: id of a removal (or leave) of its author at or after the ACL head it names: a
@@ -113,6 +116,7 @@ class Payload:
 
     am_heads: tuple[bytes, ...]
     items: tuple[bytes, ...]  #: Automerge change bytes, or one save() for a snapshot
+    snapshot: bool = False  #: from the change's sealed part (format 2) or clear header (1)
 
 
 def encode_payload(am_heads: Sequence[bytes], items: Sequence[bytes]) -> bytes:
@@ -305,8 +309,10 @@ class _Pending:
     links: list[tuple[bytes, tuple[bytes, ...]]] = field(default_factory=list)
 
 
-#: Plaintext one tree change may carry: the payload cap less the AEAD nonce and tag (and slack).
+#: Plaintext one tree change may carry: the payload cap less the AEAD nonce and tag (40), the
+#: sealed wrapper of change format 2 (time and snapshot flag, :data:`SEAL_OVERHEAD`) and slack.
 PAYLOAD_ROOM = MAX_PAYLOAD_SIZE - 64
+assert PAYLOAD_ROOM + SEAL_OVERHEAD + 40 <= MAX_PAYLOAD_SIZE
 
 
 def _payload_size(heads: Sequence[bytes], items: Sequence[bytes]) -> int:
@@ -359,6 +365,9 @@ class Document:
         self._doc: core.Document | None = None
         self._pending = _Pending()
         self._am_heads: dict[bytes, tuple[bytes, ...]] = {}
+        #: change id -> (claimed time, snapshot flag) of changes decrypted here: since change
+        #: format 2 both are sealed, so only a key holder knows them (history, snapshot lookup)
+        self._claims: dict[bytes, tuple[int, bool]] = {}
         #: tree changes whose content could not be applied (ids; see :attr:`quarantined`)
         self.skipped: list[bytes] = []
         #: change id -> why its content is left out of the document (issue 12.5)
@@ -377,12 +386,40 @@ class Document:
         key = self.tree.gate.read_key(ch.read_key_id)
         if key is None:
             raise UnknownReadKey("this replica does not hold the read key of the change")
-        p = decode_payload(ch.decrypt(key))
+        try:
+            sealed = ch.open(key)
+        except DecodeError as exc:
+            raise DocumentError(f"malformed sealed part: {exc}") from None
+        self._claims[ch.id] = (sealed.timestamp, sealed.snapshot)
+        p = decode_payload(sealed.plaintext)
+        if sealed.snapshot:
+            p = Payload(p.am_heads, p.items, snapshot=True)
         self._am_heads[ch.id] = p.am_heads
         return p
 
-    def _payloads(self, changes: Sequence[Change]) -> list[tuple[Change, Payload]]:
+    def claims(self, ch: Change) -> tuple[int | None, bool | None]:
+        """``(claimed time in ms, snapshot flag)`` of a change of this tree: clear in format 1,
+        sealed in format 2 (decrypted here on demand; ``(None, None)`` when this replica cannot
+        decrypt it)."""
+        if ch.timestamp is not None:
+            return ch.timestamp, ch.snapshot
+        if ch.id not in self._claims:
+            key = self.tree.gate.read_key(ch.read_key_id)
+            if key is None:
+                return None, None
+            try:
+                sealed = ch.open(key)
+            except (DecryptionFailed, DecodeError):
+                return None, None
+            self._claims[ch.id] = (sealed.timestamp, sealed.snapshot)
+        return self._claims[ch.id]
+
+    def _payloads(
+        self, changes: Sequence[Change],
+        opened: dict[bytes, Payload | P2PSyncError] | None = None,
+    ) -> list[tuple[Change, Payload]]:
         """Decrypt payloads for materialisation; one that fails is skipped and reported.
+        ``opened`` holds payloads (or their failures) already decrypted by the snapshot lookup.
 
         The sync path stores any change whose signature and ACL check pass without decrypting
         it (so members and backups hold identical trees); content that does not decrypt or
@@ -390,12 +427,33 @@ class Document:
         """
         out: list[tuple[Change, Payload]] = []
         for c in changes:
+            done = opened.get(c.id) if opened is not None else None
             try:
-                out.append((c, self._payload(c)))
+                if isinstance(done, P2PSyncError):
+                    raise done
+                out.append((c, done if done is not None else self._payload(c)))
             except (DecryptionFailed, DocumentError, UnknownReadKey) as exc:
                 self._seen.add(c.id)
                 self._quarantine(c, f"{type(exc).__name__}: {exc}")
         return out
+
+    def _latest_snapshot(
+        self, opened: dict[bytes, Payload | P2PSyncError],
+    ) -> tuple[Change, Payload] | None:
+        """The most recently attached change whose (sealed) flag says snapshot, with its
+        payload. Walks back in attach order, decrypting as it goes (into ``opened``): every
+        change attached after the snapshot is outside its past, so it is decrypted for the
+        replay anyway — the lookup costs no extra decryption."""
+        for c in reversed(self.tree.changes()):
+            try:
+                p = self._payload(c)
+            except (DecryptionFailed, DocumentError, UnknownReadKey) as exc:
+                opened[c.id] = exc
+                continue
+            opened[c.id] = p
+            if p.snapshot:
+                return c, p
+        return None
 
     def _quarantine(self, ch: Change, reason: str) -> None:
         if ch.id not in self.quarantined:
@@ -411,11 +469,12 @@ class Document:
                 self._apply(self._doc, self._payloads(missing))
             return self._doc
         order = self.tree.replay_order()
-        snap = self.tree.latest_snapshot if self.use_snapshots else None
+        opened: dict[bytes, Payload | P2PSyncError] = {}
+        found = self._latest_snapshot(opened) if self.use_snapshots else None
         doc: core.Document | None = None
-        if snap is not None:
+        if found is not None:
+            snap, p = found
             try:
-                p = self._payload(snap)
                 doc = am.load(p.items[0] if p.items else b"", self.actor)
                 with am.contained("checking a snapshot"):  # a panic here: not usable
                     self._render(doc, ROOT, core.ObjType.Map, None)
@@ -430,7 +489,7 @@ class Document:
                 order = [c for c in order if c.id not in covered]
         if doc is None:
             doc = am.new_document(self.actor)
-        self._apply(doc, self._payloads(order))
+        self._apply(doc, self._payloads(order, opened))
         self._cursor = len(self.tree)
         self._doc = doc
         return doc
@@ -445,7 +504,7 @@ class Document:
         self._seen.update(c.id for c, _ in items)
         normal: list[tuple[Change, Payload]] = []
         for c, p in items:
-            if c.snapshot:
+            if p.snapshot:
                 continue
             try:
                 for b in p.items:
@@ -717,7 +776,8 @@ class Document:
         out = []
         for ch in self.tree.replay_order():
             q = self.quarantined.get(ch.id)
-            out.append(HistoryEntry(ch.id, ch.author, ch.timestamp, ch.prev_ids, ch.snapshot,
+            ts, snap = self.claims(ch)
+            out.append(HistoryEntry(ch.id, ch.author, ts, ch.prev_ids, snap,
                                     None if q is None else q.reason,
                                     self.tree.gate.removed_after(ch.author, ch.acl_head)))
         return out

@@ -23,6 +23,9 @@ Decisions (docs/backup-cluster.md):
 * **Durability**: PostgreSQL's commit is durable with ``synchronous_commit=on`` (the server
   default); ``durable=False`` sets it ``off`` for this session (a crash may lose the last
   commits, never corrupt).
+* **Lost connections** (server restart, terminated backend): the next operation re-opens
+  the connection and is repeated once — safe because every write is idempotent. The LISTEN
+  connection of :meth:`PgStore.watch` reconnects and catches up from a watermark.
 * **Deletion**: ``DELETE`` leaves dead tuples until vacuum; :meth:`delete_trees` runs
   ``VACUUM`` on the affected tables afterwards so the rows' space is reclaimed promptly.
   PostgreSQL does not zero freed space the way SQLite's ``secure_delete`` does — said in the
@@ -32,10 +35,12 @@ Decisions (docs/backup-cluster.md):
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from p2psync.errors import SchemaTooNew, StoreError
 from p2psync.replica.change import Change
@@ -43,6 +48,9 @@ from p2psync.replica.storage import DerivedStoreOps, ReplicaStore, register_stor
 
 if TYPE_CHECKING:
     import psycopg
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 
@@ -92,7 +100,16 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_space ON chunks (space_id);
 CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file_id);
+CREATE TABLE IF NOT EXISTS p2psync_identity (
+    one      BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    device   BYTEA NOT NULL,
+    account  BYTEA NOT NULL,
+    keystore BYTEA NOT NULL
+);
 """
+
+#: ``application_name`` of :meth:`PgStore.watch`'s LISTEN connection (pg_stat_activity)
+WATCH_APP = "p2psync watch"
 
 #: serialises schema creation between processes opening a fresh database at once
 _SCHEMA_LOCK = 7337_0001
@@ -123,14 +140,20 @@ class PgStore(DerivedStoreOps):
     def __init__(self, url: str, *, durable: bool = True, connect_timeout: float = 10.0) -> None:
         self.url = url
         self.label = f"store {_redact(url)}"
+        self._closed = False
+        self._durable = durable
+        self._connect_timeout = max(1, int(connect_timeout))
+        #: connections re-opened after a loss (server restart, terminated backend)
+        self.reconnects = 0
         pg = _psycopg()
         self._errors: type[Exception] = pg.Error
         try:
             self._db: psycopg.Connection[Any] = pg.connect(
-                url, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
+                url, autocommit=True, connect_timeout=self._connect_timeout)
         except pg.Error as exc:
             raise StoreError(f"{self.label}: cannot connect ({exc}); is the server running "
                              "and the URL right?") from exc
+        self._pid = self._db.info.backend_pid  #: our backend: its notifications are ours
         try:
             self._setup(durable)
         except BaseException:
@@ -154,6 +177,11 @@ class PgStore(DerivedStoreOps):
             self._query("SET synchronous_commit = off", fetch=False)
         #: NOTIFY channel of this store's schema (several stores may share one database)
         self.channel = "p2psync_" + str(self._query("SELECT current_schema()")[0][0])
+        row = self._query("SELECT (SELECT coalesce(max(seq), 0) FROM changes), "
+                          "(SELECT coalesce(max(seq), 0) FROM acl_records)")[0]
+        #: what was written when this store opened: :meth:`watch` starts from here, so what
+        #: others write before its LISTEN is up is caught up on too
+        self.opened_at: tuple[int, int] = (int(row[0]), int(row[1]))
 
     # --- plumbing ---------------------------------------------------------------------------
     def _error(self, exc: Exception) -> StoreError:
@@ -176,17 +204,54 @@ class PgStore(DerivedStoreOps):
         except self._errors as exc:
             raise self._error(exc) from exc
 
+    def _reconnect(self, exc: Exception) -> bool:
+        """After a lost connection (the server restarted, the backend was terminated, the
+        network dropped), open a new one; False if the store was closed on purpose or the
+        server is still unreachable (the error then stands)."""
+        if self._closed or not self._db.broken:
+            return False
+        log.warning("%s: connection lost (%s); reconnecting", self.label,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        try:
+            db = _psycopg().connect(self.url, autocommit=True,
+                                    connect_timeout=self._connect_timeout)
+        except self._errors:
+            return False
+        if not self._durable:
+            db.execute("SET synchronous_commit = off")
+        self._db = db
+        self._pid = db.info.backend_pid
+        self.reconnects += 1
+        return True
+
+    def _write(self, op: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """``op`` in one transaction; retried once on a new connection when the old one was
+        lost. Safe because every write here is idempotent (``ON CONFLICT DO NOTHING``, heads
+        merged): a commit whose answer was lost is harmless to repeat."""
+        for attempt in (0, 1):
+            try:
+                with self._tx() as db:
+                    return op(db)
+            except StoreError as exc:
+                if attempt or not self._reconnect(exc):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _query(self, sql: str, args: Sequence[object] = (), *,
                fetch: bool = True) -> list[tuple[Any, ...]]:
-        if self._db.closed:
-            raise StoreError(f"{self.label} is closed")
-        try:
-            cur = self._db.execute(sql, args)
-            return cur.fetchall() if fetch else []
-        except self._errors as exc:
-            raise self._error(exc) from exc
+        for attempt in (0, 1):
+            if self._db.closed and not self._db.broken:
+                raise StoreError(f"{self.label} is closed")
+            try:
+                cur = self._db.execute(sql, args)
+                return cur.fetchall() if fetch else []
+            except self._errors as exc:
+                if attempt or not self._reconnect(exc):
+                    raise self._error(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
+        self._closed = True
         self._db.close()
 
     def __enter__(self) -> PgStore:
@@ -198,9 +263,8 @@ class PgStore(DerivedStoreOps):
 
     # --- spaces -----------------------------------------------------------------------------
     def put_space(self, space_id: str, raw_header: bytes) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO spaces VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                       (space_id, raw_header))
+        self._write(lambda db: db.execute(
+            "INSERT INTO spaces VALUES (%s, %s) ON CONFLICT DO NOTHING", (space_id, raw_header)))
 
     def get_space(self, space_id: str) -> bytes | None:
         rows = self._query("SELECT header FROM spaces WHERE space_id = %s", (space_id,))
@@ -211,8 +275,8 @@ class PgStore(DerivedStoreOps):
 
     # --- ACL records ------------------------------------------------------------------------
     def add_acl_records(self, space_id: str, records: Sequence[tuple[bytes, bytes]]) -> int:
-        new = 0
-        with self._tx() as db:
+        def op(db: psycopg.Connection[Any]) -> int:
+            new = 0
             for record_id, raw in records:
                 cur = db.execute("INSERT INTO acl_records (space_id, record_id, raw) "
                                  "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
@@ -220,7 +284,8 @@ class PgStore(DerivedStoreOps):
                 new += max(cur.rowcount, 0)
             if new:  # the other processes take the new records in (watch())
                 db.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{space_id} "))
-        return new
+            return new
+        return self._write(op)
 
     def list_acl_records(self, space_id: str) -> list[tuple[bytes, bytes]]:
         rows = self._query("SELECT record_id, raw FROM acl_records WHERE space_id = %s "
@@ -231,7 +296,7 @@ class PgStore(DerivedStoreOps):
     def save_changes(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
                      heads: Sequence[bytes]) -> None:
         """Append changes and merge the heads (see the module docstring), one transaction."""
-        with self._tx() as db:
+        def op(db: psycopg.Connection[Any]) -> None:
             db.execute("INSERT INTO trees VALUES (%s, %s) ON CONFLICT DO NOTHING",
                        (tree_id, space_id))
             rows = [(tree_id, c.id, c.raw) for c in changes]
@@ -260,6 +325,7 @@ class PgStore(DerivedStoreOps):
                     # a bare head replacement (no new changes): the caller's heads are the truth
                     cur.execute("DELETE FROM heads WHERE tree_id = %s AND NOT (head = ANY(%s))",
                                 (tree_id, list(heads)))
+        self._write(op)
 
     def list_trees(self, space_id: str) -> list[bytes]:
         rows = self._query("SELECT tree_id FROM trees WHERE space_id = %s ORDER BY tree_id",
@@ -285,20 +351,23 @@ class PgStore(DerivedStoreOps):
         if not tree_ids:
             return
         ids = list(tree_ids)
-        with self._tx() as db:
+
+        def op(db: psycopg.Connection[Any]) -> None:
             for table in ("changes", "parents", "heads", "trees"):
                 db.execute(f"DELETE FROM {table} WHERE tree_id = ANY(%s)", (ids,))
             db.execute("DELETE FROM chunks WHERE file_id = ANY(%s)", (ids,))
+        self._write(op)
         self._query("VACUUM changes", fetch=False)  # reclaim the dead rows now
 
     def forget_space(self, space_id: str) -> None:
-        with self._tx() as db:
+        def op(db: psycopg.Connection[Any]) -> None:
             trees = [r[0] for r in db.execute("SELECT tree_id FROM trees WHERE space_id = %s",
                                               (space_id,)).fetchall()]
             for table in ("changes", "parents", "heads", "trees"):
                 db.execute(f"DELETE FROM {table} WHERE tree_id = ANY(%s)", (trees,))
             db.execute("DELETE FROM acl_records WHERE space_id = %s", (space_id,))
             db.execute("DELETE FROM spaces WHERE space_id = %s", (space_id,))
+        self._write(op)
         self._query("VACUUM changes", fetch=False)
 
     def space_usage(self) -> dict[str, tuple[int, int]]:
@@ -322,7 +391,7 @@ class PgStore(DerivedStoreOps):
     # --- encrypted file chunks ---------------------------------------------------------------
     def put_chunks(self, space_id: str, file_id: bytes,
                    chunks: Sequence[tuple[bytes, bytes]]) -> int:
-        with self._tx() as db:
+        def op(db: psycopg.Connection[Any]) -> int:
             n = 0
             for addr, data in chunks:
                 cur = db.execute("INSERT INTO chunks VALUES (%s, %s, %s, %s) "
@@ -330,6 +399,7 @@ class PgStore(DerivedStoreOps):
                                  (bytes(addr), space_id, bytes(file_id), bytes(data)))
                 n += max(cur.rowcount, 0)
             return n
+        return self._write(op)
 
     def get_chunk(self, address: bytes) -> bytes | None:
         rows = self._query("SELECT data FROM chunks WHERE address = %s", (bytes(address),))
@@ -354,30 +424,105 @@ class PgStore(DerivedStoreOps):
     def delete_chunks(self, addresses: Sequence[bytes]) -> int:
         if not addresses:
             return 0
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM chunks WHERE address = ANY(%s)",
-                             ([bytes(a) for a in addresses],))
-            return max(cur.rowcount, 0)
+        addrs = [bytes(a) for a in addresses]
+        return self._write(lambda db: max(db.execute(
+            "DELETE FROM chunks WHERE address = ANY(%s)", (addrs,)).rowcount, 0))
     # --- several processes on one database (docs/backup-cluster.md) -------------------------
-    async def watch(self, on_change: Callable[[str, bytes | None], None]) -> None:
+    def publish_identity(self, device: bytes, account: bytes, keystore: bytes) -> bytes:
+        """Claim this database for the backup identity whose (passphrase-encrypted)
+        ``keystore`` is given, unless one already did; returns the owning device key
+        (:mod:`p2psync.backup.cluster`)."""
+        def op(db: psycopg.Connection[Any]) -> bytes:
+            db.execute("INSERT INTO p2psync_identity (device, account, keystore) "
+                       "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (device, account, keystore))
+            row = db.execute("SELECT device FROM p2psync_identity").fetchone()
+            assert row is not None
+            return bytes(row[0])
+        return self._write(op)
+
+    def published_identity(self) -> tuple[bytes, bytes] | None:
+        """``(device key, encrypted keystore)`` of the backup owning this database, if any."""
+        rows = self._query("SELECT device, keystore FROM p2psync_identity")
+        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    async def watch(self, on_change: Callable[[str, bytes | None], None], *,
+                    tick: float = 30.0, retry: float = 1.0) -> None:
         """Call ``on_change(space_id, tree_id)`` whenever another connection commits changes
         of a tree in this store (``tree_id`` None: new ACL records of the space), by
         PostgreSQL LISTEN/NOTIFY on a connection of its own, until cancelled. Our own
-        writes are skipped (the notifying backend's pid is ours)."""
+        writes are skipped (the notifying backend's pid is ours).
+
+        **A lost LISTEN connection loses notifications** (PostgreSQL keeps none for a
+        session that is gone). So the watch reconnects (every ``retry`` seconds while the
+        server is unreachable) and then *catches up*: every tree with a change, and every
+        space with an ACL record, whose ``seq`` is above a watermark is reported, as if
+        notified. The watermark is the highest ``seq`` read one ``tick`` earlier while
+        listening: a write whose ``seq`` is below it was committed (and so notified to this
+        connection) within a tick — write transactions are one batch, far shorter than a
+        tick. The first connection catches up from :attr:`opened_at` (what others wrote
+        between the store's opening and the LISTEN). Catching up also reports our own
+        writes; refreshing those is a no-op."""
         pg = _psycopg()
         from psycopg import sql
 
-        own = self._db.info.backend_pid
-        conn = await pg.AsyncConnection.connect(self.url, autocommit=True)
-        try:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-            async for n in conn.notifies():
-                if n.pid == own:
-                    continue
-                space_id, _, tree_hex = n.payload.partition(" ")
-                on_change(space_id, bytes.fromhex(tree_hex) if tree_hex else None)
-        finally:
-            await conn.close()
+        mark = self.opened_at  # (changes seq, acl seq): everything up to it is known
+        while True:
+            try:
+                conn = await pg.AsyncConnection.connect(self.url, autocommit=True,
+                                                        application_name=WATCH_APP)
+            except pg.Error as exc:
+                log.debug("%s: watch cannot connect (%s); retrying", self.label, exc)
+                await asyncio.sleep(retry)
+                continue
+            try:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                now = await self._marks(conn)
+                missed = await self._since(conn, mark)
+                if self.watch_connects or missed:
+                    log.warning("%s: LISTEN connection %s; catching up on %d trees/ACLs "
+                                "written meanwhile", self.label, "re-established"
+                                if self.watch_connects else "up", len(missed))
+                for space_id, tree_id in missed:
+                    on_change(space_id, tree_id)
+                self.watch_connects += 1
+                while True:
+                    async for n in conn.notifies(timeout=tick):
+                        if n.pid == self._pid:
+                            continue
+                        space_id, _, tree_hex = n.payload.partition(" ")
+                        on_change(space_id, bytes.fromhex(tree_hex) if tree_hex else None)
+                    mark, now = now, await self._marks(conn)
+                    self.watch_ticks += 1
+            except pg.OperationalError as exc:
+                log.warning("%s: LISTEN connection lost (%s); reconnecting", self.label,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            finally:
+                await conn.close()
+
+    #: LISTEN connections opened by :meth:`watch` (a reconnect makes it > 1)
+    watch_connects = 0
+    #: watermark advances of :meth:`watch`
+    watch_ticks = 0
+
+    @staticmethod
+    async def _marks(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+        cur = await conn.execute("SELECT (SELECT coalesce(max(seq), 0) FROM changes), "
+                                 "(SELECT coalesce(max(seq), 0) FROM acl_records)")
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    @staticmethod
+    async def _since(conn: psycopg.AsyncConnection[Any],
+                     mark: tuple[int, int]) -> list[tuple[str, bytes | None]]:
+        """What was written above ``mark``: ACL first (a change may name a new ACL head)."""
+        acl = await (await conn.execute(
+            "SELECT DISTINCT space_id FROM acl_records WHERE seq > %s", (mark[1],))).fetchall()
+        trees = await (await conn.execute(
+            "SELECT DISTINCT t.space_id, c.tree_id FROM changes c JOIN trees t "
+            "ON t.tree_id = c.tree_id WHERE c.seq > %s", (mark[0],))).fetchall()
+        return ([(str(r[0]), None) for r in acl]
+                + [(str(r[0]), bytes(r[1])) for r in trees])
 
 
 def _open(rest: str, durable: bool) -> ReplicaStore:

@@ -115,7 +115,6 @@ class ObjectTree:
         self._waiting: dict[bytes, Change] = {}
         self._blocked_on: dict[bytes, list[bytes]] = {}  #: missing parent id -> waiting ids
         self._acl_blocked: dict[bytes, list[bytes]] = {}  #: unknown ACL head -> waiting ids
-        self._latest_snapshot: Change | None = root if root.snapshot else None
         self._replay_cache: list[Change] | None = None
 
     # --- construction ------------------------------------------------------------------------
@@ -209,11 +208,6 @@ class ObjectTree:
     @property
     def waiting_ids(self) -> list[bytes]:
         return list(self._waiting)
-
-    @property
-    def latest_snapshot(self) -> Change | None:
-        """The most recently attached snapshot change (or None)."""
-        return self._latest_snapshot
 
     def replay_order(self) -> list[Change]:
         """Deterministic topological order: among ready changes the smallest id goes first."""
@@ -433,14 +427,11 @@ class ObjectTree:
 
     def _attach(self, ch: Change, undo: list[Callable[[], None]] | None) -> None:
         removed = [p for p in ch.prev_ids if p in self._heads]
-        old_snap = self._latest_snapshot
         self._changes[ch.id] = ch
         self._index[ch.id] = len(self._order)
         self._order.append(ch)
         self._heads.difference_update(removed)
         self._heads.add(ch.id)
-        if ch.snapshot:
-            self._latest_snapshot = ch
         self._replay_cache = None
         if undo is None:
             return
@@ -451,7 +442,6 @@ class ObjectTree:
             self._order.pop()
             self._heads.discard(ch.id)
             self._heads.update(removed)
-            self._latest_snapshot = old_snap
 
         undo.append(revert)
 

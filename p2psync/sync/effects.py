@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from p2psync.sync.messages import Message
 
-JobKey = tuple[str, str, bytes]  #: ("space"|"acl"|"tree", space id, tree id or b"")
+#: ("space"|"heads"|"acl"|"tree", space id, tree id or b""); "heads" is a head sync without
+#: the ACL pull (the in-sync check after our pushes, :mod:`p2psync.sync.insync`)
+JobKey = tuple[str, str, bytes]
 
 
 @dataclass(frozen=True)
@@ -52,4 +54,27 @@ class Offered:
     space_id: str
 
 
-Effect = Strike | Violation | Push | Submit | Offered
+@dataclass(frozen=True)
+class Answer:
+    """Send ``message`` on the peer's request stream as the answer to ``request_id`` (in the
+    order given; the read loop waits for the send, so a flooding peer is slowed down)."""
+
+    message: Message
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Serve:
+    """An admitted request: answer it in its own task (``Responder.prepare`` → take in the
+    changes it carries → ``Responder.answer`` → send → ``Responder.served``)."""
+
+    message: Message
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Befriend:
+    """The peer shares something with us now: lift the transport's stranger restriction."""
+
+
+Effect = Strike | Violation | Push | Submit | Offered | Answer | Serve | Befriend

@@ -5,13 +5,14 @@ loop: the two streams (:class:`~p2psync.sync.channel.Channel`), tasks, futures a
 Every decision is made by a sans-IO core and comes back as a reply and/or
 :mod:`effects <p2psync.sync.effects>` that this shell carries out:
 
-* :mod:`~p2psync.sync.spacex` — the space exchange (first message on each stream);
-* :class:`~p2psync.sync.responder.Responder` — the peer's requests and pushes;
-* :mod:`~p2psync.sync.pull` — our ACL pull, head sync + tree jobs of a space, tree pull with
-  its "stuck" rule; :mod:`~p2psync.sync.bootstrap` — fetching a space (invite or member);
+* :class:`~p2psync.sync.responder.Responder` — everything on the peer's request stream: the
+  space exchange (:mod:`~p2psync.sync.spacex`), the inbound gate, pushes and requests;
+* :mod:`~p2psync.sync.jobs` — which core runs a scheduled job, what its outcome changes, and
+  the in-sync check after our pushes; :mod:`~p2psync.sync.pull` — ACL pull, head sync + tree
+  jobs, tree pull with its "stuck" rule; :mod:`~p2psync.sync.bootstrap` — fetching a space;
 * :mod:`~p2psync.sync.ingest` — incoming changes, verified and stored a chunk at a time;
 * :mod:`~p2psync.sync.push` — what to push and the bounded push queue;
-* :mod:`~p2psync.sync.sched` — outgoing jobs (dedupe, rate, backoff) and the inbound gate.
+* :mod:`~p2psync.sync.peerstate` — who the peer is, strikes, the stranger restriction, status.
 
 A misbehaving peer collects strikes and is disconnected (at once for a :class:`Violation`);
 a peer that shares no space is disconnected after ``stranger_grace``. Nothing a peer sends
@@ -29,56 +30,37 @@ from collections.abc import Iterable
 from typing import Any
 
 from p2psync.errors import (
-    DecodeError,
     JoinError,
-    MessageTooLarge,
     P2PSyncError,
     PeerRefused,
     ProtocolError,
     StoreError,
     TransportError,
-    UnknownMessageType,
 )
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
-from p2psync.sync import files_io
+from p2psync.sync import effects as fx
+from p2psync.sync import files_io, jobs
 from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, BootstrapJoin, bootstrap_message
 from p2psync.sync.channel import Channel
-from p2psync.sync.effects import Effect, JobKey, Offered, Push, Strike, Submit, Violation
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.messages import (
-    AclHeadUpdate,
-    ErrorCode,
-    ErrorMessage,
-    HeadUpdate,
     Message,
     ReceiptRequest,
     ReceiptResponse,
-    SpaceHello,
-    SpaceOffer,
     SpaceTokens,
     StorageRefused,
     decode,
-    error_for,
-    request_id_of,
 )
 from p2psync.sync.peerstate import PeerState
-from p2psync.sync.pull import (
-    RESPONSE_FOR,
-    Challenge,
-    ChallengeResult,
-    Core,
-    job_core,
-    job_failure,
-)
+from p2psync.sync.pull import RESPONSE_FOR, Challenge, ChallengeResult, Core
 from p2psync.sync.push import PushQueue, acl_push, offers, tree_pushes
 from p2psync.sync.replicas import Replicas
-from p2psync.sync.responder import REQUESTS, Responder
-from p2psync.sync.sched import Admission, Backoff, InboundGate, PeerScheduler
-from p2psync.sync.spacex import SpaceExchange
-from p2psync.sync.status import PeerSpaceStatus, PeerStatus, space_status
+from p2psync.sync.responder import UNDECODABLE, Responder
+from p2psync.sync.sched import Backoff, PeerScheduler
+from p2psync.sync.status import PeerSpaceStatus, PeerStatus
 from p2psync.transport.interface import PeerConnection, PeerStream
 
 __all__ = ["BOOTSTRAP_DOMAIN", "EngineConfig", "PeerEngine", "PeerSpaceStatus", "PeerStatus",
@@ -100,16 +82,13 @@ class PeerEngine:
         self.binding: bytes = conn.result.handshake_hash
         self.state = PeerState(replicas, cfg, self.remote_account, self.remote_device,
                                self.binding)
-        self.responder = Responder(self.state, self)
-        self.channel = Channel(cfg, self._strike)
         now = time.monotonic()
+        self.responder = Responder(self.state, self, clock=now)
+        self.channel = Channel(cfg, self._strike)
         rng = random.Random(cfg.seed)
-        self.sched: PeerScheduler[JobKey] = PeerScheduler(
+        self.sched: PeerScheduler[fx.JobKey] = PeerScheduler(
             now=now, max_queue=cfg.max_jobs_queued, max_in_flight=cfg.max_in_flight,
             rate=cfg.out_rate, burst=cfg.out_burst, backoff=Backoff(base=0.2, cap=10.0, rng=rng))
-        self.gate: InboundGate[Any] = InboundGate(
-            now=now, rate=cfg.in_rate, burst=cfg.in_burst, max_concurrent=cfg.in_concurrency)
-        self._exchange: SpaceExchange | None = None
         self._exchanged = asyncio.Event()
         self.ready = asyncio.Event()  #: set once the space exchange is done
         self._push_queue = PushQueue(cfg.max_push_queue)
@@ -117,7 +96,6 @@ class PeerEngine:
         self._sched_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self._restricted = False  #: the peer shared nothing at the exchange (see _befriend)
         self.finished = asyncio.Event()
         self.last_error: str | None = None
 
@@ -208,12 +186,7 @@ class PeerEngine:
     async def _run(self) -> None:
         cfg, ch = self.config, self.channel
         ch.out = await self.conn.open_stream()
-        self._exchange = SpaceExchange(
-            self.replicas.device.public, self.remote_device,
-            self.replicas.exchange_keys_for(self.remote_account), channel_binding=self.binding)
-        hello = self._exchange.start()
-        self.state.my_nonce = hello.nonce
-        await ch.send(ch.out, hello, 0)
+        await ch.send(ch.out, self.responder.hello(), 0)
         async with asyncio.timeout(cfg.exchange_timeout):
             ch.inp = await self.conn.accept_stream()
         readers = [self._spawn(self._read_requests(ch.inp)),
@@ -224,52 +197,56 @@ class PeerEngine:
         closed = self._spawn(self.conn.wait_closed())
         async with asyncio.timeout(cfg.exchange_timeout):
             await self._exchanged.wait()
-        assert self._exchange.shared is not None
-        for sid in self._exchange.shared:
-            if self.replicas.may_access(sid, self.remote_account):
-                self.shared.add(sid)
-                self.submit(("space", sid, b""))
+        assert self.responder.exchanged is not None
+        self._apply(self.state.exchanged(self.responder.exchanged))
         self.ready.set()
         self.offer_replicated()
         self.replicas.notify()
         self._spawn(self._periodic())
-        if cfg.stranger_grace is not None and self.state.is_stranger():
-            # small receive budget now; closed by the transport after the grace unless a
-            # shared space appears first (invite bootstrap): see _befriend
-            self._restricted = True
+        if self.state.restricted:
+            # a small receive budget now; closed by the transport after the grace unless the
+            # peer comes to share something first (invite bootstrap): PeerState.befriend
             self.conn.restrict(grace=cfg.stranger_grace)
         await asyncio.wait([closed, *readers], return_when=asyncio.FIRST_COMPLETED)
         reason = self.conn.close_reason
-        if self._restricted and self.last_error is None and reason is not None:
+        if self.state.restricted and self.last_error is None and reason is not None:
             self.last_error = str(reason)
 
-    def _befriend(self, *, force: bool = False, acl_changed: bool = False) -> None:
-        """Lift the stranger restriction once the peer shares something with us (it proved an
-        invite, we bootstrap from it, the ACL made it a member) or we chose to trust it. After
-        a message only the cheap part is checked (a space or an invite on this connection);
-        the walk over every space's ACL runs only when an ACL changed."""
-        if not self._restricted:
-            return
-        st = self.state
-        if force or st.shared or st.invited or (acl_changed and not st.is_stranger()):
-            self._restricted = False
-            self.conn.lift_restriction()
-            log.debug("peer %s shares a space now: restriction lifted", self.conn.peer_id)
-
     # --- effects -------------------------------------------------------------------------------
-    def _apply(self, effects: Iterable[Effect]) -> None:
+    def _apply(self, effects: Iterable[fx.Effect]) -> None:
         """Carry out what a core decided."""
         for eff in effects:
-            if isinstance(eff, Strike):
-                self._strike(eff.why)
-            elif isinstance(eff, Violation):
-                self._strike(eff.why, violation=True)
-            elif isinstance(eff, Push):
-                self._enqueue(eff.message, eff.space_id)
-            elif isinstance(eff, Submit):
-                self.submit(eff.key, eff.priority)
-            elif isinstance(eff, Offered):  # only backups fetch offered spaces
-                self.replicas.policy.on_offer(self, eff.space_id)
+            match eff:
+                case fx.Strike(why):
+                    self._strike(why)
+                case fx.Violation(why):
+                    self._strike(why, violation=True)
+                case fx.Push(message, space_id):
+                    self._enqueue(message, space_id)
+                case fx.Submit(key, priority):
+                    self.submit(key, priority)
+                case fx.Offered(space_id):  # only backups fetch offered spaces
+                    self.replicas.policy.on_offer(self, space_id)
+                case fx.Serve(message, request_id):
+                    self._spawn(self._serve(message, request_id))
+                case fx.Befriend():
+                    self.conn.lift_restriction()
+                    log.debug("peer %s shares a space: restriction lifted", self.conn.peer_id)
+                case fx.Answer():  # outside the read loop: a task (in the loop: _carry)
+                    self._spawn(self._answer(eff))
+
+    async def _carry(self, effects: Iterable[fx.Effect]) -> None:
+        """Carry out effects in the read loop: answers are sent in order before it reads on."""
+        for eff in effects:
+            if isinstance(eff, fx.Answer):
+                await self._answer(eff)
+            else:
+                self._apply((eff,))
+
+    async def _answer(self, eff: fx.Answer) -> None:
+        assert self.channel.inp is not None
+        with contextlib.suppress(TransportError):
+            await self.channel.send(self.channel.inp, eff.message, eff.request_id)
 
     def _strike(self, why: str, *, violation: bool = False) -> None:
         log.debug("peer %s: %s", self.conn.peer_id, why)
@@ -312,87 +289,36 @@ class PeerEngine:
         async for raw in self.channel.recv(stream):
             try:
                 env = decode(raw)
-            except (DecodeError, UnknownMessageType, MessageTooLarge) as exc:
+            except UNDECODABLE as exc:
                 self._strike(f"bad response: {exc}")
                 continue
             msg = env.message
             self.channel.count("in", msg, len(raw))
             if isinstance(msg, SpaceTokens):
-                self._on_tokens(msg)
+                self._apply(self.responder.tokens(msg))
+                if self.responder.exchanged is not None:
+                    self._exchanged.set()
             elif not self.channel.resolve(env.request_id, msg):
                 self._strike(f"response to unknown request {env.request_id}")
 
-    def _on_tokens(self, msg: SpaceTokens) -> None:
-        assert self._exchange is not None
-        if self._exchanged.is_set():
-            self._strike("second token list")
-            return
-        try:
-            self._exchange.receive(msg)
-        except ProtocolError as exc:
-            self._strike(str(exc))
-            return
-        self._exchanged.set()
-
     async def _read_requests(self, stream: PeerStream) -> None:
-        """The peer's stream: its requests and pushes; we answer on the same stream."""
-        send = self.channel.send
+        """The peer's stream: everything on it goes to the responder, in order (a push's
+        changes are in before the next message is read); answers go back on it."""
+        r = self.responder
         async for raw in self.channel.recv(stream):
             try:
                 env = decode(raw)
-            except (DecodeError, UnknownMessageType, MessageTooLarge) as exc:
-                self._strike(f"bad request: {exc}")
-                # decode parsed the envelope once and put its request id on the error
-                await send(stream, error_for(exc), request_id_of(exc) or 0)
+            except UNDECODABLE as exc:
+                await self._carry(r.undecodable(exc))
                 continue
-            msg, rid = env.message, env.request_id
-            self.channel.count("in", msg, len(raw))
-            if isinstance(msg, SpaceHello):
-                await self._on_hello(stream, msg, rid)
-            elif isinstance(msg, HeadUpdate):
-                ing, effects = self.responder.head_update(msg)
-                self._apply(effects)
-                if ing is not None:
-                    await self._ingest(ing)
-                if not effects:  # admitted (a refused push comes back as a strike only)
-                    self._apply(self.responder.head_update_done(msg, ing))
-            elif isinstance(msg, AclHeadUpdate):
-                self._apply(self.responder.acl_update(msg, time.time()))
-            elif isinstance(msg, (SpaceOffer, StorageRefused)):
-                self._apply(self.responder.backup_push(msg))
-                self.replicas.notify()
-            elif isinstance(msg, REQUESTS):
-                await self._admit(stream, msg, rid)
-            else:
-                self._strike(f"{type(msg).__name__} is not a request")
-                await send(stream, ErrorMessage(ErrorCode.MALFORMED, "not a request"), rid)
-            self._befriend()
+            self.channel.count("in", env.message, len(raw))
+            await self._carry(r.receive(env.message, env.request_id, time.time(),
+                                        time.monotonic()))
+            if r.ingest is not None:
+                await self._ingest(r.ingest)
+                self._apply(r.ingested(time.time()))
 
-    async def _on_hello(self, stream: PeerStream, msg: SpaceHello, rid: int) -> None:
-        assert self._exchange is not None
-        try:
-            replies = self._exchange.receive(msg)
-        except ProtocolError as exc:
-            self._strike(str(exc))
-            await self.channel.send(stream, error_for(exc), rid)
-            return
-        self.state.their_nonce = msg.nonce
-        for reply in replies:
-            await self.channel.send(stream, reply, rid)
-
-    async def _admit(self, stream: PeerStream, msg: Message, rid: int) -> None:
-        now = time.monotonic()
-        verdict = self.gate.admit(msg, now)
-        if verdict is Admission.DUPLICATE:
-            return  # the same request is being answered: one answer for all copies
-        if verdict is not Admission.ACCEPT:
-            retry = int(self.gate.retry_after(now) * 1000) + 1
-            await self.channel.send(
-                stream, ErrorMessage(ErrorCode.RATE_LIMITED, "slow down", retry), rid)
-            return
-        self._spawn(self._serve(stream, msg, rid))
-
-    async def _serve(self, stream: PeerStream, msg: Message, rid: int) -> None:
+    async def _serve(self, msg: Message, rid: int) -> None:
         try:
             ing = self.responder.prepare(msg)
             if ing is not None:
@@ -402,12 +328,9 @@ class PeerEngine:
                     log.warning("store error while serving %s: %s", self.conn.peer_id, exc)
             reply = self.responder.answer(msg, time.time())
             self._apply(reply.effects)
-            self._befriend()
-            await self.channel.send(stream, reply.message, rid)
-        except TransportError:
-            pass
+            await self._answer(fx.Answer(reply.message, rid))
         finally:
-            self.gate.finished(msg)
+            self.responder.served(msg)
 
     # --- pushing (called synchronously from the replica listeners) ------------------------------
     def _enqueue(self, msg: Message, space_id: str) -> None:
@@ -422,7 +345,7 @@ class PeerEngine:
             self._apply(tree_pushes(self.state, space, tree_id, result))
 
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None:
-        self._befriend(acl_changed=True)  # an ACL change may have made the peer a member
+        self._apply(self.state.befriend(acl_changed=True))  # it may have made the peer a member
         if self._pushing():
             self._apply(acl_push(self.state, space, record_ids))
 
@@ -438,12 +361,14 @@ class PeerEngine:
             while not q:
                 self._push_event.clear()
                 await self._push_event.wait()
-            await self.channel.send(self.channel.out, q.pop(), 0)
+            msg, after = q.pop()
+            await self.channel.send(self.channel.out, msg, 0)
+            self._apply(after)
             if not q:
                 self.replicas.notify()  # idle may have changed
 
     # --- scheduling (requester side) -----------------------------------------------------------
-    def submit(self, key: JobKey, priority: int = 1) -> None:
+    def submit(self, key: fx.JobKey, priority: int = 1) -> None:
         """Ask for a sync job with this peer (deduped, bounded, rate limited)."""
         if self._closing:
             return
@@ -473,20 +398,19 @@ class PeerEngine:
             await asyncio.sleep(self.config.head_sync_interval)  # a timer, not synchronisation
             self.sync_now()
 
-    async def _job(self, key: JobKey) -> None:
-        st = self.state.space_state(key[1])
+    async def _job(self, key: fx.JobKey) -> None:
         try:
-            await self._drive(job_core(self.state, self, key))
+            await self._drive(jobs.core_for(self.state, self, key))
         except asyncio.CancelledError:
             raise
         except (P2PSyncError, TimeoutError) as exc:
-            st.last_error, retryable, retry_after = job_failure(exc)
-            self.sched.failed(key, time.monotonic(), st.last_error, retryable=retryable,
+            why, retryable, retry_after = jobs.failed(self.state, key, exc)
+            self.sched.failed(key, time.monotonic(), why, retryable=retryable,
                               retry_after=retry_after)
-            log.debug("job %s with %s failed: %s", key[0], self.conn.peer_id, st.last_error)
+            log.debug("job %s with %s failed: %s", key[0], self.conn.peer_id, why)
         else:
-            st.last_success = time.time()
             self.sched.succeeded(key, time.monotonic())
+            self._apply(jobs.succeeded(self.state, key, time.time()))
         finally:
             self._sched_event.set()
             self.replicas.notify()
@@ -498,7 +422,7 @@ class PeerEngine:
         With a code, the join record (or join request) is created and pushed."""
         async with asyncio.timeout(self.config.exchange_timeout):
             await self.ready.wait()
-        self._befriend(force=True)  # we chose to fetch from this peer
+        self._apply(self.state.befriend(force=True))  # we chose to fetch from this peer
         core = BootstrapJoin(self.state, self, space_id, code)
         try:
             await self._drive(core)
@@ -519,16 +443,11 @@ class PeerEngine:
                 and st.queued == st.retrying == st.in_flight == 0)
 
     def status(self) -> PeerStatus:
-        spaces = []
-        for sid in sorted(self.shared):
-            ld = self.replicas.ldiff(sid) if sid in self.replicas.spaces else None
-            spaces.append(space_status(sid, self.state.space_state(sid),
-                                       ld.hash() if ld is not None else b""))
         ch = self.channel
         return PeerStatus(
             peer_id=self.conn.peer_id, account_id=self.conn.account_id,
             transport=self.conn.transport, connected=not self.conn.is_closed,
-            ready=self.ready.is_set(), spaces=spaces, scheduler=self.sched.status(),
+            ready=self.ready.is_set(), spaces=self.state.statuses(), scheduler=self.sched.status(),
             push_queue=len(self._push_queue), pushes_dropped=self.pushes_dropped,
             strikes=self.strikes, messages_in=ch.messages_in, messages_out=ch.messages_out,
             bytes_in=ch.bytes_in, bytes_out=ch.bytes_out, last_error=self.last_error)

@@ -8,13 +8,15 @@ and update it; :class:`~p2psync.sync.engine.PeerEngine` only owns it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from p2psync.replica.space import Space
+from p2psync.sync.effects import Befriend, Effect, Submit
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.messages import StorageRefused
 from p2psync.sync.replicas import Replicas
-from p2psync.sync.status import SpaceState
+from p2psync.sync.status import PeerSpaceStatus, SpaceState, space_status
 
 UNKNOWN = "unknown space"  #: the one refusal text, so it never names a space
 
@@ -43,6 +45,9 @@ class PeerState:
     refused_by_peer: dict[str, StorageRefused] = field(default_factory=dict)
     offered: set[str] = field(default_factory=set)
     strikes: int = 0  #: rules the peer broke on this connection
+    #: the peer shared nothing at the exchange: the transport holds it to a small receive
+    #: budget and closes it after ``stranger_grace`` unless :meth:`befriend` lifts that
+    restricted: bool = False
 
     def punish(self, why: str, *, violation: bool = False) -> str | None:
         """Count a broken rule; the reason to close the connection when that is the verdict
@@ -54,11 +59,41 @@ class PeerState:
             return f"closed after {self.strikes} protocol violations (last: {why})"
         return None
 
+    def exchanged(self, shared: Iterable[str]) -> list[Effect]:
+        """The space exchange found ``shared``: sync those the peer may access (our ACL), and
+        restrict a stranger (see :attr:`restricted`)."""
+        out: list[Effect] = []
+        for sid in shared:
+            if self.may_access(sid):
+                self.shared.add(sid)
+                out.append(Submit(("space", sid, b"")))
+        self.restricted = self.config.stranger_grace is not None and self.is_stranger()
+        return out
+
+    def befriend(self, *, force: bool = False, acl_changed: bool = False) -> list[Effect]:
+        """Lift the stranger restriction once the peer shares something with us (it proved an
+        invite, we bootstrap from it, the ACL made it a member) or we chose to trust it
+        (``force``). Cheap after every message (a space or an invite on this connection); the
+        walk over every space's ACL runs only when an ACL changed."""
+        if self.restricted and (force or self.shared or self.invited
+                                or (acl_changed and not self.is_stranger())):
+            self.restricted = False
+            return [Befriend()]
+        return []
+
     def space_state(self, space_id: str) -> SpaceState:
         st = self.spaces.get(space_id)
         if st is None:
             st = self.spaces[space_id] = SpaceState()
         return st
+
+    def statuses(self) -> list[PeerSpaceStatus]:
+        """Each shared space's status with this peer, against our fingerprint now."""
+        out = []
+        for sid in sorted(self.shared):
+            local = self.replicas.ldiff(sid).hash() if sid in self.replicas.spaces else b""
+            out.append(space_status(sid, self.space_state(sid), local))
+        return out
 
     def may_access(self, space_id: str) -> bool:
         """Our ACL copy lets the peer's account receive this space (checked on every use)."""

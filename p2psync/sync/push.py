@@ -4,25 +4,29 @@
 ``HEAD_UPDATE`` / ``ACL_HEAD_UPDATE`` messages within the byte cap; :func:`offers` lists the
 ``SPACE_OFFER`` notices for spaces our ACL names the peer replicator of. :class:`PushQueue`
 holds them until the engine's push loop sends them; when it is full a push is dropped and a
-head sync of its space is scheduled instead (head sync carries whatever was dropped).
+head sync of its space is scheduled instead (head sync carries whatever was dropped). When the
+last tree push of a space has been sent, :meth:`PushQueue.pop` hands back the in-sync check
+(:func:`p2psync.sync.jobs.after_push`).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.effects import Effect, Push, Submit
+from p2psync.sync.jobs import after_push
 from p2psync.sync.messages import MAX_HEADS, AclHeadUpdate, Message, SpaceOffer, take_batch
+from p2psync.sync.notice import notice
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import push_lacking
 
 
 def may_push(state: PeerState, space_id: str) -> bool:
     """We push a space to the peer only while it shares it and our ACL lets it access it
-    (evaluated after the ACL change that triggered the push: a removed member is not even
-    sent its own removal)."""
+    (evaluated after the ACL change that triggered the push). A removed member gets only
+    its own removal, with its causal past (:mod:`p2psync.sync.notice`)."""
     return space_id in state.shared and state.may_access(space_id)
 
 
@@ -36,7 +40,9 @@ def tree_pushes(state: PeerState, space: Space, tree_id: bytes,
 
 def acl_push(state: PeerState, space: Space, record_ids: list[bytes]) -> list[Effect]:
     if not may_push(state, space.id):
-        return offers(state, space.id)
+        # a record that removes the peer or refuses its join is still sent (issue 14)
+        told = notice(space, record_ids, state.remote_account, state.config.batch_bytes)
+        return [Push(told, space.id)] if told is not None else offers(state, space.id)
     raws = [space.acl.record(i).raw for i in record_ids if i in space.acl]
     batch, _ = take_batch(raws, state.config.batch_bytes) if raws else ([], False)
     return [Push(AclHeadUpdate(space.id, tuple(space.acl.heads[:MAX_HEADS]), tuple(batch)),
@@ -62,7 +68,8 @@ class PushQueue:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.items: deque[Message] = deque()
+        self.items: deque[tuple[Message, str]] = deque()
+        self._per_space: Counter[str] = Counter()
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -73,8 +80,16 @@ class PushQueue:
         if len(self.items) >= self.limit:
             self.dropped += 1
             return [Submit(("space", space_id, b""), 2)]
-        self.items.append(message)
+        self.items.append((message, space_id))
+        self._per_space[space_id] += 1
         return []
 
-    def pop(self) -> Message:
-        return self.items.popleft()
+    def pop(self) -> tuple[Message, list[Effect]]:
+        """The next push to send, and what to do once it is sent (the in-sync check after the
+        last queued push of its space)."""
+        message, space_id = self.items.popleft()
+        self._per_space[space_id] -= 1
+        more = self._per_space[space_id] > 0
+        if not more:
+            del self._per_space[space_id]
+        return message, after_push(message, more)

@@ -1,12 +1,17 @@
-"""The responder side of the sync protocol (sans-IO): a request in, a reply plus effects out.
+"""The responder side of the sync protocol (sans-IO): a message in, effects out.
 
-:class:`Responder` answers the peer's requests (head sync, full sync, ACL sync, bootstrap,
-receipts) from our replicas and decides what the peer's pushes (``HEAD_UPDATE``,
-``ACL_HEAD_UPDATE``, backup notices) lead to. Every request is checked against our ACL copy
-first; anything about a space the peer may not access gets the same
-``ERROR(UNKNOWN_SPACE, "unknown space")`` whether or not the space exists here. Nothing here
-sends, sleeps or reads a clock: :class:`~p2psync.sync.engine.PeerEngine` sends the reply and
-carries out the effects (:mod:`p2psync.sync.effects`).
+:class:`Responder` takes every message the peer sends on its request stream
+(:meth:`Responder.receive`): the space exchange's hello, its pushes (``HEAD_UPDATE``,
+``ACL_HEAD_UPDATE``, backup notices) and its requests, which pass the inbound gate
+(:class:`~p2psync.sync.sched.InboundGate`: duplicates dropped, rate and concurrency limited)
+and are then answered from our replicas (head sync, full sync, ACL sync, bootstrap,
+receipts). Every request is checked against our ACL copy first; anything about a space the
+peer may not access gets the same ``ERROR(UNKNOWN_SPACE, "unknown space")`` whether or not the
+space exists here. Nothing here sends, sleeps or reads a clock (``now`` is wall time for
+invite expiry, ``clock`` monotonic time for the gate):
+:class:`~p2psync.sync.engine.PeerEngine` carries out the effects
+(:mod:`p2psync.sync.effects`: answers, serve tasks, strikes, jobs…) and, while
+:attr:`Responder.ingest` is set, takes that batch in and calls :meth:`Responder.ingested`.
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ from p2psync.errors import (
     AccessDenied,
     BadSignature,
     DecodeError,
+    MessageTooLarge,
+    P2PSyncError,
     ProtocolError,
     ReplicaError,
     StoreError,
+    UnknownMessageType,
     UnknownSpace,
 )
 from p2psync.replica.space import AclAddResult, Space
 from p2psync.sync.bootstrap import BOOTSTRAP_DOMAIN, bootstrap_message, parse_proof
-from p2psync.sync.effects import Effect, Offered, Strike, Submit
+from p2psync.sync.effects import Answer, Effect, Offered, Serve, Strike, Submit
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.messages import (
     MAX_HEADS,
@@ -47,17 +55,25 @@ from p2psync.sync.messages import (
     Message,
     ReceiptRequest,
     ReceiptResponse,
+    SpaceHello,
     SpaceOffer,
+    SpaceTokens,
     StorageRefused,
     error_for,
+    request_id_of,
     take_batch,
 )
 from p2psync.sync.peerstate import UNKNOWN, PeerState
 from p2psync.sync.pull import acl_lacking
 from p2psync.sync.replicas import Pusher
+from p2psync.sync.sched import Admission, InboundGate
+from p2psync.sync.spacex import SpaceExchange
+from p2psync.sync.status import PushSnapshot
 
 log = logging.getLogger("p2psync.sync")
 
+#: What ``decode`` raises for bytes that are not a message (a strike, never fatal by itself).
+UNDECODABLE = (DecodeError, UnknownMessageType, MessageTooLarge)
 #: Requests the responder answers (anything else on the peer's stream is a push or a strike).
 REQUESTS = (HeadSyncRequest, FullSyncRequest, AclSyncRequest, BootstrapRequest, ReceiptRequest)
 
@@ -78,9 +94,108 @@ class _Collect:
 class Responder:
     """Answers one peer's requests and judges its pushes, on one connection."""
 
-    def __init__(self, state: PeerState, source: Pusher) -> None:
+    def __init__(self, state: PeerState, source: Pusher, *, clock: float = 0.0) -> None:
         self.state = state
         self.source = source  #: the engine (what we store from it is not pushed back to it)
+        cfg = state.config
+        self.gate: InboundGate[Message] = InboundGate(
+            now=clock, rate=cfg.in_rate, burst=cfg.in_burst, max_concurrent=cfg.in_concurrency)
+        self.exchange: SpaceExchange | None = None  #: made by :meth:`hello`
+        #: a pushed batch to take in (chunked) before :meth:`ingested` is called
+        self.ingest: Ingest | None = None
+        self._push: tuple[HeadUpdate, PushSnapshot] | None = None
+
+    # --- the space exchange ----------------------------------------------------------------------
+    def hello(self) -> SpaceHello:
+        """Our ``SPACE_HELLO``, the first message on our request stream (the exchange lists
+        the spaces our ACL lets the peer receive at this moment)."""
+        st = self.state
+        self.exchange = SpaceExchange(
+            st.replicas.device.public, st.remote_device,
+            st.replicas.exchange_keys_for(st.remote_account), channel_binding=st.binding)
+        hello = self.exchange.start()
+        self.state.my_nonce = hello.nonce
+        return hello
+
+    def tokens(self, msg: SpaceTokens) -> list[Effect]:
+        """The peer's token list (on our stream): :attr:`exchanged` once it is taken."""
+        assert self.exchange is not None
+        try:
+            self.exchange.receive(msg)
+        except ProtocolError as exc:
+            return [Strike(str(exc))]
+        return []
+
+    @property
+    def exchanged(self) -> frozenset[str] | None:
+        """The spaces both sides listed, once the exchange is done."""
+        return None if self.exchange is None else self.exchange.shared
+
+    # --- the peer's request stream ---------------------------------------------------------------
+    def undecodable(self, exc: P2PSyncError) -> list[Effect]:
+        """A message on the peer's stream that does not decode: a strike, and an error answer
+        to the request id ``decode`` found in the envelope (0 if none)."""
+        return [Strike(f"bad request: {exc}"), Answer(error_for(exc), request_id_of(exc) or 0)]
+
+    def receive(self, msg: Message, rid: int, now: float, clock: float) -> list[Effect]:
+        """One message from the peer's request stream. A push that carries changes sets
+        :attr:`ingest`; the caller takes it in, then calls :meth:`ingested` (the next message
+        is read only after that, so pushes apply in order)."""
+        if isinstance(msg, SpaceHello):
+            out = self._hello(msg, rid)
+        elif isinstance(msg, HeadUpdate):
+            ing, out = self.head_update(msg)
+            if not out:  # admitted (a refused push comes back as a strike only)
+                self._push = msg, PushSnapshot.take(self.state.replicas.ldiff(msg.space_id),
+                                                    msg.object_id)
+                self.ingest = ing
+                if ing is None:
+                    out = self.ingested(now)
+        elif isinstance(msg, AclHeadUpdate):
+            out = self.acl_update(msg, now)
+        elif isinstance(msg, (SpaceOffer, StorageRefused)):
+            out = self.backup_push(msg)
+            self.state.replicas.notify()
+        elif isinstance(msg, REQUESTS):
+            out = self._admit(msg, rid, clock)
+        else:
+            out = [Strike(f"{type(msg).__name__} is not a request"),
+                   Answer(ErrorMessage(ErrorCode.MALFORMED, "not a request"), rid)]
+        return out + self.state.befriend()
+
+    def ingested(self, now: float) -> list[Effect]:
+        """The pushed batch in :attr:`ingest` is in (or there was none)."""
+        ing, self.ingest = self.ingest, None
+        assert self._push is not None
+        (msg, before), self._push = self._push, None
+        out = self.head_update_done(msg, ing)
+        st, sid = self.state, msg.space_id
+        if sid in st.replicas.spaces:
+            st.space_state(sid).confirm_push(st.replicas.ldiff(sid), msg.object_id, msg.heads,
+                                             before)
+        return out + st.befriend()
+
+    def _hello(self, msg: SpaceHello, rid: int) -> list[Effect]:
+        assert self.exchange is not None
+        try:
+            replies = self.exchange.receive(msg)
+        except ProtocolError as exc:
+            return [Strike(str(exc)), Answer(error_for(exc), rid)]
+        self.state.their_nonce = msg.nonce
+        return [Answer(reply, rid) for reply in replies]
+
+    def _admit(self, msg: Message, rid: int, clock: float) -> list[Effect]:
+        verdict = self.gate.admit(msg, clock)
+        if verdict is Admission.DUPLICATE:
+            return []  # the same request is being answered: one answer for all copies
+        if verdict is not Admission.ACCEPT:
+            retry = int(self.gate.retry_after(clock) * 1000) + 1
+            return [Answer(ErrorMessage(ErrorCode.RATE_LIMITED, "slow down", retry), rid)]
+        return [Serve(msg, rid)]
+
+    def served(self, msg: Message) -> None:
+        """A request admitted by :meth:`receive` (a :class:`Serve`) is answered or given up."""
+        self.gate.finished(msg)
 
     # --- requests ------------------------------------------------------------------------------
     def prepare(self, msg: Message) -> Ingest | None:
@@ -110,7 +225,7 @@ class Responder:
         except Exception:  # a bug of ours: answer, log, keep serving
             log.exception("internal error while serving a request")
             reply = ErrorMessage(ErrorCode.INTERNAL)
-        return Reply(reply, tuple(out.effects))
+        return Reply(reply, (*out.effects, *self.state.befriend()))
 
     def _answer(self, msg: Message, out: _Collect, now: float) -> Message:
         if isinstance(msg, HeadSyncRequest):

@@ -90,6 +90,8 @@ export class AclState {
   holders = new Map<string, Set<Holder>>();
   deleted = new Map<string, string>();
   spaceDeleted: string | null = null;
+  /** id (hex) of the space's current metadata record (SPACE_META), if any */
+  meta: string | null = null;
 
   copy(): AclState {
     const s = new AclState();
@@ -106,6 +108,7 @@ export class AclState {
     s.holders = new Map([...this.holders].map(([k, v]) => [k, new Set(v)]));
     s.deleted = new Map(this.deleted);
     s.spaceDeleted = this.spaceDeleted;
+    s.meta = this.meta;
     return s;
   }
 
@@ -714,6 +717,9 @@ export class Acl {
       case Kind.DELETE_SPACE:
         s.spaceDeleted = rid;
         break;
+      case Kind.SPACE_META:
+        s.meta = rid;
+        break;
       default:
         break;
     }
@@ -837,6 +843,10 @@ export class Acl {
       case Kind.DELETE_SPACE:
         if (ra !== Role.OWNER) return [denied, "only the owner deletes the space"];
         if (s.spaceDeleted !== null) return [bad, "the space is already deleted"];
+        break;
+      case Kind.SPACE_META:
+        if (ra === undefined || ra < Role.ADMIN) return [denied, "only admins and the owner rename the space"];
+        if (!s.keyOrder.has(h(p.keyId))) return [bad, "space metadata under an unknown read key"];
         break;
     }
     return undefined;

@@ -32,7 +32,7 @@ export enum Kind {
   ROOT = 0, INVITE = 1, REQUEST_JOIN = 2, INVITE_JOIN = 3, ACCEPT = 4, DECLINE = 5,
   REVOKE_INVITE = 6, PERMISSION_CHANGE = 7, REMOVE = 8, LEAVE = 9, TRANSFER_OWNERSHIP = 10,
   ADD_REPLICATOR = 11, REMOVE_REPLICATOR = 12, ROTATE = 13, MERGE = 14, DELETE_OBJECTS = 15,
-  DELETE_SPACE = 16,
+  DELETE_SPACE = 16, SPACE_META = 17,
 }
 
 /** [ref, blob]: a key sealed to a member/invite, or wrapped under a newer key. */
@@ -61,7 +61,9 @@ export type Payload =
   | { kind: Kind.ROTATE; rotation: Rotation }
   | { kind: Kind.MERGE }
   | { kind: Kind.DELETE_OBJECTS; objects: readonly Uint8Array[] }
-  | { kind: Kind.DELETE_SPACE };
+  | { kind: Kind.DELETE_SPACE }
+  /** the space's metadata (its name) sealed under read key keyId (docs/acl.md); admins only */
+  | { kind: Kind.SPACE_META; keyId: Uint8Array; sealed: Uint8Array };
 
 /** A decoded, signature-checked ACL record; id is the content id of raw. */
 export interface AclRecord {
@@ -115,6 +117,7 @@ function payloadFields(p: Payload): Value[] {
     case Kind.ROTATE: return [rotationFields(p.rotation)];
     case Kind.LEAVE: case Kind.MERGE: case Kind.DELETE_SPACE: return [];
     case Kind.DELETE_OBJECTS: return [sortedBytes(p.objects)];
+    case Kind.SPACE_META: return [p.keyId, p.sealed];
   }
 }
 
@@ -156,6 +159,7 @@ const KINDS: readonly Kind[] = [
   Kind.ROOT, Kind.INVITE, Kind.REQUEST_JOIN, Kind.INVITE_JOIN, Kind.ACCEPT, Kind.DECLINE, Kind.REVOKE_INVITE,
   Kind.PERMISSION_CHANGE, Kind.REMOVE, Kind.LEAVE, Kind.TRANSFER_OWNERSHIP, Kind.ADD_REPLICATOR,
   Kind.REMOVE_REPLICATOR, Kind.ROTATE, Kind.MERGE, Kind.DELETE_OBJECTS, Kind.DELETE_SPACE,
+  Kind.SPACE_META,
 ];
 const readRole = (r: Reader): Role => ROLES[r.integer("role", Role.READER, Role.OWNER) - 1]!;
 
@@ -217,6 +221,13 @@ function readPayload(kind: Kind, value: Value): Payload {
       break;
     }
     case Kind.DELETE_SPACE: p = { kind }; break;
+    case Kind.SPACE_META: {
+      const keyId = id("key_id");
+      const sealed = r.blob("sealed", { maxLen: 2048 });
+      if (sealed.length < 40) throw new DecodeError("space meta: sealed metadata is too short");
+      p = { kind, keyId, sealed };
+      break;
+    }
   }
   r.end();
   return p;
@@ -235,7 +246,7 @@ export function decodeAclRecord(raw: Uint8Array, expectedSpaceId?: string): AclR
     sortedUnique("prev", prev);
     author = r.blob("author", { size: 32 });
     timestamp = r.integer("timestamp", 0);
-    kind = KINDS[r.integer("kind", 0, Kind.DELETE_SPACE)]!;
+    kind = KINDS[r.integer("kind", 0, Kind.SPACE_META)]!;
     payload = readPayload(kind, r.value("payload"));
     r.end();
   } catch (e) {

@@ -4,7 +4,9 @@
  * all its parents are attached; until then it waits and attaches when the missing parent comes.
  * An optional gate (the ACL) may refuse a change or hold it until its ACL head is known.
  *
- * Not ported yet: persistence hooks, the waiting-set bound/eviction, snapshots lookup helpers.
+ * Not ported yet: persistence hooks, the waiting-set bound/eviction. The tree never decrypts, and
+ * since change format 2 the snapshot flag is sealed with the content, so finding the latest
+ * snapshot is the document's job (it holds the read key), as in Python.
  */
 import { compareBytes } from "../hashes.js";
 import { type Change, InvalidChange, ReplicaError, verifyChange } from "./change.js";

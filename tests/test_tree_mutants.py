@@ -1,0 +1,157 @@
+"""Object tree: the bookkeeping that mutation testing of ``replica/tree.py`` left unguarded
+(issue 21; docs/testing.md lists each mutant and the test here that kills it).
+
+What a tree reports about refused, waiting and evicted changes is what the sync layer acts on
+(strikes, re-fetches), and the replay order is what every replica applies content in: each is
+pinned here against an independent expectation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from p2psync.crypto.keys import AccountKey
+from p2psync.errors import AccessDenied, StoreError
+from p2psync.replica.change import build_change, parse_change
+from p2psync.replica.tree import AddResult, ObjectTree
+from tests.replica_helpers import SPACE_ID, GrowingAcl, make_owner, random_dag
+
+OWNER = make_owner(11)
+BASE = ObjectTree.create(SPACE_ID, OWNER.gate(), OWNER.account, b"root", timestamp=0)
+DAG = random_dag(OWNER, BASE.id, 30, seed=21)
+STRANGER = AccountKey(b"\x42" * 32)
+
+
+def fresh() -> ObjectTree:
+    return ObjectTree.from_root(SPACE_ID, OWNER.gate(), BASE.root.raw)
+
+
+def change(tree_id: bytes, prev: list[bytes], *, author: AccountKey | None = None,
+           acl_head: bytes | None = None, body: bytes = b"x") -> bytes:
+    return build_change(author or OWNER.account, OWNER.key, body, space_id=SPACE_ID,
+                        tree_id=tree_id, prev_ids=prev, acl_head=acl_head or OWNER.acl_root,
+                        read_key_id=OWNER.acl_root).raw
+
+
+def kahn_smallest_first(t: ObjectTree) -> list[bytes]:
+    """The documented replay order, computed independently (quadratic, obviously right)."""
+    left = {c.id: set(c.prev_ids) for c in t.changes()}
+    out: list[bytes] = []
+    while left:
+        ready = min(cid for cid, prev in left.items() if not prev)
+        out.append(ready)
+        del left[ready]
+        for prev in left.values():
+            prev.discard(ready)
+    return out
+
+
+def test_replay_order_is_exactly_kahn_smallest_id_first_and_follows_every_attach() -> None:
+    t = fresh()
+    t.add(DAG[:10])
+    assert [c.id for c in t.replay_order()] == kahn_smallest_first(t)  # cached now
+    t.add(DAG[10:])
+    assert [c.id for c in t.replay_order()] == kahn_smallest_first(t)  # the cache was dropped
+    assert len(t.replay_order()) == len(t) == 1 + len(DAG)
+    mine = t.create_change(OWNER.account, b"local")
+    assert t.replay_order()[-1].id == mine.id
+
+
+def test_replay_order_after_a_rolled_back_add_is_the_order_before() -> None:
+    t = fresh()
+    t.add(DAG[:5])
+    before = [c.id for c in t.replay_order()]
+
+    def boom(tree: ObjectTree, result: AddResult) -> None:
+        assert len(tree.replay_order()) > len(before)  # seen from inside: it had attached
+        raise StoreError("disk full")
+
+    with pytest.raises(StoreError):
+        t.add(DAG[5:], persist=boom)
+    assert [c.id for c in t.replay_order()] == before
+
+
+def test_a_waiting_change_refused_when_its_parent_comes_is_reported_not_attached() -> None:
+    t = fresh()
+    parent = change(t.id, [t.id])
+    # a change by someone who may not write waits for its parent: the gate decides only then
+    bad = change(t.id, [parse_change(parent).id], author=STRANGER)
+    good = change(t.id, [parse_change(parent).id], body=b"y")
+    r = t.add([bad, good])
+    assert set(r.waiting) == {parse_change(bad).id, parse_change(good).id}
+    r = t.add([parent])
+    assert [c.raw for c in r.attached] == [parent, good]
+    assert [cid for cid, _ in r.rejected] == [parse_change(bad).id]
+    assert isinstance(r.rejected[0][1], AccessDenied)
+    assert parse_change(bad).id not in t and t.waiting_ids == []
+    assert r.waiting == [] and set(t.heads) == {parse_change(good).id}
+
+
+def test_a_refused_change_in_the_batch_itself_raises_and_leaves_nothing() -> None:
+    t = fresh()
+    ok = change(t.id, [t.id])
+    bad = change(t.id, [t.id], author=STRANGER)
+    with pytest.raises(AccessDenied):
+        t.add([ok, bad])
+    assert len(t) == 1 and t.waiting_ids == [] and t.heads == (t.id,)
+
+
+def test_add_reports_only_the_batch_changes_still_waiting() -> None:
+    t = fresh()
+    a, b = DAG[5], DAG[6]
+    r1 = t.add([a])
+    assert r1.waiting == [parse_change(a).id]
+    r2 = t.add([b])
+    assert parse_change(a).id not in r2.waiting  # earlier-waiting changes are not re-reported
+    r3 = t.add(DAG[:5])
+    assert r3.waiting == [] or set(r3.waiting) <= {parse_change(x).id for x in DAG[:5]}
+
+
+def test_eviction_cleans_both_indexes_and_keeps_the_younger_sibling() -> None:
+    gate = GrowingAcl(OWNER.account.public, OWNER.acl_root, OWNER.key)
+    t = ObjectTree.from_root(SPACE_ID, gate, BASE.root.raw)
+    t.max_waiting = 3
+    missing = os.urandom(32)
+    unknown_head = os.urandom(32)
+    old_orphan = change(t.id, [missing], body=b"1")
+    acl_wait = change(t.id, [t.id], acl_head=unknown_head, body=b"2")
+    young_orphan = change(t.id, [missing], body=b"3")
+    acl_wait2 = change(t.id, [t.id], acl_head=unknown_head, body=b"4")
+    r = t.add([old_orphan, acl_wait, young_orphan])
+    assert r.evicted == [] and len(t.waiting_ids) == 3
+    r = t.add([acl_wait2])  # one too many: the oldest (old_orphan) goes
+    assert r.evicted == [parse_change(old_orphan).id]
+    assert r.waiting == [parse_change(acl_wait2).id]
+    assert t._blocked_on == {missing: [parse_change(young_orphan).id]}
+    r = t.add([change(t.id, [os.urandom(32)], body=b"5"), change(t.id, [os.urandom(32)])])
+    assert r.evicted == [parse_change(acl_wait).id, parse_change(young_orphan).id]
+    assert missing not in t._blocked_on  # an emptied index entry is dropped
+    assert t._acl_blocked == {unknown_head: [parse_change(acl_wait2).id]}
+    gate.known.add(unknown_head)
+    assert [c.id for c in t.recheck_waiting().attached] == [parse_change(acl_wait2).id]
+    assert t._acl_blocked == {} and len(t.waiting_ids) == 2
+
+
+def test_eviction_bound_is_exactly_max_waiting() -> None:
+    t = fresh()
+    t.max_waiting = 4
+    orphans = [change(t.id, [os.urandom(32)], body=bytes([i])) for i in range(4)]
+    assert t.add(orphans).evicted == []
+    assert len(t.waiting_ids) == 4
+    assert t.add([change(t.id, [os.urandom(32)], body=b"5")]).evicted == [
+        parse_change(orphans[0]).id]
+    assert len(t.waiting_ids) == 4
+
+
+def test_create_change_defaults_are_a_normal_change_stamped_now() -> None:
+    t = fresh()
+    ch = t.create_change(OWNER.account, b"p")
+    sealed = ch.open(OWNER.key)
+    assert sealed.snapshot is False and sealed.plaintext == b"p"
+    assert abs(sealed.timestamp - time.time() * 1000) < 60_000
+    snap = t.create_change(OWNER.account, b"s", snapshot=True, timestamp=5)
+    assert (snap.open(OWNER.key).snapshot, snap.open(OWNER.key).timestamp) == (True, 5)
+    assert snap.prev_ids == (ch.id,) and t.heads == (snap.id,)
