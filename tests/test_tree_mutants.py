@@ -169,3 +169,35 @@ def test_local_writes_name_the_authors_write_position_in_a_real_acl() -> None:
     ch = t.create_change(owner, b"x")
     assert (ch.acl_head, ch.read_key_id) == acl.write_position(owner.public)
     assert ch.decrypt(acl.keys_of(owner)[ch.read_key_id]) == b"x"
+
+
+class _CountingDict(dict):  # type: ignore[type-arg]
+    lookups = 0
+
+    def __getitem__(self, key: object) -> object:
+        type(self).lookups += 1
+        return super().__getitem__(key)
+
+
+def test_changes_for_stops_where_the_histories_meet() -> None:
+    """``changes_for`` costs what the peer lacks, not the tree size: with a 120-change chain and
+    a peer one change behind, it looks at a handful of changes (mutants that never let the
+    count of "ours only" frontier nodes reach zero, or pop the heads in the wrong order, walk
+    the whole chain — same answer, 40× the work, on every sync of a long document)."""
+    t = fresh()
+    prev = t.id
+    raws = []
+    for i in range(120):
+        raw = change(t.id, [prev], body=b"c%d" % i)
+        raws.append(raw)
+        prev = parse_change(raw).id
+    t.add(raws)
+    behind = parse_change(raws[-2]).id
+    counting = _CountingDict(t._changes)
+    t._changes = counting
+    _CountingDict.lookups = 0
+    got = t.changes_for([behind])
+    assert [c.raw for c in got] == [raws[-1]]
+    assert _CountingDict.lookups <= 4, _CountingDict.lookups
+    _CountingDict.lookups = 0
+    assert t.changes_for(list(t.heads)) == [] and _CountingDict.lookups <= 2
