@@ -201,3 +201,23 @@ def test_changes_for_stops_where_the_histories_meet() -> None:
     assert _CountingDict.lookups <= 4, _CountingDict.lookups
     _CountingDict.lookups = 0
     assert t.changes_for(list(t.heads)) == [] and _CountingDict.lookups <= 2
+
+
+def test_changes_for_stops_when_a_shared_parent_turns_out_to_be_theirs() -> None:
+    """Our walk reaches the fork point first (it is colored "ours"), then the peer's head
+    claims it: the "ours only" count must drop then, or the walk goes on to the root
+    (mutant: ``ours_left += 1`` on the re-colouring)."""
+    t = fresh()
+    prev = t.id
+    for i in range(100):
+        raw = change(t.id, [prev], body=b"c%d" % i)
+        t.add([raw])
+        prev = parse_change(raw).id
+    theirs = change(t.id, [prev], body=b"theirs")
+    ours = change(t.id, [prev], body=b"ours")
+    t.add([theirs])
+    t.add([ours])
+    t._changes = _CountingDict(t._changes)
+    _CountingDict.lookups = 0
+    assert [c.raw for c in t.changes_for([parse_change(theirs).id])] == [ours]
+    assert _CountingDict.lookups <= 4, _CountingDict.lookups
