@@ -221,3 +221,15 @@ def test_changes_for_stops_when_a_shared_parent_turns_out_to_be_theirs() -> None
     _CountingDict.lookups = 0
     assert [c.raw for c in t.changes_for([parse_change(theirs).id])] == [ours]
     assert _CountingDict.lookups <= 4, _CountingDict.lookups
+
+
+def test_parallel_verification_works_from_a_fresh_pool_with_two_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cores (a small board) give a pool of one thread plus the caller; a pool sized
+    ``VERIFY_WORKERS - 2`` (zero threads) fails on its first large batch (mutant)."""
+    from p2psync.replica import tree as tree_mod
+
+    monkeypatch.setattr(tree_mod, "VERIFY_WORKERS", 2)
+    monkeypatch.setattr(tree_mod, "_pool", None)
+    t = fresh()
+    assert len(t.add(DAG).attached) == len(DAG) >= tree_mod.PARALLEL_VERIFY_MIN
