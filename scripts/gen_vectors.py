@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import nacl.bindings
 from automerge import core as am_core
 from mnemonic import Mnemonic
 
@@ -48,7 +49,13 @@ from p2psync.replica import acl_records
 from p2psync.replica import automerge_adapter as ad
 from p2psync.replica import change as change_mod
 from p2psync.replica.acl import Acl, InviteCode, wrap_aad
-from p2psync.replica.acl_records import Role, decode_record, join_proof_message
+from p2psync.replica.acl_records import (
+    Role,
+    SpaceMeta,
+    decode_record,
+    join_proof_message,
+    meta_aad,
+)
 from p2psync.replica.change import LEGACY_VERSION, PAYLOAD_AAD_PREFIX, build_change
 from p2psync.replica.document import actor_for, encode_payload
 from p2psync.replica.header import SpaceHeader
@@ -352,6 +359,7 @@ def state_json(acl: Acl) -> dict[str, Any]:
         "rotation_needed": st.rotation_needed,
         "deleted_objects": sorted(h(x) for x in st.deleted),  # type: ignore[type-var]
         "space_deleted": h(st.space_deleted),
+        "meta": h(st.meta),
     }
 
 
@@ -386,6 +394,7 @@ def acl_vectors() -> dict[str, Any]:
         for raw in fork.export():
             acl.add(raw)
         acl.merge(bob)                                                        # MERGE
+        meta_raw = acl.set_meta(bob, {"name": "Notes"})                       # SPACE_META
         acl.delete_space(bob)                                                 # DELETE_SPACE
         kinds_records = acl.export()
         kinds_state = state_json(acl)
@@ -421,6 +430,19 @@ def acl_vectors() -> dict[str, Any]:
         replay_state = state_json(merged)
         replay_reasons = {h(k): v for k, v in sorted(merged.state.skipped.items())}
 
+    # The kind-17 record's sealed name, re-derived with the nonce it carries (set_meta drew it
+    # from the fixed DRBG), so another implementation can check the AEAD and AAD byte for byte.
+    meta_rec = decode_record(meta_raw)
+    assert isinstance(meta_rec.payload, SpaceMeta)
+    meta_kid, meta_sealed = meta_rec.payload.key_id, meta_rec.payload.sealed
+    meta_nonce, meta_plain = meta_sealed[:24], pack({"name": "Notes"})
+    meta_aad_ = meta_aad(sid, meta_kid)
+    assert meta_nonce + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        meta_plain, meta_aad_, meta_nonce, bytes.fromhex(keys[h(meta_kid)])) == meta_sealed
+    space_meta = {"record_id": h(meta_rec.id), "key_id": h(meta_kid), "name": "Notes",
+                  "plaintext": h(meta_plain), "aad": h(meta_aad_), "nonce": h(meta_nonce),
+                  "sealed": h(meta_sealed)}
+
     merge_raw = next(r for r in kinds_records if decode_record(r).kind.name == "MERGE")
     body = unpack(open_signed(merge_raw, "acl", 1 << 20)[0])
     unsorted = [*body[:2], body[2][::-1], *body[3:]]
@@ -446,7 +468,9 @@ def acl_vectors() -> dict[str, Any]:
                  "'kinds': a space's records in admission order, "
                  "covering every kind, each with its decoded envelope fields, and the state "
                  "after replaying them ('read_keys': every read key id -> key, as bob holds "
-                 "them; sealed keys open with the X25519 twins of 'accounts'). 'replay': "
+                 "them; sealed keys open with the X25519 twins of 'accounts'; 'space_meta': "
+                 "the SPACE_META record's sealed name = nonce || XChaCha20-Poly1305(pack("
+                 "{'name': ...}), aad) under read key 'key_id'). 'replay': "
                  "records of three replicas that diverged from 'common' (owner alice removes "
                  "admin bob while bob removes carol: vetoed; alice lowers dave to reader while "
                  "admin frank raises him back: lowest role wins; alice and frank both remove "
@@ -458,7 +482,7 @@ def acl_vectors() -> dict[str, Any]:
         "accounts": {n: key_info(k, "a") for n, k in p.items()},
         "wrap_aad_example": {"old_key_id": h(seed("key")), "aad": h(wrap_aad(sid, seed("key")))},
         "kinds": {"records": [record_json(r) for r in kinds_records], "expected": kinds_state,
-                  "read_keys": keys},
+                  "read_keys": keys, "space_meta": space_meta},
         "refuse": refuse,
         "replay": {"common": [h(r) for r in common], "concurrent": [h(r) for r in extra],
                    "expected": replay_state, "skipped_reasons": replay_reasons},
@@ -966,12 +990,24 @@ def receipts_vectors() -> dict[str, Any]:
 
 
 # --- driver --------------------------------------------------------------------------------------
+def files_vectors() -> dict[str, Any]:
+    """Encrypted files (docs/files.md): built by scripts/gen_vectors_files.py, which imports
+    this module's helpers, hence the late import."""
+    sys.modules.setdefault("gen_vectors", sys.modules[__name__])
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from gen_vectors_files import files_vectors as build
+
+    return build()
+
+
 BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
     "codec": codec_vectors, "ids": ids_vectors, "keys": keys_vectors,
     "certificates": certificates_vectors, "space_header": header_vectors, "acl": acl_vectors,
     "tree": tree_vectors, "handshake": handshake_vectors, "messages": messages_vectors,
     "headsync": headsync_vectors, "spacex": spacex_vectors, "invites": invites_vectors,
-    "receipts": receipts_vectors,
+    "receipts": receipts_vectors, "files": files_vectors,
 }
 
 

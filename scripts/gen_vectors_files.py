@@ -1,10 +1,9 @@
 """Golden vectors for encrypted files (docs/files.md): the file key, chunk encryption and
 address, the signed manifest, and chunk messages 60/61/62 with cases a receiver must refuse.
 
-Not wired into ``scripts/gen_vectors.py`` (owned elsewhere this round): to adopt it, add
-``"files": files_vectors`` to ``BUILDERS`` there (import it from this module) and regenerate
-``tests/vectors/files.json``; ``tests/test_vectors.py`` then needs a checker that re-derives
-every value below with this implementation. Standalone:
+Wired into ``scripts/gen_vectors.py`` (``BUILDERS["files"]``), which writes
+``tests/vectors/files.json``; ``tests/test_vectors.py`` ``check_files`` re-derives every value
+with this implementation. Standalone:
 
     python3 scripts/gen_vectors_files.py [--out files.json]
 

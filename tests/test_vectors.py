@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
 import pytest
 
 from p2psync import codec
@@ -47,8 +48,9 @@ from p2psync.errors import (
     P2PSyncError,
 )
 from p2psync.replica import automerge_adapter as ad
+from p2psync.replica import files as F
 from p2psync.replica.acl import Acl, InviteCode, wrap_aad
-from p2psync.replica.acl_records import decode_record, join_proof_message
+from p2psync.replica.acl_records import SpaceMeta, decode_record, join_proof_message, meta_aad
 from p2psync.replica.change import (
     FORMAT_VERSION,
     LEGACY_VERSION,
@@ -208,11 +210,23 @@ def check_acl(v: Any) -> None:
         rec = decode_record(raw, sid)
         assert (rec.id.hex(), int(rec.kind), rec.author.hex()) == (r["id"], r["kind"], r["author"])
         assert [p.hex() for p in rec.prev] == r["prev"] and rec.timestamp == r["timestamp"]
-    assert len({r["kind"] for r in kinds["records"]}) == 17  # every kind
+    assert len({r["kind"] for r in kinds["records"]}) == 18  # every kind, SPACE_META included
     assert GEN.state_json(_acl_in_order(sid, raws)) == kinds["expected"]
     bob = AccountKey(b(v["accounts"]["bob"]["seed"]))
     acl = Acl.from_records(sid, raws, me=bob)
     assert {k.hex(): key.key.hex() for k, key in acl.keys_of(bob).items()} == kinds["read_keys"]
+    # Kind 17: the sealed name re-derived with libsodium directly (nonce, AAD, key), and opened
+    # by the library as bob reads it.
+    sm = kinds["space_meta"]
+    meta = decode_record(raws[[r["id"] for r in kinds["records"]].index(sm["record_id"])], sid)
+    assert isinstance(meta.payload, SpaceMeta) and kinds["expected"]["meta"] == sm["record_id"]
+    assert (meta.payload.key_id.hex(), meta.payload.sealed.hex()) == (sm["key_id"], sm["sealed"])
+    assert meta_aad(sid, b(sm["key_id"])).hex() == sm["aad"]
+    assert codec.pack({"name": sm["name"]}).hex() == sm["plaintext"]
+    assert b(sm["nonce"]) + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        b(sm["plaintext"]), b(sm["aad"]), b(sm["nonce"]), b(kinds["read_keys"][sm["key_id"]])
+    ) == b(sm["sealed"])
+    assert acl.meta(bob) == {"name": sm["name"]}
     # The root's sealed key opens with the owner's account key (libsodium sealed box).
     alice = AccountKey(b(v["accounts"]["alice"]["seed"]))
     root = decode_record(raws[0])
@@ -428,12 +442,39 @@ def check_receipts(v: Any) -> None:
         assert objs == r["objects"]
 
 
+def check_files(v: Any) -> None:
+    sid, fid = v["space_id"], b(v["file_id"])
+    key = F.file_key(ReadKey(b(v["read_key"])), sid, fid)
+    assert key.hex() == v["file_key"]
+    for c in v["chunks"]:
+        addr, ct = F.encrypt_chunk(key, fid, b(c["plaintext"]))
+        assert (addr.hex(), ct.hex(), ct[:F.NONCE_SIZE].hex()) == (
+            c["address"], c["ciphertext"], c["nonce"])
+        assert F.chunk_address(ct).hex() == c["address"]
+        assert F.decrypt_chunk(key, fid, addr, ct, len(b(c["plaintext"]))).hex() == c["plaintext"]
+    mf = v["manifest"]
+    man = F.Manifest.parse(b(mf["signed"]))
+    assert man.body().hex() == mf["body"]
+    assert (man.space_id, man.file_id.hex(), man.read_key_id.hex()) == (
+        sid, v["file_id"], v["read_key_id"])
+    assert [(a.hex(), n) for a, n in man.chunks] == [
+        (c["address"], len(b(c["plaintext"]))) for c in v["chunks"]]
+    author = AccountKey(b(mf["author_seed"]))
+    assert man.author == author.public and man.sign(author).hex() == mf["signed"]
+    tampered = bytearray(b(mf["signed"]))
+    tampered[-1] ^= 1
+    with pytest.raises(P2PSyncError):
+        F.Manifest.parse(bytes(tampered))
+    assert {c["type"] for c in v["messages"]} == {60, 61, 62}
+    check_messages(v)
+
+
 CHECKS: dict[str, Callable[[Any], None]] = {
     "codec": check_codec, "ids": check_ids, "keys": check_keys,
     "certificates": check_certificates, "space_header": check_space_header, "acl": check_acl,
     "tree": check_tree, "handshake": check_handshake, "messages": check_messages,
     "headsync": check_headsync, "spacex": check_spacex, "invites": check_invites,
-    "receipts": check_receipts,
+    "receipts": check_receipts, "files": check_files,
 }
 
 
