@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test, type TestContext } from "node:test";
-import { AccountKey, unseal } from "../src/crypto/index.js";
+import { pack, unpack } from "../src/codec.js";
+import { AccountKey, ReadKey, unseal } from "../src/crypto/index.js";
 import { P2PSyncError } from "../src/errors.js";
 import { Acl, wrapAad } from "../src/replica/acl.js";
 import { AccessDenied, buildRecord, decodeAclRecord, InvalidAclRecord, Kind } from "../src/replica/aclRecords.js";
@@ -30,7 +31,7 @@ interface Expected {
   heads: string[]; owner: string; members: Record<string, number>; replicators: string[];
   invites: string[]; requests: string[]; departed: Record<string, string>; skipped: string[];
   tips: string[]; current_key_id: string; rotation_needed: boolean; deleted_objects: string[];
-  space_deleted: string | null;
+  space_deleted: string | null; meta: string | null;
 }
 interface AclVectors {
   space_id: string;
@@ -40,6 +41,7 @@ interface AclVectors {
     records: { id: string; kind: number; name: string; author: string; prev: string[]; timestamp: number; raw: string }[];
     expected: Expected;
     read_keys: Record<string, string>;
+    space_meta: { record_id: string; key_id: string; name: string; plaintext: string; aad: string; nonce: string; sealed: string };
   };
   refuse: { why: string; raw: string }[];
   replay: { common: string[]; concurrent: string[]; expected: Expected; skipped_reasons: Record<string, string> };
@@ -64,6 +66,7 @@ function stateJson(acl: Acl): Expected {
     rotation_needed: st.rotationNeeded,
     deleted_objects: sorted(st.deleted.keys()),
     space_deleted: st.spaceDeleted,
+    meta: st.meta,
   };
 }
 
@@ -102,7 +105,7 @@ test("acl.json: every record kind decodes to its envelope; replay reaches the ex
     assert.deepEqual(rec.prev.map(hex), r.prev);
     assert.equal(rec.timestamp, r.timestamp);
   });
-  assert.equal(new Set(v.kinds.records.map((r) => r.kind)).size, 17);
+  assert.equal(new Set(v.kinds.records.map((r) => r.kind)).size, 18); // every kind, SPACE_META included
   assert.deepEqual(stateJson(aclInOrder(sid, raws)), v.kinds.expected);
   const bob = new AccountKey(unhex(v.accounts.bob!.seed));
   const acl = Acl.fromRecords(sid, [...raws].reverse(), { me: bob });
@@ -114,6 +117,20 @@ test("acl.json: every record kind decodes to its envelope; replay reaches the ex
   const root = decodeAclRecord(raws[0]!);
   assert.ok(root.payload.kind === Kind.ROOT);
   assert.equal(hex(unseal(root.payload.sealedKey, alice)), v.kinds.read_keys[hex(root.id)]);
+  // Kind 17: the sealed name re-encrypts byte for byte with the carried nonce and opens with
+  // bob's key under AAD "p2psync/space-meta\0" + space_id + "\0" + key_id.
+  const sm = v.kinds.space_meta;
+  assert.equal(v.kinds.expected.meta, sm.record_id);
+  const metaRec = decodeAclRecord(raws[v.kinds.records.findIndex((r) => r.id === sm.record_id)]!, sid);
+  assert.ok(metaRec.payload.kind === Kind.SPACE_META);
+  assert.deepEqual([hex(metaRec.payload.keyId), hex(metaRec.payload.sealed)], [sm.key_id, sm.sealed]);
+  const enc = new TextEncoder();
+  const aad = Uint8Array.from([...enc.encode(`p2psync/space-meta\0${sid}\0`), ...unhex(sm.key_id)]);
+  assert.equal(hex(aad), sm.aad);
+  assert.equal(hex(pack({ name: sm.name })), sm.plaintext);
+  const readKey = new ReadKey(unhex(ring[sm.key_id]!));
+  assert.equal(hex(readKey.encrypt(unhex(sm.plaintext), aad, unhex(sm.nonce))), sm.sealed);
+  assert.deepEqual(unpack(readKey.decrypt(metaRec.payload.sealed, aad)), { name: sm.name });
   // Export is causal order and rebuilds the same state.
   assert.deepEqual(stateJson(aclInOrder(sid, acl.export())), v.kinds.expected);
 });
