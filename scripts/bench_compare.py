@@ -434,7 +434,7 @@ def table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str
                  "is better)"]
         for s in systems:
             v = summary[s].get(key)
-            cells.append("—" if v is None else f"{v:,.{1 if v >= 100 else 2}f}")
+            cells.append("n/a" if v is None else f"{v:,.{1 if v >= 100 else 2}f}")
         if BASELINE in summary:
             base = summary[BASELINE].get(key)
             for s in others:
