@@ -38,7 +38,8 @@ SCRIPT = JS / "dist" / "test" / "fixtures" / "bench_sync.js"
 
 # table rows only this system fills (spliced into bench_compare.ROWS)
 ROWS = [
-    ("js2py_p50_ms", "1'. edit latency JS → Python p50 (p2psync-js; others: column 1)", "ms",
+    ("js2py_p50_ms",
+     "1'. edit latency JS → Python p50 (p2psync-js only; its row 1 is Python → JS)", "ms",
      "lower"),
     ("js2py_p99_ms", "1'. edit latency JS → Python p99", "ms", "lower"),
 ]
