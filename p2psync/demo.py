@@ -154,6 +154,12 @@ def run_demo(*, out_json: bool = False, base: Path | None = None) -> dict[str, A
                 raise DemoFailed(f"no convergence within {TIMEOUT:.0f}s: {hashes}")
             for n in DEVICES:
                 clients[n].call("space.wait_synced", space=space, timeout=5.0)
+        # a device learns that its peers hold what it has one acknowledgement later (its
+        # in-sync check after a push, docs/engine.md): give that round trip before reporting
+        settle = time.monotonic() + 2.0
+        while time.monotonic() < settle and not all(
+                _all_in_sync(clients[n].call("status"), space) for n in DEVICES):
+            time.sleep(0.01)
         a = laptop.call("doc.get", space=space, doc=doc)
         b = phone.call("doc.get", space=space, doc=doc)
         history = laptop.call("doc.history", space=space, doc=doc)
@@ -201,6 +207,11 @@ def _space_hash(client: ApiClient, space: str) -> str:
         if s["space_id"] == space:
             return str(s["heads_hash"])
     return ""
+
+
+def _all_in_sync(status: dict[str, Any], space: str) -> bool:
+    sp = next((s for s in status["spaces"] if s["space_id"] == space), None)
+    return sp is not None and sp["peers_in_sync"] == sp["peers"]
 
 
 def _summary(status: dict[str, Any], space: str) -> dict[str, Any]:

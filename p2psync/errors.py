@@ -378,6 +378,8 @@ class PairingError(P2PSyncError):
 
 class PairingRefused(PairingError):
     """The pairing was refused: wrong code, a garbled or replayed message, too many attempts."""
+
+
 class DiskFull(FileError):
     """The disk filled up while a file was written out: the transfer was aborted, the partial
     temp file removed, and whatever was at the target before is untouched."""

@@ -114,7 +114,7 @@ def field_value(name: str) -> st.SearchStrategy[Any]:
 
 
 #: every op, with the document edits (the deepest code paths) drawn more often
-OP_NAMES = sorted(OPS) + ["doc.set"] * 5 + ["doc.get"] * 2
+OP_NAMES = sorted(OPS) + ["doc.set"] * 5 + ["doc.get"] * 2 + ["whoami", "space.list"]
 junk_ops = st.sampled_from(["", "nope", "doc", "doc.set ", "DOC.SET", "__init__", "x" * 100]) \
     | st.text(max_size=10)
 

@@ -320,6 +320,11 @@ sys.path[:0] = [os.getcwd()]
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.getcwd())]
 os.environ["MUTANT_UNDER_TEST"] = "none"
 import pytest
+from hypothesis import Phase, settings
+# a failing property is a killed mutant: shrinking its example only costs time
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                          deadline=None)
+settings.load_profile("mutation")
 
 names = json.loads(sys.argv[1]); timeout = int(sys.argv[2])
 stats = json.load(open("mutmut-stats.json"))
@@ -341,6 +346,8 @@ for name in names:
         path = path.rpartition(".")[0]
     meta_path = path.replace(".", "/") + ".py.meta"
     meta = metas.setdefault(meta_path, json.load(open(meta_path)))
+    if meta["exit_code_by_key"].get(name) is not None:  # --resume: judged already
+        continue
     tests = sorted(tests_of.get(fn, []), key=lambda t: dur.get(t, 0))
     if not tests:
         meta["exit_code_by_key"][name] = 33
@@ -369,10 +376,13 @@ for name in names:
 def run_group(group: str, children: int, only: list[str] | None = None,
               tests_override: list[str] | None = None,
               logic_only: bool = False,
-              in_process: bool = False) -> tuple[dict[str, dict[str, Any]], float]:
+              in_process: bool = False,
+              resume: bool = False) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
     tests = tests_override or tests
-    ws = prepare(group, files, tests)
+    ws = WORK / group
+    if not (resume and (ws / "mutants").is_dir()):
+        ws = prepare(group, files, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutants/ must win
     # the Noise test vectors sit next to the checkout (../shared/vectors), not next to the
     # workspace copy: point the tests at them so they run under mutation too
@@ -382,7 +392,7 @@ def run_group(group: str, children: int, only: list[str] | None = None,
             env.setdefault("P2PSYNC_NOISE_VECTORS", str(vectors))
             break
     t0 = time.monotonic()
-    log = (ws / "mutmut.log").open("w")
+    log = (ws / "mutmut.log").open("a" if resume else "w")
     # not ``-m mutmut``: its trampolines import mutmut.__main__ again, which then fails
     here = str(Path(__file__).resolve().parent)
     cli = (f"import sys; sys.path.insert(0, {here!r}); import mutation; "
@@ -393,8 +403,9 @@ def run_group(group: str, children: int, only: list[str] | None = None,
     if logic_only or in_process:
         # a first call that matches nothing only generates the mutants and maps tests to
         # functions (mutmut then stops: "nothing matches"); then run just the logic ones
-        subprocess.run([sys.executable, "-c", cli, "run", "__generate_only__"],
-                       cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if not resume:
+            subprocess.run([sys.executable, "-c", cli, "run", "__generate_only__"],
+                           cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
         names = logic_mutants(ws, files, only, logic=logic_only)
         print(f"[{group}] {len(names)} mutants to run", file=sys.stderr, flush=True)
     if in_process:
@@ -437,6 +448,9 @@ def main() -> None:
                          "mutant's tests in ONE process (no fork, no re-import; several times "
                          f"faster on a loaded machine; {INPROC_TIMEOUT} s per mutant, then "
                          "killed)")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --in-process: keep the group's workspace and results, run only "
+                         "the mutants not judged yet")
     ap.add_argument("--collect", action="store_true",
                     help="do not run: re-read the results of earlier runs in .mutation/")
     args = ap.parse_args()
@@ -454,7 +468,7 @@ def main() -> None:
         else:
             print(f"[{g}] running ...", file=sys.stderr, flush=True)
             mods, elapsed = run_group(g, args.children, args.only, args.tests,
-                                      args.logic_only, args.in_process)
+                                      args.logic_only, args.in_process, args.resume)
             (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
         results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
         results["modules"].update(mods)

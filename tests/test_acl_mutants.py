@@ -97,3 +97,19 @@ def test_an_invite_code_names_its_space() -> None:
     assert code.space_id == SPACE and code.invite_id == _id(raw)
     back = InviteCode.decode(code.encode())
     assert (back.space_id, back.invite_id, back.seed) == (SPACE, code.invite_id, code.seed)
+
+
+def test_a_shelved_merge_offered_again_is_reported_ignored_with_its_id() -> None:
+    """The sync layer keys what it did with a record on ``AddResult.id``/``status``; a shelved
+    merge (by a removed member) offered again must come back as that id, ``ignored`` — not
+    "added" (it would be forwarded) nor an id-less result (mutants ``_add`` 16, 18, 19)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.test_bite_acl import _forked
+
+    main = _forked()
+    junk = build_record(account("rita"), SPACE, main.heads, Merge(), timestamp=1)
+    main.remove(OWNER, [account("rita").public])
+    jid = _id(junk)
+    assert main.add(junk) == acl_mod.AddResult(jid, "ignored")
+    assert main.add(junk) == acl_mod.AddResult(jid, "ignored")  # from the shelf this time
+    assert jid not in main and jid in main.shelved

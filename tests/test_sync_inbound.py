@@ -164,28 +164,33 @@ def test_push_queue_asks_for_the_check_after_the_last_push_of_a_space() -> None:
     q.put(AclHeadUpdate("s.1", (), ()), "s.1")
     q.put(h2, "s.2")
     q.put(h1, "s.1")
-    check1 = Submit(("heads", "s.1", b""), jobs.CHECK_PRIORITY, jobs.CHECK_DELAY)
+    check1 = Submit(("heads", "s.1", b""), jobs.CHECK_PRIORITY, jobs.CHECK_SPACING)
     assert q.pop() == (h1, [])  # more of s.1 queued
     assert q.pop()[1] == []  # an ACL push is not a tree push
     assert q.pop() == (h2, [Submit(("heads", "s.2", b""), jobs.CHECK_PRIORITY,
-                                   jobs.CHECK_DELAY)])
+                                   jobs.CHECK_SPACING)])
     assert q.pop() == (h1, [check1])
 
 
-def test_a_debounced_job_runs_once_after_the_last_submit() -> None:
+def test_a_spaced_job_runs_at_once_then_at_most_once_per_spacing() -> None:
     s: PeerScheduler[str] = PeerScheduler(now=0.0)
-    for t in (0.0, 0.02, 0.04):  # a burst: each submit postpones the queued one
-        s.submit("check", t, 0, delay=0.05)
-        assert s.poll(t) == []
-    assert s.poll(0.08) == []
-    assert s.next_wakeup(0.08) == pytest.approx(0.09)
-    assert s.poll(0.09) == ["check"]
-    s.submit("check", 0.1, 0, delay=0.05)  # while it runs: one re-run, 0.05 after it ends
-    s.succeeded("check", 0.12)
-    assert s.poll(0.15) == [] and s.poll(0.17) == ["check"]
-    s.succeeded("check", 0.18)
-    s.submit("other", 0.2, 1)  # no delay: at once, as before
-    assert s.poll(0.2) == ["other"]
+    s.submit("check", 0.0, 0, spacing=0.05)
+    assert s.poll(0.0) == ["check"]  # the first at once
+    for t in (0.01, 0.02, 0.03):  # a burst while it runs: one re-run
+        assert s.submit("check", t, 0, spacing=0.05).name == "COALESCED"
+    s.succeeded("check", 0.035)
+    assert s.poll(0.04) == []  # not before 0.05 after the last start
+    assert s.next_wakeup(0.04) == pytest.approx(0.05)
+    assert s.poll(0.05) == ["check"]
+    s.succeeded("check", 0.06)
+    s.submit("check", 0.08, 0, spacing=0.05)  # queued, not yet due: later submits merge
+    s.submit("check", 0.09, 0, spacing=0.05)
+    assert s.poll(0.099) == [] and s.poll(0.1) == ["check"]
+    s.succeeded("check", 0.11)
+    s.submit("check", 0.5, 0, spacing=0.05)  # long after: at once again
+    assert s.poll(0.5) == ["check"]
+    s.submit("other", 0.5, 1)  # no spacing: at once, as before
+    assert s.poll(0.5) == ["other"]
 
 
 def test_head_check_skips_the_acl_pull_and_records_agreement(tmp_path: Path) -> None:

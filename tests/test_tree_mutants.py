@@ -169,3 +169,67 @@ def test_local_writes_name_the_authors_write_position_in_a_real_acl() -> None:
     ch = t.create_change(owner, b"x")
     assert (ch.acl_head, ch.read_key_id) == acl.write_position(owner.public)
     assert ch.decrypt(acl.keys_of(owner)[ch.read_key_id]) == b"x"
+
+
+class _CountingDict(dict):  # type: ignore[type-arg]
+    lookups = 0
+
+    def __getitem__(self, key: object) -> object:
+        type(self).lookups += 1
+        return super().__getitem__(key)
+
+
+def test_changes_for_stops_where_the_histories_meet() -> None:
+    """``changes_for`` costs what the peer lacks, not the tree size: with a 120-change chain and
+    a peer one change behind, it looks at a handful of changes (mutants that never let the
+    count of "ours only" frontier nodes reach zero, or pop the heads in the wrong order, walk
+    the whole chain — same answer, 40× the work, on every sync of a long document)."""
+    t = fresh()
+    prev = t.id
+    raws = []
+    for i in range(120):
+        raw = change(t.id, [prev], body=b"c%d" % i)
+        raws.append(raw)
+        prev = parse_change(raw).id
+    t.add(raws)
+    behind = parse_change(raws[-2]).id
+    counting = _CountingDict(t._changes)
+    t._changes = counting
+    _CountingDict.lookups = 0
+    got = t.changes_for([behind])
+    assert [c.raw for c in got] == [raws[-1]]
+    assert _CountingDict.lookups <= 4, _CountingDict.lookups
+    _CountingDict.lookups = 0
+    assert t.changes_for(list(t.heads)) == [] and _CountingDict.lookups <= 2
+
+
+def test_changes_for_stops_when_a_shared_parent_turns_out_to_be_theirs() -> None:
+    """Our walk reaches the fork point first (it is colored "ours"), then the peer's head
+    claims it: the "ours only" count must drop then, or the walk goes on to the root
+    (mutant: ``ours_left += 1`` on the re-colouring)."""
+    t = fresh()
+    prev = t.id
+    for i in range(100):
+        raw = change(t.id, [prev], body=b"c%d" % i)
+        t.add([raw])
+        prev = parse_change(raw).id
+    theirs = change(t.id, [prev], body=b"theirs")
+    ours = change(t.id, [prev], body=b"ours")
+    t.add([theirs])
+    t.add([ours])
+    t._changes = _CountingDict(t._changes)
+    _CountingDict.lookups = 0
+    assert [c.raw for c in t.changes_for([parse_change(theirs).id])] == [ours]
+    assert _CountingDict.lookups <= 4, _CountingDict.lookups
+
+
+def test_parallel_verification_works_from_a_fresh_pool_with_two_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cores (a small board) give a pool of one thread plus the caller; a pool sized
+    ``VERIFY_WORKERS - 2`` (zero threads) fails on its first large batch (mutant)."""
+    from p2psync.replica import tree as tree_mod
+
+    monkeypatch.setattr(tree_mod, "VERIFY_WORKERS", 2)
+    monkeypatch.setattr(tree_mod, "_pool", None)
+    t = fresh()
+    assert len(t.add(DAG).attached) == len(DAG) >= tree_mod.PARALLEL_VERIFY_MIN

@@ -70,11 +70,11 @@ SHAPES: dict[str, str] = {
                    "quarantined:s? removed_after:s?",
     "file.add": "space_id:s file:s size:i chunks:i",
     "file.get": "space_id:s file:s out:s size:i",
-    "file.list": "[] file:s name:s? size:i chunks:i held:i complete:b",
-    "file.info": "file:s name:s? size:i chunks:i held:i complete:b",
-    "file.pin": "file:s name:s? size:i chunks:i held:i complete:b",
-    "file.unpin": "file:s name:s? size:i chunks:i held:i complete:b",
-    "file.cache": "limit:i? cached_bytes:i evicted:*",
+    "file.list": "[] file:s name:s? size:i chunks:i held:i complete:b pinned:b",
+    "file.info": "file:s name:s? size:i chunks:i held:i complete:b pinned:b",
+    "file.pin": "file:s name:s? size:i chunks:i held:i complete:b pinned:b",
+    "file.unpin": "file:s name:s? size:i chunks:i held:i complete:b pinned:b",
+    "file.cache": "limit:i? cached_bytes:i evicted:[s]",
 }
 
 

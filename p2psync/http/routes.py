@@ -53,7 +53,7 @@ WRITE_OPS = frozenset({
     "doc.increment", "doc.counter", "doc.import",
     "doc.export",  # writes a file when given `file`
     "file.add", "file.get",  # file.get writes `out`
-    "file.pin", "file.unpin", "file.cache",  # pins are kept in the home; cache may evict
+    "file.pin", "file.unpin", "file.cache",  # fetch, mark, evict
     "device.add", "device.add_wait", "device.remove",
 })
 

@@ -41,12 +41,12 @@ class Push:
 
 @dataclass(frozen=True)
 class Submit:
-    """Schedule a sync job with this peer (deduped, rate limited by the scheduler); with a
-    ``delay``, debounced: it runs ``delay`` seconds after the last such submit."""
+    """Schedule a sync job with this peer (deduped, rate limited by the scheduler); with
+    ``spacing``, throttled: runs of the key start at least that many seconds apart."""
 
     key: JobKey
     priority: int = 1
-    delay: float = 0.0
+    spacing: float = 0.0
 
 
 @dataclass(frozen=True)

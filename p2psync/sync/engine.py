@@ -228,8 +228,8 @@ class PeerEngine:
                     self._strike(why, violation=True)
                 case fx.Push(message, space_id):
                     self._enqueue(message, space_id)
-                case fx.Submit(key, priority, delay):
-                    self.submit(key, priority, delay)
+                case fx.Submit(key, priority, spacing):
+                    self.submit(key, priority, spacing)
                 case fx.Offered(space_id):  # only backups fetch offered spaces
                     self.replicas.policy.on_offer(self, space_id)
                 case fx.Serve(message, request_id):
@@ -373,12 +373,12 @@ class PeerEngine:
                 self.replicas.notify()  # idle may have changed
 
     # --- scheduling (requester side) -----------------------------------------------------------
-    def submit(self, key: fx.JobKey, priority: int = 1, delay: float = 0.0) -> None:
-        """Ask for a sync job with this peer (deduped, bounded, rate limited; debounced by
-        ``delay``)."""
+    def submit(self, key: fx.JobKey, priority: int = 1, spacing: float = 0.0) -> None:
+        """Ask for a sync job with this peer (deduped, bounded, rate limited; runs of the key
+        at least ``spacing`` seconds apart)."""
         if self._closing:
             return
-        self.sched.submit(key, time.monotonic(), priority, delay)
+        self.sched.submit(key, time.monotonic(), priority, spacing)
         self._sched_event.set()
 
     def sync_now(self, space_id: str | None = None) -> None:

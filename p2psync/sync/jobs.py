@@ -17,8 +17,9 @@ change we pushed would be shown out of sync meanwhile. Two rules close that gap:
   sent, a ``("heads", space)`` job runs. Its request travels on the same stream *after* the
   push, and the peer reads its stream in order, so the answer reflects the push: an empty
   difference is the peer's acknowledgement of our heads. Deduped by the scheduler (one in
-  :data:`CHECK_DELAY` after the last push of a burst (debounced by the scheduler), so a
-  burst of pushes — typing, a script writing — costs one round trip, not one each.
+  at most one per :data:`CHECK_SPACING` (throttled by the scheduler: the first at once, the
+  last after the burst's last push), so a burst of pushes — typing, a script writing — costs
+  a round trip per 250 ms, not one per push.
 * :func:`succeeded` for a ``"tree"`` job: when the pulls a head sync asked for are all done
   and that head sync found differences, check again with a ``("heads", space)`` job —
   concurrent edits cross (the peer's answer can predate a change it pushed us a moment later,
@@ -38,8 +39,8 @@ from p2psync.sync.replicas import Pusher
 
 CHECK_PRIORITY = 0  #: the in-sync check runs before anything else queued (it is cheap)
 MAX_RECHECKS = 2  #: follow-up checks in a row that did not reach agreement
-#: the check after our pushes waits this long after the last push of a burst (seconds)
-CHECK_DELAY = 0.05
+#: checks after our pushes of one space start at least this many seconds apart
+CHECK_SPACING = 0.25
 
 
 class HeadCheck(SpaceSync):
@@ -63,7 +64,7 @@ def core_for(state: PeerState, source: Pusher, key: JobKey) -> Core:
 def after_push(message: Message, more_for_space: bool) -> list[Effect]:
     """A push was sent; ``more_for_space``: more pushes of its space are still queued."""
     if isinstance(message, HeadUpdate) and not more_for_space:
-        return [Submit(("heads", message.space_id, b""), CHECK_PRIORITY, CHECK_DELAY)]
+        return [Submit(("heads", message.space_id, b""), CHECK_PRIORITY, CHECK_SPACING)]
     return []
 
 

@@ -78,7 +78,7 @@ class _Job(Generic[K]):
     not_before: float = 0.0
     in_flight: bool = False
     rerun: bool = False
-    rerun_delay: float = 0.0  #: the re-run waits this long after the run completes
+    spacing: float = 0.0  #: runs of this key start at least this many seconds apart
 
 
 @dataclass
@@ -112,6 +112,7 @@ class PeerScheduler(Generic[K]):
         self._jobs: dict[K, _Job[K]] = {}
         self._ready: list[tuple[int, int, K]] = []  # (priority, seq, key), lazily invalidated
         self._delayed: list[tuple[float, int, K]] = []  # (not_before, seq, key)
+        self._spaced: dict[K, float] = {}  # key -> earliest next start (keys with spacing)
         self._seq = 0
         self._in_flight = 0
         self.dropped_full = 0
@@ -127,23 +128,20 @@ class PeerScheduler(Generic[K]):
     def _waiting(self) -> int:
         return len(self._jobs) - self._in_flight
 
-    def submit(self, key: K, now: float, priority: int = 0, delay: float = 0.0) -> Submit:
+    def submit(self, key: K, now: float, priority: int = 0, spacing: float = 0.0) -> Submit:
         """Ask for ``key`` to be sent; never blocks, never grows past ``max_queue``.
 
-        ``delay`` > 0 debounces: the request waits until ``delay`` after the *last* such
-        submit (a queued one is postponed; one in flight re-runs ``delay`` after it ends), so
-        a burst of submits costs one request after the burst."""
+        ``spacing`` > 0 throttles the key: its runs start at least ``spacing`` seconds apart
+        (the first at once). Submits while one is queued or running merge into it or its one
+        re-run, so a burst of submits costs one run per ``spacing``, the last one after the
+        burst's last submit."""
         job = self._jobs.get(key)
         if job is not None:
+            job.spacing = max(job.spacing, spacing)
             if job.in_flight:
                 job.rerun = True
-                job.rerun_delay = max(job.rerun_delay, delay)
                 job.priority = min(job.priority, priority)
                 return Submit.COALESCED
-            if delay > 0 and now + delay > job.not_before:  # postpone (older entry is stale)
-                job.priority = min(job.priority, priority)
-                self._requeue(job, now + delay, attempts=job.attempts)
-                return Submit.DUPLICATE
             if priority < job.priority:
                 job.priority = priority
                 if job.not_before <= now:  # in the ready heap: re-file it at the new priority
@@ -153,10 +151,11 @@ class PeerScheduler(Generic[K]):
         if self._waiting() >= self.max_queue:
             self.dropped_full += 1
             return Submit.FULL
-        job = _Job(key, priority, self._next_seq(), not_before=now + delay)
+        at = max(now, self._spaced.get(key, now)) if spacing > 0 else now
+        job = _Job(key, priority, self._next_seq(), not_before=at, spacing=spacing)
         self._jobs[key] = job
-        if delay > 0:
-            heapq.heappush(self._delayed, (job.not_before, job.seq, key))
+        if at > now:
+            heapq.heappush(self._delayed, (at, job.seq, key))
         else:
             heapq.heappush(self._ready, (priority, job.seq, key))
         return Submit.QUEUED
@@ -179,6 +178,8 @@ class PeerScheduler(Generic[K]):
             if not self.bucket.try_take(now):
                 break
             heapq.heappop(self._ready)
+            if job.spacing > 0:
+                self._spaced[key] = now + job.spacing
             job.in_flight = True
             job.attempts += 1
             self._in_flight += 1
@@ -210,7 +211,7 @@ class PeerScheduler(Generic[K]):
             return
         self.last_success = now
         if job.rerun:
-            self._requeue(job, now + job.rerun_delay, attempts=0)
+            self._requeue(job, max(now, self._spaced.get(key, now)), attempts=0)
 
     def failed(self, key: K, now: float, reason: str = "", *, retryable: bool = True,
                retry_after: float | None = None) -> float | None:
@@ -253,7 +254,6 @@ class PeerScheduler(Generic[K]):
         job.attempts = attempts
         job.not_before = at
         job.rerun = False
-        job.rerun_delay = 0.0
         self._jobs[job.key] = job
         heapq.heappush(self._delayed, (at, job.seq, job.key))
 
