@@ -411,6 +411,13 @@ ROWS = [  # key, label, unit, which direction is better
     ("rss_materialised_mb", "4b. … after opening every document", "MiB", "lower"),
 ]
 
+# issue 16: the TypeScript peer (Node, WebSocket) as system p2psync-js, workloads 1, 3, 4 only
+import bench_compare_js  # noqa: E402
+
+SYSTEMS = (*SYSTEMS, bench_compare_js.SYSTEM)
+ROWS[2:2] = bench_compare_js.ROWS
+summarise = bench_compare_js.with_js_summary(summarise, pct)
+
 
 def table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     systems = [s for s in SYSTEMS if s in summary]
@@ -427,7 +434,7 @@ def table(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> str
                  "is better)"]
         for s in systems:
             v = summary[s].get(key)
-            cells.append("—" if v is None else f"{v:,.{1 if v >= 100 else 2}f}")
+            cells.append("n/a" if v is None else f"{v:,.{1 if v >= 100 else 2}f}")
         if BASELINE in summary:
             base = summary[BASELINE].get(key)
             for s in others:
@@ -540,6 +547,10 @@ async def amain(args: argparse.Namespace) -> int:
         run = Run(Path(tmp), profile_dir)
         for s in systems:
             run.results[s] = {}
+        if bench_compare_js.SYSTEM in systems:  # its own driver (one Node process), 1 and 3-4
+            systems.remove(bench_compare_js.SYSTEM)
+            log(f"workloads 1,3,4: {bench_compare_js.SYSTEM} ...")
+            await guarded(run, bench_compare_js.SYSTEM, "1,3-4", bench_compare_js.workloads(args))
         if workloads & {1, 2, 5, 6}:
             for s in systems:
                 log(f"workloads {','.join(str(w) for w in sorted(workloads & {1, 2, 5, 6}))}: "

@@ -30,7 +30,10 @@ def test_compare_runs_every_system_and_writes_json(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert set(doc["summary"]) == {"p2psync-quic", "p2psync-tcp", "automerge-repo"}
+    assert set(doc["summary"]) == {"p2psync-quic", "p2psync-tcp", "automerge-repo", "p2psync-js"}
+    js = doc["summary"].pop("p2psync-js")  # issue 16: the TS peer, workloads 1 (both ways), 3, 4
+    assert js["p50_ms"] > 0 and js["js2py_p50_ms"] > 0 and js["sync_s"] > 0 and js["rss_mb"] > 0
+    assert "edits_per_s" not in js and "| n/a |" in proc.stdout
     for figures in doc["summary"].values():
         assert figures["p50_ms"] > 0 and figures["edits_per_s"] > 0 and figures["sync_s"] > 0
         assert figures["rss_mb"] > 0
