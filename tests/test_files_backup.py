@@ -89,6 +89,31 @@ async def test_deleting_a_file_frees_backup_space_and_quota(fleet: Fleet) -> Non
     assert policy.usage.spaces[space.id].bytes < used - SIZE  # the quota is freed too
 
 
+async def test_a_tombstone_keeps_the_remaining_files_chunks_in_the_quota(fleet: Fleet) -> None:
+    """After a tombstone the backup resets the space's tally from the store's totals: the
+    chunks of the files still held must stay counted there (they once dropped out, so a
+    space could then grow past its byte quota until a restart)."""
+    backup, policy = await fleet.backup(head_sync_interval=NO_PERIODIC)
+    laptop = await fleet.node("laptop", config=fast_config(head_sync_interval=NO_PERIODIC))
+    space = laptop.create_space()
+    space.emit_acl(lambda acl: acl.add_replicator(laptop.account, backup.account.public))
+    gone = FS.add_file(space, random.Random(5).randbytes(SIZE), name="a").manifest.file_id
+    kept = FS.add_file(space, random.Random(6).randbytes(SIZE), name="b").manifest.file_id
+    await laptop.connect(backup.address())
+    await wait_any([backup], lambda: space.id in backup.spaces and holds_all(backup, space, gone)
+                   and holds_all(backup, space, kept))
+    store = backup.store
+    assert store is not None
+    space.delete_objects([gone])
+    await wait_any([backup], lambda: not store.list_chunks(space.id, gone))
+    held = sum(len(store.get_chunk(a) or b"") for a in store.list_chunks(space.id, kept))
+    assert held >= SIZE
+    tally = policy.usage.spaces[space.id].bytes
+    assert tally == store.space_usage()[space.id][0]
+    assert held < tally < held + SIZE // 10  # the kept file's chunks + the documents' changes
+    assert policy.usage.total.bytes == tally
+
+
 async def test_over_quota_chunks_are_refused(fleet: Fleet) -> None:
     backup, policy = await fleet.backup(head_sync_interval=NO_PERIODIC,
                                         quotas=Quotas(space_bytes=SIZE // 2))

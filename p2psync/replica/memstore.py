@@ -157,6 +157,9 @@ class MemoryStore(DerivedStoreOps):
             sid = d.trees[tid]
             b, c = out.get(sid, (0, 0))
             out[sid] = (b + sum(len(r) for r in table.values()), c + len(table))
+        for sid, _, data in d.chunks.values():  # chunk bytes count too (see SqliteStore)
+            b, c = out.get(sid, (0, 0))
+            out[sid] = (b + len(data), c)
         return out
 
     # --- encrypted file chunks ---------------------------------------------------------------

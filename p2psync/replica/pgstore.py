@@ -367,6 +367,7 @@ class PgStore(DerivedStoreOps):
                 db.execute(f"DELETE FROM {table} WHERE tree_id = ANY(%s)", (trees,))
             db.execute("DELETE FROM acl_records WHERE space_id = %s", (space_id,))
             db.execute("DELETE FROM spaces WHERE space_id = %s", (space_id,))
+            db.execute("DELETE FROM chunks WHERE space_id = %s", (space_id,))
         self._write(op)
         self._query("VACUUM changes", fetch=False)
 
@@ -374,14 +375,22 @@ class PgStore(DerivedStoreOps):
         rows = self._query("SELECT t.space_id, coalesce(sum(length(c.raw)), 0), count(c.seq) "
                            "FROM trees t JOIN changes c ON c.tree_id = t.tree_id "
                            "GROUP BY t.space_id")
-        return {str(a): (int(b), int(c)) for a, b, c in rows}
+        out = {str(a): (int(b), int(c)) for a, b, c in rows}
+        for sid, size in self._query("SELECT space_id, sum(length(data)) FROM chunks "
+                                     "GROUP BY space_id"):  # chunk bytes count too
+            b, c = out.get(str(sid), (0, 0))
+            out[str(sid)] = (b + int(size), c)
+        return out
 
     def space_usage_of(self, space_id: str) -> tuple[int, int]:
-        """``(bytes, changes)`` stored in one space (the backup cluster's quota totals)."""
+        """``(bytes, changes)`` stored in one space (the backup cluster's quota totals), chunk
+        bytes included as in :meth:`space_usage`."""
         row = self._query("SELECT coalesce(sum(length(c.raw)), 0), count(c.seq) FROM trees t "
                           "JOIN changes c ON c.tree_id = t.tree_id WHERE t.space_id = %s",
                           (space_id,))[0]
-        return int(row[0]), int(row[1])
+        chunk = self._query("SELECT coalesce(sum(length(data)), 0) FROM chunks "
+                            "WHERE space_id = %s", (space_id,))[0]
+        return int(row[0]) + int(chunk[0]), int(row[1])
 
     def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
         rows = self._query("SELECT change_id, raw FROM changes WHERE tree_id = %s ORDER BY seq",

@@ -105,8 +105,9 @@ class ReplicaStore(Protocol):
         like :meth:`delete_trees`, the bytes must not stay readable where the medium allows."""
 
     def space_usage(self) -> dict[str, tuple[int, int]]:
-        """``space id -> (bytes of raw changes, number of changes)``; spaces without changes
-        are absent."""
+        """``space id -> (bytes of raw changes + bytes of stored chunk ciphertexts, number of
+        changes)``: what a backup counts against its quotas; spaces holding neither changes
+        nor chunks are absent."""
 
     def load_tree(self, space_id: str, tree_id: bytes, gate: AclGate, *,
                   verify_signatures: bool = False) -> ObjectTree:

@@ -271,12 +271,24 @@ class SqliteStore(DerivedStoreOps):
             self._query("PRAGMA secure_delete=OFF")
 
     def space_usage(self) -> dict[str, tuple[int, int]]:
-        """``space id -> (bytes of raw changes, number of changes)`` for every space holding
-        changes: the running totals the ``usage`` triggers keep (one row per space, no scan of
-        the changes; a backup reads them at start and then counts what it stores)."""
+        """``space id -> (bytes of raw changes and of file chunks, number of changes)`` for
+        every space holding changes or chunks: the running totals the ``usage`` triggers keep
+        (one row per space, no scan of the changes; a backup reads them at start and then
+        counts what it stores) plus the chunk bytes."""
         rows = self._query("SELECT space_id, bytes, changes FROM usage WHERE changes > 0 "
                            "ORDER BY space_id")
-        return {str(a): (int(b), int(c)) for a, b, c in rows}
+        return self._add_chunk_bytes({str(a): (int(b), int(c)) for a, b, c in rows})
+
+    def _add_chunk_bytes(self, usage: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        """Add each space's stored chunk ciphertext bytes (what a backup counts against the
+        byte quota when it stores chunks, sync/files_io.py) to ``usage``, in place; a space
+        holding only chunks appears with 0 changes. ``length()`` of a blob reads the record
+        header only, not the chunk's overflow pages."""
+        for sid, size in self._query("SELECT space_id, sum(length(data)) FROM chunks "
+                                     "GROUP BY space_id"):
+            b, c = usage.get(str(sid), (0, 0))
+            usage[str(sid)] = (b + int(size), c)
+        return usage
 
     def space_usage_scan(self) -> dict[str, tuple[int, int]]:
         """:meth:`space_usage` counted from the changes themselves (one scan of every stored
@@ -284,7 +296,7 @@ class SqliteStore(DerivedStoreOps):
         rows = self._query("SELECT t.space_id, coalesce(sum(length(c.raw)), 0), count(c.seq) "
                            "FROM trees t JOIN changes c ON c.tree_id = t.tree_id "
                            "GROUP BY t.space_id")
-        return {str(a): (int(b), int(c)) for a, b, c in rows}
+        return self._add_chunk_bytes({str(a): (int(b), int(c)) for a, b, c in rows})
 
     def raw_changes(self, tree_id: bytes) -> list[tuple[bytes, bytes]]:
         """``(id, raw)`` of a tree in storage order (a topological order, root first)."""

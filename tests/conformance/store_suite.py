@@ -175,6 +175,29 @@ class StoreSuite:
         store.delete_trees([TREE_B.id, b"\0" * 32])
         assert store.space_usage() == {} and store.count_changes() == 0
 
+    def test_usage_counts_chunk_bytes_once(self, store: ReplicaStore) -> None:
+        """A backup resets its quota tally from ``space_usage`` after a tombstone, so the
+        chunks of the files still held must be in it (each ciphertext once, as the backup
+        counted it when storing), and leave it with their file or their space."""
+        grown(store, TREE_A, DAG_A)
+        changes = len(TREE_A.root.raw) + sum(map(len, DAG_A))
+        c1, c2, c3 = (bytes([i]) * (100 * i + 7) for i in (1, 2, 3))
+        assert store.put_chunks(SPACE_ID, TREE_A.id, [(b"\x01" * 32, c1),
+                                                      (b"\x02" * 32, c2)]) == 2
+        store.put_chunks(SPACE_ID, TREE_A.id, [(b"\x01" * 32, c1)])  # known: not twice
+        store.put_chunks(SPACE_ID, TREE_B.id, [(b"\x03" * 32, c3)])  # a file not held (yet)
+        store.put_chunks("other", b"\x09" * 32, [(b"\x04" * 32, c1)])  # chunks only
+        assert store.space_usage() == {SPACE_ID: (changes + len(c1) + len(c2) + len(c3),
+                                                  len(DAG_A) + 1),
+                                       "other": (len(c1), 0)}
+        store.delete_trees([TREE_B.id])  # a tombstone of the file: its chunks go
+        assert store.space_usage()[SPACE_ID] == (changes + len(c1) + len(c2), len(DAG_A) + 1)
+        store.delete_chunks([b"\x02" * 32])
+        assert store.space_usage()[SPACE_ID] == (changes + len(c1), len(DAG_A) + 1)
+        store.forget_space("other")
+        store.delete_trees([TREE_A.id])
+        assert store.space_usage() == {}
+
     def test_forget_space_drops_only_that_space(self, store: ReplicaStore) -> None:
         store.put_space(SPACE_ID, b"hdr")
         store.put_space("other", b"hdr2")
