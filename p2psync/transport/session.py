@@ -220,6 +220,12 @@ class Session:
         self.last_received = now
         self.last_sent = now
         self._ping_outstanding = False
+        #: When the next ``on_timer`` call is due (what the last one returned).
+        self._due = now + self.keepalive.interval / 2
+        #: Seconds our own timer ran late since the last receive: time our event loop was
+        #: blocked, which is not the peer's silence (see ``on_timer``).
+        self.stalled = 0.0
+        self._verdict_deferred = False
         self.closed = False
         # Receive budget (None: unlimited, the pre-issue-12 behaviour).
         self.budget = budget
@@ -441,17 +447,41 @@ class Session:
     # --- timers ------------------------------------------------------------------------------
     def on_timer(self, now: float) -> float:
         """Queue a PING if we have been quiet; raise PeerTimeout if the peer has. Returns the
-        time of the next check."""
+        time of the next check.
+
+        Silence is counted only while *our* loop was running: when this call comes late
+        (the caller's timer was due at the time the previous call returned), the lateness
+        is time our event loop was blocked — CPU-bound signing or verification, a slow
+        synchronous store commit, a starved process — and the peer may well have sent
+        PINGs and data meanwhile that sit unread in the socket. uvloop (libuv) even runs
+        due timers *before* reading the bytes that arrived during a stall in an I/O
+        callback. So the lateness is subtracted from the silence, and a check that comes
+        more than half an interval late gives no verdict: it pings and asks to be called
+        again at once (the caller's loop reads its sockets before that). Only one check in a
+        row is deferred, so a loop that is late every time still reaches a verdict on the
+        silence it did observe."""
         ka = self.keepalive
-        silent = now - self.last_received
+        late = max(0.0, now - self._due)
+        self.stalled += late
+        silent = now - self.last_received - self.stalled
+        if late > ka.interval / 2 and not self._verdict_deferred:
+            self._verdict_deferred = True
+            if not self._ping_outstanding:
+                self._ping_outstanding = True
+                self._control(RecordType.PING, CONTROL, os.urandom(8))
+            self._due = now
+            return now
+        self._verdict_deferred = False
         if silent >= ka.timeout:
             raise PeerTimeout(f"peer silent for {silent:.1f} s (keepalive timeout "
-                              f"{ka.timeout:g} s): it vanished or stalled")
+                              f"{ka.timeout:g} s, {self.stalled:.1f} s of our own stall "
+                              "not counted): it vanished or stalled")
         quiet = now - self.last_sent >= ka.interval or silent >= ka.interval
         if quiet and not self._ping_outstanding:
             self._ping_outstanding = True
             self._control(RecordType.PING, CONTROL, os.urandom(8))
-        return now + ka.interval / 2
+        self._due = now + ka.interval / 2
+        return self._due
 
     def sent_at(self, now: float) -> None:
         self.last_sent = now
@@ -461,6 +491,7 @@ class Session:
         """Apply authenticated records from ``route`` (None on TCP: no route check)."""
         events: list[Event] = []
         self.last_received = now
+        self.stalled = 0.0
         self._ping_outstanding = False
         for rec in records:
             self._receive_one(rec, route, events)
