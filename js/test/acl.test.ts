@@ -6,26 +6,15 @@
  * wins, double removal) reach the same state in any admission order.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import { pack, unpack } from "../src/codec.js";
 import { AccountKey, ReadKey, unseal } from "../src/crypto/index.js";
 import { P2PSyncError } from "../src/errors.js";
 import { Acl, wrapAad } from "../src/replica/acl.js";
 import { AccessDenied, buildRecord, decodeAclRecord, InvalidAclRecord, Kind } from "../src/replica/aclRecords.js";
-import { goldenVectorsDir, hex, unhex } from "./helpers.js";
+import { hex, loadVector, unhex } from "./helpers.js";
 
-const DIR = goldenVectorsDir();
 
-function load<T>(t: TestContext, name: string): T | undefined {
-  const path = DIR === undefined ? undefined : join(DIR, `${name}.json`);
-  if (path === undefined || !existsSync(path)) {
-    t.skip(`no golden vector ${name}.json (tests/vectors/ absent; set P2PSYNC_GOLDEN_VECTORS)`);
-    return undefined;
-  }
-  return JSON.parse(readFileSync(path, "utf8")) as T;
-}
 
 interface Expected {
   heads: string[]; owner: string; members: Record<string, number>; replicators: string[];
@@ -93,7 +82,7 @@ function shuffle<T>(xs: T[], seed: number): T[] {
 }
 
 test("acl.json: every record kind decodes to its envelope; replay reaches the expected state; bob's keys open", (t) => {
-  const v = load<AclVectors>(t, "acl");
+  const v = loadVector<AclVectors>(t, "acl");
   if (!v) return;
   const sid = v.space_id;
   assert.equal(hex(wrapAad(sid, unhex(v.wrap_aad_example.old_key_id))), v.wrap_aad_example.aad);
@@ -136,7 +125,7 @@ test("acl.json: every record kind decodes to its envelope; replay reaches the ex
 });
 
 test("acl.json: every refusal is refused", (t) => {
-  const v = load<AclVectors>(t, "acl");
+  const v = loadVector<AclVectors>(t, "acl");
   if (!v) return;
   assert.ok(v.refuse.length > 0);
   for (const bad of v.refuse) {
@@ -150,7 +139,7 @@ test("acl.json: every refusal is refused", (t) => {
 });
 
 test("acl.json: diverged replicas (veto, lowest role wins, double removal) converge in any order", (t) => {
-  const v = load<AclVectors>(t, "acl");
+  const v = loadVector<AclVectors>(t, "acl");
   if (!v) return;
   const sid = v.space_id;
   const common = v.replay.common.map(unhex);
@@ -170,7 +159,7 @@ test("acl.json: diverged replicas (veto, lowest role wins, double removal) conve
 });
 
 test("acl: a stranger's record is refused at admission and changes nothing", (t) => {
-  const v = load<AclVectors>(t, "acl");
+  const v = loadVector<AclVectors>(t, "acl");
   if (!v) return;
   const sid = v.space_id;
   const acl = aclInOrder(sid, v.kinds.records.map((r) => unhex(r.raw)));

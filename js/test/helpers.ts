@@ -1,8 +1,10 @@
 /** Test helpers: paths, hex, and running the Python reference implementation. */
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
+import type { TestContext } from "node:test";
 import { fileURLToPath } from "node:url";
+import type { Value } from "../src/codec.js";
 
 /** js/ (tests run from js/dist/test/). */
 export const JS_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -59,10 +61,40 @@ export function goldenVectorsDir(): string | undefined {
   return existsSync(d) ? d : undefined;
 }
 
+/** The golden vector file `name` (parsed JSON), or undefined after marking the test skipped. */
+export function loadVector<T>(t: TestContext, name: string): T | undefined {
+  const dir = goldenVectorsDir();
+  const path = dir === undefined ? undefined : join(dir, `${name}.json`);
+  if (path === undefined || !existsSync(path)) {
+    t.skip(`no golden vector ${name}.json (tests/vectors/ absent; set P2PSYNC_GOLDEN_VECTORS)`);
+    return undefined;
+  }
+  return JSON.parse(readFileSync(path, "utf8")) as T;
+}
+
+/** A msgpack value as the vectors write it (tests/vectors/README.md: tagged JSON). */
+export type Tagged = { nil: null } | { bool: boolean } | { int: string } | { str: string } | { bin: string } | { array: Tagged[] };
+
+/** The value a tagged vector value stands for (integers beyond 2^53 stay bigint). */
+export function untag(t: Tagged): Value {
+  if ("nil" in t) return null;
+  if ("bool" in t) return t.bool;
+  if ("int" in t) {
+    const b = BigInt(t.int);
+    const n = Number(b);
+    return Number.isSafeInteger(n) ? n : b;
+  }
+  if ("str" in t) return t.str;
+  if ("bin" in t) return unhex(t.bin);
+  return t.array.map(untag);
+}
+
 /** A long-running Python child speaking JSON lines on stdout. */
 export interface PyProcess {
   /** The next JSON line it prints (rejects if it exits first). */
   next(): Promise<Record<string, unknown>>;
+  /** Write one line to its stdin (a command, for fixtures that take them). */
+  send(line: string): void;
   /** Close its stdin (the fixtures exit on EOF) and wait for it to exit. */
   stop(): Promise<number | null>;
   stderr(): string;
@@ -102,6 +134,9 @@ export function spawnPython(script: string, args: string[]): PyProcess {
         else waiters.push({ resolve, reject });
       }));
       return JSON.parse(line) as Record<string, unknown>;
+    },
+    send: (line) => {
+      proc.stdin.write(line + "\n");
     },
     stop: async () => {
       proc.stdin.end();

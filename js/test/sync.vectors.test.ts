@@ -3,9 +3,7 @@
  * checked the way tests/test_vectors.py checks them in Python. An absent file skips its test.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
-import { test, type TestContext } from "node:test";
+import { test } from "node:test";
 import { type Value } from "../src/codec.js";
 import { SigningKey, verify } from "../src/crypto/keys.js";
 import { BadId, P2PSyncError } from "../src/errors.js";
@@ -16,33 +14,10 @@ import { HeadSyncSession, LDiff } from "../src/sync/ldiff.js";
 import { decode, encode, ErrorCode, errorFor, fields, MsgType } from "../src/sync/messages.js";
 import { receiptBody, verifyReceipt } from "../src/sync/receipt.js";
 import { headerExchangeKey, spaceToken } from "../src/sync/spacex.js";
-import { goldenVectorsDir, hex, unhex } from "./helpers.js";
+import { hex, loadVector, untag, type Tagged, unhex } from "./helpers.js";
 
-const DIR = goldenVectorsDir();
 
-function load<T>(t: TestContext, name: string): T | undefined {
-  const path = DIR === undefined ? undefined : join(DIR, `${name}.json`);
-  if (path === undefined || !existsSync(path)) {
-    t.skip(`no golden vector ${name}.json`);
-    return undefined;
-  }
-  return JSON.parse(readFileSync(path, "utf8")) as T;
-}
 
-type Tagged = { nil: null } | { bool: boolean } | { int: string } | { str: string } | { bin: string } | { array: Tagged[] };
-
-function untag(t: Tagged): Value {
-  if ("nil" in t) return null;
-  if ("bool" in t) return t.bool;
-  if ("int" in t) {
-    const b = BigInt(t.int);
-    const n = Number(b);
-    return Number.isSafeInteger(n) ? n : b;
-  }
-  if ("str" in t) return t.str;
-  if ("bin" in t) return unhex(t.bin);
-  return t.array.map(untag);
-}
 
 /** Numbers and bigints compared by value (fields() keeps range prefixes as bigint). */
 function norm(v: Value): unknown {
@@ -52,7 +27,7 @@ function norm(v: Value): unknown {
 }
 
 test("messages.json: every message decodes, re-encodes byte-for-byte; every refusal gets its error code", (t) => {
-  const v = load<{ messages: { type: number; name: string; request_id: number; body: Tagged; hex: string }[]; refuse: { why: string; hex: string; error: string }[] }>(t, "messages");
+  const v = loadVector<{ messages: { type: number; name: string; request_id: number; body: Tagged; hex: string }[]; refuse: { why: string; hex: string; error: string }[] }>(t, "messages");
   if (v === undefined) return;
   for (const c of v.messages) {
     const env = decode(unhex(c.hex));
@@ -86,7 +61,7 @@ interface HsCase {
 const ldiffOf = (m: Record<string, string>): LDiff => new LDiff(Object.entries(m).map(([k, x]) => [unhex(k), unhex(x)] as const));
 
 test("headsync.json: the responder's answers are exact; the session's requests and result are exact", (t) => {
-  const v = load<{ cases: HsCase[] }>(t, "headsync");
+  const v = loadVector<{ cases: HsCase[] }>(t, "headsync");
   if (v === undefined) return;
   for (const c of v.cases) {
     const local = ldiffOf(c.local);
@@ -132,7 +107,7 @@ test("headsync.json: the responder's answers are exact; the session's requests a
 interface Side { device: string; spaces: Record<string, string>; hello: string; nonce: string; tokens: Record<string, string>; tokens_message: string }
 
 test("spacex.json: exchange keys from headers, tokens, each side's message, the shared set", (t) => {
-  const v = load<{ handshake_hash: string; a: Side; b: Side; headers: Record<string, string>; shared: string[] }>(t, "spacex");
+  const v = loadVector<{ handshake_hash: string; a: Side; b: Side; headers: Record<string, string>; shared: string[] }>(t, "spacex");
   if (v === undefined) return;
   const binding = unhex(v.handshake_hash);
   for (const [sid, raw] of Object.entries(v.headers)) SpaceHeader.verify(unhex(raw), sid);
@@ -169,7 +144,7 @@ test("invites.json: codes both ways (and lower case), bad codes refused, join an
     join_proof: { space_id: string; invite_id: string; joiner: string; message: string; signature: string };
     bootstrap_proof: { space_id: string; invite_id: string; responder_nonce: string; joiner_device: string; responder_device: string; handshake_hash: string; message: string; proof: string };
   }
-  const v = load<Inv>(t, "invites");
+  const v = loadVector<Inv>(t, "invites");
   if (v === undefined) return;
   for (const c of v.codes) {
     const code = InviteCode.decode(c.text);
@@ -194,7 +169,7 @@ test("invites.json: codes both ways (and lower case), bad codes refused, join an
 
 test("receipts.json: each receipt verifies for its device, space and nonce; its body and objects match", (t) => {
   interface Rc { device: string; space_id: string; nonce: string; body: string; raw: string; root: string; objects: Record<string, string> | null }
-  const v = load<{ receipts: Rc[] }>(t, "receipts");
+  const v = loadVector<{ receipts: Rc[] }>(t, "receipts");
   if (v === undefined) return;
   for (const r of v.receipts) {
     const rc = verifyReceipt(unhex(r.raw), { device: unhex(r.device), spaceId: r.space_id, nonce: unhex(r.nonce) });

@@ -5,10 +5,8 @@
  * with the reason; $P2PSYNC_GOLDEN_VECTORS points at another directory.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
-import { test, type TestContext } from "node:test";
-import { contentId, pack, unpack, type Value } from "../src/codec.js";
+import { test } from "node:test";
+import { contentId, pack, unpack } from "../src/codec.js";
 import {
   AccountKey,
   decodeKey,
@@ -27,42 +25,18 @@ import { elementHash, headsDigest, headsHash } from "../src/hashes.js";
 import { decodeRecord, FrameDecoder } from "../src/transport/framing.js";
 import { Hello, SecureHandshake } from "../src/transport/handshake.js";
 import { CipherState, KeyPair } from "../src/transport/noise.js";
-import { goldenVectorsDir, hex, unhex } from "./helpers.js";
+import { hex, loadVector, untag, type Tagged, unhex } from "./helpers.js";
 import { ReadKey } from "../src/crypto/box.js";
 import { BadSpaceHeader, SpaceHeader } from "../src/replica/header.js";
 import { buildChange, FORMAT_VERSION, LEGACY_VERSION, verifyChange } from "../src/replica/change.js";
 import { ObjectTree } from "../src/replica/tree.js";
 import { mnemonicToSeedSync } from "@scure/bip39";
 
-const DIR = goldenVectorsDir();
 
-/** The vector file `name`, or undefined after marking the test skipped. */
-function load<T>(t: TestContext, name: string): T | undefined {
-  const path = DIR === undefined ? undefined : join(DIR, `${name}.json`);
-  if (path === undefined || !existsSync(path)) {
-    t.skip(`no golden vector ${name}.json (tests/vectors/ absent; set P2PSYNC_GOLDEN_VECTORS)`);
-    return undefined;
-  }
-  return JSON.parse(readFileSync(path, "utf8")) as T;
-}
 
-type Tagged = { nil: null } | { bool: boolean } | { int: string } | { str: string } | { bin: string } | { array: Tagged[] };
-
-function untag(t: Tagged): Value {
-  if ("nil" in t) return null;
-  if ("bool" in t) return t.bool;
-  if ("int" in t) {
-    const b = BigInt(t.int);
-    const n = Number(b);
-    return Number.isSafeInteger(n) ? n : b;
-  }
-  if ("str" in t) return t.str;
-  if ("bin" in t) return unhex(t.bin);
-  return t.array.map(untag);
-}
 
 test("codec.json: every encoding reproduces and decodes back; every refusal is refused", (t) => {
-  const v = load<{ encode: { value: Tagged; hex: string }[]; refuse: { why: string; hex: string }[] }>(t, "codec");
+  const v = loadVector<{ encode: { value: Tagged; hex: string }[]; refuse: { why: string; hex: string }[] }>(t, "codec");
   if (v === undefined) return;
   for (const e of v.encode) {
     const value = untag(e.value);
@@ -80,7 +54,7 @@ test("ids.json: key ids, content ids, heads hashes, element hash, bad ids", (t) 
     element: { object_id: string; heads_hash: string; element_hash: string };
     bad_ids: { kind: string; id: string; why: string }[];
   }
-  const v = load<Ids>(t, "ids");
+  const v = loadVector<Ids>(t, "ids");
   if (v === undefined) return;
   for (const k of v.key_ids) {
     assert.equal(encodeKey(k.kind, unhex(k.public)), k.id);
@@ -104,7 +78,7 @@ test("keys.json: phrase → BIP39 seed → SLIP-0010 accounts, bad phrases, devi
     device: { seed: string; public: string; id: string; x25519_private: string; x25519_public: string };
     signature: { key_seed: string; public: string; domain: string; data: string; signed_message: string; signature: string };
   }
-  const v = load<Keys>(t, "keys");
+  const v = loadVector<Keys>(t, "keys");
   if (v === undefined) return;
   for (const p of v.phrases) {
     assert.equal(normalizePhrase(p.phrase), p.normalized);
@@ -140,7 +114,7 @@ test("certificates.json: valid ones verify and re-issue to the same bytes; refus
     valid: { account_seed: string; account: string; device_seed: string; device: string; issued_at: number; expires_at: number; body: string; raw: string; id: string; account_id: string; peer_id: string }[];
     refuse: { why: string; raw: string; now?: number }[];
   }
-  const v = load<Certs>(t, "certificates");
+  const v = loadVector<Certs>(t, "certificates");
   if (v === undefined) return;
   for (const c of v.valid) {
     const cert = DeviceCertificate.verify(unhex(c.raw), v.now);
@@ -169,7 +143,7 @@ test("handshake.json: the Noise + Hello transcript reproduces byte for byte and 
     version: number;
     records: { from: string; what: string; record: string; frame: string }[];
   }
-  const v = load<Hs>(t, "handshake");
+  const v = loadVector<Hs>(t, "handshake");
   if (v === undefined) return;
   assert.equal(hex(new TextEncoder().encode("p2psync/noise/1\0tcp")), v.prologue);
   const side = (s: Side, initiator: boolean): SecureHandshake => {
@@ -226,7 +200,7 @@ test("handshake.json: the Noise + Hello transcript reproduces byte for byte and 
 
 test("space_header.json: verifies against its space id and re-creates to the same bytes", (t) => {
   interface H { owner_seed: string; owner: string; created: number; seed: string; replication_key: string; space_type: string; body: string; raw: string; header_id: string; space_id: string }
-  const v = load<H>(t, "space_header");
+  const v = loadVector<H>(t, "space_header");
   if (v === undefined) return;
   const h = SpaceHeader.verify(unhex(v.raw), v.space_id);
   assert.equal(hex(h.owner), v.owner);
@@ -241,7 +215,7 @@ test("space_header.json: verifies against its space id and re-creates to the sam
 test("tree.json: each change verifies and decrypts; all added in any order give the heads and replay order", (t) => {
   interface Ch { name: string; id: string; raw: string; body: string; header: string; signature: string; payload: string; nonce: string; aad: string; sealed: string; plaintext: string; fields: { version: number; space_id: string; tree_id: string | null; prev_ids: string[]; acl_head: string; read_key_id: string; snapshot: boolean; author: string; timestamp_ms: number } }
   interface Tree { space_id: string; read_key_id: string; read_key: string; authors: Record<string, { seed: string; public: string }>; tree_id: string; changes: Ch[]; legacy: Ch; heads: string[]; replay_order: string[]; refuse: { why: string; raw: string }[] }
-  const v = load<Tree>(t, "tree");
+  const v = loadVector<Tree>(t, "tree");
   if (v === undefined) return;
   const rk = new ReadKey(unhex(v.read_key));
   assert.deepEqual(v.changes.map((c) => c.fields.version), v.changes.map(() => FORMAT_VERSION));
