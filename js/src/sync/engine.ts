@@ -65,6 +65,8 @@ export class PeerSync implements Pusher {
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
   private periodic: ReturnType<typeof setInterval> | null = null;
   private readonly waiters = new Set<() => void>();
+  /** Called after every message, job and push (status displays). */
+  readonly listeners = new Set<() => void>();
   private readyResolve: () => void = () => undefined;
   /** Resolves once the space exchange is done. */
   readonly ready: Promise<void>;
@@ -157,6 +159,7 @@ export class PeerSync implements Pusher {
 
   private notify(): void {
     for (const w of [...this.waiters]) w();
+    for (const l of [...this.listeners]) l();
   }
 
   private withTimeout<T>(p: Promise<T>, seconds: number, what: string): Promise<T> {

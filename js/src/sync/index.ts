@@ -10,3 +10,4 @@ export * from "./engine.js";
 export * from "./receipt.js";
 export * from "../bootstrap.js";
 export * from "./join.js";
+export * from "./driver.js";

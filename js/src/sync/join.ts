@@ -42,6 +42,8 @@ export interface Joined {
   readonly running: Promise<void>;
   /** Our join request waits for an admin (approval-required invite). */
   readonly pendingApproval: boolean;
+  /** The address hint we joined through. */
+  readonly address: string;
 }
 
 /** Join the space of an invite code through the first of its addresses (or `addresses`) that
@@ -64,7 +66,7 @@ export async function joinByInvite(replicas: SyncReplicas, code: string | Invite
     const running = sync.run();
     try {
       const { space, pendingApproval } = await sync.bootstrap(ic.spaceId, ic);
-      return { space, sync, running, pendingApproval };
+      return { space, sync, running, pendingApproval, address: addr };
     } catch (exc) {
       if (!(exc instanceof P2PSyncError)) throw exc;
       errors.push(`${addr}: ${exc.message}`);

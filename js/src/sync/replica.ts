@@ -17,6 +17,7 @@ import { AccessDenied, InvalidAclRecord } from "../replica/aclRecords.js";
 import { buildChange, type Change, parseChange } from "../replica/change.js";
 import { SpaceHeader } from "../replica/header.js";
 import { ObjectTree } from "../replica/tree.js";
+import type { ReplicaSet } from "../docs/replicas.js";
 import { writePosition } from "../bootstrap.js";
 import { LDiff } from "./ldiff.js";
 import { headerExchangeKey } from "./spacex.js";
@@ -240,8 +241,9 @@ export class SyncSpace {
   }
 }
 
-/** Every space held by one peer, with access checks and push fan-out. */
-export class SyncReplicas {
+/** Every space held by one peer, with access checks and push fan-out. It is the app layer's
+ * `ReplicaSet` (src/docs/replicas.ts): a Repo runs on it when sync is present. */
+export class SyncReplicas implements ReplicaSet {
   readonly spaces = new Map<string, SyncSpace>();
   readonly pushers = new Set<Pusher>();
   /** Called after every tree change taken in or made here (the app layer's hook). */
@@ -249,6 +251,14 @@ export class SyncReplicas {
   readonly aclListeners: ((space: SyncSpace, raws: readonly Uint8Array[]) => void)[] = [];
 
   constructor(readonly account: AccountKey, readonly device: DeviceKey) {}
+
+  onTree(fn: (space: SyncSpace, treeId: Uint8Array, changes: readonly Change[]) => void): void {
+    this.treeListeners.push(fn);
+  }
+
+  onAcl(fn: (space: SyncSpace, raws: readonly Uint8Array[]) => void): void {
+    this.aclListeners.push(fn);
+  }
 
   /** A new space owned by our account. */
   createSpace(spaceType = "default"): SyncSpace {
