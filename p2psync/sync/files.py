@@ -3,11 +3,11 @@
 missing chunks of one file from any number of peers.
 
 No I/O here: the asyncio shell (:mod:`p2psync.sync.files_io`, spawned by the engine for every
-stream after the sync one) sends what :meth:`ChunkFetch.requests` returns on a dedicated stream per peer, feeds back
-responses and peer losses, and stops when :attr:`ChunkFetch.done` or :attr:`ChunkFetch.stuck`.
-Resuming after an interruption is starting a new fetch with what the store still lacks
-(:func:`p2psync.replica.filespace.missing_chunks`): chunks are stored as they arrive, verified,
-so nothing received is fetched twice.
+stream after the sync one) sends what :meth:`ChunkFetch.requests` returns on a dedicated stream
+per peer, feeds back responses and peer losses, and stops when :attr:`ChunkFetch.done` or
+:attr:`ChunkFetch.stuck`. Resuming after an interruption is starting a new fetch with what
+the store still lacks (:func:`p2psync.replica.filespace.missing_chunks`): chunks are stored
+as they arrive, verified, so nothing received is fetched twice.
 """
 
 from __future__ import annotations
