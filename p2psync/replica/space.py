@@ -383,6 +383,34 @@ class Space:
         self._notify(tree_id, res)
         return res
 
+    def complete_history(self, full: ObjectTree) -> AddResult:
+        """History on demand: ``full`` is the whole tree of a shallow tree held here, fetched
+        by an ordinary full sync into a separate tree (every change verified by
+        :meth:`ObjectTree.add`). It must hold every change held here and wait for nothing;
+        then the stored tree is replaced by it in one write (base record dropped) and
+        memory follows (an open document reopens over it). Returns what was new."""
+        tid = full.id
+        cur = self.tree(tid)
+        if not cur.shallow:
+            return AddResult(heads=cur.heads)
+        held = [c.raw for c in cur.changes() if c.id not in full]
+        if held:
+            full.add(held)  # changes after the base the responder did not send: ours
+        if full.shallow or full.waiting_ids:
+            raise InvalidChange("the fetched history is incomplete (parents still missing)")
+        new = [c for c in full.changes() if c.id not in cur]
+        self.store.replace_tree(self.id, tid, full.changes(), full.heads)
+        self._trees.pop(tid, None)
+        doc = self._live.get(tid)
+        if doc is not None:  # the same document object, over the whole tree now
+            doc.tree = full
+            doc._reset()
+        self._cache(full)
+        res = AddResult(attached=new, heads=full.heads)
+        if new:
+            self._notify(tid, res)
+        return res
+
     def snapshot_answer(self, tree_id: bytes, cap: int) -> tuple[tuple[bytes, ...],
                                                                   list[bytes]] | None:
         """``(heads, raws)`` answering a snapshot-first fetch of a tree (a member asking
