@@ -411,8 +411,8 @@ class Node:
         """History on demand (docs/replica.md "Shallow trees"): a tree held shallow (from
         a snapshot) fetches its whole history from the connected peers sharing the space
         (a ``history`` job on each: whole tree, every change verified) and holds it whole
-        afterwards. True once whole (at once if it already is); TimeoutError if no peer
-        delivered it within ``timeout``."""
+        afterwards. True once whole (at once if it already is); False when no connected peer
+        shares the space; TimeoutError if none delivered it within ``timeout``."""
         space = self.spaces[space_id]
 
         def whole() -> bool:
@@ -420,9 +420,11 @@ class Node:
 
         if whole():
             return True
-        for engine in list(self.engines):
-            if space_id in engine.shared:
-                engine.submit(("history", space_id, tree_id), 2)
+        peers = [e for e in list(self.engines) if space_id in e.shared]
+        for engine in peers:
+            engine.submit(("history", space_id, tree_id), 2)
+        if not peers:
+            return False
         await self.wait_for(whole, timeout)
         return True
 

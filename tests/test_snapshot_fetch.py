@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from p2psync.api import ApiServer
+from p2psync.crypto.ids import short_hash
 from p2psync.errors import DecodeError
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import Change, build_change
@@ -21,7 +23,9 @@ from p2psync.replica.document import ROOT, Document
 from p2psync.replica.space import Space
 from p2psync.sync.messages import FullSyncRequest, FullSyncResponse, Message, decode, encode
 from p2psync.sync.pull import HistoryPull, TreePull
+from tests.conftest import Fleet
 from tests.sync_helpers import close_all, converged, fast_config, make_node, wait_any
+from tests.test_agent import rpc
 from tests.test_sync_cores import _Source, drive, joined, strikes
 
 
@@ -254,3 +258,19 @@ def test_history_from_a_liar_or_a_shallow_peer_changes_nothing(tmp_path: Path) -
     with pytest.raises(Exception, match="incomplete"):
         drive(HistoryPull(pair.sb, _Source(), space.id, tid), pair.ra, answer=partial)
     assert mine.tree(tid).shallow and len(mine.tree(tid)) == held
+
+
+async def test_doc_history_through_the_agent_fetches_the_whole_history(fleet: Fleet) -> None:
+    a, b = await fleet.agent("a"), await fleet.agent("b")
+    sb = fleet.track(await ApiServer(b).start())
+    space = a.node.create_space()
+    doc, _ = _snapshotted_doc(space)
+    joined_space = await b.join(a.node.invite(space.id).encode())
+    await wait_any([a.node, b.node], lambda: converged([a.node, b.node], space.id)
+                   and joined_space.has_tree(doc.tree.id))
+    assert joined_space.tree(doc.tree.id).shallow
+    [h] = await rpc(sb.path, {"id": 1, "op": "doc.history", "params": {
+        "space": space.id, "doc": short_hash(doc.tree.id)}})
+    assert h["ok"], h
+    assert len(h["result"]) == len(doc.tree)  # every change, not only base + after
+    assert not joined_space.tree(doc.tree.id).shallow
