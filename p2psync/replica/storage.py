@@ -175,15 +175,19 @@ class DerivedStoreOps:
 
 
 def load_trusted_tree(store: DerivedStoreOps | ReplicaStore, space_id: str, tree_id: bytes,
-                      gate: AclGate, *, verify_signatures: bool = False) -> ObjectTree:
+                      gate: AclGate, *, verify_signatures: bool = False,
+                      rows: Sequence[tuple[bytes | None, bytes]] | None = None) -> ObjectTree:
     """Rebuild a tree from a store. Ids are always recomputed (cheap: catches bit rot and
     edits to the file) and the stored heads must match; signatures and ACL rules are checked
-    only with ``verify_signatures`` (only verified changes are ever written; docs/replica.md)."""
-    raws = store.raw_changes(tree_id)
+    only with ``verify_signatures`` (only verified changes are ever written; docs/replica.md).
+    ``rows``: the store's ``(id or None, raw)`` rows of the tree when it reads them itself
+    (default :meth:`raw_changes`; see :meth:`ObjectTree.from_trusted`)."""
+    raws = store.raw_changes(tree_id) if rows is None else rows
     if not raws:
         raise StoreError(f"{store.label} has no tree {tree_id.hex()[:16]}…")
     try:
-        tree = ObjectTree.from_trusted(space_id, gate, raws, verify_signatures=verify_signatures)
+        tree = ObjectTree.from_trusted(space_id, gate, raws, verify_signatures=verify_signatures,
+                                       tree_id=tree_id)
     except (DecodeError, ReplicaError) as exc:
         raise StoreError(f"{store.label}: tree {tree_id.hex()[:16]}… is corrupt or "
                          f"tampered with: {exc}") from exc

@@ -26,8 +26,15 @@ from types import TracebackType
 from typing import Any
 
 from p2psync.errors import SchemaTooNew, StoreError
+from p2psync.replica.acl_gate import AclGate
 from p2psync.replica.change import Change
-from p2psync.replica.storage import DerivedStoreOps, ReplicaStore, register_store
+from p2psync.replica.storage import (
+    DerivedStoreOps,
+    ReplicaStore,
+    load_trusted_tree,
+    register_store,
+)
+from p2psync.replica.tree import ObjectTree
 
 SCHEMA_VERSION = 1
 
@@ -303,6 +310,17 @@ class SqliteStore(DerivedStoreOps):
         rows = self._query("SELECT change_id, raw FROM changes WHERE tree_id = ? ORDER BY seq",
                            (tree_id,))
         return [(bytes(a), bytes(b)) for a, b in rows]
+
+    def load_tree(self, space_id: str, tree_id: bytes, gate: AclGate, *,
+                  verify_signatures: bool = False) -> ObjectTree:
+        """:func:`~p2psync.replica.storage.load_trusted_tree` over the raw bytes as SQLite
+        returns them, without the id column: every id is computed from the bytes and checked
+        through the tree's parent links and stored heads instead (docs/replica.md "Store
+        open"; ~0.4 µs of the ~3 µs a stored change costs to open)."""
+        rows = self._query("SELECT NULL, raw FROM changes WHERE tree_id = ? ORDER BY seq",
+                           (tree_id,))
+        return load_trusted_tree(self, space_id, tree_id, gate,
+                                 verify_signatures=verify_signatures, rows=rows)
 
     def forget_space(self, space_id: str) -> None:
         """Drop everything held of one space (``space leave``: a cancelled or refused join, a

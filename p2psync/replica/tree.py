@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from typing import Any
 
 import msgpack
 
-from p2psync.codec import ID_SIZE, content_id
+from p2psync.codec import ID_SIZE, content_id, pack
 from p2psync.crypto.keys import SigningKey
 from p2psync.errors import (
     IdMismatch,
@@ -33,6 +34,7 @@ from p2psync.errors import (
     UnknownReadKey,
     WrongTree,
 )
+from p2psync.replica import change as _change_mod
 from p2psync.replica.acl_gate import AclGate
 from p2psync.replica.change import (
     FORMAT_VERSION,
@@ -107,7 +109,7 @@ _FAST = ("__slots__" not in Change.__dict__
 _set_dict = object.__setattr__
 
 
-def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
+def parse_stored_change(raw: bytes, expected_id: bytes | None) -> Change:
     """:func:`~p2psync.replica.change.parse_change` for bytes this device stored itself.
 
     The id is always recomputed (:class:`IdMismatch` if the bytes changed), and every field
@@ -121,9 +123,15 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
     if not _FAST or len(raw) > MAX_CHANGE_SIZE:
         return parse_change(raw, expected_id=expected_id)
     cid = content_id(raw)
-    if cid != expected_id:
+    if expected_id is not None and cid != expected_id:
         raise IdMismatch(f"tree change bytes hash to {cid.hex()[:16]}…, expected "
                          f"{expected_id.hex()[:16]}…")
+    return _parse_stored(raw, cid)
+
+
+def _parse_stored(raw: bytes, cid: bytes) -> Change:
+    """:func:`parse_stored_change` once ``cid`` is known to be ``content_id(raw)``."""
+    expected_id: bytes | None = cid
     try:
         # msgpack's defaults bound every length by the input's; types are checked below
         body, sig = msgpack.unpackb(raw)
@@ -171,6 +179,35 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
     ch: Change = object.__new__(Change)
     _set_dict(ch, "__dict__", values)
     return ch
+
+
+#: Whether :meth:`ObjectTree.from_trusted` may load changes lazily: a format-2 change is then
+#: made with its id, raw bytes, space, tree and parents only, and :class:`Change` fills in the
+#: rest from the raw bytes on first use (:func:`_complete_stored`).
+_LAZY = (_FAST and "__getattr__" in Change.__dict__ and Change.version == FORMAT_VERSION
+         and set(_CHANGE_FIELDS) - {"id", "raw", "space_id", "tree_id", "prev_ids"}
+         == _change_mod._LAZY_FIELDS)
+#: The envelope up to the header's first byte: ``[body, signature]`` and ``body = [header,
+#: payload]`` with their bin length prefixes (canonical msgpack: a parse of these bytes reads
+#: exactly these positions).
+_ENVELOPE = re.compile(rb"\x92(?:\xc4.|\xc5..|\xc6....)\x92(?:\xc4.|\xc5..)", re.DOTALL)
+_BIN32 = b"\xc4\x20"  #: a 32-byte id's msgpack prefix
+
+
+def _complete_stored(ch: Change) -> None:
+    """Fill in every field of a change :meth:`ObjectTree.from_trusted` loaded lazily, with
+    :func:`parse_stored_change`'s checks (the id was checked at open); what it reads must be
+    what open read. Raises :class:`~p2psync.errors.DecodeError` / ``InvalidChange`` as the
+    strict parser would."""
+    d = ch.__dict__
+    full = _parse_stored(d["raw"], d["id"]).__dict__
+    if (full["prev_ids"] != d["prev_ids"] or full["tree_id"] != d["tree_id"]
+            or full["space_id"] != d["space_id"] or full["version"] != FORMAT_VERSION):
+        raise InvalidChange("stored change: its header does not say what the store open read")
+    d.update(full)
+
+
+_change_mod.complete_stored = _complete_stored
 
 
 @dataclass
@@ -245,13 +282,17 @@ class ObjectTree:
 
     @classmethod
     def from_trusted(
-        cls, space_id: str, gate: AclGate, raws: Iterable[tuple[bytes, bytes]],
-        *, verify_signatures: bool = False,
+        cls, space_id: str, gate: AclGate, raws: Iterable[tuple[bytes | None, bytes]],
+        *, verify_signatures: bool = False, tree_id: bytes | None = None,
     ) -> ObjectTree:
         """Rebuild a tree from ``(id, raw)`` pairs in a stored topological order (root first).
 
-        Ids are always recomputed (cheap: catches bit rot); signatures and ACL checks are skipped
-        unless ``verify_signatures``: these bytes were verified before they were stored.
+        Every id is computed from the bytes; a stored id given next to them must match it
+        (``None``: no stored id, the bytes are checked through the DAG, see docs/replica.md
+        "Store open"), and the root's must be ``tree_id`` when given. Signatures and ACL checks
+        are skipped unless ``verify_signatures``: these bytes were verified before they were
+        stored. Without it, a format-2 change is loaded lazily: its id, parents, space and
+        tree are read here, the rest of it on first use (``Change.__getattr__``).
         """
         it = iter(raws)
         try:
@@ -259,24 +300,53 @@ class ObjectTree:
         except StopIteration:
             raise InvalidChange("stored tree has no changes") from None
         check = verify_change if verify_signatures else parse_stored_change
-        tree = cls(space_id, gate, check(rraw, expected_id=rid))
+        tree = cls(space_id, gate, check(rraw, expected_id=rid or tree_id))
+        if tree_id is not None and tree.id != tree_id:
+            raise IdMismatch("stored tree's root change is not the tree")
         # _structural_check and _attach, inlined: this loop runs once per stored change
         tid, changes, index, order, heads = (tree.id, tree._changes, tree._index, tree._order,
                                              tree._heads)
+        lazy = _LAZY and not verify_signatures
+        prefix = b"\x97\x02" + pack(space_id) + _BIN32 + tid  # [2, space, tree, ...
+        envelope, blake2b, new, set_dict = (_ENVELOPE.match, hashlib.blake2b, object.__new__,
+                                            _set_dict)
         for cid, raw in it:
-            ch = check(raw, expected_id=cid)
-            if ch.space_id != space_id or ch.tree_id != tid:
-                tree._structural_check(ch)
-            for p in ch.prev_ids:
+            prev: tuple[bytes, ...] | None = None
+            m = envelope(raw) if lazy and type(raw) is bytes else None
+            k = m.end() if m is not None else -1
+            if k > 0 and raw.startswith(prefix, k):
+                k += len(prefix)  # the parents: a fixarray of bin 32
+                n = raw[k] - 0x90 if k < len(raw) <= MAX_CHANGE_SIZE else 0
+                if n == 1 and raw.startswith(_BIN32, k + 1):
+                    prev = (raw[k + 3:k + 35],)
+                elif 1 < n < 16:  # more than 15 parents go through the parser
+                    prev = tuple(raw[i + 2:i + 34] for i in range(k + 1, k + 1 + 34 * n, 34)
+                                 if raw.startswith(_BIN32, i))
+                    if len(set(prev)) != n:
+                        prev = None
+            if prev is not None:
+                h = blake2b(raw, digest_size=ID_SIZE).digest()
+                if cid is not None and h != cid:
+                    raise IdMismatch(f"tree change bytes hash to {h.hex()[:16]}…, expected "
+                                     f"{cid.hex()[:16]}…")
+                ch: Change = new(Change)
+                set_dict(ch, "__dict__", {"id": h, "raw": raw, "space_id": space_id,
+                                          "tree_id": tid, "prev_ids": prev})
+            else:
+                ch = check(raw, expected_id=cid)
+                if ch.space_id != space_id or ch.tree_id != tid:
+                    tree._structural_check(ch)
+                h, prev = ch.id, ch.prev_ids
+            for p in prev:
                 if p not in changes:
                     raise InvalidChange("stored tree is not in topological order")
-            if cid in changes:
+            if h in changes:
                 continue
-            changes[cid] = ch
-            index[cid] = len(order)
+            changes[h] = ch
+            index[h] = len(order)
             order.append(ch)
-            heads.difference_update(ch.prev_ids)
-            heads.add(cid)
+            heads.difference_update(prev)
+            heads.add(h)
         return tree
 
     @staticmethod
