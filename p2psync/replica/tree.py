@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -126,12 +125,17 @@ def parse_stored_change(raw: bytes, expected_id: bytes | None) -> Change:
     if expected_id is not None and cid != expected_id:
         raise IdMismatch(f"tree change bytes hash to {cid.hex()[:16]}…, expected "
                          f"{expected_id.hex()[:16]}…")
-    return _parse_stored(raw, cid)
+    values = _stored_values(raw, cid)
+    if values is None:  # any other shape: the strict parser names what is wrong
+        return parse_change(raw, expected_id=expected_id)
+    ch: Change = object.__new__(Change)
+    _set_dict(ch, "__dict__", values)
+    return ch
 
 
-def _parse_stored(raw: bytes, cid: bytes) -> Change:
-    """:func:`parse_stored_change` once ``cid`` is known to be ``content_id(raw)``."""
-    expected_id: bytes | None = cid
+def _stored_values(raw: bytes, cid: bytes) -> dict[str, Any] | None:
+    """The fields of the change ``raw`` whose id ``cid`` is known, checked as
+    :func:`parse_stored_change` says, or None if they are not all well formed."""
     try:
         # msgpack's defaults bound every length by the input's; types are checked below
         body, sig = msgpack.unpackb(raw)
@@ -146,9 +150,9 @@ def _parse_stored(raw: bytes, cid: bytes) -> Change:
              timestamp) = h
             if not (version == LEGACY_VERSION and type(snapshot) is bool
                     and type(timestamp) is int and 0 <= timestamp <= 2**63 - 1):
-                return parse_change(raw, expected_id=expected_id)
-    except Exception:  # any other shape: the strict parser names what is wrong
-        return parse_change(raw, expected_id=expected_id)
+                return None
+    except Exception:
+        return None
     if not (type(body) is bytes and type(sig) is bytes and len(sig) == 64
             and type(header) is bytes and len(header) <= 8 * 1024
             and type(payload) is bytes and len(payload) <= MAX_PAYLOAD_SIZE
@@ -160,25 +164,22 @@ def _parse_stored(raw: bytes, cid: bytes) -> Change:
             and type(acl_head) is bytes and len(acl_head) == ID_SIZE
             and type(read_key_id) is bytes and len(read_key_id) == ID_SIZE
             and type(author) is bytes and len(author) == 32):
-        return parse_change(raw, expected_id=expected_id)
+        return None
     for p in prev:
         if type(p) is not bytes or len(p) != ID_SIZE:
-            return parse_change(raw, expected_id=expected_id)
+            return None
     if len(prev) > 1 and len(set(prev)) != len(prev):
-        return parse_change(raw, expected_id=expected_id)
+        return None
     sh = _shared
     if len(sh) >= _SHARED_MAX:
         sh.clear()
-    values = {"id": cid, "raw": raw, "space_id": sh.setdefault(space_id, space_id),
-              "tree_id": tree_id if tree_id is None else sh.setdefault(tree_id, tree_id),
-              "prev_ids": tuple(prev), "acl_head": sh.setdefault(acl_head, acl_head),
-              "read_key_id": sh.setdefault(read_key_id, read_key_id), "snapshot": snapshot,
-              "author": sh.setdefault(author, author), "timestamp": timestamp,
-              "payload": payload, "header": header, "body": body, "signature": sig,
-              "version": version}
-    ch: Change = object.__new__(Change)
-    _set_dict(ch, "__dict__", values)
-    return ch
+    return {"id": cid, "raw": raw, "space_id": sh.setdefault(space_id, space_id),
+            "tree_id": tree_id if tree_id is None else sh.setdefault(tree_id, tree_id),
+            "prev_ids": tuple(prev), "acl_head": sh.setdefault(acl_head, acl_head),
+            "read_key_id": sh.setdefault(read_key_id, read_key_id), "snapshot": snapshot,
+            "author": sh.setdefault(author, author), "timestamp": timestamp,
+            "payload": payload, "header": header, "body": body, "signature": sig,
+            "version": version}
 
 
 #: Whether :meth:`ObjectTree.from_trusted` may load changes lazily: a format-2 change is then
@@ -187,11 +188,24 @@ def _parse_stored(raw: bytes, cid: bytes) -> Change:
 _LAZY = (_FAST and "__getattr__" in Change.__dict__ and Change.version == FORMAT_VERSION
          and set(_CHANGE_FIELDS) - {"id", "raw", "space_id", "tree_id", "prev_ids"}
          == _change_mod._LAZY_FIELDS)
-#: The envelope up to the header's first byte: ``[body, signature]`` and ``body = [header,
-#: payload]`` with their bin length prefixes (canonical msgpack: a parse of these bytes reads
-#: exactly these positions).
-_ENVELOPE = re.compile(rb"\x92(?:\xc4.|\xc5..|\xc6....)\x92(?:\xc4.|\xc5..)", re.DOTALL)
+#: Where a change's header can start: after ``[body, signature]``'s and ``body = [header,
+#: payload]``'s array and bin length prefixes, 6 (bin 8 and bin 8) to 10 bytes (bin 32, bin 16).
+_HEADER_AT = (6, 10)
 _BIN32 = b"\xc4\x20"  #: a 32-byte id's msgpack prefix
+
+
+def _stored_parents(raw: bytes, at: int, skip: int) -> tuple[bytes, ...] | None:
+    """The 2-15 parents of a stored change whose header starts at ``at`` with ``skip`` bytes
+    already known (its version, space and tree), or None (another shape: the parser reads it)."""
+    if at < 0:
+        return None
+    k = at + skip
+    n = raw[k] - 0x90 if k < len(raw) else 0
+    if not 1 < n < 16:
+        return None
+    prev = tuple(raw[i + 2:i + 34] for i in range(k + 1, k + 1 + 34 * n, 34)
+                 if raw.startswith(_BIN32, i))
+    return prev if len(set(prev)) == n and all(len(p) == ID_SIZE for p in prev) else None
 
 
 def _complete_stored(ch: Change) -> None:
@@ -200,7 +214,9 @@ def _complete_stored(ch: Change) -> None:
     what open read. Raises :class:`~p2psync.errors.DecodeError` / ``InvalidChange`` as the
     strict parser would."""
     d = ch.__dict__
-    full = _parse_stored(d["raw"], d["id"]).__dict__
+    full = _stored_values(d["raw"], d["id"])
+    if full is None:
+        full = parse_change(d["raw"]).__dict__  # raises what is wrong
     if (full["prev_ids"] != d["prev_ids"] or full["tree_id"] != d["tree_id"]
             or full["space_id"] != d["space_id"] or full["version"] != FORMAT_VERSION):
         raise InvalidChange("stored change: its header does not say what the store open read")
@@ -307,29 +323,43 @@ class ObjectTree:
         tid, changes, index, order, heads = (tree.id, tree._changes, tree._index, tree._order,
                                              tree._heads)
         lazy = _LAZY and not verify_signatures
-        prefix = b"\x97\x02" + pack(space_id) + _BIN32 + tid  # [2, space, tree, ...
-        envelope, blake2b, new, set_dict = (_ENVELOPE.match, hashlib.blake2b, object.__new__,
-                                            _set_dict)
+        # a format-2 change of this tree: its header starts [2, space, tree, [parents...
+        prefix = b"\x97\x02" + pack(space_id) + _BIN32 + tid
+        one = prefix + b"\x91" + _BIN32  # ... with one parent (most changes): at 6-10 bytes
+        end, endo = _HEADER_AT[1] + len(prefix), _HEADER_AT[1] + len(one)  # into the envelope
+        blake2b, new, set_dict = hashlib.blake2b, object.__new__, _set_dict
         for cid, raw in it:
-            prev: tuple[bytes, ...] | None = None
-            m = envelope(raw) if lazy and type(raw) is bytes else None
-            k = m.end() if m is not None else -1
-            if k > 0 and raw.startswith(prefix, k):
-                k += len(prefix)  # the parents: a fixarray of bin 32
-                n = raw[k] - 0x90 if k < len(raw) <= MAX_CHANGE_SIZE else 0
-                if n == 1 and raw.startswith(_BIN32, k + 1):
-                    prev = (raw[k + 3:k + 35],)
-                elif 1 < n < 16:  # more than 15 parents go through the parser
-                    prev = tuple(raw[i + 2:i + 34] for i in range(k + 1, k + 1 + 34 * n, 34)
-                                 if raw.startswith(_BIN32, i))
-                    if len(set(prev)) != n:
-                        prev = None
-            if prev is not None:
+            if lazy and type(raw) is bytes and len(raw) <= MAX_CHANGE_SIZE:
+                k = raw.find(one, _HEADER_AT[0], endo)
+                if k > 0:  # one parent: the common case, inlined
+                    k += len(one)
+                    p = raw[k:k + ID_SIZE]
+                    h = blake2b(raw, digest_size=ID_SIZE).digest()
+                    if cid is not None and h != cid:
+                        raise IdMismatch(f"tree change bytes hash to {h.hex()[:16]}…, "
+                                         f"expected {cid.hex()[:16]}…")
+                    if p not in changes:
+                        raise InvalidChange("stored tree is not in topological order")
+                    if h in changes:
+                        continue
+                    ch: Change = new(Change)
+                    set_dict(ch, "__dict__", {"id": h, "raw": raw, "space_id": space_id,
+                                              "tree_id": tid, "prev_ids": (p,)})
+                    changes[h] = ch
+                    index[h] = len(order)
+                    order.append(ch)
+                    heads.discard(p)
+                    heads.add(h)
+                    continue
+                prev = _stored_parents(raw, raw.find(prefix, _HEADER_AT[0], end), len(prefix))
+            else:
+                prev = None
+            if prev is not None:  # 2-15 parents
                 h = blake2b(raw, digest_size=ID_SIZE).digest()
                 if cid is not None and h != cid:
                     raise IdMismatch(f"tree change bytes hash to {h.hex()[:16]}…, expected "
                                      f"{cid.hex()[:16]}…")
-                ch: Change = new(Change)
+                ch = new(Change)
                 set_dict(ch, "__dict__", {"id": h, "raw": raw, "space_id": space_id,
                                           "tree_id": tid, "prev_ids": prev})
             else:
