@@ -327,12 +327,16 @@ class ObjectTree:
         prefix = b"\x97\x02" + pack(space_id) + _BIN32 + tid
         one = prefix + b"\x91" + _BIN32  # ... with one parent (most changes): at 6-10 bytes
         end, endo = _HEADER_AT[1] + len(prefix), _HEADER_AT[1] + len(one)  # into the envelope
+        at7 = 7 + len(one)  # after a header at 7: a body of 256 B-64 KiB, a header < 256 B
         blake2b, new, set_dict = hashlib.blake2b, object.__new__, _set_dict
         for cid, raw in it:
             if lazy and type(raw) is bytes and len(raw) <= MAX_CHANGE_SIZE:
-                k = raw.find(one, _HEADER_AT[0], endo)
-                if k > 0:  # one parent: the common case, inlined
-                    k += len(one)
+                if raw[7:at7] == one:  # most changes (a slice compare: ~4x a find's speed)
+                    k = at7
+                else:
+                    k = raw.find(one, _HEADER_AT[0], endo)
+                    k = k + len(one) if k > 0 else 0
+                if k:  # one parent: the common case, inlined
                     p = raw[k:k + ID_SIZE]
                     h = blake2b(raw, digest_size=ID_SIZE).digest()
                     if cid is not None and h != cid:
