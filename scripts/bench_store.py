@@ -5,9 +5,11 @@ Two figures, each the best of ``--repeat`` runs (the machine is shared; the best
 one least disturbed):
 
 (a) **store open**, µs per stored change: rebuild every tree of a space of ``--docs`` documents
-    × ``--edits`` signed changes from the store (``Store.load_tree``: ids recomputed, the
-    stored-change parser), next to the same loop through the strict network parser (what
-    store open used before issue 13).
+    × ``--edits`` signed changes from the store (``Store.load_tree``: ids recomputed, changes
+    loaded lazily), next to the same loop with every change parsed at open (round 3 of issue
+    13) and through the strict network parser (before round 3); then open + read every
+    change's payload (what opening a document does), lazy and parsed at open. The variants
+    alternate in one process, each timed in wall and CPU time.
 (b) **backup start-up** with ``--changes`` stored changes over ``--spaces`` spaces: open the
     store, start a :class:`~p2psync.node.Node` on it (every space opened: header and ACL
     verified) and install the :class:`~p2psync.backup.policy.BackupPolicy` (quota totals
