@@ -47,6 +47,13 @@ class ReplicaStore(Protocol):
 
     def close(self) -> None: ...
 
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Let ``save_changes`` share commits until :meth:`commit_group` (``on_open`` is
+        called when a group opens); stores that cannot ignore it (docs/replica.md)."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes now; the engine calls it before it sends anything."""
+
     def __enter__(self) -> ReplicaStore: ...
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -158,6 +165,13 @@ class DerivedStoreOps:
 
     def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
         return self.add_acl_records(space_id, [(record_id, raw)]) == 1
+
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Group ``save_changes`` into fewer commits where the store can (SQLite); the
+        default commits every write as before and ignores this."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes (called before anything is sent to a peer)."""
 
     def save_tree(self, tree: ObjectTree) -> None:
         """Store a whole tree (e.g. a newly created one) with its heads."""
