@@ -36,7 +36,9 @@ class ReplicaStore(Protocol):
       midway (the tree's ``persist`` hook relies on it to keep memory and disk equal);
     * a method that returns has made its write as durable as the store promises
       (SQLite: survives a kill, and with ``durable=True`` a power cut), because peers are told
-      which heads we hold;
+      which heads we hold — except ``save_changes`` while writes are grouped
+      (:meth:`group_writes`): durable at the next :meth:`commit_group`, which runs before
+      anything is sent to a peer;
     * writes of something already stored are no-ops (peers resend);
     * any failure, including use after :meth:`close`, is a :class:`~p2psync.errors.StoreError`.
     """
