@@ -175,13 +175,14 @@ class _Held:
     The document takes ``staged`` (and drops ``committed`` if released) only once the
     transaction has committed, so a rolled-back edit leaves its buffer as it was."""
 
-    __slots__ = ("_tx", "committed", "released", "staged")
+    __slots__ = ("_tx", "committed", "released", "staged", "wrote")
 
     def __init__(self, tx: core.Transaction, committed: dict[tuple[ObjId, str], Scalar]) -> None:
         self._tx = tx
         self.committed = committed
         self.staged: dict[tuple[ObjId, str], Scalar] = {}
         self.released = False
+        self.wrote = False  #: something was written into the transaction
 
     def lookup(self, obj: ObjId, key: str | int) -> Scalar | None:
         """The held value of ``obj[key]`` (None: not held)."""
@@ -210,6 +211,7 @@ class _Held:
 
     def release(self) -> None:
         """Write every held put into the transaction, in order."""
+        self.wrote = True
         if not self.released:
             self.released = True
             for (obj, key), scalar in self.committed.items():
@@ -232,8 +234,10 @@ class Editor:
         self._tx = tx
         self._actor_key = actor_key
         self._held = held
+        self.touched = False  #: an operation other than a held put was made (or a length read)
 
     def _release(self) -> None:
+        self.touched = True
         if self._held is not None and self._held:
             self._held.release()
 
@@ -636,17 +640,21 @@ class Document:
         last value per key, when the window's change is made or anything else touches the
         document first; reads see them at once."""
         doc = self._ensure()
-        before = am.heads(doc)
         held: _Held | None = None
         with am.contained("editing"), doc.transaction() as tx:
             if self.coalesce_puts and self.window > 0:
                 held = _Held(tx, self._puts)
-            yield Editor(tx, self.actor.hex(), held)
+            ed = Editor(tx, self.actor.hex(), held)
+            yield ed
+            before = [bytes(h) for h in tx.get_heads()]  # still the heads before this edit
         kept = self._puts
+        made = True  #: the transaction may have made an Automerge change
         if held is not None:
             self._puts = dict(held.staged) if held.released else {**kept, **held.staged}
+            made = ed.touched or held.wrote  # only held puts: no Automerge change
         try:
-            self._record(doc, before, now)
+            if made:
+                self._record(doc, before, now)
         except (UnsupportedContent, ChangeTooLarge):
             self._puts = kept
             raise
