@@ -36,7 +36,9 @@ class ReplicaStore(Protocol):
       midway (the tree's ``persist`` hook relies on it to keep memory and disk equal);
     * a method that returns has made its write as durable as the store promises
       (SQLite: survives a kill, and with ``durable=True`` a power cut), because peers are told
-      which heads we hold;
+      which heads we hold — except ``save_changes`` while writes are grouped
+      (:meth:`group_writes`): durable at the next :meth:`commit_group`, which runs before
+      anything is sent to a peer;
     * writes of something already stored are no-ops (peers resend);
     * any failure, including use after :meth:`close`, is a :class:`~p2psync.errors.StoreError`.
     """
@@ -46,6 +48,13 @@ class ReplicaStore(Protocol):
     def label(self) -> str: ...
 
     def close(self) -> None: ...
+
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Let ``save_changes`` share commits until :meth:`commit_group` (``on_open`` is
+        called when a group opens); stores that cannot ignore it (docs/replica.md)."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes now; the engine calls it before it sends anything."""
 
     def __enter__(self) -> ReplicaStore: ...
 
@@ -158,6 +167,13 @@ class DerivedStoreOps:
 
     def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
         return self.add_acl_records(space_id, [(record_id, raw)]) == 1
+
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Group ``save_changes`` into fewer commits where the store can (SQLite); the
+        default commits every write as before and ignores this."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes (called before anything is sent to a peer)."""
 
     def save_tree(self, tree: ObjectTree) -> None:
         """Store a whole tree (e.g. a newly created one) with its heads."""

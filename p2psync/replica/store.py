@@ -19,7 +19,7 @@ Decisions (see docs/replica.md):
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -169,6 +169,7 @@ class SqliteStore(DerivedStoreOps):
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on any error)."""
+        self.commit_group()  # grouped writes first: every other write commits as before
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -183,6 +184,52 @@ class SqliteStore(DerivedStoreOps):
                 raise _explain(self.path, exc) from exc
             raise
 
+    # --- grouped writes (issue 13; docs/replica.md "Grouped commits") ---------------------
+    _on_group: Callable[[], None] | None = None
+
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Let :meth:`save_changes` join one open transaction instead of committing each
+        call; ``on_open`` is called when a group opens (the asyncio shell schedules
+        :meth:`commit_group`, and the engine calls it before sending anything). None: off."""
+        self.commit_group()
+        self._on_group = on_open
+
+    def commit_group(self) -> None:
+        """Commit the writes grouped so far (nothing if none is open)."""
+        if self._group_open:
+            self._group_open = False
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise _explain(self.path, exc) from exc
+
+    _group_open = False
+
+    @contextmanager
+    def _grouped(self) -> Iterator[sqlite3.Connection]:
+        """One write inside the open group (opened here if none): a savepoint, so a failing
+        write is undone whole and the group's earlier writes stay."""
+        try:
+            if not self._group_open:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._group_open = True
+                assert self._on_group is not None
+                self._on_group()
+            self._db.execute("SAVEPOINT grouped")
+        except sqlite3.Error as exc:
+            raise _explain(self.path, exc) from exc
+        try:
+            yield self._db
+            self._db.execute("RELEASE grouped")
+        except BaseException as exc:
+            self._db.execute("ROLLBACK TO grouped")
+            self._db.execute("RELEASE grouped")
+            if isinstance(exc, sqlite3.Error):
+                raise _explain(self.path, exc) from exc
+            raise
+
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql, args).fetchall()
@@ -190,6 +237,8 @@ class SqliteStore(DerivedStoreOps):
             raise _explain(self.path, exc) from exc
 
     def close(self) -> None:
+        if self._group_open:
+            self.commit_group()
         self._db.close()
 
     def __enter__(self) -> SqliteStore:
@@ -234,8 +283,9 @@ class SqliteStore(DerivedStoreOps):
     # --- trees ------------------------------------------------------------------------------
     def save_changes(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
                      heads: Sequence[bytes]) -> None:
-        """Append verified changes (causal order) and replace the heads, in one transaction."""
-        with self._tx() as db:
+        """Append verified changes (causal order) and replace the heads, in one transaction
+        (a savepoint of the open group when writes are grouped)."""
+        with self._grouped() if self._on_group is not None else self._tx() as db:
             db.execute("INSERT OR IGNORE INTO trees VALUES (?, ?)", (tree_id, space_id))
             db.executemany("INSERT OR IGNORE INTO changes (tree_id, change_id, raw) "
                            "VALUES (?, ?, ?)", [(tree_id, c.id, c.raw) for c in changes])
