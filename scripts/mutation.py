@@ -331,6 +331,12 @@ names = json.loads(sys.argv[1]); timeout = int(sys.argv[2])
 stats = json.load(open("mutmut-stats.json"))
 tests_of = stats["tests_by_mangled_function_name"]; dur = stats["duration_by_test"]
 metas = {}
+kills = {}  # test node id -> mutants it killed (seeded from earlier runs' log lines)
+if os.path.exists("../mutmut.log"):
+    for line in open("../mutmut.log", errors="replace"):
+        parts = line.split("RESULT ", 1)[-1].split(" ") if "RESULT " in line else []
+        if len(parts) > 3 and parts[1] not in ("0", "-24") and "::" in parts[3]:
+            kills[parts[3]] = kills.get(parts[3], 0) + 1
 class Timeout(BaseException):
     pass
 timed_out = False
@@ -374,7 +380,9 @@ for name in names:
     meta = metas.setdefault(meta_path, json.load(open(meta_path)))
     if meta["exit_code_by_key"].get(name) is not None:  # --resume: judged already
         continue
-    tests = sorted(tests_of.get(fn, []), key=lambda t: dur.get(t, 0))
+    # tests that killed earlier mutants first (they tend to kill the next ones: a kill then
+    # costs one test, not the whole list before it), then the fastest
+    tests = sorted(tests_of.get(fn, []), key=lambda t: (-kills.get(t, 0), dur.get(t, 0)))
     if not tests:
         record(meta_path, name, 33)
         continue
@@ -398,6 +406,9 @@ for name in names:
     if timed_out:
         code = -24
     record(meta_path, name, code)
+    if why.first:
+        killer = why.first.split(" ")[0]
+        kills[killer] = kills.get(killer, 0) + 1
     print(f"RESULT {name} {code} {time.monotonic() - t0:.1f}s {why.first or ''}",
           file=sys.stderr, flush=True)
 """

@@ -113,3 +113,24 @@ def test_a_shelved_merge_offered_again_is_reported_ignored_with_its_id() -> None
     assert main.add(junk) == acl_mod.AddResult(jid, "ignored")
     assert main.add(junk) == acl_mod.AddResult(jid, "ignored")  # from the shelf this time
     assert jid not in main and jid in main.shelved
+
+
+def test_a_rejected_waiter_does_not_hold_back_the_others_its_parent_releases() -> None:
+    """Two records wait for one parent; the first in release order fails admission. The
+    second must still be admitted: a pusher pairing a forged record with a genuine one (say a
+    removal) must not leave the genuine one waiting for ever — its parent is there, so nothing
+    would release it again (mutant ``_add`` 74, ``continue`` → ``break`` after a rejection)."""
+    acl, (r1,) = _chain(1)
+    src = Acl.from_records(SPACE, acl.export())
+    src.add(r1)
+    good = src.invite(OWNER, Role.READER)[0]
+    rita = account("rita")
+    bad = next(raw for raw in (
+        build_record(rita, SPACE, [_id(r1)], PermissionChange(rita.public, Role.ADMIN),
+                     timestamp=ts) for ts in range(1, 1000))
+        if _id(raw) < _id(good))  # released first (waiters go in id order)
+    assert acl.add(bad).status == "waiting" and acl.add(good).status == "waiting"
+    got = acl.add(r1)
+    assert [rid for rid, _ in got.rejected] == [_id(bad)]
+    assert got.released == (_id(good),)
+    assert _id(good) in acl and acl.waiting == []
