@@ -396,14 +396,17 @@ for name in names:
     timed_out = False
     signal.alarm(timeout)
     try:
+        # no pytest-timeout: it re-arms SIGALRM per test (cancelling the alarm above) and
+        # reports a hang as an ordinary test failure
         code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header",
-                                "-p", "no:warnings", *tests], plugins=[why]))
+                                "-p", "no:warnings", "-p", "no:timeout", *tests],
+                               plugins=[why]))
     except Timeout:
         code = -24
     finally:
         signal.alarm(0)
         os.environ["MUTANT_UNDER_TEST"] = "none"
-    if timed_out:
+    if timed_out or "Timeout" in (why.first or ""):
         code = -24
     record(meta_path, name, code)
     if why.first:
