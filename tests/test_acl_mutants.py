@@ -134,3 +134,20 @@ def test_a_rejected_waiter_does_not_hold_back_the_others_its_parent_releases() -
     assert [rid for rid, _ in got.rejected] == [_id(bad)]
     assert got.released == (_id(good),)
     assert _id(good) in acl and acl.waiting == []
+
+
+def test_the_shelf_keeps_the_newest_max_shelved_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removed member may flood back-dated merges; the shelf that keeps them aside is bounded
+    to exactly MAX_SHELVED, dropping the oldest, and a full shelf is no error (mutants
+    ``_settle`` 3, 4, 5: bound off by one, a crash once the bound is reached)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.test_bite_acl import _forked
+
+    monkeypatch.setattr(acl_mod, "MAX_SHELVED", 2)
+    main = _forked()
+    rita = account("rita")
+    junk = [build_record(rita, SPACE, main.heads, Merge(), timestamp=i) for i in range(1, 5)]
+    main.remove(OWNER, [rita.public])
+    for raw in junk:
+        assert main.add(raw).status == "ignored"
+    assert main.shelved == [_id(r) for r in junk[-2:]]
