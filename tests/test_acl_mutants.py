@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from p2psync.errors import InvalidAclRecord
+from p2psync.crypto.keys import AccountKey
+from p2psync.errors import AccessDenied, InvalidAclRecord
 from p2psync.replica import acl as acl_mod
 from p2psync.replica.acl import Acl, InviteCode
-from p2psync.replica.acl_records import PermissionChange, Role, build_record, decode_record
+from p2psync.replica.acl_records import (
+    JOIN_DOMAIN,
+    PermissionChange,
+    RequestJoin,
+    Role,
+    build_record,
+    decode_record,
+    join_proof_message,
+)
 from tests.acl_dsl import SPACE, account
 
 OWNER = account("owner")
@@ -29,6 +38,13 @@ def _chain(n: int) -> tuple[Acl, list[bytes]]:
 
 def _id(raw: bytes) -> bytes:
     return decode_record(raw, SPACE).id
+
+
+def _join_request(joiner: AccountKey, code: InviteCode, prev: list[bytes] | None = None) -> bytes:
+    """A join request built by the joiner itself (not admitted anywhere)."""
+    proof = code.key.sign(JOIN_DOMAIN, join_proof_message(SPACE, code.invite_id, joiner.public))
+    return build_record(joiner, SPACE, prev or [code.invite_id],
+                        RequestJoin(code.invite_id, proof))
 
 
 def test_each_status_is_the_records_fate() -> None:
@@ -151,3 +167,31 @@ def test_the_shelf_keeps_the_newest_max_shelved_merges(monkeypatch: pytest.Monke
     for raw in junk:
         assert main.add(raw).status == "ignored"
     assert main.shelved == [_id(r) for r in junk[-2:]]
+
+
+def test_an_invitee_cannot_smuggle_a_record_behind_one_already_held() -> None:
+    """Records the replica already holds pass the invitee screen, but only they: a forged
+    record after them is still refused (mutant ``check_invitee_push`` 11, ``continue`` →
+    ``break``: everything after the first known record went unchecked)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    eve = account("eve")
+    forged = build_record(eve, SPACE, acl.heads, PermissionChange(eve.public, Role.ADMIN))
+    with pytest.raises(AccessDenied, match="own join request"):
+        acl.check_invitee_push([*acl.export(), forged], eve.public)
+    mine = _join_request(eve, code)
+    with pytest.raises(AccessDenied, match="one join request"):
+        acl.check_invitee_push([acl.export()[0], mine, mine], eve.public)
+
+
+def test_a_member_pushing_a_join_request_is_refused() -> None:
+    """The screen refuses a join by an account that is already a member (mutant
+    ``check_invitee_push`` 38: ``or`` → ``and`` let a member's join through)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    bob = account("bob")
+    acl.accept(OWNER, decode_record(acl.request_join(bob, code)).id)
+    assert acl.state.role(bob.public) is Role.WRITER
+    _raw2, code2 = acl.invite(OWNER, Role.READER)
+    with pytest.raises(AccessDenied, match="already a member"):
+        acl.check_invitee_push([_join_request(bob, code2, acl.heads)], bob.public)
