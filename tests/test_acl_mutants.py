@@ -195,3 +195,52 @@ def test_a_member_pushing_a_join_request_is_refused() -> None:
     _raw2, code2 = acl.invite(OWNER, Role.READER)
     with pytest.raises(AccessDenied, match="already a member"):
         acl.check_invitee_push([_join_request(bob, code2, acl.heads)], bob.public)
+
+
+def test_a_merge_by_a_member_removed_and_back_again_is_admitted() -> None:
+    """Only merges by members who are *still* departed are shelved: once re-added, their
+    merges are ordinary records (mutant ``_ignorable`` 13: every merge by anyone ever removed
+    shelved, so the replicas' ACL heads no longer agree)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as reader; rita joins
+        owner removes rita
+        owner invites rita as writer; rita joins
+        expect rita is writer
+        fork r2
+        owner invites ann as writer
+        [r2] owner invites bob as writer
+        sync main r2
+        expect heads 2
+    """)
+    main = w.acl("main")
+    m = build_record(account("rita"), SPACE, main.heads, Merge())
+    assert main.add(m) == acl_mod.AddResult(_id(m), "added")
+    assert main.heads == [_id(m)] and main.shelved == []
+
+
+def test_a_removed_members_merge_naming_its_removal_is_refused_not_shelved() -> None:
+    """A merge by a departed member whose parents descend from the departure is not
+    "ignored": it fails admission (its author is no member in its own past), so the pusher
+    gets the error and its strike (mutant ``_ignorable`` 17: shelved silently)."""
+    from p2psync.errors import ReplicaError
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as reader; rita joins
+        fork r2
+        owner removes rita
+        [r2] owner invites bob as writer
+        sync main r2
+        expect heads 2
+    """)
+    main = w.acl("main")
+    m = build_record(account("rita"), SPACE, main.heads, Merge())
+    with pytest.raises(ReplicaError):
+        main.add(m)
+    assert main.shelved == [] and _id(m) not in main
