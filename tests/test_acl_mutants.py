@@ -244,3 +244,32 @@ def test_a_removed_members_merge_naming_its_removal_is_refused_not_shelved() -> 
     with pytest.raises(ReplicaError):
         main.add(m)
     assert main.shelved == [] and _id(m) not in main
+
+
+def test_a_merge_by_an_author_whose_removal_had_no_effect_is_admitted() -> None:
+    """Bob's join is vetoed (its invite was revoked concurrently), so the owner's later removal
+    of bob has no effect either: bob is in no state's ``departed``. His merge made while he was
+    a member (valid in its own past) must be admitted like any record — not crash looking up
+    a departure that does not exist (mutant ``_ignorable`` 9: ``or`` → ``and``, a KeyError
+    out of ``add``)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites bob as writer openly
+        fork r2; sync all
+        owner revokes invite bob
+        [r2] bob joins
+        fork r3 from r2
+        [r2] owner invites ann as writer
+        [r3] owner invites carl as writer
+        sync r2 r3
+        [r2] expect heads 2
+    """)
+    r2 = w.acl("r2")
+    m = build_record(account("bob"), SPACE, r2.heads, Merge())
+    w.run("[r2] owner removes bob; sync all; expect bob is gone")
+    main = w.acl("main")
+    assert account("bob").public not in main.state.departed  # the removal had no effect
+    assert main.add(m) == acl_mod.AddResult(_id(m), "added")
