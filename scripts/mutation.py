@@ -397,9 +397,12 @@ for name in names:
     signal.alarm(timeout)
     try:
         # no pytest-timeout: it re-arms SIGALRM per test (cancelling the alarm above) and
-        # reports a hang as an ordinary test failure
+        # reports a hang as an ordinary test failure. --tb=native: pytest's own traceback
+        # parses each frame's module for statement ranges, and the trampolined module is
+        # thousands of lines: a mutant killed by a 0.1 s test took 30-60 s to report
         code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header",
-                                "-p", "no:warnings", "-p", "no:timeout", *tests],
+                                "-p", "no:warnings", "-p", "no:timeout", "--tb=native",
+                                *tests],
                                plugins=[why]))
     except Timeout:
         code = -24
