@@ -273,3 +273,25 @@ def test_a_merge_by_an_author_whose_removal_had_no_effect_is_admitted() -> None:
     main = w.acl("main")
     assert account("bob").public not in main.state.departed  # the removal had no effect
     assert main.add(m) == acl_mod.AddResult(_id(m), "added")
+
+
+def test_a_member_removed_and_back_again_is_not_flagged_for_writing_after_the_return() -> None:
+    """``removed_after`` names a removal the change's head does not descend from; a member who
+    was removed and re-added writes at a head that descends from the removal: not flagged,
+    and accepted under strict (mutant ``removed_after`` 7: ``and`` → ``or`` flagged every
+    change of anyone ever removed)."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as writer; rita joins
+        owner removes rita
+        owner invites rita as writer; rita joins
+        expect rita is writer
+    """)
+    acl = w.acl("main")
+    rita = account("rita").public
+    head = acl.heads[0]
+    assert acl.removed_after(rita, head) is None
+    acl.removal_policy = "strict"
+    acl.check_change(rita, head, acl.state_at(head).current_key_id, [])
