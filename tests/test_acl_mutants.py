@@ -295,3 +295,26 @@ def test_a_member_removed_and_back_again_is_not_flagged_for_writing_after_the_re
     assert acl.removed_after(rita, head) is None
     acl.removal_policy = "strict"
     acl.check_change(rita, head, acl.state_at(head).current_key_id, [])
+
+
+def test_a_merge_by_a_removed_member_now_a_replicator_is_admitted() -> None:
+    """A departed member who came back as a replicator is "back": a merge it made while a
+    member is admitted, not shelved (mutant ``_ignorable`` 8: ``member or replicator`` →
+    ``member and replicator``)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as reader; rita joins
+        fork r2
+        owner invites ann as writer
+        [r2] owner invites bob as writer
+        sync main r2
+        expect heads 2
+    """)
+    main = w.acl("main")
+    m = build_record(account("rita"), SPACE, main.heads, Merge())  # while still a member
+    w.run("owner removes rita; owner adds replicator rita; expect replicator rita")
+    assert account("rita").public in main.state.departed
+    assert main.add(m).status == "added" and main.shelved == []
