@@ -318,3 +318,19 @@ def test_a_merge_by_a_removed_member_now_a_replicator_is_admitted() -> None:
     w.run("owner removes rita; owner adds replicator rita; expect replicator rita")
     assert account("rita").public in main.state.departed
     assert main.add(m).status == "added" and main.shelved == []
+
+
+def test_an_invitee_push_of_a_record_for_another_space_is_refused() -> None:
+    """The invitee screen decodes each record for *this* space: a join signed for another
+    space is refused as malformed before anything is admitted (mutants
+    ``check_invitee_push`` 6, 8: decoded without the space id, it passed the screen)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    eve = account("eve")
+    proof = code.key.sign(JOIN_DOMAIN, join_proof_message("other.space", code.invite_id,
+                                                          eve.public))
+    foreign = build_record(eve, "other.space", [code.invite_id],
+                           RequestJoin(code.invite_id, proof))
+    with pytest.raises(AccessDenied, match="malformed"):
+        acl.check_invitee_push([foreign], eve.public)
+    acl.check_invitee_push([_join_request(eve, code)], eve.public)  # the same join here: ok
