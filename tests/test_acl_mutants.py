@@ -334,3 +334,64 @@ def test_an_invitee_push_of_a_record_for_another_space_is_refused() -> None:
     with pytest.raises(AccessDenied, match="malformed"):
         acl.check_invitee_push([foreign], eve.public)
     acl.check_invitee_push([_join_request(eve, code)], eve.public)  # the same join here: ok
+
+
+def test_a_rotation_wraps_the_old_key_under_the_documented_aad() -> None:
+    """The wrap of an old key under the new one uses the AAD of docs/protocol.md
+    (``"p2psync/acl-wrap\\0" || space_id || "\\0" || old_key_id``), which js/src/replica/acl.ts
+    builds too: computed here independently, it must open the wrap (mutants ``wrap_aad``
+    4, 6, 7 changed the domain string or the separator — symmetric in Python, so only a
+    fixed expectation sees them; other implementations and stored spaces would not open it)."""
+    from p2psync.replica.acl_records import Rotate
+
+    acl = Acl.create(SPACE, OWNER)
+    old_id = acl.state.current_key_id
+    old = acl.keys_of(OWNER)[old_id]
+    rec = decode_record(acl.rotate(OWNER), SPACE)
+    assert isinstance(rec.payload, Rotate)
+    new = acl.keys_of(OWNER)[rec.id]
+    (wrap,) = rec.payload.rotation.wraps
+    assert wrap.ref == old_id
+    aad = b"p2psync/acl-wrap\0" + SPACE.encode() + b"\0" + old_id
+    assert new.decrypt(wrap.blob, aad) == old.key
+
+
+def test_promoting_a_shelved_merge_admits_all_its_shelved_ancestors_once_parents_first() -> None:
+    """Shelved merges may build on each other (a removed member's back-dated diamond, three
+    levels deep). When an honest record names the top one, ``_promote`` admits it and every
+    shelved ancestor exactly once, parents first (mutants ``_promote`` 3, 7, 8, 11, 12, 16,
+    17: the walk not expanded, stopped early, or visiting a shared ancestor twice — the
+    promotion failed or left ancestors shelved)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.test_bite_acl import _forked
+
+    main = _forked()
+    rita = account("rita")
+    base = main.heads
+    m1 = [build_record(rita, SPACE, base, Merge(), timestamp=t) for t in (1, 2)]
+    m2 = [build_record(rita, SPACE, [_id(r) for r in m1], Merge(), timestamp=t) for t in (3, 4)]
+    m3 = build_record(rita, SPACE, [_id(r) for r in m2], Merge(), timestamp=5)
+    main.remove(OWNER, [rita.public])
+    for raw in [*m1, *m2, m3]:
+        assert main.add(raw).status == "ignored"
+    assert len(main.shelved) == 5
+    honest = build_record(OWNER, SPACE, [*main.heads, _id(m3)], Merge())
+    assert main.add(honest).status == "added"
+    assert main.shelved == []
+    promoted = main.take_promoted()
+    assert sorted(promoted) == sorted(_id(r) for r in [*m1, *m2, m3])  # each exactly once
+    pos = {rid: i for i, rid in enumerate(promoted)}
+    for raw in [*m2, m3]:
+        assert all(pos[p] < pos[_id(raw)] for p in decode_record(raw, SPACE).prev)
+    assert main.heads == [_id(honest)]
+
+
+def test_pending_requests_are_listed_oldest_first() -> None:
+    """``pending_requests`` lists join requests in replay order (mutant
+    ``pending_requests`` 12: no sort key — TypeError as soon as two are pending)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    names = ["bob", "eve", "carl", "ann"]
+    for n in names:
+        acl.request_join(account(n), code)
+    assert [q.joiner for q in acl.pending_requests()] == [account(n).public for n in names]
