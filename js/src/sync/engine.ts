@@ -113,9 +113,10 @@ export class PeerSync implements Pusher {
       }, this.config.headSyncInterval * 1000);
       (this.periodic as { unref?: () => void }).unref?.();
       await Promise.race([this.conn.waitClosed(), ...readers]);
-      if (this.core.state.restricted && this.conn.isClosed) {
-        // a stranger closed by the grace or the restricted budget: say why (Python does too)
-        this.lastError ??= (await this.conn.waitClosed()).message;
+      if (this.core.state.restricted) {
+        // a stranger closed by the grace, or its stream reset by the restricted budget: say why
+        if (this.conn.isClosed) this.lastError ??= (await this.conn.waitClosed()).message;
+        else if (this.inp.error !== null) this.lastError ??= this.inp.error.message;
       }
     } catch (exc) {
       // the peer's behaviour never escapes run(); a bug of ours is reported, not thrown
