@@ -26,7 +26,7 @@ import { decode, encode, ErrorCode, type Message, MsgType } from "../src/sync/me
 import { InboundGate, Admission, TokenBucket } from "../src/sync/sched.js";
 import { SyncReplicas, type SyncSpace } from "../src/sync/replica.js";
 import { SpaceExchange } from "../src/sync/spacex.js";
-import { utf8 } from "./helpers.js";
+import { spawnPython, utf8 } from "./helpers.js";
 
 const LIMITS = new Limits(64, 16 << 20, 8 * 1024 * 1024 + 4096);
 const EMPTY_DOC = pack([1, [], []]);
@@ -329,6 +329,33 @@ test("an oversized frame and a garbled record close only their own connection (F
     }
     await stillSyncs(h, m, "after the garbled frames");
   } finally {
+    await shutdown(h, m);
+  }
+});
+
+// --- a hostile Python client -------------------------------------------------------------------------
+for (const mode of ["flood", "garbage"] as const) test(`a hostile Python stranger (${mode}) is closed by the TS listener; an honest member keeps syncing`, { timeout: 60_000 }, async () => {
+  const h = await holder();
+  const m = await honest(h);
+  const py = spawnPython("py_hostile.py", [String(h.listener.port), h.id.deviceKey.id, mode]);
+  try {
+    const hello = await py.next() as { peer_id?: string; error?: string };
+    assert.equal(hello.error, undefined, String(hello.error));
+    const eng = h.syncs.find((s) => s.conn.peerId === hello.peer_id)!;
+    const done = await py.next() as { sent: number; answers: Record<string, number>; closed: string | null };
+    assert.notEqual(done.closed, null, `the TS peer left the ${mode} connection open`);
+    const why = await closedWithin(eng.conn, 10);
+    if (mode === "flood") {
+      assert.ok(eng.conn.link.session!.peakBuffered <= (1 << 20) + (16 << 10), `held ${eng.conn.link.session!.peakBuffered} bytes`);
+      assert.match(eng.lastError ?? "", /budget|restricted/);
+    } else {
+      assert.ok(why instanceof PeerMisbehaved, String(why));
+      assert.equal(done.answers[String(ErrorCode.MALFORMED)], 99, JSON.stringify(done.answers));
+      assert.match(done.closed ?? "", /protocol violation/);
+    }
+    await stillSyncs(h, m, `after the Python ${mode}`);
+  } finally {
+    await py.stop();
     await shutdown(h, m);
   }
 });
