@@ -13,7 +13,7 @@ import type { Socket } from "node:net";
 import { test } from "node:test";
 import { pack } from "../src/codec.js";
 import { AccountKey, DeviceCertificate, DeviceKey } from "../src/crypto/index.js";
-import { BudgetExceeded, ConnectionClosed, FrameError, PeerMisbehaved, StrangerGraceOver, TransportError } from "../src/errors.js";
+import { BudgetExceeded, ConnectionClosed, FrameError, PeerMisbehaved, RefusedByPeer, StrangerGraceOver, StrangerRefused, TransportError } from "../src/errors.js";
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
@@ -42,9 +42,10 @@ function identity(limits = LIMITS): Id {
 interface Holder { replicas: SyncReplicas; space: SyncSpace; listener: TcpListener; syncs: PeerSync[]; runs: Promise<void>[]; id: Id; tree: Uint8Array }
 
 /** A TS peer holding a space with one document, listening on TCP. */
-async function holder(config: Partial<SyncConfig> = {}): Promise<Holder> {
+async function holder(config: Partial<SyncConfig> = {}, o: { policy?: boolean } = {}): Promise<Holder> {
   const id = identity();
   const replicas = new SyncReplicas(id.account, id.deviceKey);
+  if (o.policy === true) Object.assign(id.config, { revealCertificate: (c: DeviceCertificate) => replicas.revealsTo(c) });
   const space = replicas.createSpace();
   const root = space.createChange(null, EMPTY_DOC);
   space.createChange(root.id, utf8("first edit"));
@@ -241,6 +242,23 @@ test("a stranger is closed after the grace (StrangerGraceOver); an invitee provi
     await stillSyncs(h, m, "after the grace");
   } finally {
     await shutdown(h, m);
+  }
+});
+
+test("with the revealsTo policy a stranger is refused at the handshake while no invite is open; an invitee gets through", { timeout: 60_000 }, async () => {
+  const h = await holder({}, { policy: true });
+  try {
+    const id = identity();
+    await assert.rejects(connectTcp("127.0.0.1", h.listener.port, { ...id, expectedPeer: h.id.deviceKey.id }), RefusedByPeer);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok(h.listener.errors.some((e) => e instanceof StrangerRefused), h.listener.errors.map(String).join("; "));
+    assert.equal(h.syncs.length, 0, "no sync engine ever ran for it");
+    const m = await honest(h); // makes an open invite first, as a joiner's inviter would
+    await stillSyncs(h, m, "with the policy");
+    m.sync.close();
+    await m.run;
+  } finally {
+    await shutdown(h);
   }
 });
 
