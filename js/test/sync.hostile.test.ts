@@ -13,7 +13,7 @@ import type { Socket } from "node:net";
 import { test } from "node:test";
 import { pack } from "../src/codec.js";
 import { AccountKey, DeviceCertificate, DeviceKey } from "../src/crypto/index.js";
-import { BudgetExceeded, ConnectionClosed, FrameError, PeerMisbehaved, RefusedByPeer, StrangerGraceOver, StrangerRefused, TransportError } from "../src/errors.js";
+import { BudgetExceeded, ConnectionClosed, FrameError, PeerMisbehaved, PeerTimeout, RefusedByPeer, StrangerGraceOver, StrangerRefused, TransportError } from "../src/errors.js";
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
@@ -257,6 +257,24 @@ test("with the revealsTo policy a stranger is refused at the handshake while no 
     await stillSyncs(h, m, "with the policy");
     m.sync.close();
     await m.run;
+  } finally {
+    await shutdown(h);
+  }
+});
+
+test("a peer that never finishes the space exchange is closed after exchangeTimeout (PeerTimeout)", { timeout: 60_000 }, async () => {
+  const h = await holder({ exchangeTimeout: 0.5 });
+  try {
+    const id = identity();
+    const conn = await connectTcp("127.0.0.1", h.listener.port, { ...id, expectedPeer: h.id.deviceKey.id });
+    const mine = await conn.openStream();
+    await mine.send(encode({ type: MsgType.SPACE_HELLO, nonce: new Uint8Array(32) }));
+    // … and never answers the holder's hello with its token list
+    const eng = engineFor(h, id);
+    const why = await closedWithin(eng.conn, 10);
+    assert.ok(why instanceof PeerTimeout, String(why));
+    assert.match(eng.lastError ?? "", /space exchange did not finish/);
+    assert.equal(eng.isReady, false);
   } finally {
     await shutdown(h);
   }

@@ -108,6 +108,17 @@ export class PeerSync implements Pusher {
       const accept = this.conn.acceptStream();
       this.inp = await this.withTimeout(accept, this.config.exchangeTimeout, "the peer opened no stream");
       const readers = [this.readRequests(this.inp), this.readResponses(this.out)];
+      // Python waits `exchange_timeout` for the exchange too: a peer that never sends its token
+      // list would otherwise keep the full budget, never restricted and never closed
+      const exchangeTimer = setTimeout(() => {
+        this.timers.delete(exchangeTimer);
+        if (!this.readyFlag && !this.closing) {
+          const why = `the space exchange did not finish within ${this.config.exchangeTimeout} s`;
+          this.lastError ??= why;
+          this.conn.closeWith(new PeerTimeout(why));
+        }
+      }, this.config.exchangeTimeout * 1000);
+      this.timers.add(exchangeTimer);
       this.periodic = setInterval(() => {
         this.syncNow();
       }, this.config.headSyncInterval * 1000);

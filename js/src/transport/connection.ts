@@ -510,9 +510,10 @@ export class Connection {
     this.link.fail(new ConnectionClosed(`closed locally${reason ? ": " + reason : ""}`));
   }
 
-  /** Close with a typed reason (a ConnectionClosed kind: the peer gets CLOSE NORMAL with its
-   * text; `waitClosed()` here returns `exc` itself). */
-  closeWith(exc: ConnectionClosed): void {
+  /** Close with a typed reason (the peer gets CLOSE with its text and the code of its kind:
+   * NORMAL for a ConnectionClosed, TIMEOUT for a PeerTimeout, …; `waitClosed()` here returns
+   * `exc` itself). */
+  closeWith(exc: TransportError): void {
     this.link.fail(exc);
   }
 
