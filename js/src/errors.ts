@@ -43,3 +43,6 @@ export class StrangerGraceOver extends ConnectionClosed {}
 /** We closed a peer for breaking the sync protocol: too many strikes, or one violation (JS only:
  * Python closes with a plain ConnectionClosed "protocol violation"). */
 export class PeerMisbehaved extends ConnectionClosed {}
+/** A listener refused or dropped a connection to protect itself: too many half-open or
+ * established connections from that source address or in total (Python's AdmissionRefused). */
+export class AdmissionRefused extends TransportError {}

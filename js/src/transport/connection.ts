@@ -31,7 +31,7 @@ import {
 import { decodeRecord, encodeRecord, FrameDecoder, RecordType } from "./framing.js";
 import { type HandshakeResult, Limits, SecureHandshake } from "./handshake.js";
 import type { CipherState } from "./noise.js";
-import { Budget, type BufferPool, CloseCode, CONTROL, type Event, Keepalive, Session, utf8Prefix } from "./session.js";
+import { Budget, BufferPool, CloseCode, CONTROL, type Event, Keepalive, Session, utf8Prefix } from "./session.js";
 
 /** What a Link needs from a byte-stream carrier. */
 export interface Carrier {
@@ -42,6 +42,9 @@ export interface Carrier {
   teardown(): void;
   /** Bytes of an incomplete frame are the Link's business; remote address for display. */
   remoteAddress(): string;
+  /** Listener carriers: the handshake completed, count it as established (throws
+   * AdmissionRefused over the listener's caps, before the peer is accepted). */
+  promote?(): void;
 }
 
 export interface TransportConfig {
@@ -62,6 +65,19 @@ export interface TransportConfig {
 
 /** Python's `TransportConfig.restricted_budget`. */
 export const RESTRICTED_BUDGET = 1 << 20;
+/** Python's `TransportConfig.pool_budget`: received-but-unread bytes above each connection's
+ * floor, summed over the connections that share the pool. */
+export const POOL_BUDGET = 16 << 20;
+
+let POOL: BufferPool | null = null;
+
+/** The process-wide receive pool every listener's connections share by default (Python's
+ * `shared_pool`; dialled connections keep none unless their config gives one). */
+export function sharedPool(capacity = POOL_BUDGET): BufferPool {
+  POOL ??= new BufferPool(capacity);
+  POOL.capacity = capacity;
+  return POOL;
+}
 
 /** The CLOSE code that tells the peer which kind of failure ended the connection. */
 export function closeCodeFor(exc: unknown): number {
@@ -234,6 +250,7 @@ export class Link {
       pool: budget === null ? null : (this.config.pool ?? null),
     });
     if (!this.initiator) {
+      this.carrier.promote?.(); // AdmissionRefused over a listener's connection caps
       this.session.accept(reveal);
       this.becomeReady();
     }
