@@ -9,11 +9,11 @@
  * "A listening JS peer").
  */
 import assert from "node:assert/strict";
-import type { Socket } from "node:net";
+import { connect as netConnect, type Socket } from "node:net";
 import { test } from "node:test";
 import { pack } from "../src/codec.js";
 import { AccountKey, DeviceCertificate, DeviceKey } from "../src/crypto/index.js";
-import { BudgetExceeded, ConnectionClosed, FrameError, PeerMisbehaved, PeerTimeout, RefusedByPeer, StrangerGraceOver, StrangerRefused, TransportError } from "../src/errors.js";
+import { AdmissionRefused, BudgetExceeded, ConnectionClosed, FrameError, PeerMisbehaved, PeerTimeout, RefusedByPeer, StrangerGraceOver, StrangerRefused, TransportError } from "../src/errors.js";
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
@@ -277,6 +277,57 @@ test("a peer that never finishes the space exchange is closed after exchangeTime
     assert.equal(eng.isReady, false);
   } finally {
     await shutdown(h);
+  }
+});
+
+test("idle sockets and too many connections from one address are capped (AdmissionGuard); an honest member keeps syncing", { timeout: 60_000 }, async () => {
+  const h = await holder();
+  const m = await honest(h); // from 127.0.0.1
+  const guard = h.listener.guard!;
+  const socks: Socket[] = [];
+  let closed = 0;
+  let wake = (): void => undefined;
+  const idle = (localAddress: string): void => {
+    const s = netConnect({ host: "127.0.0.1", port: h.listener.port, localAddress });
+    s.on("error", () => undefined);
+    s.on("close", () => {
+      closed++;
+      wake();
+    });
+    socks.push(s);
+  };
+  const closedAtLeast = (n: number): Promise<void> => closed >= n ? Promise.resolve() : new Promise((resolve, reject) => {
+    const t = setTimeout(() => {
+      reject(new Error(`only ${closed} of the idle sockets were dropped, wanted ${n}`));
+    }, 10_000);
+    wake = () => {
+      if (closed >= n) {
+        clearTimeout(t);
+        resolve();
+      }
+    };
+  });
+  try {
+    // 40 idle sockets from one address: 16 wait for their handshake, 24 are dropped at once
+    for (let i = 0; i < 40; i++) idle("127.0.0.2");
+    await closedAtLeast(24);
+    const halfOpen = (): number => guard.halfOpenCount;
+    assert.equal(halfOpen(), 16);
+    // 280 more from 20 other addresses: the table holds 256, the oldest are dropped for them
+    for (let a = 0; a < 20; a++) for (let i = 0; i < 14; i++) idle(`127.0.1.${a + 1}`);
+    await closedAtLeast(24 + 40);
+    assert.ok(halfOpen() <= 256 && guard.evicted >= 40, `${halfOpen()} half-open, ${guard.evicted} evicted`);
+    await stillSyncs(h, m, "beside 296 idle sockets");
+    // 32 authenticated connections from one address are allowed, the 33rd is refused
+    const conns: Connection[] = [];
+    for (let i = 0; i < 32; i++) conns.push(await connectTcp("127.0.0.1", h.listener.port, { ...identity(), expectedPeer: h.id.deviceKey.id, localAddress: "127.0.0.3" }));
+    await assert.rejects(connectTcp("127.0.0.1", h.listener.port, { ...identity(), expectedPeer: h.id.deviceKey.id, localAddress: "127.0.0.3" }), ConnectionClosed);
+    assert.ok(h.listener.errors.some((e) => e instanceof AdmissionRefused && /too many connections from 127.0.0.3/.test(e.message)));
+    for (const c of conns) c.close();
+    await stillSyncs(h, m, "after the connection flood");
+  } finally {
+    for (const s of socks) s.destroy();
+    await shutdown(h, m);
   }
 });
 

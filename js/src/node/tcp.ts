@@ -53,8 +53,8 @@ class TcpCarrier implements Carrier {
 }
 
 /** Dial `host:port`, run the authenticated handshake, resolve with the live connection. */
-export function connectTcp(host: string, port: number, id: PeerIdentity & { expectedPeer?: string | null }): Promise<Connection> {
-  const socket = netConnect({ host, port });
+export function connectTcp(host: string, port: number, id: PeerIdentity & { expectedPeer?: string | null; localAddress?: string }): Promise<Connection> {
+  const socket = netConnect(id.localAddress === undefined ? { host, port } : { host, port, localAddress: id.localAddress });
   const carrier = new TcpCarrier(socket);
   const link = (carrier.link = new Link(carrier, {
     initiator: true,
