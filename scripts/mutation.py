@@ -68,7 +68,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "acl_records": (
         ["p2psync/replica/acl_records.py"],
-        ["tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl_records.py"],
+        ["tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl_records.py",
+         "tests/test_acl_records_mutants.py", "tests/test_acl_joins.py"],
     ),
     "acl": (
         ["p2psync/replica/acl.py"],
