@@ -135,6 +135,11 @@ class ReplicaStore(Protocol):
     def delete_chunks(self, addresses: Sequence[bytes]) -> int:
         """Drop chunks atomically (unknown ones ignored); returns how many went."""
 
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        """``address -> ciphertext`` of those of ``addresses`` stored **as chunks of that file
+        of that space** (what a chunk request may be answered with), in one read."""
+
 
 class DerivedStoreOps:
     """The ReplicaStore methods that follow from the primitives, shared by implementations
@@ -155,6 +160,23 @@ class DerivedStoreOps:
 
     def get_heads(self, tree_id: bytes) -> tuple[bytes, ...]:
         raise NotImplementedError
+
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        raise NotImplementedError
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        raise NotImplementedError
+
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        """From the primitives (a store with an indexed read overrides it: this lists the
+        whole file's chunks on every call)."""
+        held = set(self.list_chunks(space_id, file_id)) if addresses else set()
+        out: dict[bytes, bytes] = {}
+        for a in addresses:
+            if a in held and (data := self.get_chunk(a)) is not None:
+                out[bytes(a)] = data
+        return out
 
     def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
         return self.add_acl_records(space_id, [(record_id, raw)]) == 1

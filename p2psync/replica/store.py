@@ -352,6 +352,18 @@ class SqliteStore(DerivedStoreOps):
                                "ORDER BY address", (space_id, file_id))
         return [bytes(r[0]) for r in rows]
 
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        addrs = list(dict.fromkeys(bytes(a) for a in addresses))
+        for i in range(0, len(addrs), 500):  # under SQLite's bound-parameter limit
+            part = addrs[i:i + 500]
+            rows = self._query("SELECT address, data FROM chunks WHERE space_id = ? AND "
+                               f"file_id = ? AND address IN ({','.join('?' * len(part))})",
+                               (space_id, bytes(file_id), *part))
+            out.update((bytes(a), bytes(d)) for a, d in rows)
+        return out
+
     def delete_chunks(self, addresses: Sequence[bytes]) -> int:
         self._query("PRAGMA secure_delete=ON")
         try:

@@ -33,20 +33,18 @@ def answer(store: ReplicaStore, req: ChunkRequest,
     space** (the caller has checked the peer may access the space), the others as missing.
     Chunks beyond ``max_bytes`` are left out (neither sent nor missing: ask again); the first
     held chunk is always sent, so every answer makes progress."""
-    held = set(store.list_chunks(req.space_id, req.file_id)) if req.addresses else set()
+    held = store.get_file_chunks(req.space_id, req.file_id, req.addresses)
     chunks: list[tuple[bytes, bytes]] = []
     missing: list[bytes] = []
     budget = max_bytes
     for a in dict.fromkeys(req.addresses):
-        if a not in held:
+        data = held.get(a)
+        if data is None:
             missing.append(a)
             continue
         if budget <= 0:
             continue
-        data = store.get_chunk(a)
-        if data is None:
-            missing.append(a)
-        elif chunks and len(data) > budget:
+        if chunks and len(data) > budget:
             budget = 0
         else:
             chunks.append((a, data))
