@@ -121,7 +121,8 @@ async def _until_stdin_closes() -> None:
     await asyncio.to_thread(sys.stdin.read)
 
 
-async def _serve_node(d: Path, mib: int, carrier: str, durable: bool) -> None:
+async def _serve_node(d: Path, mib: int, carrier: str, durable: bool,
+                      profile: str | None) -> None:
     """Child: node A with a space holding one ``mib`` MiB file; prints invite, address, ids."""
     from tests.sync_helpers import fast_config, make_node
 
@@ -138,7 +139,13 @@ async def _serve_node(d: Path, mib: int, carrier: str, durable: bool) -> None:
         nbytes = sum(n + 40 for _, n in FS.manifest_of(sp, fid).chunks)
         print(json.dumps({"invite": a.invite(sp.id).encode(), "address": a.address(carrier),
                           "space": sp.id, "file": fid.hex(), "bytes": nbytes}), flush=True)
+        prof = cProfile.Profile() if profile else None
+        if prof is not None:
+            prof.enable()
         await _until_stdin_closes()
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
     finally:
         await a.close()
 
@@ -154,7 +161,8 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
     a = None
     if procs == 2:
         child = _child(["--serve-node", str(d), "--carrier", carrier, "--node-mib", str(mib)]
-                       + (["--durable"] if durable else []))
+                       + (["--durable"] if durable else [])
+                       + ([f"--profile={profile}.sender"] if profile else []))
         assert child.stdout is not None
         info = json.loads(await asyncio.to_thread(child.stdout.readline))
         invite, address = info["invite"], info["address"]
@@ -312,7 +320,8 @@ def main() -> None:
                     help="node stores fsync every commit (an agent's default)")
     ap.add_argument("--raw-mib", type=int, default=64,
                     help="bytes of the raw aioquic reference run (capped at --node-mib)")
-    ap.add_argument("--profile", help="cProfile the receiver's fetch to PREFIX-carrier.pstats")
+    ap.add_argument("--profile", help="cProfile the receiver's fetch to PREFIX-carrier.pstats "
+                    "(and the sending process, while it serves, to ….pstats.sender)")
     ap.add_argument("--json", default="bench_files.json")
     ap.add_argument("--serve-node", help=argparse.SUPPRESS)
     ap.add_argument("--carrier", help=argparse.SUPPRESS)
@@ -320,7 +329,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.serve_node:
         asyncio.run(_serve_node(Path(args.serve_node), args.node_mib, args.carrier,
-                                args.durable))
+                                args.durable, args.profile))
         return
     if args.raw_quic_server:
         asyncio.run(_raw_quic_server())

@@ -140,6 +140,25 @@ class ReplicaStore(Protocol):
         """``address -> ciphertext`` of those of ``addresses`` stored **as chunks of that file
         of that space** (what a chunk request may be answered with), in one read."""
 
+    def chunk_io(self) -> ChunkIO | None:
+        """A :class:`ChunkIO` that may run in one worker thread while the event loop keeps
+        using this store (SQLite: its own connection to the same file), so a bulk transfer's
+        reads, writes and fsyncs overlap with the network; None when the store has none
+        (chunks are then read and stored from the loop's thread). Close it after use."""
+
+
+class ChunkIO(Protocol):
+    """The chunk reads and writes of a bulk transfer, for one worker thread at a time (see
+    :meth:`ReplicaStore.chunk_io`); same meaning as the store's methods of these names."""
+
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int: ...
+
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]: ...
+
+    def close(self) -> None: ...
+
 
 class DerivedStoreOps:
     """The ReplicaStore methods that follow from the primitives, shared by implementations
@@ -166,6 +185,9 @@ class DerivedStoreOps:
 
     def get_chunk(self, address: bytes) -> bytes | None:
         raise NotImplementedError
+
+    def chunk_io(self) -> ChunkIO | None:
+        return None
 
     def get_file_chunks(self, space_id: str, file_id: bytes,
                         addresses: Sequence[bytes]) -> dict[bytes, bytes]:
