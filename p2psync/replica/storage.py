@@ -144,6 +144,30 @@ class ReplicaStore(Protocol):
     def delete_chunks(self, addresses: Sequence[bytes]) -> int:
         """Drop chunks atomically (unknown ones ignored); returns how many went."""
 
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        """``address -> ciphertext`` of those of ``addresses`` stored **as chunks of that file
+        of that space** (what a chunk request may be answered with), in one read."""
+
+    def chunk_io(self) -> ChunkIO | None:
+        """A :class:`ChunkIO` that may run in one worker thread while the event loop keeps
+        using this store (SQLite: its own connection to the same file), so a bulk transfer's
+        reads, writes and fsyncs overlap with the network; None when the store has none
+        (chunks are then read and stored from the loop's thread). Close it after use."""
+
+
+class ChunkIO(Protocol):
+    """The chunk reads and writes of a bulk transfer, for one worker thread at a time (see
+    :meth:`ReplicaStore.chunk_io`); same meaning as the store's methods of these names."""
+
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int: ...
+
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]: ...
+
+    def close(self) -> None: ...
+
 
 class DerivedStoreOps:
     """The ReplicaStore methods that follow from the primitives, shared by implementations
@@ -164,6 +188,26 @@ class DerivedStoreOps:
 
     def get_heads(self, tree_id: bytes) -> tuple[bytes, ...]:
         raise NotImplementedError
+
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        raise NotImplementedError
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        raise NotImplementedError
+
+    def chunk_io(self) -> ChunkIO | None:
+        return None
+
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        """From the primitives (a store with an indexed read overrides it: this lists the
+        whole file's chunks on every call)."""
+        held = set(self.list_chunks(space_id, file_id)) if addresses else set()
+        out: dict[bytes, bytes] = {}
+        for a in addresses:
+            if a in held and (data := self.get_chunk(a)) is not None:
+                out[bytes(a)] = data
+        return out
 
     def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
         return self.add_acl_records(space_id, [(record_id, raw)]) == 1
