@@ -186,6 +186,11 @@ class Node:
         for server in self.servers:
             await server.close()
         if self.store is not None:
+            for space in list(self.spaces.values()):  # flush, and snapshot idle documents
+                try:
+                    space.settle()
+                except P2PSyncError as exc:  # closing anyway: what was flushed is kept
+                    log.warning("closing space %s: %s", space.id, exc)
             self.store.close()
 
     @property

@@ -47,6 +47,7 @@ from p2psync.errors import (
 )
 from p2psync.replica import automerge_adapter as am
 from p2psync.replica.change import MAX_PAYLOAD_SIZE, SEAL_OVERHEAD, Change
+from p2psync.replica.snapshots import SnapshotPolicy
 from p2psync.replica.tree import AddResult, ObjectTree, Persist
 
 log = logging.getLogger("p2psync.document")
@@ -473,6 +474,8 @@ class Document:
         self._cursor = 0  #: tree attach positions below this were considered for the doc
         #: id of the snapshot change the document was materialised from (None: full replay)
         self.loaded_snapshot: bytes | None = None
+        #: when a local flush is followed by a snapshot (replica/snapshots.py); None: never
+        self.snapshot_policy: SnapshotPolicy | None = SnapshotPolicy()
 
     # --- materialisation --------------------------------------------------------------------
     @property
@@ -748,6 +751,8 @@ class Document:
             last = ch
             self._pending = _Pending(pending.items[end:], pending.since, pending.links[end:])
         self._pending = _Pending()
+        if self.snapshot_policy is not None:
+            self.snapshot_policy.after_flush(self)
         return last
 
     def save_automerge(self) -> bytes:
@@ -790,6 +795,8 @@ class Document:
             persist=self.persist)
         self._am_heads[ch.id] = tuple(sorted(heads))
         self._seen.add(ch.id)
+        if self.snapshot_policy is not None:
+            self.snapshot_policy.snapshotted(self.tree, ch)
         return ch
 
     # --- remote changes ---------------------------------------------------------------------

@@ -87,6 +87,16 @@ class ReplicaStore(Protocol):
 
     def save_tree(self, tree: ObjectTree) -> None: ...
 
+    def save_base(self, space_id: str, tree_id: bytes, base_id: bytes,
+                  changes: Sequence[Change], heads: Sequence[bytes]) -> None:
+        """:meth:`save_changes`, and record ``base_id`` as a shallow base of the tree
+        (docs/replica.md "Shallow trees"), in one atomic write. A store that never holds
+        shallow trees (a backup's: backups fetch whole trees) raises StoreError."""
+
+    def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
+        """The recorded shallow bases of a tree (empty for a whole tree or an unknown one):
+        on load, exactly these changes may name parents that are not stored."""
+
     def persister(self) -> Persist:
         """The hook :meth:`ObjectTree.add` / :class:`Document` call to store what attached."""
 
@@ -223,9 +233,20 @@ class DerivedStoreOps:
         """Store a whole tree (e.g. a newly created one) with its heads."""
         self.save_changes(tree.space_id, tree.id, tree.changes(), tree.heads)
 
+    def save_base(self, space_id: str, tree_id: bytes, base_id: bytes,
+                  changes: Sequence[Change], heads: Sequence[bytes]) -> None:
+        raise StoreError(f"{self.label} holds no shallow trees")
+
+    def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
+        return frozenset()
+
     def persister(self) -> Persist:
         def persist(tree: ObjectTree, result: AddResult) -> None:
-            self.save_changes(tree.space_id, tree.id, result.attached, result.heads)
+            if result.base is not None:
+                self.save_base(tree.space_id, tree.id, result.base, result.attached,
+                               result.heads)
+            else:
+                self.save_changes(tree.space_id, tree.id, result.attached, result.heads)
         return persist
 
     def load_tree(self, space_id: str, tree_id: bytes, gate: AclGate, *,
@@ -247,7 +268,7 @@ def load_trusted_tree(store: DerivedStoreOps | ReplicaStore, space_id: str, tree
         raise StoreError(f"{store.label} has no tree {tree_id.hex()[:16]}…")
     try:
         tree = ObjectTree.from_trusted(space_id, gate, raws, verify_signatures=verify_signatures,
-                                       tree_id=tree_id)
+                                       tree_id=tree_id, bases=store.shallow_bases(tree_id))
     except (DecodeError, ReplicaError) as exc:
         raise StoreError(f"{store.label}: tree {tree_id.hex()[:16]}… is corrupt or "
                          f"tampered with: {exc}") from exc

@@ -77,6 +77,12 @@ _CHUNKS_SCHEMA = """CREATE TABLE IF NOT EXISTS chunks (
     data     BLOB NOT NULL
 )"""
 _CHUNKS_INDEX = "CREATE INDEX IF NOT EXISTS chunks_by_file ON chunks (file_id)"
+#: shallow bases (docs/replica.md "Shallow trees"): created on open when missing, like chunks
+_SHALLOW_SCHEMA = """CREATE TABLE IF NOT EXISTS shallow (
+    tree_id   BLOB NOT NULL,
+    change_id BLOB NOT NULL,
+    PRIMARY KEY (tree_id, change_id)
+) WITHOUT ROWID"""
 
 #: Running quota totals per space (issue 13): kept by triggers on ``changes``, so every writer
 #: of the file keeps them right — also an older p2psync that knows nothing of this table — and
@@ -148,6 +154,7 @@ class SqliteStore(DerivedStoreOps):
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute(_CHUNKS_SCHEMA)  # added after schema 1; harmless when present
             self._db.execute(_CHUNKS_INDEX)
+            self._db.execute(_SHALLOW_SCHEMA)
             if version == 0:
                 with self._tx() as db:
                     if db.execute("PRAGMA user_version").fetchone()[0] == 0:
@@ -292,6 +299,21 @@ class SqliteStore(DerivedStoreOps):
             db.execute("DELETE FROM heads WHERE tree_id = ?", (tree_id,))
             db.executemany("INSERT INTO heads VALUES (?, ?)", [(tree_id, h) for h in heads])
 
+    def save_base(self, space_id: str, tree_id: bytes, base_id: bytes,
+                  changes: Sequence[Change], heads: Sequence[bytes]) -> None:
+        """Record a shallow base with its changes and heads, in one transaction."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO shallow VALUES (?, ?)", (tree_id, base_id))
+            db.execute("INSERT OR IGNORE INTO trees VALUES (?, ?)", (tree_id, space_id))
+            db.executemany("INSERT OR IGNORE INTO changes (tree_id, change_id, raw) "
+                           "VALUES (?, ?, ?)", [(tree_id, c.id, c.raw) for c in changes])
+            db.execute("DELETE FROM heads WHERE tree_id = ?", (tree_id,))
+            db.executemany("INSERT INTO heads VALUES (?, ?)", [(tree_id, h) for h in heads])
+
+    def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
+        return frozenset(bytes(r[0]) for r in self._query(
+            "SELECT change_id FROM shallow WHERE tree_id = ?", (tree_id,)))
+
     def list_trees(self, space_id: str) -> list[bytes]:
         rows = self._query("SELECT tree_id FROM trees WHERE space_id = ? ORDER BY tree_id",
                            (space_id,))
@@ -322,6 +344,7 @@ class SqliteStore(DerivedStoreOps):
                 args = [(t,) for t in tree_ids]
                 db.executemany("DELETE FROM changes WHERE tree_id = ?", args)
                 db.executemany("DELETE FROM heads WHERE tree_id = ?", args)
+                db.executemany("DELETE FROM shallow WHERE tree_id = ?", args)
                 db.executemany("DELETE FROM trees WHERE tree_id = ?", args)
                 db.executemany("DELETE FROM chunks WHERE file_id = ?", args)
         finally:
@@ -389,6 +412,7 @@ class SqliteStore(DerivedStoreOps):
                     "SELECT tree_id FROM trees WHERE space_id = ?", (space_id,))]
                 db.executemany("DELETE FROM changes WHERE tree_id = ?", trees)
                 db.executemany("DELETE FROM heads WHERE tree_id = ?", trees)
+                db.executemany("DELETE FROM shallow WHERE tree_id = ?", trees)
                 db.execute("DELETE FROM trees WHERE space_id = ?", (space_id,))
                 db.execute("DELETE FROM usage WHERE space_id = ?", (space_id,))
                 db.execute("DELETE FROM acl_records WHERE space_id = ?", (space_id,))

@@ -17,7 +17,7 @@ import hashlib
 import heapq
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -238,6 +238,9 @@ class AddResult:
     heads: tuple[bytes, ...] = ()  #: heads after the add
     #: oldest waiting changes dropped to keep the waiting set bounded (sync re-fetches gaps)
     evicted: list[bytes] = field(default_factory=list)
+    #: the shallow base this add attached (:meth:`ObjectTree.attach_base`): the store records
+    #: it with the changes, so store open accepts exactly its missing parents
+    base: bytes | None = None
 
 
 Persist = Callable[["ObjectTree", AddResult], None]
@@ -270,6 +273,11 @@ class ObjectTree:
         self._blocked_on: dict[bytes, list[bytes]] = {}  #: missing parent id -> waiting ids
         self._acl_blocked: dict[bytes, list[bytes]] = {}  #: unknown ACL head -> waiting ids
         self._replay_cache: list[Change] | None = None
+        #: shallow trees (docs/replica.md "Shallow trees"): ids of the base snapshots, and the
+        #: ids known to be in their past but not held (their parents): those count as present
+        #: for attaching, are never attached themselves, and are never walked into
+        self.bases: set[bytes] = set()
+        self._shallow: set[bytes] = set()
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -300,6 +308,7 @@ class ObjectTree:
     def from_trusted(
         cls, space_id: str, gate: AclGate, raws: Iterable[tuple[bytes | None, bytes]],
         *, verify_signatures: bool = False, tree_id: bytes | None = None,
+        bases: Collection[bytes] = (),
     ) -> ObjectTree:
         """Rebuild a tree from ``(id, raw)`` pairs in a stored topological order (root first).
 
@@ -309,6 +318,8 @@ class ObjectTree:
         are skipped unless ``verify_signatures``: these bytes were verified before they were
         stored. Without it, a format-2 change is loaded lazily: its id, parents, space and
         tree are read here, the rest of it on first use (``Change.__getattr__``).
+        ``bases``: the shallow bases the store recorded: exactly those changes may name
+        parents that are not held (their parents then count as present for later changes).
         """
         it = iter(raws)
         try:
@@ -336,14 +347,12 @@ class ObjectTree:
                 else:
                     k = raw.find(one, _HEADER_AT[0], endo)
                     k = k + len(one) if k > 0 else 0
-                if k:  # one parent: the common case, inlined
-                    p = raw[k:k + ID_SIZE]
+                p = raw[k:k + ID_SIZE] if k else b""
+                if k and p in changes:  # one parent held: the common case, inlined
                     h = blake2b(raw, digest_size=ID_SIZE).digest()
                     if cid is not None and h != cid:
                         raise IdMismatch(f"tree change bytes hash to {h.hex()[:16]}…, "
                                          f"expected {cid.hex()[:16]}…")
-                    if p not in changes:
-                        raise InvalidChange("stored tree is not in topological order")
                     if h in changes:
                         continue
                     ch: Change = new(Change)
@@ -372,7 +381,7 @@ class ObjectTree:
                     tree._structural_check(ch)
                 h, prev = ch.id, ch.prev_ids
             for p in prev:
-                if p not in changes:
+                if p not in changes and not tree._stored_base(ch, p, bases):
                     raise InvalidChange("stored tree is not in topological order")
             if h in changes:
                 continue
@@ -382,6 +391,18 @@ class ObjectTree:
             heads.difference_update(prev)
             heads.add(h)
         return tree
+
+    def _stored_base(self, ch: Change, parent: bytes, bases: Collection[bytes]) -> bool:
+        """Store open met a change whose ``parent`` is not held: fine only for a parent the
+        shallow base set already vouches for, or for a recorded base itself."""
+        if parent in self._shallow:
+            return True
+        if ch.id not in bases:
+            return False
+        self.bases.add(ch.id)
+        self._shallow.update(p for p in ch.prev_ids if p not in self._changes)
+        self._heads.discard(self.root.id)  # every change descends from the root
+        return True
 
     @staticmethod
     def _check_root_acl(gate: AclGate, root: Change) -> None:
@@ -434,6 +455,11 @@ class ObjectTree:
                 for p in ch.prev_ids:
                     children.setdefault(p, []).append(ch.id)
             ready = [self.root.id]
+            for b in self.bases:  # shallow: a base's parents are not held
+                pending[b] -= sum(1 for p in self._changes[b].prev_ids if p in self._shallow)
+                if pending[b] == 0:
+                    ready.append(b)
+            heapq.heapify(ready)
             out: list[Change] = []
             while ready:
                 cid = heapq.heappop(ready)
@@ -474,6 +500,8 @@ class ObjectTree:
                 found.append(cid)
             for p in self._changes[cid].prev_ids:
                 pc = color.get(p)
+                if pc is None and p in self._shallow:
+                    continue  # before a shallow base: not held, nothing to send
                 if pc is None:
                     color[p] = c
                     heapq.heappush(heap, (-self._index[p], p))
@@ -494,7 +522,10 @@ class ObjectTree:
             if cid in seen:
                 continue
             seen.add(cid)
-            stack.extend(p for p in self._changes[cid].prev_ids if p not in seen)
+            stack.extend(p for p in self._changes[cid].prev_ids
+                         if p not in seen and p not in self._shallow)
+        if self.bases and not self.bases.isdisjoint(seen):
+            seen.add(self.root.id)  # before a shallow base: every change descends from it
         return seen
 
     # --- write side --------------------------------------------------------------------------
@@ -530,7 +561,8 @@ class ObjectTree:
         for raw in raws:
             ch = parsed.get(raw) if parsed is not None else None
             cid = content_id(raw) if ch is None else ch.id
-            if cid in self._changes or cid in self._waiting or cid in seen:
+            if (cid in self._changes or cid in self._waiting or cid in seen
+                    or cid in self._shallow):
                 dup.append(cid)
                 continue
             seen.add(cid)
@@ -542,6 +574,65 @@ class ObjectTree:
         result = self._add_parsed(new, persist)
         result.duplicates = dup
         return result
+
+    def attach_base(self, raw: bytes, *, check: Callable[[Change], None],
+                    persist: Persist | None = None,
+                    parsed: Mapping[bytes, Change] | None = None) -> AddResult:
+        """Make this tree *shallow*: attach a snapshot change whose parents are not held
+        (snapshot-first fetch, docs/replica.md "Shallow trees"). Only a tree holding nothing
+        but its root may go shallow. The change's id, structure and signature are verified,
+        its ACL head must be known and the gate must allow its author to write there (no
+        parent ACL heads to compare: none is held); ``check`` is the caller's rule on the
+        content the tree cannot read (a key holder checks that the sealed flag says snapshot
+        and that the author was not removed: :func:`p2psync.replica.snapshots.check_base`).
+        Its parents then count as present: a later change naming one attaches with all its
+        own checks. All-or-nothing like :meth:`add` (``persist`` sees ``result.base``)."""
+        ch = parsed.get(raw) if parsed is not None else None
+        if ch is None:
+            ch = parse_change(raw)
+        self._structural_check(ch)
+        if len(self._order) != 1 or self._waiting:
+            raise InvalidChange("only a tree holding nothing but its root may go shallow")
+        if all(p in self._changes for p in ch.prev_ids):
+            raise InvalidChange("a shallow base must name parents this tree does not hold")
+        ch.verify_signature()
+        if not self.gate.knows_head(ch.acl_head):
+            raise InvalidChange("a shallow base names an ACL head this replica does not know")
+        self.gate.check_change(ch.author, ch.acl_head, ch.read_key_id,
+                               [self._changes[p].acl_head for p in ch.prev_ids
+                                if p in self._changes])
+        check(ch)
+        undo: list[Callable[[], None]] = []
+        shallow = {p for p in ch.prev_ids if p not in self._changes}
+        try:
+            self.bases.add(ch.id)
+            self._shallow.update(shallow)
+            self._attach(ch, undo)
+            # every change descends from the root, so the root is in the base's past (not a
+            # head: a shallow tree's heads equal those of the whole tree it came from)
+            if self.root.id in self._heads:
+                self._heads.discard(self.root.id)
+                undo.append(lambda: self._heads.add(self.root.id))
+            result = AddResult(attached=[ch], heads=self.heads, base=ch.id)
+            if persist is not None:
+                persist(self, result)
+        except BaseException:
+            for fn in reversed(undo):
+                fn()
+            self.bases.discard(ch.id)
+            self._shallow.difference_update(shallow)
+            self._replay_cache = None
+            raise
+        return result
+
+    @property
+    def shallow(self) -> bool:
+        """Whether this tree starts from a snapshot (its history before it is not held)."""
+        return bool(self.bases)
+
+    def holds_or_vouches(self, change_id: bytes) -> bool:
+        """Attached here, or a parent of a shallow base (known, not held)."""
+        return change_id in self._changes or change_id in self._shallow
 
     def recheck_waiting(self, *, persist: Persist | None = None) -> AddResult:
         """Retry changes waiting for ACL heads (call after the ACL learned new records)."""
@@ -568,11 +659,14 @@ class ObjectTree:
                     queue.extend(self._unblock(self._acl_blocked, head, undo))
             while queue:
                 ch = queue.popleft()
-                missing = next((p for p in ch.prev_ids if p not in self._changes), None)
+                missing = next((p for p in ch.prev_ids if p not in self._changes
+                                and p not in self._shallow), None)
                 if missing is not None or not self.gate.knows_head(ch.acl_head):
                     self._park(ch, missing, undo)
                     continue
-                parent_acl = [self._changes[p].acl_head for p in ch.prev_ids]
+                # a parent before a shallow base is not held: its ACL head is not compared
+                parent_acl = [self._changes[p].acl_head for p in ch.prev_ids
+                              if p in self._changes]
                 try:
                     self.gate.check_change(ch.author, ch.acl_head, ch.read_key_id, parent_acl)
                 except ReplicaError as exc:
@@ -606,7 +700,8 @@ class ObjectTree:
             del self._waiting[cid]
             evicted.append(cid)
             # Parents before the first missing one were present at park time and stay so.
-            missing = next((p for p in ch.prev_ids if p not in self._changes), None)
+            missing = next((p for p in ch.prev_ids if p not in self._changes
+                            and p not in self._shallow), None)
             index, key = ((self._blocked_on, missing) if missing is not None
                           else (self._acl_blocked, ch.acl_head))
             ids = index.get(key)
