@@ -413,6 +413,27 @@ class Node:
         """Wait until ``predicate()`` holds; re-checked on every sync event (no polling)."""
         await self.replicas.wait_for(predicate, timeout)
 
+    async def fetch_history(self, space_id: str, tree_id: bytes, timeout: float = 30.0) -> bool:
+        """History on demand (docs/replica.md "Shallow trees"): a tree held shallow (from
+        a snapshot) fetches its whole history from the connected peers sharing the space
+        (a ``history`` job on each: whole tree, every change verified) and holds it whole
+        afterwards. True once whole (at once if it already is); False when no connected peer
+        shares the space; TimeoutError if none delivered it within ``timeout``."""
+        space = self.spaces[space_id]
+
+        def whole() -> bool:
+            return not space.has_tree(tree_id) or not space.tree(tree_id).shallow
+
+        if whole():
+            return True
+        peers = [e for e in list(self.engines) if space_id in e.shared]
+        for engine in peers:
+            engine.submit(("history", space_id, tree_id), 2)
+        if not peers:
+            return False
+        await self.wait_for(whole, timeout)
+        return True
+
     def tree_heads_hash(self, space_id: str, tree_id: bytes) -> bytes:
         return heads_hash(self.spaces[space_id].heads(tree_id))
 

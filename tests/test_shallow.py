@@ -115,6 +115,34 @@ def test_the_answer_is_root_snapshot_and_what_follows(tmp_path: Path) -> None:
     assert w.a.snapshot_answer(doc.tree.id, len(snap.raw)) is None  # root + S do not fit
 
 
+def test_the_answer_from_stored_rows_equals_the_trees(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a)
+    tid = doc.tree.id
+    in_memory = w.a.snapshot_answer(tid, 1 << 20)
+    cold = Space.open(w.a.store, w.alice, w.a.device, w.a.id)  # nothing in memory
+    assert cold.snapshot_answer(tid, 1 << 20) == in_memory is not None
+    assert tid not in cold._trees  # answered without building the tree
+    # a change outside the snapshot's past stored before it: the stored rows cannot tell
+    # without the tree, so the whole tree is sent (the in-memory path still answers)
+    acl = w.a.acl
+    kid = acl.state.current_key_id
+    key = acl.read_key(kid)
+    assert key is not None
+    heads = doc.tree.heads
+    side = build_change(w.alice, key, b"c", space_id=w.a.id, tree_id=tid, prev_ids=heads,
+                        acl_head=acl.heads[-1], read_key_id=kid)
+    snap2 = build_change(w.alice, key, b"s", space_id=w.a.id, tree_id=tid, prev_ids=heads,
+                         acl_head=acl.heads[-1], read_key_id=kid, snapshot=True)
+    w.a.add_changes(tid, [side.raw])
+    w.a.add_changes(tid, [snap2.raw])
+    cold = Space.open(w.a.store, w.alice, w.a.device, w.a.id)
+    assert cold.snapshot_answer(tid, 1 << 20) is None
+    got = w.a.snapshot_answer(tid, 1 << 20)
+    assert got is not None and got[1] == [doc.tree.root.raw, snap2.raw, side.raw]
+    assert snap.id != snap2.id
+
+
 def test_a_normal_change_is_no_base(tmp_path: Path) -> None:
     w = World(tmp_path)
     doc, _snap = _doc_with_snapshot(w.a)

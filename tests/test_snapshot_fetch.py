@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from p2psync.api import ApiServer
+from p2psync.crypto.ids import short_hash
 from p2psync.errors import DecodeError
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import Change, build_change
 from p2psync.replica.document import ROOT, Document
 from p2psync.replica.space import Space
 from p2psync.sync.messages import FullSyncRequest, FullSyncResponse, Message, decode, encode
-from p2psync.sync.pull import TreePull
+from p2psync.sync.pull import HistoryPull, TreePull
+from tests.conftest import Fleet
 from tests.sync_helpers import close_all, converged, fast_config, make_node, wait_any
+from tests.test_agent import rpc
 from tests.test_sync_cores import _Source, drive, joined, strikes
 
 
@@ -186,7 +190,12 @@ async def _fetch(tmp_path: Path, name: str, snapshot_first: bool,
         n = verifications.n - before
         for d in docs:
             assert mine.document(d.tree.id).to_json() == d.to_json()
-        return n, all(mine.tree(d.tree.id).shallow for d in docs)
+        shallow = all(mine.tree(d.tree.id).shallow for d in docs)
+        if shallow:  # history on demand, over the same connection
+            assert await b.fetch_history(space.id, docs[0].tree.id)
+            tree = mine.tree(docs[0].tree.id)
+            assert not tree.shallow and len(tree) == len(docs[0].tree)
+        return n, shallow
     finally:
         await close_all([a, b])
 
@@ -198,3 +207,70 @@ async def test_two_nodes_fetch_snapshot_first_over_tcp(tmp_path: Path,
     assert n_snap == 4 * (1 + 1 + 2)  # per document: root, snapshot, two changes after it
     n_full, shallow = await _fetch(tmp_path, "full", False, verifications)
     assert not shallow and n_full == 4 * (1 + 20 + 1 + 2)
+
+
+# --- history on demand ------------------------------------------------------------------------
+def test_history_on_demand_makes_the_tree_whole(tmp_path: Path) -> None:
+    _a, b, pair, space = joined(tmp_path)
+    doc, snap = _snapshotted_doc(space)
+    tid = doc.tree.id
+    drive(TreePull(pair.sb, _Source(), space.id, tid), pair.ra)
+    mine = b.replicas.spaces[space.id]
+    d = mine.document(tid)  # an app holds the document across the swap
+    assert mine.tree(tid).shallow and snap.prev_ids[0] not in mine.tree(tid)
+    assert strikes(drive(HistoryPull(pair.sb, _Source(), space.id, tid), pair.ra)) == []
+    tree = mine.tree(tid)
+    assert not tree.shallow and len(tree) == len(doc.tree) and tree.heads == doc.tree.heads
+    assert d.tree is tree and d.to_json() == doc.to_json()
+    assert b.store.shallow_bases(tid) == frozenset()
+    assert b.store.raw_changes(tid)[0][0] == tid  # root first again
+    again = Space.open(b.store, b.account, b.device.public, space.id)
+    assert len(again.tree(tid)) == len(doc.tree) and not again.tree(tid).shallow
+
+
+def test_history_from_a_liar_or_a_shallow_peer_changes_nothing(tmp_path: Path) -> None:
+    _a, b, pair, space = joined(tmp_path)
+    doc, _ = _snapshotted_doc(space)
+    tid = doc.tree.id
+    drive(TreePull(pair.sb, _Source(), space.id, tid), pair.ra)
+    mine = b.replicas.spaces[space.id]
+    held = len(mine.tree(tid))
+
+    def forged(req: Message) -> Message:
+        honest = pair.ra.answer(req, 0.0).message
+        assert isinstance(honest, FullSyncResponse)
+        raws = list(honest.changes)
+        bad = bytearray(raws[3])
+        bad[-1] ^= 1
+        raws[3] = bytes(bad)
+        return _liar(honest, raws)
+
+    core = HistoryPull(pair.sb, _Source(), space.id, tid)
+    with pytest.raises(Exception, match=r"[Ss]ignature"):
+        drive(core, pair.ra, answer=forged)
+    assert mine.tree(tid).shallow and len(mine.tree(tid)) == held
+
+    def partial(req: Message) -> Message:  # a shallow peer: root, base and after only
+        honest = pair.ra.answer(req, 0.0).message
+        assert isinstance(honest, FullSyncResponse)
+        return _liar(honest, [c.raw for c in mine.tree(tid).changes()])
+
+    with pytest.raises(Exception, match="incomplete"):
+        drive(HistoryPull(pair.sb, _Source(), space.id, tid), pair.ra, answer=partial)
+    assert mine.tree(tid).shallow and len(mine.tree(tid)) == held
+
+
+async def test_doc_history_through_the_agent_fetches_the_whole_history(fleet: Fleet) -> None:
+    a, b = await fleet.agent("a"), await fleet.agent("b")
+    sb = fleet.track(await ApiServer(b).start())
+    space = a.node.create_space()
+    doc, _ = _snapshotted_doc(space)
+    joined_space = await b.join(a.node.invite(space.id).encode())
+    await wait_any([a.node, b.node], lambda: converged([a.node, b.node], space.id)
+                   and joined_space.has_tree(doc.tree.id))
+    assert joined_space.tree(doc.tree.id).shallow
+    [h] = await rpc(sb.path, {"id": 1, "op": "doc.history", "params": {
+        "space": space.id, "doc": short_hash(doc.tree.id)}})
+    assert h["ok"], h
+    assert len(h["result"]) == len(doc.tree)  # every change, not only base + after
+    assert not joined_space.tree(doc.tree.id).shallow

@@ -55,7 +55,7 @@ def test_idle_documents_snapshot_on_settle_and_when_dropped(tmp_path: Path) -> N
     docs = []
     for _ in range(3):
         docs.append(space.new_document())
-        _edit(docs[-1], 5)  # a few KB: below the busy threshold, above the idle one
+        _edit(docs[-1], 12)  # ~6 KB: below the busy threshold, above the idle one
     # the first document left the open set when the third opened: it snapshotted then
     assert len(_snapshots(space, docs[0])) == 1
     assert _snapshots(space, docs[2]) == []

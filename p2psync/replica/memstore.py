@@ -120,6 +120,16 @@ class MemoryStore(DerivedStoreOps):
         self.save_changes(space_id, tree_id, changes, heads)  # validates before it mutates
         d.shallow[tree_id] = d.shallow.get(tree_id, frozenset()) | {base}
 
+    def replace_tree(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        d = self._d()
+        staged = {_bytes(c.id, "change id"): _bytes(c.raw, "change") for c in changes}
+        new_heads = tuple(sorted(_bytes(h, "head") for h in heads))
+        d.trees.setdefault(tree_id, space_id)
+        d.changes[tree_id] = staged
+        d.heads[tree_id] = new_heads
+        d.shallow.pop(tree_id, None)
+
     def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
         return self._d().shallow.get(tree_id, frozenset())
 

@@ -68,7 +68,7 @@ MIN_SNAPSHOT_BYTES = 32 * 1024
 BUSY_FACTOR = 8
 #: When a document goes idle (dropped from the space's open set, or the node closes): snapshot
 #: if the changes since the last one weigh this much and an eighth of that snapshot.
-IDLE_MIN_BYTES = 1024
+IDLE_MIN_BYTES = 4 * 1024
 IDLE_FACTOR = 0.125
 
 

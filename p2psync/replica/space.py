@@ -24,6 +24,7 @@ from p2psync.errors import (
     DecodeError,
     InvalidChange,
     ObjectDeleted,
+    P2PSyncError,
     RemovedAuthor,
     ReplicaError,
     StoreError,
@@ -38,7 +39,7 @@ from p2psync.replica.document import DEFAULT_WINDOW, Document
 from p2psync.replica.header import SpaceHeader
 from p2psync.replica.snapshots import check_base, latest_snapshot
 from p2psync.replica.storage import ReplicaStore
-from p2psync.replica.tree import AddResult, ObjectTree
+from p2psync.replica.tree import AddResult, ObjectTree, parse_stored_change
 
 #: Called after trees change (space id, tree id, the add result) — the engine pushes from here.
 TreeListener = Callable[[str, bytes, AddResult], None]
@@ -383,6 +384,34 @@ class Space:
         self._notify(tree_id, res)
         return res
 
+    def complete_history(self, full: ObjectTree) -> AddResult:
+        """History on demand: ``full`` is the whole tree of a shallow tree held here, fetched
+        by an ordinary full sync into a separate tree (every change verified by
+        :meth:`ObjectTree.add`). It must hold every change held here and wait for nothing;
+        then the stored tree is replaced by it in one write (base record dropped) and
+        memory follows (an open document reopens over it). Returns what was new."""
+        tid = full.id
+        cur = self.tree(tid)
+        if not cur.shallow:
+            return AddResult(heads=cur.heads)
+        held = [c.raw for c in cur.changes() if c.id not in full]
+        if held:
+            full.add(held)  # changes after the base the responder did not send: ours
+        if full.shallow or full.waiting_ids:
+            raise InvalidChange("the fetched history is incomplete (parents still missing)")
+        new = [c for c in full.changes() if c.id not in cur]
+        self.store.replace_tree(self.id, tid, full.changes(), full.heads)
+        self._trees.pop(tid, None)
+        doc = self._live.get(tid)
+        if doc is not None:  # the same document object, over the whole tree now
+            doc.tree = full
+            doc._reset()
+        self._cache(full)
+        res = AddResult(attached=new, heads=full.heads)
+        if new:
+            self._notify(tid, res)
+        return res
+
     def snapshot_answer(self, tree_id: bytes, cap: int) -> tuple[tuple[bytes, ...],
                                                                   list[bytes]] | None:
         """``(heads, raws)`` answering a snapshot-first fetch of a tree (a member asking
@@ -394,7 +423,11 @@ class Space:
         S names them), or when root and S do not fit one batch of ``cap`` bytes."""
         if not self.has_tree(tree_id) or self.acl.state.is_deleted(tree_id):
             return None
-        tree = self.tree(tree_id)
+        tree = self._trees.get(tree_id)
+        if tree is None and (doc := self._live.get(tree_id)) is not None:
+            tree = doc.tree
+        if tree is None:  # not in memory: from the stored bytes, no ObjectTree built
+            return self._snapshot_answer_stored(tree_id, cap)
         snap = latest_snapshot(tree, self.acl)
         if snap is None:
             return None
@@ -410,6 +443,50 @@ class Space:
             allowed.add(ch.id)
             out.append(ch.raw)
         return tree.heads, out
+
+    def _snapshot_answer_stored(self, tree_id: bytes, cap: int,
+                                ) -> tuple[tuple[bytes, ...], list[bytes]] | None:
+        """:meth:`snapshot_answer` from the store's rows (a topological order): the latest
+        stored snapshot S, then every row after it. Loading the whole tree to find S was a
+        third of a source's time in initial sync (docs/performance.md). Rows after S are
+        exactly the changes not in S's past when (checked here) each names only the root, S,
+        S's parents or earlier rows after S as parents and every head is S or such a row: a
+        change outside S's past stored before S would have to reach a head through one of
+        them. Anything else: None (the whole tree is sent)."""
+        try:
+            return self._stored_answer(tree_id, cap)
+        except (DecodeError, ReplicaError) as exc:  # our disk, not the peer's fault
+            raise StoreError(f"{self.store.label}: tree {tree_id.hex()[:16]}… is corrupt or "
+                             f"tampered with: {exc}") from exc
+
+    def _stored_answer(self, tree_id: bytes, cap: int,
+                       ) -> tuple[tuple[bytes, ...], list[bytes]] | None:
+        rows = self.store.raw_changes(tree_id)
+        snap: Change | None = None
+        at = 0
+        for i in range(len(rows) - 1, 0, -1):
+            cid, raw = rows[i]
+            ch = parse_stored_change(raw, cid)
+            try:
+                check_base(self.acl, ch)
+            except P2PSyncError:
+                continue
+            snap, at = ch, i
+            break
+        if snap is None or len(rows[0][1]) + len(snap.raw) > cap:
+            return None
+        allowed = {rows[0][0], snap.id, *snap.prev_ids}
+        out = [rows[0][1], snap.raw]
+        for cid, raw in rows[at + 1:]:
+            if not allowed.issuperset(parse_stored_change(raw, cid).prev_ids):
+                return None
+            allowed.add(cid)
+            out.append(raw)
+        heads = self.store.get_heads(tree_id)
+        if not allowed.issuperset(heads) or rows[0][0] in heads or any(
+                h in snap.prev_ids for h in heads):
+            return None
+        return heads, out
 
     def refresh_acl(self) -> None:
         """Take in ACL records another process stored in our store (see :meth:`refresh`)."""

@@ -93,6 +93,14 @@ class ReplicaStore(Protocol):
         (docs/replica.md "Shallow trees"), in one atomic write. A store that never holds
         shallow trees (a backup's: backups fetch whole trees) raises StoreError."""
 
+    def replace_tree(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        """Replace everything stored of a tree by ``changes`` (a topological order, root
+        first) and ``heads``, dropping its shallow bases, in one atomic write: a shallow tree
+        whose whole history was fetched (its storage order must stay topological, so the
+        history cannot be appended after the base). Stores that hold no shallow trees raise
+        StoreError."""
+
     def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
         """The recorded shallow bases of a tree (empty for a whole tree or an unknown one):
         on load, exactly these changes may name parents that are not stored."""
@@ -235,6 +243,10 @@ class DerivedStoreOps:
 
     def save_base(self, space_id: str, tree_id: bytes, base_id: bytes,
                   changes: Sequence[Change], heads: Sequence[bytes]) -> None:
+        raise StoreError(f"{self.label} holds no shallow trees")
+
+    def replace_tree(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
         raise StoreError(f"{self.label} holds no shallow trees")
 
     def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:

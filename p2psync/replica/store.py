@@ -310,6 +310,19 @@ class SqliteStore(DerivedStoreOps):
             db.execute("DELETE FROM heads WHERE tree_id = ?", (tree_id,))
             db.executemany("INSERT INTO heads VALUES (?, ?)", [(tree_id, h) for h in heads])
 
+    def replace_tree(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        """A shallow tree's whole history arrived: rewrite its rows in topological order and
+        drop its base record, in one transaction (the usage triggers keep the totals)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM changes WHERE tree_id = ?", (tree_id,))
+            db.execute("DELETE FROM shallow WHERE tree_id = ?", (tree_id,))
+            db.execute("INSERT OR IGNORE INTO trees VALUES (?, ?)", (tree_id, space_id))
+            db.executemany("INSERT OR IGNORE INTO changes (tree_id, change_id, raw) "
+                           "VALUES (?, ?, ?)", [(tree_id, c.id, c.raw) for c in changes])
+            db.execute("DELETE FROM heads WHERE tree_id = ?", (tree_id,))
+            db.executemany("INSERT INTO heads VALUES (?, ?)", [(tree_id, h) for h in heads])
+
     def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
         return frozenset(bytes(r[0]) for r in self._query(
             "SELECT change_id FROM shallow WHERE tree_id = ?", (tree_id,)))

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from p2psync.codec import content_id
-from p2psync.errors import P2PSyncError, PeerRefused, ProtocolError
+from p2psync.errors import InvalidChange, P2PSyncError, PeerRefused, ProtocolError
 from p2psync.replica.change import Change
 from p2psync.replica.space import Space
+from p2psync.replica.tree import ObjectTree
 from p2psync.sync.effects import Effect, Push, Strike, Submit, Violation
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.ldiff import HeadSyncSession
@@ -411,13 +412,72 @@ class Challenge(Core):
         return []
 
 
+class HistoryPull(Core):
+    """History on demand (docs/replica.md "Shallow trees"): the whole of a tree we hold
+    shallow, by ordinary full sync (``from_snapshot = false``) into a separate in-memory tree
+    — every change verified as it arrives — which then replaces ours
+    (:meth:`Space.complete_history`). A peer that cannot give the whole history (a shallow
+    peer) fails the job; nothing held changes then."""
+
+    def __init__(self, state: PeerState, source: Pusher, space_id: str, tree_id: bytes) -> None:
+        super().__init__(state, source)
+        self.space_id = space_id
+        self.tree_id = tree_id
+        self.space = state.allowed(space_id)
+        self.done = (self.space is None or not self.space.has_tree(tree_id)
+                     or not self.space.tree(tree_id).shallow)
+        self.full: ObjectTree | None = None
+        self.rounds = 0
+        self._waiting = False
+
+    def _next(self) -> tuple[int, Message] | None:
+        if self._waiting:
+            return None
+        self._waiting = True
+        self.rounds += 1
+        heads = self.full.heads if self.full is not None else ()
+        return 0, FullSyncRequest(self.space_id, self.tree_id, heads[:MAX_HEADS], (), (),
+                                  self.state.config.batch_bytes, False)
+
+    def _receive(self, tag: int, msg: Message, now: float) -> list[Effect]:
+        assert isinstance(msg, FullSyncResponse) and self.space is not None
+        self._waiting = False
+        if msg.space_id != self.space_id or msg.object_id != self.tree_id:
+            self._fail(ProtocolError("full sync answer for another object"))
+            return [Strike("full sync answer for another object")]
+        raws = list(msg.changes)
+        before = len(self.full) if self.full is not None else 0
+        try:
+            if self.full is None:
+                root = next((r for r in raws if content_id(r) == self.tree_id), None)
+                if root is None:
+                    self._fail(ProtocolError("the history answer lacks the root"))
+                    return []
+                self.full = ObjectTree.from_root(self.space_id, self.space.acl, root)
+                raws = [r for r in raws if r is not root]
+            self.full.add(raws)
+            if not msg.more:
+                self.space.complete_history(self.full)
+                self.done = True
+                return []
+        except P2PSyncError as exc:
+            self._fail(exc)
+            return [] if isinstance(exc, InvalidChange) else [Strike(f"history refused: {exc}")]
+        if len(self.full) == before or self.rounds >= self.state.config.max_rounds:
+            self._fail(ProtocolError("history sync made no progress"))
+        return []
+
+
 def job_core(state: PeerState, source: Pusher, key: tuple[str, str, bytes]) -> Core:
-    """The requester core for one scheduled job ``("space"|"acl"|"tree", space, tree)``."""
+    """The requester core for one scheduled job ``("space"|"acl"|"tree"|"history", space,
+    tree)``."""
     kind, sid, tid = key
     if kind == "space":
         return SpaceSync(state, source, sid)
     if kind == "acl":
         return AclPull(state, source, sid)
+    if kind == "history":
+        return HistoryPull(state, source, sid, tid)
     return TreePull(state, source, sid, tid)
 
 
