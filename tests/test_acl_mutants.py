@@ -395,3 +395,19 @@ def test_pending_requests_are_listed_oldest_first() -> None:
     for n in names:
         acl.request_join(account(n), code)
     assert [q.joiner for q in acl.pending_requests()] == [account(n).public for n in names]
+
+
+def test_a_late_joiner_unwraps_the_whole_chain_of_old_keys() -> None:
+    """A member who joins after several rotations is sealed only the newest key; each older
+    key is wrapped under the next. The keyring must walk the keys newest first to open the
+    whole chain (mutant ``_keyring`` 13: walked in id order, a key met before the key wrapping
+    it stayed out — the late joiner could not read older history; with 7 keys, id order is
+    rarely the right one by chance: failed 5 of 5 runs with the mutant applied)."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("owner writes" + "; owner rotates; owner writes" * 6)
+    w.run("owner invites dan as reader; dan joins; expect dan reads all")
+    acl = w.acl("main")
+    assert set(acl.keys_of(account("dan"))) == set(acl.state.key_order)
+    assert len(acl.state.key_order) == 7
