@@ -245,6 +245,29 @@ test("a stranger is closed after the grace (StrangerGraceOver); an invitee provi
   }
 });
 
+test("a joiner lifts its own stranger restriction before it bootstraps (an answer bigger than that budget arrives)", { timeout: 60_000 }, async () => {
+  const h = await holder();
+  try {
+    const id = identity();
+    Object.assign(id.config, { restrictedBudget: 512 });
+    const r = new SyncReplicas(id.account, id.deviceKey);
+    const [raw, code] = invite(h.space.acl, h.id.account, Role.WRITER, { anyoneCanJoin: true });
+    h.replicas.commitAcl(h.space, raw);
+    const conn = await connectTcp("127.0.0.1", h.listener.port, { ...id, expectedPeer: h.id.deviceKey.id });
+    const s = new PeerSync(r, conn);
+    const run = s.run();
+    await s.ready;
+    assert.equal(s.core.state.restricted, true, "the holder shares nothing with the joiner yet");
+    const { space } = await s.bootstrap(h.space.id, code);
+    await s.waitFor(() => space.tree(h.tree)?.size === 2);
+    assert.equal(conn.restricted, false);
+    s.close();
+    await run;
+  } finally {
+    await shutdown(h);
+  }
+});
+
 test("with the revealsTo policy a stranger is refused at the handshake while no invite is open; an invitee gets through", { timeout: 60_000 }, async () => {
   const h = await holder({}, { policy: true });
   try {
