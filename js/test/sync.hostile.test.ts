@@ -17,6 +17,7 @@ import { AdmissionRefused, BudgetExceeded, ConnectionClosed, FrameError, PeerMis
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
+import { Budget } from "../src/transport/session.js";
 import { invite, join } from "../src/bootstrap.js";
 import { Acl } from "../src/replica/acl.js";
 import { Role } from "../src/replica/aclRecords.js";
@@ -249,7 +250,8 @@ test("a joiner lifts its own stranger restriction before it bootstraps (an answe
   const h = await holder();
   try {
     const id = identity();
-    Object.assign(id.config, { restrictedBudget: 512 });
+    // restricted to 512 bytes with no floor: the bootstrap answer (header and ACL) is bigger
+    Object.assign(id.config, { restrictedBudget: 512, budget: new Budget(4, 16 << 20, 0) });
     const r = new SyncReplicas(id.account, id.deviceKey);
     const [raw, code] = invite(h.space.acl, h.id.account, Role.WRITER, { anyoneCanJoin: true });
     h.replicas.commitAcl(h.space, raw);
