@@ -233,3 +233,29 @@ def test_parallel_verification_works_from_a_fresh_pool_with_two_workers(
     monkeypatch.setattr(tree_mod, "_pool", None)
     t = fresh()
     assert len(t.add(DAG).attached) == len(DAG) >= tree_mod.PARALLEL_VERIFY_MIN
+
+
+def test_stored_changes_of_both_formats_take_the_fast_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a document re-parses every stored change: well-formed rows of both formats must
+    not fall back to the strict parser (mutants that break a step of the fast decode still
+    give the right result through the fallback, at 3-4× the cost — issue 13's store open).
+    The id is still checked on the fast path."""
+    from p2psync.codec import content_id
+    from p2psync.errors import IdMismatch
+    from p2psync.replica import tree as tree_mod
+    from p2psync.replica.change import LEGACY_VERSION
+
+    legacy = build_change(OWNER.account, OWNER.key, b"old", space_id=SPACE_ID, tree_id=BASE.id,
+                          prev_ids=[BASE.id], acl_head=OWNER.acl_root,
+                          read_key_id=OWNER.acl_root, timestamp=9, version=LEGACY_VERSION).raw
+    rows = [BASE.root.raw, DAG[0], DAG[-1], legacy]
+    want = [parse_change(raw) for raw in rows]
+
+    def strict(*_a: object, **_k: object) -> object:
+        raise AssertionError("fell back to the strict parser")
+
+    monkeypatch.setattr(tree_mod, "parse_change", strict)
+    assert [tree_mod.parse_stored_change(raw, content_id(raw)) for raw in rows] == want
+    with pytest.raises(IdMismatch):
+        tree_mod.parse_stored_change(DAG[0], content_id(DAG[1]))

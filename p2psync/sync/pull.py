@@ -202,7 +202,17 @@ class TreePull(Core):
         self.rounds += 1
         self._before = self._heads()
         return 0, FullSyncRequest(self.space_id, self.tree_id, self._before[:MAX_HEADS], (), (),
-                                  self.state.config.batch_bytes)
+                                  self.state.config.batch_bytes, self._from_snapshot())
+
+    def _from_snapshot(self) -> bool:
+        """Ask for the latest snapshot and what follows (docs/replica.md "Shallow trees")
+        when we hold nothing of the tree and are a member with a read key (a backup holds
+        none: it fetches and vouches for whole trees)."""
+        space = self.space
+        return (self.state.config.snapshot_first and not self._before and space is not None
+                and not space.has_tree(self.tree_id) and space.role() is not None
+                and bool(space.acl.state.key_order)
+                and space.acl.read_key(space.acl.state.current_key_id) is not None)
 
     def _receive(self, tag: int, msg: Message, now: float) -> list[Effect]:
         assert isinstance(msg, FullSyncResponse) and self.space is not None
@@ -213,7 +223,8 @@ class TreePull(Core):
         self.their = msg.heads
         self._resp = msg
         self._retried_acl = False
-        self.ingest = Ingest(self.state, self.source, self.space, self.tree_id, msg.changes)
+        self.ingest = Ingest(self.state, self.source, self.space, self.tree_id, msg.changes,
+                             base_first=not self._before and self._from_snapshot())
         return []
 
     def ingested(self, now: float) -> list[Effect]:
@@ -232,7 +243,8 @@ class TreePull(Core):
     def _sub_done(self, sub: Core, now: float) -> list[Effect]:
         assert self.space is not None and self._resp is not None
         self.ingest = Ingest(self.state, self.source, self.space, self.tree_id,
-                             self._resp.changes)
+                             self._resp.changes,
+                             base_first=not self._before and self._from_snapshot())
         return []
 
     def _round_done(self) -> list[Effect]:
