@@ -17,6 +17,7 @@ import { AdmissionRefused, BudgetExceeded, ConnectionClosed, FrameError, PeerMis
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
+import { Budget } from "../src/transport/session.js";
 import { invite, join } from "../src/bootstrap.js";
 import { Acl } from "../src/replica/acl.js";
 import { Role } from "../src/replica/aclRecords.js";
@@ -213,7 +214,7 @@ test("a stranger's oversized message ends its connection; a member's of the same
 });
 
 test("a stranger is closed after the grace (StrangerGraceOver); an invitee proving its invite in time is not", { timeout: 60_000 }, async () => {
-  const h = await holder({ strangerGrace: 0.6 });
+  const h = await holder({ strangerGrace: 1.5 });
   const m = await honest(h);
   try {
     const s = await rawPeer(h);
@@ -230,18 +231,42 @@ test("a stranger is closed after the grace (StrangerGraceOver); an invitee provi
     const why = await closedWithin(eng.conn, 10);
     assert.ok(why instanceof StrangerGraceOver, String(why));
     assert.match(eng.lastError ?? "", /grace period over/);
-    // the invitee outlives the grace and syncs
-    await new Promise((resolve) => setTimeout(resolve, 800));
-    assert.equal(conn.isClosed, false, "the invitee was befriended");
+    // the invitee was befriended when it proved its invite: no grace timer, the full budget
     const ieng = engineFor(h, id);
     assert.equal(ieng.core.state.restricted, false);
     assert.equal(ieng.conn.restricted, false);
+    assert.equal(ieng.conn.link.grace, null, "the invitee's grace timer is cancelled");
+    assert.equal(conn.isClosed, false);
     await inv.waitFor(() => space.tree(h.tree)?.size === 2);
     inv.close();
     await run;
     await stillSyncs(h, m, "after the grace");
   } finally {
     await shutdown(h, m);
+  }
+});
+
+test("a joiner lifts its own stranger restriction before it bootstraps (an answer bigger than that budget arrives)", { timeout: 60_000 }, async () => {
+  const h = await holder();
+  try {
+    const id = identity();
+    // restricted to 512 bytes with no floor: the bootstrap answer (header and ACL) is bigger
+    Object.assign(id.config, { restrictedBudget: 512, budget: new Budget(4, 16 << 20, 0) });
+    const r = new SyncReplicas(id.account, id.deviceKey);
+    const [raw, code] = invite(h.space.acl, h.id.account, Role.WRITER, { anyoneCanJoin: true });
+    h.replicas.commitAcl(h.space, raw);
+    const conn = await connectTcp("127.0.0.1", h.listener.port, { ...id, expectedPeer: h.id.deviceKey.id });
+    const s = new PeerSync(r, conn);
+    const run = s.run();
+    await s.ready;
+    assert.equal(s.core.state.restricted, true, "the holder shares nothing with the joiner yet");
+    const { space } = await s.bootstrap(h.space.id, code);
+    await s.waitFor(() => space.tree(h.tree)?.size === 2);
+    assert.equal(conn.restricted, false);
+    s.close();
+    await run;
+  } finally {
+    await shutdown(h);
   }
 });
 
@@ -342,7 +367,7 @@ test("a member flooding requests is answered RATE_LIMITED past the burst (no str
     h.space.addAcl([join(Acl.fromRecords(h.space.id, h.space.acl.export(), { me: member.account }), member.account, code)], null);
     const p = await rawPeer(h, member, new Map([[h.space.id, h.space.exchangeKey]]));
     const eng = p.eng;
-    const N = 4000;
+    const N = 6000;
     const t0 = performance.now();
     const sending = (async () => {
       for (let i = 1; i <= N; i++) await p.mine.send(headSync(h.space.id, i));

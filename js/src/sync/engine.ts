@@ -467,6 +467,9 @@ export class PeerSync implements Pusher {
    */
   async bootstrap(spaceId: string, code: InviteCode | null = null): Promise<{ space: SyncSpace; pendingApproval: boolean }> {
     await this.withTimeout(this.ready, this.config.exchangeTimeout, "space exchange did not finish");
+    // we chose to fetch from this peer: no stranger budget or grace for it (Python does the
+    // same; its answer may be bigger than the restricted budget)
+    this.apply(this.core.state.befriend({ force: true }));
     const core = new BootstrapJoin(this.core.state, this, spaceId, code, this.now);
     try {
       await this.drive(core);
