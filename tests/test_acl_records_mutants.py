@@ -10,6 +10,12 @@ from p2psync.crypto.keys import AccountKey
 from p2psync.errors import InvalidAclRecord
 from p2psync.replica.acl_records import (
     MAX_META_SIZE,
+    SEALED_KEY_SIZE,
+    Accept,
+    InviteJoin,
+    KeyEntry,
+    RequestJoin,
+    Role,
     SpaceMeta,
     build_record,
     decode_record,
@@ -18,6 +24,9 @@ from p2psync.replica.acl_records import (
 AUTHOR = AccountKey(b"\x13" * 32)
 PREV = [b"\x0a" * 32]
 KEY_ID = b"\x0c" * 32
+A = b"\x01" * 32
+PROOF = b"\x07" * 64
+SEALED = b"\x05" * SEALED_KEY_SIZE
 
 
 @pytest.mark.parametrize("size", [40, MAX_META_SIZE])
@@ -37,3 +46,20 @@ def test_space_meta_round_trips_at_both_size_bounds(size: int) -> None:
 def test_space_meta_sizes_are_enforced(meta: SpaceMeta) -> None:
     with pytest.raises(InvalidAclRecord):
         decode_record(build_record(AUTHOR, "s.1", PREV, meta))
+
+
+@pytest.mark.parametrize("payload", [
+    RequestJoin(A[:31], PROOF), RequestJoin(A, PROOF[:63]),
+    InviteJoin(A + b"\x00", PROOF, ()), InviteJoin(A, PROOF + b"\x00", ()),
+    InviteJoin(A, PROOF, (KeyEntry(A[:31], SEALED),)),
+    InviteJoin(A, PROOF, (KeyEntry(A, SEALED[:-1]),)),
+    Accept(A[:31], Role.READER, ()),
+    Accept(A, Role.READER, (KeyEntry(A + b"\x00", SEALED),)),
+    Accept(A, Role.READER, (KeyEntry(A, SEALED + b"\x00"),)),
+], ids=["request-invite", "request-proof", "join-invite", "join-proof", "join-key-ref",
+        "join-key-blob", "accept-request", "accept-key-ref", "accept-key-blob"])
+def test_join_and_accept_field_sizes_are_enforced(payload: object) -> None:
+    """Every sized field of the join records is checked on decode (mutants: a size dropped —
+    the record decodes, a 31-byte invite id or a 63-byte proof then reaches the ACL)."""
+    with pytest.raises(InvalidAclRecord):
+        decode_record(build_record(AUTHOR, "s.1", PREV, payload))  # type: ignore[arg-type]

@@ -259,3 +259,23 @@ def test_stored_changes_of_both_formats_take_the_fast_path(
     assert [tree_mod.parse_stored_change(raw, content_id(raw)) for raw in rows] == want
     with pytest.raises(IdMismatch):
         tree_mod.parse_stored_change(DAG[0], content_id(DAG[1]))
+
+
+def test_the_strict_fallback_keeps_the_id_check_and_typed_errors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the fast path is off (a ``Change`` class this module cannot fill) or a row is
+    oversized, ``parse_stored_change`` is the strict parser: the row's id is still checked
+    (mutants: ``expected_id`` dropped — changed bytes load as a valid change) and a damaged row
+    is a typed error (mutants: ``parse_change(None)`` — a TypeError)."""
+    from p2psync.codec import content_id
+    from p2psync.errors import DecodeError, IdMismatch
+    from p2psync.replica import tree as tree_mod
+    from p2psync.replica.change import MAX_CHANGE_SIZE
+
+    big = b"\x00" * (MAX_CHANGE_SIZE + 1)
+    with pytest.raises(DecodeError):
+        tree_mod.parse_stored_change(big, content_id(big))
+    monkeypatch.setattr(tree_mod, "_FAST", False)
+    assert tree_mod.parse_stored_change(DAG[0], content_id(DAG[0])) == parse_change(DAG[0])
+    with pytest.raises(IdMismatch):
+        tree_mod.parse_stored_change(DAG[0], content_id(DAG[1]))
