@@ -100,6 +100,17 @@ async def _net(sp: Space, fid: bytes, carrier: str) -> float:
         await server.close()
 
 
+LOOP = "uvloop"  #: set by --loop: agents run on uvloop (p2psync.agent.run.run_loop)
+
+
+def _run(coro: Any) -> Any:
+    """Run ``coro`` on the loop agents use (uvloop), or asyncio's with ``--loop asyncio``."""
+    if LOOP == "uvloop":
+        import uvloop
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def _rss(pid: int | str = "self") -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -160,7 +171,8 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
     child = None
     a = None
     if procs == 2:
-        child = _child(["--serve-node", str(d), "--carrier", carrier, "--node-mib", str(mib)]
+        child = _child(["--serve-node", str(d), "--carrier", carrier, "--node-mib", str(mib),
+                        f"--loop={LOOP}"]
                        + (["--durable"] if durable else [])
                        + ([f"--profile={profile}.sender"] if profile else []))
         assert child.stdout is not None
@@ -246,7 +258,7 @@ async def _raw_quic(nbytes: int, procs: int) -> float:
     child = None
     server = None
     if procs == 2:
-        child = _child(["--raw-quic-server"])
+        child = _child(["--raw-quic-server", f"--loop={LOOP}"])
         assert child.stdout is not None
         port = json.loads(await asyncio.to_thread(child.stdout.readline))["port"]
     else:
@@ -295,10 +307,10 @@ def _node_legs(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.repeat):
         for c in carriers:
             prof = f"{args.profile}-{c}.pstats" if args.profile and i == 0 else None
-            row = asyncio.run(_nodes(tmp, args.node_mib, c, procs=args.procs,
+            row = _run(_nodes(tmp, args.node_mib, c, procs=args.procs,
                                      durable=args.durable, profile=prof))
             if c == "quic":
-                row["raw_aioquic_MBps"] = round(asyncio.run(_raw_quic(raw_bytes, args.procs)), 1)
+                row["raw_aioquic_MBps"] = round(_run(_raw_quic(raw_bytes, args.procs)), 1)
                 row["vs_raw"] = round(row["MBps"] / row["raw_aioquic_MBps"], 2)
             runs[c].append(row)
             print(f"  run {i + 1} {c}: {row}", flush=True)
@@ -322,19 +334,24 @@ def main() -> None:
                     help="bytes of the raw aioquic reference run (capped at --node-mib)")
     ap.add_argument("--profile", help="cProfile the receiver's fetch to PREFIX-carrier.pstats "
                     "(and the sending process, while it serves, to ….pstats.sender)")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="event loop of every leg (agents run on uvloop)")
     ap.add_argument("--json", default="bench_files.json")
     ap.add_argument("--serve-node", help=argparse.SUPPRESS)
     ap.add_argument("--carrier", help=argparse.SUPPRESS)
     ap.add_argument("--raw-quic-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global LOOP
+    LOOP = args.loop
     if args.serve_node:
-        asyncio.run(_serve_node(Path(args.serve_node), args.node_mib, args.carrier,
+        _run(_serve_node(Path(args.serve_node), args.node_mib, args.carrier,
                                 args.durable, args.profile))
         return
     if args.raw_quic_server:
-        asyncio.run(_raw_quic_server())
+        _run(_raw_quic_server())
         return
     res: dict[str, Any] = {"mib": args.mib, "node_mib": args.node_mib, "procs": args.procs,
+                           "loop": args.loop,
                            "durable": args.durable, "repeat": args.repeat}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -378,7 +395,7 @@ def _local_legs(tmp: Path, mib: int) -> dict[str, Any]:
     FS.get_file(sp, fid, tmp / "out.bin")
     t_get = time.perf_counter() - t
     assert (tmp / "out.bin").read_bytes() == src.read_bytes()
-    net = {c: round(asyncio.run(_net(sp, fid, c)), 1) for c in ("tcp", "quic")}
+    net = {c: round(_run(_net(sp, fid, c)), 1) for c in ("tcp", "quic")}
     rows = []
     for label, frac in (("1 byte", 0.0), ("1 % spread in 10 spots", 0.01)):
         data = bytearray(src.read_bytes())
