@@ -119,6 +119,15 @@ def _rss(pid: int | str = "self") -> int:
     return 0
 
 
+def _cpu(pid: int | str = "self") -> float:
+    """CPU seconds (user + system, every thread) the process has used: unlike MB/s, not
+    inflated by other jobs on a shared machine."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def _child(args: list[str]) -> subprocess.Popen[str]:
     """This script in a child process (``--serve-node`` / ``--raw-quic-server``): the sending
     agent in its own process, as two agents are; it prints one JSON line when ready and runs
@@ -213,9 +222,11 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
         prof = cProfile.Profile() if profile else None
         if prof is not None:
             prof.enable()
+        cpu0 = {p: _cpu(p) for p in pids}
         t = time.perf_counter()
         ok = await files_io.fetch_file(b.engines, sb, fid)
         dt = time.perf_counter() - t
+        cpu = {p: _cpu(p) - cpu0[p] for p in pids}
         if prof is not None:
             prof.disable()
             prof.dump_stats(profile)
@@ -223,7 +234,8 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
         await sampler
         assert ok and FS.file_info(sb, fid).complete
         out = {"MBps": round(nbytes / dt / 1e6, 1),
-               "rss_MiB": round((peak["self"] - base["self"]) / 2**20, 1)}
+               "rss_MiB": round((peak["self"] - base["self"]) / 2**20, 1),
+               "cpu_s_per_100MB": round(sum(cpu.values()) / nbytes * 1e8, 2)}
         if child is not None:
             out["sender_rss_MiB"] = round((peak[child.pid] - base[child.pid]) / 2**20, 1)
         return out
@@ -252,9 +264,9 @@ async def _raw_quic_server() -> None:
         server.close()
 
 
-async def _raw_quic(nbytes: int, procs: int) -> float:
+async def _raw_quic(nbytes: int, procs: int) -> tuple[float, float]:
     """MB/s of one raw aioquic stream carrying ``nbytes`` on loopback (receiver in a child
-    process when ``procs=2``, like the node leg's sender)."""
+    process when ``procs=2``, like the node leg's sender), and CPU s per 100 MB."""
     child = None
     server = None
     if procs == 2:
@@ -276,6 +288,8 @@ async def _raw_quic(nbytes: int, procs: int) -> float:
             sid = client._quic.get_next_available_stream_id()
             done = client.expect(sid, 2)
             payload = b"\0" * (64 * 1024)
+            pids: list[int | str] = ["self"] + ([child.pid] if child is not None else [])
+            cpu0 = sum(_cpu(p) for p in pids)
             t0 = time.perf_counter()
             for _ in range(nbytes // len(payload)):
                 client._quic.send_stream_data(sid, payload)
@@ -284,7 +298,9 @@ async def _raw_quic(nbytes: int, procs: int) -> float:
             client._quic.send_stream_data(sid, b"", end_stream=True)
             client.transmit()
             await done
-            return nbytes // len(payload) * len(payload) / (time.perf_counter() - t0) / 1e6
+            sent = nbytes // len(payload) * len(payload)
+            return (sent / (time.perf_counter() - t0) / 1e6,
+                    (sum(_cpu(p) for p in pids) - cpu0) / sent * 1e8)
     finally:
         if server is not None:
             server.close()
@@ -310,8 +326,11 @@ def _node_legs(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             row = _run(_nodes(tmp, args.node_mib, c, procs=args.procs,
                                      durable=args.durable, profile=prof))
             if c == "quic":
-                row["raw_aioquic_MBps"] = round(_run(_raw_quic(raw_bytes, args.procs)), 1)
+                raw, raw_cpu = _run(_raw_quic(raw_bytes, args.procs))
+                row["raw_aioquic_MBps"] = round(raw, 1)
                 row["vs_raw"] = round(row["MBps"] / row["raw_aioquic_MBps"], 2)
+                row["raw_cpu_s_per_100MB"] = round(raw_cpu, 2)
+                row["cpu_vs_raw"] = round(row["cpu_s_per_100MB"] / raw_cpu, 2)
             runs[c].append(row)
             print(f"  run {i + 1} {c}: {row}", flush=True)
     return {c: {"median": _median(rs), "runs": rs} for c, rs in runs.items()}
@@ -367,11 +386,12 @@ def main() -> None:
             print(f"chunks over {c} loopback    {v:>8} MB/s")
     for c, v in res.get("nodes", {}).items():
         m = v["median"]
-        extra = (f", raw aioquic {m['raw_aioquic_MBps']} MB/s = {m['vs_raw']}x"
-                 if "vs_raw" in m else "")
+        extra = (f", raw aioquic {m['raw_aioquic_MBps']} MB/s = {m['vs_raw']}x "
+                 f"(CPU per byte {m['cpu_vs_raw']}x raw's)" if "vs_raw" in m else "")
         print(f"node->node over {c} ({args.node_mib} MiB, {args.procs} process(es), "
               f"median of {args.repeat}) {m['MBps']:>8} MB/s{extra}, RSS +{m['rss_MiB']} MiB"
-              + (f" (sender +{m['sender_rss_MiB']} MiB)" if "sender_rss_MiB" in m else ""))
+              + (f" (sender +{m['sender_rss_MiB']} MiB)" if "sender_rss_MiB" in m else "")
+              + f", CPU {m['cpu_s_per_100MB']} s per 100 MB (both nodes)")
     if args.mib:
         print(f"{'edit':28} {'new chunks':>12} {'new bytes':>12} {'re-send':>8}")
         for r in res["edits"]:
