@@ -384,6 +384,8 @@ def main() -> None:
         print(f"get (verify+decrypt+write) {res['get_MBps']:>7} MB/s")
         for c, v in res["net_MBps"].items():
             print(f"chunks over {c} loopback    {v:>8} MB/s")
+        print(f"SQLite chunk writes alone    {res['store_MBps']['normal']:>6} MB/s, "
+              f"durable {res['store_MBps']['durable']} MB/s")
     for c, v in res.get("nodes", {}).items():
         m = v["median"]
         extra = (f", raw aioquic {m['raw_aioquic_MBps']} MB/s = {m['vs_raw']}x "
@@ -398,6 +400,26 @@ def main() -> None:
             print(f"{r['edit']:28} {r['new_chunks']:>5}/{r['chunks']:<6} {r['new_bytes']:>12} "
                   f"{r['resend_fraction']:>8.2%}")
     Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+def _store_ceiling(tmp: Path, mib: int) -> dict[str, float]:
+    """MB/s of storing ``mib`` MiB of 64 KiB chunks into a fresh SQLite store through its
+    chunk_io, 8 MiB per commit, durable (FULL) and not (NORMAL): the receiver's ceiling with
+    nothing else running (every byte goes to the WAL, then to the database at checkpoints)."""
+    out = {}
+    for durable in (False, True):
+        store = Store(tmp / f"ceiling-{durable}.sqlite3", durable=durable)
+        io = store.chunk_io()
+        rng = random.Random(3)
+        chunks = [(rng.randbytes(32), rng.randbytes(65576)) for _ in range(mib * 16)]
+        t = time.perf_counter()
+        for i in range(0, len(chunks), 128):
+            io.put_chunks("s", b"f" * 32, chunks[i:i + 128])
+        out["durable" if durable else "normal"] = round(
+            len(chunks) * 65576 / (time.perf_counter() - t) / 1e6, 1)
+        io.close()
+        store.close()
+    return out
 
 
 def _local_legs(tmp: Path, mib: int) -> dict[str, Any]:
@@ -433,7 +455,8 @@ def _local_legs(tmp: Path, mib: int) -> dict[str, Any]:
                      "resend_fraction": round(again.new_bytes / ct_total, 4)})
     store.close()
     return {"chunks": added.chunks, "add_MBps": round(size / t_add / 1e6, 1),
-            "get_MBps": round(size / t_get / 1e6, 1), "net_MBps": net, "edits": rows}
+            "get_MBps": round(size / t_get / 1e6, 1), "net_MBps": net, "edits": rows,
+            "store_MBps": _store_ceiling(tmp, mib)}
 
 
 if __name__ == "__main__":
