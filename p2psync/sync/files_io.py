@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol, cast
@@ -28,7 +29,7 @@ from p2psync.errors import (
 from p2psync.replica import filespace as FS
 from p2psync.replica.space import Space
 from p2psync.replica.storage import ReplicaStore
-from p2psync.sync.files import ChunkFetch, Peer, answer
+from p2psync.sync.files import ChunkFetch, Gate, Peer, answer, gate_refusal
 from p2psync.sync.messages import (
     MAX_OFFER_ADDRESSES,
     ChunkOffer,
@@ -61,6 +62,14 @@ class PeerEngine(Protocol):
 
     def _strike(self, why: str, *, violation: bool = False) -> None: ...
 
+    @property
+    def responder(self) -> _HasGate: ...
+
+
+class _HasGate(Protocol):
+    @property
+    def gate(self) -> Gate: ...
+
 #: what makes a peer's message garbage (a strike), as opposed to the stream going away
 GARBLED = (DecodeError, UnknownMessageType, MessageTooLarge)
 
@@ -78,13 +87,20 @@ def _no_strike(why: str) -> None:
 
 async def serve_stream(stream: PeerStream, store: ReplicaStore,
                        may_access: Callable[[str], bool], strike: Strike = _no_strike,
-                       on_offer: Callable[[ChunkOffer], None] | None = None) -> int:
+                       on_offer: Callable[[ChunkOffer], None] | None = None,
+                       gate: Gate | None = None) -> int:
     """Answer chunk requests arriving on ``stream`` until the peer finishes it or the
     connection goes; a space the peer may not access is UNKNOWN_SPACE (existence never leaks).
     Chunk offers are passed to ``on_offer`` (a replicator pulls what it lacks) and answered
     with an empty response. Garbage (undecodable, over the schema's bounds, another message
-    type) is a ``strike`` and ends the stream. Returns how many requests were answered."""
+    type) is a ``strike`` and ends the stream. Every well-formed message first passes the
+    peer's inbound ``gate`` (the engine's, shared with document sync): over its rate or
+    concurrency budget the answer is RATE_LIMITED with the wait, and nothing is read from the
+    store. Messages are answered one at a time per stream (the transport bounds streams and
+    their buffers), so a flood costs bounded memory. Returns how many requests were answered."""
     served = 0
+    gated: Gate | None = None  #: the gate while an admitted message is being answered
+    msg: Any = None
     try:
         async for raw in stream:
             try:
@@ -93,6 +109,12 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
                 strike(f"bad chunk request: {exc}")
                 raise
             msg = env.message
+            gated = gate if isinstance(msg, (ChunkRequest, ChunkOffer)) else None
+            if gated is not None and (refusal := gate_refusal(gated, msg,
+                                                              time.monotonic())) is not None:
+                gated = None  # not admitted: nothing to release
+                await stream.send(encode(refusal, env.request_id))
+                continue
             if isinstance(msg, ChunkOffer):
                 if not may_access(msg.space_id):
                     reply: Any = ErrorMessage(ErrorCode.UNKNOWN_SPACE, "")
@@ -109,9 +131,15 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
                 reply = answer(store, msg)
                 served += 1
             await stream.send(encode(reply, env.request_id))
+            if gated is not None:  # answered: the peer's concurrency slot is free again
+                gated.finished(msg)
+                gated = None
     except P2PSyncError as exc:  # the peer went away, sent garbage, or we could not answer:
         with contextlib.suppress(P2PSyncError):  # tell it, so its fetch asks someone else
             stream.reset(str(exc)[:100])
+    finally:
+        if gated is not None:  # failed or cancelled while answering: release the slot
+            gated.finished(msg)
     return served
 
 
@@ -126,6 +154,7 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
     or garbage has its stream reset and is reported to ``on_bad`` (the engine strikes it);
     ``progress(n)`` is called with the number of new chunks after each stored answer.
     Returns ``fetch.done``."""
+    loop = asyncio.get_running_loop()
     rids = itertools.count(1)
     pending: dict[tuple[Peer, int], ChunkRequest] = {}
     inbox: asyncio.Queue[tuple[Peer, Any]] = asyncio.Queue()
@@ -155,7 +184,7 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
         fetch.add_peer(p)
     try:
         while True:
-            for peer, req in fetch.requests():
+            for peer, req in fetch.requests(loop.time()):
                 rid = next(rids)
                 pending[(peer, rid)] = req
                 try:
@@ -164,11 +193,16 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                     fetch.on_peer_lost(peer)
             if fetch.done or fetch.stuck:
                 return fetch.done
+            wait = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
+            resume = fetch.resume_at  # a peer that said RATE_LIMITED may be asked again then
+            paused = resume is not None and resume - loop.time() < wait
             try:
-                async with asyncio.timeout(IDLE_TIMEOUT if idle_timeout is None
-                                           else idle_timeout):
+                async with asyncio.timeout(max(0.0, resume - loop.time()) if resume is not None
+                                           and paused else wait):
                     peer, got = await inbox.get()
             except TimeoutError:
+                if paused:
+                    continue
                 for p in {p for p, _ in pending}:  # silent peers: give up on them
                     with contextlib.suppress(P2PSyncError):
                         streams[p].reset("no answer")
@@ -181,6 +215,10 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
             key = (peer, int(got.request_id))
             asked = pending.pop(key) if key in pending else None
             msg = got.message
+            if (asked is not None and isinstance(msg, ErrorMessage)
+                    and msg.code == ErrorCode.RATE_LIMITED):  # the peer's gate: wait, ask again
+                fetch.on_refused(peer, asked, loop.time() + (msg.retry_after_ms or 1000) / 1000)
+                continue
             if asked is None or not isinstance(msg, ChunkResponse):
                 fetch.on_peer_lost(peer)  # an error answer (e.g. no chunk support): ask others
                 continue
@@ -217,7 +255,7 @@ async def serve_extra_streams(engine: PeerEngine) -> None:
         except P2PSyncError:
             return
         engine._spawn(serve_stream(stream, replicas.store, may_access, engine._strike,
-                                   puller.on_offer))
+                                   puller.on_offer, engine.responder.gate))
 
 
 def peers_for(engines: Iterable[PeerEngine], space_id: str) -> list[PeerEngine]:
