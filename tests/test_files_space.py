@@ -71,7 +71,10 @@ def test_add_list_get_and_edit(tmp_path: Path) -> None:
     FS.get_file(sp, fid, out)
     assert out.read_bytes() == src.read_bytes()
     assert len(FS.list_files(sp)) == 1
-    assert FS.collect_garbage(sp) >= 1  # the replaced chunk(s)
+    # the edit collected the replaced chunk(s): exactly the manifest's chunks are left
+    assert set(store.list_chunks(sp.id, fid)) == set(again.manifest.addresses)
+    assert set(added.manifest.addresses) - set(again.manifest.addresses)
+    assert FS.collect_garbage(sp) == 0
     FS.get_file(sp, fid, out)
     assert out.read_bytes() == src.read_bytes()
 

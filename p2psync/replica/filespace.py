@@ -127,6 +127,8 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
     with doc.edit() as e:
         e.put(ROOT, MANIFEST_KEY, raw)
     doc.flush()
+    if file_id is not None:  # an edit: the chunks only the replaced version named go
+        collect_file_garbage(space, fid)
     return AddResult(manifest, len(chunks), new_chunks, new_bytes)
 
 
@@ -193,11 +195,46 @@ def accept_chunks(space: Space, file_id: bytes, pairs: Sequence[tuple[bytes, byt
     return space.store.put_chunks(space.id, file_id, pairs)
 
 
+def live_chunks(space: Space, file_id: bytes) -> tuple[tuple[bytes, ...], set[bytes]]:
+    """The heads of a file's document and every chunk address a manifest **at any one of those
+    heads** names: with concurrent edits (two heads) both sides' manifests count, whichever
+    Automerge shows, so no chunk a current version may need is ever collected. Older versions
+    in the document's history do not count (docs/files.md "Backup GC": a file's chunks are
+    kept for its current version(s) only). Empty for a deleted or unreadable file."""
+    if space.is_deleted(file_id) or not space.has_tree(file_id):
+        return (), set()
+    heads = tuple(sorted(space.heads(file_id)))
+    doc = space.document(file_id)
+    live: set[bytes] = set()
+    for h in heads:
+        raw = _as_bytes(doc.get([MANIFEST_KEY], heads=[h]))
+        if raw is None:
+            continue
+        try:
+            m = F.Manifest.parse(raw)
+        except ManifestInvalid:
+            continue
+        if m.space_id == space.id and m.file_id == file_id:
+            live.update(m.addresses)
+    return heads, live
+
+
+def collect_file_garbage(space: Space, file_id: bytes) -> int:
+    """Drop this file's chunks no manifest at its current heads names (replaced by an edit);
+    returns how many went. Needs the read key (a backup learns the live set from a member:
+    CHUNK_KEEP)."""
+    heads, live = live_chunks(space, file_id)
+    if not heads or not live:
+        return 0  # deleted (the tombstone frees the chunks) or unreadable: keep everything
+    dead = [a for a in space.store.list_chunks(space.id, file_id) if a not in live]
+    return space.store.delete_chunks(dead) if dead else 0
+
+
 def collect_garbage(space: Space) -> int:
     """Drop chunks of the space no live manifest references (after a deletion or an edit);
     returns how many went."""
     live: set[bytes] = set()
     for info in list_files(space):
-        live.update(manifest_of(space, info.file_id).addresses)
+        live.update(live_chunks(space, info.file_id)[1])
     dead = [a for a in space.store.list_chunks(space.id) if a not in live]
     return space.store.delete_chunks(dead)

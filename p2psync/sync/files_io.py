@@ -31,7 +31,9 @@ from p2psync.replica.space import Space
 from p2psync.replica.storage import ReplicaStore
 from p2psync.sync.files import ChunkFetch, Gate, Peer, answer, gate_refusal
 from p2psync.sync.messages import (
+    MAX_KEEP_ADDRESSES,
     MAX_OFFER_ADDRESSES,
+    ChunkKeep,
     ChunkOffer,
     ChunkRequest,
     ChunkResponse,
@@ -87,17 +89,18 @@ def _no_strike(why: str) -> None:
 
 async def serve_stream(stream: PeerStream, store: ReplicaStore,
                        may_access: Callable[[str], bool], strike: Strike = _no_strike,
-                       on_offer: Callable[[ChunkOffer], None] | None = None,
+                       on_offer: Callable[[ChunkOffer | ChunkKeep], None] | None = None,
                        gate: Gate | None = None) -> int:
     """Answer chunk requests arriving on ``stream`` until the peer finishes it or the
     connection goes; a space the peer may not access is UNKNOWN_SPACE (existence never leaks).
-    Chunk offers are passed to ``on_offer`` (a replicator pulls what it lacks) and answered
-    with an empty response. Garbage (undecodable, over the schema's bounds, another message
-    type) is a ``strike`` and ends the stream. Every well-formed message first passes the
-    peer's inbound ``gate`` (the engine's, shared with document sync): over its rate or
-    concurrency budget the answer is RATE_LIMITED with the wait, and nothing is read from the
-    store. Messages are answered one at a time per stream (the transport bounds streams and
-    their buffers), so a flood costs bounded memory. Returns how many requests were answered."""
+    Chunk offers and keep statements are passed to ``on_offer`` (a replicator pulls what it
+    lacks, collects what no current manifest names) and answered with an empty response.
+    Garbage (undecodable, over the schema's bounds, another message type) is a ``strike`` and
+    ends the stream. Every well-formed message first passes the peer's inbound ``gate`` (the
+    engine's, shared with document sync): over its rate or concurrency budget the answer is
+    RATE_LIMITED with the wait, and nothing is read from the store. Messages are answered one
+    at a time per stream (the transport bounds streams and their buffers), so a flood costs
+    bounded memory. Returns how many requests were answered."""
     served = 0
     gated: Gate | None = None  #: the gate while an admitted message is being answered
     msg: Any = None
@@ -109,13 +112,13 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
                 strike(f"bad chunk request: {exc}")
                 raise
             msg = env.message
-            gated = gate if isinstance(msg, (ChunkRequest, ChunkOffer)) else None
+            gated = gate if isinstance(msg, (ChunkRequest, ChunkOffer, ChunkKeep)) else None
             if gated is not None and (refusal := gate_refusal(gated, msg,
                                                               time.monotonic())) is not None:
                 gated = None  # not admitted: nothing to release
                 await stream.send(encode(refusal, env.request_id))
                 continue
-            if isinstance(msg, ChunkOffer):
+            if isinstance(msg, (ChunkOffer, ChunkKeep)):
                 if not may_access(msg.space_id):
                     reply: Any = ErrorMessage(ErrorCode.UNKNOWN_SPACE, "")
                 else:
@@ -255,7 +258,8 @@ async def serve_extra_streams(engine: PeerEngine) -> None:
         except P2PSyncError:
             return
         engine._spawn(serve_stream(stream, replicas.store, may_access, engine._strike,
-                                   puller.on_offer, engine.responder.gate))
+                                   lambda m: puller.on_offer(m, account),
+                                   engine.responder.gate))
 
 
 def peers_for(engines: Iterable[PeerEngine], space_id: str) -> list[PeerEngine]:
@@ -314,6 +318,10 @@ class Puller:
         self.queued = 0  #: addresses waiting (bounded: offers cost the offerer nothing)
         self.pulled = 0  #: chunks stored from offers
         self.failures = 0
+        #: the latest keep statement per file, applied between pulls (one per file: bounded
+        #: by the files of the space)
+        self.keeps: dict[tuple[str, bytes], ChunkKeep] = {}
+        self.collected = 0  #: chunks deleted on keep statements
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -324,9 +332,17 @@ class Puller:
             p = cls._by_replicas[replicas] = cls(replicas)
         return p
 
-    def on_offer(self, offer: ChunkOffer) -> None:
+    def on_offer(self, offer: ChunkOffer | ChunkKeep, sender: bytes = b"") -> None:
+        """An offer (pull what we lack) or a keep statement (collect what no current manifest
+        names) from the peer of account ``sender``; ignored unless we replicate the space."""
         r = self.replicas
         if not is_replicator(r, offer.space_id, r.account.public):
+            return
+        if isinstance(offer, ChunkKeep):
+            space = r.spaces[offer.space_id]
+            if offer.heads and space.acl.state.can_write(sender):  # what a writer may say
+                self.keeps[(offer.space_id, offer.file_id)] = offer
+                self._start()
             return
         have = r.store.has_chunks(list(offer.addresses))
         lacking = [a for a in offer.addresses if a not in have]
@@ -334,13 +350,21 @@ class Puller:
             return  # nothing new, or too much queued: offered again at the next connection
         self.queue.setdefault((offer.space_id, offer.file_id), set()).update(lacking)
         self.queued += len(lacking)
+        self._start()
+
+    def _start(self) -> None:
         self.idle.clear()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         try:
-            while self.queue:
+            while self.queue or self.keeps:
+                if not self.queue:  # pulls first: a keep statement follows its file's offers
+                    key, keep = next(iter(self.keeps.items()))
+                    del self.keeps[key]
+                    await self._keep(keep)
+                    continue
                 (sid, fid), wanted = next(iter(self.queue.items()))
                 del self.queue[(sid, fid)]
                 self.queued -= len(wanted)
@@ -387,6 +411,45 @@ class Puller:
                             on_bad=_strike_engine)
 
 
+    async def _keep(self, keep: ChunkKeep) -> None:
+        """Apply a writer's keep statement: once this replica's heads of the file's document
+        are exactly the statement's heads (it may be behind: wait up to TREE_WAIT), delete our
+        other chunks of the file. Any other heads (behind, ahead, concurrent): nothing is
+        deleted (the next statement will do). The quota tally is re-read from the store after,
+        even if the deletion failed midway, so it always matches what is stored."""
+        space = self.replicas.spaces.get(keep.space_id)
+        if space is None:
+            return
+        store, fid, heads = self.replicas.store, keep.file_id, set(keep.heads)
+
+        def arrived() -> bool:
+            return space.is_deleted(fid) or (space.has_tree(fid) and all(
+                store.has_change(fid, h) for h in heads))
+
+        try:
+            await self.replicas.wait_for(arrived, TREE_WAIT)
+        except TimeoutError:
+            return
+        if space.is_deleted(fid) or set(space.heads(fid)) != heads:
+            return
+        live = set(keep.addresses)
+        dead = [a for a in store.list_chunks(space.id, fid) if a not in live]
+        if not dead:
+            return
+        recount = getattr(self.replicas.policy, "recount", None)  # a backup's quota tally
+        try:
+            self.collected += store.delete_chunks(dead)
+            log.info("event=chunks_collected space=%s file=%s chunks=%d", space.id,
+                     fid.hex()[:16], len(dead))
+        except P2PSyncError as exc:
+            self.failures += 1
+            log.info("event=chunk_gc_failed space=%s file=%s error=%r", space.id,
+                     fid.hex()[:16], str(exc))
+        finally:
+            if recount is not None:
+                recount(space.id)
+
+
 def _known(space: Space, fid: bytes) -> Callable[[], bool]:
     return lambda: space.is_deleted(fid) or space.has_tree(fid)
 
@@ -399,11 +462,13 @@ async def offer_chunks(engine: PeerEngine, space: Space,
                        file_ids: Iterable[bytes] | None = None) -> int:
     """Tell a replicator peer (a backup) which chunks of ``file_ids`` (default: every file of
     the space) this store holds, so it pulls what it lacks. Returns how many offers it took."""
-    store = engine.replicas.store
     fids = list(file_ids) if file_ids is not None else [i.file_id for i in FS.list_files(space)]
-    offers = [ChunkOffer(space.id, fid, tuple(addrs[i:i + MAX_OFFER_ADDRESSES]))
-              for fid in fids if (addrs := store.list_chunks(space.id, fid))
-              for i in range(0, len(addrs), MAX_OFFER_ADDRESSES)]
+    offers: list[ChunkOffer | ChunkKeep] = []
+    for fid in fids:
+        addrs, keep = _offered(engine.replicas.store, space, fid)
+        offers += [ChunkOffer(space.id, fid, tuple(addrs[i:i + MAX_OFFER_ADDRESSES]))
+                   for i in range(0, len(addrs), MAX_OFFER_ADDRESSES)]
+        offers += [keep] if keep is not None else []
     if not offers:
         return 0
     stream = await engine.conn.open_stream()
@@ -412,7 +477,7 @@ async def offer_chunks(engine: PeerEngine, space: Space,
         for rid, offer in enumerate(offers, 1):
             await stream.send(encode(offer, rid))
             reply = decode(await stream.recv())
-            taken += isinstance(reply.message, ChunkResponse)
+            taken += isinstance(offer, ChunkOffer) and isinstance(reply.message, ChunkResponse)
     finally:
         with contextlib.suppress(P2PSyncError):
             stream.finish()
@@ -451,9 +516,28 @@ async def offer_to_replicator(engine: PeerEngine) -> None:
         retry = min(retry * 2, 30.0)
 
 
+def _offered(store: ReplicaStore, space: Space,
+             fid: bytes) -> tuple[list[bytes], ChunkKeep | None]:
+    """What we tell a replicator about one file: the chunks we hold that a manifest at the
+    document's current heads names (a replaced version's chunks are not offered again), and
+    a keep statement for those heads when we can read the manifests (a writer's statement
+    lets the backup collect the rest; docs/files.md "Backup GC")."""
+    addrs = store.list_chunks(space.id, fid)
+    try:
+        heads, live = FS.live_chunks(space, fid)
+    except P2PSyncError:
+        heads, live = (), set()
+    if not live:
+        return addrs, None  # unreadable here: offer what we hold, say nothing about the rest
+    addrs = [a for a in addrs if a in live]
+    keep = (ChunkKeep(space.id, fid, heads, tuple(sorted(live)))
+            if heads and len(live) <= MAX_KEEP_ADDRESSES else None)
+    return addrs, keep
+
+
 def _offers(engine: PeerEngine, space: Space, fids: list[bytes]) -> int:
     store = engine.replicas.store
-    return sum(-(-len(store.list_chunks(space.id, f)) // MAX_OFFER_ADDRESSES) for f in fids)
+    return sum(-(-len(_offered(store, space, f)[0]) // MAX_OFFER_ADDRESSES) for f in fids)
 
 
 async def offer_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes) -> int:
