@@ -156,6 +156,13 @@ async def test_stale_or_unauthorised_keep_statements_delete_nothing(
                       ChunkResponse)
     await wait_any([backup], lambda: puller.idle.is_set())
     assert held(backup, space.id, fid) == everything and puller.collected == 0
+    # a writer's statement while too many addresses wait (memory bound): ignored
+    monkeypatch.setattr(files_io, "MAX_QUEUED", 0)
+    assert isinstance(await keep_reply(engine, ChunkKeep(space.id, fid, heads, one)),
+                      ChunkResponse)
+    await wait_any([backup], lambda: puller.idle.is_set())
+    assert held(backup, space.id, fid) == everything and not puller.keeps
+    monkeypatch.setattr(files_io, "MAX_QUEUED", 1 << 18)
     # the laptop (a writer) at the current heads: applied
     assert isinstance(await keep_reply(engine, ChunkKeep(space.id, fid, heads, one)),
                       ChunkResponse)

@@ -321,6 +321,7 @@ class Puller:
         #: the latest keep statement per file, applied between pulls (one per file: bounded
         #: by the files of the space)
         self.keeps: dict[tuple[str, bytes], ChunkKeep] = {}
+        self.kept = 0  #: addresses in those statements (bounded by MAX_QUEUED)
         self.collected = 0  #: chunks deleted on keep statements
         self.idle = asyncio.Event()
         self.idle.set()
@@ -339,9 +340,14 @@ class Puller:
         if not is_replicator(r, offer.space_id, r.account.public):
             return
         if isinstance(offer, ChunkKeep):
-            space = r.spaces[offer.space_id]
-            if offer.heads and space.acl.state.can_write(sender):  # what a writer may say
-                self.keeps[(offer.space_id, offer.file_id)] = offer
+            space, key = r.spaces[offer.space_id], (offer.space_id, offer.file_id)
+            if not (offer.heads and space.acl.state.can_write(sender)  # what a writer may say
+                    and space.has_tree(offer.file_id)):  # of a file we hold (else: nothing to
+                return  # collect), so statements are bounded by files and by MAX_QUEUED:
+            old = self.keeps.get(key)
+            kept = self.kept + len(offer.addresses) - (len(old.addresses) if old else 0)
+            if kept <= MAX_QUEUED:  # too much waiting: said again at the next connection
+                self.keeps[key], self.kept = offer, kept
                 self._start()
             return
         have = r.store.has_chunks(list(offer.addresses))
@@ -363,6 +369,7 @@ class Puller:
                 if not self.queue:  # pulls first: a keep statement follows its file's offers
                     key, keep = next(iter(self.keeps.items()))
                     del self.keeps[key]
+                    self.kept -= len(keep.addresses)
                     await self._keep(keep)
                     continue
                 (sid, fid), wanted = next(iter(self.queue.items()))
