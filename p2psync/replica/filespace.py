@@ -101,15 +101,23 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
     chunks: list[tuple[bytes, int]] = []
     new_chunks = new_bytes = size = 0
     batch: dict[bytes, bytes] = {}
+    added: list[bytes] = []  #: chunks this call stored (removed again if the file is refused)
 
     def flush() -> None:
         nonlocal new_chunks, new_bytes
         have = space.store.has_chunks(list(batch))
         new = [(a, c) for a, c in batch.items() if a not in have]
         space.store.put_chunks(space.id, fid, new)
+        added.extend(a for a, _ in new)
         new_chunks += len(new)
         new_bytes += sum(len(c) for _, c in new)
         batch.clear()
+
+    def too_large() -> FileTooLarge:
+        space.store.delete_chunks(added)  # nothing of a refused file stays behind
+        return FileTooLarge(f"over {size} bytes, {len(chunks)} chunks: too many for one "
+                            f"manifest (at most ~{F.MAX_MANIFEST_BYTES // 39} chunks, ~1.4 GiB; "
+                            f"a chunked manifest is not done, docs/files.md)")
 
     for addr, n, ct in F.encrypt_stream(source, key, fid):  # bounded memory: batches
         chunks.append((addr, n))
@@ -117,13 +125,15 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
         batch[addr] = ct
         if len(batch) >= _BATCH:
             flush()
+        if len(chunks) > F.MAX_MANIFEST_BYTES // 38:  # no manifest entry is under 38 bytes:
+            batch.clear()  # stop now rather than chunk, encrypt and store the rest first
+            raise too_large()
     flush()
     manifest = F.Manifest(space.id, fid, name, media_type, size, key_id, tuple(chunks),
                           space.me.public)
     raw = manifest.sign(space.me)
-    if len(raw) > F.MAX_MANIFEST_BYTES:  # ~25 000 chunks: a chunked manifest is not done
-        raise FileTooLarge(f"{size} bytes is {len(chunks)} chunks: too many for one manifest "
-                           f"(at most ~{F.MAX_MANIFEST_BYTES // 40} chunks)")
+    if len(raw) > F.MAX_MANIFEST_BYTES:  # one document change carries it (docs/files.md)
+        raise too_large()
     with doc.edit() as e:
         e.put(ROOT, MANIFEST_KEY, raw)
     doc.flush()
