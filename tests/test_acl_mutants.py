@@ -400,7 +400,9 @@ def test_pending_requests_are_listed_oldest_first() -> None:
 def test_a_late_joiner_unwraps_the_whole_chain_of_old_keys() -> None:
     """A member who joins after several rotations is sealed only the newest key; each older
     key is wrapped under the next. The keyring must walk the keys newest first to open the
-    whole chain (mutant ``_keyring`` 13: walked in id order, a key met before the key wrapping
+    whole chain, unwrapping each (mutants ``_keyring`` 32, 36, 40, 41: no wrap ever opened —
+    no other test has a member who needs one; 10, 13, 14, 16: walked in id order or oldest
+    first, a key met before the key wrapping
     it stayed out — the late joiner could not read older history; with 7 keys, id order is
     rarely the right one by chance: failed 5 of 5 runs with the mutant applied)."""
     from tests.acl_dsl import World
