@@ -413,3 +413,56 @@ def test_a_late_joiner_unwraps_the_whole_chain_of_old_keys() -> None:
     acl = w.acl("main")
     assert set(acl.keys_of(account("dan"))) == set(acl.state.key_order)
     assert len(acl.state.key_order) == 7
+
+
+def _roles() -> tuple[Acl, AccountKey, AccountKey, AccountKey]:
+    """owner, admin alice, writer bob, reader carl."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("owner invites alice as admin; alice joins; owner invites bob as writer; bob joins;"
+          " owner invites carl as reader; carl joins")
+    return w.acl("main"), account("alice"), account("bob"), account("carl")
+
+
+def test_only_the_owner_transfers_ownership_and_only_to_another_member() -> None:
+    """``_check``'s rule for TransferOwnership (mutant ``_check`` 16: the case removed, so
+    the match fell through to "allowed" — **an admin could make itself owner**)."""
+    acl, alice, bob, _carl = _roles()
+    with pytest.raises(AccessDenied, match="only the owner"):
+        acl.transfer_ownership(alice, alice.public)
+    with pytest.raises(InvalidAclRecord, match="another member"):
+        acl.transfer_ownership(OWNER, account("stranger").public)
+    with pytest.raises(InvalidAclRecord, match="another member"):
+        acl.transfer_ownership(OWNER, OWNER.public)
+    acl.transfer_ownership(OWNER, bob.public)
+    assert acl.state.owner == bob.public
+
+
+def test_only_writers_and_up_delete_objects_and_not_twice() -> None:
+    """``_check``'s rule for DeleteObjects (mutant ``_check`` 21: the case removed — **a reader
+    could delete the space's documents**)."""
+    acl, _alice, bob, carl = _roles()
+    obj = b"\x07" * 32
+    with pytest.raises(AccessDenied, match="only writers"):
+        acl.delete_objects(carl, [obj])
+    acl.delete_objects(bob, [obj])
+    assert acl.state.is_deleted(obj)
+    with pytest.raises(InvalidAclRecord, match="already deleted"):
+        acl.delete_objects(bob, [obj])
+
+
+def test_only_admins_and_up_set_the_space_metadata_under_a_known_key() -> None:
+    """``_check``'s rule for SpaceMeta (mutant ``_check`` 23: the case removed — a writer or
+    reader could rename the space, or name a key nobody holds)."""
+    from p2psync.replica.acl_records import SpaceMeta
+
+    acl, alice, bob, carl = _roles()
+    for who in (bob, carl):
+        with pytest.raises(AccessDenied, match="only admins"):
+            acl.set_meta(who, {"name": "mine now"})
+    acl.set_meta(alice, {"name": "Family"})
+    assert acl.meta(alice) == {"name": "Family"}
+    bogus = build_record(alice, SPACE, acl.heads, SpaceMeta(b"\x09" * 32, b"\x00" * 40))
+    with pytest.raises(InvalidAclRecord, match="unknown read key"):
+        acl.add(bogus)
