@@ -466,3 +466,29 @@ def test_only_admins_and_up_set_the_space_metadata_under_a_known_key() -> None:
     bogus = build_record(alice, SPACE, acl.heads, SpaceMeta(b"\x09" * 32, b"\x00" * 40))
     with pytest.raises(InvalidAclRecord, match="unknown read key"):
         acl.add(bogus)
+
+
+def test_only_the_owner_deletes_the_space_and_only_once() -> None:
+    """``_check``'s rule for DeleteSpace (mutant ``_check`` 22: the case removed — **any
+    member could delete the space**)."""
+    acl, alice, bob, _carl = _roles()
+    for who in (alice, bob):
+        with pytest.raises(AccessDenied, match="only the owner"):
+            acl.delete_space(who)
+    acl.delete_space(OWNER)
+    assert acl.state.space_deleted is not None
+    with pytest.raises(InvalidAclRecord, match="already deleted"):
+        acl.delete_space(OWNER)
+
+
+def test_an_admin_cannot_accept_a_joiner_as_admin() -> None:
+    """Accepting grants the accepted role, under the same rule as inviting: only the owner
+    grants admin (mutant ``_check`` 67: the role left out of ``_may_act`` — **an admin could
+    make any joiner an admin**)."""
+    acl, alice, _bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    req = _id(acl.request_join(account("dan"), code))
+    with pytest.raises(AccessDenied, match="may not accept as admin"):
+        acl.accept(alice, req, Role.ADMIN)
+    acl.accept(alice, req, Role.WRITER)
+    assert acl.state.role(account("dan").public) is Role.WRITER
