@@ -492,3 +492,27 @@ def test_an_admin_cannot_accept_a_joiner_as_admin() -> None:
         acl.accept(alice, req, Role.ADMIN)
     acl.accept(alice, req, Role.WRITER)
     assert acl.state.role(account("dan").public) is Role.WRITER
+
+
+def test_only_admins_decline_join_requests() -> None:
+    """(mutant ``_check`` 84: ``or`` → ``and`` — a writer could decline every join request.)"""
+    acl, alice, bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    req = _id(acl.request_join(account("dan"), code))
+    with pytest.raises(AccessDenied, match="only admins decline"):
+        acl.decline(bob, req)
+    acl.decline(alice, req)
+    assert acl.state.requests == {}
+
+
+def test_an_admin_cannot_revoke_the_owners_admin_invite() -> None:
+    """Revoking acts on the invite's role under the one rule: only the owner acts on admin
+    (mutant ``_check`` 96: the role left out — an admin could revoke the owner's admin
+    invites)."""
+    acl, alice, _bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.ADMIN)
+    with pytest.raises(AccessDenied):
+        acl.revoke_invite(alice, code.invite_id)
+    _raw2, code2 = acl.invite(OWNER, Role.WRITER)
+    acl.revoke_invite(alice, code2.invite_id)
+    assert code.invite_id in acl.state.invites and code2.invite_id not in acl.state.invites
