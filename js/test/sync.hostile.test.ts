@@ -17,7 +17,8 @@ import { AdmissionRefused, BudgetExceeded, ConnectionClosed, FrameError, PeerMis
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
-import { Budget } from "../src/transport/session.js";
+import { Budget, Session } from "../src/transport/session.js";
+import { decodeRecord } from "../src/transport/framing.js";
 import { invite, join } from "../src/bootstrap.js";
 import { Acl } from "../src/replica/acl.js";
 import { Role } from "../src/replica/aclRecords.js";
@@ -152,6 +153,32 @@ test("inbound gate: burst, then the rate; RATE_LIMITED with a retry time; in pro
   while (g.admit(1000 + n, 0) === Admission.ACCEPT) g.finished(1000 + n++);
   assert.equal(n, 1000 - 16);
   assert.ok(g.retryAfter(0) > 0);
+});
+
+test("Session.restrict resets pending streams largest first until the bytes held fit, and allows one pending stream; unrestrict restores", () => {
+  const limits = new Limits();
+  const a = new Session({ initiator: true, local: limits, remote: limits });
+  const b = new Session({ initiator: false, local: limits, remote: limits, budget: new Budget() });
+  const deliver = (): ReturnType<Session["receive"]> => b.receive(a.takeOutgoing().map(([, rec]) => decodeRecord(rec)), null, 0);
+  const sizes = [200 << 10, 300 << 10, 100 << 10];
+  const sids = sizes.map((n) => {
+    const sid = a.openStream();
+    a.write(sid, new Uint8Array(n), false); // unfinished messages: held by b, unaccepted
+    return sid;
+  });
+  deliver();
+  assert.equal(b.buffered, 600 << 10);
+  const events = b.restrict(250 << 10);
+  assert.deepEqual(events.map((e) => e.kind === "reset" ? e.stream : -1), [sids[1], sids[0]], "largest first");
+  assert.equal(b.buffered, 100 << 10);
+  assert.equal(b.connBudget, 250 << 10);
+  // one pending stream already waits: a new one is reset on arrival
+  const extra = a.openStream();
+  a.write(extra, new Uint8Array(10), false);
+  deliver();
+  assert.ok(!b.unaccepted.has(extra));
+  b.unrestrict(new Budget());
+  assert.equal(b.connBudget, 16 << 20);
 });
 
 // --- strangers ------------------------------------------------------------------------------------
