@@ -15,6 +15,9 @@ import { pack } from "../src/codec.js";
 import { AccountKey, DeviceCertificate, DeviceKey } from "../src/crypto/index.js";
 import { AdmissionRefused, BudgetExceeded, ConnectionClosed, FrameError, PeerMisbehaved, PeerTimeout, RefusedByPeer, StrangerGraceOver, StrangerRefused, TransportError } from "../src/errors.js";
 import { connectTcp, listenTcp, type TcpListener } from "../src/node/tcp.js";
+import { listenWebSocket } from "../src/node/ws.js";
+import { WS_PATH } from "../src/transport/websocket.js";
+import WebSocket from "ws";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
 import { Budget, Session } from "../src/transport/session.js";
@@ -382,6 +385,31 @@ test("idle sockets and too many connections from one address are capped (Admissi
   } finally {
     for (const s of socks) s.destroy();
     await shutdown(h, m);
+  }
+});
+
+test("the WebSocket listener caps half-open connections per source too", { timeout: 30_000 }, async () => {
+  const id = identity();
+  const lis = await listenWebSocket("127.0.0.1", 0, id, () => undefined);
+  const clients: WebSocket[] = [];
+  try {
+    let closed = 0;
+    const fourClosed = new Promise<void>((resolve) => {
+      for (let i = 0; i < 20; i++) {
+        const ws = new WebSocket(`ws://127.0.0.1:${lis.port}${WS_PATH}`);
+        ws.on("error", () => undefined);
+        ws.on("close", () => {
+          if (++closed === 4) resolve();
+        });
+        clients.push(ws);
+      }
+    });
+    await fourClosed; // 16 wait in their (never started) handshake, 4 were dropped at once
+    assert.equal(lis.guard!.halfOpenCount, 16);
+    assert.equal(lis.guard!.refused, 4);
+  } finally {
+    for (const ws of clients) ws.terminate();
+    await lis.close();
   }
 });
 
