@@ -394,12 +394,19 @@ test("the WebSocket listener caps half-open connections per source too", { timeo
   const clients: WebSocket[] = [];
   try {
     let closed = 0;
-    const fourClosed = new Promise<void>((resolve) => {
+    const fourClosed = new Promise<void>((resolve, reject) => {
+      // at once, well before the 10 s handshake timeout would drop them anyway
+      const late = setTimeout(() => {
+        reject(new Error(`${closed} of 20 dropped within 5 s`));
+      }, 5000);
       for (let i = 0; i < 20; i++) {
         const ws = new WebSocket(`ws://127.0.0.1:${lis.port}${WS_PATH}`);
         ws.on("error", () => undefined);
         ws.on("close", () => {
-          if (++closed === 4) resolve();
+          if (++closed === 4) {
+            clearTimeout(late);
+            resolve();
+          }
         });
         clients.push(ws);
       }
