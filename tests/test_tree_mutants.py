@@ -246,10 +246,12 @@ def test_stored_changes_of_both_formats_take_the_fast_path(
     from p2psync.replica import tree as tree_mod
     from p2psync.replica.change import LEGACY_VERSION
 
-    legacy = build_change(OWNER.account, OWNER.key, b"old", space_id=SPACE_ID, tree_id=BASE.id,
-                          prev_ids=[BASE.id], acl_head=OWNER.acl_root,
-                          read_key_id=OWNER.acl_root, timestamp=9, version=LEGACY_VERSION).raw
-    rows = [BASE.root.raw, DAG[0], DAG[-1], legacy]
+    legacy = [build_change(OWNER.account, OWNER.key, b"old", space_id=SPACE_ID,
+                           tree_id=BASE.id, prev_ids=[BASE.id], acl_head=OWNER.acl_root,
+                           read_key_id=OWNER.acl_root, timestamp=ts, snapshot=ts > 0,
+                           version=LEGACY_VERSION).raw
+              for ts in (0, 1_764_000_000_000, 2**63 - 1)]  # both bounds of the clear time
+    rows = [BASE.root.raw, DAG[0], DAG[-1], *legacy]
     want = [parse_change(raw) for raw in rows]
 
     def strict(*_a: object, **_k: object) -> object:
