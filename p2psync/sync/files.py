@@ -12,12 +12,13 @@ as they arrive, verified, so nothing received is fetched twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import itertools
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from p2psync.errors import FileChunkInvalid
 from p2psync.replica.files import chunk_address
-from p2psync.replica.storage import ReplicaStore
+from p2psync.replica.storage import ChunkIO, ReplicaStore
 from p2psync.sync.messages import MAX_CHUNK_ADDRESSES, ChunkRequest, ChunkResponse
 
 Peer = Hashable
@@ -27,26 +28,24 @@ Peer = Hashable
 MAX_RESPONSE_BYTES = 1024 * 1024 - 64 * 1024
 
 
-def answer(store: ReplicaStore, req: ChunkRequest,
+def answer(store: ReplicaStore | ChunkIO, req: ChunkRequest,
            max_bytes: int = MAX_RESPONSE_BYTES) -> ChunkResponse:
     """What a responder sends back: the requested chunks it holds **of that file of that
     space** (the caller has checked the peer may access the space), the others as missing.
     Chunks beyond ``max_bytes`` are left out (neither sent nor missing: ask again); the first
     held chunk is always sent, so every answer makes progress."""
-    held = set(store.list_chunks(req.space_id, req.file_id)) if req.addresses else set()
+    held = store.get_file_chunks(req.space_id, req.file_id, req.addresses)
     chunks: list[tuple[bytes, bytes]] = []
     missing: list[bytes] = []
     budget = max_bytes
     for a in dict.fromkeys(req.addresses):
-        if a not in held:
+        data = held.get(a)
+        if data is None:
             missing.append(a)
             continue
         if budget <= 0:
             continue
-        data = store.get_chunk(a)
-        if data is None:
-            missing.append(a)
-        elif chunks and len(data) > budget:
+        if chunks and len(data) > budget:
             budget = 0
         else:
             chunks.append((a, data))
@@ -96,11 +95,13 @@ class ChunkFetch:
         """Nothing in flight and no peer left that might hold a remaining chunk."""
         if self.done or any(self._in_flight.values()):
             return False
-        return not any(self._candidates(p) for p in self._in_flight)
+        return not any(next(self._candidates(p), None) for p in self._in_flight)
 
-    def _candidates(self, peer: Peer) -> list[bytes]:
+    def _candidates(self, peer: Peer) -> Iterator[bytes]:
+        """Queued addresses this peer might hold, lazily (a 1 GiB file queues ~16 000: only
+        the first batch is looked at per request)."""
         lacks = self._lacks[peer]
-        return [a for a in self._queue if a not in lacks]
+        return (a for a in self._queue if a not in lacks)
 
     def requests(self) -> list[tuple[Peer, ChunkRequest]]:
         """New requests to send now (each peer up to its window)."""
@@ -111,7 +112,7 @@ class ChunkFetch:
             for peer, flying in self._in_flight.items():  # round-robin: spread the load
                 if len(flying) >= self.window:
                     continue
-                batch = self._candidates(peer)[:MAX_CHUNK_ADDRESSES]
+                batch = list(itertools.islice(self._candidates(peer), MAX_CHUNK_ADDRESSES))
                 if not batch:
                     continue
                 for a in batch:
@@ -122,11 +123,14 @@ class ChunkFetch:
         return out
 
     def on_response(self, peer: Peer, req: ChunkRequest, resp: ChunkResponse,
-                    store: Callable[[Sequence[tuple[bytes, bytes]]], object]) -> int:
+                    store: Callable[[Sequence[tuple[bytes, bytes]]], object],
+                    hashes: Sequence[bytes] | None = None) -> int:
         """Take a peer's answer to ``req`` (the shell matches them by request id): verified
         chunks go to ``store`` (all at once), missing ones back to the queue for other peers.
         Returns how many chunks were new. A chunk not asked for or not matching its address
-        drops the peer (nothing of that answer is stored) and raises FileChunkInvalid."""
+        drops the peer (nothing of that answer is stored) and raises FileChunkInvalid.
+        ``hashes``: :func:`chunk_address` of each chunk of ``resp`` in order, when the shell
+        computed them already (off the event loop); computed here otherwise."""
         flying = self._in_flight.get(peer)
         asked = tuple(req.addresses)
         if not flying or asked not in flying:
@@ -134,8 +138,10 @@ class ChunkFetch:
         flying.remove(asked)
         asked_set = set(asked)
         good: list[tuple[bytes, bytes]] = []
-        for addr, data in resp.chunks:
-            if addr not in asked_set or chunk_address(data) != addr:
+        if hashes is None or len(hashes) != len(resp.chunks):
+            hashes = [chunk_address(data) for _, data in resp.chunks]
+        for (addr, data), digest in zip(resp.chunks, hashes, strict=True):
+            if addr not in asked_set or digest != addr:
                 self._drop(peer, asked)
                 raise FileChunkInvalid(f"peer {peer!r} sent a chunk not matching its address")
             if addr not in self._got:

@@ -16,6 +16,7 @@ import itertools
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol, cast
 
 from p2psync.errors import (
@@ -26,6 +27,7 @@ from p2psync.errors import (
     UnknownMessageType,
 )
 from p2psync.replica import filespace as FS
+from p2psync.replica.files import chunk_address
 from p2psync.replica.space import Space
 from p2psync.replica.storage import ReplicaStore
 from p2psync.sync.files import ChunkFetch, Peer, answer
@@ -76,15 +78,46 @@ def _no_strike(why: str) -> None:
     return None
 
 
+#: answers a chunk stream prepares ahead of the one being sent (reads in a worker thread)
+SERVE_DEPTH = 4
+
+
 async def serve_stream(stream: PeerStream, store: ReplicaStore,
                        may_access: Callable[[str], bool], strike: Strike = _no_strike,
-                       on_offer: Callable[[ChunkOffer], None] | None = None) -> int:
+                       on_offer: Callable[[ChunkOffer], None] | None = None, *,
+                       depth: int = SERVE_DEPTH) -> int:
     """Answer chunk requests arriving on ``stream`` until the peer finishes it or the
     connection goes; a space the peer may not access is UNKNOWN_SPACE (existence never leaks).
     Chunk offers are passed to ``on_offer`` (a replicator pulls what it lacks) and answered
     with an empty response. Garbage (undecodable, over the schema's bounds, another message
-    type) is a ``strike`` and ends the stream. Returns how many requests were answered."""
+    type) is a ``strike`` and ends the stream. Returns how many requests were answered.
+
+    Throughput (docs/files.md, "filesperf"): when the store has a :meth:`chunk_io`, answers
+    are read from it in a worker thread, up to ``depth`` requests ahead of the answer being
+    sent, so the store's reads overlap with encrypting and sending (answers go out in request
+    order). Without one (or ``depth=0``) each answer is read on the loop's thread."""
+    io = store.chunk_io() if depth > 0 else None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="p2psync-serve") if io is not None else None
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue(maxsize=max(depth, 1))
     served = 0
+
+    async def send_replies() -> None:
+        while (item := await out.get()) is not None:
+            rid, reply = item
+            if isinstance(reply, asyncio.Future):
+                reply = await reply  # the store's errors surface here
+            await stream.send(encode(reply, rid))
+
+    sender = asyncio.create_task(send_replies())
+
+    async def queue(item: tuple[int, Any] | None) -> None:
+        put = asyncio.ensure_future(out.put(item))
+        await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():  # the sender failed: its error ends the stream
+            put.cancel()
+            sender.result()
+
     try:
         async for raw in stream:
             try:
@@ -106,29 +139,97 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
             elif not may_access(msg.space_id):
                 reply = ErrorMessage(ErrorCode.UNKNOWN_SPACE, "")
             else:
-                reply = answer(store, msg)
+                reply = (answer(store, msg) if io is None or pool is None
+                         else loop.run_in_executor(pool, answer, io, msg))
                 served += 1
-            await stream.send(encode(reply, env.request_id))
+            await queue((env.request_id, reply))
+        await queue(None)
+        await sender
     except P2PSyncError as exc:  # the peer went away, sent garbage, or we could not answer:
         with contextlib.suppress(P2PSyncError):  # tell it, so its fetch asks someone else
             stream.reset(str(exc)[:100])
+    finally:
+        sender.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True)  # a read still running ends before its connection closes
+        if io is not None:
+            io.close()
     return served
+
+
+#: verified chunk bytes gathered into one store call (one transaction, one fsync on a durable
+#: store) while the previous group is still being written
+GROUP_BYTES = 8 << 20
+
+
+#: chunks a fetch must want before its writes go to a worker thread (a small file is stored
+#: faster on the loop's thread than a thread and a second connection cost)
+THREADED_MIN_CHUNKS = 64
+
+
+def _hashes(chunks: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    return [chunk_address(data) for _, data in chunks]
 
 
 async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                     store: Callable[[Sequence[tuple[bytes, bytes]]], object], *,
                     on_bad: Callable[[Peer, str], None] | None = None,
                     progress: Callable[[int], None] | None = None,
-                    idle_timeout: float | None = None) -> bool:
+                    idle_timeout: float | None = None,
+                    threaded: bool = False, group_bytes: int = GROUP_BYTES) -> bool:
     """Fetch until done or stuck over one stream per peer (requests spread by ``fetch``).
     A peer whose stream fails, or that leaves a request unanswered while nothing arrives for
     ``idle_timeout`` seconds, is lost (its requests go to others); a peer sending a bad chunk
-    or garbage has its stream reset and is reported to ``on_bad`` (the engine strikes it);
-    ``progress(n)`` is called with the number of new chunks after each stored answer.
-    Returns ``fetch.done``."""
+    or garbage has its stream reset and is reported to ``on_bad`` (the engine strikes it).
+
+    Throughput (docs/files.md, "filesperf"): each answer's chunk hashes are computed in a
+    worker thread by the stream's reader (hashlib releases the GIL) before the answer is
+    verified. With ``threaded``, ``store`` runs in a worker thread of its own (one call at a
+    time, in order) while answers keep arriving; verified chunks that arrive meanwhile are
+    **grouped** (up to ``group_bytes``; beyond, receiving waits for the write) into the next
+    call: one transaction and one fsync per group instead of per answer. Without it, every
+    answer is stored at once on the loop's thread. Either way every group is stored before
+    this returns; a kill loses at most the groups not stored yet (never reported: a resumed
+    fetch asks for them again). ``progress(n)`` is called with the number of new chunks after
+    each stored group. Returns ``fetch.done``."""
     rids = itertools.count(1)
     pending: dict[tuple[Peer, int], ChunkRequest] = {}
-    inbox: asyncio.Queue[tuple[Peer, Any]] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[Peer, Any, list[bytes] | None]] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="p2psync-chunks") if threaded else None
+    group: list[tuple[bytes, bytes]] = []
+    group_size = 0
+    writing: asyncio.Future[object] | None = None
+
+    def gather(pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        nonlocal group_size
+        group.extend(pairs)
+        group_size += sum(len(d) for _, d in pairs)
+
+    def stored(n: int) -> None:
+        if progress is not None and n:
+            progress(n)
+
+    async def write(wait: bool) -> None:
+        """Hand the group to ``store``: at once when no write is running; when one is, only
+        if ``wait`` or the group is full (after that write ends)."""
+        nonlocal group, group_size, writing
+        if writing is not None:
+            if not writing.done() and not wait and group_size < group_bytes:
+                return
+            await writing  # raises what the store raised
+            writing = None
+        if not group:
+            return
+        batch, group, group_size = group, [], 0
+        if pool is None:
+            store(batch)
+            stored(len(batch))
+            return
+        writing = loop.run_in_executor(pool, store, batch)
+        writing.add_done_callback(
+            lambda f: stored(len(batch)) if not f.cancelled() and f.exception() is None
+            else None)
 
     def bad(peer: Peer, why: str) -> None:
         with contextlib.suppress(P2PSyncError):
@@ -144,11 +245,15 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                 except GARBLED as exc:
                     bad(peer, f"bad chunk response: {exc}")
                     raise
-                await inbox.put((peer, env))
+                msg = env.message
+                hashes = None
+                if isinstance(msg, ChunkResponse) and msg.chunks:
+                    hashes = await loop.run_in_executor(None, _hashes, msg.chunks)
+                await inbox.put((peer, env, hashes))
         except P2PSyncError as exc:
-            await inbox.put((peer, exc))
+            await inbox.put((peer, exc, None))
             return
-        await inbox.put((peer, EOFError("finished")))
+        await inbox.put((peer, EOFError("finished"), None))
 
     readers = [asyncio.create_task(read(p, st)) for p, st in streams.items()]
     for p in streams:
@@ -163,11 +268,14 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                 except P2PSyncError:
                     fetch.on_peer_lost(peer)
             if fetch.done or fetch.stuck:
+                await write(True)
+                await write(True)
                 return fetch.done
+            await write(False)
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT if idle_timeout is None
                                            else idle_timeout):
-                    peer, got = await inbox.get()
+                    peer, got, hashes = await inbox.get()
             except TimeoutError:
                 for p in {p for p, _ in pending}:  # silent peers: give up on them
                     with contextlib.suppress(P2PSyncError):
@@ -185,18 +293,24 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                 fetch.on_peer_lost(peer)  # an error answer (e.g. no chunk support): ask others
                 continue
             try:
-                new = fetch.on_response(peer, asked, msg, store)
+                fetch.on_response(peer, asked, msg, gather, hashes)
             except FileChunkInvalid as exc:
                 bad(peer, str(exc))
                 continue
-            if progress is not None and new:
-                progress(new)
     finally:
         for t in readers:
             t.cancel()
         for st in streams.values():
             with contextlib.suppress(P2PSyncError):
                 st.finish()
+        try:  # verified chunks already received are kept (a resume skips them)
+            if writing is not None and not writing.done():
+                await asyncio.shield(writing)
+            if group:
+                store(group)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # a write cut off by cancellation ends first
 
 
 # --- engine hooks -------------------------------------------------------------------------------
@@ -243,8 +357,18 @@ async def fetch_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes
         return False
 
     fetch = ChunkFetch(space.id, file_id, wanted, window=window)
-    return await run_fetch(fetch, streams, lambda ps: FS.accept_chunks(space, file_id, ps),
-                           on_bad=_strike_engine, progress=progress)
+    writer = space.store.chunk_io() if len(wanted) >= THREADED_MIN_CHUNKS else None
+    put_chunks = space.store.put_chunks if writer is None else writer.put_chunks
+
+    def put(pairs: Sequence[tuple[bytes, bytes]]) -> None:  # verified by fetch.on_response
+        put_chunks(space.id, file_id, pairs)
+
+    try:
+        return await run_fetch(fetch, streams, put, on_bad=_strike_engine, progress=progress,
+                               threaded=writer is not None)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 # --- replicators (backups): offered chunks are pulled -----------------------------------------
