@@ -22,7 +22,7 @@ from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.dialer import Dialer, dial_address
 from p2psync.discovery.peers import AddressBook, Endpoint, Source, parse_endpoints
-from p2psync.errors import JoinError, P2PSyncError, TransportError
+from p2psync.errors import JoinError, P2PSyncError, StoreError, TransportError
 from p2psync.hostport import host_port
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
@@ -60,6 +60,10 @@ class NodeConfig:
     reconnect_cap: float = 30.0
     durable: bool = True  #: fsync every commit (False: WAL + synchronous=NORMAL)
     window: float = 0.0  #: edit coalescing window of documents (0: a change per edit)
+    #: Issue 13: stored changes share SQLite commits for up to this long (s), and always
+    #: commit before anything is sent to a peer (docs/replica.md "Grouped commits"); 0: a
+    #: commit per change, as before.
+    group_commit: float = 0.01
     seed: int | None = None
     #: Issue 12.6: listeners send this device's certificate (which names the account) only to
     #: an initiator that is a known peer, shares a space, or may be bootstrapping by invite
@@ -150,6 +154,8 @@ class Node:
     async def start(self) -> Node:
         """Open the store and every space in it, then listen."""
         self.store = open_store(self.store_where, durable=self.config.durable)
+        if self.config.group_commit > 0:
+            self.store.group_writes(_commit_later(self.store, self.config.group_commit))
         self._replicas = Replicas(self.store, self.account, self.device,
                                   window=self.config.window, limits=self.config.limits)
         for host, port, transport in self.config.listen:
@@ -437,3 +443,19 @@ def _endpoint(address: str, transport: TransportName) -> Endpoint:
     (ep,) = parse_endpoints(f"{transport}://{address}")
     return ep
 
+
+def _commit_later(store: ReplicaStore, delay: float) -> Callable[[], None]:
+    """The asyncio shell of grouped commits: when a group opens, commit it ``delay`` later
+    (engines commit it sooner, before they send)."""
+    loop = asyncio.get_running_loop()
+
+    def commit() -> None:
+        try:
+            store.commit_group()
+        except StoreError as exc:  # the next write raises it again, where it is handled
+            log.error("grouped commit failed: %s", exc)
+
+    def opened() -> None:
+        loop.call_later(delay, commit)
+
+    return opened

@@ -421,6 +421,15 @@ class PgStore(DerivedStoreOps):
                            ([bytes(a) for a in addresses],))
         return {bytes(r[0]) for r in rows}
 
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        if not addresses:
+            return {}
+        rows = self._query("SELECT address, data FROM chunks WHERE space_id = %s AND "
+                           "file_id = %s AND address = ANY(%s)",
+                           (space_id, bytes(file_id), [bytes(a) for a in addresses]))
+        return {bytes(a): bytes(d) for a, d in rows}
+
     def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
         if file_id is None:
             rows = self._query("SELECT address FROM chunks WHERE space_id = %s "

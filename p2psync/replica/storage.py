@@ -36,7 +36,9 @@ class ReplicaStore(Protocol):
       midway (the tree's ``persist`` hook relies on it to keep memory and disk equal);
     * a method that returns has made its write as durable as the store promises
       (SQLite: survives a kill, and with ``durable=True`` a power cut), because peers are told
-      which heads we hold;
+      which heads we hold — except ``save_changes`` while writes are grouped
+      (:meth:`group_writes`): durable at the next :meth:`commit_group`, which runs before
+      anything is sent to a peer;
     * writes of something already stored are no-ops (peers resend);
     * any failure, including use after :meth:`close`, is a :class:`~p2psync.errors.StoreError`.
     """
@@ -46,6 +48,13 @@ class ReplicaStore(Protocol):
     def label(self) -> str: ...
 
     def close(self) -> None: ...
+
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Let ``save_changes`` share commits until :meth:`commit_group` (``on_open`` is
+        called when a group opens); stores that cannot ignore it (docs/replica.md)."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes now; the engine calls it before it sends anything."""
 
     def __enter__(self) -> ReplicaStore: ...
 
@@ -153,6 +162,30 @@ class ReplicaStore(Protocol):
     def delete_chunks(self, addresses: Sequence[bytes]) -> int:
         """Drop chunks atomically (unknown ones ignored); returns how many went."""
 
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        """``address -> ciphertext`` of those of ``addresses`` stored **as chunks of that file
+        of that space** (what a chunk request may be answered with), in one read."""
+
+    def chunk_io(self) -> ChunkIO | None:
+        """A :class:`ChunkIO` that may run in one worker thread while the event loop keeps
+        using this store (SQLite: its own connection to the same file), so a bulk transfer's
+        reads, writes and fsyncs overlap with the network; None when the store has none
+        (chunks are then read and stored from the loop's thread). Close it after use."""
+
+
+class ChunkIO(Protocol):
+    """The chunk reads and writes of a bulk transfer, for one worker thread at a time (see
+    :meth:`ReplicaStore.chunk_io`); same meaning as the store's methods of these names."""
+
+    def put_chunks(self, space_id: str, file_id: bytes,
+                   chunks: Sequence[tuple[bytes, bytes]]) -> int: ...
+
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]: ...
+
+    def close(self) -> None: ...
+
 
 class DerivedStoreOps:
     """The ReplicaStore methods that follow from the primitives, shared by implementations
@@ -174,8 +207,35 @@ class DerivedStoreOps:
     def get_heads(self, tree_id: bytes) -> tuple[bytes, ...]:
         raise NotImplementedError
 
+    def list_chunks(self, space_id: str, file_id: bytes | None = None) -> list[bytes]:
+        raise NotImplementedError
+
+    def get_chunk(self, address: bytes) -> bytes | None:
+        raise NotImplementedError
+
+    def chunk_io(self) -> ChunkIO | None:
+        return None
+
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        """From the primitives (a store with an indexed read overrides it: this lists the
+        whole file's chunks on every call)."""
+        held = set(self.list_chunks(space_id, file_id)) if addresses else set()
+        out: dict[bytes, bytes] = {}
+        for a in addresses:
+            if a in held and (data := self.get_chunk(a)) is not None:
+                out[bytes(a)] = data
+        return out
+
     def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
         return self.add_acl_records(space_id, [(record_id, raw)]) == 1
+
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Group ``save_changes`` into fewer commits where the store can (SQLite); the
+        default commits every write as before and ignores this."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes (called before anything is sent to a peer)."""
 
     def save_tree(self, tree: ObjectTree) -> None:
         """Store a whole tree (e.g. a newly created one) with its heads."""
@@ -208,16 +268,19 @@ class DerivedStoreOps:
 
 
 def load_trusted_tree(store: DerivedStoreOps | ReplicaStore, space_id: str, tree_id: bytes,
-                      gate: AclGate, *, verify_signatures: bool = False) -> ObjectTree:
+                      gate: AclGate, *, verify_signatures: bool = False,
+                      rows: Sequence[tuple[bytes | None, bytes]] | None = None) -> ObjectTree:
     """Rebuild a tree from a store. Ids are always recomputed (cheap: catches bit rot and
     edits to the file) and the stored heads must match; signatures and ACL rules are checked
-    only with ``verify_signatures`` (only verified changes are ever written; docs/replica.md)."""
-    raws = store.raw_changes(tree_id)
+    only with ``verify_signatures`` (only verified changes are ever written; docs/replica.md).
+    ``rows``: the store's ``(id or None, raw)`` rows of the tree when it reads them itself
+    (default :meth:`raw_changes`; see :meth:`ObjectTree.from_trusted`)."""
+    raws = store.raw_changes(tree_id) if rows is None else rows
     if not raws:
         raise StoreError(f"{store.label} has no tree {tree_id.hex()[:16]}…")
     try:
         tree = ObjectTree.from_trusted(space_id, gate, raws, verify_signatures=verify_signatures,
-                                       bases=store.shallow_bases(tree_id))
+                                       tree_id=tree_id, bases=store.shallow_bases(tree_id))
     except (DecodeError, ReplicaError) as exc:
         raise StoreError(f"{store.label}: tree {tree_id.hex()[:16]}… is corrupt or "
                          f"tampered with: {exc}") from exc

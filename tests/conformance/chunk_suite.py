@@ -57,6 +57,19 @@ class ChunkStoreSuite:
         assert store.delete_chunks([a[0], b"\0" * 32]) == 1
         assert store.get_chunk(a[0]) is None and store.list_chunks("s1") == [b[0]]
 
+    def test_get_file_chunks_only_of_that_file_of_that_space(self, store: Any) -> None:
+        a, b, c = _chunk(1), _chunk(2, 300_000), _chunk(3)
+        store.put_chunks("s1", F1, [a, b])
+        store.put_chunks("s1", F2, [c])
+        want = [b[0], a[0], c[0], b"\0" * 32, a[0]]
+        assert store.get_file_chunks("s1", F1, want) == {a[0]: a[1], b[0]: b[1]}
+        assert store.get_file_chunks("s2", F1, want) == {}  # another space: nothing
+        assert store.get_file_chunks("s1", F2, want) == {c[0]: c[1]}
+        assert store.get_file_chunks("s1", F1, []) == {}
+        many = [_chunk(i, 10) for i in range(10, 1200)]  # beyond SQLite's parameter limit
+        store.put_chunks("s1", F1, many)
+        assert len(store.get_file_chunks("s1", F1, [x for x, _ in many])) == len(many)
+
     def test_batch_is_atomic(self, store: Any) -> None:
         a = _chunk(1)
         with pytest.raises(Exception):  # noqa: B017 - whatever the implementation raises
