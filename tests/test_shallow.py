@@ -274,3 +274,27 @@ def test_store_reopen_refuses_a_second_change_with_missing_parents(tmp_path: Pat
                       (tid, deep.id, deep.raw))
     with pytest.raises(StoreError, match="corrupt or tampered"):
         Space.open(store, bob, w.bob.device, w.a.id).tree(tid)
+
+
+def test_a_keyless_replica_answers_with_the_whole_tree_without_looking(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = World(tmp_path)
+    doc, _ = _doc_with_snapshot(w.a)
+    backup = AccountKey.generate()
+    w.a.emit_acl(lambda acl: acl.add_replicator(w.alice, backup.public))
+    r = Space.adopt(Store(tmp_path / "r.sqlite3"), backup, DeviceKey.generate().public,
+                    w.a.id, w.a.header.raw, w.a.acl_records(), window=0)
+    r.add_changes(doc.tree.id, [c.raw for c in doc.tree.changes()])
+    cold = Space.open(r.store, backup, r.device, r.id)
+    parsed: list[bytes] = []
+    import p2psync.replica.space as space_mod
+
+    real = space_mod.parse_stored_change
+
+    def counting(raw: bytes, cid: bytes | None) -> Change:
+        parsed.append(raw)
+        return real(raw, cid)
+
+    monkeypatch.setattr(space_mod, "parse_stored_change", counting)
+    assert cold.snapshot_answer(doc.tree.id, 1 << 20) is None
+    assert parsed == []  # no stored change was parsed to look for a snapshot it cannot see

@@ -423,6 +423,9 @@ class Space:
         S names them), or when root and S do not fit one batch of ``cap`` bytes."""
         if not self.has_tree(tree_id) or self.acl.state.is_deleted(tree_id):
             return None
+        st = self.acl.state
+        if not st.key_order or self.acl.read_key(st.current_key_id) is None:
+            return None  # a backup (no read key) cannot find a snapshot: do not look
         tree = self._trees.get(tree_id)
         if tree is None and (doc := self._live.get(tree_id)) is not None:
             tree = doc.tree
