@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from p2psync.codec import content_id
 from p2psync.crypto import AccountKey, DeviceKey
 from p2psync.errors import (
     AccessDenied,
@@ -27,6 +28,7 @@ from p2psync.replica.document import ROOT, Document
 from p2psync.replica.snapshots import latest_snapshot
 from p2psync.replica.space import Space
 from p2psync.replica.store import Store
+from p2psync.replica.tree import ObjectTree
 
 
 class World:
@@ -298,3 +300,31 @@ def test_a_keyless_replica_answers_with_the_whole_tree_without_looking(
     monkeypatch.setattr(space_mod, "parse_stored_change", counting)
     assert cold.snapshot_answer(doc.tree.id, 1 << 20) is None
     assert parsed == []  # no stored change was parsed to look for a snapshot it cannot see
+
+
+@pytest.mark.parametrize("url", ["memory:", "sqlite"])
+def test_stores_keep_bases_and_replace_shallow_trees(tmp_path: Path, url: str) -> None:
+    from p2psync.replica.storage import open_store
+
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a)
+    tid = doc.tree.id
+    bob, _ = w.members["bob"]
+    store = open_store(url if url != "sqlite" else tmp_path / "s.sqlite3")
+    store.put_space(w.a.id, w.a.header.raw)
+    store.add_acl_records(w.a.id, [(content_id(r), r) for r in w.a.acl_records()])
+    sp = Space.open(store, bob, w.bob.device, w.a.id)
+    sp.add_base(tid, doc.tree.root.raw, snap.raw)
+    sp.add_changes(tid, _after(doc, snap))
+    assert store.shallow_bases(tid) == {snap.id}
+    again = Space.open(store, bob, w.bob.device, w.a.id)
+    assert again.tree(tid).shallow and again.tree(tid).heads == doc.tree.heads
+    full = ObjectTree.from_root(w.a.id, again.acl, doc.tree.root.raw)
+    full.add([c.raw for c in doc.tree.changes()[1:]])
+    again.complete_history(full)
+    assert store.shallow_bases(tid) == frozenset()
+    assert [c for c, _ in store.raw_changes(tid)] == [c.id for c in full.changes()]
+    third = Space.open(store, bob, w.bob.device, w.a.id)
+    assert not third.tree(tid).shallow and len(third.tree(tid)) == len(doc.tree)
+    store.delete_trees([tid])
+    assert store.shallow_bases(tid) == frozenset()
