@@ -516,3 +516,4 @@ def test_an_admin_cannot_revoke_the_owners_admin_invite() -> None:
     _raw2, code2 = acl.invite(OWNER, Role.WRITER)
     acl.revoke_invite(alice, code2.invite_id)
     assert code.invite_id in acl.state.invites and code2.invite_id not in acl.state.invites
+
