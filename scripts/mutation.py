@@ -392,6 +392,8 @@ for name in names:
     if tree is not None and tree._pool is not None:
         tree._pool.shutdown(wait=False)
         tree._pool = None
+    if tree is not None:  # the stored-change interning cache, filled by the original
+        getattr(tree, "_shared", {}).clear()  # code, hides mutants storing a wrong value
     t0 = time.monotonic()
     why = Why()
     timed_out = False

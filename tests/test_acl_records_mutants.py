@@ -9,13 +9,18 @@ import pytest
 from p2psync.crypto.keys import AccountKey
 from p2psync.errors import InvalidAclRecord
 from p2psync.replica.acl_records import (
+    MAX_ENTRIES,
     MAX_META_SIZE,
     SEALED_KEY_SIZE,
     Accept,
+    DeleteObjects,
     InviteJoin,
     KeyEntry,
+    PermissionChange,
+    Remove,
     RequestJoin,
     Role,
+    Rotation,
     SpaceMeta,
     build_record,
     decode_record,
@@ -63,3 +68,26 @@ def test_join_and_accept_field_sizes_are_enforced(payload: object) -> None:
     the record decodes, a 31-byte invite id or a 63-byte proof then reaches the ACL)."""
     with pytest.raises(InvalidAclRecord):
         decode_record(build_record(AUTHOR, "s.1", PREV, payload))  # type: ignore[arg-type]
+
+
+MANY = tuple(sorted(i.to_bytes(32, "big") for i in range(1, MAX_ENTRIES + 2)))
+NO_ROTATION = Rotation((), (), ())
+
+
+@pytest.mark.parametrize("payload", [
+    PermissionChange(A[:31], Role.WRITER),
+    Remove((A + b"\x00",), NO_ROTATION), Remove(MANY, NO_ROTATION),
+    DeleteObjects((A[:31],)), DeleteObjects(MANY),
+], ids=["permission-member", "remove-member", "remove-many", "delete-id", "delete-many"])
+def test_member_and_object_lists_are_sized_and_bounded(payload: object) -> None:
+    """Sizes and the item bound of the permission, removal and deletion records (mutants: the
+    size or ``max_items`` dropped — a removal naming MAX_ENTRIES + 1 members, or an account
+    that is not one, decodes)."""
+    with pytest.raises(InvalidAclRecord):
+        decode_record(build_record(AUTHOR, "s.1", PREV, payload))  # type: ignore[arg-type]
+
+
+def test_the_largest_lists_still_decode() -> None:
+    """Control for the bound above: exactly MAX_ENTRIES items are fine."""
+    for payload in (Remove(MANY[:-1], NO_ROTATION), DeleteObjects(MANY[:-1])):
+        assert decode_record(build_record(AUTHOR, "s.1", PREV, payload)).payload == payload
