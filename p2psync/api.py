@@ -38,7 +38,7 @@ from p2psync.apiclient import ApiError as ApiError
 from p2psync.apiclient import _alive, socket_path
 from p2psync.apiclient import agent_running as agent_running
 from p2psync.crypto.ids import peer_id, short_hash
-from p2psync.device import LocalDevice
+from p2psync.device import LocalDevice, doc_ref
 from p2psync.errors import InvalidRequest, P2PSyncError, UnknownOperation
 
 MAX_LINE = 1 << 20  #: bytes per request line
@@ -121,6 +121,8 @@ def _local(name: str, spec: ops.LocalOp) -> Op:
     async def run(ctx: Context, p: ops.Params) -> Any:
         if name == "space.invite" and isinstance(p, ops.SpaceInviteParams) and not p.addresses:
             p = msgspec.structs.replace(p, addresses=ctx.agent.reachable_addresses())
+        if name == "doc.history" or (name == "doc.get" and getattr(p, "at", None)):
+            await _whole_history(ctx, p)
         out = spec.run(_device(ctx), p)
         if name == "device.remove":  # refused from now on, and dropped if connected now
             ctx.agent.node.refused_peers.add(out["peer_id"])
@@ -129,6 +131,26 @@ def _local(name: str, spec: ops.LocalOp) -> Op:
                     await e.close("this device was removed from the account")
         return out
     return Op(spec.params, run)
+
+
+#: how long ``doc.history`` / ``doc.get --at`` wait for a shallow document's history
+HISTORY_TIMEOUT = 10.0
+
+
+async def _whole_history(ctx: Context, p: ops.Params) -> None:
+    """History on demand (docs/replica.md "Shallow trees"): a document this device fetched
+    from a snapshot gets its older history from the connected peers first; without peers (or
+    past :data:`HISTORY_TIMEOUT`) the op answers from what is held."""
+    space, doc = getattr(p, "space", None), getattr(p, "doc", None)
+    if not isinstance(space, str) or not isinstance(doc, str):
+        return
+    try:
+        sp = _device(ctx).resolve_space(space)
+        tid = doc_ref(sp, doc)
+        if sp.has_tree(tid) and sp.tree(tid).shallow:
+            await ctx.agent.node.fetch_history(sp.id, tid, HISTORY_TIMEOUT)
+    except (P2PSyncError, TimeoutError):
+        return  # the op itself reports a bad space or document
 
 
 class DeviceAddParams(ops.Params, frozen=True):

@@ -51,7 +51,7 @@ class LocalDevice:
     def close(self) -> None:
         """Flush pending edits; close the store only if we opened it."""
         for space in self._spaces.values():
-            space.flush()
+            space.settle()  # flush, and snapshot idle documents
         if self.replicas is None:
             self.store.close()
 

@@ -22,7 +22,7 @@ from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.dialer import Dialer, dial_address
 from p2psync.discovery.peers import AddressBook, Endpoint, Source, parse_endpoints
-from p2psync.errors import JoinError, P2PSyncError, TransportError
+from p2psync.errors import JoinError, P2PSyncError, StoreError, TransportError
 from p2psync.hostport import host_port
 from p2psync.replica.acl import InviteCode
 from p2psync.replica.acl_records import Role
@@ -60,6 +60,10 @@ class NodeConfig:
     reconnect_cap: float = 30.0
     durable: bool = True  #: fsync every commit (False: WAL + synchronous=NORMAL)
     window: float = 0.0  #: edit coalescing window of documents (0: a change per edit)
+    #: Issue 13: stored changes share SQLite commits for up to this long (s), and always
+    #: commit before anything is sent to a peer (docs/replica.md "Grouped commits"); 0: a
+    #: commit per change, as before.
+    group_commit: float = 0.01
     seed: int | None = None
     #: Issue 12.6: listeners send this device's certificate (which names the account) only to
     #: an initiator that is a known peer, shares a space, or may be bootstrapping by invite
@@ -150,6 +154,8 @@ class Node:
     async def start(self) -> Node:
         """Open the store and every space in it, then listen."""
         self.store = open_store(self.store_where, durable=self.config.durable)
+        if self.config.group_commit > 0:
+            self.store.group_writes(_commit_later(self.store, self.config.group_commit))
         self._replicas = Replicas(self.store, self.account, self.device,
                                   window=self.config.window, limits=self.config.limits)
         for host, port, transport in self.config.listen:
@@ -180,6 +186,11 @@ class Node:
         for server in self.servers:
             await server.close()
         if self.store is not None:
+            for space in list(self.spaces.values()):  # flush, and snapshot idle documents
+                try:
+                    space.settle()
+                except P2PSyncError as exc:  # closing anyway: what was flushed is kept
+                    log.warning("closing space %s: %s", space.id, exc)
             self.store.close()
 
     @property
@@ -402,6 +413,27 @@ class Node:
         """Wait until ``predicate()`` holds; re-checked on every sync event (no polling)."""
         await self.replicas.wait_for(predicate, timeout)
 
+    async def fetch_history(self, space_id: str, tree_id: bytes, timeout: float = 30.0) -> bool:
+        """History on demand (docs/replica.md "Shallow trees"): a tree held shallow (from
+        a snapshot) fetches its whole history from the connected peers sharing the space
+        (a ``history`` job on each: whole tree, every change verified) and holds it whole
+        afterwards. True once whole (at once if it already is); False when no connected peer
+        shares the space; TimeoutError if none delivered it within ``timeout``."""
+        space = self.spaces[space_id]
+
+        def whole() -> bool:
+            return not space.has_tree(tree_id) or not space.tree(tree_id).shallow
+
+        if whole():
+            return True
+        peers = [e for e in list(self.engines) if space_id in e.shared]
+        for engine in peers:
+            engine.submit(("history", space_id, tree_id), 2)
+        if not peers:
+            return False
+        await self.wait_for(whole, timeout)
+        return True
+
     def tree_heads_hash(self, space_id: str, tree_id: bytes) -> bytes:
         return heads_hash(self.spaces[space_id].heads(tree_id))
 
@@ -411,3 +443,19 @@ def _endpoint(address: str, transport: TransportName) -> Endpoint:
     (ep,) = parse_endpoints(f"{transport}://{address}")
     return ep
 
+
+def _commit_later(store: ReplicaStore, delay: float) -> Callable[[], None]:
+    """The asyncio shell of grouped commits: when a group opens, commit it ``delay`` later
+    (engines commit it sooner, before they send)."""
+    loop = asyncio.get_running_loop()
+
+    def commit() -> None:
+        try:
+            store.commit_group()
+        except StoreError as exc:  # the next write raises it again, where it is handled
+            log.error("grouped commit failed: %s", exc)
+
+    def opened() -> None:
+        loop.call_later(delay, commit)
+
+    return opened

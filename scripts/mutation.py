@@ -68,7 +68,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "acl_records": (
         ["p2psync/replica/acl_records.py"],
-        ["tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl_records.py"],
+        ["tests/test_acl_records.py", "tests/test_access.py", "tests/test_bite_acl_records.py",
+         "tests/test_acl_records_mutants.py", "tests/test_acl_joins.py"],
     ),
     "acl": (
         ["p2psync/replica/acl.py"],
@@ -326,15 +327,47 @@ settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase
                           deadline=None)
 settings.load_profile("mutation")
 
+import fcntl
 names = json.loads(sys.argv[1]); timeout = int(sys.argv[2])
 stats = json.load(open("mutmut-stats.json"))
 tests_of = stats["tests_by_mangled_function_name"]; dur = stats["duration_by_test"]
 metas = {}
+kills = {}  # test node id -> mutants it killed (seeded from earlier runs' log lines)
+if os.path.exists("../mutmut.log"):
+    for line in open("../mutmut.log", errors="replace"):
+        parts = line.split("RESULT ", 1)[-1].split(" ") if "RESULT " in line else []
+        if len(parts) > 3 and parts[1] not in ("0", "-24") and "::" in parts[3]:
+            kills[parts[3]] = kills.get(parts[3], 0) + 1
 class Timeout(BaseException):
     pass
+timed_out = False
 def alarm(*_):
+    # pytest reports an exception raised inside a test as that test's failure (exit code 1):
+    # the flag, not the exit code, says the mutant was stopped by the clock
+    global timed_out
+    timed_out = True
     raise Timeout()
 signal.signal(signal.SIGALRM, alarm)
+# records the first failing test and its message: a kill must be a real failure (not a
+# Hypothesis health check or a timeout), and the log says which test did it
+class Why:
+    def __init__(self):
+        self.first = None
+    def pytest_runtest_logreport(self, report):
+        if report.failed and self.first is None:
+            exc = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+            msg = (exc.message.splitlines() or [""])[0][:100] if exc is not None else ""
+            self.first = f"{report.nodeid} [{report.when}] {msg}"
+def record(meta_path, name, code):
+    # several drivers (--jobs) share one meta file: read-modify-write under a lock
+    with open(meta_path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(meta_path) as f:
+            fresh = json.load(f)
+        fresh["exit_code_by_key"][name] = code
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(fresh, f, indent=1)
+        os.replace(meta_path + ".tmp", meta_path)
 # import every test module once under the original code: module-level fixtures (worlds,
 # trees built at import) must not be built by whichever mutant happens to run first
 files = sorted({t.split("::")[0] for ts in tests_of.values() for t in ts})
@@ -348,36 +381,68 @@ for name in names:
     meta = metas.setdefault(meta_path, json.load(open(meta_path)))
     if meta["exit_code_by_key"].get(name) is not None:  # --resume: judged already
         continue
-    tests = sorted(tests_of.get(fn, []), key=lambda t: dur.get(t, 0))
+    # tests that killed earlier mutants first (they tend to kill the next ones: a kill then
+    # costs one test, not the whole list before it), then the fastest
+    tests = sorted(tests_of.get(fn, []), key=lambda t: (-kills.get(t, 0), dur.get(t, 0)))
     if not tests:
-        meta["exit_code_by_key"][name] = 33
+        record(meta_path, name, 33)
         continue
     os.environ["MUTANT_UNDER_TEST"] = name
     tree = sys.modules.get("p2psync.replica.tree")  # module state a mutant may create lazily
     if tree is not None and tree._pool is not None:
         tree._pool.shutdown(wait=False)
         tree._pool = None
+    if tree is not None:  # the stored-change interning cache, filled by the original
+        getattr(tree, "_shared", {}).clear()  # code, hides mutants storing a wrong value
     t0 = time.monotonic()
+    why = Why()
+    timed_out = False
     signal.alarm(timeout)
     try:
+        # no pytest-timeout: it re-arms SIGALRM per test (cancelling the alarm above) and
+        # reports a hang as an ordinary test failure. --tb=native: pytest's own traceback
+        # parses each frame's module for statement ranges, and the trampolined module is
+        # thousands of lines: a mutant killed by a 0.1 s test took 30-60 s to report
         code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header",
-                                "-p", "no:warnings", *tests]))
+                                "-p", "no:warnings", "-p", "no:timeout", "--tb=native",
+                                *tests],
+                               plugins=[why]))
     except Timeout:
         code = -24
     finally:
         signal.alarm(0)
         os.environ["MUTANT_UNDER_TEST"] = "none"
-    meta["exit_code_by_key"][name] = code
-    print(f"RESULT {name} {code} {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
-    json.dump(meta, open(meta_path, "w"), indent=1)
+    if timed_out or "Timeout" in (why.first or ""):
+        code = -24
+    record(meta_path, name, code)
+    if why.first:
+        killer = why.first.split(" ")[0]
+        kills[killer] = kills.get(killer, 0) + 1
+    print(f"RESULT {name} {code} {time.monotonic() - t0:.1f}s {why.first or ''}",
+          file=sys.stderr, flush=True)
 """
+
+
+def forget_timeouts(ws: Path, files: list[str]) -> None:
+    """Set the timeouts (-24) of earlier runs back to "not run": a timeout on a loaded
+    machine is no proof that the mutant hangs."""
+    for f in files:
+        meta = ws / "mutants" / (f + ".meta")
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            codes = data["exit_code_by_key"]
+            for k, c in codes.items():
+                if c in (-24, 24, 36, 152, 255):
+                    codes[k] = None
+            meta.write_text(json.dumps(data, indent=1))
 
 
 def run_group(group: str, children: int, only: list[str] | None = None,
               tests_override: list[str] | None = None,
               logic_only: bool = False,
               in_process: bool = False,
-              resume: bool = False) -> tuple[dict[str, dict[str, Any]], float]:
+              resume: bool = False, jobs: int = 1,
+              timeout: int = INPROC_TIMEOUT) -> tuple[dict[str, dict[str, Any]], float]:
     files, tests = GROUPS[group]
     tests = tests_override or tests
     ws = WORK / group
@@ -409,9 +474,14 @@ def run_group(group: str, children: int, only: list[str] | None = None,
         names = logic_mutants(ws, files, only, logic=logic_only)
         print(f"[{group}] {len(names)} mutants to run", file=sys.stderr, flush=True)
     if in_process:
-        proc = subprocess.run([sys.executable, "-c", INPROC_DRIVER, json.dumps(names),
-                               str(INPROC_TIMEOUT)],
-                              cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # ``jobs`` drivers, each its share of the mutants (round robin: neighbours in a
+        # function tend to cost alike); they record results in the meta file under a lock
+        procs = [subprocess.Popen([sys.executable, "-c", INPROC_DRIVER,
+                                   json.dumps(names[j::jobs]), str(timeout)],
+                                  cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT)
+                 for j in range(max(1, jobs))]
+        codes = [p.wait() for p in procs]
+        proc = subprocess.CompletedProcess([], max(codes, key=abs))
     else:
         proc = subprocess.run([sys.executable, "-c", cli, "run", "--max-children",
                                str(children), *names],
@@ -448,6 +518,16 @@ def main() -> None:
                          "mutant's tests in ONE process (no fork, no re-import; several times "
                          f"faster on a loaded machine; {INPROC_TIMEOUT} s per mutant, then "
                          "killed)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="with --in-process: this many driver processes share the mutants "
+                         "(run under nice on a shared machine)")
+    ap.add_argument("--timeout", type=int, default=INPROC_TIMEOUT,
+                    help=f"with --in-process: seconds per mutant (default {INPROC_TIMEOUT}); "
+                         "a mutant stopped by it is recorded -24 (killed) and logged: "
+                         "re-judge such ones with --rejudge-timeouts and a larger value")
+    ap.add_argument("--rejudge-timeouts", action="store_true",
+                    help="with --resume: forget the timeouts (-24) of earlier runs so they "
+                         "run again")
     ap.add_argument("--resume", action="store_true",
                     help="with --in-process: keep the group's workspace and results, run only "
                          "the mutants not judged yet")
@@ -467,8 +547,11 @@ def main() -> None:
                 elapsed = float(timing.read_text())
         else:
             print(f"[{g}] running ...", file=sys.stderr, flush=True)
+            if args.rejudge_timeouts:
+                forget_timeouts(WORK / g, GROUPS[g][0])
             mods, elapsed = run_group(g, args.children, args.only, args.tests,
-                                      args.logic_only, args.in_process, args.resume)
+                                      args.logic_only, args.in_process, args.resume,
+                                      args.jobs, args.timeout)
             (WORK / g / "elapsed.txt").write_text(f"{elapsed:.1f}")
         results["groups"][g] = {"seconds": round(elapsed, 1), "tests": GROUPS[g][1]}
         results["modules"].update(mods)

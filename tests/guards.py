@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from p2psync.backup.quota import Usage
 from p2psync.crypto.box import NONCE_SIZE, ReadKey
+from p2psync.replica import change as change_mod
 from p2psync.replica.acl import Acl, AclState
 from p2psync.replica.tree import ObjectTree
 from p2psync.transport.noise import CipherState
@@ -87,6 +89,27 @@ def rollback_off(mp: pytest.MonkeyPatch) -> None:
     store write of the batch fails, so memory and disk disagree."""
     orig = ObjectTree._attach
     mp.setattr(ObjectTree, "_attach", lambda self, ch, undo: orig(self, ch, None))
+
+
+def sealing_off(mp: pytest.MonkeyPatch) -> None:
+    """Sealed change metadata (change format 2, issue 20 item 6): every change written as
+    format 2 carries the author's claimed time and the snapshot flag in its signed clear
+    header again, readable by any replicator (the legacy format-1 layout).
+
+    Patched wherever ``build_change`` is bound (the tree's local writes, tests that build
+    changes themselves), since modules import it by name.
+    """
+    orig = change_mod.build_change
+
+    def clear_header(*args: Any, version: int = change_mod.FORMAT_VERSION,
+                     **kwargs: Any) -> change_mod.Change:
+        if version == change_mod.FORMAT_VERSION:
+            version = change_mod.LEGACY_VERSION
+        return orig(*args, version=version, **kwargs)
+
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__dict__", {}).get("build_change") is orig:
+            mp.setattr(mod, "build_change", clear_header)
 
 
 async def bites(guard: Callable[[], Any] | Callable[[], Awaitable[Any]],

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from p2psync.errors import InvalidAclRecord
+from p2psync.crypto.keys import AccountKey
+from p2psync.errors import AccessDenied, InvalidAclRecord
 from p2psync.replica import acl as acl_mod
 from p2psync.replica.acl import Acl, InviteCode
-from p2psync.replica.acl_records import PermissionChange, Role, build_record, decode_record
+from p2psync.replica.acl_records import (
+    JOIN_DOMAIN,
+    PermissionChange,
+    RequestJoin,
+    Role,
+    build_record,
+    decode_record,
+    join_proof_message,
+)
 from tests.acl_dsl import SPACE, account
 
 OWNER = account("owner")
@@ -29,6 +38,13 @@ def _chain(n: int) -> tuple[Acl, list[bytes]]:
 
 def _id(raw: bytes) -> bytes:
     return decode_record(raw, SPACE).id
+
+
+def _join_request(joiner: AccountKey, code: InviteCode, prev: list[bytes] | None = None) -> bytes:
+    """A join request built by the joiner itself (not admitted anywhere)."""
+    proof = code.key.sign(JOIN_DOMAIN, join_proof_message(SPACE, code.invite_id, joiner.public))
+    return build_record(joiner, SPACE, prev or [code.invite_id],
+                        RequestJoin(code.invite_id, proof))
 
 
 def test_each_status_is_the_records_fate() -> None:
@@ -113,3 +129,390 @@ def test_a_shelved_merge_offered_again_is_reported_ignored_with_its_id() -> None
     assert main.add(junk) == acl_mod.AddResult(jid, "ignored")
     assert main.add(junk) == acl_mod.AddResult(jid, "ignored")  # from the shelf this time
     assert jid not in main and jid in main.shelved
+
+
+def test_a_rejected_waiter_does_not_hold_back_the_others_its_parent_releases() -> None:
+    """Two records wait for one parent; the first in release order fails admission. The
+    second must still be admitted: a pusher pairing a forged record with a genuine one (say a
+    removal) must not leave the genuine one waiting for ever — its parent is there, so nothing
+    would release it again (mutant ``_add`` 74, ``continue`` → ``break`` after a rejection)."""
+    acl, (r1,) = _chain(1)
+    src = Acl.from_records(SPACE, acl.export())
+    src.add(r1)
+    good = src.invite(OWNER, Role.READER)[0]
+    rita = account("rita")
+    bad = next(raw for raw in (
+        build_record(rita, SPACE, [_id(r1)], PermissionChange(rita.public, Role.ADMIN),
+                     timestamp=ts) for ts in range(1, 1000))
+        if _id(raw) < _id(good))  # released first (waiters go in id order)
+    assert acl.add(bad).status == "waiting" and acl.add(good).status == "waiting"
+    got = acl.add(r1)
+    assert [rid for rid, _ in got.rejected] == [_id(bad)]
+    assert got.released == (_id(good),)
+    assert _id(good) in acl and acl.waiting == []
+
+
+def test_the_shelf_keeps_the_newest_max_shelved_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removed member may flood back-dated merges; the shelf that keeps them aside is bounded
+    to exactly MAX_SHELVED, dropping the oldest, and a full shelf is no error (mutants
+    ``_settle`` 3, 4, 5: bound off by one, a crash once the bound is reached)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.test_bite_acl import _forked
+
+    monkeypatch.setattr(acl_mod, "MAX_SHELVED", 2)
+    main = _forked()
+    rita = account("rita")
+    junk = [build_record(rita, SPACE, main.heads, Merge(), timestamp=i) for i in range(1, 5)]
+    main.remove(OWNER, [rita.public])
+    for raw in junk:
+        assert main.add(raw).status == "ignored"
+    assert main.shelved == [_id(r) for r in junk[-2:]]
+
+
+def test_an_invitee_cannot_smuggle_a_record_behind_one_already_held() -> None:
+    """Records the replica already holds pass the invitee screen, but only they: a forged
+    record after them is still refused (mutant ``check_invitee_push`` 11, ``continue`` →
+    ``break``: everything after the first known record went unchecked)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    eve = account("eve")
+    forged = build_record(eve, SPACE, acl.heads, PermissionChange(eve.public, Role.ADMIN))
+    with pytest.raises(AccessDenied, match="own join request"):
+        acl.check_invitee_push([*acl.export(), forged], eve.public)
+    mine = _join_request(eve, code)
+    with pytest.raises(AccessDenied, match="one join request"):
+        acl.check_invitee_push([acl.export()[0], mine, mine], eve.public)
+
+
+def test_a_member_pushing_a_join_request_is_refused() -> None:
+    """The screen refuses a join by an account that is already a member (mutant
+    ``check_invitee_push`` 38: ``or`` → ``and`` let a member's join through)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    bob = account("bob")
+    acl.accept(OWNER, decode_record(acl.request_join(bob, code)).id)
+    assert acl.state.role(bob.public) is Role.WRITER
+    _raw2, code2 = acl.invite(OWNER, Role.READER)
+    with pytest.raises(AccessDenied, match="already a member"):
+        acl.check_invitee_push([_join_request(bob, code2, acl.heads)], bob.public)
+
+
+def test_a_merge_by_a_member_removed_and_back_again_is_admitted() -> None:
+    """Only merges by members who are *still* departed are shelved: once re-added, their
+    merges are ordinary records (mutant ``_ignorable`` 13: every merge by anyone ever removed
+    shelved, so the replicas' ACL heads no longer agree)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as reader; rita joins
+        owner removes rita
+        owner invites rita as writer; rita joins
+        expect rita is writer
+        fork r2
+        owner invites ann as writer
+        [r2] owner invites bob as writer
+        sync main r2
+        expect heads 2
+    """)
+    main = w.acl("main")
+    m = build_record(account("rita"), SPACE, main.heads, Merge())
+    assert main.add(m) == acl_mod.AddResult(_id(m), "added")
+    assert main.heads == [_id(m)] and main.shelved == []
+
+
+def test_a_removed_members_merge_naming_its_removal_is_refused_not_shelved() -> None:
+    """A merge by a departed member whose parents descend from the departure is not
+    "ignored": it fails admission (its author is no member in its own past), so the pusher
+    gets the error and its strike (mutant ``_ignorable`` 17: shelved silently)."""
+    from p2psync.errors import ReplicaError
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as reader; rita joins
+        fork r2
+        owner removes rita
+        [r2] owner invites bob as writer
+        sync main r2
+        expect heads 2
+    """)
+    main = w.acl("main")
+    m = build_record(account("rita"), SPACE, main.heads, Merge())
+    with pytest.raises(ReplicaError):
+        main.add(m)
+    assert main.shelved == [] and _id(m) not in main
+
+
+def test_a_merge_by_an_author_whose_removal_had_no_effect_is_admitted() -> None:
+    """Bob's join is vetoed (its invite was revoked concurrently), so the owner's later removal
+    of bob has no effect either: bob is in no state's ``departed``. His merge made while he was
+    a member (valid in its own past) must be admitted like any record — not crash looking up
+    a departure that does not exist (mutant ``_ignorable`` 9: ``or`` → ``and``, a KeyError
+    out of ``add``)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites bob as writer openly
+        fork r2; sync all
+        owner revokes invite bob
+        [r2] bob joins
+        fork r3 from r2
+        [r2] owner invites ann as writer
+        [r3] owner invites carl as writer
+        sync r2 r3
+        [r2] expect heads 2
+    """)
+    r2 = w.acl("r2")
+    m = build_record(account("bob"), SPACE, r2.heads, Merge())
+    w.run("[r2] owner removes bob; sync all; expect bob is gone")
+    main = w.acl("main")
+    assert account("bob").public not in main.state.departed  # the removal had no effect
+    assert main.add(m) == acl_mod.AddResult(_id(m), "added")
+
+
+def test_a_member_removed_and_back_again_is_not_flagged_for_writing_after_the_return() -> None:
+    """``removed_after`` names a removal the change's head does not descend from; a member who
+    was removed and re-added writes at a head that descends from the removal: not flagged,
+    and accepted under strict (mutant ``removed_after`` 7: ``and`` → ``or`` flagged every
+    change of anyone ever removed)."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as writer; rita joins
+        owner removes rita
+        owner invites rita as writer; rita joins
+        expect rita is writer
+    """)
+    acl = w.acl("main")
+    rita = account("rita").public
+    head = acl.heads[0]
+    assert acl.removed_after(rita, head) is None
+    acl.removal_policy = "strict"
+    acl.check_change(rita, head, acl.state_at(head).current_key_id, [])
+
+
+def test_a_merge_by_a_removed_member_now_a_replicator_is_admitted() -> None:
+    """A departed member who came back as a replicator is "back": a merge it made while a
+    member is admitted, not shelved (mutant ``_ignorable`` 8: ``member or replicator`` →
+    ``member and replicator``)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("""
+        owner invites rita as reader; rita joins
+        fork r2
+        owner invites ann as writer
+        [r2] owner invites bob as writer
+        sync main r2
+        expect heads 2
+    """)
+    main = w.acl("main")
+    m = build_record(account("rita"), SPACE, main.heads, Merge())  # while still a member
+    w.run("owner removes rita; owner adds replicator rita; expect replicator rita")
+    assert account("rita").public in main.state.departed
+    assert main.add(m).status == "added" and main.shelved == []
+
+
+def test_an_invitee_push_of_a_record_for_another_space_is_refused() -> None:
+    """The invitee screen decodes each record for *this* space: a join signed for another
+    space is refused as malformed before anything is admitted (mutants
+    ``check_invitee_push`` 6, 8: decoded without the space id, it passed the screen)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    eve = account("eve")
+    proof = code.key.sign(JOIN_DOMAIN, join_proof_message("other.space", code.invite_id,
+                                                          eve.public))
+    foreign = build_record(eve, "other.space", [code.invite_id],
+                           RequestJoin(code.invite_id, proof))
+    with pytest.raises(AccessDenied, match="malformed"):
+        acl.check_invitee_push([foreign], eve.public)
+    acl.check_invitee_push([_join_request(eve, code)], eve.public)  # the same join here: ok
+
+
+def test_a_rotation_wraps_the_old_key_under_the_documented_aad() -> None:
+    """The wrap of an old key under the new one uses the AAD of docs/protocol.md
+    (``"p2psync/acl-wrap\\0" || space_id || "\\0" || old_key_id``), which js/src/replica/acl.ts
+    builds too: computed here independently, it must open the wrap (mutants ``wrap_aad``
+    4, 6, 7 changed the domain string or the separator — symmetric in Python, so only a
+    fixed expectation sees them; other implementations and stored spaces would not open it)."""
+    from p2psync.replica.acl_records import Rotate
+
+    acl = Acl.create(SPACE, OWNER)
+    old_id = acl.state.current_key_id
+    old = acl.keys_of(OWNER)[old_id]
+    rec = decode_record(acl.rotate(OWNER), SPACE)
+    assert isinstance(rec.payload, Rotate)
+    new = acl.keys_of(OWNER)[rec.id]
+    (wrap,) = rec.payload.rotation.wraps
+    assert wrap.ref == old_id
+    aad = b"p2psync/acl-wrap\0" + SPACE.encode() + b"\0" + old_id
+    assert new.decrypt(wrap.blob, aad) == old.key
+
+
+def test_promoting_a_shelved_merge_admits_all_its_shelved_ancestors_once_parents_first() -> None:
+    """Shelved merges may build on each other (a removed member's back-dated diamond, three
+    levels deep). When an honest record names the top one, ``_promote`` admits it and every
+    shelved ancestor exactly once, parents first (mutants ``_promote`` 3, 7, 8, 11, 12, 16,
+    17: the walk not expanded, stopped early, or visiting a shared ancestor twice — the
+    promotion failed or left ancestors shelved)."""
+    from p2psync.replica.acl_records import Merge
+    from tests.test_bite_acl import _forked
+
+    main = _forked()
+    rita = account("rita")
+    base = main.heads
+    m1 = [build_record(rita, SPACE, base, Merge(), timestamp=t) for t in (1, 2)]
+    m2 = [build_record(rita, SPACE, [_id(r) for r in m1], Merge(), timestamp=t) for t in (3, 4)]
+    m3 = build_record(rita, SPACE, [_id(r) for r in m2], Merge(), timestamp=5)
+    main.remove(OWNER, [rita.public])
+    for raw in [*m1, *m2, m3]:
+        assert main.add(raw).status == "ignored"
+    assert len(main.shelved) == 5
+    honest = build_record(OWNER, SPACE, [*main.heads, _id(m3)], Merge())
+    assert main.add(honest).status == "added"
+    assert main.shelved == []
+    promoted = main.take_promoted()
+    assert sorted(promoted) == sorted(_id(r) for r in [*m1, *m2, m3])  # each exactly once
+    pos = {rid: i for i, rid in enumerate(promoted)}
+    for raw in [*m2, m3]:
+        assert all(pos[p] < pos[_id(raw)] for p in decode_record(raw, SPACE).prev)
+    assert main.heads == [_id(honest)]
+
+
+def test_pending_requests_are_listed_oldest_first() -> None:
+    """``pending_requests`` lists join requests in replay order (mutant
+    ``pending_requests`` 12: no sort key — TypeError as soon as two are pending)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    names = ["bob", "eve", "carl", "ann"]
+    for n in names:
+        acl.request_join(account(n), code)
+    assert [q.joiner for q in acl.pending_requests()] == [account(n).public for n in names]
+
+
+def test_a_late_joiner_unwraps_the_whole_chain_of_old_keys() -> None:
+    """A member who joins after several rotations is sealed only the newest key; each older
+    key is wrapped under the next. The keyring must walk the keys newest first to open the
+    whole chain, unwrapping each (mutants ``_keyring`` 32, 36, 40, 41: no wrap ever opened —
+    no other test has a member who needs one; 10, 13, 14, 16: walked in id order or oldest
+    first, a key met before the key wrapping
+    it stayed out — the late joiner could not read older history; with 7 keys, id order is
+    rarely the right one by chance: failed 5 of 5 runs with the mutant applied)."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("owner writes" + "; owner rotates; owner writes" * 6)
+    w.run("owner invites dan as reader; dan joins; expect dan reads all")
+    acl = w.acl("main")
+    assert set(acl.keys_of(account("dan"))) == set(acl.state.key_order)
+    assert len(acl.state.key_order) == 7
+
+
+def _roles() -> tuple[Acl, AccountKey, AccountKey, AccountKey]:
+    """owner, admin alice, writer bob, reader carl."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("owner invites alice as admin; alice joins; owner invites bob as writer; bob joins;"
+          " owner invites carl as reader; carl joins")
+    return w.acl("main"), account("alice"), account("bob"), account("carl")
+
+
+def test_only_the_owner_transfers_ownership_and_only_to_another_member() -> None:
+    """``_check``'s rule for TransferOwnership (mutant ``_check`` 16: the case removed, so
+    the match fell through to "allowed" — **an admin could make itself owner**)."""
+    acl, alice, bob, _carl = _roles()
+    with pytest.raises(AccessDenied, match="only the owner"):
+        acl.transfer_ownership(alice, alice.public)
+    with pytest.raises(InvalidAclRecord, match="another member"):
+        acl.transfer_ownership(OWNER, account("stranger").public)
+    with pytest.raises(InvalidAclRecord, match="another member"):
+        acl.transfer_ownership(OWNER, OWNER.public)
+    acl.transfer_ownership(OWNER, bob.public)
+    assert acl.state.owner == bob.public
+
+
+def test_only_writers_and_up_delete_objects_and_not_twice() -> None:
+    """``_check``'s rule for DeleteObjects (mutant ``_check`` 21: the case removed — **a reader
+    could delete the space's documents**)."""
+    acl, _alice, bob, carl = _roles()
+    obj = b"\x07" * 32
+    with pytest.raises(AccessDenied, match="only writers"):
+        acl.delete_objects(carl, [obj])
+    acl.delete_objects(bob, [obj])
+    assert acl.state.is_deleted(obj)
+    with pytest.raises(InvalidAclRecord, match="already deleted"):
+        acl.delete_objects(bob, [obj])
+
+
+def test_only_admins_and_up_set_the_space_metadata_under_a_known_key() -> None:
+    """``_check``'s rule for SpaceMeta (mutant ``_check`` 23: the case removed — a writer or
+    reader could rename the space, or name a key nobody holds)."""
+    from p2psync.replica.acl_records import SpaceMeta
+
+    acl, alice, bob, carl = _roles()
+    for who in (bob, carl):
+        with pytest.raises(AccessDenied, match="only admins"):
+            acl.set_meta(who, {"name": "mine now"})
+    acl.set_meta(alice, {"name": "Family"})
+    assert acl.meta(alice) == {"name": "Family"}
+    bogus = build_record(alice, SPACE, acl.heads, SpaceMeta(b"\x09" * 32, b"\x00" * 40))
+    with pytest.raises(InvalidAclRecord, match="unknown read key"):
+        acl.add(bogus)
+
+
+def test_only_the_owner_deletes_the_space_and_only_once() -> None:
+    """``_check``'s rule for DeleteSpace (mutant ``_check`` 22: the case removed — **any
+    member could delete the space**)."""
+    acl, alice, bob, _carl = _roles()
+    for who in (alice, bob):
+        with pytest.raises(AccessDenied, match="only the owner"):
+            acl.delete_space(who)
+    acl.delete_space(OWNER)
+    assert acl.state.space_deleted is not None
+    with pytest.raises(InvalidAclRecord, match="already deleted"):
+        acl.delete_space(OWNER)
+
+
+def test_an_admin_cannot_accept_a_joiner_as_admin() -> None:
+    """Accepting grants the accepted role, under the same rule as inviting: only the owner
+    grants admin (mutant ``_check`` 67: the role left out of ``_may_act`` — **an admin could
+    make any joiner an admin**)."""
+    acl, alice, _bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    req = _id(acl.request_join(account("dan"), code))
+    with pytest.raises(AccessDenied, match="may not accept as admin"):
+        acl.accept(alice, req, Role.ADMIN)
+    acl.accept(alice, req, Role.WRITER)
+    assert acl.state.role(account("dan").public) is Role.WRITER
+
+
+def test_only_admins_decline_join_requests() -> None:
+    """(mutant ``_check`` 84: ``or`` → ``and`` — a writer could decline every join request.)"""
+    acl, alice, bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    req = _id(acl.request_join(account("dan"), code))
+    with pytest.raises(AccessDenied, match="only admins decline"):
+        acl.decline(bob, req)
+    acl.decline(alice, req)
+    assert acl.state.requests == {}
+
+
+def test_an_admin_cannot_revoke_the_owners_admin_invite() -> None:
+    """Revoking acts on the invite's role under the one rule: only the owner acts on admin
+    (mutant ``_check`` 96: the role left out — an admin could revoke the owner's admin
+    invites)."""
+    acl, alice, _bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.ADMIN)
+    with pytest.raises(AccessDenied):
+        acl.revoke_invite(alice, code.invite_id)
+    _raw2, code2 = acl.invite(OWNER, Role.WRITER)
+    acl.revoke_invite(alice, code2.invite_id)
+    assert code.invite_id in acl.state.invites and code2.invite_id not in acl.state.invites

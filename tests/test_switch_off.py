@@ -8,6 +8,7 @@ is in docs/testing.md; the switches are in tests/guards.py.
 from __future__ import annotations
 
 import functools
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import tests.test_acl_records as test_acl_records
 import tests.test_acl_scenarios as test_acl_scenarios
 import tests.test_backup as test_backup
 import tests.test_change as test_change
+import tests.test_change_seal as test_change_seal
 import tests.test_noise as test_noise
 import tests.test_space as test_space
 import tests.test_store as test_store
@@ -33,6 +35,7 @@ from tests.guards import (
     replay_off,
     rollback_off,
     rotation_off,
+    sealing_off,
     signatures_off,
     write_rule_off,
 )
@@ -139,3 +142,22 @@ async def test_backup_no_plaintext_fails_with_encryption_off(
             assert_no_plaintext(tmp_path.glob("laptop.sqlite3*"), marker)
     finally:
         await mb.laptop.close()
+
+
+def _failing_line(exc: BaseException) -> str:
+    """The source line where ``exc`` was raised (for an assertion: which one failed)."""
+    return (traceback.extract_tb(exc.__traceback__)[-1].line or "").strip()
+
+
+async def test_sealed_change_metadata() -> None:
+    """Issue 20.6: with the time and snapshot flag back in the clear header, the header
+    differs between two changes made at different times (the time is in it) and a replicator
+    without the read key learns both."""
+    exc = await bites(
+        test_change_seal.test_the_signed_clear_header_holds_no_timestamp_and_no_snapshot_flag,
+        sealing_off)
+    assert _failing_line(exc) == "assert a.header == b.header"
+    exc = await bites(
+        test_change_seal.test_a_key_holder_sees_time_and_snapshots_a_replicator_does_not,
+        sealing_off)
+    assert _failing_line(exc).startswith("assert snap is not None and snap.snapshot is None")

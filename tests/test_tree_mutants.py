@@ -233,3 +233,74 @@ def test_parallel_verification_works_from_a_fresh_pool_with_two_workers(
     monkeypatch.setattr(tree_mod, "_pool", None)
     t = fresh()
     assert len(t.add(DAG).attached) == len(DAG) >= tree_mod.PARALLEL_VERIFY_MIN
+
+
+def test_stored_changes_of_both_formats_take_the_fast_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a document re-parses every stored change: well-formed rows of both formats must
+    not fall back to the strict parser (mutants that break a step of the fast decode still
+    give the right result through the fallback, at 3-4× the cost — issue 13's store open).
+    The id is still checked on the fast path."""
+    from p2psync.codec import content_id
+    from p2psync.errors import IdMismatch
+    from p2psync.replica import tree as tree_mod
+    from p2psync.replica.change import LEGACY_VERSION
+
+    legacy = [build_change(OWNER.account, OWNER.key, b"old", space_id=SPACE_ID,
+                           tree_id=BASE.id, prev_ids=[BASE.id], acl_head=OWNER.acl_root,
+                           read_key_id=OWNER.acl_root, timestamp=ts, snapshot=ts > 0,
+                           version=LEGACY_VERSION).raw
+              for ts in (0, 1_764_000_000_000, 2**63 - 1)]  # both bounds of the clear time
+    rows = [BASE.root.raw, *DAG, *legacy]  # DAG holds merges (2 and 3 parents)
+    want = [parse_change(raw) for raw in rows]
+
+    def strict(*_a: object, **_k: object) -> object:
+        raise AssertionError("fell back to the strict parser")
+
+    monkeypatch.setattr(tree_mod, "parse_change", strict)
+    assert [tree_mod.parse_stored_change(raw, content_id(raw)) for raw in rows] == want
+    with pytest.raises(IdMismatch):
+        tree_mod.parse_stored_change(DAG[0], content_id(DAG[1]))
+
+
+def test_the_strict_fallback_keeps_the_id_check_and_typed_errors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the fast path is off (a ``Change`` class this module cannot fill) or a row is
+    oversized, ``parse_stored_change`` is the strict parser: the row's id is still checked
+    (mutants: ``expected_id`` dropped — changed bytes load as a valid change) and a damaged row
+    is a typed error (mutants: ``parse_change(None)`` — a TypeError)."""
+    from p2psync.codec import content_id
+    from p2psync.errors import DecodeError, IdMismatch
+    from p2psync.replica import tree as tree_mod
+    from p2psync.replica.change import MAX_CHANGE_SIZE
+
+    big = b"\x00" * (MAX_CHANGE_SIZE + 1)
+    with pytest.raises(DecodeError):
+        tree_mod.parse_stored_change(big, content_id(big))
+    monkeypatch.setattr(tree_mod, "_FAST", False)
+    assert tree_mod.parse_stored_change(DAG[0], content_id(DAG[0])) == parse_change(DAG[0])
+    with pytest.raises(IdMismatch):
+        tree_mod.parse_stored_change(DAG[0], content_id(DAG[1]))
+
+
+def test_interned_fields_of_stored_changes_are_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast parser shares repeated values (space, tree, ACL head, read key, author) between
+    changes through a cache: each change must still get its own values, starting from an
+    empty cache (mutants: a value looked up under the wrong key, or ``None`` stored — another
+    change's author or space, or ``None``, would be attributed to a stored change)."""
+    from p2psync.codec import content_id
+    from p2psync.replica import tree as tree_mod
+
+    other = make_owner(12)
+    other_base = ObjectTree.create("otherspace.2", other.gate(), other.account, b"r",
+                                   timestamp=0)
+    rows = [BASE.root.raw, *DAG, other_base.root.raw]
+    for owner, space, tree_id in ((OWNER, SPACE_ID, BASE.id),
+                                  (other, "otherspace.2", other_base.id)):
+        rows.append(build_change(owner.account, owner.key, b"z", space_id=space,
+                                 tree_id=tree_id, prev_ids=[tree_id], acl_head=b"\x0a" * 32,
+                                 read_key_id=b"\x0b" * 32).raw)
+    monkeypatch.setattr(tree_mod, "_shared", {})
+    got = [tree_mod.parse_stored_change(raw, content_id(raw)) for raw in rows]
+    assert got == [parse_change(raw) for raw in rows]
+    assert any(len(c.prev_ids) > 1 for c in got)  # merges too

@@ -37,3 +37,12 @@ export class StreamReset extends TransportError {}
 export class StreamLimitExceeded extends TransportError {}
 export class BudgetExceeded extends TransportError {}
 export class StrangerRefused extends HandshakeError {}
+/** We closed a peer that shared no space with us when its grace period ran out (JS only: Python
+ * raises a plain ConnectionClosed with the same text). */
+export class StrangerGraceOver extends ConnectionClosed {}
+/** We closed a peer for breaking the sync protocol: too many strikes, or one violation (JS only:
+ * Python closes with a plain ConnectionClosed "protocol violation"). */
+export class PeerMisbehaved extends ConnectionClosed {}
+/** A listener refused or dropped a connection to protect itself: too many half-open or
+ * established connections from that source address or in total (Python's AdmissionRefused). */
+export class AdmissionRefused extends TransportError {}

@@ -77,7 +77,7 @@ test("mutated, truncated and random messages: typed errors from decode, no throw
     const res = core.onRequest(raw, Date.now() / 1000);
     assert.equal(core.internalError, null, `internal error on ${Buffer.from(raw).toString("hex").slice(0, 120)}`);
     for (const [m, rid] of res.replies) decode(encode(m, rid));
-    const later = [...(res.ingest?.run() ?? []), ...(res.after?.() ?? [])];
+    const later = [...(res.ingest?.run() ?? []), ...(res.after?.().effects ?? [])];
     strikes += [...res.effects, ...later].filter((e) => e.kind === "strike").length;
   }
   assert.ok(decoded > 100, `only ${decoded} mutants decoded: the fuzz does not reach the handlers`);

@@ -193,7 +193,7 @@ class Agent:
                 sub.queue.put_nowait({"event": "closed", "subscription": sub.sub_id})
         if self.node.store is not None:
             for space in list(self.node.spaces.values()):
-                space.flush()
+                space.settle()  # flush, and snapshot idle documents
         if self.mdns is not None:
             await self.mdns.close()
         with contextlib.suppress(OSError):

@@ -25,7 +25,9 @@ so ciphertext cannot be moved to another change (or another tree, space, author 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from p2psync.codec import ID_SIZE, Reader, content_id, pack, unpack
 from p2psync.crypto.box import ReadKey
@@ -90,6 +92,18 @@ class Change:
     signature: bytes = field(repr=False)
     version: int = FORMAT_VERSION  #: the change's format (1: legacy, clear timestamp)
 
+    if not TYPE_CHECKING:  # hidden from mypy: it would make every attribute name valid
+        def __getattr__(self, name: str) -> Any:
+            """Fill in a change loaded lazily from the store on first use of a field it
+            was loaded without (``ObjectTree.from_trusted``, issue 13: open reads only the
+            id, the parents, the tree and the space; docs/replica.md). Raises what the
+            strict parser raises if the stored bytes do not parse."""
+            d = self.__dict__
+            if name in _LAZY_FIELDS and "raw" in d and complete_stored is not None:
+                complete_stored(self)
+                return d[name]
+            raise AttributeError(f"'Change' object has no attribute {name!r}")
+
     @property
     def is_root(self) -> bool:
         return self.tree_id is None
@@ -122,6 +136,14 @@ class Change:
         plaintext = r.blob("plaintext", max_len=MAX_PAYLOAD_SIZE)
         r.end()
         return Sealed(timestamp, snapshot, plaintext)
+
+
+#: Fields a change loaded lazily from the store may lack until first use.
+_LAZY_FIELDS = frozenset(f for f in Change.__dataclass_fields__
+                         if f not in ("id", "raw", "space_id", "tree_id", "prev_ids"))
+#: Fills in every field of a lazily loaded change from its raw bytes, or raises what the
+#: strict parser raises: set by :mod:`p2psync.replica.tree`, the only maker of such changes.
+complete_stored: Callable[[Change], None] | None = None
 
 
 def parse_change(raw: bytes, *, expected_id: bytes | None = None) -> Change:

@@ -47,6 +47,7 @@ from p2psync.errors import (
 )
 from p2psync.replica import automerge_adapter as am
 from p2psync.replica.change import MAX_PAYLOAD_SIZE, SEAL_OVERHEAD, Change
+from p2psync.replica.snapshots import SnapshotPolicy
 from p2psync.replica.tree import AddResult, ObjectTree, Persist
 
 log = logging.getLogger("p2psync.document")
@@ -157,25 +158,109 @@ class Text(str):
     """Marks a string to be stored as editable Automerge text (one code point per element)."""
 
 
-class Editor:
-    """Typed edits inside one Automerge transaction (see :meth:`Document.edit`)."""
+#: Scalar puts held back per document before they are written into Automerge (distinct keys)
+HOLD_MAX_KEYS = 64
+#: A string or bytes value longer than this is written at once, never held back
+HOLD_MAX_VALUE = 512
 
-    def __init__(self, tx: core.Transaction, actor_key: str) -> None:
+Scalar = tuple[Any, Any]  #: (core.ScalarType, value)
+
+
+class _Held:
+    """Scalar map puts held back during one edit (issue 13, one hot key; docs/replica.md).
+
+    ``committed`` is the document's buffer (puts of earlier edits, read-only here); ``staged``
+    this edit's. :meth:`release` writes both into the open transaction, in order: any
+    operation other than a scalar map put calls it first, so the Automerge ops still come out
+    in the order that matters (only the last value of an ``(object, key)`` is skipped over).
+    The document takes ``staged`` (and drops ``committed`` if released) only once the
+    transaction has committed, so a rolled-back edit leaves its buffer as it was."""
+
+    __slots__ = ("_tx", "committed", "released", "staged", "wrote")
+
+    def __init__(self, tx: core.Transaction, committed: dict[tuple[ObjId, str], Scalar]) -> None:
+        self._tx = tx
+        self.committed = committed
+        self.staged: dict[tuple[ObjId, str], Scalar] = {}
+        self.released = False
+        self.wrote = False  #: something was written into the transaction
+
+    def lookup(self, obj: ObjId, key: str | int) -> Scalar | None:
+        """The held value of ``obj[key]`` (None: not held)."""
+        if not isinstance(key, str):
+            return None
+        got = self.staged.get((obj, key))
+        if got is None and not self.released:
+            got = self.committed.get((obj, key))
+        return got
+
+    def __bool__(self) -> bool:
+        return bool(self.staged) or (bool(self.committed) and not self.released)
+
+    def hold(self, obj: ObjId, key: str, scalar: Scalar) -> bool:
+        """Hold ``obj[key] = scalar`` back if it may be (a small scalar in a map)."""
+        v = scalar[1]
+        if isinstance(v, (str, bytes)) and len(v) > HOLD_MAX_VALUE:
+            return False
+        if obj != ROOT and self._tx.object_type(obj) != core.ObjType.Map:
+            return False  # a list or text: Automerge says what is wrong, at once
+        if (obj, key) not in self.staged and len(self.staged) + (
+                0 if self.released else len(self.committed)) >= HOLD_MAX_KEYS:
+            self.release()
+        self.staged[(obj, key)] = scalar
+        return True
+
+    def release(self) -> None:
+        """Write every held put into the transaction, in order."""
+        self.wrote = True
+        if not self.released:
+            self.released = True
+            for (obj, key), scalar in self.committed.items():
+                if (obj, key) not in self.staged:
+                    self._tx.put(obj, key, *scalar)
+        for (obj, key), scalar in self.staged.items():
+            self._tx.put(obj, key, *scalar)
+        self.staged = {}
+
+
+class Editor:
+    """Typed edits inside one Automerge transaction (see :meth:`Document.edit`).
+
+    With ``held`` (a document with a coalescing window), scalar puts to map keys are held
+    back and only the last value of each ``(object, key)`` reaches Automerge; reads here see
+    them (read-your-writes), every other operation writes them first."""
+
+    def __init__(self, tx: core.Transaction, actor_key: str,
+                 held: _Held | None = None) -> None:
         self._tx = tx
         self._actor_key = actor_key
+        self._held = held
+        self.touched = False  #: an operation other than a held put was made (or a length read)
+
+    def _release(self) -> None:
+        self.touched = True
+        if self._held is not None and self._held:
+            self._held.release()
 
     def put(self, obj: ObjId, key: str | int, value: Any) -> ObjId | None:
         """Set ``obj[key] = value``; dicts/lists/:class:`Text` create nested objects (returned)."""
         made = _new_object(value)
+        if made is None:
+            scalar = _scalar(value)
+            if self._held is not None and isinstance(key, str) and self._held.hold(
+                    obj, key, scalar):
+                return None
+        self._release()
         if made is not None:
             child: ObjId = self._tx.put_object(obj, key, made)
             self._fill(child, value)
             return child
-        self._tx.put(obj, key, *_scalar(value))
+        self._tx.put(obj, key, *scalar)
         return None
 
     def insert(self, obj: ObjId, index: int, value: Any) -> ObjId | None:
         """Insert ``value`` into list ``obj`` at ``index``."""
+        self._release()
         made = _new_object(value)
         if made is not None:
             child: ObjId = self._tx.insert_object(obj, index, made)
@@ -185,10 +270,12 @@ class Editor:
         return None
 
     def delete(self, obj: ObjId, key: str | int) -> None:
+        self._release()
         self._tx.delete(obj, key)
 
     def splice_text(self, obj: ObjId, pos: int, delete: int, text: str) -> None:
         """Delete ``delete`` code points at ``pos`` then insert ``text`` one code point per op."""
+        self._release()
         for _ in range(delete):
             self._tx.delete(obj, pos)
         for i, ch in enumerate(text):
@@ -196,6 +283,7 @@ class Editor:
 
     def make_counter(self, obj: ObjId, key: str | int, start: int = 0) -> ObjId:
         """Create a counter (see module doc) at ``obj[key]`` with our share set to ``start``."""
+        self._release()
         c: ObjId = self._tx.put_object(obj, key, core.ObjType.Map)
         self._tx.put(c, COUNTER_MARK, core.ScalarType.Boolean, True)
         if start:
@@ -204,6 +292,7 @@ class Editor:
 
     def increment(self, obj: ObjId, key: str | int, delta: int = 1) -> None:
         """Add ``delta`` to the counter at ``obj[key]`` by bumping only our own entry."""
+        self._release()
         got = self._tx.get(obj, key)
         if got is None or got[0] != core.ObjType.Map or self._tx.get(got[1], COUNTER_MARK) is None:
             raise DocumentError(f"{key!r} is not a counter (create it with make_counter)")
@@ -218,6 +307,9 @@ class Editor:
 
     def get(self, obj: ObjId, key: str | int) -> Any:
         """Read inside the transaction (plain values; objects come back as their id)."""
+        held = self._held.lookup(obj, key) if self._held is not None else None
+        if held is not None:
+            return _plain(held)
         got = self._tx.get(obj, key)
         if got is None:
             return None
@@ -226,12 +318,16 @@ class Editor:
         return _plain(got[0])
 
     def length(self, obj: ObjId) -> int:
+        self._release()
         return int(self._tx.length(obj))
 
     def node(self, obj: ObjId, key: str | int) -> tuple[str, Any]:
         """What is at ``obj[key]`` inside the transaction: ``("map" | "list" | "text" |
         "counter", object id)``, ``("scalar", plain value)`` or ``("missing", None)`` (for
         :mod:`p2psync.replica.edits`, which checks every edit before making it)."""
+        held = self._held.lookup(obj, key) if self._held is not None else None
+        if held is not None:
+            return "scalar", _plain(held)
         got = self._tx.get(obj, key)
         if got is None:
             return "missing", None
@@ -364,6 +460,8 @@ class Document:
         self.use_snapshots = use_snapshots
         self._doc: core.Document | None = None
         self._pending = _Pending()
+        #: scalar map puts held back, last value per (object, key), in first-put order
+        self._puts: dict[tuple[ObjId, str], Scalar] = {}
         self._am_heads: dict[bytes, tuple[bytes, ...]] = {}
         #: change id -> (claimed time, snapshot flag) of changes decrypted here: since change
         #: format 2 both are sealed, so only a key holder knows them (history, snapshot lookup)
@@ -376,6 +474,8 @@ class Document:
         self._cursor = 0  #: tree attach positions below this were considered for the doc
         #: id of the snapshot change the document was materialised from (None: full replay)
         self.loaded_snapshot: bytes | None = None
+        #: when a local flush is followed by a snapshot (replica/snapshots.py); None: never
+        self.snapshot_policy: SnapshotPolicy | None = SnapshotPolicy()
 
     # --- materialisation --------------------------------------------------------------------
     @property
@@ -465,6 +565,8 @@ class Document:
                 fresh = self.tree.changes_from(self._cursor)
                 self._cursor = len(self.tree)
                 missing = [c for c in fresh if c.id not in self._seen]
+                if missing and self._puts:
+                    self._drain(self._doc)  # our held puts come before what we had not seen
                 self._apply(self._doc, self._payloads(missing))
             return self._doc
         order = self.tree.replay_order()
@@ -529,13 +631,45 @@ class Document:
         self.loaded_snapshot = None
 
     # --- local edits ------------------------------------------------------------------------
+    #: hold scalar map puts back until the window's change is made (issue 13, one hot key;
+    #: docs/replica.md "Coalesced puts"); off: every edit is its own Automerge change
+    coalesce_puts: bool = True
+
     @contextmanager
     def edit(self, now: float | None = None) -> Iterator[Editor]:
-        """One Automerge transaction; an exception rolls it back. Flushes at once if window=0."""
+        """One Automerge transaction; an exception rolls it back. Flushes at once if window=0.
+
+        With a window, scalar puts to map keys are held back (:class:`_Held`) and written,
+        last value per key, when the window's change is made or anything else touches the
+        document first; reads see them at once."""
         doc = self._ensure()
-        before = am.heads(doc)
+        held: _Held | None = None
         with am.contained("editing"), doc.transaction() as tx:
-            yield Editor(tx, self.actor.hex())
+            if self.coalesce_puts and self.window > 0:
+                held = _Held(tx, self._puts)
+            ed = Editor(tx, self.actor.hex(), held)
+            yield ed
+            before = [bytes(h) for h in tx.get_heads()]  # still the heads before this edit
+        kept = self._puts
+        made = True  #: the transaction may have made an Automerge change
+        if held is not None:
+            self._puts = dict(held.staged) if held.released else {**kept, **held.staged}
+            made = ed.touched or held.wrote  # only held puts: no Automerge change
+        try:
+            if made:
+                self._record(doc, before, now)
+        except (UnsupportedContent, ChangeTooLarge):
+            self._puts = kept
+            raise
+        if self._puts and self._pending.since is None:
+            self._pending.since = time.monotonic() if now is None else now
+        if self.window <= 0:
+            self.flush()
+
+    def _record(self, doc: core.Document, before: Sequence[bytes],
+                now: float | None = None) -> None:
+        """Take the Automerge changes made since ``before`` as pending (screened, each small
+        enough for one tree change; otherwise the document is rebuilt without them)."""
         links = am.change_links(doc, before)
         new = [raw for raw, _, _ in links]
         try:
@@ -558,8 +692,26 @@ class Document:
             self._pending.links.extend((h, deps) for _, h, deps in links)
             if self._pending.since is None:
                 self._pending.since = time.monotonic() if now is None else now
-        if self.window <= 0:
-            self.flush()
+
+    def _drain(self, doc: core.Document | None = None) -> None:
+        """Write the held-back puts into Automerge as one pending change (before a flush, a
+        read that needs the Automerge document, or applying changes from elsewhere)."""
+        if not self._puts:
+            return
+        if doc is None:
+            doc = self._ensure()  # may drain first itself (changes arrived by the sync path)
+            if not self._puts:
+                return
+        puts, self._puts = self._puts, {}
+        before = am.heads(doc)
+        try:
+            with am.contained("editing"), doc.transaction() as tx:
+                for (obj, key), scalar in puts.items():
+                    tx.put(obj, key, *scalar)
+            self._record(doc, before)
+        except BaseException:
+            self._puts = puts
+            raise
 
     @property
     def due_at(self) -> float | None:
@@ -568,8 +720,8 @@ class Document:
 
     @property
     def pending(self) -> int:
-        """Automerge changes made locally and not yet in a tree change."""
-        return len(self._pending.items)
+        """Local edits not yet in a tree change: Automerge changes plus held-back puts."""
+        return len(self._pending.items) + len(self._puts)
 
     def poll(self, now: float) -> Change | None:
         """Flush if the window has closed at ``now``."""
@@ -581,6 +733,7 @@ class Document:
         the previous, when together they exceed what one change (and so one sync message) may
         carry (``PAYLOAD_ROOM``). Returns the last; pending is kept for the part not signed
         if signing fails."""
+        self._drain()
         if not self._pending.items:
             return None
         final = am.heads(self._ensure())
@@ -598,12 +751,15 @@ class Document:
             last = ch
             self._pending = _Pending(pending.items[end:], pending.since, pending.links[end:])
         self._pending = _Pending()
+        if self.snapshot_policy is not None:
+            self.snapshot_policy.after_flush(self)
         return last
 
     def save_automerge(self) -> bytes:
         """The document as a standard ``.automerge`` file (Automerge ``save()``): what other
         Automerge implementations load. Quarantined content is not in it; counters are the
         per-actor maps described in docs/replica.md."""
+        self._drain()
         doc = self._ensure()
         return am.save(doc)
 
@@ -611,6 +767,7 @@ class Document:
         """Take every change of a ``.automerge`` file (saved by any Automerge implementation)
         into this document as ONE signed tree change (see :func:`read_automerge`)."""
         changes = read_automerge(data)
+        self._drain()
         doc = self._ensure()
         before = am.heads(doc)
         am.apply_changes(doc, changes)
@@ -638,6 +795,8 @@ class Document:
             persist=self.persist)
         self._am_heads[ch.id] = tuple(sorted(heads))
         self._seen.add(ch.id)
+        if self.snapshot_policy is not None:
+            self.snapshot_policy.snapshotted(self.tree, ch)
         return ch
 
     # --- remote changes ---------------------------------------------------------------------
@@ -655,6 +814,7 @@ class Document:
 
         result = self.tree.add(raws, persist=hook)
         if self._doc is not None and decoded:
+            self._drain(self._doc)
             self._apply(self._doc, decoded)
         return result
 
@@ -669,6 +829,7 @@ class Document:
 
         result = self.tree.recheck_waiting(persist=hook)
         if self._doc is not None and decoded:
+            self._drain(self._doc)
             self._apply(self._doc, decoded)
         return result
 
@@ -692,6 +853,8 @@ class Document:
             return self._obj(path, heads)
 
     def _obj(self, path: Sequence[str | int], heads: Sequence[bytes] | None) -> ObjId:
+        if heads is None:
+            self._drain()
         doc = self._ensure()
         amh = self._am_heads_at(heads)
         cur = ROOT
@@ -709,6 +872,11 @@ class Document:
             return self._get(path, heads)
 
     def _get(self, path: Sequence[str | int], heads: Sequence[bytes] | None) -> Any:
+        if heads is None and self._puts:
+            held = self._held_at(path)
+            if held is not None:
+                return _json_scalar(held)
+            self._drain()
         doc = self._ensure()
         amh = self._am_heads_at(heads)
         if not path:
@@ -717,6 +885,24 @@ class Document:
         got = (doc.get(parent, path[-1]) if amh is None
                else doc.get(parent, path[-1], heads=amh))
         return None if got is None else self._render_value(doc, got, amh)
+
+    def _held_at(self, path: Sequence[str | int]) -> Scalar | None:
+        """The held-back value at ``path`` when its key is held and nothing held lies on the
+        way to it (then the Automerge document is not needed to answer)."""
+        if not path or not isinstance(path[-1], str):
+            return None
+        doc = self._ensure()
+        if not self._puts:  # drained on the way (changes arrived by the sync path)
+            return None
+        cur = ROOT
+        for key in path[:-1]:
+            if isinstance(key, str) and (cur, key) in self._puts:
+                return None
+            got = doc.get(cur, key)
+            if got is None or not isinstance(got[0], core.ObjType):
+                return None
+            cur = got[1]
+        return self._puts.get((cur, path[-1]))
 
     def to_json(self, heads: Sequence[bytes] | None = None) -> Any:
         """The whole document as JSON-able Python values, at current or past tree ``heads``."""
@@ -749,6 +935,7 @@ class Document:
         return {k: self._render_value(doc, doc.get(obj, k, **kw), amh) for k in keys}
 
     def automerge_heads(self) -> list[bytes]:
+        self._drain()
         return am.heads(self._ensure())
 
     # --- status and history -----------------------------------------------------------------

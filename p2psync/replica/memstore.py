@@ -31,6 +31,8 @@ class _Data:
     heads: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
     #: chunk address -> (space id, file id, ciphertext)
     chunks: dict[bytes, tuple[str, bytes, bytes]] = field(default_factory=dict)
+    #: tree id -> shallow base ids
+    shallow: dict[bytes, frozenset[bytes]] = field(default_factory=dict)
 
 
 _named: dict[str, _Data] = {}
@@ -111,6 +113,26 @@ class MemoryStore(DerivedStoreOps):
             table.setdefault(cid, raw)
         d.heads[tree_id] = new_heads
 
+    def save_base(self, space_id: str, tree_id: bytes, base_id: bytes,
+                  changes: Sequence[Change], heads: Sequence[bytes]) -> None:
+        d = self._d()
+        base = _bytes(base_id, "base id")
+        self.save_changes(space_id, tree_id, changes, heads)  # validates before it mutates
+        d.shallow[tree_id] = d.shallow.get(tree_id, frozenset()) | {base}
+
+    def replace_tree(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        d = self._d()
+        staged = {_bytes(c.id, "change id"): _bytes(c.raw, "change") for c in changes}
+        new_heads = tuple(sorted(_bytes(h, "head") for h in heads))
+        d.trees.setdefault(tree_id, space_id)
+        d.changes[tree_id] = staged
+        d.heads[tree_id] = new_heads
+        d.shallow.pop(tree_id, None)
+
+    def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
+        return self._d().shallow.get(tree_id, frozenset())
+
     def list_trees(self, space_id: str) -> list[bytes]:
         return sorted(t for t, s in self._d().trees.items() if s == space_id)
 
@@ -134,6 +156,7 @@ class MemoryStore(DerivedStoreOps):
         for t in list(tree_ids):
             d.changes.pop(t, None)
             d.heads.pop(t, None)
+            d.shallow.pop(t, None)
             d.trees.pop(t, None)
         gone = set(tree_ids)
         for a in [a for a, (_, fid, _) in d.chunks.items() if fid in gone]:

@@ -24,6 +24,7 @@ from p2psync.errors import (
     DecodeError,
     InvalidChange,
     ObjectDeleted,
+    P2PSyncError,
     RemovedAuthor,
     ReplicaError,
     StoreError,
@@ -36,8 +37,9 @@ from p2psync.replica.change import Change, parse_change
 from p2psync.replica.doctype import doctype_for
 from p2psync.replica.document import DEFAULT_WINDOW, Document
 from p2psync.replica.header import SpaceHeader
+from p2psync.replica.snapshots import check_base, latest_snapshot
 from p2psync.replica.storage import ReplicaStore
-from p2psync.replica.tree import AddResult, ObjectTree
+from p2psync.replica.tree import AddResult, ObjectTree, parse_stored_change
 
 #: Called after trees change (space id, tree id, the add result) — the engine pushes from here.
 TreeListener = Callable[[str, bytes, AddResult], None]
@@ -352,6 +354,140 @@ class Space:
             self._notify(tree_id, res)
         return res
 
+    # --- snapshot-first fetch (docs/replica.md "Shallow trees") -------------------------------
+    def add_base(self, tree_id: bytes, root_raw: bytes, base_raw: bytes, *,
+                 parsed: Mapping[bytes, Change] | None = None) -> AddResult:
+        """Sync path, snapshot-first: start a *shallow* tree from its root and a snapshot
+        whose history is not fetched. The root is verified as always; the base must be a
+        snapshot readable here, by an author who could write at its ACL head and was not
+        removed at or after it (:func:`~p2psync.replica.snapshots.check_base`,
+        :meth:`ObjectTree.attach_base`). Root, base and the base record are stored in one
+        write; nothing is stored if any check fails. Only for a tree not held yet."""
+        if self.acl.state.is_deleted(tree_id):
+            raise ObjectDeleted("that object was deleted; its changes are no longer accepted")
+        if tree_id in self._known_trees:
+            raise InvalidChange("only a tree not held yet may start shallow")
+        if not _is_root(root_raw, tree_id, parsed):
+            raise InvalidChange("a shallow tree needs its root first")
+        tree = ObjectTree.from_root(self.id, self.acl, root_raw)
+
+        def persist(t: ObjectTree, res: AddResult) -> None:
+            assert res.base is not None
+            self.store.save_base(self.id, t.id, res.base, [t.root, *res.attached], res.heads)
+
+        res = tree.attach_base(base_raw, check=lambda ch: check_base(self.acl, ch),
+                               persist=persist, parsed=parsed)
+        self._persist_acl([])  # merges the base's ACL head promoted from the shelf, if any
+        self._known_trees.add(tree_id)
+        self._cache(tree)
+        res.attached.insert(0, tree.root)
+        self._notify(tree_id, res)
+        return res
+
+    def complete_history(self, full: ObjectTree) -> AddResult:
+        """History on demand: ``full`` is the whole tree of a shallow tree held here, fetched
+        by an ordinary full sync into a separate tree (every change verified by
+        :meth:`ObjectTree.add`). It must hold every change held here and wait for nothing;
+        then the stored tree is replaced by it in one write (base record dropped) and
+        memory follows (an open document reopens over it). Returns what was new."""
+        tid = full.id
+        cur = self.tree(tid)
+        if not cur.shallow:
+            return AddResult(heads=cur.heads)
+        held = [c.raw for c in cur.changes() if c.id not in full]
+        if held:
+            full.add(held)  # changes after the base the responder did not send: ours
+        if full.shallow or full.waiting_ids:
+            raise InvalidChange("the fetched history is incomplete (parents still missing)")
+        new = [c for c in full.changes() if c.id not in cur]
+        self.store.replace_tree(self.id, tid, full.changes(), full.heads)
+        self._trees.pop(tid, None)
+        doc = self._live.get(tid)
+        if doc is not None:  # the same document object, over the whole tree now
+            doc.tree = full
+            doc._reset()
+        self._cache(full)
+        res = AddResult(attached=new, heads=full.heads)
+        if new:
+            self._notify(tid, res)
+        return res
+
+    def snapshot_answer(self, tree_id: bytes, cap: int) -> tuple[tuple[bytes, ...],
+                                                                  list[bytes]] | None:
+        """``(heads, raws)`` answering a snapshot-first fetch of a tree (a member asking
+        with no heads and ``from_snapshot``): the root, the latest snapshot S that
+        :func:`~p2psync.replica.snapshots.check_base` accepts, then every change not in S's
+        past, causal order. None (answer with the whole tree) when this replica cannot find
+        one (no read key — a backup — or no snapshot), or when a change after S names a
+        parent in S's past other than S's own parents (the receiver can check only those:
+        S names them), or when root and S do not fit one batch of ``cap`` bytes."""
+        if not self.has_tree(tree_id) or self.acl.state.is_deleted(tree_id):
+            return None
+        tree = self._trees.get(tree_id)
+        if tree is None and (doc := self._live.get(tree_id)) is not None:
+            tree = doc.tree
+        if tree is None:  # not in memory: from the stored bytes, no ObjectTree built
+            return self._snapshot_answer_stored(tree_id, cap)
+        snap = latest_snapshot(tree, self.acl)
+        if snap is None:
+            return None
+        allowed = {tree.root.id, snap.id, *snap.prev_ids}
+        out = [tree.root.raw, snap.raw]
+        if len(tree.root.raw) + len(snap.raw) > cap:
+            return None
+        for ch in tree.changes_for([snap.id]):
+            if ch.id in allowed:
+                continue
+            if not allowed.issuperset(ch.prev_ids):
+                return None
+            allowed.add(ch.id)
+            out.append(ch.raw)
+        return tree.heads, out
+
+    def _snapshot_answer_stored(self, tree_id: bytes, cap: int,
+                                ) -> tuple[tuple[bytes, ...], list[bytes]] | None:
+        """:meth:`snapshot_answer` from the store's rows (a topological order): the latest
+        stored snapshot S, then every row after it. Loading the whole tree to find S was a
+        third of a source's time in initial sync (docs/performance.md). Rows after S are
+        exactly the changes not in S's past when (checked here) each names only the root, S,
+        S's parents or earlier rows after S as parents and every head is S or such a row: a
+        change outside S's past stored before S would have to reach a head through one of
+        them. Anything else: None (the whole tree is sent)."""
+        try:
+            return self._stored_answer(tree_id, cap)
+        except (DecodeError, ReplicaError) as exc:  # our disk, not the peer's fault
+            raise StoreError(f"{self.store.label}: tree {tree_id.hex()[:16]}… is corrupt or "
+                             f"tampered with: {exc}") from exc
+
+    def _stored_answer(self, tree_id: bytes, cap: int,
+                       ) -> tuple[tuple[bytes, ...], list[bytes]] | None:
+        rows = self.store.raw_changes(tree_id)
+        snap: Change | None = None
+        at = 0
+        for i in range(len(rows) - 1, 0, -1):
+            cid, raw = rows[i]
+            ch = parse_stored_change(raw, cid)
+            try:
+                check_base(self.acl, ch)
+            except P2PSyncError:
+                continue
+            snap, at = ch, i
+            break
+        if snap is None or len(rows[0][1]) + len(snap.raw) > cap:
+            return None
+        allowed = {rows[0][0], snap.id, *snap.prev_ids}
+        out = [rows[0][1], snap.raw]
+        for cid, raw in rows[at + 1:]:
+            if not allowed.issuperset(parse_stored_change(raw, cid).prev_ids):
+                return None
+            allowed.add(cid)
+            out.append(raw)
+        heads = self.store.get_heads(tree_id)
+        if not allowed.issuperset(heads) or rows[0][0] in heads or any(
+                h in snap.prev_ids for h in heads):
+            return None
+        return heads, out
+
     def refresh_acl(self) -> None:
         """Take in ACL records another process stored in our store (see :meth:`refresh`)."""
         raws = [raw for rid, raw in self.store.list_acl_records(self.id) if rid not in self.acl]
@@ -456,8 +592,28 @@ class Space:
                 break
             if tid == keep or self._docs[tid].pending:
                 continue
-            del self._docs[tid]
+            self._idle(self._docs.pop(tid))
             excess -= 1
+
+    def _idle(self, doc: Document) -> None:
+        """A document goes idle: let its snapshot policy snapshot it (replica/snapshots.py),
+        if this device may write it and it is open (only then is a ``save()`` cheap)."""
+        pol = doc.snapshot_policy
+        if (pol is not None and doc.materialized and not self.is_deleted(doc.tree.id)
+                and self.acl.state.can_write(self.me.public)):
+            pol.on_idle(doc)
+
+    def settle(self) -> int:
+        """Flush every document, then treat every open one as idle (snapshot what changed
+        enough since its last snapshot): the node calls this when it closes, so that a device
+        fetching these documents later verifies a snapshot instead of their history. Returns
+        how many documents were flushed or snapshotted."""
+        n = self.flush()
+        for doc in list(self._live.values()):
+            made = doc.snapshot_policy.made if doc.snapshot_policy is not None else 0
+            self._idle(doc)
+            n += doc.snapshot_policy is not None and doc.snapshot_policy.made > made
+        return n
 
     def _doc_persist(self, tree: ObjectTree, res: AddResult) -> None:
         self._persist_acl([])  # merges a change's ACL head promoted from the shelf, if any

@@ -36,7 +36,9 @@ class ReplicaStore(Protocol):
       midway (the tree's ``persist`` hook relies on it to keep memory and disk equal);
     * a method that returns has made its write as durable as the store promises
       (SQLite: survives a kill, and with ``durable=True`` a power cut), because peers are told
-      which heads we hold;
+      which heads we hold — except ``save_changes`` while writes are grouped
+      (:meth:`group_writes`): durable at the next :meth:`commit_group`, which runs before
+      anything is sent to a peer;
     * writes of something already stored are no-ops (peers resend);
     * any failure, including use after :meth:`close`, is a :class:`~p2psync.errors.StoreError`.
     """
@@ -46,6 +48,13 @@ class ReplicaStore(Protocol):
     def label(self) -> str: ...
 
     def close(self) -> None: ...
+
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Let ``save_changes`` share commits until :meth:`commit_group` (``on_open`` is
+        called when a group opens); stores that cannot ignore it (docs/replica.md)."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes now; the engine calls it before it sends anything."""
 
     def __enter__(self) -> ReplicaStore: ...
 
@@ -77,6 +86,24 @@ class ReplicaStore(Protocol):
         heads, in one atomic write."""
 
     def save_tree(self, tree: ObjectTree) -> None: ...
+
+    def save_base(self, space_id: str, tree_id: bytes, base_id: bytes,
+                  changes: Sequence[Change], heads: Sequence[bytes]) -> None:
+        """:meth:`save_changes`, and record ``base_id`` as a shallow base of the tree
+        (docs/replica.md "Shallow trees"), in one atomic write. A store that never holds
+        shallow trees (a backup's: backups fetch whole trees) raises StoreError."""
+
+    def replace_tree(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        """Replace everything stored of a tree by ``changes`` (a topological order, root
+        first) and ``heads``, dropping its shallow bases, in one atomic write: a shallow tree
+        whose whole history was fetched (its storage order must stay topological, so the
+        history cannot be appended after the base). Stores that hold no shallow trees raise
+        StoreError."""
+
+    def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
+        """The recorded shallow bases of a tree (empty for a whole tree or an unknown one):
+        on load, exactly these changes may name parents that are not stored."""
 
     def persister(self) -> Persist:
         """The hook :meth:`ObjectTree.add` / :class:`Document` call to store what attached."""
@@ -203,13 +230,35 @@ class DerivedStoreOps:
     def add_acl_record(self, space_id: str, record_id: bytes, raw: bytes) -> bool:
         return self.add_acl_records(space_id, [(record_id, raw)]) == 1
 
+    def group_writes(self, on_open: Callable[[], None] | None) -> None:
+        """Group ``save_changes`` into fewer commits where the store can (SQLite); the
+        default commits every write as before and ignores this."""
+
+    def commit_group(self) -> None:
+        """Commit grouped writes (called before anything is sent to a peer)."""
+
     def save_tree(self, tree: ObjectTree) -> None:
         """Store a whole tree (e.g. a newly created one) with its heads."""
         self.save_changes(tree.space_id, tree.id, tree.changes(), tree.heads)
 
+    def save_base(self, space_id: str, tree_id: bytes, base_id: bytes,
+                  changes: Sequence[Change], heads: Sequence[bytes]) -> None:
+        raise StoreError(f"{self.label} holds no shallow trees")
+
+    def replace_tree(self, space_id: str, tree_id: bytes, changes: Sequence[Change],
+                     heads: Sequence[bytes]) -> None:
+        raise StoreError(f"{self.label} holds no shallow trees")
+
+    def shallow_bases(self, tree_id: bytes) -> frozenset[bytes]:
+        return frozenset()
+
     def persister(self) -> Persist:
         def persist(tree: ObjectTree, result: AddResult) -> None:
-            self.save_changes(tree.space_id, tree.id, result.attached, result.heads)
+            if result.base is not None:
+                self.save_base(tree.space_id, tree.id, result.base, result.attached,
+                               result.heads)
+            else:
+                self.save_changes(tree.space_id, tree.id, result.attached, result.heads)
         return persist
 
     def load_tree(self, space_id: str, tree_id: bytes, gate: AclGate, *,
@@ -219,15 +268,19 @@ class DerivedStoreOps:
 
 
 def load_trusted_tree(store: DerivedStoreOps | ReplicaStore, space_id: str, tree_id: bytes,
-                      gate: AclGate, *, verify_signatures: bool = False) -> ObjectTree:
+                      gate: AclGate, *, verify_signatures: bool = False,
+                      rows: Sequence[tuple[bytes | None, bytes]] | None = None) -> ObjectTree:
     """Rebuild a tree from a store. Ids are always recomputed (cheap: catches bit rot and
     edits to the file) and the stored heads must match; signatures and ACL rules are checked
-    only with ``verify_signatures`` (only verified changes are ever written; docs/replica.md)."""
-    raws = store.raw_changes(tree_id)
+    only with ``verify_signatures`` (only verified changes are ever written; docs/replica.md).
+    ``rows``: the store's ``(id or None, raw)`` rows of the tree when it reads them itself
+    (default :meth:`raw_changes`; see :meth:`ObjectTree.from_trusted`)."""
+    raws = store.raw_changes(tree_id) if rows is None else rows
     if not raws:
         raise StoreError(f"{store.label} has no tree {tree_id.hex()[:16]}…")
     try:
-        tree = ObjectTree.from_trusted(space_id, gate, raws, verify_signatures=verify_signatures)
+        tree = ObjectTree.from_trusted(space_id, gate, raws, verify_signatures=verify_signatures,
+                                       tree_id=tree_id, bases=store.shallow_bases(tree_id))
     except (DecodeError, ReplicaError) as exc:
         raise StoreError(f"{store.label}: tree {tree_id.hex()[:16]}… is corrupt or "
                          f"tampered with: {exc}") from exc

@@ -17,14 +17,14 @@ import hashlib
 import heapq
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
 
-from p2psync.codec import ID_SIZE, content_id
+from p2psync.codec import ID_SIZE, content_id, pack
 from p2psync.crypto.keys import SigningKey
 from p2psync.errors import (
     IdMismatch,
@@ -33,6 +33,7 @@ from p2psync.errors import (
     UnknownReadKey,
     WrongTree,
 )
+from p2psync.replica import change as _change_mod
 from p2psync.replica.acl_gate import AclGate
 from p2psync.replica.change import (
     FORMAT_VERSION,
@@ -107,7 +108,7 @@ _FAST = ("__slots__" not in Change.__dict__
 _set_dict = object.__setattr__
 
 
-def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
+def parse_stored_change(raw: bytes, expected_id: bytes | None) -> Change:
     """:func:`~p2psync.replica.change.parse_change` for bytes this device stored itself.
 
     The id is always recomputed (:class:`IdMismatch` if the bytes changed), and every field
@@ -121,9 +122,20 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
     if not _FAST or len(raw) > MAX_CHANGE_SIZE:
         return parse_change(raw, expected_id=expected_id)
     cid = content_id(raw)
-    if cid != expected_id:
+    if expected_id is not None and cid != expected_id:
         raise IdMismatch(f"tree change bytes hash to {cid.hex()[:16]}…, expected "
                          f"{expected_id.hex()[:16]}…")
+    values = _stored_values(raw, cid)
+    if values is None:  # any other shape: the strict parser names what is wrong
+        return parse_change(raw, expected_id=expected_id)
+    ch: Change = object.__new__(Change)
+    _set_dict(ch, "__dict__", values)
+    return ch
+
+
+def _stored_values(raw: bytes, cid: bytes) -> dict[str, Any] | None:
+    """The fields of the change ``raw`` whose id ``cid`` is known, checked as
+    :func:`parse_stored_change` says, or None if they are not all well formed."""
     try:
         # msgpack's defaults bound every length by the input's; types are checked below
         body, sig = msgpack.unpackb(raw)
@@ -138,9 +150,9 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
              timestamp) = h
             if not (version == LEGACY_VERSION and type(snapshot) is bool
                     and type(timestamp) is int and 0 <= timestamp <= 2**63 - 1):
-                return parse_change(raw, expected_id=expected_id)
-    except Exception:  # any other shape: the strict parser names what is wrong
-        return parse_change(raw, expected_id=expected_id)
+                return None
+    except Exception:
+        return None
     if not (type(body) is bytes and type(sig) is bytes and len(sig) == 64
             and type(header) is bytes and len(header) <= 8 * 1024
             and type(payload) is bytes and len(payload) <= MAX_PAYLOAD_SIZE
@@ -152,25 +164,66 @@ def parse_stored_change(raw: bytes, expected_id: bytes) -> Change:
             and type(acl_head) is bytes and len(acl_head) == ID_SIZE
             and type(read_key_id) is bytes and len(read_key_id) == ID_SIZE
             and type(author) is bytes and len(author) == 32):
-        return parse_change(raw, expected_id=expected_id)
+        return None
     for p in prev:
         if type(p) is not bytes or len(p) != ID_SIZE:
-            return parse_change(raw, expected_id=expected_id)
+            return None
     if len(prev) > 1 and len(set(prev)) != len(prev):
-        return parse_change(raw, expected_id=expected_id)
+        return None
     sh = _shared
     if len(sh) >= _SHARED_MAX:
         sh.clear()
-    values = {"id": cid, "raw": raw, "space_id": sh.setdefault(space_id, space_id),
-              "tree_id": tree_id if tree_id is None else sh.setdefault(tree_id, tree_id),
-              "prev_ids": tuple(prev), "acl_head": sh.setdefault(acl_head, acl_head),
-              "read_key_id": sh.setdefault(read_key_id, read_key_id), "snapshot": snapshot,
-              "author": sh.setdefault(author, author), "timestamp": timestamp,
-              "payload": payload, "header": header, "body": body, "signature": sig,
-              "version": version}
-    ch: Change = object.__new__(Change)
-    _set_dict(ch, "__dict__", values)
-    return ch
+    return {"id": cid, "raw": raw, "space_id": sh.setdefault(space_id, space_id),
+            "tree_id": tree_id if tree_id is None else sh.setdefault(tree_id, tree_id),
+            "prev_ids": tuple(prev), "acl_head": sh.setdefault(acl_head, acl_head),
+            "read_key_id": sh.setdefault(read_key_id, read_key_id), "snapshot": snapshot,
+            "author": sh.setdefault(author, author), "timestamp": timestamp,
+            "payload": payload, "header": header, "body": body, "signature": sig,
+            "version": version}
+
+
+#: Whether :meth:`ObjectTree.from_trusted` may load changes lazily: a format-2 change is then
+#: made with its id, raw bytes, space, tree and parents only, and :class:`Change` fills in the
+#: rest from the raw bytes on first use (:func:`_complete_stored`).
+_LAZY = (_FAST and "__getattr__" in Change.__dict__ and Change.version == FORMAT_VERSION
+         and set(_CHANGE_FIELDS) - {"id", "raw", "space_id", "tree_id", "prev_ids"}
+         == _change_mod._LAZY_FIELDS)
+#: Where a change's header can start: after ``[body, signature]``'s and ``body = [header,
+#: payload]``'s array and bin length prefixes, 6 (bin 8 and bin 8) to 10 bytes (bin 32, bin 16).
+_HEADER_AT = (6, 10)
+_BIN32 = b"\xc4\x20"  #: a 32-byte id's msgpack prefix
+
+
+def _stored_parents(raw: bytes, at: int, skip: int) -> tuple[bytes, ...] | None:
+    """The 2-15 parents of a stored change whose header starts at ``at`` with ``skip`` bytes
+    already known (its version, space and tree), or None (another shape: the parser reads it)."""
+    if at < 0:
+        return None
+    k = at + skip
+    n = raw[k] - 0x90 if k < len(raw) else 0
+    if not 1 < n < 16:
+        return None
+    prev = tuple(raw[i + 2:i + 34] for i in range(k + 1, k + 1 + 34 * n, 34)
+                 if raw.startswith(_BIN32, i))
+    return prev if len(set(prev)) == n and all(len(p) == ID_SIZE for p in prev) else None
+
+
+def _complete_stored(ch: Change) -> None:
+    """Fill in every field of a change :meth:`ObjectTree.from_trusted` loaded lazily, with
+    :func:`parse_stored_change`'s checks (the id was checked at open); what it reads must be
+    what open read. Raises :class:`~p2psync.errors.DecodeError` / ``InvalidChange`` as the
+    strict parser would."""
+    d = ch.__dict__
+    full = _stored_values(d["raw"], d["id"])
+    if full is None:
+        full = parse_change(d["raw"]).__dict__  # raises what is wrong
+    if (full["prev_ids"] != d["prev_ids"] or full["tree_id"] != d["tree_id"]
+            or full["space_id"] != d["space_id"] or full["version"] != FORMAT_VERSION):
+        raise InvalidChange("stored change: its header does not say what the store open read")
+    d.update(full)
+
+
+_change_mod.complete_stored = _complete_stored
 
 
 @dataclass
@@ -185,6 +238,9 @@ class AddResult:
     heads: tuple[bytes, ...] = ()  #: heads after the add
     #: oldest waiting changes dropped to keep the waiting set bounded (sync re-fetches gaps)
     evicted: list[bytes] = field(default_factory=list)
+    #: the shallow base this add attached (:meth:`ObjectTree.attach_base`): the store records
+    #: it with the changes, so store open accepts exactly its missing parents
+    base: bytes | None = None
 
 
 Persist = Callable[["ObjectTree", AddResult], None]
@@ -217,6 +273,11 @@ class ObjectTree:
         self._blocked_on: dict[bytes, list[bytes]] = {}  #: missing parent id -> waiting ids
         self._acl_blocked: dict[bytes, list[bytes]] = {}  #: unknown ACL head -> waiting ids
         self._replay_cache: list[Change] | None = None
+        #: shallow trees (docs/replica.md "Shallow trees"): ids of the base snapshots, and the
+        #: ids known to be in their past but not held (their parents): those count as present
+        #: for attaching, are never attached themselves, and are never walked into
+        self.bases: set[bytes] = set()
+        self._shallow: set[bytes] = set()
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -245,13 +306,20 @@ class ObjectTree:
 
     @classmethod
     def from_trusted(
-        cls, space_id: str, gate: AclGate, raws: Iterable[tuple[bytes, bytes]],
-        *, verify_signatures: bool = False,
+        cls, space_id: str, gate: AclGate, raws: Iterable[tuple[bytes | None, bytes]],
+        *, verify_signatures: bool = False, tree_id: bytes | None = None,
+        bases: Collection[bytes] = (),
     ) -> ObjectTree:
         """Rebuild a tree from ``(id, raw)`` pairs in a stored topological order (root first).
 
-        Ids are always recomputed (cheap: catches bit rot); signatures and ACL checks are skipped
-        unless ``verify_signatures``: these bytes were verified before they were stored.
+        Every id is computed from the bytes; a stored id given next to them must match it
+        (``None``: no stored id, the bytes are checked through the DAG, see docs/replica.md
+        "Store open"), and the root's must be ``tree_id`` when given. Signatures and ACL checks
+        are skipped unless ``verify_signatures``: these bytes were verified before they were
+        stored. Without it, a format-2 change is loaded lazily: its id, parents, space and
+        tree are read here, the rest of it on first use (``Change.__getattr__``).
+        ``bases``: the shallow bases the store recorded: exactly those changes may name
+        parents that are not held (their parents then count as present for later changes).
         """
         it = iter(raws)
         try:
@@ -259,25 +327,82 @@ class ObjectTree:
         except StopIteration:
             raise InvalidChange("stored tree has no changes") from None
         check = verify_change if verify_signatures else parse_stored_change
-        tree = cls(space_id, gate, check(rraw, expected_id=rid))
+        tree = cls(space_id, gate, check(rraw, expected_id=rid or tree_id))
+        if tree_id is not None and tree.id != tree_id:
+            raise IdMismatch("stored tree's root change is not the tree")
         # _structural_check and _attach, inlined: this loop runs once per stored change
         tid, changes, index, order, heads = (tree.id, tree._changes, tree._index, tree._order,
                                              tree._heads)
+        lazy = _LAZY and not verify_signatures
+        # a format-2 change of this tree: its header starts [2, space, tree, [parents...
+        prefix = b"\x97\x02" + pack(space_id) + _BIN32 + tid
+        one = prefix + b"\x91" + _BIN32  # ... with one parent (most changes): at 6-10 bytes
+        end, endo = _HEADER_AT[1] + len(prefix), _HEADER_AT[1] + len(one)  # into the envelope
+        at7 = 7 + len(one)  # after a header at 7: a body of 256 B-64 KiB, a header < 256 B
+        blake2b, new, set_dict = hashlib.blake2b, object.__new__, _set_dict
         for cid, raw in it:
-            ch = check(raw, expected_id=cid)
-            if ch.space_id != space_id or ch.tree_id != tid:
-                tree._structural_check(ch)
-            for p in ch.prev_ids:
-                if p not in changes:
+            if lazy and type(raw) is bytes and len(raw) <= MAX_CHANGE_SIZE:
+                if raw[7:at7] == one:  # most changes (a slice compare: ~4x a find's speed)
+                    k = at7
+                else:
+                    k = raw.find(one, _HEADER_AT[0], endo)
+                    k = k + len(one) if k > 0 else 0
+                p = raw[k:k + ID_SIZE] if k else b""
+                if k and p in changes:  # one parent held: the common case, inlined
+                    h = blake2b(raw, digest_size=ID_SIZE).digest()
+                    if cid is not None and h != cid:
+                        raise IdMismatch(f"tree change bytes hash to {h.hex()[:16]}…, "
+                                         f"expected {cid.hex()[:16]}…")
+                    if h in changes:
+                        continue
+                    ch: Change = new(Change)
+                    set_dict(ch, "__dict__", {"id": h, "raw": raw, "space_id": space_id,
+                                              "tree_id": tid, "prev_ids": (p,)})
+                    changes[h] = ch
+                    index[h] = len(order)
+                    order.append(ch)
+                    heads.discard(p)
+                    heads.add(h)
+                    continue
+                prev = _stored_parents(raw, raw.find(prefix, _HEADER_AT[0], end), len(prefix))
+            else:
+                prev = None
+            if prev is not None:  # 2-15 parents
+                h = blake2b(raw, digest_size=ID_SIZE).digest()
+                if cid is not None and h != cid:
+                    raise IdMismatch(f"tree change bytes hash to {h.hex()[:16]}…, expected "
+                                     f"{cid.hex()[:16]}…")
+                ch = new(Change)
+                set_dict(ch, "__dict__", {"id": h, "raw": raw, "space_id": space_id,
+                                          "tree_id": tid, "prev_ids": prev})
+            else:
+                ch = check(raw, expected_id=cid)
+                if ch.space_id != space_id or ch.tree_id != tid:
+                    tree._structural_check(ch)
+                h, prev = ch.id, ch.prev_ids
+            for p in prev:
+                if p not in changes and not tree._stored_base(ch, p, bases):
                     raise InvalidChange("stored tree is not in topological order")
-            if cid in changes:
+            if h in changes:
                 continue
-            changes[cid] = ch
-            index[cid] = len(order)
+            changes[h] = ch
+            index[h] = len(order)
             order.append(ch)
-            heads.difference_update(ch.prev_ids)
-            heads.add(cid)
+            heads.difference_update(prev)
+            heads.add(h)
         return tree
+
+    def _stored_base(self, ch: Change, parent: bytes, bases: Collection[bytes]) -> bool:
+        """Store open met a change whose ``parent`` is not held: fine only for a parent the
+        shallow base set already vouches for, or for a recorded base itself."""
+        if parent in self._shallow:
+            return True
+        if ch.id not in bases:
+            return False
+        self.bases.add(ch.id)
+        self._shallow.update(p for p in ch.prev_ids if p not in self._changes)
+        self._heads.discard(self.root.id)  # every change descends from the root
+        return True
 
     @staticmethod
     def _check_root_acl(gate: AclGate, root: Change) -> None:
@@ -330,6 +455,11 @@ class ObjectTree:
                 for p in ch.prev_ids:
                     children.setdefault(p, []).append(ch.id)
             ready = [self.root.id]
+            for b in self.bases:  # shallow: a base's parents are not held
+                pending[b] -= sum(1 for p in self._changes[b].prev_ids if p in self._shallow)
+                if pending[b] == 0:
+                    ready.append(b)
+            heapq.heapify(ready)
             out: list[Change] = []
             while ready:
                 cid = heapq.heappop(ready)
@@ -370,6 +500,8 @@ class ObjectTree:
                 found.append(cid)
             for p in self._changes[cid].prev_ids:
                 pc = color.get(p)
+                if pc is None and p in self._shallow:
+                    continue  # before a shallow base: not held, nothing to send
                 if pc is None:
                     color[p] = c
                     heapq.heappush(heap, (-self._index[p], p))
@@ -390,7 +522,10 @@ class ObjectTree:
             if cid in seen:
                 continue
             seen.add(cid)
-            stack.extend(p for p in self._changes[cid].prev_ids if p not in seen)
+            stack.extend(p for p in self._changes[cid].prev_ids
+                         if p not in seen and p not in self._shallow)
+        if self.bases and not self.bases.isdisjoint(seen):
+            seen.add(self.root.id)  # before a shallow base: every change descends from it
         return seen
 
     # --- write side --------------------------------------------------------------------------
@@ -426,7 +561,8 @@ class ObjectTree:
         for raw in raws:
             ch = parsed.get(raw) if parsed is not None else None
             cid = content_id(raw) if ch is None else ch.id
-            if cid in self._changes or cid in self._waiting or cid in seen:
+            if (cid in self._changes or cid in self._waiting or cid in seen
+                    or cid in self._shallow):
                 dup.append(cid)
                 continue
             seen.add(cid)
@@ -438,6 +574,65 @@ class ObjectTree:
         result = self._add_parsed(new, persist)
         result.duplicates = dup
         return result
+
+    def attach_base(self, raw: bytes, *, check: Callable[[Change], None],
+                    persist: Persist | None = None,
+                    parsed: Mapping[bytes, Change] | None = None) -> AddResult:
+        """Make this tree *shallow*: attach a snapshot change whose parents are not held
+        (snapshot-first fetch, docs/replica.md "Shallow trees"). Only a tree holding nothing
+        but its root may go shallow. The change's id, structure and signature are verified,
+        its ACL head must be known and the gate must allow its author to write there (no
+        parent ACL heads to compare: none is held); ``check`` is the caller's rule on the
+        content the tree cannot read (a key holder checks that the sealed flag says snapshot
+        and that the author was not removed: :func:`p2psync.replica.snapshots.check_base`).
+        Its parents then count as present: a later change naming one attaches with all its
+        own checks. All-or-nothing like :meth:`add` (``persist`` sees ``result.base``)."""
+        ch = parsed.get(raw) if parsed is not None else None
+        if ch is None:
+            ch = parse_change(raw)
+        self._structural_check(ch)
+        if len(self._order) != 1 or self._waiting:
+            raise InvalidChange("only a tree holding nothing but its root may go shallow")
+        if all(p in self._changes for p in ch.prev_ids):
+            raise InvalidChange("a shallow base must name parents this tree does not hold")
+        ch.verify_signature()
+        if not self.gate.knows_head(ch.acl_head):
+            raise InvalidChange("a shallow base names an ACL head this replica does not know")
+        self.gate.check_change(ch.author, ch.acl_head, ch.read_key_id,
+                               [self._changes[p].acl_head for p in ch.prev_ids
+                                if p in self._changes])
+        check(ch)
+        undo: list[Callable[[], None]] = []
+        shallow = {p for p in ch.prev_ids if p not in self._changes}
+        try:
+            self.bases.add(ch.id)
+            self._shallow.update(shallow)
+            self._attach(ch, undo)
+            # every change descends from the root, so the root is in the base's past (not a
+            # head: a shallow tree's heads equal those of the whole tree it came from)
+            if self.root.id in self._heads:
+                self._heads.discard(self.root.id)
+                undo.append(lambda: self._heads.add(self.root.id))
+            result = AddResult(attached=[ch], heads=self.heads, base=ch.id)
+            if persist is not None:
+                persist(self, result)
+        except BaseException:
+            for fn in reversed(undo):
+                fn()
+            self.bases.discard(ch.id)
+            self._shallow.difference_update(shallow)
+            self._replay_cache = None
+            raise
+        return result
+
+    @property
+    def shallow(self) -> bool:
+        """Whether this tree starts from a snapshot (its history before it is not held)."""
+        return bool(self.bases)
+
+    def holds_or_vouches(self, change_id: bytes) -> bool:
+        """Attached here, or a parent of a shallow base (known, not held)."""
+        return change_id in self._changes or change_id in self._shallow
 
     def recheck_waiting(self, *, persist: Persist | None = None) -> AddResult:
         """Retry changes waiting for ACL heads (call after the ACL learned new records)."""
@@ -464,11 +659,14 @@ class ObjectTree:
                     queue.extend(self._unblock(self._acl_blocked, head, undo))
             while queue:
                 ch = queue.popleft()
-                missing = next((p for p in ch.prev_ids if p not in self._changes), None)
+                missing = next((p for p in ch.prev_ids if p not in self._changes
+                                and p not in self._shallow), None)
                 if missing is not None or not self.gate.knows_head(ch.acl_head):
                     self._park(ch, missing, undo)
                     continue
-                parent_acl = [self._changes[p].acl_head for p in ch.prev_ids]
+                # a parent before a shallow base is not held: its ACL head is not compared
+                parent_acl = [self._changes[p].acl_head for p in ch.prev_ids
+                              if p in self._changes]
                 try:
                     self.gate.check_change(ch.author, ch.acl_head, ch.read_key_id, parent_acl)
                 except ReplicaError as exc:
@@ -502,7 +700,8 @@ class ObjectTree:
             del self._waiting[cid]
             evicted.append(cid)
             # Parents before the first missing one were present at park time and stay so.
-            missing = next((p for p in ch.prev_ids if p not in self._changes), None)
+            missing = next((p for p in ch.prev_ids if p not in self._changes
+                            and p not in self._shallow), None)
             index, key = ((self._blocked_on, missing) if missing is not None
                           else (self._acl_blocked, ch.acl_head))
             ids = index.get(key)

@@ -36,11 +36,16 @@ class Channel:
         self.bytes_in = self.bytes_out = 0
         #: (direction, message type name) -> [messages, bytes]; for status and benchmarks
         self.traffic: dict[tuple[str, str], list[int]] = {}
+        #: called before every message is sent: the store commits grouped writes, so a peer
+        #: is never told of a change this device has not committed (docs/replica.md)
+        self.before_send: Callable[[], None] | None = None
 
     async def send(self, stream: PeerStream, message: Message, request_id: int) -> None:
         raw = encode(message, request_id)
         lock = self._locks.setdefault(stream.id, asyncio.Lock())
         async with lock:
+            if self.before_send is not None:
+                self.before_send()
             await stream.send(raw)
         self.messages_out += 1
         self.bytes_out += len(raw)

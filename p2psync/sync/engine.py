@@ -68,6 +68,8 @@ __all__ = ["BOOTSTRAP_DOMAIN", "EngineConfig", "PeerEngine", "PeerSpaceStatus", 
            "bootstrap_message"]
 
 log = logging.getLogger("p2psync.sync")
+#: loop turns the push loop waits for more local news while it keeps coming (issue 13)
+PUSH_GATHER_TURNS = 4
 
 
 class PeerEngine:
@@ -86,13 +88,14 @@ class PeerEngine:
         now = time.monotonic()
         self.responder = Responder(self.state, self, clock=now)
         self.channel = Channel(cfg, self._strike)
+        self.channel.before_send = replicas.store.commit_group  # grouped writes: docs/replica.md
         rng = random.Random(cfg.seed)
         self.sched: PeerScheduler[fx.JobKey] = PeerScheduler(
             now=now, max_queue=cfg.max_jobs_queued, max_in_flight=cfg.max_in_flight,
             rate=cfg.out_rate, burst=cfg.out_burst, backoff=Backoff(base=0.2, cap=10.0, rng=rng))
         self._exchanged = asyncio.Event()
         self.ready = asyncio.Event()  #: set once the space exchange is done
-        self._push_queue = PushQueue(cfg.max_push_queue)
+        self._push_queue = PushQueue(cfg.max_push_queue, cfg.batch_bytes)
         self._push_event = asyncio.Event()
         self._sched_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -363,9 +366,18 @@ class PeerEngine:
         assert self.channel.out is not None
         q = self._push_queue
         while not self._closing:
-            while not q:
-                self._push_event.clear()
-                await self._push_event.wait()
+            if not q:
+                while not q:
+                    self._push_event.clear()
+                    await self._push_event.wait()
+                # woken by new local news: let the next few loop turns add to it while they
+                # do (a burst of edits), so pushes of one tree go as one message after one
+                # store commit (PushQueue merging, grouped writes: docs/replica.md)
+                for _ in range(PUSH_GATHER_TURNS):
+                    n = len(q)
+                    await asyncio.sleep(0)
+                    if len(q) == n:
+                        break
             msg, after = q.pop()
             await self.channel.send(self.channel.out, msg, 0)
             self._apply(after)

@@ -34,7 +34,8 @@ class Ingest:
     """One incoming batch for one tree; call :meth:`step` until :attr:`done`."""
 
     def __init__(self, state: PeerState, source: Pusher, space: Space, tree_id: bytes,
-                 raws: Sequence[bytes], *, chunk: int | None = None) -> None:
+                 raws: Sequence[bytes], *, chunk: int | None = None,
+                 base_first: bool = False) -> None:
         self.state = state
         self.source = source  #: the engine the batch came from (not echoed back to it)
         self.space = space
@@ -46,6 +47,11 @@ class Ingest:
         self.refused = False  #: the store refused a chunk (the rest was not tried)
         self._pos = 0
         self._seen: set[bytes] = set()
+        #: a snapshot-first answer (we asked ``from_snapshot``): if the tree is new and the
+        #: batch opens with its root and a change whose parents we lack, that change is taken
+        #: as a shallow base (every base check applies: :meth:`Space.add_base`)
+        self.base_first = base_first
+        self.based = False  #: a shallow base was taken from this batch
 
     @property
     def done(self) -> bool:
@@ -58,6 +64,12 @@ class Ingest:
         parsed: dict[bytes, Change] = {}  #: what the replica need not parse again
         space, tid = self.space, self.tree_id
         tree = space.tree(tid) if space.has_tree(tid) else None
+        if tree is None and self.base_first and self._pos == 0:
+            self.base_first = False
+            effects += self._base()
+            if self.refused:
+                return effects
+            tree = space.tree(tid) if space.has_tree(tid) else None
         while self._pos < len(self.raws) and len(ok) < self.chunk:
             raw = self.raws[self._pos]
             self._pos += 1
@@ -69,10 +81,10 @@ class Ingest:
             if ch.tree != tid:
                 effects.append(Strike("change for another object"))
                 continue
-            if tree is not None and ch.id in tree:
-                continue  # already held: skip cheaply
-            if not ch.is_root and any(p not in self._seen and (tree is None or p not in tree)
-                                      for p in ch.prev_ids):
+            if tree is not None and tree.holds_or_vouches(ch.id):
+                continue  # already held (or before our shallow base): skip cheaply
+            if not ch.is_root and any(p not in self._seen and (
+                    tree is None or not tree.holds_or_vouches(p)) for p in ch.prev_ids):
                 self.missing = True
                 continue
             if not space.acl.knows_head(ch.acl_head):
@@ -84,6 +96,38 @@ class Ingest:
         if ok:
             effects += self._store(ok, parsed)
         return effects
+
+    def _base(self) -> list[Effect]:
+        """Take the batch's first two changes as root and shallow base when they look so
+        (a responder that found no snapshot sends the whole tree: then nothing happens here).
+        A base that fails a check is the responder's fault: one strike, batch refused."""
+        if len(self.raws) < 2:
+            return []
+        try:
+            root, base = parse_change(self.raws[0]), parse_change(self.raws[1])
+        except (DecodeError, ReplicaError):
+            return []  # the ordinary filter strikes it
+        if not root.is_root or root.id != self.tree_id or base.is_root or (
+                base.prev_ids == (root.id,)):
+            return []
+        try:
+            self.state.replicas.apply_base(self.source, self.space, self.tree_id,
+                                           self.raws[0], self.raws[1],
+                                           parsed={self.raws[0]: root, self.raws[1]: base})
+        except StoreError:
+            raise
+        except QuotaExceeded as exc:
+            self.refused = True
+            self.state.space_state(self.space.id).last_error = f"{type(exc).__name__}: {exc}"
+            return []
+        except P2PSyncError as exc:
+            self.refused = True
+            self.state.space_state(self.space.id).last_error = f"shallow base refused: {exc}"
+            return [Strike(f"shallow base refused: {type(exc).__name__}: {exc}")]
+        self.based = True
+        self._pos = 2
+        self._seen.update((root.id, base.id))
+        return []
 
     def run(self) -> list[Effect]:
         """All steps at once (tests, small batches)."""

@@ -33,3 +33,7 @@ class EngineConfig:
     #: Incoming changes are verified and stored this many at a time, yielding to the event
     #: loop between chunks, so one big legitimate batch never stalls the other peers.
     ingest_chunk: int = 32
+    #: A member fetching a tree it does not hold asks for the latest snapshot and the changes
+    #: after it (``from_snapshot``), verifying those instead of the whole history
+    #: (docs/replica.md "Shallow trees"). Backups never do (they hold no read key).
+    snapshot_first: bool = True

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from p2psync.codec import content_id
-from p2psync.errors import P2PSyncError, PeerRefused, ProtocolError
+from p2psync.errors import InvalidChange, P2PSyncError, PeerRefused, ProtocolError
 from p2psync.replica.change import Change
 from p2psync.replica.space import Space
+from p2psync.replica.tree import ObjectTree
 from p2psync.sync.effects import Effect, Push, Strike, Submit, Violation
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.ldiff import HeadSyncSession
@@ -202,7 +203,17 @@ class TreePull(Core):
         self.rounds += 1
         self._before = self._heads()
         return 0, FullSyncRequest(self.space_id, self.tree_id, self._before[:MAX_HEADS], (), (),
-                                  self.state.config.batch_bytes)
+                                  self.state.config.batch_bytes, self._from_snapshot())
+
+    def _from_snapshot(self) -> bool:
+        """Ask for the latest snapshot and what follows (docs/replica.md "Shallow trees")
+        when we hold nothing of the tree and are a member with a read key (a backup holds
+        none: it fetches and vouches for whole trees)."""
+        space = self.space
+        return (self.state.config.snapshot_first and not self._before and space is not None
+                and not space.has_tree(self.tree_id) and space.role() is not None
+                and bool(space.acl.state.key_order)
+                and space.acl.read_key(space.acl.state.current_key_id) is not None)
 
     def _receive(self, tag: int, msg: Message, now: float) -> list[Effect]:
         assert isinstance(msg, FullSyncResponse) and self.space is not None
@@ -213,7 +224,8 @@ class TreePull(Core):
         self.their = msg.heads
         self._resp = msg
         self._retried_acl = False
-        self.ingest = Ingest(self.state, self.source, self.space, self.tree_id, msg.changes)
+        self.ingest = Ingest(self.state, self.source, self.space, self.tree_id, msg.changes,
+                             base_first=not self._before and self._from_snapshot())
         return []
 
     def ingested(self, now: float) -> list[Effect]:
@@ -232,7 +244,8 @@ class TreePull(Core):
     def _sub_done(self, sub: Core, now: float) -> list[Effect]:
         assert self.space is not None and self._resp is not None
         self.ingest = Ingest(self.state, self.source, self.space, self.tree_id,
-                             self._resp.changes)
+                             self._resp.changes,
+                             base_first=not self._before and self._from_snapshot())
         return []
 
     def _round_done(self) -> list[Effect]:
@@ -399,13 +412,72 @@ class Challenge(Core):
         return []
 
 
+class HistoryPull(Core):
+    """History on demand (docs/replica.md "Shallow trees"): the whole of a tree we hold
+    shallow, by ordinary full sync (``from_snapshot = false``) into a separate in-memory tree
+    — every change verified as it arrives — which then replaces ours
+    (:meth:`Space.complete_history`). A peer that cannot give the whole history (a shallow
+    peer) fails the job; nothing held changes then."""
+
+    def __init__(self, state: PeerState, source: Pusher, space_id: str, tree_id: bytes) -> None:
+        super().__init__(state, source)
+        self.space_id = space_id
+        self.tree_id = tree_id
+        self.space = state.allowed(space_id)
+        self.done = (self.space is None or not self.space.has_tree(tree_id)
+                     or not self.space.tree(tree_id).shallow)
+        self.full: ObjectTree | None = None
+        self.rounds = 0
+        self._waiting = False
+
+    def _next(self) -> tuple[int, Message] | None:
+        if self._waiting:
+            return None
+        self._waiting = True
+        self.rounds += 1
+        heads = self.full.heads if self.full is not None else ()
+        return 0, FullSyncRequest(self.space_id, self.tree_id, heads[:MAX_HEADS], (), (),
+                                  self.state.config.batch_bytes, False)
+
+    def _receive(self, tag: int, msg: Message, now: float) -> list[Effect]:
+        assert isinstance(msg, FullSyncResponse) and self.space is not None
+        self._waiting = False
+        if msg.space_id != self.space_id or msg.object_id != self.tree_id:
+            self._fail(ProtocolError("full sync answer for another object"))
+            return [Strike("full sync answer for another object")]
+        raws = list(msg.changes)
+        before = len(self.full) if self.full is not None else 0
+        try:
+            if self.full is None:
+                root = next((r for r in raws if content_id(r) == self.tree_id), None)
+                if root is None:
+                    self._fail(ProtocolError("the history answer lacks the root"))
+                    return []
+                self.full = ObjectTree.from_root(self.space_id, self.space.acl, root)
+                raws = [r for r in raws if r is not root]
+            self.full.add(raws)
+            if not msg.more:
+                self.space.complete_history(self.full)
+                self.done = True
+                return []
+        except P2PSyncError as exc:
+            self._fail(exc)
+            return [] if isinstance(exc, InvalidChange) else [Strike(f"history refused: {exc}")]
+        if len(self.full) == before or self.rounds >= self.state.config.max_rounds:
+            self._fail(ProtocolError("history sync made no progress"))
+        return []
+
+
 def job_core(state: PeerState, source: Pusher, key: tuple[str, str, bytes]) -> Core:
-    """The requester core for one scheduled job ``("space"|"acl"|"tree", space, tree)``."""
+    """The requester core for one scheduled job ``("space"|"acl"|"tree"|"history", space,
+    tree)``."""
     kind, sid, tid = key
     if kind == "space":
         return SpaceSync(state, source, sid)
     if kind == "acl":
         return AclPull(state, source, sid)
+    if kind == "history":
+        return HistoryPull(state, source, sid, tid)
     return TreePull(state, source, sid, tid)
 
 

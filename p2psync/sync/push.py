@@ -17,7 +17,15 @@ from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.effects import Effect, Push, Submit
 from p2psync.sync.jobs import after_push
-from p2psync.sync.messages import MAX_HEADS, AclHeadUpdate, Message, SpaceOffer, take_batch
+from p2psync.sync.messages import (
+    MAX_BATCH_ITEMS,
+    MAX_HEADS,
+    AclHeadUpdate,
+    HeadUpdate,
+    Message,
+    SpaceOffer,
+    take_batch,
+)
 from p2psync.sync.notice import notice
 from p2psync.sync.peerstate import PeerState
 from p2psync.sync.pull import push_lacking
@@ -64,10 +72,15 @@ def offers(state: PeerState, space_id: str | None = None) -> list[Effect]:
 
 
 class PushQueue:
-    """Pushes waiting to be sent, at most ``limit``."""
+    """Pushes waiting to be sent, at most ``limit``.
 
-    def __init__(self, limit: int) -> None:
+    With ``merge_bytes``, :meth:`pop` sends consecutive ``HEAD_UPDATE`` pushes of one tree
+    (a burst of local edits made while the previous push was being sent) as one message of
+    at most that many change bytes: the later heads, the changes in queue order (causal)."""
+
+    def __init__(self, limit: int, merge_bytes: int = 0) -> None:
         self.limit = limit
+        self.merge_bytes = merge_bytes
         self.items: deque[tuple[Message, str]] = deque()
         self._per_space: Counter[str] = Counter()
         self.dropped = 0
@@ -88,8 +101,31 @@ class PushQueue:
         """The next push to send, and what to do once it is sent (the in-sync check after the
         last queued push of its space)."""
         message, space_id = self.items.popleft()
+        if self.merge_bytes and isinstance(message, HeadUpdate):
+            message = self._merge(message, space_id)
         self._per_space[space_id] -= 1
         more = self._per_space[space_id] > 0
         if not more:
             del self._per_space[space_id]
         return message, after_push(message, more)
+
+    def _merge(self, first: HeadUpdate, space_id: str) -> HeadUpdate:
+        changes, heads = list(first.changes), first.heads
+        size = sum(len(c) for c in changes)
+        while self.items:
+            nxt, sid = self.items[0]
+            if not (isinstance(nxt, HeadUpdate) and sid == space_id
+                    and nxt.object_id == first.object_id and nxt.space_id == first.space_id):
+                break
+            more = sum(len(c) for c in nxt.changes)
+            if size + more > self.merge_bytes or len(changes) + len(
+                    nxt.changes) > MAX_BATCH_ITEMS:
+                break
+            self.items.popleft()
+            self._per_space[space_id] -= 1
+            changes.extend(nxt.changes)
+            heads = nxt.heads
+            size += more
+        if len(changes) == len(first.changes):
+            return first
+        return HeadUpdate(first.space_id, first.object_id, heads, tuple(changes))

@@ -227,6 +227,18 @@ class Replicas:
         finally:
             self.source = prev
 
+    def apply_base(self, source: Pusher, space: Space, tree_id: bytes, root_raw: bytes,
+                   base_raw: bytes, *, parsed: Mapping[bytes, Change] | None = None,
+                   ) -> AddResult:
+        """Start a shallow tree from ``source``'s snapshot-first answer (see
+        :meth:`Space.add_base`); the storage policy admits the two changes first."""
+        self.policy.admit_changes(space, tree_id, [root_raw, base_raw])
+        prev, self.source = self.source, source
+        try:
+            return space.add_base(tree_id, root_raw, base_raw, parsed=parsed)
+        finally:
+            self.source = prev
+
     def apply_acl(self, source: Pusher, space: Space, raws: Sequence[bytes]) -> AclAddResult:
         """Admit ACL records from ``source`` (not echoed back to it)."""
         prev, self.source = self.source, source

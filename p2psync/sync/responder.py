@@ -272,12 +272,17 @@ class Responder:
         tid = msg.object_id
         if not space.has_tree(tid):
             return FullSyncResponse(msg.space_id, tid, (), (), False)
-        if msg.heads:
+        cap = self._cap(msg.max_bytes)
+        answer = (space.snapshot_answer(tid, cap) if msg.from_snapshot and not msg.heads
+                  else None)
+        if answer is not None:  # root, latest snapshot, what follows (docs/replica.md)
+            heads, lack = answer
+        elif msg.heads:
             tree = space.tree(tid)
             heads, lack = tree.heads, [c.raw for c in tree.changes_for(msg.heads)]
         else:  # the peer has nothing: stored bytes in order, no ObjectTree built (perf)
             heads, lack = space.full_sync_raws(tid)
-        batch, more = take_batch(lack, self._cap(msg.max_bytes))
+        batch, more = take_batch(lack, cap)
         return FullSyncResponse(msg.space_id, tid, heads[:MAX_HEADS], tuple(batch), more)
 
     def _answer_acl(self, msg: AclSyncRequest, out: _Collect, now: float) -> AclSyncResponse:

@@ -23,12 +23,12 @@
  * own entry; the value is the sum): `makeCounter` / `increment` below.
  */
 import * as A from "@automerge/automerge";
+import { writePosition } from "../bootstrap.js";
 import type { ReadKey } from "../crypto/box.js";
 import type { SigningKey } from "../crypto/keys.js";
 import { DecryptionFailed, P2PSyncError } from "../errors.js";
 import { compareBytes } from "../hashes.js";
 import { type Acl, UnknownReadKey } from "../replica/acl.js";
-import { AccessDenied } from "../replica/aclRecords.js";
 import { buildChange, type Change, MAX_PAYLOAD_SIZE, parseChange } from "../replica/change.js";
 import { type AclGate, type AddResult, ObjectTree } from "../replica/tree.js";
 import { actorFor, ChangeTooLarge, decodePayload, DocumentError, encodePayload, type ChangePayload, UnsupportedContent } from "./payload.js";
@@ -50,16 +50,14 @@ export interface DocKeys {
 }
 
 /** The ACL as document keys: the latest ACL head at which the author may write, its current key
- * (Python `Acl.write_position`). */
+ * (Python `Acl.write_position`; the one implementation is `writePosition` in bootstrap.ts, which
+ * the sync layer's `createChange` uses too). */
 export function aclKeys(acl: Acl): DocKeys {
   return {
     readKey: (id) => acl.readKey(id),
     writePosition: (author) => {
-      for (const h of [...acl.heads].reverse()) {
-        const st = acl.stateAt(h);
-        if (st.canWrite(hex(author))) return { aclHead: unhex(h), readKeyId: unhex(st.currentKeyId) };
-      }
-      throw new AccessDenied("you may not write in this space");
+      const [aclHead, readKeyId] = writePosition(acl, author);
+      return { aclHead, readKeyId };
     },
   };
 }

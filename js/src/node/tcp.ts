@@ -6,7 +6,8 @@
 import { createServer, type Server, type Socket, connect as netConnect } from "node:net";
 import type { DeviceCertificate } from "../crypto/cert.js";
 import type { DeviceKey } from "../crypto/keys.js";
-import { type Carrier, type Connection, Link, type TransportConfig } from "../transport/connection.js";
+import { type Carrier, type Connection, Link, sharedPool, type TransportConfig } from "../transport/connection.js";
+import { AdmissionGuard, type GuardLimits, sourceKey, type Ticket } from "../transport/guard.js";
 
 export const TCP_BINDING = new TextEncoder().encode("tcp");
 
@@ -19,13 +20,23 @@ export interface PeerIdentity {
 class TcpCarrier implements Carrier {
   readonly name = "tcp";
   link: Link | null = null;
+  /** Listener side: the admission guard's ticket for this socket. */
+  guard: AdmissionGuard | null = null;
+  ticket: Ticket | null = null;
 
   constructor(readonly socket: Socket) {
     socket.setNoDelay(true);
     socket.on("data", (d: Buffer) => this.link?.onBytes(new Uint8Array(d.buffer, d.byteOffset, d.byteLength)));
     socket.on("end", () => this.link?.onEnd("peer closed the TCP connection"));
     socket.on("error", (e: Error) => this.link?.onEnd(`TCP connection lost: ${e.message}`));
-    socket.on("close", () => this.link?.onEnd("TCP connection lost"));
+    socket.on("close", () => {
+      if (this.ticket !== null) this.guard?.release(this.ticket);
+      this.link?.onEnd("TCP connection lost");
+    });
+  }
+
+  promote(): void {
+    if (this.ticket !== null) this.guard?.promote(this.ticket);
   }
 
   write(frames: Uint8Array[]): void {
@@ -42,8 +53,8 @@ class TcpCarrier implements Carrier {
 }
 
 /** Dial `host:port`, run the authenticated handshake, resolve with the live connection. */
-export function connectTcp(host: string, port: number, id: PeerIdentity & { expectedPeer?: string | null }): Promise<Connection> {
-  const socket = netConnect({ host, port });
+export function connectTcp(host: string, port: number, id: PeerIdentity & { expectedPeer?: string | null; localAddress?: string }): Promise<Connection> {
+  const socket = netConnect(id.localAddress === undefined ? { host, port } : { host, port, localAddress: id.localAddress });
   const carrier = new TcpCarrier(socket);
   const link = (carrier.link = new Link(carrier, {
     initiator: true,
@@ -63,23 +74,55 @@ export interface TcpListener {
   readonly port: number;
   readonly server: Server;
   readonly connections: Set<Connection>;
-  /** Handshake failures of incoming connections, newest last. */
+  /** Handshake failures of incoming connections, newest last (at most 1 000 kept). */
   readonly errors: Error[];
+  /** The admission caps (null when switched off). */
+  readonly guard: AdmissionGuard | null;
   close(): Promise<void>;
 }
 
-/** Accept peers on `host:port` (0 = any); call `onConnection` for each accepted handshake. */
-export async function listenTcp(host: string, port: number, id: PeerIdentity, onConnection: (c: Connection) => void): Promise<TcpListener> {
+export interface ListenOptions {
+  /** Admission caps (Python's defaults: 256 half-open, 16 per source, 512 established, 32 per
+   * source); null switches them off. */
+  guard?: Partial<GuardLimits> | null;
+}
+
+/** Keep the newest `max` entries of a diagnostic list (a flood must not grow it without end). */
+export function pushBounded<T>(list: T[], item: T, max = 1000): void {
+  list.push(item);
+  if (list.length > max) list.splice(0, list.length - max);
+}
+
+/**
+ * Accept peers on `host:port` (0 = any); call `onConnection` for each accepted handshake. The
+ * listener is guarded like Python's `serve_tcp`: admission caps per source and in total, and
+ * every accepted connection's receive budget draws on the process-wide pool (`sharedPool`)
+ * unless `id.config.pool` says otherwise.
+ */
+export async function listenTcp(host: string, port: number, id: PeerIdentity, onConnection: (c: Connection) => void, o: ListenOptions = {}): Promise<TcpListener> {
   const connections = new Set<Connection>();
   const errors: Error[] = [];
+  const guard = o.guard === null ? null : new AdmissionGuard(o.guard ?? {});
+  const config: TransportConfig = { ...(id.config ?? {}) };
+  if (config.pool === undefined) config.pool = sharedPool();
   const server = createServer((socket) => {
+    let ticket: Ticket | null = null;
+    if (guard !== null) {
+      ticket = guard.admit(sourceKey(socket.remoteAddress), () => socket.destroy());
+      if (ticket === null) {
+        socket.destroy();
+        return;
+      }
+    }
     const carrier = new TcpCarrier(socket);
+    carrier.guard = guard;
+    carrier.ticket = ticket;
     const link = (carrier.link = new Link(carrier, {
       initiator: false,
       deviceKey: id.deviceKey,
       certificate: id.certificate,
       binding: TCP_BINDING,
-      config: id.config ?? {},
+      config,
     }));
     link.ready.then(
       (conn) => {
@@ -87,7 +130,9 @@ export async function listenTcp(host: string, port: number, id: PeerIdentity, on
         void conn.waitClosed().then(() => connections.delete(conn));
         onConnection(conn);
       },
-      (e: unknown) => errors.push(e as Error),
+      (e: unknown) => {
+        pushBounded(errors, e as Error);
+      },
     );
   });
   await new Promise<void>((resolve, reject) => {
@@ -102,6 +147,7 @@ export async function listenTcp(host: string, port: number, id: PeerIdentity, on
     server,
     connections,
     errors,
+    guard,
     close: async () => {
       for (const c of connections) c.close("listener closing");
       await new Promise<void>((resolve) => server.close(() => {

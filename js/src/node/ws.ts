@@ -4,32 +4,61 @@
  */
 import type { AddressInfo } from "node:net";
 import { WebSocketServer } from "ws";
-import type { Connection } from "../transport/connection.js";
+import { type Connection, sharedPool, type TransportConfig } from "../transport/connection.js";
+import { AdmissionGuard, sourceKey, type Ticket } from "../transport/guard.js";
 import { acceptWebSocket, type WebSocketDialOptions, type WebSocketLike } from "../transport/websocket.js";
+import { type ListenOptions, pushBounded } from "./tcp.js";
 
 export interface WsListener {
   readonly port: number;
   readonly errors: Error[];
+  readonly guard: AdmissionGuard | null;
   close(): Promise<void>;
 }
 
+/** Like `listenTcp` (admission caps counted from the WebSocket upgrade on, the shared receive
+ * pool), over binary WebSocket at any path. */
 export async function listenWebSocket(
   host: string,
   port: number,
   o: Omit<WebSocketDialOptions, "expectedPeer" | "WebSocket">,
   onConnection: (c: Connection) => void,
+  lo: ListenOptions = {},
 ): Promise<WsListener> {
   const wss = new WebSocketServer({ host, port, maxPayload: 1 << 20 });
   const errors: Error[] = [];
   const connections = new Set<Connection>();
+  const guard = lo.guard === null ? null : new AdmissionGuard(lo.guard ?? {});
+  const config: TransportConfig = { ...(o.config ?? {}) };
+  if (config.pool === undefined) config.pool = sharedPool();
   wss.on("connection", (ws, req) => {
-    const link = acceptWebSocket(ws as unknown as WebSocketLike, o, `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`);
+    let ticket: Ticket | null = null;
+    if (guard !== null) {
+      ticket = guard.admit(sourceKey(req.socket.remoteAddress), () => {
+        ws.terminate();
+      });
+      if (ticket === null) {
+        ws.terminate();
+        return;
+      }
+      const t = ticket;
+      ws.on("close", () => {
+        guard.release(t);
+      });
+    }
+    const promote = ticket === null ? undefined : (): void => {
+      guard!.promote(ticket);
+    };
+    const link = acceptWebSocket(ws as unknown as WebSocketLike, { ...o, config }, `${req.socket.remoteAddress ?? "?"}:${req.socket.remotePort ?? "?"}`, promote);
     link.ready.then(
       (c) => {
         connections.add(c);
+        void c.waitClosed().then(() => connections.delete(c));
         onConnection(c);
       },
-      (e: unknown) => errors.push(e as Error),
+      (e: unknown) => {
+        pushBounded(errors, e as Error);
+      },
     );
   });
   await new Promise<void>((resolve, reject) => {
@@ -39,6 +68,7 @@ export async function listenWebSocket(
   return {
     port: (wss.address() as AddressInfo).port,
     errors,
+    guard,
     close: async () => {
       for (const c of connections) c.close("listener closing");
       for (const client of wss.clients) client.terminate();

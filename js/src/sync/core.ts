@@ -54,6 +54,7 @@ import {
   takeBatch,
 } from "./messages.js";
 import type { Pusher, SyncReplicas, SyncSpace } from "./replica.js";
+import { Admission, InboundGate } from "./sched.js";
 import { SpaceExchange } from "./spacex.js";
 
 export const UNKNOWN = "unknown space";
@@ -74,11 +75,25 @@ export interface SyncConfig {
   /** Incoming changes verified and added per step; the shell yields to the event loop between
    * steps, so a big batch never freezes a page (Ed25519 in JS costs milliseconds each). */
   ingestChunk: number;
+  /**
+   * A peer whose space exchange shows it shares nothing with us (not a member or replicator of
+   * any space we hold, not our own account, no invite proved) is held to the transport's
+   * restricted budget (1 MiB, one pending stream) and disconnected this many seconds after the
+   * exchange unless it comes to share something first (invite bootstrap). `null` disables the
+   * rule. Python's `EngineConfig.stranger_grace`.
+   */
+  strangerGrace: number | null;
+  /** The peer's requests admitted per second, burst, and at most in progress at once (Python's
+   * `in_rate`, `in_burst`, `in_concurrency`); more are answered RATE_LIMITED with a retry time. */
+  inRate: number;
+  inBurst: number;
+  inConcurrency: number;
 }
 
 export const DEFAULT_CONFIG: SyncConfig = {
   batchBytes: 1 << 20, maxRounds: 1024, maxStuck: 3, strikesToClose: 100, requestTimeout: 30, exchangeTimeout: 10,
   headSyncInterval: 30, maxInFlight: 8, maxPushQueue: 1024, ingestChunk: 16,
+  strangerGrace: 10, inRate: 500, inBurst: 1000, inConcurrency: 16,
 };
 
 /**
@@ -146,7 +161,9 @@ export type Effect =
   | { readonly kind: "strike"; readonly why: string }
   | { readonly kind: "violation"; readonly why: string }
   | { readonly kind: "push"; readonly message: Message; readonly spaceId: string }
-  | { readonly kind: "submit"; readonly key: JobKey; readonly priority: number };
+  | { readonly kind: "submit"; readonly key: JobKey; readonly priority: number }
+  /** The peer shares something with us now: lift the stranger restriction. */
+  | { readonly kind: "befriend" };
 
 const strike = (why: string): Effect => ({ kind: "strike", why });
 const submit = (key: JobKey, priority = 1): Effect => ({ kind: "submit", key, priority });
@@ -175,6 +192,9 @@ export class PeerState {
   myNonce: Uint8Array = new Uint8Array(0);
   theirNonce: Uint8Array = new Uint8Array(0);
   strikes = 0;
+  /** The peer shared nothing at the exchange: the transport holds it to a small receive budget
+   * and closes it after `strangerGrace` unless `befriend` lifts that. */
+  restricted = false;
 
   constructor(
     readonly replicas: SyncReplicas,
@@ -190,6 +210,34 @@ export class PeerState {
     if (violation) return `closed: protocol violation: ${why}`;
     if (this.strikes >= this.config.strikesToClose) return `closed after ${this.strikes} protocol violations (last: ${why})`;
     return null;
+  }
+
+  /** The space exchange found `shared`: sync those the peer may access (our ACL), and restrict
+   * a stranger (see `restricted`). */
+  exchanged(shared: Iterable<string>): Effect[] {
+    const out: Effect[] = [];
+    for (const sid of shared) {
+      if (this.mayAccess(sid)) {
+        this.shared.add(sid);
+        out.push(submit(["space", sid, ""]));
+      }
+    }
+    this.restricted = this.config.strangerGrace !== null && this.isStranger();
+    return out;
+  }
+
+  /**
+   * Lift the stranger restriction once the peer shares something with us (it proved an invite,
+   * we bootstrapped from it, the ACL made it a member) or we chose to trust it (`force`). Cheap
+   * after every message; the walk over every space's ACL runs only when an ACL changed.
+   */
+  befriend(o: { force?: boolean; aclChanged?: boolean } = {}): Effect[] {
+    if (this.restricted && (o.force === true || this.shared.size > 0 || this.invited.size > 0
+      || (o.aclChanged === true && !this.isStranger()))) {
+      this.restricted = false;
+      return [{ kind: "befriend" }];
+    }
+    return [];
   }
 
   spaceState(sid: string): SpaceState {
@@ -226,12 +274,23 @@ export interface Reply { readonly message: Message; readonly effects: readonly E
 export class Responder {
   constructor(readonly state: PeerState, readonly source: Pusher) {}
 
-  /** The reply to one request at wall time `now` (seconds); never throws for the peer's input. */
-  answer(msg: Message, now: number): Reply {
+  /** Changes a FULL_SYNC_REQUEST carries that must be taken in (step by step, yielding) before
+   * `answer(msg, now, true)` (Python `Responder.prepare`); null when there are none or the
+   * peer may not access the space (the answer then says UNKNOWN_SPACE). */
+  prepare(msg: Message): Ingest | null {
+    if (msg.type !== MsgType.FULL_SYNC_REQUEST || !msg.changes.length) return null;
+    const space = this.state.replicas.spaces.get(msg.spaceId);
+    if (space === undefined || !this.state.mayAccess(msg.spaceId)) return null;
+    return new Ingest(space, msg.objectId, msg.changes, this.source, this.state.config.ingestChunk);
+  }
+
+  /** The reply to one request at wall time `now` (seconds); never throws for the peer's input.
+   * `prepared`: the request's changes were already taken in through `prepare`. */
+  answer(msg: Message, now: number, prepared = false): Reply {
     const effects: Effect[] = [];
     let reply: Message;
     try {
-      reply = this.dispatch(msg, effects, now);
+      reply = this.dispatch(msg, effects, now, prepared);
     } catch (exc) {
       if (exc instanceof UnknownSpace) reply = errorMessage(ErrorCode.UNKNOWN_SPACE, UNKNOWN);
       else if (exc instanceof P2PSyncError) {
@@ -242,12 +301,12 @@ export class Responder {
     return { message: reply, effects };
   }
 
-  private dispatch(msg: Message, out: Effect[], now: number): Message {
+  private dispatch(msg: Message, out: Effect[], now: number, prepared: boolean): Message {
     switch (msg.type) {
       case MsgType.HEAD_SYNC_REQUEST:
         return this.spaceFor(msg.spaceId).ldiff.answer(msg);
       case MsgType.FULL_SYNC_REQUEST:
-        return this.answerFull(msg, out);
+        return this.answerFull(msg, out, prepared);
       case MsgType.ACL_SYNC_REQUEST:
         return this.answerAcl(msg, out, now);
       case MsgType.BOOTSTRAP_REQUEST:
@@ -279,9 +338,9 @@ export class Responder {
     return Math.min(asked || limit, limit);
   }
 
-  private answerFull(msg: FullSyncRequest, out: Effect[]): Message {
+  private answerFull(msg: FullSyncRequest, out: Effect[], prepared: boolean): Message {
     const space = this.spaceFor(msg.spaceId);
-    if (msg.changes.length) {
+    if (msg.changes.length && !prepared) {
       const res = space.ingest(msg.objectId, msg.changes, this.source);
       if (res.refused !== null) out.push(strike(res.refused));
     }
@@ -771,7 +830,9 @@ export interface Inbound {
   readonly effects: Effect[];
   /** A batch to take in step by step (yielding between steps), then call `after`. */
   readonly ingest?: Ingest;
-  readonly after?: () => Effect[];
+  /** What follows once `ingest` is in: more effects, and the answer when the batch came with a
+   * request (FULL_SYNC_REQUEST). */
+  readonly after?: () => { readonly effects: Effect[]; readonly replies: [Message, number][] };
 }
 
 /**
@@ -783,12 +844,17 @@ export class SyncCore {
   readonly state: PeerState;
   readonly responder: Responder;
   readonly exchange: SpaceExchange;
+  /** Admission of the peer's requests (rate, burst, in progress): Python's `InboundGate`. The
+   * key is the request id: the shell answers one request at a time, so identical requests are
+   * never in progress together (Python's dedupe has nothing to catch here). */
+  readonly gate: InboundGate<number>;
 
   constructor(replicas: SyncReplicas, readonly source: Pusher, remoteAccount: Uint8Array, remoteDevice: Uint8Array, binding: Uint8Array,
-    config: SyncConfig = DEFAULT_CONFIG, random?: (n: number) => Uint8Array) {
+    config: SyncConfig = DEFAULT_CONFIG, random?: (n: number) => Uint8Array, clock = 0) {
     this.state = new PeerState(replicas, config, remoteAccount, remoteDevice, binding);
     this.responder = new Responder(this.state, source);
     this.exchange = new SpaceExchange(replicas.device.public, remoteDevice, replicas.exchangeKeysFor(remoteAccount), binding, random);
+    this.gate = new InboundGate({ now: clock, rate: config.inRate, burst: config.inBurst, maxConcurrent: config.inConcurrency });
   }
 
   /** Our SPACE_HELLO (the first message on our request stream). */
@@ -807,22 +873,15 @@ export class SyncCore {
       if (exc instanceof ProtocolError) return [strike(exc.message)];
       throw exc;
     }
-    const out: Effect[] = [];
-    for (const sid of this.exchange.shared!) {
-      if (this.state.mayAccess(sid)) {
-        this.state.shared.add(sid);
-        out.push(submit(["space", sid, ""]));
-      }
-    }
-    return out;
+    return this.state.exchanged(this.exchange.shared!);
   }
 
-  /** One raw message from the peer's request stream, at wall time `now` (seconds). Never
-   * throws: a bug of ours while handling it answers INTERNAL (requests) and is reported as
-   * `internalError`, not held against the peer. */
-  onRequest(raw: Uint8Array, now: number): Inbound {
+  /** One raw message from the peer's request stream, at wall time `now` and monotonic time
+   * `clock` (seconds; the gate's bucket). Never throws: a bug of ours while handling it answers
+   * INTERNAL (requests) and is reported as `internalError`, not held against the peer. */
+  onRequest(raw: Uint8Array, now: number, clock: number = now): Inbound {
     try {
-      return this.dispatch(raw, now);
+      return this.dispatch(raw, now, clock);
     } catch (exc) {
       this.internalError = exc instanceof Error ? `${exc.name}: ${exc.message}` : String(exc);
       return { replies: [[errorMessage(ErrorCode.INTERNAL), peekRequestId(raw) ?? 0]], effects: [] };
@@ -832,7 +891,7 @@ export class SyncCore {
   /** The last internal error (a bug of ours) met while handling the peer's input. */
   internalError: string | null = null;
 
-  private dispatch(raw: Uint8Array, now: number): Inbound {
+  private dispatch(raw: Uint8Array, now: number, clock: number): Inbound {
     let msg: Message, rid: number;
     try {
       ({ message: msg, requestId: rid } = decode(raw));
@@ -855,8 +914,8 @@ export class SyncCore {
       case MsgType.HEAD_UPDATE: {
         const [ing, effects] = this.responder.headUpdate(msg);
         if (effects.length) return { replies: [], effects }; // refused: nothing more happens
-        const after = (): Effect[] => this.responder.headUpdateDone(msg, ing);
-        return ing === null ? { replies: [], effects: after() } : { replies: [], effects: [], ingest: ing, after };
+        const done = (): Effect[] => this.responder.headUpdateDone(msg, ing);
+        return ing === null ? { replies: [], effects: done() } : { replies: [], effects: [], ingest: ing, after: () => ({ effects: done(), replies: [] }) };
       }
       case MsgType.ACL_HEAD_UPDATE:
         return { replies: [], effects: this.responder.aclUpdate(msg, now) };
@@ -867,13 +926,39 @@ export class SyncCore {
       case MsgType.FULL_SYNC_REQUEST:
       case MsgType.ACL_SYNC_REQUEST:
       case MsgType.BOOTSTRAP_REQUEST:
-      case MsgType.RECEIPT_REQUEST: {
-        const reply = this.responder.answer(msg, now);
-        return { replies: [[reply.message, rid]], effects: [...reply.effects] };
-      }
+      case MsgType.RECEIPT_REQUEST:
+        return this.admit(msg, rid, now, clock);
       default:
         return { replies: [[errorMessage(ErrorCode.MALFORMED, "not a request"), rid]], effects: [strike(`${MsgType[msg.type]} is not a request`)] };
     }
+  }
+
+  /** A request through the gate: answered now, or after the changes it carries are in (a
+   * FULL_SYNC_REQUEST's, step by step), or refused with RATE_LIMITED and a retry time. */
+  private admit(msg: Message, rid: number, now: number, clock: number): Inbound {
+    const verdict = this.gate.admit(rid, clock);
+    if (verdict === Admission.DUPLICATE) return { replies: [], effects: [] };
+    if (verdict !== Admission.ACCEPT) {
+      const retry = Math.floor(this.gate.retryAfter(clock) * 1000) + 1;
+      return { replies: [[errorMessage(ErrorCode.RATE_LIMITED, "slow down", retry), rid]], effects: [] };
+    }
+    const answer = (prepared: boolean): { effects: Effect[]; replies: [Message, number][] } => {
+      try {
+        const reply = this.responder.answer(msg, now, prepared);
+        return { replies: [[reply.message, rid]], effects: [...reply.effects] };
+      } finally {
+        this.gate.finished(rid);
+      }
+    };
+    let ing: Ingest | null;
+    try {
+      ing = this.responder.prepare(msg);
+    } catch (exc) {
+      this.gate.finished(rid);
+      throw exc;
+    }
+    if (ing === null) return answer(false);
+    return { replies: [], effects: [], ingest: ing, after: () => answer(true) };
   }
 
   /** Pushes for a tree change taken in or made here (not from this peer). */

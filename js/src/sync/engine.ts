@@ -10,7 +10,7 @@
  * throw out of `run()`.
  */
 import { bytesToHex } from "@noble/hashes/utils.js";
-import { ConnectionClosed, DecodeError, EndOfStream, P2PSyncError, PeerTimeout, TransportError } from "../errors.js";
+import { ConnectionClosed, DecodeError, EndOfStream, P2PSyncError, PeerMisbehaved, PeerTimeout, TransportError } from "../errors.js";
 import type { Change } from "../replica/change.js";
 import type { Connection, Stream } from "../transport/connection.js";
 import type { InviteCode } from "../bootstrap.js";
@@ -32,6 +32,8 @@ import { decode, encode, type Message, MsgType, RESPONSE_FOR, toException } from
 import type { Pusher, SyncReplicas, SyncSpace } from "./replica.js";
 
 const wallNow = (): number => Date.now() / 1000;
+/** Monotonic seconds (the inbound gate's bucket). */
+const monotonic = (): number => performance.now() / 1000;
 /** Let the event loop run (other peers, the page) between ingest steps. */
 const yieldToLoop = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
 
@@ -75,7 +77,7 @@ export class PeerSync implements Pusher {
     private readonly now: () => number = wallNow) {
     this.config = { ...DEFAULT_CONFIG, ...config };
     const cert = conn.certificate;
-    this.core = new SyncCore(replicas, this, cert.account, cert.device, conn.result.handshakeHash, this.config);
+    this.core = new SyncCore(replicas, this, cert.account, cert.device, conn.result.handshakeHash, this.config, undefined, monotonic());
     this.ready = new Promise((resolve) => (this.readyResolve = resolve));
   }
 
@@ -106,11 +108,27 @@ export class PeerSync implements Pusher {
       const accept = this.conn.acceptStream();
       this.inp = await this.withTimeout(accept, this.config.exchangeTimeout, "the peer opened no stream");
       const readers = [this.readRequests(this.inp), this.readResponses(this.out)];
+      // Python waits `exchange_timeout` for the exchange too: a peer that never sends its token
+      // list would otherwise keep the full budget, never restricted and never closed
+      const exchangeTimer = setTimeout(() => {
+        this.timers.delete(exchangeTimer);
+        if (!this.readyFlag && !this.closing) {
+          const why = `the space exchange did not finish within ${this.config.exchangeTimeout} s`;
+          this.lastError ??= why;
+          this.conn.closeWith(new PeerTimeout(why));
+        }
+      }, this.config.exchangeTimeout * 1000);
+      this.timers.add(exchangeTimer);
       this.periodic = setInterval(() => {
         this.syncNow();
       }, this.config.headSyncInterval * 1000);
       (this.periodic as { unref?: () => void }).unref?.();
       await Promise.race([this.conn.waitClosed(), ...readers]);
+      if (this.core.state.restricted) {
+        // a stranger closed by the grace, or its stream reset by the restricted budget: say why
+        if (this.conn.isClosed) this.lastError ??= (await this.conn.waitClosed()).message;
+        else if (this.inp.error !== null) this.lastError ??= this.inp.error.message;
+      }
     } catch (exc) {
       // the peer's behaviour never escapes run(); a bug of ours is reported, not thrown
       this.lastError ??= exc instanceof Error ? `${exc.name}: ${exc.message}` : String(exc);
@@ -242,6 +260,11 @@ export class PeerSync implements Pusher {
         }
         if (this.core.exchange.done && !this.readyFlag) {
           this.readyFlag = true;
+          if (this.core.state.restricted) {
+            // a small receive budget now; closed by the transport after the grace unless the
+            // peer comes to share something first (invite bootstrap): PeerState.befriend
+            this.conn.restrict(undefined, { grace: this.config.strangerGrace });
+          }
           this.readyResolve();
         }
       } else {
@@ -260,11 +283,16 @@ export class PeerSync implements Pusher {
   /** The peer's stream: its requests and pushes; we answer on the same stream. */
   private async readRequests(stream: Stream): Promise<void> {
     for await (const raw of this.messages(stream)) {
-      const { replies, effects, ingest, after } = this.core.onRequest(raw, this.now());
-      this.apply(effects);
-      if (ingest !== undefined) {
-        await this.ingest(ingest);
-        if (after !== undefined) this.apply(after());
+      const inbound = this.core.onRequest(raw, this.now(), monotonic());
+      let replies = inbound.replies;
+      this.apply(inbound.effects);
+      if (inbound.ingest !== undefined) {
+        await this.ingest(inbound.ingest);
+        if (inbound.after !== undefined) {
+          const late = inbound.after();
+          this.apply(late.effects);
+          replies = [...replies, ...late.replies];
+        }
       }
       for (const [m, rid] of replies) {
         try {
@@ -278,17 +306,22 @@ export class PeerSync implements Pusher {
   }
 
   // --- effects, pushes, jobs ---------------------------------------------------------------------
-  private apply(effects: readonly Effect[]): void {
+  private apply(effects: readonly Effect[], aclChanged = false): void {
     for (const e of effects) {
       if (e.kind === "strike" || e.kind === "violation") {
         const verdict = this.core.state.punish(e.why, e.kind === "violation");
         if (verdict !== null && !this.closing) {
           this.lastError = verdict;
-          this.close("protocol violation");
+          this.closing = true;
+          this.conn.closeWith(new PeerMisbehaved("closed locally: protocol violation"));
         }
       } else if (e.kind === "push") this.enqueue(e.message);
+      else if (e.kind === "befriend") this.conn.liftRestriction();
       else this.submit(e.key, e.priority);
     }
+    // after every message, job step and push: the peer may share something now (Python's
+    // cores append PeerState.befriend() to their effects; one place here)
+    for (const e of this.core.state.befriend({ aclChanged })) if (e.kind === "befriend") this.conn.liftRestriction();
   }
 
   private enqueue(m: Message): void {
@@ -326,7 +359,9 @@ export class PeerSync implements Pusher {
   }
 
   pushAcl(space: SyncSpace, raws: readonly Uint8Array[]): void {
-    if (this.closing || !this.readyFlag) return;
+    if (this.closing) return;
+    this.apply([], true); // the new ACL state may have made the peer a member
+    if (!this.readyFlag) return;
     try {
       this.apply(this.core.pushAcl(space, raws));
     } catch (exc) {
@@ -432,6 +467,9 @@ export class PeerSync implements Pusher {
    */
   async bootstrap(spaceId: string, code: InviteCode | null = null): Promise<{ space: SyncSpace; pendingApproval: boolean }> {
     await this.withTimeout(this.ready, this.config.exchangeTimeout, "space exchange did not finish");
+    // we chose to fetch from this peer: no stranger budget or grace for it (Python does the
+    // same; its answer may be bigger than the restricted budget)
+    this.apply(this.core.state.befriend({ force: true }));
     const core = new BootstrapJoin(this.core.state, this, spaceId, code, this.now);
     try {
       await this.drive(core);

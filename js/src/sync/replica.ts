@@ -288,6 +288,25 @@ export class SyncReplicas implements ReplicaSet {
     return space !== undefined && mayAccess(space.acl, account);
   }
 
+  /**
+   * Listener policy (`TransportConfig.revealCertificate`, Python's `Node.reveals_to` without the
+   * address book): may this authenticated initiator learn our certificate and talk to us? Yes for
+   * our own account, an account that is the owner, a member, a replicator or a departed member
+   * (it is told why it lost the space) of a space held here, and anyone while a space here has
+   * an open (unexpired) invite: the joiner is not a member yet and its proof travels only after
+   * the handshake. Everyone else is refused (StrangerRefused) having learnt only our device key.
+   */
+  revealsTo(peer: { readonly account: Uint8Array }, now: number = Date.now() / 1000): boolean {
+    const k = bytesToHex(peer.account);
+    if (k === bytesToHex(this.account.public)) return true;
+    for (const s of this.spaces.values()) {
+      const st = s.acl.state;
+      if (st.owner === k || st.members.has(k) || st.replicators.has(k) || st.departed.has(k)) return true;
+      for (const inv of st.invites.values()) if (inv.expiresAt === 0 || Math.floor(now) <= inv.expiresAt) return true;
+    }
+    return false;
+  }
+
   /** Exchange keys of the spaces we would list to `account` (members/replicators only). */
   exchangeKeysFor(account: Uint8Array): Map<string, Uint8Array> {
     const out = new Map<string, Uint8Array>();

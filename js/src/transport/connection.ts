@@ -22,6 +22,7 @@ import {
   HandshakeError,
   PeerTimeout,
   RefusedByPeer,
+  StrangerGraceOver,
   StrangerRefused,
   StreamLimitExceeded,
   StreamReset,
@@ -30,7 +31,7 @@ import {
 import { decodeRecord, encodeRecord, FrameDecoder, RecordType } from "./framing.js";
 import { type HandshakeResult, Limits, SecureHandshake } from "./handshake.js";
 import type { CipherState } from "./noise.js";
-import { Budget, type BufferPool, CloseCode, CONTROL, type Event, Keepalive, Session, utf8Prefix } from "./session.js";
+import { Budget, BufferPool, CloseCode, CONTROL, type Event, Keepalive, Session, utf8Prefix } from "./session.js";
 
 /** What a Link needs from a byte-stream carrier. */
 export interface Carrier {
@@ -41,6 +42,9 @@ export interface Carrier {
   teardown(): void;
   /** Bytes of an incomplete frame are the Link's business; remote address for display. */
   remoteAddress(): string;
+  /** Listener carriers: the handshake completed, count it as established (throws
+   * AdmissionRefused over the listener's caps, before the peer is accepted). */
+  promote?(): void;
 }
 
 export interface TransportConfig {
@@ -54,6 +58,25 @@ export interface TransportConfig {
   /** Receive budget; null disables it (tests). */
   budget?: Budget | null;
   pool?: BufferPool | null;
+  /** What `Connection.restrict` shrinks a connection's budget to (a peer sharing no space):
+   * 1 MiB, Python's `TransportConfig.restricted_budget`. */
+  restrictedBudget?: number;
+}
+
+/** Python's `TransportConfig.restricted_budget`. */
+export const RESTRICTED_BUDGET = 1 << 20;
+/** Python's `TransportConfig.pool_budget`: received-but-unread bytes above each connection's
+ * floor, summed over the connections that share the pool. */
+export const POOL_BUDGET = 16 << 20;
+
+let POOL: BufferPool | null = null;
+
+/** The process-wide receive pool every listener's connections share by default (Python's
+ * `shared_pool`; dialled connections keep none unless their config gives one). */
+export function sharedPool(capacity = POOL_BUDGET): BufferPool {
+  POOL ??= new BufferPool(capacity);
+  POOL.capacity = capacity;
+  return POOL;
 }
 
 /** The CLOSE code that tells the peer which kind of failure ended the connection. */
@@ -118,6 +141,8 @@ export class Link {
   private recv: CipherState | null = null;
   private readonly decoder = new FrameDecoder();
   private timer: ReturnType<typeof setTimeout> | null = null;
+  /** The stranger grace timer of `Connection.restrict`. */
+  grace: ReturnType<typeof setTimeout> | null = null;
   private deferredCheck: ((raw: Uint8Array) => DeviceCertificate) | null = null;
   private readonly config: Required<Pick<TransportConfig, "limits" | "keepalive" | "handshakeTimeout">> & TransportConfig;
   private readyResolve!: (c: Connection) => void;
@@ -214,7 +239,7 @@ export class Link {
     }
     this.send = res.sendCipher;
     this.recv = res.recvCipher;
-    const budget = this.config.budget === undefined ? new Budget() : this.config.budget;
+    const budget = this.budget();
     this.session = new Session({
       initiator: this.initiator,
       local: this.config.limits,
@@ -225,9 +250,19 @@ export class Link {
       pool: budget === null ? null : (this.config.pool ?? null),
     });
     if (!this.initiator) {
+      this.carrier.promote?.(); // AdmissionRefused over a listener's connection caps
       this.session.accept(reveal);
       this.becomeReady();
     }
+  }
+
+  /** The configured receive budget (null: disabled). */
+  budget(): Budget | null {
+    return this.config.budget === undefined ? new Budget() : this.config.budget;
+  }
+
+  get restrictedBudget(): number {
+    return this.config.restrictedBudget ?? RESTRICTED_BUDGET;
   }
 
   private becomeReady(): void {
@@ -310,6 +345,10 @@ export class Link {
     if (this.timer !== null) {
       clearTimeout(this.timer);
       this.timer = null;
+    }
+    if (this.grace !== null) {
+      clearTimeout(this.grace);
+      this.grace = null;
     }
     const code = exc instanceof ConnectionClosed ? CloseCode.NORMAL : closeCodeFor(exc);
     if (this.session !== null) this.session.release(this.session.buffered);
@@ -419,6 +458,8 @@ export class Connection {
   private readonly openSignal = new Signal();
   private closeReason: TransportError | null = null;
   private readonly closedSignal = new Signal();
+  /** True between `restrict` and `liftRestriction`. */
+  restricted = false;
 
   constructor(readonly link: Link) {}
 
@@ -484,6 +525,55 @@ export class Connection {
   /** Close with `reason` (sent to the peer). */
   close(reason = ""): void {
     this.link.fail(new ConnectionClosed(`closed locally${reason ? ": " + reason : ""}`));
+  }
+
+  /** Close with a typed reason (the peer gets CLOSE with its text and the code of its kind:
+   * NORMAL for a ConnectionClosed, TIMEOUT for a PeerTimeout, …; `waitClosed()` here returns
+   * `exc` itself). */
+  closeWith(exc: TransportError): void {
+    this.link.fail(exc);
+  }
+
+  /**
+   * Shrink this connection's receive budget (default `restrictedBudget`, 1 MiB) and allow one
+   * pending stream: for a peer that shares no space with us (Python `Connection.restrict`).
+   * Pending streams holding more are reset at once. With `grace` (seconds), the connection is
+   * closed with `StrangerGraceOver` after that long unless `liftRestriction` is called first
+   * (invite bootstrap).
+   */
+  restrict(budget?: number, o: { grace?: number | null } = {}): void {
+    const link = this.link;
+    const session = link.session;
+    if (session === null || link.error !== null) return;
+    this.restricted = true;
+    if (o.grace !== undefined && o.grace !== null) {
+      this.cancelGrace();
+      link.grace = setTimeout(() => {
+        link.grace = null;
+        link.fail(new StrangerGraceOver("closed locally: the peer shares no space with this device (grace period over)"));
+      }, o.grace * 1000);
+    }
+    if (link.budget() === null) return;
+    const events = session.restrict(budget ?? link.restrictedBudget);
+    for (const ev of events) this.onEvent(ev);
+    link.flush();
+  }
+
+  /** The peer shares a space after all (e.g. it just joined by invite): back to the configured
+   * budget, and no disconnect at the end of the grace period. */
+  liftRestriction(): void {
+    this.cancelGrace();
+    this.restricted = false;
+    const link = this.link;
+    if (link.session !== null && link.error === null) link.session.unrestrict(link.budget());
+  }
+
+
+  private cancelGrace(): void {
+    if (this.link.grace !== null) {
+      clearTimeout(this.link.grace);
+      this.link.grace = null;
+    }
   }
 
   /** Wait until the connection is closed; returns the reason (never throws it). */

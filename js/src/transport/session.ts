@@ -294,6 +294,41 @@ export class Session {
     return extra === 0 || this.pool.used + extra <= this.pool.capacity;
   }
 
+  /**
+   * Shrink this connection's budget (a peer sharing nothing with us; Python `Session.restrict`):
+   * at most `connectionBudget` bytes held and `maxPendingStreams` unaccepted streams. Pending
+   * streams are reset, largest first, until the bytes held fit; returns the resulting events.
+   * May go below `maxMessage`: such a peer's big messages are refused (the stream is reset).
+   */
+  restrict(connectionBudget: number, maxPendingStreams = 1): Event[] {
+    const budget = this.budget ?? new Budget();
+    this.poolMove(this.buffered, 0);
+    this.budget = new Budget(Math.min(budget.maxPendingStreams, maxPendingStreams), budget.connection, budget.floor, budget.strikes);
+    this.floorBytes = budget.floor;
+    this.poolMove(0, this.buffered);
+    this.connBudget = Math.min(this.connBudget || connectionBudget, connectionBudget);
+    const events: Event[] = [];
+    for (const sid of [...this.unaccepted].sort((a, b) => this.held(b) - this.held(a))) {
+      if (this.buffered <= this.connBudget) break;
+      this.refuse(sid, `connection restricted to ${this.connBudget} buffered bytes`, events);
+    }
+    return events;
+  }
+
+  /** Back to `budget` (the configured one) after `restrict`. */
+  unrestrict(budget: Budget | null): void {
+    this.poolMove(this.buffered, 0); // re-file what we hold under the new floor
+    this.budget = budget;
+    this.floorBytes = budget === null ? 0 : budget.floor;
+    this.poolMove(0, this.buffered);
+    this.connBudget = budget === null ? 0 : Math.max(budget.connection, this.local.maxMessage);
+  }
+
+  private held(sid: number): number {
+    const st = this.streams.get(sid);
+    return st === undefined ? 0 : st.received - st.consumed;
+  }
+
   /** The application accepted peer stream `sid`: it no longer counts as pending. */
   streamAccepted(sid: number): void {
     this.unaccepted.delete(sid);

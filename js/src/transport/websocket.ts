@@ -58,6 +58,7 @@ function toBytes(data: unknown): Uint8Array | null {
 export class WebSocketCarrier implements Carrier {
   readonly name = "ws";
   link: Link | null = null;
+  promote?: () => void;
 
   constructor(
     readonly ws: WebSocketLike,
@@ -126,8 +127,10 @@ export function connectWebSocket(url: string, o: WebSocketDialOptions): Promise<
 }
 
 /** Responder side over an accepted WebSocket (a Node listener, see node/ws.ts). */
-export function acceptWebSocket(ws: WebSocketLike, o: Omit<WebSocketDialOptions, "expectedPeer" | "WebSocket">, address = "?"): Link {
+export function acceptWebSocket(ws: WebSocketLike, o: Omit<WebSocketDialOptions, "expectedPeer" | "WebSocket">, address = "?",
+  promote?: () => void): Link {
   const carrier = new WebSocketCarrier(ws, address);
+  if (promote !== undefined) carrier.promote = promote; // a listener's admission caps (node/ws.ts)
   return (carrier.link = new Link(carrier, {
     initiator: false,
     deviceKey: o.deviceKey,
