@@ -304,3 +304,26 @@ def test_interned_fields_of_stored_changes_are_their_own(monkeypatch: pytest.Mon
     got = [tree_mod.parse_stored_change(raw, content_id(raw)) for raw in rows]
     assert got == [parse_change(raw) for raw in rows]
     assert any(len(c.prev_ids) > 1 for c in got)  # merges too
+
+
+def test_add_reports_duplicates_by_id_and_reuses_the_callers_parse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``add`` names each duplicate (attached, waiting, or twice in the batch) by its id, and
+    does not parse again what the sync layer already parsed (mutants: ``None`` reported;
+    ``parsed`` ignored — every received change parsed twice)."""
+    from p2psync.replica import tree as tree_mod
+
+    t = fresh()
+    t.add(DAG[:3])
+    orphan = DAG[10]
+    t.add([orphan])  # waits for its parents
+    ids = [parse_change(raw).id for raw in (DAG[0], orphan, DAG[3])]
+    assert t.add([DAG[0], orphan, DAG[3], DAG[3]]).duplicates == [ids[0], ids[1], ids[2]]
+    parsed = {raw: parse_change(raw) for raw in DAG[4:8]}
+
+    def no_parse(*_a: object, **_k: object) -> object:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(tree_mod, "parse_change", no_parse)
+    r = t.add(DAG[4:8], parsed=parsed)
+    assert {c.id for c in r.attached} | set(r.waiting) == {c.id for c in parsed.values()}
