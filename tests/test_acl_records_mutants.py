@@ -117,6 +117,9 @@ def test_the_outer_fields_at_their_bounds_decode() -> None:
                 _record(timestamp=2**63 - 1)):
         rec = decode_record(raw)
         assert rec.payload.request_id == A  # type: ignore[union-attr]
+    rec = decode_record(_record(timestamp=1234))
+    assert (rec.space_id, rec.prev, rec.author, rec.timestamp) == (
+        "s.1", tuple(PREV), AUTHOR.public, 1234)  # what admission and expiry checks read
 
 
 @pytest.mark.parametrize("raw", [
@@ -142,7 +145,10 @@ def test_invite_expiry_round_trips_at_its_bounds(expires_at: int) -> None:
     assert decode_record(build_record(AUTHOR, "s.1", PREV, inv)).payload == inv
 
 
-def test_invite_expiry_beyond_int63_is_refused() -> None:
+def test_invite_expiry_beyond_int63_or_an_explicit_zero_is_refused() -> None:
+    """Expiry is absent when unset, never 0 on the wire (canonical form)."""
     inv = Invite(A, False, Role.READER, (), 2**63)
     with pytest.raises(InvalidAclRecord):
         decode_record(build_record(AUTHOR, "s.1", PREV, inv))
+    with pytest.raises(InvalidAclRecord):
+        decode_record(_record(kind=int(Kind.INVITE), fields=(A, False, int(Role.READER), [], 0)))
