@@ -100,12 +100,32 @@ async def _net(sp: Space, fid: bytes, carrier: str) -> float:
         await server.close()
 
 
+LOOP = "uvloop"  #: set by --loop: agents run on uvloop (p2psync.agent.run.run_loop)
+
+
+def _run(coro: Any) -> Any:
+    """Run ``coro`` on the loop agents use (uvloop), or asyncio's with ``--loop asyncio``."""
+    if LOOP == "uvloop":
+        import uvloop
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def _rss(pid: int | str = "self") -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _cpu(pid: int | str = "self") -> float:
+    """CPU seconds (user + system, every thread) the process has used: unlike MB/s, not
+    inflated by other jobs on a shared machine."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _child(args: list[str]) -> subprocess.Popen[str]:
@@ -160,7 +180,8 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
     child = None
     a = None
     if procs == 2:
-        child = _child(["--serve-node", str(d), "--carrier", carrier, "--node-mib", str(mib)]
+        child = _child(["--serve-node", str(d), "--carrier", carrier, "--node-mib", str(mib),
+                        f"--loop={LOOP}"]
                        + (["--durable"] if durable else [])
                        + ([f"--profile={profile}.sender"] if profile else []))
         assert child.stdout is not None
@@ -201,9 +222,11 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
         prof = cProfile.Profile() if profile else None
         if prof is not None:
             prof.enable()
+        cpu0 = {p: _cpu(p) for p in pids}
         t = time.perf_counter()
         ok = await files_io.fetch_file(b.engines, sb, fid)
         dt = time.perf_counter() - t
+        cpu = {p: _cpu(p) - cpu0[p] for p in pids}
         if prof is not None:
             prof.disable()
             prof.dump_stats(profile)
@@ -211,7 +234,8 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
         await sampler
         assert ok and FS.file_info(sb, fid).complete
         out = {"MBps": round(nbytes / dt / 1e6, 1),
-               "rss_MiB": round((peak["self"] - base["self"]) / 2**20, 1)}
+               "rss_MiB": round((peak["self"] - base["self"]) / 2**20, 1),
+               "cpu_s_per_100MB": round(sum(cpu.values()) / nbytes * 1e8, 2)}
         if child is not None:
             out["sender_rss_MiB"] = round((peak[child.pid] - base[child.pid]) / 2**20, 1)
         return out
@@ -240,13 +264,13 @@ async def _raw_quic_server() -> None:
         server.close()
 
 
-async def _raw_quic(nbytes: int, procs: int) -> float:
+async def _raw_quic(nbytes: int, procs: int) -> tuple[float, float]:
     """MB/s of one raw aioquic stream carrying ``nbytes`` on loopback (receiver in a child
-    process when ``procs=2``, like the node leg's sender)."""
+    process when ``procs=2``, like the node leg's sender), and CPU s per 100 MB."""
     child = None
     server = None
     if procs == 2:
-        child = _child(["--raw-quic-server"])
+        child = _child(["--raw-quic-server", f"--loop={LOOP}"])
         assert child.stdout is not None
         port = json.loads(await asyncio.to_thread(child.stdout.readline))["port"]
     else:
@@ -264,6 +288,8 @@ async def _raw_quic(nbytes: int, procs: int) -> float:
             sid = client._quic.get_next_available_stream_id()
             done = client.expect(sid, 2)
             payload = b"\0" * (64 * 1024)
+            pids: list[int | str] = ["self"] + ([child.pid] if child is not None else [])
+            cpu0 = sum(_cpu(p) for p in pids)
             t0 = time.perf_counter()
             for _ in range(nbytes // len(payload)):
                 client._quic.send_stream_data(sid, payload)
@@ -272,7 +298,9 @@ async def _raw_quic(nbytes: int, procs: int) -> float:
             client._quic.send_stream_data(sid, b"", end_stream=True)
             client.transmit()
             await done
-            return nbytes // len(payload) * len(payload) / (time.perf_counter() - t0) / 1e6
+            sent = nbytes // len(payload) * len(payload)
+            return (sent / (time.perf_counter() - t0) / 1e6,
+                    (sum(_cpu(p) for p in pids) - cpu0) / sent * 1e8)
     finally:
         if server is not None:
             server.close()
@@ -295,11 +323,14 @@ def _node_legs(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.repeat):
         for c in carriers:
             prof = f"{args.profile}-{c}.pstats" if args.profile and i == 0 else None
-            row = asyncio.run(_nodes(tmp, args.node_mib, c, procs=args.procs,
+            row = _run(_nodes(tmp, args.node_mib, c, procs=args.procs,
                                      durable=args.durable, profile=prof))
             if c == "quic":
-                row["raw_aioquic_MBps"] = round(asyncio.run(_raw_quic(raw_bytes, args.procs)), 1)
+                raw, raw_cpu = _run(_raw_quic(raw_bytes, args.procs))
+                row["raw_aioquic_MBps"] = round(raw, 1)
                 row["vs_raw"] = round(row["MBps"] / row["raw_aioquic_MBps"], 2)
+                row["raw_cpu_s_per_100MB"] = round(raw_cpu, 2)
+                row["cpu_vs_raw"] = round(row["cpu_s_per_100MB"] / raw_cpu, 2)
             runs[c].append(row)
             print(f"  run {i + 1} {c}: {row}", flush=True)
     return {c: {"median": _median(rs), "runs": rs} for c, rs in runs.items()}
@@ -322,19 +353,24 @@ def main() -> None:
                     help="bytes of the raw aioquic reference run (capped at --node-mib)")
     ap.add_argument("--profile", help="cProfile the receiver's fetch to PREFIX-carrier.pstats "
                     "(and the sending process, while it serves, to ….pstats.sender)")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="event loop of every leg (agents run on uvloop)")
     ap.add_argument("--json", default="bench_files.json")
     ap.add_argument("--serve-node", help=argparse.SUPPRESS)
     ap.add_argument("--carrier", help=argparse.SUPPRESS)
     ap.add_argument("--raw-quic-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global LOOP
+    LOOP = args.loop
     if args.serve_node:
-        asyncio.run(_serve_node(Path(args.serve_node), args.node_mib, args.carrier,
+        _run(_serve_node(Path(args.serve_node), args.node_mib, args.carrier,
                                 args.durable, args.profile))
         return
     if args.raw_quic_server:
-        asyncio.run(_raw_quic_server())
+        _run(_raw_quic_server())
         return
     res: dict[str, Any] = {"mib": args.mib, "node_mib": args.node_mib, "procs": args.procs,
+                           "loop": args.loop,
                            "durable": args.durable, "repeat": args.repeat}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -348,19 +384,42 @@ def main() -> None:
         print(f"get (verify+decrypt+write) {res['get_MBps']:>7} MB/s")
         for c, v in res["net_MBps"].items():
             print(f"chunks over {c} loopback    {v:>8} MB/s")
+        print(f"SQLite chunk writes alone    {res['store_MBps']['normal']:>6} MB/s, "
+              f"durable {res['store_MBps']['durable']} MB/s")
     for c, v in res.get("nodes", {}).items():
         m = v["median"]
-        extra = (f", raw aioquic {m['raw_aioquic_MBps']} MB/s = {m['vs_raw']}x"
-                 if "vs_raw" in m else "")
+        extra = (f", raw aioquic {m['raw_aioquic_MBps']} MB/s = {m['vs_raw']}x "
+                 f"(CPU per byte {m['cpu_vs_raw']}x raw's)" if "vs_raw" in m else "")
         print(f"node->node over {c} ({args.node_mib} MiB, {args.procs} process(es), "
               f"median of {args.repeat}) {m['MBps']:>8} MB/s{extra}, RSS +{m['rss_MiB']} MiB"
-              + (f" (sender +{m['sender_rss_MiB']} MiB)" if "sender_rss_MiB" in m else ""))
+              + (f" (sender +{m['sender_rss_MiB']} MiB)" if "sender_rss_MiB" in m else "")
+              + f", CPU {m['cpu_s_per_100MB']} s per 100 MB (both nodes)")
     if args.mib:
         print(f"{'edit':28} {'new chunks':>12} {'new bytes':>12} {'re-send':>8}")
         for r in res["edits"]:
             print(f"{r['edit']:28} {r['new_chunks']:>5}/{r['chunks']:<6} {r['new_bytes']:>12} "
                   f"{r['resend_fraction']:>8.2%}")
     Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+def _store_ceiling(tmp: Path, mib: int) -> dict[str, float]:
+    """MB/s of storing ``mib`` MiB of 64 KiB chunks into a fresh SQLite store through its
+    chunk_io, 8 MiB per commit, durable (FULL) and not (NORMAL): the receiver's ceiling with
+    nothing else running (every byte goes to the WAL, then to the database at checkpoints)."""
+    out = {}
+    for durable in (False, True):
+        store = Store(tmp / f"ceiling-{durable}.sqlite3", durable=durable)
+        io = store.chunk_io()
+        rng = random.Random(3)
+        chunks = [(rng.randbytes(32), rng.randbytes(65576)) for _ in range(mib * 16)]
+        t = time.perf_counter()
+        for i in range(0, len(chunks), 128):
+            io.put_chunks("s", b"f" * 32, chunks[i:i + 128])
+        out["durable" if durable else "normal"] = round(
+            len(chunks) * 65576 / (time.perf_counter() - t) / 1e6, 1)
+        io.close()
+        store.close()
+    return out
 
 
 def _local_legs(tmp: Path, mib: int) -> dict[str, Any]:
@@ -378,7 +437,7 @@ def _local_legs(tmp: Path, mib: int) -> dict[str, Any]:
     FS.get_file(sp, fid, tmp / "out.bin")
     t_get = time.perf_counter() - t
     assert (tmp / "out.bin").read_bytes() == src.read_bytes()
-    net = {c: round(asyncio.run(_net(sp, fid, c)), 1) for c in ("tcp", "quic")}
+    net = {c: round(_run(_net(sp, fid, c)), 1) for c in ("tcp", "quic")}
     rows = []
     for label, frac in (("1 byte", 0.0), ("1 % spread in 10 spots", 0.01)):
         data = bytearray(src.read_bytes())
@@ -396,7 +455,8 @@ def _local_legs(tmp: Path, mib: int) -> dict[str, Any]:
                      "resend_fraction": round(again.new_bytes / ct_total, 4)})
     store.close()
     return {"chunks": added.chunks, "add_MBps": round(size / t_add / 1e6, 1),
-            "get_MBps": round(size / t_get / 1e6, 1), "net_MBps": net, "edits": rows}
+            "get_MBps": round(size / t_get / 1e6, 1), "net_MBps": net, "edits": rows,
+            "store_MBps": _store_ceiling(tmp, mib)}
 
 
 if __name__ == "__main__":

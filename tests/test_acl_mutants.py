@@ -400,7 +400,9 @@ def test_pending_requests_are_listed_oldest_first() -> None:
 def test_a_late_joiner_unwraps_the_whole_chain_of_old_keys() -> None:
     """A member who joins after several rotations is sealed only the newest key; each older
     key is wrapped under the next. The keyring must walk the keys newest first to open the
-    whole chain (mutant ``_keyring`` 13: walked in id order, a key met before the key wrapping
+    whole chain, unwrapping each (mutants ``_keyring`` 32, 36, 40, 41: no wrap ever opened —
+    no other test has a member who needs one; 10, 13, 14, 16: walked in id order or oldest
+    first, a key met before the key wrapping
     it stayed out — the late joiner could not read older history; with 7 keys, id order is
     rarely the right one by chance: failed 5 of 5 runs with the mutant applied)."""
     from tests.acl_dsl import World
@@ -411,3 +413,106 @@ def test_a_late_joiner_unwraps_the_whole_chain_of_old_keys() -> None:
     acl = w.acl("main")
     assert set(acl.keys_of(account("dan"))) == set(acl.state.key_order)
     assert len(acl.state.key_order) == 7
+
+
+def _roles() -> tuple[Acl, AccountKey, AccountKey, AccountKey]:
+    """owner, admin alice, writer bob, reader carl."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("owner invites alice as admin; alice joins; owner invites bob as writer; bob joins;"
+          " owner invites carl as reader; carl joins")
+    return w.acl("main"), account("alice"), account("bob"), account("carl")
+
+
+def test_only_the_owner_transfers_ownership_and_only_to_another_member() -> None:
+    """``_check``'s rule for TransferOwnership (mutant ``_check`` 16: the case removed, so
+    the match fell through to "allowed" — **an admin could make itself owner**)."""
+    acl, alice, bob, _carl = _roles()
+    with pytest.raises(AccessDenied, match="only the owner"):
+        acl.transfer_ownership(alice, alice.public)
+    with pytest.raises(InvalidAclRecord, match="another member"):
+        acl.transfer_ownership(OWNER, account("stranger").public)
+    with pytest.raises(InvalidAclRecord, match="another member"):
+        acl.transfer_ownership(OWNER, OWNER.public)
+    acl.transfer_ownership(OWNER, bob.public)
+    assert acl.state.owner == bob.public
+
+
+def test_only_writers_and_up_delete_objects_and_not_twice() -> None:
+    """``_check``'s rule for DeleteObjects (mutant ``_check`` 21: the case removed — **a reader
+    could delete the space's documents**)."""
+    acl, _alice, bob, carl = _roles()
+    obj = b"\x07" * 32
+    with pytest.raises(AccessDenied, match="only writers"):
+        acl.delete_objects(carl, [obj])
+    acl.delete_objects(bob, [obj])
+    assert acl.state.is_deleted(obj)
+    with pytest.raises(InvalidAclRecord, match="already deleted"):
+        acl.delete_objects(bob, [obj])
+
+
+def test_only_admins_and_up_set_the_space_metadata_under_a_known_key() -> None:
+    """``_check``'s rule for SpaceMeta (mutant ``_check`` 23: the case removed — a writer or
+    reader could rename the space, or name a key nobody holds)."""
+    from p2psync.replica.acl_records import SpaceMeta
+
+    acl, alice, bob, carl = _roles()
+    for who in (bob, carl):
+        with pytest.raises(AccessDenied, match="only admins"):
+            acl.set_meta(who, {"name": "mine now"})
+    acl.set_meta(alice, {"name": "Family"})
+    assert acl.meta(alice) == {"name": "Family"}
+    bogus = build_record(alice, SPACE, acl.heads, SpaceMeta(b"\x09" * 32, b"\x00" * 40))
+    with pytest.raises(InvalidAclRecord, match="unknown read key"):
+        acl.add(bogus)
+
+
+def test_only_the_owner_deletes_the_space_and_only_once() -> None:
+    """``_check``'s rule for DeleteSpace (mutant ``_check`` 22: the case removed — **any
+    member could delete the space**)."""
+    acl, alice, bob, _carl = _roles()
+    for who in (alice, bob):
+        with pytest.raises(AccessDenied, match="only the owner"):
+            acl.delete_space(who)
+    acl.delete_space(OWNER)
+    assert acl.state.space_deleted is not None
+    with pytest.raises(InvalidAclRecord, match="already deleted"):
+        acl.delete_space(OWNER)
+
+
+def test_an_admin_cannot_accept_a_joiner_as_admin() -> None:
+    """Accepting grants the accepted role, under the same rule as inviting: only the owner
+    grants admin (mutant ``_check`` 67: the role left out of ``_may_act`` — **an admin could
+    make any joiner an admin**)."""
+    acl, alice, _bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    req = _id(acl.request_join(account("dan"), code))
+    with pytest.raises(AccessDenied, match="may not accept as admin"):
+        acl.accept(alice, req, Role.ADMIN)
+    acl.accept(alice, req, Role.WRITER)
+    assert acl.state.role(account("dan").public) is Role.WRITER
+
+
+def test_only_admins_decline_join_requests() -> None:
+    """(mutant ``_check`` 84: ``or`` → ``and`` — a writer could decline every join request.)"""
+    acl, alice, bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    req = _id(acl.request_join(account("dan"), code))
+    with pytest.raises(AccessDenied, match="only admins decline"):
+        acl.decline(bob, req)
+    acl.decline(alice, req)
+    assert acl.state.requests == {}
+
+
+def test_an_admin_cannot_revoke_the_owners_admin_invite() -> None:
+    """Revoking acts on the invite's role under the one rule: only the owner acts on admin
+    (mutant ``_check`` 96: the role left out — an admin could revoke the owner's admin
+    invites)."""
+    acl, alice, _bob, _carl = _roles()
+    _raw, code = acl.invite(OWNER, Role.ADMIN)
+    with pytest.raises(AccessDenied):
+        acl.revoke_invite(alice, code.invite_id)
+    _raw2, code2 = acl.invite(OWNER, Role.WRITER)
+    acl.revoke_invite(alice, code2.invite_id)
+    assert code.invite_id in acl.state.invites and code2.invite_id not in acl.state.invites

@@ -139,6 +139,34 @@ def test_lost_peer_requests_go_to_others() -> None:
     assert fetch.done
 
 
+def test_rate_limited_peer_waits_its_turn_and_others_take_its_batch() -> None:
+    """RATE_LIMITED (the peer's inbound gate) is not a lost peer: its batch is re-queued at
+    once for the others, it is asked again only after the wait, and only a peer refusing
+    MAX_REFUSALS times in a row is given up on."""
+    a, b, fid = _setup()
+    fetch = SF.ChunkFetch(a.id, fid, FS.missing_chunks(b, fid), window=1)
+    fetch.add_peer("busy")
+    [(peer, req)] = fetch.requests(now=0.0)
+    fetch.on_refused(peer, req, until=5.0)
+    assert fetch.resume_at == 5.0 and not fetch.stuck
+    assert fetch.requests(now=4.9) == []  # still waiting
+    fetch.add_peer("a")
+    [(other, req2)] = fetch.requests(now=4.9)
+    assert other == "a" and req2.addresses == req.addresses  # the refused batch, at once
+    [(p, r)] = fetch.requests(now=5.0)
+    assert p == "busy"  # its wait is over
+    for i in range(2, SF.MAX_REFUSALS + 1):
+        fetch.on_refused(p, r, until=10.0 + i)
+        if i < SF.MAX_REFUSALS:
+            [(p, r)] = fetch.requests(now=10.0 + i)
+            assert p == "busy"
+    assert "busy" not in fetch._in_flight  # refused every time: given up on
+    fetch.on_peer_lost("a")
+    fetch.add_peer("a")
+    _pump(fetch, {"a": a}, b)
+    assert fetch.done
+
+
 def test_responder_serves_only_the_file_asked_about() -> None:
     a, _b, fid = _setup()
     other = FS.add_file(a, random.Random(9).randbytes(100_000), name="g").manifest.file_id

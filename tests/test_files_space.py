@@ -71,7 +71,10 @@ def test_add_list_get_and_edit(tmp_path: Path) -> None:
     FS.get_file(sp, fid, out)
     assert out.read_bytes() == src.read_bytes()
     assert len(FS.list_files(sp)) == 1
-    assert FS.collect_garbage(sp) >= 1  # the replaced chunk(s)
+    # the edit collected the replaced chunk(s): exactly the manifest's chunks are left
+    assert set(store.list_chunks(sp.id, fid)) == set(again.manifest.addresses)
+    assert set(added.manifest.addresses) - set(again.manifest.addresses)
+    assert FS.collect_garbage(sp) == 0
     FS.get_file(sp, fid, out)
     assert out.read_bytes() == src.read_bytes()
 
@@ -167,6 +170,28 @@ def test_file_too_large_for_one_manifest_refused(tmp_path: Path,
     with pytest.raises(FileTooLarge):
         FS.add_file(sp, _content(2_000_000, 8), name="big")
     assert FS.list_files(sp) == []
+    assert store.list_chunks(sp.id) == []  # it stopped early and left no orphan chunk
+    with pytest.raises(FileTooLarge):  # under the early bound, over it once signed
+        FS.add_file(sp, _content(600_000, 10), name="mid")
+    assert store.list_chunks(sp.id) == []  # its stored chunks were removed again
+    calls: list[int] = []
+    real = F.encrypt_stream
+
+    def counted(*args: Any) -> Any:
+        for item in real(*args):
+            calls.append(1)
+            yield item
+
+    monkeypatch.setattr(F, "encrypt_stream", counted)
+    with pytest.raises(FileTooLarge):
+        FS.add_file(sp, _content(2_000_000, 8), name="big")
+    assert len(calls) <= 500 // 38 + 1  # not the ~30 chunks of the whole file
+    # an edit refused as too large keeps the file's current version whole
+    small = FS.add_file(sp, _content(100_000, 9), name="small").manifest
+    with pytest.raises(FileTooLarge):
+        FS.add_file(sp, _content(2_000_000, 8), name="small", file_id=small.file_id)
+    assert set(store.list_chunks(sp.id)) == set(small.addresses)
+    FS.get_file(sp, small.file_id, tmp_path / "small")
 
 
 def test_disk_full_aborts_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,6 +120,7 @@ async def test_big_batch_is_stored_in_chunks_with_the_loop_running(tmp_path: Pat
         await run.close()
         # b writes 600 changes while unlinked; a pulls them in one full-sync batch
         d = bs.new_document()
+        d.snapshot_policy = None  # the whole history travels (no snapshot-first fetch)
         for i in range(600):
             with d.edit() as e:
                 e.put(ROOT, "n", i)

@@ -465,7 +465,7 @@ def check_files(v: Any) -> None:
     tampered[-1] ^= 1
     with pytest.raises(P2PSyncError):
         F.Manifest.parse(bytes(tampered))
-    assert {c["type"] for c in v["messages"]} == {60, 61, 62}
+    assert {c["type"] for c in v["messages"]} == {60, 61, 62, 64}
     check_messages(v)
 
 

@@ -95,7 +95,13 @@ class BackupPolicy:
                 isinstance(space.acl.record(i).payload, (DeleteObjects, DeleteSpace))
                 for i in record_ids if i in space.acl):
             return
-        b, c = self.replicas.store.space_usage().get(space_id, (0, 0))  # a tombstone freed space
+        self.recount(space_id)  # a tombstone freed space
+
+    def recount(self, space_id: str) -> None:
+        """Set the space's tally to what the store holds now (after a tombstone, or after
+        chunks were collected — also when a collection failed midway: the store, not what we
+        meant to delete, is the truth). Receipts report this tally."""
+        b, c = self.replicas.store.space_usage().get(space_id, (0, 0))
         t = self.usage.spaces.get(space_id)
         if t is not None:
             self.usage.stored(space_id, b - t.bytes, c - t.changes)

@@ -101,15 +101,23 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
     chunks: list[tuple[bytes, int]] = []
     new_chunks = new_bytes = size = 0
     batch: dict[bytes, bytes] = {}
+    added: list[bytes] = []  #: chunks this call stored (removed again if the file is refused)
 
     def flush() -> None:
         nonlocal new_chunks, new_bytes
         have = space.store.has_chunks(list(batch))
         new = [(a, c) for a, c in batch.items() if a not in have]
         space.store.put_chunks(space.id, fid, new)
+        added.extend(a for a, _ in new)
         new_chunks += len(new)
         new_bytes += sum(len(c) for _, c in new)
         batch.clear()
+
+    def too_large() -> FileTooLarge:
+        space.store.delete_chunks(added)  # nothing of a refused file stays behind
+        return FileTooLarge(f"over {size} bytes, {len(chunks)} chunks: too many for one "
+                            f"manifest (at most ~{F.MAX_MANIFEST_BYTES // 39} chunks, ~1.4 GiB; "
+                            f"a chunked manifest is not done, docs/files.md)")
 
     for addr, n, ct in F.encrypt_stream(source, key, fid):  # bounded memory: batches
         chunks.append((addr, n))
@@ -117,16 +125,20 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
         batch[addr] = ct
         if len(batch) >= _BATCH:
             flush()
+        if len(chunks) > F.MAX_MANIFEST_BYTES // 38:  # no manifest entry is under 38 bytes:
+            batch.clear()  # stop now rather than chunk, encrypt and store the rest first
+            raise too_large()
     flush()
     manifest = F.Manifest(space.id, fid, name, media_type, size, key_id, tuple(chunks),
                           space.me.public)
     raw = manifest.sign(space.me)
-    if len(raw) > F.MAX_MANIFEST_BYTES:  # ~25 000 chunks: a chunked manifest is not done
-        raise FileTooLarge(f"{size} bytes is {len(chunks)} chunks: too many for one manifest "
-                           f"(at most ~{F.MAX_MANIFEST_BYTES // 40} chunks)")
+    if len(raw) > F.MAX_MANIFEST_BYTES:  # one document change carries it (docs/files.md)
+        raise too_large()
     with doc.edit() as e:
         e.put(ROOT, MANIFEST_KEY, raw)
     doc.flush()
+    if file_id is not None:  # an edit: the chunks only the replaced version named go
+        collect_file_garbage(space, fid)
     return AddResult(manifest, len(chunks), new_chunks, new_bytes)
 
 
@@ -193,11 +205,46 @@ def accept_chunks(space: Space, file_id: bytes, pairs: Sequence[tuple[bytes, byt
     return space.store.put_chunks(space.id, file_id, pairs)
 
 
+def live_chunks(space: Space, file_id: bytes) -> tuple[tuple[bytes, ...], set[bytes]]:
+    """The heads of a file's document and every chunk address a manifest **at any one of those
+    heads** names: with concurrent edits (two heads) both sides' manifests count, whichever
+    Automerge shows, so no chunk a current version may need is ever collected. Older versions
+    in the document's history do not count (docs/files.md "Backup GC": a file's chunks are
+    kept for its current version(s) only). Empty for a deleted or unreadable file."""
+    if space.is_deleted(file_id) or not space.has_tree(file_id):
+        return (), set()
+    heads = tuple(sorted(space.heads(file_id)))
+    doc = space.document(file_id)
+    live: set[bytes] = set()
+    for h in heads:
+        raw = _as_bytes(doc.get([MANIFEST_KEY], heads=[h]))
+        if raw is None:
+            continue
+        try:
+            m = F.Manifest.parse(raw)
+        except ManifestInvalid:
+            continue
+        if m.space_id == space.id and m.file_id == file_id:
+            live.update(m.addresses)
+    return heads, live
+
+
+def collect_file_garbage(space: Space, file_id: bytes) -> int:
+    """Drop this file's chunks no manifest at its current heads names (replaced by an edit);
+    returns how many went. Needs the read key (a backup learns the live set from a member:
+    CHUNK_KEEP)."""
+    heads, live = live_chunks(space, file_id)
+    if not heads or not live:
+        return 0  # deleted (the tombstone frees the chunks) or unreadable: keep everything
+    dead = [a for a in space.store.list_chunks(space.id, file_id) if a not in live]
+    return space.store.delete_chunks(dead) if dead else 0
+
+
 def collect_garbage(space: Space) -> int:
     """Drop chunks of the space no live manifest references (after a deletion or an edit);
     returns how many went."""
     live: set[bytes] = set()
     for info in list_files(space):
-        live.update(manifest_of(space, info.file_id).addresses)
+        live.update(live_chunks(space, info.file_id)[1])
     dead = [a for a in space.store.list_chunks(space.id) if a not in live]
     return space.store.delete_chunks(dead)

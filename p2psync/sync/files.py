@@ -15,13 +15,48 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from p2psync.errors import FileChunkInvalid
 from p2psync.replica.files import chunk_address
 from p2psync.replica.storage import ChunkIO, ReplicaStore
-from p2psync.sync.messages import MAX_CHUNK_ADDRESSES, ChunkRequest, ChunkResponse
+from p2psync.sync.messages import (
+    MAX_CHUNK_ADDRESSES,
+    ChunkRequest,
+    ChunkResponse,
+    ErrorCode,
+    ErrorMessage,
+)
+from p2psync.sync.sched import Admission
 
 Peer = Hashable
+
+
+class Gate(Protocol):
+    """The inbound admission gate of one peer (:class:`~p2psync.sync.sched.InboundGate`, the
+    engine's ``responder.gate``): chunk-stream messages spend the same rate and concurrency
+    budget as the peer's document-sync requests."""
+
+    def admit(self, key: Any, now: float, cost: float = 1.0) -> Admission: ...
+
+    def finished(self, key: Any) -> None: ...
+
+    def retry_after(self, now: float, cost: float = 1.0) -> float: ...
+
+
+def gate_refusal(gate: Gate, msg: Any, now: float) -> ErrorMessage | None:
+    """Pass one chunk-stream message through the peer's inbound gate: None when admitted (the
+    caller must call ``gate.finished(msg)`` once answered), else the typed RATE_LIMITED answer
+    with the wait the peer should observe (over budget, too many in progress, or the very same
+    request already being answered)."""
+    if gate.admit(msg, now) is Admission.ACCEPT:
+        return None
+    retry = int(gate.retry_after(now) * 1000) + 1
+    return ErrorMessage(ErrorCode.RATE_LIMITED, "slow down", retry)
+
+
+#: RATE_LIMITED answers in a row after which a fetch stops asking that peer (it serves nothing)
+MAX_REFUSALS = 64
 
 
 #: ciphertext bytes per response: under the transport's default 1 MiB message limit
@@ -72,6 +107,8 @@ class ChunkFetch:
     _lacks: dict[Peer, set[bytes]] = field(default_factory=dict)
     _bad: set[Peer] = field(default_factory=set)
     _got: set[bytes] = field(default_factory=set)
+    _paused: dict[Peer, float] = field(default_factory=dict)  #: asked to wait until (clock)
+    _refusals: dict[Peer, int] = field(default_factory=dict)  #: RATE_LIMITED in a row
 
     def __post_init__(self) -> None:
         self.wanted = list(dict.fromkeys(self.wanted))
@@ -103,14 +140,18 @@ class ChunkFetch:
         lacks = self._lacks[peer]
         return (a for a in self._queue if a not in lacks)
 
-    def requests(self) -> list[tuple[Peer, ChunkRequest]]:
-        """New requests to send now (each peer up to its window)."""
+    def requests(self, now: float | None = None) -> list[tuple[Peer, ChunkRequest]]:
+        """New requests to send now (each peer up to its window; a peer that answered
+        RATE_LIMITED is not asked before its wait is over at clock ``now``)."""
         out: list[tuple[Peer, ChunkRequest]] = []
+        if now is not None:
+            for peer in [p for p, t in self._paused.items() if t <= now]:
+                del self._paused[peer]
         progress = True
         while progress:
             progress = False
             for peer, flying in self._in_flight.items():  # round-robin: spread the load
-                if len(flying) >= self.window:
+                if len(flying) >= self.window or peer in self._paused:
                     continue
                 batch = list(itertools.islice(self._candidates(peer), MAX_CHUNK_ADDRESSES))
                 if not batch:
@@ -147,17 +188,41 @@ class ChunkFetch:
             if addr not in self._got:
                 good.append((addr, data))
         store(good)
+        self._refusals.pop(peer, None)
         self._got.update(a for a, _ in good)
         self._lacks[peer].update(resp.missing)
         back = [a for a in asked if a not in self._got]
         self._queue[:0] = [a for a in back if a not in self._queue]
         return len(good)
 
+    @property
+    def resume_at(self) -> float | None:
+        """The earliest clock time a paused peer may be asked again (None: none paused)."""
+        return min(self._paused.values(), default=None)
+
+    def on_refused(self, peer: Peer, req: ChunkRequest, until: float) -> None:
+        """The peer answered ``req`` with RATE_LIMITED (its inbound gate, shared with document
+        sync): the addresses go back to the queue (other peers may take them now) and the peer
+        is not asked again before clock ``until``. A peer refusing MAX_REFUSALS times in a row
+        is given up on, as if lost."""
+        flying = self._in_flight.get(peer)
+        asked = tuple(req.addresses)
+        if not flying or asked not in flying:
+            return
+        flying.remove(asked)
+        self._queue[:0] = [a for a in asked if a not in self._got and a not in self._queue]
+        n = self._refusals[peer] = self._refusals.get(peer, 0) + 1
+        if n >= MAX_REFUSALS:
+            self.on_peer_lost(peer)
+        else:
+            self._paused[peer] = max(until, self._paused.get(peer, until))
+
     def on_peer_lost(self, peer: Peer) -> None:
         """The peer went away: what it was asked is asked of others."""
         for batch in self._in_flight.pop(peer, []):
             self._queue[:0] = [a for a in batch if a not in self._got]
         self._lacks.pop(peer, None)
+        self._paused.pop(peer, None)
 
     def _drop(self, peer: Peer, current: tuple[bytes, ...]) -> None:
         self._bad.add(peer)

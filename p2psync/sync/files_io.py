@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,11 @@ from p2psync.replica import filespace as FS
 from p2psync.replica.files import chunk_address
 from p2psync.replica.space import Space
 from p2psync.replica.storage import ReplicaStore
-from p2psync.sync.files import ChunkFetch, Peer, answer
+from p2psync.sync.files import ChunkFetch, Gate, Peer, answer, gate_refusal
 from p2psync.sync.messages import (
+    MAX_KEEP_ADDRESSES,
     MAX_OFFER_ADDRESSES,
+    ChunkKeep,
     ChunkOffer,
     ChunkRequest,
     ChunkResponse,
@@ -63,6 +66,14 @@ class PeerEngine(Protocol):
 
     def _strike(self, why: str, *, violation: bool = False) -> None: ...
 
+    @property
+    def responder(self) -> _HasGate: ...
+
+
+class _HasGate(Protocol):
+    @property
+    def gate(self) -> Gate: ...
+
 #: what makes a peer's message garbage (a strike), as opposed to the stream going away
 GARBLED = (DecodeError, UnknownMessageType, MessageTooLarge)
 
@@ -84,13 +95,19 @@ SERVE_DEPTH = 4
 
 async def serve_stream(stream: PeerStream, store: ReplicaStore,
                        may_access: Callable[[str], bool], strike: Strike = _no_strike,
-                       on_offer: Callable[[ChunkOffer], None] | None = None, *,
-                       depth: int = SERVE_DEPTH) -> int:
+                       on_offer: Callable[[ChunkOffer | ChunkKeep], None] | None = None,
+                       gate: Gate | None = None, *, depth: int = SERVE_DEPTH) -> int:
     """Answer chunk requests arriving on ``stream`` until the peer finishes it or the
     connection goes; a space the peer may not access is UNKNOWN_SPACE (existence never leaks).
-    Chunk offers are passed to ``on_offer`` (a replicator pulls what it lacks) and answered
-    with an empty response. Garbage (undecodable, over the schema's bounds, another message
-    type) is a ``strike`` and ends the stream. Returns how many requests were answered.
+    Chunk offers and keep statements are passed to ``on_offer`` (a replicator pulls what it
+    lacks, collects what no current manifest names) and answered with an empty response.
+    Garbage (undecodable, over the schema's bounds, another message type) is a ``strike`` and
+    ends the stream. Every well-formed message first passes the peer's inbound ``gate`` (the
+    engine's, shared with document sync): over its rate or concurrency budget the answer is
+    RATE_LIMITED with the wait, and nothing is read from the store; an admitted message holds
+    its slot until its answer is sent. At most ``depth`` answers wait to be sent per stream
+    (the transport bounds streams and their buffers), so a flood costs bounded memory.
+    Returns how many requests were answered.
 
     Throughput (docs/files.md, "filesperf"): when the store has a :meth:`chunk_io`, answers
     are read from it in a worker thread, up to ``depth`` requests ahead of the answer being
@@ -99,19 +116,23 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
     io = store.chunk_io() if depth > 0 else None
     pool = ThreadPoolExecutor(1, thread_name_prefix="p2psync-serve") if io is not None else None
     loop = asyncio.get_running_loop()
-    out: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue(maxsize=max(depth, 1))
+    out: asyncio.Queue[tuple[int, Any, Any] | None] = asyncio.Queue(maxsize=max(depth, 1))
+    admitted: list[Any] = []  #: messages holding a gate slot until their answer is sent
     served = 0
 
     async def send_replies() -> None:
         while (item := await out.get()) is not None:
-            rid, reply = item
+            rid, reply, release = item
             if isinstance(reply, asyncio.Future):
                 reply = await reply  # the store's errors surface here
             await stream.send(encode(reply, rid))
+            if release is not None and gate is not None:  # the peer's slot is free again
+                admitted.remove(release)
+                gate.finished(release)
 
     sender = asyncio.create_task(send_replies())
 
-    async def queue(item: tuple[int, Any] | None) -> None:
+    async def queue(item: tuple[int, Any, Any] | None) -> None:
         put = asyncio.ensure_future(out.put(item))
         await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
         if not put.done():  # the sender failed: its error ends the stream
@@ -126,7 +147,15 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
                 strike(f"bad chunk request: {exc}")
                 raise
             msg = env.message
-            if isinstance(msg, ChunkOffer):
+            release: Any = None
+            if gate is not None and isinstance(msg, (ChunkRequest, ChunkOffer, ChunkKeep)):
+                refusal = gate_refusal(gate, msg, time.monotonic())
+                if refusal is not None:  # not admitted: nothing to release
+                    await queue((env.request_id, refusal, None))
+                    continue
+                admitted.append(msg)
+                release = msg
+            if isinstance(msg, (ChunkOffer, ChunkKeep)):
                 if not may_access(msg.space_id):
                     reply: Any = ErrorMessage(ErrorCode.UNKNOWN_SPACE, "")
                 else:
@@ -142,7 +171,7 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
                 reply = (answer(store, msg) if io is None or pool is None
                          else loop.run_in_executor(pool, answer, io, msg))
                 served += 1
-            await queue((env.request_id, reply))
+            await queue((env.request_id, reply, release))
         await queue(None)
         await sender
     except P2PSyncError as exc:  # the peer went away, sent garbage, or we could not answer:
@@ -150,6 +179,9 @@ async def serve_stream(stream: PeerStream, store: ReplicaStore,
             stream.reset(str(exc)[:100])
     finally:
         sender.cancel()
+        if gate is not None:  # failed or cancelled while answering: release the slots
+            for m in admitted:
+                gate.finished(m)
         if pool is not None:
             pool.shutdown(wait=True)  # a read still running ends before its connection closes
         if io is not None:
@@ -260,7 +292,7 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
         fetch.add_peer(p)
     try:
         while True:
-            for peer, req in fetch.requests():
+            for peer, req in fetch.requests(loop.time()):
                 rid = next(rids)
                 pending[(peer, rid)] = req
                 try:
@@ -272,11 +304,16 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                 await write(True)
                 return fetch.done
             await write(False)
+            wait = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
+            resume = fetch.resume_at  # a peer that said RATE_LIMITED may be asked again then
+            paused = resume is not None and resume - loop.time() < wait
             try:
-                async with asyncio.timeout(IDLE_TIMEOUT if idle_timeout is None
-                                           else idle_timeout):
+                async with asyncio.timeout(max(0.0, resume - loop.time()) if resume is not None
+                                           and paused else wait):
                     peer, got, hashes = await inbox.get()
             except TimeoutError:
+                if paused:
+                    continue
                 for p in {p for p, _ in pending}:  # silent peers: give up on them
                     with contextlib.suppress(P2PSyncError):
                         streams[p].reset("no answer")
@@ -289,6 +326,10 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
             key = (peer, int(got.request_id))
             asked = pending.pop(key) if key in pending else None
             msg = got.message
+            if (asked is not None and isinstance(msg, ErrorMessage)
+                    and msg.code == ErrorCode.RATE_LIMITED):  # the peer's gate: wait, ask again
+                fetch.on_refused(peer, asked, loop.time() + (msg.retry_after_ms or 1000) / 1000)
+                continue
             if asked is None or not isinstance(msg, ChunkResponse):
                 fetch.on_peer_lost(peer)  # an error answer (e.g. no chunk support): ask others
                 continue
@@ -331,7 +372,8 @@ async def serve_extra_streams(engine: PeerEngine) -> None:
         except P2PSyncError:
             return
         engine._spawn(serve_stream(stream, replicas.store, may_access, engine._strike,
-                                   puller.on_offer))
+                                   lambda m: puller.on_offer(m, account),
+                                   engine.responder.gate))
 
 
 def peers_for(engines: Iterable[PeerEngine], space_id: str) -> list[PeerEngine]:
@@ -400,6 +442,11 @@ class Puller:
         self.queued = 0  #: addresses waiting (bounded: offers cost the offerer nothing)
         self.pulled = 0  #: chunks stored from offers
         self.failures = 0
+        #: the latest keep statement per file, applied between pulls (one per file: bounded
+        #: by the files of the space)
+        self.keeps: dict[tuple[str, bytes], ChunkKeep] = {}
+        self.kept = 0  #: addresses in those statements (bounded by MAX_QUEUED)
+        self.collected = 0  #: chunks deleted on keep statements
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -410,9 +457,22 @@ class Puller:
             p = cls._by_replicas[replicas] = cls(replicas)
         return p
 
-    def on_offer(self, offer: ChunkOffer) -> None:
+    def on_offer(self, offer: ChunkOffer | ChunkKeep, sender: bytes = b"") -> None:
+        """An offer (pull what we lack) or a keep statement (collect what no current manifest
+        names) from the peer of account ``sender``; ignored unless we replicate the space."""
         r = self.replicas
         if not is_replicator(r, offer.space_id, r.account.public):
+            return
+        if isinstance(offer, ChunkKeep):
+            space, key = r.spaces[offer.space_id], (offer.space_id, offer.file_id)
+            if not (offer.heads and space.acl.state.can_write(sender)  # what a writer may say
+                    and space.has_tree(offer.file_id)):  # of a file we hold (else: nothing to
+                return  # collect), so statements are bounded by files and by MAX_QUEUED:
+            old = self.keeps.get(key)
+            kept = self.kept + len(offer.addresses) - (len(old.addresses) if old else 0)
+            if kept <= MAX_QUEUED:  # too much waiting: said again at the next connection
+                self.keeps[key], self.kept = offer, kept
+                self._start()
             return
         have = r.store.has_chunks(list(offer.addresses))
         lacking = [a for a in offer.addresses if a not in have]
@@ -420,13 +480,22 @@ class Puller:
             return  # nothing new, or too much queued: offered again at the next connection
         self.queue.setdefault((offer.space_id, offer.file_id), set()).update(lacking)
         self.queued += len(lacking)
+        self._start()
+
+    def _start(self) -> None:
         self.idle.clear()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         try:
-            while self.queue:
+            while self.queue or self.keeps:
+                if not self.queue:  # pulls first: a keep statement follows its file's offers
+                    key, keep = next(iter(self.keeps.items()))
+                    del self.keeps[key]
+                    self.kept -= len(keep.addresses)
+                    await self._keep(keep)
+                    continue
                 (sid, fid), wanted = next(iter(self.queue.items()))
                 del self.queue[(sid, fid)]
                 self.queued -= len(wanted)
@@ -473,6 +542,45 @@ class Puller:
                             on_bad=_strike_engine)
 
 
+    async def _keep(self, keep: ChunkKeep) -> None:
+        """Apply a writer's keep statement: once this replica's heads of the file's document
+        are exactly the statement's heads (it may be behind: wait up to TREE_WAIT), delete our
+        other chunks of the file. Any other heads (behind, ahead, concurrent): nothing is
+        deleted (the next statement will do). The quota tally is re-read from the store after,
+        even if the deletion failed midway, so it always matches what is stored."""
+        space = self.replicas.spaces.get(keep.space_id)
+        if space is None:
+            return
+        store, fid, heads = self.replicas.store, keep.file_id, set(keep.heads)
+
+        def arrived() -> bool:
+            return space.is_deleted(fid) or (space.has_tree(fid) and all(
+                store.has_change(fid, h) for h in heads))
+
+        try:
+            await self.replicas.wait_for(arrived, TREE_WAIT)
+        except TimeoutError:
+            return
+        if space.is_deleted(fid) or set(space.heads(fid)) != heads:
+            return
+        live = set(keep.addresses)
+        dead = [a for a in store.list_chunks(space.id, fid) if a not in live]
+        if not dead:
+            return
+        recount = getattr(self.replicas.policy, "recount", None)  # a backup's quota tally
+        try:
+            self.collected += store.delete_chunks(dead)
+            log.info("event=chunks_collected space=%s file=%s chunks=%d", space.id,
+                     fid.hex()[:16], len(dead))
+        except P2PSyncError as exc:
+            self.failures += 1
+            log.info("event=chunk_gc_failed space=%s file=%s error=%r", space.id,
+                     fid.hex()[:16], str(exc))
+        finally:
+            if recount is not None:
+                recount(space.id)
+
+
 def _known(space: Space, fid: bytes) -> Callable[[], bool]:
     return lambda: space.is_deleted(fid) or space.has_tree(fid)
 
@@ -485,11 +593,13 @@ async def offer_chunks(engine: PeerEngine, space: Space,
                        file_ids: Iterable[bytes] | None = None) -> int:
     """Tell a replicator peer (a backup) which chunks of ``file_ids`` (default: every file of
     the space) this store holds, so it pulls what it lacks. Returns how many offers it took."""
-    store = engine.replicas.store
     fids = list(file_ids) if file_ids is not None else [i.file_id for i in FS.list_files(space)]
-    offers = [ChunkOffer(space.id, fid, tuple(addrs[i:i + MAX_OFFER_ADDRESSES]))
-              for fid in fids if (addrs := store.list_chunks(space.id, fid))
-              for i in range(0, len(addrs), MAX_OFFER_ADDRESSES)]
+    offers: list[ChunkOffer | ChunkKeep] = []
+    for fid in fids:
+        addrs, keep = _offered(engine.replicas.store, space, fid)
+        offers += [ChunkOffer(space.id, fid, tuple(addrs[i:i + MAX_OFFER_ADDRESSES]))
+                   for i in range(0, len(addrs), MAX_OFFER_ADDRESSES)]
+        offers += [keep] if keep is not None else []
     if not offers:
         return 0
     stream = await engine.conn.open_stream()
@@ -498,7 +608,7 @@ async def offer_chunks(engine: PeerEngine, space: Space,
         for rid, offer in enumerate(offers, 1):
             await stream.send(encode(offer, rid))
             reply = decode(await stream.recv())
-            taken += isinstance(reply.message, ChunkResponse)
+            taken += isinstance(offer, ChunkOffer) and isinstance(reply.message, ChunkResponse)
     finally:
         with contextlib.suppress(P2PSyncError):
             stream.finish()
@@ -537,9 +647,28 @@ async def offer_to_replicator(engine: PeerEngine) -> None:
         retry = min(retry * 2, 30.0)
 
 
+def _offered(store: ReplicaStore, space: Space,
+             fid: bytes) -> tuple[list[bytes], ChunkKeep | None]:
+    """What we tell a replicator about one file: the chunks we hold that a manifest at the
+    document's current heads names (a replaced version's chunks are not offered again), and
+    a keep statement for those heads when we can read the manifests (a writer's statement
+    lets the backup collect the rest; docs/files.md "Backup GC")."""
+    addrs = store.list_chunks(space.id, fid)
+    try:
+        heads, live = FS.live_chunks(space, fid)
+    except P2PSyncError:
+        heads, live = (), set()
+    if not live:
+        return addrs, None  # unreadable here: offer what we hold, say nothing about the rest
+    addrs = [a for a in addrs if a in live]
+    keep = (ChunkKeep(space.id, fid, heads, tuple(sorted(live)))
+            if heads and len(live) <= MAX_KEEP_ADDRESSES else None)
+    return addrs, keep
+
+
 def _offers(engine: PeerEngine, space: Space, fids: list[bytes]) -> int:
     store = engine.replicas.store
-    return sum(-(-len(store.list_chunks(space.id, f)) // MAX_OFFER_ADDRESSES) for f in fids)
+    return sum(-(-len(_offered(store, space, f)[0]) // MAX_OFFER_ADDRESSES) for f in fids)
 
 
 async def offer_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes) -> int:

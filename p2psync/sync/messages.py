@@ -86,6 +86,7 @@ class MsgType(IntEnum):
     CHUNK_RESPONSE = 61
     CHUNK_OFFER = 62  #: "I hold these chunks of this file": a replicator pulls what it lacks
     ERROR = 63
+    CHUNK_KEEP = 64  #: "at these heads the file needs only these chunks": a replicator's GC
 
 
 class ErrorCode(IntEnum):
@@ -686,13 +687,43 @@ class ChunkOffer:
         return cls(b[0], b[1], tuple(b[2]))
 
 
+#: addresses in one CHUNK_KEEP (~840 KB, under the transport's 1 MiB message limit; a manifest
+#: holds at most ~23 000 chunks, see replica/files.py MAX_MANIFEST_BYTES)
+MAX_KEEP_ADDRESSES = 24_576
+
+
+@dataclass(frozen=True)
+class ChunkKeep:
+    """Tells a replicator (backup) of the space which chunks one file needs **at the given heads
+    of its document**: every chunk named by the manifest at any of those heads (docs/files.md
+    "Backup GC"). A replicator whose own heads of that document are exactly ``heads`` deletes
+    its other chunks of the file; a peer that is no replicator ignores it. Answered like an
+    offer (an empty :class:`ChunkResponse`, or an error)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHUNK_KEEP
+    space_id: str
+    file_id: bytes
+    heads: tuple[bytes, ...]
+    addresses: tuple[bytes, ...]
+
+    def fields(self) -> list[Any]:
+        return [self.space_id, self.file_id, list(self.heads), list(self.addresses)]
+
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, c.blob(size=ID_SIZE), _HEADS,
+                                     c.array(_CHUNK_ADDR, max_items=MAX_KEEP_ADDRESSES))
+
+    @classmethod
+    def from_body(cls, b: tuple[Any, ...]) -> ChunkKeep:
+        return cls(b[0], b[1], tuple(b[2]), tuple(b[3]))
+
+
 # --- envelope -----------------------------------------------------------------------------------
 Message: TypeAlias = (
     SpaceHello | SpaceTokens | HeadSyncRequest | HeadSyncResponse | HeadUpdate
     | FullSyncRequest | FullSyncResponse | AclHeadUpdate | AclSyncRequest | AclSyncResponse
     | BootstrapRequest | BootstrapResponse | ErrorMessage
     | SpaceOffer | ReceiptRequest | ReceiptResponse | StorageRefused
-    | ChunkRequest | ChunkResponse | ChunkOffer
+    | ChunkRequest | ChunkResponse | ChunkOffer | ChunkKeep
 )
 
 _CLASSES: tuple[type[Any], ...] = (
@@ -700,7 +731,7 @@ _CLASSES: tuple[type[Any], ...] = (
     FullSyncRequest, FullSyncResponse, AclHeadUpdate, AclSyncRequest, AclSyncResponse,
     BootstrapRequest, BootstrapResponse, ErrorMessage,
     SpaceOffer, ReceiptRequest, ReceiptResponse, StorageRefused,
-    ChunkRequest, ChunkResponse, ChunkOffer,
+    ChunkRequest, ChunkResponse, ChunkOffer, ChunkKeep,
 )
 #: message type -> (body schema, constructor from the decoded body)
 _READERS: dict[int, tuple[Any, Callable[[tuple[Any, ...]], Message]]] = {

@@ -1,0 +1,174 @@
+"""The throughput mechanisms of chunk transfer (docs/files.md, "filesperf"), each checked for
+what it does, not for speed: a chunk request is answered by one indexed read (no listing of the
+whole file), the sender reads answers in a worker thread, the receiver stores verified chunks
+in groups from a worker thread (nothing lost: every chunk is stored when the fetch returns),
+and a QUIC receiver replies once per loop turn, not once per datagram."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from p2psync.crypto import AccountKey, DeviceKey
+from p2psync.replica import filespace as FS
+from p2psync.replica.memstore import MemoryStore
+from p2psync.replica.space import Space
+from p2psync.replica.store import SqliteStore
+from p2psync.sync import files_io
+from p2psync.sync.files import ChunkFetch, answer
+from p2psync.sync.messages import ChunkRequest
+from p2psync.transport import quic as quic_mod
+from tests.conformance.transport_suite import TransportSuite
+
+SIZE = 6_000_000  # ~90 chunks
+
+
+def _spaces(tmp_path: Path) -> tuple[Space, Space, bytes, bytes]:
+    """A (SQLite store) holding a file, B (memory store) with its manifest only."""
+    acc = AccountKey.generate()
+    a = Space.create(SqliteStore(tmp_path / "a.sqlite3", durable=False), acc,
+                     DeviceKey.generate().public, window=0)
+    data = random.Random(4).randbytes(SIZE)
+    fid = FS.add_file(a, data, name="f").manifest.file_id
+    b = Space.adopt(MemoryStore(), acc, DeviceKey.generate().public, a.id, a.header.raw,
+                    a.acl_records(), window=0)
+    for tid in a.tree_ids():
+        b.add_changes(tid, [c.raw for c in a.tree(tid).changes()])
+    return a, b, fid, data
+
+
+def test_a_request_is_answered_without_listing_the_file(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _, fid, _ = _spaces(tmp_path)
+    wanted = FS.manifest_of(a, fid).addresses[:16]
+
+    def no_listing(*args: Any) -> list[bytes]:
+        raise AssertionError("answer listed every chunk of the file")
+
+    monkeypatch.setattr(SqliteStore, "list_chunks", no_listing)
+    resp = answer(a.store, ChunkRequest(a.id, fid, tuple(wanted)))
+    assert [addr for addr, _ in resp.chunks] + list(resp.missing) == list(dict.fromkeys(wanted))
+    assert resp.chunks and all(a.store.get_chunk(x) == d for x, d in resp.chunks)
+    other = answer(a.store, ChunkRequest(a.id, b"\1" * 32, tuple(wanted)))  # not that file's
+    assert not other.chunks and list(other.missing) == list(dict.fromkeys(wanted))
+    a.store.close()
+
+
+async def _transfer(tmp_path: Path, store: Any, *, threaded: bool, serve_depth: int,
+                    window: int = 8) -> tuple[Space, bytes, bytes, bool]:
+    a, b, fid, data = _spaces(tmp_path)
+    async with TransportSuite().pair("tcp") as p:
+        st = await p.client.open_stream()
+        await st.send(b"")
+        srv = await p.accepted.accept_stream()
+        assert await srv.recv() == b""
+        server = asyncio.create_task(files_io.serve_stream(srv, a.store, lambda s: True,
+                                                           depth=serve_depth))
+        fetch = ChunkFetch(a.id, fid, FS.missing_chunks(b, fid), window=window)
+        ok = await files_io.run_fetch(fetch, {"a": st}, lambda ps: store(b, fid, ps),
+                                      threaded=threaded)
+        await server
+    a.store.close()
+    return b, fid, data, ok
+
+
+async def test_receiver_groups_verified_chunks_into_fewer_writes_off_the_loop(
+        tmp_path: Path) -> None:
+    """A slow store (a durable commit) in its worker thread: the answers arriving meanwhile
+    join the next write, so there are fewer writes than answers; every chunk is stored when
+    run_fetch returns, and the file assembles."""
+    writes: list[int] = []
+    threads: set[str] = set()
+
+    def slow_store(b: Space, fid: bytes, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        threads.add(threading.current_thread().name)
+        time.sleep(0.03)  # stands for a commit and its fsync (runs in the writer thread)
+        writes.append(len(pairs))
+        b.store.put_chunks(b.id, fid, pairs)
+
+    b, fid, data, ok = await _transfer(tmp_path, slow_store, threaded=True, serve_depth=4)
+    answers = -(-len(FS.manifest_of(b, fid).addresses) // 16)
+    assert ok and FS.file_info(b, fid).complete and sum(writes) == len(set(
+        FS.manifest_of(b, fid).addresses))
+    assert len(writes) < answers, (writes, answers)  # grouped
+    assert threading.main_thread().name not in threads  # off the loop's thread
+    FS.get_file(b, fid, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+
+
+async def test_sender_reads_answers_in_a_worker_thread(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    where: set[str] = set()
+    real = files_io.answer
+
+    def recording(store: Any, req: ChunkRequest) -> Any:
+        where.add(threading.current_thread().name)
+        return real(store, req)
+
+    monkeypatch.setattr(files_io, "answer", recording)
+
+    def put(b: Space, fid: bytes, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        b.store.put_chunks(b.id, fid, pairs)
+
+    b, fid, _data, ok = await _transfer(tmp_path, put, threaded=False, serve_depth=4)
+    assert ok and FS.file_info(b, fid).complete
+    assert where and threading.main_thread().name not in where
+
+
+def _quic_bulk(nbytes: int) -> tuple[int, int]:
+    """(datagrams the receiving carrier got, times it transmitted) for ``nbytes`` on one
+    stream over QUIC loopback, on uvloop (what agents run on; it reads datagrams in
+    batches)."""
+
+    async def run() -> tuple[int, int]:
+        async with TransportSuite().pair("quic") as p:
+            carrier: Any = p.accepted._link.carrier  # type: ignore[attr-defined]
+            counts = [0, 0]
+            real_receive, real_transmit = carrier.quic.receive_datagram, carrier.transmit
+
+            def receive(*a: Any, **kw: Any) -> Any:
+                counts[0] += 1
+                return real_receive(*a, **kw)
+
+            def transmit() -> None:
+                counts[1] += 1
+                real_transmit()
+
+            carrier.quic.receive_datagram = receive
+            carrier.transmit = transmit
+            async def drain() -> int:
+                srv = await p.accepted.accept_stream()
+                return sum([len(msg) async for msg in srv])
+
+            reader = asyncio.create_task(drain())
+            st = await p.client.open_stream()
+            chunk = b"\0" * 60_000
+            for _ in range(nbytes // len(chunk)):
+                await st.send(chunk)
+            st.finish()
+            assert await reader == nbytes // len(chunk) * len(chunk)
+            return counts[0], counts[1]
+
+    result: tuple[int, int] = uvloop.run(run())
+    return result
+
+
+def test_quic_receiver_replies_once_per_loop_turn() -> None:
+    datagrams, transmits = _quic_bulk(6_000_000)
+    assert datagrams > 1000
+    assert transmits < datagrams / 2, (datagrams, transmits)
+
+
+def test_quic_batching_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switch-off used by the test above: aioquic's own once-per-datagram replies."""
+    monkeypatch.setattr(quic_mod, "BATCH_TRANSMIT", False)
+    datagrams, transmits = _quic_bulk(2_000_000)
+    assert transmits >= datagrams * 0.9, (datagrams, transmits)
