@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import pytest
 
+from p2psync.codec import pack
 from p2psync.crypto.keys import AccountKey
+from p2psync.crypto.signed import make_signed
 from p2psync.errors import InvalidAclRecord
 from p2psync.replica.acl_records import (
     MAX_ENTRIES,
     MAX_META_SIZE,
+    MAX_PREV,
+    RECORD_DOMAIN,
     SEALED_KEY_SIZE,
+    VERSION,
     Accept,
     DeleteObjects,
+    Invite,
     InviteJoin,
     KeyEntry,
+    Kind,
     PermissionChange,
     Remove,
     RequestJoin,
@@ -91,3 +98,57 @@ def test_the_largest_lists_still_decode() -> None:
     """Control for the bound above: exactly MAX_ENTRIES items are fine."""
     for payload in (Remove(MANY[:-1], NO_ROTATION), DeleteObjects(MANY[:-1])):
         assert decode_record(build_record(AUTHOR, "s.1", PREV, payload)).payload == payload
+
+
+def _record(*, space: object = "s.1", prev: object = PREV, author: object = None,
+            timestamp: object = 5, kind: object = int(Kind.DECLINE),
+            fields: object = (A,)) -> bytes:
+    """A record signed by AUTHOR whose outer fields may be anything (build_record cannot
+    make wrong ones)."""
+    return make_signed(AUTHOR, RECORD_DOMAIN, pack([
+        VERSION, space, prev, AUTHOR.public if author is None else author, timestamp, kind,
+        list(fields)]))  # type: ignore[call-overload]
+
+
+def test_the_outer_fields_at_their_bounds_decode() -> None:
+    """Controls for the refusals below: each bound itself is accepted."""
+    prevs = sorted(i.to_bytes(32, "big") for i in range(1, MAX_PREV + 1))
+    for raw in (_record(space="s" * 128), _record(prev=prevs), _record(timestamp=0),
+                _record(timestamp=2**63 - 1)):
+        rec = decode_record(raw)
+        assert rec.payload.request_id == A  # type: ignore[union-attr]
+    rec = decode_record(_record(timestamp=1234))
+    assert (rec.space_id, rec.prev, rec.author, rec.timestamp) == (
+        "s.1", tuple(PREV), AUTHOR.public, 1234)  # what admission and expiry checks read
+
+
+@pytest.mark.parametrize("raw", [
+    _record(space="s" * 129),
+    _record(prev=[A[:31]]), _record(prev=[A + b"\x00"]),
+    _record(prev=sorted(i.to_bytes(32, "big") for i in range(1, MAX_PREV + 2))),
+    _record(author=AUTHOR.public[:31]), _record(author=AUTHOR.public + b"\x00"),
+    _record(timestamp=2**63), _record(timestamp=-1),
+    _record(kind=-1), _record(kind=max(Kind) + 1),
+], ids=["space-129", "prev-31", "prev-33", "prev-65", "author-31", "author-33", "time-2^63",
+        "time-negative", "kind-negative", "kind-unknown"])
+def test_outer_fields_out_of_bounds_are_an_invalid_record(raw: bytes) -> None:
+    """The record's own fields are strictly sized and bounded, and a bad one is an
+    InvalidAclRecord — not a crash (mutants: a size, a bound or ``min_value`` dropped; a
+    negative kind then raised ValueError out of ``decode_record``)."""
+    with pytest.raises(InvalidAclRecord):
+        decode_record(raw)
+
+
+@pytest.mark.parametrize("expires_at", [1, 2**63 - 1])
+def test_invite_expiry_round_trips_at_its_bounds(expires_at: int) -> None:
+    inv = Invite(A, False, Role.READER, (), expires_at)
+    assert decode_record(build_record(AUTHOR, "s.1", PREV, inv)).payload == inv
+
+
+def test_invite_expiry_beyond_int63_or_an_explicit_zero_is_refused() -> None:
+    """Expiry is absent when unset, never 0 on the wire (canonical form)."""
+    inv = Invite(A, False, Role.READER, (), 2**63)
+    with pytest.raises(InvalidAclRecord):
+        decode_record(build_record(AUTHOR, "s.1", PREV, inv))
+    with pytest.raises(InvalidAclRecord):
+        decode_record(_record(kind=int(Kind.INVITE), fields=(A, False, int(Role.READER), [], 0)))

@@ -304,3 +304,50 @@ def test_interned_fields_of_stored_changes_are_their_own(monkeypatch: pytest.Mon
     got = [tree_mod.parse_stored_change(raw, content_id(raw)) for raw in rows]
     assert got == [parse_change(raw) for raw in rows]
     assert any(len(c.prev_ids) > 1 for c in got)  # merges too
+
+
+def test_add_reports_duplicates_by_id_and_reuses_the_callers_parse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``add`` names each duplicate (attached, waiting, or twice in the batch) by its id, and
+    does not parse again what the sync layer already parsed (mutants: ``None`` reported;
+    ``parsed`` ignored — every received change parsed twice)."""
+    from p2psync.replica import tree as tree_mod
+
+    t = fresh()
+    t.add(DAG[:3])
+    orphan = DAG[10]
+    t.add([orphan])  # waits for its parents
+    ids = [parse_change(raw).id for raw in (DAG[0], orphan, DAG[3])]
+    assert t.add([DAG[0], orphan, DAG[3], DAG[3]]).duplicates == [ids[0], ids[1], ids[2]]
+    parsed = {raw: parse_change(raw) for raw in DAG[4:8]}
+
+    def no_parse(*_a: object, **_k: object) -> object:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(tree_mod, "parse_change", no_parse)
+    r = t.add(DAG[4:8], parsed=parsed)
+    assert {c.id for c in parsed.values()} <= {c.id for c in r.attached} | set(r.waiting)
+
+
+def test_changes_released_by_an_acl_recheck_go_through_the_persist_hook() -> None:
+    """A change that waited for its ACL head and is released by ``recheck_waiting`` is
+    written by the same persist hook as any other (mutant: the hook dropped — the change
+    attached in memory only, lost at the next restart), and a failing write rolls it back."""
+    gate = GrowingAcl(OWNER.account.public, OWNER.acl_root, OWNER.key)
+    t = ObjectTree.from_root(SPACE_ID, gate, BASE.root.raw)
+    head = os.urandom(32)
+    waiting = change(t.id, [t.id], acl_head=head)
+    assert t.add([waiting]).waiting == [parse_change(waiting).id]
+    gate.known.add(head)
+    seen: list[list[bytes]] = []
+
+    def refuse(tree: ObjectTree, result: AddResult) -> None:
+        seen.append([c.raw for c in result.attached])
+        raise StoreError("disk full")
+
+    with pytest.raises(StoreError):
+        t.recheck_waiting(persist=refuse)
+    assert seen == [[waiting]] and t.waiting_ids == [parse_change(waiting).id]
+    assert t.recheck_waiting(persist=lambda tree, result: seen.append(
+        [c.raw for c in result.attached])).attached[0].raw == waiting
+    assert seen[-1] == [waiting] and t.heads == (parse_change(waiting).id,)
