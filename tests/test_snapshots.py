@@ -68,9 +68,11 @@ def test_idle_documents_snapshot_on_settle_and_when_dropped(tmp_path: Path) -> N
     assert all(latest_snapshot(d.tree, space.acl) == d.tree.changes()[-1] for d in docs)
 
 
-def test_a_reader_never_snapshots(tmp_path: Path) -> None:
+def _joined(tmp_path: Path, role: Role) -> tuple[Space, Document]:
+    """Bob's space, joined as ``role``, holding a document of ten edits Alice wrote (without
+    snapshots), and that document on Alice's side."""
     a = _space(tmp_path, "a")
-    invite, code = a.acl.invite(a.me, Role.READER, anyone_can_join=True)
+    invite, code = a.acl.invite(a.me, role, anyone_can_join=True)
     a.commit_acl(invite)
     doc = a.new_document()
     doc.snapshot_policy = None
@@ -81,6 +83,11 @@ def test_a_reader_never_snapshots(tmp_path: Path) -> None:
     b.emit_acl(lambda acl: acl.join(bob, code))
     a.add_acl_records(b.acl_records())
     b.add_changes(doc.tree.id, [c.raw for c in doc.tree.changes()])
+    return b, doc
+
+
+def test_a_reader_never_snapshots(tmp_path: Path) -> None:
+    b, doc = _joined(tmp_path, Role.READER)
     assert b.document(doc.tree.id).to_json() == doc.to_json()
     n = len(b.tree(doc.tree.id))
     b.settle()
@@ -88,18 +95,7 @@ def test_a_reader_never_snapshots(tmp_path: Path) -> None:
 
 
 def test_a_writer_that_only_reads_a_document_does_not_snapshot_it(tmp_path: Path) -> None:
-    a = _space(tmp_path, "a")
-    invite, code = a.acl.invite(a.me, Role.WRITER, anyone_can_join=True)
-    a.commit_acl(invite)
-    doc = a.new_document()
-    doc.snapshot_policy = None
-    _edit(doc, 10)
-    bob = AccountKey.generate()
-    b = Space.adopt(Store(tmp_path / "b.sqlite3"), bob, DeviceKey.generate().public, a.id,
-                    a.header.raw, a.acl_records(), window=0)
-    b.emit_acl(lambda acl: acl.join(bob, code))
-    a.add_acl_records(b.acl_records())
-    b.add_changes(doc.tree.id, [c.raw for c in doc.tree.changes()])
+    b, doc = _joined(tmp_path, Role.WRITER)
     assert b.document(doc.tree.id).to_json() == doc.to_json()  # opened (materialised)
     n = len(b.tree(doc.tree.id))
     b.settle()
