@@ -235,8 +235,10 @@ def raise_rcvbuf(sock: socket.socket | None, size: int) -> None:
         log.debug("could not raise SO_RCVBUF")
 
 
-#: Reply to received datagrams once per loop turn (False: aioquic's once per datagram).
-BATCH_TRANSMIT = True
+#: Reply to received datagrams once per loop turn (False: aioquic's once per datagram). Off by
+#: default: with it on, a full-suite run hung in the QUIC keepalive test (every timer of the
+#: loop gone) three times this round, and the cause is not established (docs/transport.md).
+BATCH_TRANSMIT = False
 
 
 class QuicCarrier(QuicConnectionProtocol, Carrier):
