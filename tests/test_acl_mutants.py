@@ -517,3 +517,38 @@ def test_an_admin_cannot_revoke_the_owners_admin_invite() -> None:
     acl.revoke_invite(alice, code2.invite_id)
     assert code.invite_id in acl.state.invites and code2.invite_id not in acl.state.invites
 
+
+
+# --- round 4 (mutacl2): ``_apply``'s bookkeeping --------------------------------------------
+
+
+def test_the_state_names_the_owner_and_each_invites_id_author_and_pending_requests() -> None:
+    """What ``_apply`` records for the root, an invite and a join request, as the API
+    (``space.invites``, ``space.requests``, node.py's owner check) reads it (mutants ``_apply``
+    23: the root's owner ``None``; 54, 58: an invite's id or author ``None``; 38: a join
+    request never recorded as pending, so it could not be accepted)."""
+    acl = Acl.create(SPACE, OWNER)
+    assert acl.state.owner == OWNER.public
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    inv = acl.state.invites[code.invite_id]
+    assert (inv.record_id, inv.author, inv.role) == (code.invite_id, OWNER.public, Role.WRITER)
+    bob = account("bob")
+    rid = _id(acl.request_join(bob, code))
+    assert acl.state.requests[rid] == acl_mod.RequestInfo(rid, bob.public, code.invite_id)
+    acl.accept(OWNER, rid)
+    assert acl.state.role(bob.public) == Role.WRITER
+
+
+def test_a_joiner_holds_the_current_key_so_no_rotation_is_due() -> None:
+    """After a join through either kind of invite the joiner is recorded as a holder of the
+    current key: no rotation is asked for (mutant ``_apply`` 16: the joiner recorded as
+    ``None`` — the key looked held by a non-member and every join asked for a rotation)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER, anyone_can_join=True)
+    acl.join(account("bob"), code)
+    assert acl.state.role(account("bob").public) == Role.WRITER
+    assert acl.state.rotation_reasons == []
+    _raw, code = acl.invite(OWNER, Role.READER)
+    acl.accept(OWNER, _id(acl.request_join(account("carl"), code)))
+    assert acl.state.role(account("carl").public) == Role.READER
+    assert acl.state.rotation_reasons == []
