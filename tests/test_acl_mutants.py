@@ -16,6 +16,8 @@ from p2psync.replica import acl as acl_mod
 from p2psync.replica.acl import Acl, InviteCode
 from p2psync.replica.acl_records import (
     JOIN_DOMAIN,
+    Accept,
+    Merge,
     PermissionChange,
     RequestJoin,
     Role,
@@ -552,3 +554,54 @@ def test_a_joiner_holds_the_current_key_so_no_rotation_is_due() -> None:
     acl.accept(OWNER, _id(acl.request_join(account("carl"), code)))
     assert acl.state.role(account("carl").public) == Role.READER
     assert acl.state.rotation_reasons == []
+
+
+def test_departures_and_tombstones_name_the_record_that_made_them() -> None:
+    """``state.departed`` and ``state.deleted`` map to the record that removed, left or
+    deleted — what ``space.join_state`` ("left" or "removed"), the departure notice and the
+    backup's deletion read (mutants ``_apply`` 109: a leave recorded as ``None``, the account
+    then looked never departed; 133, 135: a tombstone recorded as ``None``)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER, anyone_can_join=True)
+    bob, carl = account("bob"), account("carl")
+    acl.join(bob, code)
+    acl.join(carl, code)
+    gone = _id(acl.leave(bob))
+    assert acl.state.departed[bob.public] == gone
+    removed = _id(acl.remove(OWNER, [carl.public]))
+    assert acl.state.departed[carl.public] == removed
+    tomb = _id(acl.delete_objects(OWNER, [b"o" * 32, b"p" * 32]))
+    assert acl.state.deleted == {b"o" * 32: tomb, b"p" * 32: tomb}
+
+
+def test_an_accept_naming_no_join_request_is_an_invalid_record() -> None:
+    """An accept whose ``request_id`` is unknown, or names a record that is not a join
+    request, is refused as invalid (mutant ``_check_structure`` 36: ``or`` → ``and`` — the
+    unknown id raised AttributeError out of ``add``, a crash on a peer's record)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER)
+    for target in (b"\x07" * 32, code.invite_id):
+        keys = acl._sealed_tips(OWNER, account("bob").public)  # the keys right: only the id wrong
+        raw = build_record(OWNER, SPACE, acl.heads, Accept(target, Role.WRITER, keys))
+        with pytest.raises(InvalidAclRecord, match="accept names no join request"):
+            acl.add(raw)
+
+
+def test_a_merge_naming_a_parent_and_its_ancestor_is_refused_in_either_id_order() -> None:
+    """A merge may only join heads it saw: none of its parents an ancestor of another,
+    whichever comes first on the wire (parents are sent sorted by id) (mutant
+    ``_check_structure`` 43: ``below =`` instead of ``|=`` — only the last parent's
+    ancestors were looked at, so a merge of a record and its ancestor passed when the
+    ancestor's id sorted last)."""
+    orders = set()
+    for _ in range(40):
+        acl = Acl.create(SPACE, OWNER)
+        old = _id(acl.invite(OWNER, Role.READER)[0])
+        new = _id(acl.invite(OWNER, Role.READER)[0])
+        orders.add(old > new)
+        raw = build_record(OWNER, SPACE, [old, new], Merge())
+        with pytest.raises(InvalidAclRecord):
+            acl.add(raw)
+        if len(orders) == 2:
+            break
+    assert orders == {True, False}
