@@ -632,3 +632,17 @@ def test_a_concurrent_removal_or_demotion_of_the_new_owner_leaves_the_space_an_o
         st = w.acl("main").state
         owners = [m for m, r in st.members.items() if r == Role.OWNER]
         assert owners == [st.owner], n
+
+
+def test_a_vetoed_record_is_skipped_with_its_reason() -> None:
+    """A record vetoed by a concurrent removal of its author is skipped *with the reason*
+    (``state.skipped`` is what the UI and the conflict report show) (mutant ``_apply`` 27:
+    the reason recorded as ``None``)."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("owner invites alice as admin; alice joins; owner invites bob as writer; bob joins;"
+          " fork r2; sync all; owner removes alice; [r2] alice removes bob; sync all")
+    reasons = list(w.acl("main").state.skipped.values())
+    assert reasons and all(isinstance(r, str) and r for r in reasons)
+    assert any(r.startswith("vetoed: its author is removed") for r in reasons)
