@@ -646,3 +646,20 @@ def test_a_vetoed_record_is_skipped_with_its_reason() -> None:
     reasons = list(w.acl("main").state.skipped.values())
     assert reasons and all(isinstance(r, str) and r for r in reasons)
     assert any(r.startswith("vetoed: its author is removed") for r in reasons)
+
+
+def test_a_promotion_does_not_veto_the_members_concurrent_records() -> None:
+    """Only a removal or a demotion below admin vetoes the member's concurrent records
+    (mutant ``_replay`` 28: ``<=`` ADMIN — a promotion to admin vetoed them too: a writer's
+    tombstone written while the owner promoted them was skipped)."""
+    acl = Acl.create(SPACE, OWNER)
+    _raw, code = acl.invite(OWNER, Role.WRITER, anyone_can_join=True)
+    bob = account("bob")
+    acl.join(bob, code)
+    r2 = Acl.from_records(SPACE, acl.export())
+    acl.change_permission(OWNER, bob.public, Role.ADMIN)
+    tomb = _id(r2.delete_objects(bob, [b"o" * 32]))
+    acl.add(r2.record(tomb).raw)
+    assert tomb not in acl.state.skipped
+    assert acl.state.deleted == {b"o" * 32: tomb}
+    assert acl.state.role(bob.public) == Role.ADMIN
