@@ -663,3 +663,27 @@ def test_a_promotion_does_not_veto_the_members_concurrent_records() -> None:
     assert tomb not in acl.state.skipped
     assert acl.state.deleted == {b"o" * 32: tomb}
     assert acl.state.role(bob.public) == Role.ADMIN
+
+
+def test_an_admin_demoted_concurrently_cannot_remove_in_any_replay_order() -> None:
+    """A demotion below admin vetoes the member's concurrent records, whichever replays
+    first (mutants ``_replay`` 30: the demotion filed under ``None``, not the member; 42: the
+    veto applied to roots, leaves and merges *only* — when the admin's removal replayed
+    before the demotion it took effect: a demoted admin removed a writer)."""
+    from tests.acl_dsl import World
+
+    orders = set()
+    for n in range(12):
+        b = f"bob{n}"
+        w = World()
+        w.run(f"owner invites alice as admin; alice joins; owner invites {b} as writer;"
+              f" {b} joins; fork r2; sync all")
+        w.run("owner sets alice to writer")
+        w.run(f"[r2] alice removes {b}")
+        w.run(f"sync all; expect converged; expect alice is writer; expect {b} is writer")
+        acl = w.acl("main")
+        demote, remove = sorted(acl.heads, key=lambda h: isinstance(acl.record(h).payload,
+                                                                   acl_mod.Remove))
+        orders.add(acl._order[demote] < acl._order[remove])
+        assert acl.state.skipped[remove].startswith("vetoed"), n
+    assert orders == {True, False}
