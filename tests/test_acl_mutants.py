@@ -687,3 +687,27 @@ def test_an_admin_demoted_concurrently_cannot_remove_in_any_replay_order() -> No
         orders.add(acl._order[demote] < acl._order[remove])
         assert acl.state.skipped[remove].startswith("vetoed"), n
     assert orders == {True, False}
+
+
+def test_remove_wins_over_a_concurrent_promotion_to_admin_in_any_replay_order() -> None:
+    """An admin's removal of a writer concurrent with the owner promoting that writer to
+    admin: the removal is judged against the role its author saw (writer), so remove wins
+    whichever replays first (mutant ``_check`` 161: the removal judged against the current
+    role — when the promotion replayed first the removal was refused and the removed
+    member stayed admin; the existing remove-vs-promote scenario promotes only to writer)."""
+    from tests.acl_dsl import World
+
+    orders = set()
+    for n in range(12):
+        b = f"bob{n}"
+        w = World()
+        w.run(f"owner invites alice as admin; alice joins; owner invites {b} as writer;"
+              f" {b} joins; fork r2; sync all")
+        w.run(f"alice removes {b}")
+        w.run(f"[r2] owner sets {b} to admin")
+        w.run(f"sync all; expect converged; expect {b} is gone")
+        acl = w.acl("main")
+        remove, promote = sorted(acl.heads, key=lambda h: isinstance(acl.record(h).payload,
+                                                                    PermissionChange))
+        orders.add(acl._order[promote] < acl._order[remove])
+    assert orders == {True, False}
