@@ -711,3 +711,19 @@ def test_remove_wins_over_a_concurrent_promotion_to_admin_in_any_replay_order() 
                                                                     PermissionChange))
         orders.add(acl._order[promote] < acl._order[remove])
     assert orders == {True, False}
+
+
+def test_history_keys_unwrap_the_whole_chain_from_the_newest_key() -> None:
+    """From the newest key alone every older key is reached, unwrapping newest first
+    (mutants ``history_keys`` 3, 6: the rotations walked in id order — a key met before
+    the key wrapping it stayed out, older history unreadable; 7 keys make id order right
+    by chance rarely)."""
+    from tests.acl_dsl import World
+
+    w = World()
+    w.run("owner writes" + "; owner rotates; owner writes" * 6)
+    acl = w.acl("main")
+    cur = acl.state.current_key_id
+    ring = acl.history_keys(cur, acl.keys_of(OWNER)[cur])
+    assert set(ring) == set(acl.state.key_order) and len(ring) == 7
+    assert all(ring[k].key == acl.keys_of(OWNER)[k].key for k in ring)
