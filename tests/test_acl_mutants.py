@@ -527,8 +527,8 @@ def test_an_admin_cannot_revoke_the_owners_admin_invite() -> None:
 def test_the_state_names_the_owner_and_each_invites_id_author_and_pending_requests() -> None:
     """What ``_apply`` records for the root, an invite and a join request, as the API
     (``space.invites``, ``space.requests``, node.py's owner check) reads it (mutants ``_apply``
-    23: the root's owner ``None``; 54, 58: an invite's id or author ``None``; 38: a join
-    request never recorded as pending, so it could not be accepted)."""
+    23: the root's owner ``None``; 54, 58: an invite's id or author ``None``; the pending
+    request's fields are pinned too)."""
     acl = Acl.create(SPACE, OWNER)
     assert acl.state.owner == OWNER.public
     _raw, code = acl.invite(OWNER, Role.WRITER)
