@@ -607,9 +607,6 @@ def test_a_merge_naming_a_parent_and_its_ancestor_is_refused_in_either_id_order(
     assert orders == {True, False}
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (docs/testing.md, mutacl2): an admin's removal "
-                   "or demotion of the target concurrent with an ownership transfer can leave "
-                   "the space without an owner; the fix must land in acl.py and acl.ts together")
 @pytest.mark.parametrize("action", ["removes {b}", "sets {b} to reader"])
 def test_a_concurrent_removal_or_demotion_of_the_new_owner_leaves_the_space_an_owner(
         action: str) -> None:

@@ -1101,7 +1101,11 @@ class Acl:
         If a record concurrent with ``rec`` set the member's current role, ``rec``'s author
         could not have seen it: judge against the role in ``rec``'s own causal past instead, so
         the outcome (remove wins, lowest role wins) does not depend on the id tie-break.
+        A member made owner by a concurrent transfer is judged as owner: no admin acts on the
+        owner, so a removal or demotion racing the transfer never leaves the space ownerless.
         """
+        if current == Role.OWNER:
+            return current
         setter = s.role_set_by.get(member)
         if setter is None or rec.id not in self._bit or not self.concurrent(setter, rec.id):
             return current

@@ -728,6 +728,7 @@ export class Acl {
   /** The member's role for judging rec's right to act on them: if a record concurrent with
    * rec set the current role, judge against the role in rec's own causal past instead. */
   private roleSeen(s: AclState, rec: AclRecord, member: string, current: Role): Role {
+    if (current === Role.OWNER) return current; // no admin acts on the owner (acl.py)
     const setter = s.roleSetBy.get(member);
     const rid = h(rec.id);
     if (setter === undefined || !this.bit.has(rid) || !this.concurrent(setter, rid)) return current;
