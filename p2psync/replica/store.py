@@ -470,9 +470,7 @@ class SqliteStore(DerivedStoreOps):
         addrs = list(dict.fromkeys(bytes(a) for a in addresses))
         for i in range(0, len(addrs), 500):  # under SQLite's bound-parameter limit
             part = addrs[i:i + 500]
-            rows = self._query("SELECT address, data FROM chunks WHERE space_id = ? AND "
-                               f"file_id = ? AND address IN ({','.join('?' * len(part))})",
-                               (space_id, bytes(file_id), *part))
+            rows = self._query(_file_chunks_sql(len(part)), (*part, space_id, bytes(file_id)))
             out.update((bytes(a), bytes(d)) for a, d in rows)
         return out
 
@@ -488,6 +486,24 @@ class SqliteStore(DerivedStoreOps):
                            for a in addresses)
         finally:
             self._query("PRAGMA secure_delete=OFF")
+
+
+def _file_chunks_sql(n: int) -> str:
+    """The chunks of one file of one space among ``n`` addresses, looked up by address (the
+    primary key). The unary ``+`` keeps SQLite's planner off the ``chunks_by_file`` index,
+    which it chose otherwise: every request then scanned every chunk of the file, O(file) per
+    16-chunk request, quadratic per transfer (a 1 GiB file: 31 MB/s, the sender's read thread
+    busy throughout; docs/files.md, "tcpfile")."""
+    return ("SELECT address, data FROM chunks WHERE address IN "
+            f"({','.join('?' * n)}) AND space_id = ? AND +file_id = ?")
+
+
+#: WAL bytes the chunk connection lets accumulate before it checkpoints (SQLite's default is
+#: 1000 pages, ~4 MiB). Every checkpoint copies the WAL into the database and fsyncs both, in
+#: the writing thread, serially with the next write: at 4 MiB that was ~25 fsync pairs per
+#: 100 MiB received and bounded a TCP transfer at ~70 MB/s (docs/files.md, "tcpfile"). The
+#: bytes written are the same; the WAL file on disk grows to this size (not memory).
+CHUNK_WAL_BYTES = 64 << 20
 
 
 class SqliteChunkIO:
@@ -508,6 +524,8 @@ class SqliteChunkIO:
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute(f"PRAGMA synchronous={self._sync}")
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._db.execute(f"PRAGMA wal_autocheckpoint={max(1, CHUNK_WAL_BYTES // page)}")
         return self._db
 
     def get_file_chunks(self, space_id: str, file_id: bytes,
@@ -518,9 +536,8 @@ class SqliteChunkIO:
             db = self._conn()
             for i in range(0, len(addrs), 500):  # under SQLite's bound-parameter limit
                 part = addrs[i:i + 500]
-                rows = db.execute("SELECT address, data FROM chunks WHERE space_id = ? AND "
-                                  f"file_id = ? AND address IN ({','.join('?' * len(part))})",
-                                  (space_id, bytes(file_id), *part)).fetchall()
+                rows = db.execute(_file_chunks_sql(len(part)),
+                                  (*part, space_id, bytes(file_id))).fetchall()
                 out.update((bytes(a), bytes(d)) for a, d in rows)
         except sqlite3.Error as exc:
             raise _explain(self.path, exc) from exc
