@@ -201,3 +201,19 @@ class World:
 
 def scenario(script: str) -> World:
     return World().run(script)
+
+
+#: Owner, a reader (rita) and two concurrent invites: two ACL heads a merge may join.
+FORKED = """
+    owner invites rita as reader; rita joins
+    fork r2
+    owner invites ann as writer
+    [r2] owner invites bob as writer
+    sync main r2
+    expect heads 2
+"""
+
+
+def forked_world() -> World:
+    """A world in the :data:`FORKED` state (branch ``main`` holds both heads)."""
+    return scenario(FORKED)

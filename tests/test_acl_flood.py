@@ -18,23 +18,9 @@ from p2psync.replica.acl import Acl, Role
 from p2psync.replica.acl_records import MAX_PREV, Leave, Merge, build_record, decode_record
 from p2psync.replica.space import Space
 from p2psync.replica.store import Store
-from tests.acl_dsl import SPACE, World, account
+from tests.acl_dsl import SPACE, account, forked_world
 
 FLOOD = 10_000
-
-
-def _forked_world() -> World:
-    """Owner, a reader, and two concurrent invites (two heads a merge may join)."""
-    w = World()
-    w.run("""
-        owner invites rita as reader; rita joins
-        fork r2
-        owner invites ann as writer
-        [r2] owner invites bob as writer
-        sync main r2
-        expect heads 2
-    """)
-    return w
 
 
 def _junk(acl: Acl, n: int, start: int = 0) -> list[bytes]:
@@ -44,7 +30,7 @@ def _junk(acl: Acl, n: int, start: int = 0) -> list[bytes]:
 
 
 def test_merges_must_join_heads() -> None:
-    w = _forked_world()
+    w = forked_world()
     acl = w.acl("main")
     a, b = acl.heads
     parent = acl.record(a).prev[0]  # an ancestor of both heads
@@ -101,7 +87,7 @@ def test_flood_then_one_call_removal_then_ignored(tmp_path: Path) -> None:
 
 
 def test_shelved_merge_is_promoted_when_an_honest_record_names_it() -> None:
-    main = _forked_world().acl("main")
+    main = forked_world().acl("main")
     junk = _junk(main, 1)[0]
     bystander = Acl.from_records(SPACE, main.export())
     bystander.add(junk)  # this replica saw rita's merge before her removal ...

@@ -304,17 +304,9 @@ def test_a_merge_by_a_removed_member_now_a_replicator_is_admitted() -> None:
     member is admitted, not shelved (mutant ``_ignorable`` 8: ``member or replicator`` →
     ``member and replicator``)."""
     from p2psync.replica.acl_records import Merge
-    from tests.acl_dsl import World
+    from tests.acl_dsl import forked_world
 
-    w = World()
-    w.run("""
-        owner invites rita as reader; rita joins
-        fork r2
-        owner invites ann as writer
-        [r2] owner invites bob as writer
-        sync main r2
-        expect heads 2
-    """)
+    w = forked_world()
     main = w.acl("main")
     m = build_record(account("rita"), SPACE, main.heads, Merge())  # while still a member
     w.run("owner removes rita; owner adds replicator rita; expect replicator rita")

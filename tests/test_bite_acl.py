@@ -8,21 +8,12 @@ import pytest
 from p2psync.errors import AccessDenied, InvalidAclRecord, RemovedAuthor
 from p2psync.replica.acl import Acl
 from p2psync.replica.acl_records import MAX_PREV, Leave, Merge, build_record, decode_record
-from tests.acl_dsl import SPACE, World, account
+from tests.acl_dsl import SPACE, World, account, forked_world
 
 
 def _forked() -> Acl:
     """Owner, a reader (rita) and two concurrent invites: two heads a merge may join."""
-    w = World()
-    w.run("""
-        owner invites rita as reader; rita joins
-        fork r2
-        owner invites ann as writer
-        [r2] owner invites bob as writer
-        sync main r2
-        expect heads 2
-    """)
-    return w.acl("main")
+    return forked_world().acl("main")
 
 
 def _with_heads(n: int) -> Acl:
