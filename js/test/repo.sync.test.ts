@@ -6,10 +6,10 @@
  * goes synced. Storage is files, so a reopened Repo has it all without the network.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import WebSocket from "ws";
 import { renderJson } from "../src/docs/document.js";
 import { WsSyncDriver } from "../src/docs/wsDriver.js";
@@ -17,6 +17,10 @@ import { Repo } from "../src/repo.js";
 import { FileStorage } from "../src/storage/files.js";
 import type { WebSocketConstructor } from "../src/transport/websocket.js";
 import { startPyNode } from "./fixtures/pynode.js";
+
+/** Every store this file makes lives under one temp folder, removed when the file ends. */
+const tmpBase = mkdtempSync(join(tmpdir(), "p2psync-repo-sync-"));
+after(() => { rmSync(tmpBase, { recursive: true, force: true }); });
 
 async function until(pred: () => boolean, what: string, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
@@ -28,7 +32,7 @@ async function until(pred: () => boolean, what: string, ms = 15_000): Promise<vo
 
 test("a Repo joins a Python node's space by invite, edits both ways, converges; reopens offline", { timeout: 90_000 }, async () => {
   const py = await startPyNode();
-  const root = mkdtempSync(join(tmpdir(), "p2psync-repo-sync-"));
+  const root = mkdtempSync(join(tmpBase, "t-"));
   const url = `ws://127.0.0.1:${String(py.info.ws)}/p2psync`;
   const driver = WsSyncDriver.factory({ urls: [url], WebSocket: WebSocket as unknown as WebSocketConstructor });
   const repo = await Repo.open({ storage: await FileStorage.open(root), ...driver, windowMs: 0 });

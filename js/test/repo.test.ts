@@ -4,16 +4,20 @@
  * follows the driver, and a Repo reopened from files has its spaces, names and documents back.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import * as A from "@automerge/automerge";
 import { newRecoveryPhrase } from "../src/crypto/keys.js";
 import { Repo, type SyncStatus } from "../src/repo.js";
 import { FileStorage } from "../src/storage/files.js";
 import { MemoryStorage } from "../src/storage/memory.js";
 import { MemoryHub } from "./memoryHub.js";
+
+/** Every store this file makes lives under one temp folder, removed when the file ends. */
+const tmpBase = mkdtempSync(join(tmpdir(), "p2psync-repo-"));
+after(() => { rmSync(tmpBase, { recursive: true, force: true }); });
 
 interface List { title: string; items: string[]; note: string }
 
@@ -50,7 +54,7 @@ test("two devices of one account: join, concurrent offline edits, converge; subs
 });
 
 test("a Repo reopened from files has its identity, spaces, names and documents; edits continue", async () => {
-  const root = mkdtempSync(join(tmpdir(), "p2psync-repo-"));
+  const root = mkdtempSync(join(tmpBase, "t-"));
   const r1 = await Repo.open({ storage: await FileStorage.open(root) });
   const s = await r1.createSpace("Notes");
   const d = s.create<{ text: string; n: number }>((x) => { x.text = "draft"; x.n = 1; });

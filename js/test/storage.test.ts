@@ -6,14 +6,18 @@
  */
 import "fake-indexeddb/auto";
 import assert from "node:assert/strict";
-import { appendFileSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import { checks, item, type StorageUnderTest } from "../src/storage/conformance.js";
 import { FileStorage } from "../src/storage/files.js";
 import { IdbStorage } from "../src/storage/idb.js";
 import { MemoryStorage } from "../src/storage/memory.js";
+
+/** Every store this file makes lives under one temp folder, removed when the file ends. */
+const tmpBase = mkdtempSync(join(tmpdir(), "p2psync-fs-"));
+after(() => { rmSync(tmpBase, { recursive: true, force: true }); });
 
 let n = 0;
 const roots = new WeakMap<object, string>();
@@ -21,7 +25,7 @@ const kinds: Record<string, StorageUnderTest> = {
   memory: { fresh: () => Promise.resolve(new MemoryStorage()) },
   files: {
     fresh: async () => {
-      const root = mkdtempSync(join(tmpdir(), "p2psync-fs-"));
+      const root = mkdtempSync(join(tmpBase, "t-"));
       const s = await FileStorage.open(root);
       roots.set(s, root);
       return s;
@@ -47,7 +51,7 @@ for (const [kind, u] of Object.entries(kinds)) {
 }
 
 test("files: a torn last batch is ignored, cut off before the next append, earlier batches kept", async () => {
-  const root = mkdtempSync(join(tmpdir(), "p2psync-fs-"));
+  const root = mkdtempSync(join(tmpBase, "t-"));
   let s = await FileStorage.open(root);
   await s.addChanges("a.1", "t", [item("one"), item("two")]);
   await s.addChanges("a.1", "t", [item("three")]);
@@ -71,7 +75,7 @@ test("files: a torn last batch is ignored, cut off before the next append, earli
 });
 
 test("files: a batch whose body was garbled (hash mismatch) is dropped whole", async () => {
-  const root = mkdtempSync(join(tmpdir(), "p2psync-fs-"));
+  const root = mkdtempSync(join(tmpBase, "t-"));
   let s = await FileStorage.open(root);
   await s.addAclRecords("a.1", [item("r1")]);
   await s.addAclRecords("a.1", [item("r2"), item("r3")]);
