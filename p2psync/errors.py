@@ -359,7 +359,7 @@ class FileNotFound(FileError):
 
 
 class FileTooLarge(FileError):
-    """A file has more chunks than one manifest can list (a chunked manifest is not done)."""
+    """A file has more chunks than a manifest can list, paged or not (MAX_FILE_CHUNKS)."""
 
 
 class ChangeTooLarge(DocumentError):
@@ -383,3 +383,10 @@ class PairingRefused(PairingError):
 class DiskFull(FileError):
     """The disk filled up while a file was written out: the transfer was aborted, the partial
     temp file removed, and whatever was at the target before is untouched."""
+
+
+class ManifestPageInvalid(ManifestInvalid):
+    """A page of a paged file manifest is wrong: it does not match its address, is over a
+    chunk's size, fails authentication under the file key, is malformed or truncated, holds
+    another number of entries than the signed manifest says, or the pages' entries do not
+    hash to the manifest's list hash. None of its entries is used (docs/files.md "bigfile")."""

@@ -162,18 +162,22 @@ def test_tombstone_deletes_file_and_frees_chunks(tmp_path: Path) -> None:
 
 def test_file_too_large_for_one_manifest_refused(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal bound is MAX_FILE_CHUNKS chunks per file (paged manifests carry more than
+    one change can: docs/files.md "bigfile"); lowered here to 13 chunks."""
     from p2psync.errors import FileTooLarge
     from p2psync.replica import files as F
     store, me, dev = _device(tmp_path, "a")
     sp = Space.create(store, me, dev, window=0)
-    monkeypatch.setattr(F, "MAX_MANIFEST_BYTES", 500)  # ~10 chunks
+    monkeypatch.setattr(F, "MAX_FILE_CHUNKS", 13)
     with pytest.raises(FileTooLarge):
         FS.add_file(sp, _content(2_000_000, 8), name="big")
     assert FS.list_files(sp) == []
     assert store.list_chunks(sp.id) == []  # it stopped early and left no orphan chunk
+    monkeypatch.setattr(F, "MAX_MANIFEST_BYTES", 100)  # not even a paged manifest fits
     with pytest.raises(FileTooLarge):  # under the early bound, over it once signed
         FS.add_file(sp, _content(600_000, 10), name="mid")
-    assert store.list_chunks(sp.id) == []  # its stored chunks were removed again
+    assert store.list_chunks(sp.id) == []  # its stored chunks (and pages) were removed again
+    monkeypatch.setattr(F, "MAX_MANIFEST_BYTES", 500)
     calls: list[int] = []
     real = F.encrypt_stream
 
@@ -185,7 +189,7 @@ def test_file_too_large_for_one_manifest_refused(tmp_path: Path,
     monkeypatch.setattr(F, "encrypt_stream", counted)
     with pytest.raises(FileTooLarge):
         FS.add_file(sp, _content(2_000_000, 8), name="big")
-    assert len(calls) <= 500 // 38 + 1  # not the ~30 chunks of the whole file
+    assert len(calls) <= 13 + 1  # not the ~30 chunks of the whole file
     # an edit refused as too large keeps the file's current version whole
     small = FS.add_file(sp, _content(100_000, 9), name="small").manifest
     with pytest.raises(FileTooLarge):

@@ -12,6 +12,14 @@ chunks written from then on are under a key a removed member never had.
 Chunks live in the store's chunk table (ciphertext only). A manifest can arrive long before its
 chunks (sync is lazy): :func:`file_info` tells how many are held, :func:`get_file` refuses to
 report a partial file as complete.
+
+A file too large for its manifest to fit in one change has a **paged manifest**
+(:class:`~p2psync.replica.files.PagedManifest`): its chunk list is in manifest pages, stored in
+the chunk table like chunks. Every reader works in two phases: the pages first (fetched,
+verified, :func:`~p2psync.replica.files.resolve`), then the data chunks they list —
+:func:`missing_chunks` names the missing pages until all are here, :func:`file_info` counts
+pages among the chunks, :func:`live_chunks` names pages and chunks (and nothing, i.e. "keep
+everything", while it cannot read the pages).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from p2psync.errors import (
     FileTooLarge,
     ManifestInvalid,
     ObjectDeleted,
+    P2PSyncError,
 )
 from p2psync.replica import files as F
 from p2psync.replica.document import ROOT
@@ -115,9 +124,9 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
 
     def too_large() -> FileTooLarge:
         space.store.delete_chunks(added)  # nothing of a refused file stays behind
-        return FileTooLarge(f"over {size} bytes, {len(chunks)} chunks: too many for one "
-                            f"manifest (at most ~{F.MAX_MANIFEST_BYTES // 39} chunks, ~1.4 GiB; "
-                            f"a chunked manifest is not done, docs/files.md)")
+        return FileTooLarge(f"over {size} bytes, {len(chunks)} chunks: too many for a "
+                            f"manifest (at most {F.MAX_FILE_CHUNKS} chunks, 16 GiB at the "
+                            f"average chunk size; docs/files.md)")
 
     for addr, n, ct in F.encrypt_stream(source, key, fid):  # bounded memory: batches
         chunks.append((addr, n))
@@ -125,13 +134,28 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
         batch[addr] = ct
         if len(batch) >= _BATCH:
             flush()
-        if len(chunks) > F.MAX_MANIFEST_BYTES // 38:  # no manifest entry is under 38 bytes:
-            batch.clear()  # stop now rather than chunk, encrypt and store the rest first
+        if len(chunks) > F.MAX_FILE_CHUNKS:  # stop now rather than chunk, encrypt and
+            batch.clear()  # store the rest first
             raise too_large()
     flush()
     manifest = F.Manifest(space.id, fid, name, media_type, size, key_id, tuple(chunks),
                           space.me.public)
-    raw = manifest.sign(space.me)
+    # a version-1 manifest when it fits in one document change (no entry is under 38 bytes),
+    # else a paged one: its pages are stored first, like chunks (docs/files.md "bigfile")
+    raw = (manifest.sign(space.me) if len(chunks) * 38 <= F.MAX_MANIFEST_BYTES
+           and len(chunks) <= F.MAX_CHUNKS else b"")
+    if not raw or len(raw) > F.MAX_MANIFEST_BYTES:
+        try:
+            pages, lhash, blobs = F.paginate(key, fid, chunks)
+        except FileTooLarge:
+            raise too_large() from None
+        batch.update(blobs)
+        flush()
+        head = F.PagedManifest(space.id, fid, name, media_type, size, key_id, pages, lhash,
+                               space.me.public)
+        manifest = F.Manifest(space.id, fid, name, media_type, size, key_id, tuple(chunks),
+                              space.me.public, paged=head)
+        raw = head.sign(space.me)
     if len(raw) > F.MAX_MANIFEST_BYTES:  # one document change carries it (docs/files.md)
         raise too_large()
     with doc.edit() as e:
@@ -142,8 +166,10 @@ def add_file(space: Space, source: bytes | str | Path, *, name: str | None = Non
     return AddResult(manifest, len(chunks), new_chunks, new_bytes)
 
 
-def manifest_of(space: Space, file_id: bytes) -> F.Manifest:
-    """The verified manifest of a live file; :class:`FileNotFound` if there is none."""
+def head_of(space: Space, file_id: bytes) -> F.Manifest | F.PagedManifest:
+    """The signed manifest of a live file as its document holds it, verified (signature, this
+    space, this file), its pages not read: a :class:`~p2psync.replica.files.PagedManifest`
+    for a paged file. :class:`FileNotFound` if there is none."""
     if space.is_deleted(file_id) or not space.has_tree(file_id):
         raise FileNotFound(f"no file {file_id.hex()[:16]} in this space")
     try:
@@ -153,10 +179,24 @@ def manifest_of(space: Space, file_id: bytes) -> F.Manifest:
     raw = _as_bytes(value)
     if raw is None:
         raise FileNotFound(f"document {file_id.hex()[:16]} is not a file")
-    m = F.Manifest.parse(raw)
+    m = F.parse_manifest(raw)
     if m.space_id != space.id or m.file_id != file_id:
         raise ManifestInvalid("file manifest was made for another file or space")
     return m
+
+
+def manifest_of(space: Space, file_id: bytes) -> F.Manifest:
+    """The verified manifest of a live file with its whole chunk list: a paged manifest's
+    pages are read from the store and verified first (:class:`FileIncomplete` while one is
+    not here, :class:`~p2psync.errors.ManifestPageInvalid` if one is wrong).
+    :class:`FileNotFound` if there is no such file."""
+    return _resolved(space, head_of(space, file_id))
+
+
+def _resolved(space: Space, m: F.Manifest | F.PagedManifest) -> F.Manifest:
+    if isinstance(m, F.Manifest):
+        return m
+    return F.resolve(m, _key_for(space, m.file_id, m.read_key_id), _Fetch(space))
 
 
 def _as_bytes(value: Any) -> bytes | None:
@@ -168,8 +208,19 @@ def _as_bytes(value: Any) -> bytes | None:
 
 
 def file_info(space: Space, file_id: bytes) -> FileInfo:
-    m = manifest_of(space, file_id)
-    distinct = list(dict.fromkeys(m.addresses))
+    """A file's facts and how many of its distinct chunks are held. A paged file counts its
+    manifest pages among its chunks; while a page is missing, its chunk count is the pages
+    plus the entries they hold (the distinct count is not known yet) and only pages count as
+    held, so it is never complete before every page and chunk is here."""
+    head = head_of(space, file_id)
+    if isinstance(head, F.PagedManifest):
+        pages = list(dict.fromkeys(head.page_addresses))
+        held_pages = len(space.store.has_chunks(pages))
+        if held_pages < len(pages):
+            return FileInfo(file_id, head.name, head.media_type, head.size,
+                            len(pages) + head.entries, held_pages)
+    m = _resolved(space, head)
+    distinct = list(dict.fromkeys(m.page_addresses + m.addresses))
     held = len(space.store.has_chunks(distinct))
     return FileInfo(file_id, m.name, m.media_type, m.size, len(distinct), held)
 
@@ -180,14 +231,22 @@ def list_files(space: Space) -> list[FileInfo]:
     for tid in space.tree_ids():
         try:
             out.append(file_info(space, tid))
-        except (FileNotFound, ManifestInvalid):
+        except (FileNotFound, ManifestInvalid, AccessDenied):
             continue
     return sorted(out, key=lambda i: (i.name, i.file_id))
 
 
 def missing_chunks(space: Space, file_id: bytes) -> list[bytes]:
-    """Addresses of a file's chunks not held here, in file order (what a fetch asks for)."""
-    m = manifest_of(space, file_id)
+    """Addresses of a file's chunks not held here, in file order (what a fetch asks for).
+    For a paged file, phase one: its missing manifest pages, until every page is here; then
+    (the pages verified) its missing data chunks. Empty only when the file is complete."""
+    head = head_of(space, file_id)
+    if isinstance(head, F.PagedManifest):
+        pages = list(dict.fromkeys(head.page_addresses))
+        have = space.store.has_chunks(pages)
+        if len(have) < len(pages):
+            return [a for a in pages if a not in have]
+    m = _resolved(space, head)
     return F.missing(m, space.store.has_chunks(m.addresses))
 
 
@@ -210,7 +269,9 @@ def live_chunks(space: Space, file_id: bytes) -> tuple[tuple[bytes, ...], set[by
     heads** names: with concurrent edits (two heads) both sides' manifests count, whichever
     Automerge shows, so no chunk a current version may need is ever collected. Older versions
     in the document's history do not count (docs/files.md "Backup GC": a file's chunks are
-    kept for its current version(s) only). Empty for a deleted or unreadable file."""
+    kept for its current version(s) only). A paged manifest's pages are live too. Empty for a
+    deleted or unreadable file, and when a paged manifest at a head cannot be read here (a
+    page missing, no key): an empty set means "unknown, keep everything"."""
     if space.is_deleted(file_id) or not space.has_tree(file_id):
         return (), set()
     heads = tuple(sorted(space.heads(file_id)))
@@ -221,11 +282,18 @@ def live_chunks(space: Space, file_id: bytes) -> tuple[tuple[bytes, ...], set[by
         if raw is None:
             continue
         try:
-            m = F.Manifest.parse(raw)
+            m = F.parse_manifest(raw)
         except ManifestInvalid:
             continue
-        if m.space_id == space.id and m.file_id == file_id:
-            live.update(m.addresses)
+        if m.space_id != space.id or m.file_id != file_id:
+            continue
+        if isinstance(m, F.PagedManifest):
+            try:
+                m = _resolved(space, m)
+            except P2PSyncError:  # its pages are not all here (or wrong): what it names is
+                return heads, set()  # unknown, so nothing may be collected
+        live.update(m.page_addresses)
+        live.update(m.addresses)
     return heads, live
 
 

@@ -387,10 +387,20 @@ async def fetch_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes
     """Fetch the chunks of one file this store lacks from every connected peer sharing the
     space at once, each verified and stored as it arrives (so an interrupted fetch resumes
     with what is still missing). A peer sending a wrong chunk is struck and the chunk asked
-    of the others. Returns True when the file is complete here."""
-    wanted = FS.missing_chunks(space, file_id)
-    if not wanted:
-        return True
+    of the others. Returns True when the file is complete here. A paged file takes two
+    rounds: its manifest pages, then the chunks they list (docs/files.md "bigfile")."""
+    for _phase in range(2):
+        wanted = FS.missing_chunks(space, file_id)
+        if not wanted:
+            return True
+        if not await _fetch_chunks(engines, space, file_id, wanted, window, progress):
+            return False
+    return not FS.missing_chunks(space, file_id)
+
+
+async def _fetch_chunks(engines: Iterable[PeerEngine], space: Space, file_id: bytes,
+                        wanted: list[bytes], window: int,
+                        progress: Callable[[int], None] | None) -> bool:
     streams: dict[Peer, PeerStream] = {}
     for e in peers_for(engines, space.id):
         with contextlib.suppress(P2PSyncError):
