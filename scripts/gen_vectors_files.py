@@ -1,5 +1,6 @@
 """Golden vectors for encrypted files (docs/files.md): the file key, chunk encryption and
-address, the signed manifest, and chunk messages 60/61/62/64 with cases a receiver must refuse.
+address, the signed manifest (version 1, and a paged version-2 one with its pages), and chunk
+messages 60/61/62/64 with cases a receiver must refuse.
 
 Wired into ``scripts/gen_vectors.py`` (``BUILDERS["files"]``), which writes
 ``tests/vectors/files.json``; ``tests/test_vectors.py`` ``check_files`` re-derives every value
@@ -48,6 +49,20 @@ def files_vectors() -> dict[str, Any]:
                               c["plaintext"]))) for c in chunks), author.public)
     raw = manifest.sign(author)
     a0, a1 = (bytes.fromhex(c["address"]) for c in chunks)
+    # a paged (v2) manifest of the same chunks plus chunk 0 again (a repeat is legal), in
+    # pages of 2 entries: [c0, c1], [c0]
+    entries = [*manifest.chunks, manifest.chunks[0]]
+    pages = []
+    for i in range(0, len(entries), 2):
+        part = entries[i:i + 2]
+        paddr, pct = F.encrypt_page(key, fid, part)
+        pages.append({"entries": [[h(a), n] for a, n in part],
+                      "plaintext": h(pack([[a, n] for a, n in part])),
+                      "nonce": h(pct[:F.NONCE_SIZE]), "ciphertext": h(pct), "address": h(paddr)})
+    paged = F.PagedManifest(sid, fid, "film.mkv", "video/x-matroska",
+                            sum(n for _, n in entries), rk_id,
+                            tuple((bytes.fromhex(p["address"]), len(p["entries"]))
+                                  for p in pages), F.list_hash(entries), author.public)
     ct0 = bytes.fromhex(chunks[0]["ciphertext"])
     msgs = [
         (21, m.ChunkRequest(sid, fid, (a0, a1))),
@@ -74,6 +89,17 @@ def files_vectors() -> dict[str, Any]:
         "space_id": sid, "file_id": h(fid), "read_key": h(rk.key), "read_key_id": h(rk_id),
         "file_key": h(key), "chunks": chunks,
         "manifest": {"author_seed": h(author.seed), "body": h(manifest.body()), "signed": h(raw)},
+        "manifest_v2": {
+            "about": "A paged manifest (docs/files.md 'bigfile'): body [2, space_id, file_id, "
+                     "name, media_type, size, read_key_id, [[page_address, entries]], "
+                     "list_hash, author], signed as v1. Each page is nonce || "
+                     "XChaCha20-Poly1305(msgpack [[address, length]], aad="
+                     "'p2psync/file-page/v2\\0' || file_id), nonce = BLAKE2b-192(key="
+                     "file_key, person='p2psync-pgnonce1', plaintext), address = "
+                     "BLAKE2b-256(ciphertext). list_hash = BLAKE2b-256(person="
+                     "'p2psync-chlist01', address || u32be(length) for every entry in order).",
+            "pages": pages, "list_hash": h(paged.list_hash), "body": h(paged.body()),
+            "signed": h(paged.sign(author))},
         "messages": [{"type": int(x.TYPE), "name": x.TYPE.name, "request_id": rid,
                       "body": tag(x.fields()), "hex": m.encode(x, rid).hex()} for rid, x in msgs],
         "refuse": [{"why": why, "hex": raw_.hex(), "error": "MALFORMED"} for why, raw_ in refuse],

@@ -27,7 +27,7 @@ import pytest
 
 from p2psync import codec
 from p2psync.backup.receipt import verify_receipt
-from p2psync.codec import content_id, unpack
+from p2psync.codec import content_id, pack, unpack
 from p2psync.crypto.box import ReadKey, unseal
 from p2psync.crypto.cert import DeviceCertificate
 from p2psync.crypto.ids import account_id, decode_key, peer_id, short_hash
@@ -45,6 +45,7 @@ from p2psync.errors import (
     BadId,
     BadRecoveryPhrase,
     DecodeError,
+    ManifestPageInvalid,
     P2PSyncError,
 )
 from p2psync.replica import automerge_adapter as ad
@@ -465,8 +466,38 @@ def check_files(v: Any) -> None:
     tampered[-1] ^= 1
     with pytest.raises(P2PSyncError):
         F.Manifest.parse(bytes(tampered))
+    check_paged_manifest(v, key, author)
     assert {c["type"] for c in v["messages"]} == {60, 61, 62, 64}
     check_messages(v)
+
+
+def check_paged_manifest(v: Any, key: bytes, author: AccountKey) -> None:
+    """The v2 manifest: each page re-encrypted byte for byte, the list hash, the signed body;
+    resolving it from its pages gives the entries; a flipped byte in a page is refused."""
+    mf = v["manifest_v2"]
+    fid = b(v["file_id"])
+    head = F.parse_manifest(b(mf["signed"]))
+    assert isinstance(head, F.PagedManifest) and head.body().hex() == mf["body"]
+    assert head.sign(author).hex() == mf["signed"] and head.list_hash.hex() == mf["list_hash"]
+    entries: list[tuple[bytes, int]] = []
+    for page, (addr, n) in zip(mf["pages"], head.pages, strict=True):
+        part = [(b(a), k) for a, k in page["entries"]]
+        paddr, ct = F.encrypt_page(key, fid, part)
+        assert (paddr.hex(), ct.hex(), ct[:F.NONCE_SIZE].hex(), addr.hex(), n) == (
+            page["address"], page["ciphertext"], page["nonce"], page["address"], len(part))
+        assert pack([[a, k] for a, k in part]).hex() == page["plaintext"]
+        assert F.decrypt_page(key, fid, paddr, ct, n) == part
+        entries += part
+    assert F.list_hash(entries).hex() == mf["list_hash"]
+    blobs = {b(p["address"]): b(p["ciphertext"]) for p in mf["pages"]}
+    got = F.resolve(head, key, blobs.get)
+    assert list(got.chunks) == entries and got.size == head.size and got.paged == head
+    with pytest.raises(P2PSyncError):
+        F.Manifest.parse(b(mf["signed"]))  # a v1-only reader refuses it, never misreads it
+    first = next(iter(blobs))
+    blobs[first] = blobs[first][:-1] + bytes([blobs[first][-1] ^ 1])
+    with pytest.raises(ManifestPageInvalid):
+        F.resolve(head, key, blobs.get)
 
 
 CHECKS: dict[str, Callable[[Any], None]] = {

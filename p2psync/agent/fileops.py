@@ -215,7 +215,7 @@ def file_pin(dev: LocalDevice, space: str, file: str) -> dict[str, Any]:
     """Mark a file pinned (the agent fetches it at once: see :func:`agent_file_pin`)."""
     sp = dev.resolve_space(space)
     fid = doc_ref(sp, file)
-    FS.manifest_of(sp, fid)  # a live file
+    FS.head_of(sp, fid)  # a live file (a paged one: its pages may not be here yet)
     data = pins(dev)
     data.setdefault(sp.id, set()).add(fid.hex())
     _save_pins(dev, data)
