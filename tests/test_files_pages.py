@@ -214,6 +214,19 @@ def test_hostile_pages_from_a_writer_refused(tmp_path: Path, paged: None) -> Non
         with pytest.raises(ManifestPageInvalid):
             FS.missing_chunks(b, fid)
         assert not out.exists(), why
+    # the list hashes right, but page 1 holds 9 entries (page 2's first) and page 2 holds 7:
+    # a page must hold exactly what the signed manifest says
+    shifted = [F.encrypt_page(key, fid, entries[:PER_PAGE + 1]),
+               F.encrypt_page(key, fid, entries[PER_PAGE + 1:2 * PER_PAGE])]
+    b.store.put_chunks(b.id, fid, shifted)
+    bad = F.PagedManifest(head.space_id, fid, head.name, head.media_type, head.size,
+                          head.read_key_id, ((shifted[0][0], PER_PAGE),
+                                             (shifted[1][0], PER_PAGE), *head.pages[2:]),
+                          head.list_hash, head.author)
+    _rewrite(a, me, bad)
+    _ship_docs(a, b)
+    with pytest.raises(ManifestPageInvalid, match="entries"):
+        FS.get_file(b, fid, out)
     # well-formed pages listing other entries than the signed list hash covers
     swapped = [entries[1], entries[0], *entries[2:PER_PAGE]]
     paddr, pct = F.encrypt_page(key, fid, swapped)
@@ -229,6 +242,18 @@ def test_hostile_pages_from_a_writer_refused(tmp_path: Path, paged: None) -> Non
     _rewrite(a, me, head)  # the honest manifest again: the file reads
     _ship_docs(a, b)
     assert FS.get_file(b, fid, out) == SIZE
+
+
+def test_pages_are_encrypted_in_their_own_domain(tmp_path: Path, paged: None) -> None:
+    """A page and a data chunk of the same file with the same plaintext differ (own nonce
+    personalisation and AAD): one can never stand for the other."""
+    _a, _b, _me, key, m, fid = _hostile(tmp_path)
+    entries = list(m.chunks[:PER_PAGE])
+    paddr, pct = F.encrypt_page(key, fid, entries)
+    caddr, cct = F.encrypt_chunk(key, fid, pack([[x, n] for x, n in entries]))
+    assert paddr != caddr and pct[:F.NONCE_SIZE] != cct[:F.NONCE_SIZE]
+    with pytest.raises(ManifestPageInvalid):
+        F.decrypt_page(key, fid, caddr, cct, PER_PAGE)
 
 
 # --- end to end: two agents on loopback -------------------------------------------------------
