@@ -28,10 +28,12 @@ from p2psync.replica.document import ROOT
 from p2psync.replica.space import Space
 from p2psync.replica.store import Store
 from p2psync.sync import files_io
+from p2psync.sync.messages import ChunkKeep, ChunkKeepPart, ChunkResponse
 from tests.backup_helpers import NO_PERIODIC
 from tests.conftest import Fleet
 from tests.sync_helpers import fast_config, wait_any
 from tests.test_files_agents import call, call_err, has_file, pair
+from tests.test_files_gc import keep_reply
 
 SIZE = 3_000_000  #: ~45 chunks: 6 pages of 8 entries
 PER_PAGE = 8
@@ -317,22 +319,39 @@ def _blobs(m: F.Manifest) -> set[bytes]:
     return set(m.addresses) | set(m.page_addresses)
 
 
-async def test_backup_keeps_pages_of_a_live_file_and_drops_them_with_it(
-        fleet: Fleet, paged: None) -> None:
-    """The backup pulls a paged file's pages and chunks (offers name them all); after an edit
-    the laptop's CHUNK_KEEP names the new pages, so the backup keeps them and collects the
-    replaced ones; a tombstone frees the rest, pages included."""
+async def _backed_up(fleet: Fleet) -> tuple[Node, Any, Node, Space, bytes, F.Manifest]:
+    """A laptop with one paged file, its backup holding every page and chunk of it."""
     backup, policy = await fleet.backup(head_sync_interval=NO_PERIODIC)
     laptop = await fleet.node("laptop", config=fast_config(head_sync_interval=NO_PERIODIC))
     space = laptop.create_space()
     space.emit_acl(lambda acl: acl.add_replicator(laptop.account, backup.account.public))
-    data = _data(7)
-    v1 = FS.add_file(space, data, name="f").manifest
-    fid = v1.file_id
+    v1 = FS.add_file(space, _data(7), name="f").manifest
     assert v1.paged is not None
     await laptop.connect(backup.address())
     await wait_any([backup], lambda: space.id in backup.spaces
-                   and _held(backup, space.id, fid) == _blobs(v1))
+                   and _held(backup, space.id, v1.file_id) == _blobs(v1))
+    return backup, policy, laptop, space, v1.file_id, v1
+
+
+@pytest.mark.parametrize("in_parts", [False, True])
+async def test_backup_keeps_pages_of_a_live_file_and_drops_them_with_it(
+        fleet: Fleet, paged: None, in_parts: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backup pulls a paged file's pages and chunks (offers name them all); after an edit
+    the laptop's CHUNK_KEEP names the new pages, so the backup keeps them and collects the
+    replaced ones; a tombstone frees the rest, pages included. ``in_parts``: the statement
+    does not fit in one message (lowered to 16 addresses) and goes as CHUNK_KEEP_PARTs."""
+    backup, policy, laptop, space, fid, v1 = await _backed_up(fleet)
+    sent: list[Any] = []
+    if in_parts:
+        monkeypatch.setattr(files_io, "MAX_KEEP_ADDRESSES", 16)
+        real = files_io.encode
+
+        def spy(msg: Any, rid: int) -> bytes:
+            sent.append(msg)
+            return real(msg, rid)
+
+        monkeypatch.setattr(files_io, "encode", spy)
+    data = _data(7)
     v2 = FS.add_file(space, data[:SIZE // 3] + _data(8, SIZE // 3) + data[2 * SIZE // 3:],
                      name="f", file_id=fid).manifest
     assert v2.paged is not None and set(v1.page_addresses) - set(v2.page_addresses)
@@ -341,9 +360,40 @@ async def test_backup_keeps_pages_of_a_live_file_and_drops_them_with_it(
     puller = files_io.Puller.of(backup.replicas)
     assert puller.collected == len(_blobs(v1) - _blobs(v2))
     assert set(v2.page_addresses) <= _held(backup, space.id, fid)
+    if in_parts:
+        parts = [m for m in sent if isinstance(m, ChunkKeepPart)]
+        assert len(parts) == -(-len(_blobs(v2)) // 16) > 1
+        assert not [m for m in sent if type(m) is ChunkKeep]
     used = policy.usage.spaces[space.id].bytes
     space.delete_objects([fid])
     await wait_any([backup], lambda: not _held(backup, space.id, fid))
     assert backup.store is not None
     assert not backup.store.has_chunks(list(_blobs(v2)))
     await wait_any([backup], lambda: policy.usage.spaces[space.id].bytes < used - SIZE)
+
+
+async def test_an_incomplete_keep_statement_deletes_nothing(fleet: Fleet, paged: None) -> None:
+    """Parts of a statement are acted on only once all of them (same heads, same count) are
+    here: a lone part, or parts of two different statements, delete nothing."""
+    backup, _policy, laptop, space, fid, _v1 = await _backed_up(fleet)
+    everything = _held(backup, space.id, fid)
+    puller = files_io.Puller.of(backup.replicas)
+    engine = files_io.peers_for(laptop.engines, space.id)[0]
+    heads = tuple(space.heads(fid))
+    one, two = sorted(everything)[:1], sorted(everything)[1:2]
+
+    async def say(part: ChunkKeepPart) -> None:
+        assert isinstance(await keep_reply(engine, part), ChunkResponse)
+        await wait_any([backup], lambda: puller.idle.is_set())
+
+    await say(ChunkKeepPart(space.id, fid, heads, tuple(one), 0, 2))  # 1 of 2
+    assert _held(backup, space.id, fid) == everything and puller.parts
+    await say(ChunkKeepPart(space.id, fid, (b"\x01" * 32,), tuple(two), 1, 2))  # other heads
+    assert _held(backup, space.id, fid) == everything
+    await say(ChunkKeepPart(space.id, fid, heads, tuple(two), 1, 3))  # another count
+    assert _held(backup, space.id, fid) == everything and puller.collected == 0
+    assert puller.kept == 1  # only the latest statement's part waits
+    await say(ChunkKeepPart(space.id, fid, heads, tuple(one), 0, 2))
+    await say(ChunkKeepPart(space.id, fid, heads, tuple(two), 1, 2))  # complete: applied
+    await wait_any([backup], lambda: _held(backup, space.id, fid) == set(one) | set(two))
+    assert not puller.parts and puller.kept == 0

@@ -34,8 +34,10 @@ from p2psync.replica.storage import ReplicaStore
 from p2psync.sync.files import ChunkFetch, Gate, Peer, answer, gate_refusal
 from p2psync.sync.messages import (
     MAX_KEEP_ADDRESSES,
+    MAX_KEEP_PARTS,
     MAX_OFFER_ADDRESSES,
     ChunkKeep,
+    ChunkKeepPart,
     ChunkOffer,
     ChunkRequest,
     ChunkResponse,
@@ -455,7 +457,11 @@ class Puller:
         #: the latest keep statement per file, applied between pulls (one per file: bounded
         #: by the files of the space)
         self.keeps: dict[tuple[str, bytes], ChunkKeep] = {}
-        self.kept = 0  #: addresses in those statements (bounded by MAX_QUEUED)
+        self.kept = 0  #: addresses in those statements and parts (bounded by MAX_QUEUED)
+        #: the parts of a paged keep statement gathered so far, per file: (heads, parts,
+        #: {part: addresses}); one statement per file, a newer one replaces it
+        self.parts: dict[tuple[str, bytes], tuple[tuple[bytes, ...], int,
+                                                  dict[int, tuple[bytes, ...]]]] = {}
         self.collected = 0  #: chunks deleted on keep statements
         self.idle = asyncio.Event()
         self.idle.set()
@@ -478,6 +484,11 @@ class Puller:
             if not (offer.heads and space.acl.state.can_write(sender)  # what a writer may say
                     and space.has_tree(offer.file_id)):  # of a file we hold (else: nothing to
                 return  # collect), so statements are bounded by files and by MAX_QUEUED:
+            if isinstance(offer, ChunkKeepPart):
+                whole = self._gather(key, offer)
+                if whole is None:
+                    return  # more parts to come (nothing is deleted on a partial statement)
+                offer = whole
             old = self.keeps.get(key)
             kept = self.kept + len(offer.addresses) - (len(old.addresses) if old else 0)
             if kept <= MAX_QUEUED:  # too much waiting: said again at the next connection
@@ -491,6 +502,28 @@ class Puller:
         self.queue.setdefault((offer.space_id, offer.file_id), set()).update(lacking)
         self.queued += len(lacking)
         self._start()
+
+    def _gather(self, key: tuple[str, bytes], part: ChunkKeepPart) -> ChunkKeep | None:
+        """Hold one part of a paged keep statement (docs/files.md "bigfile"); once every part
+        of that statement (same heads, same count) is here, the whole statement. Parts of an
+        older statement of the file are dropped when a newer one's arrive; all parts waiting
+        count in ``kept`` (≤ MAX_QUEUED: beyond, a part is ignored and said again later)."""
+        heads, parts, got = self.parts.get(key, (part.heads, part.parts, {}))
+        if (heads, parts) != (part.heads, part.parts):
+            self.kept -= sum(len(a) for a in got.values())
+            heads, parts, got = part.heads, part.parts, {}
+        old = got.get(part.part, ())
+        if self.kept - len(old) + len(part.addresses) > MAX_QUEUED:
+            return None
+        got[part.part] = part.addresses
+        self.kept += len(part.addresses) - len(old)
+        self.parts[key] = (heads, parts, got)
+        if len(got) < parts:
+            return None
+        del self.parts[key]
+        self.kept -= sum(len(a) for a in got.values())
+        return ChunkKeep(part.space_id, part.file_id, heads,
+                         tuple(a for i in range(parts) for a in got[i]))
 
     def _start(self) -> None:
         self.idle.clear()
@@ -609,7 +642,7 @@ async def offer_chunks(engine: PeerEngine, space: Space,
         addrs, keep = _offered(engine.replicas.store, space, fid)
         offers += [ChunkOffer(space.id, fid, tuple(addrs[i:i + MAX_OFFER_ADDRESSES]))
                    for i in range(0, len(addrs), MAX_OFFER_ADDRESSES)]
-        offers += [keep] if keep is not None else []
+        offers += keep
     if not offers:
         return 0
     stream = await engine.conn.open_stream()
@@ -658,22 +691,29 @@ async def offer_to_replicator(engine: PeerEngine) -> None:
 
 
 def _offered(store: ReplicaStore, space: Space,
-             fid: bytes) -> tuple[list[bytes], ChunkKeep | None]:
+             fid: bytes) -> tuple[list[bytes], list[ChunkKeep]]:
     """What we tell a replicator about one file: the chunks we hold that a manifest at the
     document's current heads names (a replaced version's chunks are not offered again), and
     a keep statement for those heads when we can read the manifests (a writer's statement
-    lets the backup collect the rest; docs/files.md "Backup GC")."""
+    lets the backup collect the rest; docs/files.md "Backup GC") — in parts
+    (:class:`ChunkKeepPart`) when it does not fit in one message (a paged file)."""
     addrs = store.list_chunks(space.id, fid)
     try:
         heads, live = FS.live_chunks(space, fid)
     except P2PSyncError:
         heads, live = (), set()
     if not live:
-        return addrs, None  # unreadable here: offer what we hold, say nothing about the rest
+        return addrs, []  # unreadable here: offer what we hold, say nothing about the rest
     addrs = [a for a in addrs if a in live]
-    keep = (ChunkKeep(space.id, fid, heads, tuple(sorted(live)))
-            if heads and len(live) <= MAX_KEEP_ADDRESSES else None)
-    return addrs, keep
+    every = sorted(live)
+    if not heads or len(every) > MAX_KEEP_PARTS * MAX_KEEP_ADDRESSES:
+        return addrs, []
+    if len(every) <= MAX_KEEP_ADDRESSES:
+        return addrs, [ChunkKeep(space.id, fid, heads, tuple(every))]
+    slices = [tuple(every[i:i + MAX_KEEP_ADDRESSES])
+              for i in range(0, len(every), MAX_KEEP_ADDRESSES)]
+    return addrs, [ChunkKeepPart(space.id, fid, heads, part, i, len(slices))
+                   for i, part in enumerate(slices)]
 
 
 def _offers(engine: PeerEngine, space: Space, fids: list[bytes]) -> int:

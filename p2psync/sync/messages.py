@@ -87,6 +87,7 @@ class MsgType(IntEnum):
     CHUNK_OFFER = 62  #: "I hold these chunks of this file": a replicator pulls what it lacks
     ERROR = 63
     CHUNK_KEEP = 64  #: "at these heads the file needs only these chunks": a replicator's GC
+    CHUNK_KEEP_PART = 65  #: one part of a keep statement too large for one message
 
 
 class ErrorCode(IntEnum):
@@ -717,13 +718,45 @@ class ChunkKeep:
         return cls(b[0], b[1], tuple(b[2]), tuple(b[3]))
 
 
+#: parts of one paged keep statement (16 × 24 576 ≥ a paged file's 2^18 chunks + its pages)
+MAX_KEEP_PARTS = 16
+
+
+@dataclass(frozen=True)
+class ChunkKeepPart(ChunkKeep):
+    """Part ``part`` (0-based) of ``parts`` of a keep statement whose addresses do not fit in
+    one :class:`ChunkKeep` (a paged file: docs/files.md "bigfile"). A replicator gathers the
+    parts of one file and heads and acts only once it holds all of them, on their union,
+    exactly as on one statement; an incomplete set deletes nothing. A :class:`ChunkKeep`
+    for the type-matching (``isinstance``) paths: gate, access check, ``on_offer``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHUNK_KEEP_PART
+    part: int = 0
+    parts: int = 2
+
+    def fields(self) -> list[Any]:
+        return [self.space_id, self.file_id, list(self.heads), self.part, self.parts,
+                list(self.addresses)]
+
+    SCHEMA: ClassVar[Any] = c.fields(_SPACE_ID, c.blob(size=ID_SIZE), _HEADS,
+                                     c.integer(0, MAX_KEEP_PARTS - 1),
+                                     c.integer(2, MAX_KEEP_PARTS),
+                                     c.array(_CHUNK_ADDR, max_items=MAX_KEEP_ADDRESSES))
+
+    @classmethod
+    def from_body(cls, b: tuple[Any, ...]) -> ChunkKeepPart:
+        if b[3] >= b[4]:
+            raise DecodeError("chunk_keep_part: part index beyond its part count")
+        return cls(b[0], b[1], tuple(b[2]), tuple(b[5]), b[3], b[4])
+
+
 # --- envelope -----------------------------------------------------------------------------------
 Message: TypeAlias = (
     SpaceHello | SpaceTokens | HeadSyncRequest | HeadSyncResponse | HeadUpdate
     | FullSyncRequest | FullSyncResponse | AclHeadUpdate | AclSyncRequest | AclSyncResponse
     | BootstrapRequest | BootstrapResponse | ErrorMessage
     | SpaceOffer | ReceiptRequest | ReceiptResponse | StorageRefused
-    | ChunkRequest | ChunkResponse | ChunkOffer | ChunkKeep
+    | ChunkRequest | ChunkResponse | ChunkOffer | ChunkKeep | ChunkKeepPart
 )
 
 _CLASSES: tuple[type[Any], ...] = (
@@ -731,7 +764,7 @@ _CLASSES: tuple[type[Any], ...] = (
     FullSyncRequest, FullSyncResponse, AclHeadUpdate, AclSyncRequest, AclSyncResponse,
     BootstrapRequest, BootstrapResponse, ErrorMessage,
     SpaceOffer, ReceiptRequest, ReceiptResponse, StorageRefused,
-    ChunkRequest, ChunkResponse, ChunkOffer, ChunkKeep,
+    ChunkRequest, ChunkResponse, ChunkOffer, ChunkKeep, ChunkKeepPart,
 )
 #: message type -> (body schema, constructor from the decoded body)
 _READERS: dict[int, tuple[Any, Callable[[tuple[Any, ...]], Message]]] = {
