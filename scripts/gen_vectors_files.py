@@ -1,6 +1,6 @@
 """Golden vectors for encrypted files (docs/files.md): the file key, chunk encryption and
 address, the signed manifest (version 1, and a paged version-2 one with its pages), and chunk
-messages 60/61/62/64 with cases a receiver must refuse.
+messages 60/61/62/64/65 with cases a receiver must refuse.
 
 Wired into ``scripts/gen_vectors.py`` (``BUILDERS["files"]``), which writes
 ``tests/vectors/files.json``; ``tests/test_vectors.py`` ``check_files`` re-derives every value
@@ -69,6 +69,7 @@ def files_vectors() -> dict[str, Any]:
         (21, m.ChunkResponse(sid, fid, ((a0, ct0),), (a1,))),
         (22, m.ChunkOffer(sid, fid, (a0, a1))),
         (23, m.ChunkKeep(sid, fid, (bytes(range(32)),), (a0,))),
+        (24, m.ChunkKeepPart(sid, fid, (bytes(range(32)),), (a1,), 1, 2)),
     ]
     refuse = [
         ("CHUNK_REQUEST with 17 addresses", pack([1, 60, 5, [sid, fid, [a0] * 17]])),
@@ -77,6 +78,8 @@ def files_vectors() -> dict[str, Any]:
          pack([1, 61, 5, [sid, fid, [[a0, bytes(256 * 1024 + 41)]], []]])),
         ("CHUNK_OFFER with 4097 addresses", pack([1, 62, 5, [sid, fid, [a0] * 4097]])),
         ("CHUNK_KEEP with 257 heads", pack([1, 64, 5, [sid, fid, [a0] * 257, [a0]]])),
+        ("CHUNK_KEEP_PART part 2 of 2", pack([1, 65, 5, [sid, fid, [a0], 2, 2, [a0]]])),
+        ("CHUNK_KEEP_PART of 17 parts", pack([1, 65, 5, [sid, fid, [a0], 0, 17, [a0]]])),
     ]
     return {
         "about": "Encrypted files (docs/files.md): file_key = BLAKE2b-256(key=read key, "

@@ -467,7 +467,7 @@ def check_files(v: Any) -> None:
     with pytest.raises(P2PSyncError):
         F.Manifest.parse(bytes(tampered))
     check_paged_manifest(v, key, author)
-    assert {c["type"] for c in v["messages"]} == {60, 61, 62, 64}
+    assert {c["type"] for c in v["messages"]} == {60, 61, 62, 64, 65}
     check_messages(v)
 
 
