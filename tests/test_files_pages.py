@@ -4,7 +4,8 @@ in one document change lists its chunks in encrypted manifest pages, blobs of th
 No multi-GiB file here: the page size and the one-change limit are module constants, lowered
 by the ``paged`` fixture (pages of 8 entries, a 1 000-byte change), so a 3 MB file of ~45 chunks
 takes the paged path end to end: add → head sync → fetch in two phases (pages, then chunks) →
-byte-identical file; a backup pulls, keeps and collects pages like chunks; every page is
+byte-identical file; a backup pulls, keeps and collects pages like chunks (also when the keep
+statement goes in CHUNK_KEEP_PARTs, and never on an incomplete set of parts); every page is
 verified before any entry is used, and a wrong one is a typed error."""
 
 from __future__ import annotations
