@@ -4,6 +4,9 @@ recovery-phrase length, malformed signature inputs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nacl.bindings
 import nacl.signing
 import pytest
 
@@ -67,3 +70,31 @@ def test_keystore_key_derivation_uses_the_stored_cost_parameters() -> None:
     got = _derive("pw", salt, 1, 8192)
     assert got == nacl.pwhash.argon2id.kdf(32, b"pw", salt, opslimit=1, memlimit=8192)
     assert got != _derive("pw", salt, 2, 8192)
+
+
+def test_seal_with_a_given_random_source_is_libsodiums_box_with_that_ephemeral(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 5: the deterministic path (the golden vectors fix ``random_bytes``) had no test in
+    the crypto group: any change to it passed."""
+    from p2psync.crypto import box
+    from p2psync.crypto.keys import x25519_public
+
+    key = AccountKey(bytes(range(32)))
+    monkeypatch.setattr(box, "random_bytes", lambda n: b"\x05" * n)
+    a, b = box.seal(b"secret", key.public), box.seal(b"secret", key.public)
+    assert a == b  # the given source decides the ephemeral: not libsodium's own random one
+    assert a[:32] == nacl.bindings.crypto_scalarmult_base(b"\x05" * 32)
+    assert a == box._seal_with(b"\x05" * 32, b"secret", x25519_public(key.public))
+    assert box.unseal(a, key) == b"secret"
+
+
+def test_a_keystore_is_written_into_a_folder_not_made_yet(tmp_path: Path) -> None:
+    from p2psync.crypto.keys import DeviceKey
+    from p2psync.crypto.keystore import read_keystore, write_keystore
+
+    path = tmp_path / "home" / "p2psync" / "keystore"
+    acct, dev = AccountKey(b"\x01" * 32), DeviceKey(b"\x02" * 32)
+    write_keystore(path, acct, dev, "pw", opslimit=1, memlimit=8192)
+    ks = read_keystore(path, "pw")
+    assert (ks.account.public, ks.device.public) == (acct.public, dev.public)
+    assert path.stat().st_mode & 0o777 == 0o600
