@@ -296,3 +296,14 @@ def test_completion_is_logged_with_the_peer(defer: bool, caplog: pytest.LogCaptu
     peers = [getattr(rec, "peer", None) for rec in caplog.records
              if rec.getMessage() == "handshake complete"]
     assert peers == ["(deferred)" if defer else d2.id, d1.id]
+
+
+def test_a_deferring_responder_still_announces_its_limits_and_features() -> None:
+    (d1, c1), (d2, c2) = identity(), identity()
+    lr = Limits(max_streams=5, stream_window=1 << 21, max_message=1 << 11)
+    i = SecureHandshake(initiator=True, device_key=d1, certificate=c1, features=("a", "b"))
+    r = SecureHandshake(initiator=False, device_key=d2, certificate=c2, limits=lr,
+                        features=("b",), defer_certificate=True)
+    run(i, r)
+    assert i.result is not None and i.result.certificate is None
+    assert i.result.remote_limits == lr and i.result.features == frozenset({"b"})
