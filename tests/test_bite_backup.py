@@ -303,3 +303,15 @@ async def test_a_receipt_lists_objects_up_to_max_listed_inclusive(
             assert (rec.objects is not None) is listed and rec.objects_count == 3
     finally:
         await close_all([node])
+
+
+def test_a_receipts_space_id_is_at_most_128_characters() -> None:
+    # the wire bound (docs/backup.md), even when the asker names that very id
+    for n, ok in ((128, True), (129, False)):
+        raw = signed(fields(space_id="s" * n))
+        if ok:
+            assert verify_receipt(raw, device=DEV.public, space_id="s" * n,
+                                  nonce=NONCE).space_id == "s" * n
+        else:
+            with pytest.raises(ReceiptError):
+                verify_receipt(raw, device=DEV.public, space_id="s" * n, nonce=NONCE)
