@@ -23,7 +23,7 @@ from p2psync.backup.receipt import (
     sign_receipt,
     verify_receipt,
 )
-from p2psync.codec import pack
+from p2psync.codec import pack, unpack
 from p2psync.crypto.keys import AccountKey, DeviceKey
 from p2psync.errors import AccessDenied, JoinError, QuotaExceeded
 from p2psync.replica import automerge_adapter
@@ -315,3 +315,13 @@ def test_a_receipts_space_id_is_at_most_128_characters() -> None:
         else:
             with pytest.raises(ReceiptError):
                 verify_receipt(raw, device=DEV.public, space_id="s" * n, nonce=NONCE)
+
+
+def test_a_receipt_body_lists_heads_and_objects_sorted() -> None:
+    """The documented body (backup/receipt.py, docs/backup.md): ``acl_heads (sorted)``, objects
+    by id — one byte form per receipt content, whatever order the backup held them in."""
+    a, b, c = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    rec = Receipt("s.1", DEV.public, ACCT, 5, NONCE, (c, a, b), H, 3, 2, 1,
+                  {c: H, a: H, b: H})
+    fields = unpack(rec.body())
+    assert fields[6] == [a, b, c] and [k for k, _ in fields[11]] == [a, b, c]
