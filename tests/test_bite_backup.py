@@ -3,6 +3,8 @@ testing found unguarded (docs/testing.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from p2psync.backup import guard
+from p2psync.backup import policy as policy_mod
 from p2psync.backup.config import Quotas, ReplicatorConfig
 from p2psync.backup.policy import BackupPolicy
 from p2psync.backup.receipt import (
@@ -20,11 +23,13 @@ from p2psync.backup.receipt import (
     sign_receipt,
     verify_receipt,
 )
-from p2psync.codec import pack
+from p2psync.codec import pack, unpack
 from p2psync.crypto.keys import AccountKey, DeviceKey
-from p2psync.errors import AccessDenied, QuotaExceeded
+from p2psync.errors import AccessDenied, JoinError, QuotaExceeded
 from p2psync.replica import automerge_adapter
+from p2psync.replica.memstore import MemoryStore
 from p2psync.replica.space import Space
+from p2psync.sync.replicas import Replicas
 from tests.backup_helpers import edit
 from tests.sync_helpers import close_all, make_node
 
@@ -216,3 +221,107 @@ async def test_a_space_without_changes_starts_at_zero_usage(tmp_path: Path) -> N
         assert (t.bytes, t.changes) == (0, 0)
     finally:
         await close_all([node])
+
+
+class _Peer:
+    """An OfferingPeer whose bootstrap succeeds or fails on demand (round 5: the fetch path's
+    counters, log lines and task bookkeeping had no unit test in the backup group)."""
+
+    class conn:  # stands in for the engine's authenticated connection
+        peer_id = "p-offering-peer"
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.shared: set[str] = set()
+        self.jobs: list[tuple[tuple[str, str, bytes], int]] = []
+        self.bootstraps: list[tuple[str, object]] = []
+        self.release = asyncio.Event()
+
+    def submit(self, key: tuple[str, str, bytes], priority: int = 1) -> None:
+        self.jobs.append((key, priority))
+
+    async def bootstrap(self, space_id: str, code: object = "no code given") -> None:
+        self.bootstraps.append((space_id, code))
+        await self.release.wait()
+        if self.fail:
+            raise JoinError("nothing here")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_an_offered_space_is_fetched_once_counted_and_logged(
+        fail: bool, caplog: pytest.LogCaptureFixture) -> None:
+    replicas = Replicas(MemoryStore(), AccountKey.generate(), DeviceKey.generate())
+    policy = BackupPolicy(replicas, ReplicatorConfig()).install()
+    assert (policy.fetches, policy.fetch_errors) == (0, 0)
+    peer = _Peer(fail)
+    caplog.set_level(logging.INFO, logger="p2psync.backup")
+    woken = replicas.changed()
+    policy.on_offer(peer, "s.offered")  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert peer.bootstraps == [("s.offered", None)]  # no invite: the ACL names us
+    assert len(policy._tasks) == 1  # held while it runs (no garbage-collected task)
+    task = next(iter(policy._tasks))
+    peer.release.set()
+    await task
+    await asyncio.sleep(0)
+    assert not policy._tasks  # and forgotten once done
+    if fail:
+        assert (policy.fetches, policy.fetch_errors) == (0, 1)
+        assert not woken.done()
+        msg = "event=replicate_failed space=s.offered peer=p-offering-peer error='nothing here'"
+    else:
+        assert (policy.fetches, policy.fetch_errors) == (1, 0)
+        assert woken.done()  # waiters see the new space
+        msg = "event=replicating space=s.offered peer=p-offering-peer"
+    assert [r.getMessage() for r in caplog.records if r.name == "p2psync.backup"] == [msg]
+
+
+async def test_fetch_counters_add_up_over_several_offers() -> None:
+    replicas = Replicas(MemoryStore(), AccountKey.generate(), DeviceKey.generate())
+    policy = BackupPolicy(replicas, ReplicatorConfig()).install()
+    for fail in (True, True, False, False, True):
+        peer = _Peer(fail)
+        peer.release.set()
+        policy.on_offer(peer, "s.x")  # type: ignore[arg-type]
+        await asyncio.gather(*policy._tasks)
+    assert (policy.fetches, policy.fetch_errors) == (2, 3)
+
+
+async def test_a_receipt_lists_objects_up_to_max_listed_inclusive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = await make_node(tmp_path, "backup")
+    try:
+        space = node.create_space()
+        for _ in range(3):
+            space.new_document()
+        policy = BackupPolicy(node.replicas, ReplicatorConfig())
+        for limit, listed in ((3, True), (2, False)):
+            monkeypatch.setattr(policy_mod, "MAX_LISTED", limit)
+            rec = verify_receipt(policy.receipt(space, NONCE),
+                                 device=node.replicas.device.public, space_id=space.id,
+                                 nonce=NONCE)
+            assert (rec.objects is not None) is listed and rec.objects_count == 3
+    finally:
+        await close_all([node])
+
+
+def test_a_receipts_space_id_is_at_most_128_characters() -> None:
+    # the wire bound (docs/backup.md), even when the asker names that very id
+    for n, ok in ((128, True), (129, False)):
+        raw = signed(fields(space_id="s" * n))
+        if ok:
+            assert verify_receipt(raw, device=DEV.public, space_id="s" * n,
+                                  nonce=NONCE).space_id == "s" * n
+        else:
+            with pytest.raises(ReceiptError):
+                verify_receipt(raw, device=DEV.public, space_id="s" * n, nonce=NONCE)
+
+
+def test_a_receipt_body_lists_heads_and_objects_sorted() -> None:
+    """The documented body (backup/receipt.py, docs/backup.md): ``acl_heads (sorted)``, objects
+    by id — one byte form per receipt content, whatever order the backup held them in."""
+    a, b, c = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    rec = Receipt("s.1", DEV.public, ACCT, 5, NONCE, (c, a, b), H, 3, 2, 1,
+                  {c: H, a: H, b: H})
+    fields = unpack(rec.body())
+    assert fields[6] == [a, b, c] and [k for k, _ in fields[11]] == [a, b, c]
