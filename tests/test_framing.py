@@ -266,3 +266,20 @@ def test_handshake_replayed_message3_rejected() -> None:
     r2.receive(m1)  # replayed message 1 gets a fresh ephemeral reply ...
     with pytest.raises(HandshakeError, match="authentication"):
         r2.receive(m3)  # ... so the replayed message 3 cannot authenticate
+
+
+def test_fin_with_a_payload_is_a_protocol_error() -> None:
+    """protocol.md: a FIN record is empty. A peer that puts bytes there (which no one reads)
+    breaks the protocol: FrameError, like data after FIN; the bare FIN finishes the stream."""
+    a, b = pair()
+    s = a.open_stream()
+    a.write(s, memoryview(b"hi"), True)
+    deliver(a, b)
+    with pytest.raises(FrameError, match="FIN on stream"):
+        b.receive([Record(RecordType.FIN, s, b"junk")], None, 0.0)
+    a, b = pair()
+    s = a.open_stream()
+    a.write(s, memoryview(b"hi"), True)
+    deliver(a, b)
+    assert any(type(e).__name__ == "StreamFinished"
+               for e in b.receive([Record(RecordType.FIN, s, b"")], None, 0.0))

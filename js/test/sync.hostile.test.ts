@@ -21,7 +21,7 @@ import WebSocket from "ws";
 import type { Connection, Stream } from "../src/transport/connection.js";
 import { Limits } from "../src/transport/handshake.js";
 import { Budget, Session } from "../src/transport/session.js";
-import { decodeRecord } from "../src/transport/framing.js";
+import { decodeRecord, RecordType } from "../src/transport/framing.js";
 import { invite, join } from "../src/bootstrap.js";
 import { Acl } from "../src/replica/acl.js";
 import { Role } from "../src/replica/aclRecords.js";
@@ -536,3 +536,19 @@ for (const mode of ["flood", "garbage"] as const) test(`a hostile Python strange
     await shutdown(h, m);
   }
 });
+
+test("a FIN record with a payload is a protocol error (protocol.md: FIN is empty); the bare FIN finishes the stream", () => {
+  const limits = new Limits();
+  for (const payload of [utf8enc("junk"), new Uint8Array(0)]) {
+    const a = new Session({ initiator: true, local: limits, remote: limits });
+    const b = new Session({ initiator: false, local: limits, remote: limits, budget: new Budget() });
+    const sid = a.openStream();
+    a.write(sid, utf8enc("hi"), true);
+    b.receive(a.takeOutgoing().map(([, rec]) => decodeRecord(rec)), null, 0);
+    const fin = { type: RecordType.FIN, stream: sid, payload };
+    if (payload.length > 0) assert.throws(() => b.receive([fin], null, 0), FrameError);
+    else assert.ok(b.receive([fin], null, 0).some((e) => e.kind === "finished"));
+  }
+});
+
+function utf8enc(s: string): Uint8Array { return new TextEncoder().encode(s); }

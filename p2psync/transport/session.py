@@ -509,6 +509,8 @@ class Session:
             if not st.recv_open:
                 raise FrameError(f"data on stream {sid} after the peer finished it")
             if rtype is RecordType.FIN:
+                if rec.payload:  # protocol.md: FIN is empty; a payload there is never read
+                    raise FrameError(f"FIN on stream {sid} carries {len(rec.payload)} bytes")
                 if st.partial_len:
                     raise FrameError(f"stream {sid} finished in the middle of a message")
                 st.recv_open = False

@@ -421,6 +421,8 @@ export class Session {
       if (st === null) return;
       if (!st.recvOpen) throw new FrameError(`data on stream ${sid} after the peer finished it`);
       if (type === RecordType.FIN) {
+        // protocol.md: FIN is empty; a payload there is never read
+        if (rec.payload.length > 0) throw new FrameError(`FIN on stream ${sid} carries ${rec.payload.length} bytes`);
         if (st.partialLen > 0) throw new FrameError(`stream ${sid} finished in the middle of a message`);
         st.recvOpen = false;
         events.push({ kind: "finished", stream: sid });
