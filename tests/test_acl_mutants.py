@@ -716,3 +716,27 @@ def test_history_keys_unwrap_the_whole_chain_from_the_newest_key() -> None:
     ring = acl.history_keys(cur, acl.keys_of(OWNER)[cur])
     assert set(ring) == set(acl.state.key_order) and len(ring) == 7
     assert all(ring[k].key == acl.keys_of(OWNER)[k].key for k in ring)
+
+
+@pytest.mark.parametrize("how", ["openly", ""])
+def test_a_rejoin_sets_the_role_a_concurrent_promotion_cannot_raise(how: str) -> None:
+    """A member removed and invited back holds the role of the new invite; the owner's
+    concurrent promotion of the old membership (made before it saw the removal) is skipped by
+    "lowest role wins" — the rejoin is what set the role (mutants ``_apply`` 76 / 86: the
+    invite join / accept recorded as ``None`` setter, so the promotion, replayed after the
+    rejoin, raised the re-joined writer to admin). The r2 invites only make the promotion
+    replay after the rejoin (deeper in the DAG)."""
+    from tests.acl_dsl import World
+
+    for n in range(3):
+        b = f"bob{n}"
+        w = World()
+        w.run(f"owner invites alice as admin; alice joins; owner invites {b} as reader openly;"
+              f" {b} joins; fork r2; sync all")
+        w.run(f"owner removes {b}; owner invites {b} as writer {how}; {b} joins")
+        w.run("[r2] owner invites x as reader; [r2] owner invites y as reader;"
+              " [r2] owner invites z as reader; [r2] owner invites v as reader;"
+              f" [r2] owner sets {b} to admin")
+        w.run(f"sync all; expect converged; expect {b} is writer")
+        skipped = list(w.acl("main").state.skipped.values())
+        assert skipped == ["a concurrent change set a lower role (lowest role wins)"], n
