@@ -16,6 +16,7 @@ from p2psync.replica import acl as acl_mod
 from p2psync.replica.acl import Acl, InviteCode
 from p2psync.replica.acl_records import (
     JOIN_DOMAIN,
+    MAX_PREV,
     Accept,
     Merge,
     PermissionChange,
@@ -740,3 +741,29 @@ def test_a_rejoin_sets_the_role_a_concurrent_promotion_cannot_raise(how: str) ->
         w.run(f"sync all; expect converged; expect {b} is writer")
         skipped = list(w.acl("main").state.skipped.values())
         assert skipped == ["a concurrent change set a lower role (lowest role wins)"], n
+
+
+def test_merge_down_joins_many_heads_in_the_fewest_groups() -> None:
+    """130 heads merge as three groups of ≤ MAX_PREV in id order (64, 64, 2) and one final
+    merge: four records, each naming ≤ MAX_PREV heads (mutants ``_merge_down`` 7, 8, 9, 12,
+    13: overlapping groups — 8 builds O(n²) merges, a hang on a real flood —, a first head
+    left out, or pairs left unmerged; each still ends in one head, with more records or
+    another shape)."""
+    from tests.acl_dsl import forked_world
+
+    w = forked_world()
+    acl = w.acl("main")
+    heads = acl.heads
+    n = 2 * MAX_PREV + 2
+    for i in range(n):
+        acl.add(build_record(account("rita"), SPACE, heads, Merge(), timestamp=i))
+    assert len(acl.heads) == n
+    before = acl.heads
+    acl.take_built()
+    last = acl.merge(OWNER)
+    built = [decode_record(r, SPACE) for r in acl.take_built()]
+    assert [len(r.prev) for r in built[:3]] == [MAX_PREV, MAX_PREV, 2]
+    assert [list(r.prev) for r in built[:3]] == [list(before[i:i + MAX_PREV])
+                                                 for i in range(0, n, MAX_PREV)]
+    assert len(built) == 4 and built[-1].raw == last
+    assert list(acl.heads) == [built[-1].id]
