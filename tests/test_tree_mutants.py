@@ -351,3 +351,18 @@ def test_changes_released_by_an_acl_recheck_go_through_the_persist_hook() -> Non
     assert t.recheck_waiting(persist=lambda tree, result: seen.append(
         [c.raw for c in result.attached])).attached[0].raw == waiting
     assert seen[-1] == [waiting] and t.heads == (parse_change(waiting).id,)
+
+
+def test_a_stored_row_cut_right_after_its_header_prefix_is_a_decode_error() -> None:
+    """Store open's parent scan (``_stored_parents``) on a row that ends right after the
+    ``[2, space, tree`` prefix: no parent count to read, so the row goes to the parser, which
+    refuses it with the typed error (mutant ``_stored_parents`` 8: ``k <= len(raw)`` read one
+    byte past the row — IndexError out of store open instead of a corrupt-row error)."""
+    from p2psync.codec import pack
+    from p2psync.errors import DecodeError, ReplicaError
+
+    prefix = b"\x97\x02" + pack(SPACE_ID) + b"\xc4\x20" + BASE.id
+    row = b"\x92\xc5\x00\x00\x92\xc5" + prefix  # the header's prefix at byte 6, then nothing
+    with pytest.raises((DecodeError, ReplicaError)):
+        ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(None, BASE.root.raw), (None, row)],
+                                tree_id=BASE.id)
