@@ -447,3 +447,18 @@ def test_add_base_only_for_a_live_tree_not_held_with_its_own_root(tmp_path: Path
     with pytest.raises(ObjectDeleted):
         dave.add_base(tid, doc.tree.root.raw, snap.raw)
     assert not dave.has_tree(tid)
+
+
+def test_store_reopen_keeps_a_change_on_the_boundary(tmp_path: Path) -> None:
+    """A change naming the base's own parents (concurrent with it) was accepted because the
+    base vouches for them; store open accepts it again (mutant ``_stored_base`` 2: a parent
+    the base vouches for refused at open — the shallow tree no longer opened)."""
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a, after=0)
+    tid = doc.tree.id
+    w.bob.add_base(tid, doc.tree.root.raw, snap.raw)
+    conc = _on_heads(w, doc, snapshot=False, prev=list(snap.prev_ids))
+    assert [c.id for c in w.bob.add_changes(tid, [conc.raw]).attached] == [conc.id]
+    bob, _ = w.members["bob"]
+    again = Space.open(w.bob.store, bob, w.bob.device, w.a.id).tree(tid)
+    assert conc.id in again and again.heads == w.bob.tree(tid).heads and again.shallow

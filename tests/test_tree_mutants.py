@@ -366,3 +366,45 @@ def test_a_stored_row_cut_right_after_its_header_prefix_is_a_decode_error() -> N
     with pytest.raises((DecodeError, ReplicaError)):
         ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(None, BASE.root.raw), (None, row)],
                                 tree_id=BASE.id)
+
+
+def test_a_stored_row_naming_a_parent_twice_is_refused_at_open() -> None:
+    """The parent scan of store open takes a merge's parents only when they are as many
+    distinct 32-byte ids as the header says; a row naming one parent twice goes to the
+    parser and is refused at open, as the strict parser refuses it (mutant
+    ``_stored_parents`` 39: ``or`` — the row loaded with a duplicate parent)."""
+    from p2psync.codec import pack
+    from p2psync.crypto.signed import make_signed
+    from p2psync.errors import DecodeError, ReplicaError
+    from p2psync.replica.change import CHANGE_DOMAIN
+
+    header = pack([2, SPACE_ID, BASE.id, [BASE.id, BASE.id], OWNER.acl_root, OWNER.acl_root,
+                   OWNER.account.public])
+    row = make_signed(OWNER.account, CHANGE_DOMAIN, pack([header, b"\x00" * 48]))
+    with pytest.raises((DecodeError, ReplicaError)):
+        parse_change(row)
+    with pytest.raises((DecodeError, ReplicaError)):
+        ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(None, BASE.root.raw), (None, row)],
+                                tree_id=BASE.id)
+
+
+@pytest.mark.parametrize("field", ["tree_id", "space_id", "version"])
+def test_first_use_refuses_a_change_that_is_not_what_open_read(field: str) -> None:
+    """A change loaded lazily at open is filled in on first use only if its bytes still say
+    the tree, space and format open read (mutants ``_complete_stored`` 16, 17: two of the
+    three compared with ``and`` — a tree or format mismatch alone passed)."""
+    from p2psync.errors import InvalidChange
+
+    tree = ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(None, BASE.root.raw),
+                                                             (None, DAG[0])], tree_id=BASE.id)
+    ch = tree.get(parse_change(DAG[0]).id)
+    assert "payload" not in ch.__dict__  # loaded lazily
+    if field == "version":  # the same tree, space and parents, in the legacy format
+        ch.__dict__["raw"] = build_change(
+            OWNER.account, OWNER.key, b"x", space_id=SPACE_ID, tree_id=BASE.id,
+            prev_ids=ch.prev_ids, acl_head=OWNER.acl_root, read_key_id=OWNER.acl_root,
+            version=1).raw
+    else:
+        ch.__dict__[field] = b"\x07" * 32 if field == "tree_id" else "other.space"
+    with pytest.raises(InvalidChange, match="does not say what the store open read"):
+        ch.payload  # noqa: B018
