@@ -462,3 +462,21 @@ def test_store_reopen_keeps_a_change_on_the_boundary(tmp_path: Path) -> None:
     bob, _ = w.members["bob"]
     again = Space.open(w.bob.store, bob, w.bob.device, w.a.id).tree(tid)
     assert conc.id in again and again.heads == w.bob.tree(tid).heads and again.shallow
+
+
+def test_a_shallow_trees_walks_stop_at_the_base(tmp_path: Path) -> None:
+    """``past`` of the base holds the root (every change descends from it) but none of the
+    base's unheld parents; ``changes_for`` a peer with nothing walks down to the base and
+    stops there (mutants ``past`` 12, 14: the root left out of the base's past — the root's
+    content then replayed over the snapshot; ``changes_for`` 40: an unheld parent walked
+    into, KeyError while serving)."""
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a)
+    tid = doc.tree.id
+    w.bob.add_base(tid, doc.tree.root.raw, snap.raw)
+    w.bob.add_changes(tid, _after(doc, snap))
+    tree = w.bob.tree(tid)
+    assert tree.past([snap.id]) == {tid, snap.id}
+    assert tree.past(list(tree.heads)) == {c.id for c in tree.changes()}
+    assert [c.id for c in tree.changes_for([])] == [snap.id, *map(content_id,
+                                                                   _after(doc, snap))]
