@@ -408,3 +408,34 @@ def test_first_use_refuses_a_change_that_is_not_what_open_read(field: str) -> No
         ch.__dict__[field] = b"\x07" * 32 if field == "tree_id" else "other.space"
     with pytest.raises(InvalidChange, match="does not say what the store open read"):
         ch.payload  # noqa: B018
+
+
+def test_attach_base_is_all_or_nothing_and_reports_what_it_did() -> None:
+    """A shallow base whose write fails leaves the tree exactly as it was (attached change,
+    root head, base and vouched-for ids, replay cache all rolled back, the write's own error
+    raised); on success the result names the base and the heads the store must record, the
+    caller's parse is reused, and the base's unheld parent counts as vouched for (mutants
+    ``attach_base`` 1, 2, 41, 46-48, 54, 61-64, ``holds_or_vouches`` 1)."""
+    parent = parse_change(DAG[5]).id
+    base = build_change(OWNER.account, OWNER.key, b"s", space_id=SPACE_ID, tree_id=BASE.id,
+                        prev_ids=[parent], acl_head=OWNER.acl_root,
+                        read_key_id=OWNER.acl_root, snapshot=True)
+    t = fresh()
+    assert [c.id for c in t.replay_order()] == [BASE.id]  # the cache filled
+    seen: list[tuple[tuple[bytes, ...], bytes | None]] = []
+
+    def fail(tree: ObjectTree, res: AddResult) -> None:
+        seen.append((res.heads, res.base))
+        raise StoreError("disk full")
+
+    with pytest.raises(StoreError, match="disk full"):
+        t.attach_base(base.raw, check=lambda ch: None, persist=fail)
+    assert seen == [((base.id,), base.id)]
+    assert len(t) == 1 and base.id not in t and t.heads == (BASE.id,)
+    assert not t.shallow and not t.holds_or_vouches(parent)
+    assert [c.id for c in t.replay_order()] == [BASE.id]
+    res = t.attach_base(base.raw, check=lambda ch: None, parsed={base.raw: base})
+    assert res.attached[0] is base and res.base == base.id
+    assert res.heads == t.heads == (base.id,)
+    assert t.holds_or_vouches(parent) and t.holds_or_vouches(base.id)
+    assert not t.holds_or_vouches(b"\x07" * 32)
