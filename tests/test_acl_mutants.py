@@ -767,3 +767,18 @@ def test_merge_down_joins_many_heads_in_the_fewest_groups() -> None:
                                                  for i in range(0, n, MAX_PREV)]
     assert len(built) == 4 and built[-1].raw == last
     assert list(acl.heads) == [built[-1].id]
+
+
+def test_admins_add_replicators_but_not_members_and_not_twice() -> None:
+    """An admin may add a replicator; an account that is already a replicator or a member
+    may not be added (mutants ``_check`` 185: ``<=`` ADMIN — admins refused; 188: ``and`` —
+    a member made a replicator too, or a replicator added twice)."""
+    from tests.acl_dsl import scenario
+
+    w = scenario("owner invites alice as admin; alice joins; owner invites bob as writer;"
+                 " bob joins; alice adds replicator backup; expect replicator backup")
+    w.run("alice adds replicator backup -> InvalidAclRecord")
+    w.run("alice adds replicator bob -> InvalidAclRecord")
+    w.run("owner adds replicator alice -> InvalidAclRecord")
+    w.run("bob adds replicator other -> AccessDenied")
+    assert w.acl("main").state.replicators == {w.pub("backup")}
