@@ -782,3 +782,16 @@ def test_admins_add_replicators_but_not_members_and_not_twice() -> None:
     w.run("owner adds replicator alice -> InvalidAclRecord")
     w.run("bob adds replicator other -> AccessDenied")
     assert w.acl("main").state.replicators == {w.pub("backup")}
+    w.run("bob removes replicator backup -> AccessDenied; expect replicator backup")
+    w.run("alice removes replicator backup; expect replicator backup gone")
+
+
+def test_only_admins_remove_replicators() -> None:
+    """A writer may not remove the space's replicator (mutant ``_check`` 193: ``and`` — the
+    rank check never true: any member, a reader too, could remove the backup)."""
+    from tests.acl_dsl import scenario
+
+    w = scenario("owner invites bob as writer; bob joins; owner invites rita as reader;"
+                 " rita joins; owner adds replicator backup")
+    w.run("bob removes replicator backup -> AccessDenied")
+    w.run("rita removes replicator backup -> AccessDenied; expect replicator backup")
