@@ -795,3 +795,18 @@ def test_only_admins_remove_replicators() -> None:
                  " rita joins; owner adds replicator backup")
     w.run("bob removes replicator backup -> AccessDenied")
     w.run("rita removes replicator backup -> AccessDenied; expect replicator backup")
+
+
+def test_admins_rotate_the_read_key_writers_do_not() -> None:
+    """An admin rotates; a writer may not (mutant ``_check`` 203: ``<=`` ADMIN — only the
+    owner could rotate, so an admin who removed a writer could not follow up with a
+    rotation)."""
+    from tests.acl_dsl import scenario
+
+    w = scenario("owner invites alice as admin; alice joins; owner invites bob as writer;"
+                 " bob joins")
+    before = w.acl("main").state.current_key_id
+    w.run("bob rotates -> AccessDenied")
+    assert w.acl("main").state.current_key_id == before
+    w.run("alice rotates")
+    assert w.acl("main").state.current_key_id != before
