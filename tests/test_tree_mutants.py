@@ -439,3 +439,15 @@ def test_attach_base_is_all_or_nothing_and_reports_what_it_did() -> None:
     assert res.heads == t.heads == (base.id,)
     assert t.holds_or_vouches(parent) and t.holds_or_vouches(base.id)
     assert not t.holds_or_vouches(b"\x07" * 32)
+
+
+def test_store_open_refuses_another_trees_root_under_this_trees_id() -> None:
+    """A root row whose stored id is right for its bytes but names another tree is refused
+    (hand mutant of ``from_trusted``, a classmethod mutmut does not mutate: the
+    ``tree.id != tree_id`` check dropped — another tree loaded under this one's id)."""
+    from p2psync.errors import IdMismatch
+
+    other = ObjectTree.create(SPACE_ID, OWNER.gate(), OWNER.account, b"other", timestamp=1)
+    with pytest.raises(IdMismatch, match="not the tree"):
+        ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(other.id, other.root.raw)],
+                                tree_id=BASE.id)
