@@ -810,3 +810,19 @@ def test_admins_rotate_the_read_key_writers_do_not() -> None:
     assert w.acl("main").state.current_key_id == before
     w.run("alice rotates")
     assert w.acl("main").state.current_key_id != before
+
+
+def test_from_records_rejects_a_merge_of_a_record_and_its_ancestor_without_crashing() -> None:
+    """A record set (a store, or what an inviter hands a joining device) holding a merge
+    that names a record and that record's ancestor: the merge is rejected and the rest
+    loads, in every id order (mutant ``_depths`` 11: ``continue`` → ``break`` — the depth walk
+    gave up at the doubly-pushed ancestor and left the merge without a depth: KeyError out
+    of ``from_records`` in about half of the orders)."""
+    for t in range(8):
+        acl = Acl.create(SPACE, OWNER)
+        a = _id(acl.invite(OWNER, Role.READER)[0])
+        b = _id(acl.invite(OWNER, Role.READER)[0])  # on top of a
+        bad = build_record(OWNER, SPACE, [a, b], Merge(), timestamp=t)
+        got = Acl.from_records(SPACE, [bad, *acl.export()])
+        assert list(got.rejected) == [_id(bad)], t
+        assert set(got.heads) == {b}
