@@ -817,7 +817,7 @@ def test_from_records_rejects_a_merge_of_a_record_and_its_ancestor_without_crash
     that names a record and that record's ancestor: the merge is rejected and the rest
     loads, in every id order (mutant ``_depths`` 11: ``continue`` → ``break`` — the depth walk
     gave up at the doubly-pushed ancestor and left the merge without a depth: KeyError out
-    of ``from_records`` in about half of the orders)."""
+    of ``from_records`` in about half of the orders; 15: ``p in depth`` — an endless loop)."""
     for t in range(8):
         acl = Acl.create(SPACE, OWNER)
         a = _id(acl.invite(OWNER, Role.READER)[0])
