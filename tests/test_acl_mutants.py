@@ -16,6 +16,7 @@ from p2psync.replica import acl as acl_mod
 from p2psync.replica.acl import Acl, InviteCode
 from p2psync.replica.acl_records import (
     JOIN_DOMAIN,
+    MAX_PREV,
     Accept,
     Merge,
     PermissionChange,
@@ -716,3 +717,112 @@ def test_history_keys_unwrap_the_whole_chain_from_the_newest_key() -> None:
     ring = acl.history_keys(cur, acl.keys_of(OWNER)[cur])
     assert set(ring) == set(acl.state.key_order) and len(ring) == 7
     assert all(ring[k].key == acl.keys_of(OWNER)[k].key for k in ring)
+
+
+@pytest.mark.parametrize("how", ["openly", ""])
+def test_a_rejoin_sets_the_role_a_concurrent_promotion_cannot_raise(how: str) -> None:
+    """A member removed and invited back holds the role of the new invite; the owner's
+    concurrent promotion of the old membership (made before it saw the removal) is skipped by
+    "lowest role wins" — the rejoin is what set the role (mutants ``_apply`` 76 / 86: the
+    invite join / accept recorded as ``None`` setter, so the promotion, replayed after the
+    rejoin, raised the re-joined writer to admin). The r2 invites only make the promotion
+    replay after the rejoin (deeper in the DAG)."""
+    from tests.acl_dsl import World
+
+    for n in range(3):
+        b = f"bob{n}"
+        w = World()
+        w.run(f"owner invites alice as admin; alice joins; owner invites {b} as reader openly;"
+              f" {b} joins; fork r2; sync all")
+        w.run(f"owner removes {b}; owner invites {b} as writer {how}; {b} joins")
+        w.run("[r2] owner invites x as reader; [r2] owner invites y as reader;"
+              " [r2] owner invites z as reader; [r2] owner invites v as reader;"
+              f" [r2] owner sets {b} to admin")
+        w.run(f"sync all; expect converged; expect {b} is writer")
+        skipped = list(w.acl("main").state.skipped.values())
+        assert skipped == ["a concurrent change set a lower role (lowest role wins)"], n
+
+
+def test_merge_down_joins_many_heads_in_the_fewest_groups() -> None:
+    """130 heads merge as three groups of ≤ MAX_PREV in id order (64, 64, 2) and one final
+    merge: four records, each naming ≤ MAX_PREV heads (mutants ``_merge_down`` 7, 8, 9, 12,
+    13: overlapping groups — 8 builds O(n²) merges, a hang on a real flood —, a first head
+    left out, or pairs left unmerged; each still ends in one head, with more records or
+    another shape)."""
+    from tests.acl_dsl import forked_world
+
+    w = forked_world()
+    acl = w.acl("main")
+    heads = acl.heads
+    n = 2 * MAX_PREV + 2
+    for i in range(n):
+        acl.add(build_record(account("rita"), SPACE, heads, Merge(), timestamp=i))
+    assert len(acl.heads) == n
+    before = acl.heads
+    acl.take_built()
+    last = acl.merge(OWNER)
+    built = [decode_record(r, SPACE) for r in acl.take_built()]
+    assert [len(r.prev) for r in built[:3]] == [MAX_PREV, MAX_PREV, 2]
+    assert [list(r.prev) for r in built[:3]] == [list(before[i:i + MAX_PREV])
+                                                 for i in range(0, n, MAX_PREV)]
+    assert len(built) == 4 and built[-1].raw == last
+    assert list(acl.heads) == [built[-1].id]
+
+
+def test_admins_add_replicators_but_not_members_and_not_twice() -> None:
+    """An admin may add a replicator; an account that is already a replicator or a member
+    may not be added (mutants ``_check`` 185: ``<=`` ADMIN — admins refused; 188: ``and`` —
+    a member made a replicator too, or a replicator added twice)."""
+    from tests.acl_dsl import scenario
+
+    w = scenario("owner invites alice as admin; alice joins; owner invites bob as writer;"
+                 " bob joins; alice adds replicator backup; expect replicator backup")
+    w.run("alice adds replicator backup -> InvalidAclRecord")
+    w.run("alice adds replicator bob -> InvalidAclRecord")
+    w.run("owner adds replicator alice -> InvalidAclRecord")
+    w.run("bob adds replicator other -> AccessDenied")
+    assert w.acl("main").state.replicators == {w.pub("backup")}
+    w.run("bob removes replicator backup -> AccessDenied; expect replicator backup")
+    w.run("alice removes replicator backup; expect replicator backup gone")
+
+
+def test_only_admins_remove_replicators() -> None:
+    """A writer may not remove the space's replicator (mutant ``_check`` 193: ``and`` — the
+    rank check never true: any member, a reader too, could remove the backup)."""
+    from tests.acl_dsl import scenario
+
+    w = scenario("owner invites bob as writer; bob joins; owner invites rita as reader;"
+                 " rita joins; owner adds replicator backup")
+    w.run("bob removes replicator backup -> AccessDenied")
+    w.run("rita removes replicator backup -> AccessDenied; expect replicator backup")
+
+
+def test_admins_rotate_the_read_key_writers_do_not() -> None:
+    """An admin rotates; a writer may not (mutant ``_check`` 203: ``<=`` ADMIN — only the
+    owner could rotate, so an admin who removed a writer could not follow up with a
+    rotation)."""
+    from tests.acl_dsl import scenario
+
+    w = scenario("owner invites alice as admin; alice joins; owner invites bob as writer;"
+                 " bob joins")
+    before = w.acl("main").state.current_key_id
+    w.run("bob rotates -> AccessDenied")
+    assert w.acl("main").state.current_key_id == before
+    w.run("alice rotates")
+    assert w.acl("main").state.current_key_id != before
+
+
+def test_from_records_rejects_a_merge_of_a_record_and_its_ancestor_without_crashing() -> None:
+    """A record set (a store, or what an inviter hands a joining device) holding a merge
+    that names a record and that record's ancestor: the merge is rejected and the rest
+    loads, in every id order (mutant ``_depths`` 11: ``continue`` → ``break`` — the depth walk
+    gave up at the doubly-pushed ancestor and left the merge without a depth: KeyError out
+    of ``from_records`` in about half of the orders; 15: ``p in depth`` — an endless loop)."""
+    for t in range(8):
+        acl = Acl.create(SPACE, OWNER)
+        a = _id(acl.invite(OWNER, Role.READER)[0])
+        b = _id(acl.invite(OWNER, Role.READER)[0])  # on top of a
+        bad = build_record(OWNER, SPACE, [a, b], Merge(), timestamp=t)
+        got = Acl.from_records(SPACE, [bad, *acl.export()])
+        assert list(got.rejected) == [_id(bad)], t
+        assert set(got.heads) == {b}

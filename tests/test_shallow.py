@@ -13,11 +13,13 @@ import pytest
 
 from p2psync.codec import content_id
 from p2psync.crypto import AccountKey, DeviceKey
+from p2psync.crypto.box import ReadKey
 from p2psync.errors import (
     AccessDenied,
     BadSignature,
     DecodeError,
     InvalidChange,
+    ObjectDeleted,
     RemovedAuthor,
     StoreError,
     UnknownReadKey,
@@ -328,3 +330,153 @@ def test_stores_keep_bases_and_replace_shallow_trees(tmp_path: Path, url: str) -
     assert not third.tree(tid).shallow and len(third.tree(tid)) == len(doc.tree)
     store.delete_trees([tid])
     assert store.shallow_bases(tid) == frozenset()
+
+
+# --- the acceptance rule, condition by condition (mutation testing round 5, issue 21) -------
+# Each test below was found by applying a hand mutant of that condition (docs/testing.md,
+# "Mutation testing, round 5"): the rule had no test refusing exactly that base.
+
+
+def _on_heads(w: World, doc: Document, *, snapshot: bool, version: int = 2,
+              key: ReadKey | None = None, acl_head: bytes | None = None,
+              prev: list[bytes] | None = None) -> Change:
+    """A change by Alice (owner: may write) on the document's heads."""
+    acl = w.a.acl
+    kid = acl.state.current_key_id
+    real = acl.read_key(kid)
+    assert real is not None
+    return build_change(w.alice, key or real, b"\x93\x01\x90\x90", space_id=w.a.id,
+                        tree_id=doc.tree.id, prev_ids=prev or doc.tree.heads,
+                        acl_head=acl_head or acl.heads[-1], read_key_id=kid,
+                        snapshot=snapshot, version=version)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_base_must_say_snapshot_in_either_format(tmp_path: Path, version: int) -> None:
+    """The flag decides, in the legacy clear header (format 1) as in the sealed part (format
+    2): a normal change by a writer is no base (hand mutant: format 1's clear flag read as
+    always set — any legacy change became a base)."""
+    w = World(tmp_path)
+    doc, _ = _doc_with_snapshot(w.a)
+    tid = doc.tree.id
+    with pytest.raises(InvalidChange, match="only from a snapshot"):
+        w.bob.add_base(tid, doc.tree.root.raw, _on_heads(w, doc, snapshot=False,
+                                                         version=version).raw)
+    assert not w.bob.has_tree(tid)
+    ok = _on_heads(w, doc, snapshot=True, version=version)
+    assert w.bob.add_base(tid, doc.tree.root.raw, ok.raw).base == ok.id
+
+
+def test_a_base_whose_sealed_part_does_not_open_is_refused(tmp_path: Path) -> None:
+    """A format-2 change naming a read key held here but sealed under another key: its flag
+    cannot be read, so it is no snapshot (hand mutant: a sealed part that fails to open
+    counted as a snapshot — a writer could make any unreadable blob the base)."""
+    w = World(tmp_path)
+    doc, _ = _doc_with_snapshot(w.a)
+    blob = _on_heads(w, doc, snapshot=True, key=ReadKey.generate())
+    with pytest.raises(InvalidChange, match="only from a snapshot"):
+        w.bob.add_base(doc.tree.id, doc.tree.root.raw, blob.raw)
+    assert not w.bob.has_tree(doc.tree.id) and w.bob.store.count_changes() == 0
+
+
+def test_a_base_naming_an_unknown_acl_head_is_refused(tmp_path: Path) -> None:
+    """No ACL head to judge the author at: refused before any write check (hand mutant:
+    the ``knows_head`` check dropped)."""
+    w = World(tmp_path)
+    doc, _ = _doc_with_snapshot(w.a)
+    fake = _on_heads(w, doc, snapshot=True, acl_head=b"\x07" * 32)
+    with pytest.raises(InvalidChange, match="ACL head this replica does not know"):
+        w.bob.add_base(doc.tree.id, doc.tree.root.raw, fake.raw)
+    assert not w.bob.has_tree(doc.tree.id)
+
+
+def test_only_a_tree_holding_just_its_root_goes_shallow(tmp_path: Path) -> None:
+    """``attach_base`` on a tree that holds or waits for more than its root, or with a base
+    whose parents are all held, is refused and leaves the tree as it was (hand mutants: each
+    guard of ``ObjectTree.attach_base`` dropped — a held tree could be made shallow, its
+    history then counted as vouched-for)."""
+    from p2psync.replica.snapshots import check_base
+
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a)
+    acl = w.bob.acl
+
+    def fresh() -> ObjectTree:
+        return ObjectTree.from_root(w.a.id, acl, doc.tree.root.raw)
+
+    def check(ch: Change) -> None:
+        check_base(acl, ch)
+
+    holding = fresh()
+    holding.add([doc.tree.changes()[1].raw])
+    waiting = fresh()
+    waiting.add([doc.tree.changes()[3].raw])
+    assert waiting.waiting_ids
+    for tree in (holding, waiting):
+        before = (tree.heads, len(tree), tree.waiting_ids)
+        with pytest.raises(InvalidChange, match="nothing but its root"):
+            tree.attach_base(snap.raw, check=check)
+        assert (tree.heads, len(tree), tree.waiting_ids) == before and not tree.shallow
+    on_root = _on_heads(w, doc, snapshot=True, prev=[doc.tree.id])  # its parent is held
+    tree = fresh()
+    with pytest.raises(InvalidChange, match="must name parents"):
+        tree.attach_base(on_root.raw, check=check)
+    assert not tree.shallow and len(tree) == 1
+    assert fresh().attach_base(snap.raw, check=check).base == snap.id  # the control
+
+
+def test_add_base_only_for_a_live_tree_not_held_with_its_own_root(tmp_path: Path) -> None:
+    """``Space.add_base`` refuses a deleted object, a tree already held (a base must not turn
+    held history into vouched-for history) and a root that is not the tree's (hand mutants:
+    each of its three guards dropped)."""
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a)
+    tid = doc.tree.id
+    other, _ = _doc_with_snapshot(w.a, before=2, after=0)
+    with pytest.raises(InvalidChange, match="root first"):
+        w.bob.add_base(tid, other.tree.root.raw, snap.raw)
+    assert not w.bob.has_tree(tid)
+    w.bob.add_changes(tid, [c.raw for c in doc.tree.changes()])
+    with pytest.raises(InvalidChange, match="not held yet"):
+        w.bob.add_base(tid, doc.tree.root.raw, snap.raw)
+    assert not w.bob.tree(tid).shallow and len(w.bob.tree(tid)) == len(doc.tree)
+    assert w.bob.store.shallow_bases(tid) == frozenset()
+    dave = w.members["dave"][1]
+    w.a.delete_objects([tid])
+    dave.add_acl_records(w.a.acl_records())
+    with pytest.raises(ObjectDeleted):
+        dave.add_base(tid, doc.tree.root.raw, snap.raw)
+    assert not dave.has_tree(tid)
+
+
+def test_store_reopen_keeps_a_change_on_the_boundary(tmp_path: Path) -> None:
+    """A change naming the base's own parents (concurrent with it) was accepted because the
+    base vouches for them; store open accepts it again (mutant ``_stored_base`` 2: a parent
+    the base vouches for refused at open — the shallow tree no longer opened)."""
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a, after=0)
+    tid = doc.tree.id
+    w.bob.add_base(tid, doc.tree.root.raw, snap.raw)
+    conc = _on_heads(w, doc, snapshot=False, prev=list(snap.prev_ids))
+    assert [c.id for c in w.bob.add_changes(tid, [conc.raw]).attached] == [conc.id]
+    bob, _ = w.members["bob"]
+    again = Space.open(w.bob.store, bob, w.bob.device, w.a.id).tree(tid)
+    assert conc.id in again and again.heads == w.bob.tree(tid).heads and again.shallow
+
+
+def test_a_shallow_trees_walks_stop_at_the_base(tmp_path: Path) -> None:
+    """``past`` of the base holds the root (every change descends from it) but none of the
+    base's unheld parents; ``changes_for`` a peer with nothing walks down to the base and
+    stops there (mutants ``past`` 12, 14: the root left out of the base's past — the root's
+    content then replayed over the snapshot; ``changes_for`` 40: an unheld parent walked
+    into, KeyError while serving)."""
+    w = World(tmp_path)
+    doc, snap = _doc_with_snapshot(w.a)
+    tid = doc.tree.id
+    w.bob.add_base(tid, doc.tree.root.raw, snap.raw)
+    w.bob.add_changes(tid, _after(doc, snap))
+    tree = w.bob.tree(tid)
+    assert tree.past([snap.id]) == {tid, snap.id}
+    assert tree.past(list(tree.heads)) == {c.id for c in tree.changes()}
+    assert [c.id for c in tree.changes_for([])] == [snap.id, *map(content_id,
+                                                                   _after(doc, snap))]

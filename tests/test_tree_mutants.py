@@ -351,3 +351,103 @@ def test_changes_released_by_an_acl_recheck_go_through_the_persist_hook() -> Non
     assert t.recheck_waiting(persist=lambda tree, result: seen.append(
         [c.raw for c in result.attached])).attached[0].raw == waiting
     assert seen[-1] == [waiting] and t.heads == (parse_change(waiting).id,)
+
+
+def test_a_stored_row_cut_right_after_its_header_prefix_is_a_decode_error() -> None:
+    """Store open's parent scan (``_stored_parents``) on a row that ends right after the
+    ``[2, space, tree`` prefix: no parent count to read, so the row goes to the parser, which
+    refuses it with the typed error (mutant ``_stored_parents`` 8: ``k <= len(raw)`` read one
+    byte past the row — IndexError out of store open instead of a corrupt-row error)."""
+    from p2psync.codec import pack
+    from p2psync.errors import DecodeError, ReplicaError
+
+    prefix = b"\x97\x02" + pack(SPACE_ID) + b"\xc4\x20" + BASE.id
+    row = b"\x92\xc5\x00\x00\x92\xc5" + prefix  # the header's prefix at byte 6, then nothing
+    with pytest.raises((DecodeError, ReplicaError)):
+        ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(None, BASE.root.raw), (None, row)],
+                                tree_id=BASE.id)
+
+
+def test_a_stored_row_naming_a_parent_twice_is_refused_at_open() -> None:
+    """The parent scan of store open takes a merge's parents only when they are as many
+    distinct 32-byte ids as the header says; a row naming one parent twice goes to the
+    parser and is refused at open, as the strict parser refuses it (mutant
+    ``_stored_parents`` 39: ``or`` — the row loaded with a duplicate parent)."""
+    from p2psync.codec import pack
+    from p2psync.crypto.signed import make_signed
+    from p2psync.errors import DecodeError, ReplicaError
+    from p2psync.replica.change import CHANGE_DOMAIN
+
+    header = pack([2, SPACE_ID, BASE.id, [BASE.id, BASE.id], OWNER.acl_root, OWNER.acl_root,
+                   OWNER.account.public])
+    row = make_signed(OWNER.account, CHANGE_DOMAIN, pack([header, b"\x00" * 48]))
+    with pytest.raises((DecodeError, ReplicaError)):
+        parse_change(row)
+    with pytest.raises((DecodeError, ReplicaError)):
+        ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(None, BASE.root.raw), (None, row)],
+                                tree_id=BASE.id)
+
+
+@pytest.mark.parametrize("field", ["tree_id", "space_id", "version"])
+def test_first_use_refuses_a_change_that_is_not_what_open_read(field: str) -> None:
+    """A change loaded lazily at open is filled in on first use only if its bytes still say
+    the tree, space and format open read (mutants ``_complete_stored`` 16, 17: two of the
+    three compared with ``and`` — a tree or format mismatch alone passed)."""
+    from p2psync.errors import InvalidChange
+
+    tree = ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(None, BASE.root.raw),
+                                                             (None, DAG[0])], tree_id=BASE.id)
+    ch = tree.get(parse_change(DAG[0]).id)
+    assert "payload" not in ch.__dict__  # loaded lazily
+    if field == "version":  # the same tree, space and parents, in the legacy format
+        ch.__dict__["raw"] = build_change(
+            OWNER.account, OWNER.key, b"x", space_id=SPACE_ID, tree_id=BASE.id,
+            prev_ids=ch.prev_ids, acl_head=OWNER.acl_root, read_key_id=OWNER.acl_root,
+            version=1).raw
+    else:
+        ch.__dict__[field] = b"\x07" * 32 if field == "tree_id" else "other.space"
+    with pytest.raises(InvalidChange, match="does not say what the store open read"):
+        ch.payload  # noqa: B018
+
+
+def test_attach_base_is_all_or_nothing_and_reports_what_it_did() -> None:
+    """A shallow base whose write fails leaves the tree exactly as it was (attached change,
+    root head, base and vouched-for ids, replay cache all rolled back, the write's own error
+    raised); on success the result names the base and the heads the store must record, the
+    caller's parse is reused, and the base's unheld parent counts as vouched for (mutants
+    ``attach_base`` 1, 2, 41, 46-48, 54, 61-64, ``holds_or_vouches`` 1)."""
+    parent = parse_change(DAG[5]).id
+    base = build_change(OWNER.account, OWNER.key, b"s", space_id=SPACE_ID, tree_id=BASE.id,
+                        prev_ids=[parent], acl_head=OWNER.acl_root,
+                        read_key_id=OWNER.acl_root, snapshot=True)
+    t = fresh()
+    assert [c.id for c in t.replay_order()] == [BASE.id]  # the cache filled
+    seen: list[tuple[tuple[bytes, ...], bytes | None]] = []
+
+    def fail(tree: ObjectTree, res: AddResult) -> None:
+        seen.append((res.heads, res.base))
+        raise StoreError("disk full")
+
+    with pytest.raises(StoreError, match="disk full"):
+        t.attach_base(base.raw, check=lambda ch: None, persist=fail)
+    assert seen == [((base.id,), base.id)]
+    assert len(t) == 1 and base.id not in t and t.heads == (BASE.id,)
+    assert not t.shallow and not t.holds_or_vouches(parent)
+    assert [c.id for c in t.replay_order()] == [BASE.id]
+    res = t.attach_base(base.raw, check=lambda ch: None, parsed={base.raw: base})
+    assert res.attached[0] is base and res.base == base.id
+    assert res.heads == t.heads == (base.id,)
+    assert t.holds_or_vouches(parent) and t.holds_or_vouches(base.id)
+    assert not t.holds_or_vouches(b"\x07" * 32)
+
+
+def test_store_open_refuses_another_trees_root_under_this_trees_id() -> None:
+    """A root row whose stored id is right for its bytes but names another tree is refused
+    (hand mutant of ``from_trusted``, a classmethod mutmut does not mutate: the
+    ``tree.id != tree_id`` check dropped — another tree loaded under this one's id)."""
+    from p2psync.errors import IdMismatch
+
+    other = ObjectTree.create(SPACE_ID, OWNER.gate(), OWNER.account, b"other", timestamp=1)
+    with pytest.raises(IdMismatch, match="not the tree"):
+        ObjectTree.from_trusted(SPACE_ID, OWNER.gate(), [(other.id, other.root.raw)],
+                                tree_id=BASE.id)
