@@ -235,10 +235,11 @@ def raise_rcvbuf(sock: socket.socket | None, size: int) -> None:
         log.debug("could not raise SO_RCVBUF")
 
 
-#: Reply to received datagrams once per loop turn (False: aioquic's once per datagram). Off by
-#: default: with it on, a full-suite run hung in the QUIC keepalive test (every timer of the
-#: loop gone) three times this round, and the cause is not established (docs/transport.md).
-BATCH_TRANSMIT = False
+#: Reply to received datagrams once per loop turn (False: aioquic's once per datagram). The
+#: keepalive-test hang once blamed on it was the test's no-op ``transmit`` losing aioquic's
+#: timer, with or without batching; fixed in :meth:`QuicCarrier.wait_closed`
+#: (docs/transport.md, "quicbatch").
+BATCH_TRANSMIT = True
 
 
 class QuicCarrier(QuicConnectionProtocol, Carrier):
@@ -385,6 +386,16 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         return self._peer_addr or aioquic_private(self.quic).peer_address
 
     async def wait_closed(self) -> None:
+        """Wait until aioquic has finished closing (closing period over, or idle timeout).
+
+        Transmits first: that sends a CONNECTION_CLOSE still queued and re-arms aioquic's
+        timer from its current deadline, so the wait never depends on a loop timer armed
+        earlier. Without it, a connection whose timer chain was lost (an aioquic timer that
+        fired while ``transmit`` did nothing, as in the vanished-peer test) and that
+        receives no more datagrams waited forever with no timer armed (docs/transport.md,
+        "quicbatch")."""
+        if not self._closed.is_set():
+            self.transmit()
         await super().wait_closed()
 
 
