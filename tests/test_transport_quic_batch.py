@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,10 +19,12 @@ import p2psync.transport.quic as quic_mod
 from p2psync.errors import PeerTimeout
 from p2psync.transport import Connection, Keepalive, TransportConfig, connect, listen
 from p2psync.transport.quic import QuicCarrier
-from tests.conformance.transport_suite import TransportSuite
+from tests.conformance.transport_suite import FAST, TransportSuite
 from tests.test_transport import echo, identity
 
-CFG = TransportConfig(keepalive=Keepalive(interval=0.2, timeout=0.8), handshake_timeout=3.0)
+#: Pings every 0.25 s, but a peer is given up only after 30 s: these tests are about QUIC
+#: timers, and a loaded machine (nice'd, load average 10) must not time a peer out midway.
+CFG = TransportConfig(keepalive=Keepalive(interval=0.25, timeout=30.0), handshake_timeout=10.0)
 
 
 async def _pair() -> tuple[Any, Connection]:
@@ -135,7 +138,8 @@ def _sender_timer_spins(nbytes: int) -> tuple[int, int]:
     cached per loop iteration in whole milliseconds)."""
 
     async def run() -> tuple[int, int]:
-        async with TransportSuite().pair("quic") as p:
+        config = replace(FAST, keepalive=CFG.keepalive, handshake_timeout=10.0)
+        async with TransportSuite().pair("quic", config=config) as p:
             carrier: Any = p.client._link.carrier  # type: ignore[attr-defined]
             counts = [0, 0]
             in_timer = [False]
