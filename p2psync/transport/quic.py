@@ -158,6 +158,14 @@ def check_aioquic_layout() -> None:
         (QuicConnection, "_write_connection_limits"),
         (QuicConnection, "_write_stream_limits"),
     ) if not hasattr(owner, name)]
+    # QuicCarrier.transmit replaces aioquic's and keeps its state in aioquic's attributes:
+    # the protocol's __init__ must still set them, and _transmit_soon still use _transmit_task.
+    init_names = QuicConnectionProtocol.__init__.__code__.co_names
+    missing += [f"QuicConnectionProtocol.{name}" for name in (
+        "_timer", "_timer_at", "_transmit_task", "_transport", "_closed")
+        if name not in init_names]
+    if "_transmit_task" not in QuicConnectionProtocol._transmit_soon.__code__.co_names:
+        missing.append("QuicConnectionProtocol._transmit_soon._transmit_task")
     if missing:
         raise AioquicLayoutChanged(_layout_message(AttributeError(", ".join(missing))))
 
