@@ -158,6 +158,14 @@ def check_aioquic_layout() -> None:
         (QuicConnection, "_write_connection_limits"),
         (QuicConnection, "_write_stream_limits"),
     ) if not hasattr(owner, name)]
+    # QuicCarrier.transmit replaces aioquic's and keeps its state in aioquic's attributes:
+    # the protocol's __init__ must still set them, and _transmit_soon still use _transmit_task.
+    init_names = QuicConnectionProtocol.__init__.__code__.co_names
+    missing += [f"QuicConnectionProtocol.{name}" for name in (
+        "_timer", "_timer_at", "_transmit_task", "_transport", "_closed")
+        if name not in init_names]
+    if "_transmit_task" not in QuicConnectionProtocol._transmit_soon.__code__.co_names:
+        missing.append("QuicConnectionProtocol._transmit_soon._transmit_task")
     if missing:
         raise AioquicLayoutChanged(_layout_message(AttributeError(", ".join(missing))))
 
@@ -235,10 +243,14 @@ def raise_rcvbuf(sock: socket.socket | None, size: int) -> None:
         log.debug("could not raise SO_RCVBUF")
 
 
-#: Reply to received datagrams once per loop turn (False: aioquic's once per datagram). Off by
-#: default: with it on, a full-suite run hung in the QUIC keepalive test (every timer of the
-#: loop gone) three times this round, and the cause is not established (docs/transport.md).
-BATCH_TRANSMIT = False
+#: Reply to received datagrams once per loop turn (False: aioquic's once per datagram). The
+#: keepalive-test hang once blamed on it was the test's no-op ``transmit`` losing aioquic's
+#: timer, with or without batching; fixed in :meth:`QuicCarrier.wait_closed`
+#: (docs/transport.md, "quicbatch").
+BATCH_TRANSMIT = True
+#: After a timer, transmit at the time it was due, not the loop's (cached, coarse) clock:
+#: False restores aioquic's empty pacing spins (:meth:`QuicCarrier._handle_timer`).
+PACE_AT_DUE_TIME = True
 
 
 class QuicCarrier(QuicConnectionProtocol, Carrier):
@@ -255,6 +267,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         self._ended: set[int] = set()
         self._peer_addr: Any = None
         self._reply_soon = False  #: a transmit is due this loop turn (datagram_received)
+        self._due: float | None = None  #: the next transmit's time (after a timer)
         #: The aioquic connection (the base class keeps it only as private ``_quic``).
         self.quic = quic
         bound_windows(quic)
@@ -345,6 +358,44 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         self._reply_soon = False
         self.transmit()
 
+    def _handle_timer(self) -> None:
+        """aioquic's, except that the transmit after the timer uses the time the timer was
+        *due*, as ``handle_timer`` already does, not the loop's clock (``PACE_AT_DUE_TIME``).
+
+        Loop timers fire up to the clock's resolution early, and uvloop's clock is cached per
+        loop iteration in whole milliseconds. aioquic's pacer (one packet every few µs on a
+        LAN) then sees no time pass since its last packet, sends nothing and asks for a timer
+        a few µs later, which fires at once: the sender spun through empty transmits for the
+        rest of each millisecond (2–8 per datagram sent, most of a sending node's CPU). At the
+        due time the pacer's bucket holds one packet, which goes out."""
+        due = self._timer_at
+        now = self._loop.time() if due is None else max(due, self._loop.time())
+        self._timer = None
+        self._timer_at = None
+        self.quic.handle_timer(now=now)
+        self._process_events()
+        if PACE_AT_DUE_TIME:
+            self._due = now
+        self.transmit()  # no argument: aioquic's signature (tests stub it)
+
+    def transmit(self) -> None:
+        """aioquic's ``transmit`` (send what is due, re-arm the timer); right after a timer,
+        at the time that timer was due (:meth:`_handle_timer`)."""
+        self._transmit_task = None
+        now = self._loop.time()
+        if self._due is not None:
+            now, self._due = max(now, self._due), None
+        assert self._transport is not None
+        for data, addr in self.quic.datagrams_to_send(now=now):
+            self._transport.sendto(data, addr)
+        timer_at = self.quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
+
     # Carrier
     def write_frames(self, route: int, frames: list[bytes]) -> None:
         if route in self._ended:
@@ -385,6 +436,16 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         return self._peer_addr or aioquic_private(self.quic).peer_address
 
     async def wait_closed(self) -> None:
+        """Wait until aioquic has finished closing (closing period over, or idle timeout).
+
+        Transmits first: that sends a CONNECTION_CLOSE still queued and re-arms aioquic's
+        timer from its current deadline, so the wait never depends on a loop timer armed
+        earlier. Without it, a connection whose timer chain was lost (an aioquic timer that
+        fired while ``transmit`` did nothing, as in the vanished-peer test) and that
+        receives no more datagrams waited forever with no timer armed (docs/transport.md,
+        "quicbatch")."""
+        if not self._closed.is_set():
+            self.transmit()
         await super().wait_closed()
 
 
