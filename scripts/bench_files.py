@@ -374,6 +374,9 @@ def main() -> None:
                     help="bytes of the raw aioquic reference run (capped at --node-mib)")
     ap.add_argument("--profile", help="cProfile the receiver's fetch to PREFIX-carrier.pstats "
                     "(and the sending process, while it serves, to ….pstats.sender)")
+    ap.add_argument("--verify-now", action="store_true",
+                    help="node legs: fetch_file without verify_later (each answer hashed "
+                         "before the next request; files_io.VERIFY_LATER = False)")
     ap.add_argument("--thread-cpu", action="store_true",
                     help="node legs: print the CPU seconds per 100 MB of every thread of both "
                          "nodes (sampled every 50 ms, so threads living < 50 ms are missed)")
@@ -386,6 +389,7 @@ def main() -> None:
     args = ap.parse_args()
     global LOOP
     LOOP = args.loop
+    files_io.VERIFY_LATER = not args.verify_now
     if args.serve_node:
         _run(_serve_node(Path(args.serve_node), args.node_mib, args.carrier,
                                 args.durable, args.profile))

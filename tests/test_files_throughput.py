@@ -65,7 +65,8 @@ def test_a_request_is_answered_without_listing_the_file(tmp_path: Path,
 
 
 async def _transfer(tmp_path: Path, store: Any, *, threaded: bool, serve_depth: int,
-                    window: int = 8) -> tuple[Space, bytes, bytes, bool]:
+                    window: int = 8, verify_later: bool = False,
+                    ) -> tuple[Space, bytes, bytes, bool]:
     a, b, fid, data = _spaces(tmp_path)
     async with TransportSuite().pair("tcp") as p:
         st = await p.client.open_stream()
@@ -76,7 +77,7 @@ async def _transfer(tmp_path: Path, store: Any, *, threaded: bool, serve_depth: 
                                                            depth=serve_depth))
         fetch = ChunkFetch(a.id, fid, FS.missing_chunks(b, fid), window=window)
         ok = await files_io.run_fetch(fetch, {"a": st}, lambda ps: store(b, fid, ps),
-                                      threaded=threaded)
+                                      threaded=threaded, verify_later=verify_later)
         await server
     a.store.close()
     return b, fid, data, ok
@@ -248,10 +249,10 @@ def test_a_chunk_request_costs_the_same_in_a_small_and_a_big_file(tmp_path: Path
 # --- tcpfile2 (docs/files.md, "tcpfile2") ---------------------------------------------------
 async def test_the_next_request_goes_out_while_an_answer_is_still_being_hashed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Threaded, an answer is taken (its request's slot freed) before its chunks are hashed:
-    with a window of one request, the sender gets the second request while the hash thread
-    still holds the first answer. (Waiting for the hash first, the second request would only
-    leave once that hash ended: the hash below would time out waiting for it.)"""
+    """With ``verify_later``, an answer is taken (its request's slot freed) before its chunks
+    are hashed: with a window of one request, the sender gets the second request while the
+    hash thread still holds the first answer. (Waiting for the hash first, the second request
+    would only leave once that hash ended: the hash below would time out waiting for it.)"""
     asked = threading.Event()
     seen: list[bool] = []
     real_answer, real_hashes = files_io.answer, files_io._hashes
@@ -275,7 +276,8 @@ async def test_the_next_request_goes_out_while_an_answer_is_still_being_hashed(
     def put(b: Space, fid: bytes, pairs: Sequence[tuple[bytes, bytes]]) -> None:
         b.store.put_chunks(b.id, fid, pairs)
 
-    b, fid, data, ok = await _transfer(tmp_path, put, threaded=True, serve_depth=4, window=1)
+    b, fid, data, ok = await _transfer(tmp_path, put, threaded=True, serve_depth=4, window=1,
+                                       verify_later=True)
     assert seen == [True]
     assert ok and FS.file_info(b, fid).complete
     FS.get_file(b, fid, tmp_path / "out")
@@ -295,9 +297,10 @@ class _Liar:
 
 
 async def test_threaded_fetch_compares_every_chunk_before_storing_it(tmp_path: Path) -> None:
-    """Threaded (answers taken before their hashes are known), a peer serving wrong bytes is
-    still caught before anything of its answers is stored: it is reported and dropped, its
-    chunks come from the honest peer, and every stored chunk matches its address."""
+    """With ``verify_later`` (answers taken before their hashes are known), a peer serving
+    wrong bytes is still caught before anything of its answers is stored: it is reported
+    (once) and dropped, its chunks come from the honest peer, and every stored chunk matches
+    its address."""
     a, b, fid, data = _spaces(tmp_path)
     stored: list[tuple[bytes, bytes]] = []
     reported: list[tuple[str, str]] = []
@@ -320,7 +323,7 @@ async def test_threaded_fetch_compares_every_chunk_before_storing_it(tmp_path: P
                 srv, store, lambda s: True, depth=depth)))
             streams[name] = st
         fetch = ChunkFetch(a.id, fid, FS.missing_chunks(b, fid), window=2)
-        ok = await files_io.run_fetch(fetch, streams, put, threaded=True,
+        ok = await files_io.run_fetch(fetch, streams, put, threaded=True, verify_later=True,
                                       on_bad=lambda peer, why: reported.append((peer, why)))
         for s in servers:
             with contextlib.suppress(Exception):

@@ -245,7 +245,8 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                     on_bad: Callable[[Peer, str], None] | None = None,
                     progress: Callable[[int], None] | None = None,
                     idle_timeout: float | None = None,
-                    threaded: bool = False, group_bytes: int = GROUP_BYTES) -> bool:
+                    threaded: bool = False, group_bytes: int = GROUP_BYTES,
+                    verify_later: bool = False) -> bool:
     """Fetch until done or stuck over one stream per peer (requests spread by ``fetch``).
     A peer whose stream fails, or that leaves a request unanswered while nothing arrives for
     ``idle_timeout`` seconds, is lost (its requests go to others); a peer sending a bad chunk
@@ -254,12 +255,15 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
     Throughput (docs/files.md, "filesperf", "tcpfile2"): each answer's chunk hashes are
     computed in a worker thread (hashlib releases the GIL). Without ``threaded``, the stream's
     reader waits for them and ``ChunkFetch.on_response`` compares them before taking the
-    answer, which is stored at once on the loop's thread. With ``threaded``, the answer is
-    taken (its request's slot freed, so the next request goes out) while its chunks are still
-    being hashed in a hash thread, and ``store`` runs in a writer thread of its own (one call
-    at a time, in order) that first compares every chunk of each answer with its address: an
-    answer with a mismatch is stored not at all, its peer is dropped and reported and its
-    chunks asked of others (``ChunkFetch.on_invalid``). Answers taken while a write runs are
+    answer, which is stored at once on the loop's thread. With ``threaded``, ``store`` runs in
+    a writer thread of its own (one call at a time, in order). With ``verify_later`` too, the
+    answer is taken (its request's slot freed, so the next request goes out) while its chunks
+    are still being hashed in a hash thread, and the writer first compares every chunk of each
+    answer with its address: an answer with a mismatch is stored not at all, its peer is
+    dropped and reported once and its chunks asked of others (``ChunkFetch.on_invalid``).
+    Otherwise the reader waits for each answer's hashes as without ``threaded``. (Faster with
+    the CPU to spare, slower on an oversubscribed one: docs/files.md "tcpfile2".) Answers
+    taken while a write runs are
     **grouped** (up to ``group_bytes``; beyond, receiving waits for the write) into the next
     call: one transaction and one fsync per group instead of per answer. Either way every
     group is stored (what verifies) before this returns; a kill loses at most the groups not
@@ -270,7 +274,8 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
     inbox: asyncio.Queue[tuple[Peer, Any, Any]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(1, thread_name_prefix="p2psync-chunks") if threaded else None
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="p2psync-hash") if threaded else None
+    hasher = (ThreadPoolExecutor(1, thread_name_prefix="p2psync-hash")
+              if threaded and verify_later else None)
     group: list[_Taken] = []
     group_size = 0
     writing: asyncio.Future[tuple[int, list[tuple[Peer, list[bytes]]]]] | None = None
@@ -450,6 +455,12 @@ def peers_for(engines: Iterable[PeerEngine], space_id: str) -> list[PeerEngine]:
             if e.ready.is_set() and not e.conn.is_closed and space_id in e.shared]
 
 
+#: :func:`fetch_file` takes answers before their hashes are known (``run_fetch``'s
+#: ``verify_later``): ~1.3x the MB/s of a 100 MiB TCP transfer here when the process has the
+#: CPU, ~0.8x on a machine oversubscribed ~5x (docs/files.md, "tcpfile2")
+VERIFY_LATER = True
+
+
 async def fetch_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes, *,
                      window: int = 4, progress: Callable[[int], None] | None = None) -> bool:
     """Fetch the chunks of one file this store lacks from every connected peer sharing the
@@ -475,7 +486,7 @@ async def fetch_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes
 
     try:
         return await run_fetch(fetch, streams, put, on_bad=_strike_engine, progress=progress,
-                               threaded=writer is not None)
+                               threaded=writer is not None, verify_later=VERIFY_LATER)
     finally:
         if writer is not None:
             writer.close()
