@@ -509,6 +509,10 @@ def _file_chunks_sql(n: int) -> str:
 #: "tcpfile2"), so the WAL may reach about twice this before the writer waits for it.
 CHUNK_WAL_BYTES = 64 << 20
 
+#: how long the checkpoint thread's RESTART step may hold off writers, waiting for a write
+#: or an old reader to end, before it gives up until the next checkpoint (milliseconds)
+RESTART_WAIT_MS = 200
+
 log = logging.getLogger("p2psync.store")
 
 
@@ -565,6 +569,9 @@ class SqliteChunkIO:
             try:
                 db.execute(f"PRAGMA synchronous={self._sync}")
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # RESTART holds off new writers while it waits for the current one and for
+                # readers of older snapshots: give up soon (the next checkpoint tries again)
+                db.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
                 db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 self.checkpoints += 1
             finally:
