@@ -263,12 +263,12 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
     dropped and reported once and its chunks asked of others (``ChunkFetch.on_invalid``).
     Otherwise the reader waits for each answer's hashes as without ``threaded``. (Faster with
     the CPU to spare, slower on an oversubscribed one: docs/files.md "tcpfile2".) Answers
-    taken while a write runs are
-    **grouped** (up to ``group_bytes``; beyond, receiving waits for the write) into the next
-    call: one transaction and one fsync per group instead of per answer. Either way every
-    group is stored (what verifies) before this returns; a kill loses at most the groups not
-    stored yet (never reported: a resumed fetch asks for them again). ``progress(n)`` is
-    called with the number of new chunks after each stored group. Returns ``fetch.done``."""
+    taken while a write runs are **grouped** (up to ``group_bytes``; beyond, receiving waits
+    for the write) into the next call: one transaction and one fsync per group instead of per
+    answer. Either way every group is stored (what verifies) before this returns; a kill
+    loses at most the groups not stored yet (never reported: a resumed fetch asks for them
+    again). ``progress(n)`` is called with the number of new chunks after each stored group.
+    Returns ``fetch.done``."""
     rids = itertools.count(1)
     pending: dict[tuple[Peer, int], ChunkRequest] = {}
     inbox: asyncio.Queue[tuple[Peer, Any, Any]] = asyncio.Queue()
