@@ -171,7 +171,7 @@ async def _serve_node(d: Path, mib: int, carrier: str, durable: bool,
 
 
 async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: bool = False,
-                 profile: str | None = None) -> dict[str, float]:
+                 profile: str | None = None, thread_cpu: bool = False) -> dict[str, float]:
     """Node to node through the engines: MB/s of ciphertext and RSS growth (MiB) of the
     receiver (and of the sender when it runs in its own process, ``procs=2``)."""
     from tests.sync_helpers import fast_config, make_node, wait_any
@@ -210,8 +210,22 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
         peak = dict(base)
         stop = asyncio.Event()
 
+        tcpu: dict[tuple[Any, str], list[float]] = {}
+
+        def threads() -> None:
+            for p in pids:
+                pp = os.getpid() if p == "self" else p
+                for t in Path(f"/proc/{pp}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        name = (t / "comm").read_text().strip()
+                        f = (t / "stat").read_text().rsplit(")", 1)[1].split()
+                        c = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+                        tcpu.setdefault((p, t.name + ":" + name), [c, c])[1] = c
+
         async def sample() -> None:
             while not stop.is_set():
+                if thread_cpu:
+                    threads()
                 for p in pids:
                     peak[p] = max(peak[p], _rss(p))
                 with contextlib.suppress(TimeoutError):
@@ -232,12 +246,19 @@ async def _nodes(tmp: Path, mib: int, carrier: str, *, procs: int = 2, durable: 
             prof.dump_stats(profile)
         stop.set()
         await sampler
+        if thread_cpu:  # which thread spends what (Python names no threads in /proc)
+            threads()
+            for (p, t), (c0, c1) in sorted(tcpu.items(), key=lambda kv: str(kv[0])):
+                if c1 - c0 > 0.005:
+                    print(f"    thread {p} {t}: {(c1 - c0) / nbytes * 1e8:.3f} s per 100 MB",
+                          flush=True)
         assert ok and FS.file_info(sb, fid).complete
         out = {"MBps": round(nbytes / dt / 1e6, 1),
                "rss_MiB": round((peak["self"] - base["self"]) / 2**20, 1),
                "cpu_s_per_100MB": round(sum(cpu.values()) / nbytes * 1e8, 2)}
         if child is not None:
             out["sender_rss_MiB"] = round((peak[child.pid] - base[child.pid]) / 2**20, 1)
+            out["sender_cpu_s_per_100MB"] = round(cpu[child.pid] / nbytes * 1e8, 2)
         return out
     finally:
         await b.close()
@@ -324,7 +345,7 @@ def _node_legs(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         for c in carriers:
             prof = f"{args.profile}-{c}.pstats" if args.profile and i == 0 else None
             row = _run(_nodes(tmp, args.node_mib, c, procs=args.procs,
-                                     durable=args.durable, profile=prof))
+                              durable=args.durable, profile=prof, thread_cpu=args.thread_cpu))
             if c == "quic":
                 raw, raw_cpu = _run(_raw_quic(raw_bytes, args.procs))
                 row["raw_aioquic_MBps"] = round(raw, 1)
@@ -353,6 +374,12 @@ def main() -> None:
                     help="bytes of the raw aioquic reference run (capped at --node-mib)")
     ap.add_argument("--profile", help="cProfile the receiver's fetch to PREFIX-carrier.pstats "
                     "(and the sending process, while it serves, to ….pstats.sender)")
+    ap.add_argument("--verify-now", action="store_true",
+                    help="node legs: fetch_file without verify_later (each answer hashed "
+                         "before the next request; files_io.VERIFY_LATER = False)")
+    ap.add_argument("--thread-cpu", action="store_true",
+                    help="node legs: print the CPU seconds per 100 MB of every thread of both "
+                         "nodes (sampled every 50 ms, so threads living < 50 ms are missed)")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                     help="event loop of every leg (agents run on uvloop)")
     ap.add_argument("--json", default="bench_files.json")
@@ -362,6 +389,7 @@ def main() -> None:
     args = ap.parse_args()
     global LOOP
     LOOP = args.loop
+    files_io.VERIFY_LATER = not args.verify_now
     if args.serve_node:
         _run(_serve_node(Path(args.serve_node), args.node_mib, args.carrier,
                                 args.durable, args.profile))

@@ -7,6 +7,7 @@ and a QUIC receiver replies once per loop turn, not once per datagram."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -19,6 +20,7 @@ import uvloop
 
 from p2psync.crypto import AccountKey, DeviceKey
 from p2psync.replica import filespace as FS
+from p2psync.replica.files import chunk_address
 from p2psync.replica.memstore import MemoryStore
 from p2psync.replica.space import Space
 from p2psync.replica.store import SqliteStore
@@ -63,7 +65,8 @@ def test_a_request_is_answered_without_listing_the_file(tmp_path: Path,
 
 
 async def _transfer(tmp_path: Path, store: Any, *, threaded: bool, serve_depth: int,
-                    window: int = 8) -> tuple[Space, bytes, bytes, bool]:
+                    window: int = 8, verify_later: bool = False,
+                    ) -> tuple[Space, bytes, bytes, bool]:
     a, b, fid, data = _spaces(tmp_path)
     async with TransportSuite().pair("tcp") as p:
         st = await p.client.open_stream()
@@ -74,7 +77,7 @@ async def _transfer(tmp_path: Path, store: Any, *, threaded: bool, serve_depth: 
                                                            depth=serve_depth))
         fetch = ChunkFetch(a.id, fid, FS.missing_chunks(b, fid), window=window)
         ok = await files_io.run_fetch(fetch, {"a": st}, lambda ps: store(b, fid, ps),
-                                      threaded=threaded)
+                                      threaded=threaded, verify_later=verify_later)
         await server
     a.store.close()
     return b, fid, data, ok
@@ -241,3 +244,145 @@ def test_a_chunk_request_costs_the_same_in_a_small_and_a_big_file(tmp_path: Path
 
     small, big = steps(400), steps(4000)
     assert big <= 2 * small + 5, (small, big)
+
+
+# --- tcpfile2 (docs/files.md, "tcpfile2") ---------------------------------------------------
+async def test_the_next_request_goes_out_while_an_answer_is_still_being_hashed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``verify_later``, an answer is taken (its request's slot freed) before its chunks
+    are hashed: with a window of one request, the sender gets the second request while the
+    hash thread still holds the first answer. (Waiting for the hash first, the second request
+    would only leave once that hash ended: the hash below would time out waiting for it.)"""
+    asked = threading.Event()
+    seen: list[bool] = []
+    real_answer, real_hashes = files_io.answer, files_io._hashes
+
+    def counting(store: Any, req: ChunkRequest) -> Any:
+        if len(served) == 1:
+            asked.set()  # the second request arrived
+        served.append(req)
+        return real_answer(store, req)
+
+    served: list[ChunkRequest] = []
+
+    def held_hashes(chunks: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        if not seen:  # the first answer: hashed only once the next request is out
+            seen.append(asked.wait(5))
+        return real_hashes(chunks)
+
+    monkeypatch.setattr(files_io, "answer", counting)
+    monkeypatch.setattr(files_io, "_hashes", held_hashes)
+
+    def put(b: Space, fid: bytes, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        b.store.put_chunks(b.id, fid, pairs)
+
+    b, fid, data, ok = await _transfer(tmp_path, put, threaded=True, serve_depth=4, window=1,
+                                       verify_later=True)
+    assert seen == [True]
+    assert ok and FS.file_info(b, fid).complete
+    FS.get_file(b, fid, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+
+
+class _Liar:
+    """A store that serves every chunk of the real one with its first byte flipped."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def get_file_chunks(self, space_id: str, file_id: bytes,
+                        addresses: Sequence[bytes]) -> dict[bytes, bytes]:
+        held = self.real.get_file_chunks(space_id, file_id, addresses)
+        return {a: bytes([d[0] ^ 1]) + d[1:] for a, d in held.items()}
+
+
+async def test_threaded_fetch_compares_every_chunk_before_storing_it(tmp_path: Path) -> None:
+    """With ``verify_later`` (answers taken before their hashes are known), a peer serving
+    wrong bytes is still caught before anything of its answers is stored: it is reported
+    (once) and dropped, its chunks come from the honest peer, and every stored chunk matches
+    its address."""
+    a, b, fid, data = _spaces(tmp_path)
+    stored: list[tuple[bytes, bytes]] = []
+    reported: list[tuple[str, str]] = []
+
+    def put(pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        stored.extend(pairs)
+        b.store.put_chunks(b.id, fid, pairs)
+
+    suite = TransportSuite()
+    async with suite.pair("tcp") as honest, suite.pair("tcp") as liar:
+        streams = {}
+        servers = []
+        for name, p, store, depth in (("honest", honest, a.store, 4),
+                                      ("liar", liar, _Liar(a.store), 0)):
+            st = await p.client.open_stream()
+            await st.send(b"")
+            srv = await p.accepted.accept_stream()
+            assert await srv.recv() == b""
+            servers.append(asyncio.create_task(files_io.serve_stream(
+                srv, store, lambda s: True, depth=depth)))
+            streams[name] = st
+        fetch = ChunkFetch(a.id, fid, FS.missing_chunks(b, fid), window=2)
+        ok = await files_io.run_fetch(fetch, streams, put, threaded=True, verify_later=True,
+                                      on_bad=lambda peer, why: reported.append((peer, why)))
+        for s in servers:
+            with contextlib.suppress(Exception):
+                await s
+    assert ok and FS.file_info(b, fid).complete
+    assert [p for p, _ in reported] == ["liar"]
+    assert files_io.NOT_MATCHING in reported[0][1]
+    assert stored and all(chunk_address(d) == addr for addr, d in stored)
+    FS.get_file(b, fid, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    a.store.close()
+
+
+def test_chunk_checkpoints_run_beside_the_writes(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every CHUNK_WAL_BYTES written through ``chunk_io``, the WAL is checkpointed in a thread
+    of its own: the writing thread goes on writing meanwhile (a checkpoint inside it stalled
+    the receiver ~0.1-0.3 s per 64 MiB). Writes that outrun a checkpoint by another
+    CHUNK_WAL_BYTES wait for it. Every chunk is there after reopening."""
+    from p2psync.replica import store as store_mod
+    monkeypatch.setattr(store_mod, "CHUNK_WAL_BYTES", 1 << 20)
+    release, started = threading.Event(), threading.Event()
+    where: list[str] = []
+    real = store_mod.SqliteChunkIO._checkpoint
+
+    def held(self: Any) -> None:
+        where.append(threading.current_thread().name)
+        started.set()
+        release.wait(3)  # (a checkpoint in the writer's thread would hold the writer here)
+        real(self)
+
+    monkeypatch.setattr(store_mod.SqliteChunkIO, "_checkpoint", held)
+    path = tmp_path / "s.sqlite3"
+    store = SqliteStore(path, durable=False)
+    io = store.chunk_io()
+    assert io is not None
+    rnd = random.Random(8)
+    written: list[bytes] = []
+
+    def write(n: int) -> None:
+        group = [(rnd.randbytes(32), rnd.randbytes(64 << 10)) for _ in range(n)]
+        io.put_chunks("sp", b"f" * 16, group)
+        written.extend(a for a, _ in group)
+
+    write(16)  # 1 MiB: a checkpoint starts
+    assert started.wait(5)
+    write(4)  # returns while that checkpoint is held
+    assert not release.is_set() and where and where[0] != threading.current_thread().name
+    outrun = threading.Thread(target=write, args=(16,))  # another 1 MiB: waits for it
+    outrun.start()
+    outrun.join(0.3)
+    assert outrun.is_alive()
+    release.set()
+    outrun.join(5)
+    assert not outrun.is_alive() and io.checkpoints >= 1
+    io.close()
+    store.close()
+    again = SqliteStore(path, durable=False)
+    try:
+        assert again.has_chunks(written) == set(written)
+    finally:
+        again.close()

@@ -165,13 +165,20 @@ class ChunkFetch:
 
     def on_response(self, peer: Peer, req: ChunkRequest, resp: ChunkResponse,
                     store: Callable[[Sequence[tuple[bytes, bytes]]], object],
-                    hashes: Sequence[bytes] | None = None) -> int:
+                    hashes: Sequence[bytes] | None = None, *, verify_later: bool = False) -> int:
         """Take a peer's answer to ``req`` (the shell matches them by request id): verified
         chunks go to ``store`` (all at once), missing ones back to the queue for other peers.
         Returns how many chunks were new. A chunk not asked for or not matching its address
         drops the peer (nothing of that answer is stored) and raises FileChunkInvalid.
         ``hashes``: :func:`chunk_address` of each chunk of ``resp`` in order, when the shell
-        computed them already (off the event loop); computed here otherwise."""
+        computed them already (off the event loop); computed here otherwise.
+        ``verify_later``: the shell compares every chunk of ``resp`` with its address itself,
+        after this returns and **before storing any** (off the event loop, so the next request
+        need not wait for the hashing; docs/files.md "tcpfile2"): ``store`` gets the new
+        chunks unchecked, and a mismatch must be reported with :meth:`on_invalid` (nothing of
+        that answer stored). Chunks not asked for are still refused here."""
+        if verify_later:
+            hashes = [addr for addr, _ in resp.chunks]  # checked by the shell before storing
         flying = self._in_flight.get(peer)
         asked = tuple(req.addresses)
         if not flying or asked not in flying:
@@ -216,6 +223,14 @@ class ChunkFetch:
             self.on_peer_lost(peer)
         else:
             self._paused[peer] = max(until, self._paused.get(peer, until))
+
+    def on_invalid(self, peer: Peer, addresses: Sequence[bytes]) -> None:
+        """An answer of ``peer`` taken with ``verify_later`` held a chunk not matching its
+        address, and the shell stored none of it: ``addresses`` (the new chunks that answer
+        gave) are wanted again, from other peers; the peer is dropped like a tampering one."""
+        lost = [a for a in addresses if a in self._got]
+        self._got.difference_update(lost)
+        self._drop(peer, tuple(lost))
 
     def on_peer_lost(self, peer: Peer) -> None:
         """The peer went away: what it was asked is asked of others."""

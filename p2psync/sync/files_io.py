@@ -17,7 +17,8 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, cast
 
 from p2psync.errors import (
@@ -205,40 +206,99 @@ def _hashes(chunks: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     return [chunk_address(data) for _, data in chunks]
 
 
+#: what :func:`run_fetch` says of a peer whose chunk does not match its address
+NOT_MATCHING = "sent a chunk not matching its address"
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """One answer taken by the fetch, waiting in a write group: ``new`` (its chunks not held
+    yet) are stored only if every chunk of the answer matches its address. ``hashes`` is None
+    when ``ChunkFetch.on_response`` verified them already, else the hashing of ``chunks`` under
+    way in the hash thread (compared by the writer, before storing)."""
+
+    peer: Peer
+    chunks: Sequence[tuple[bytes, bytes]]
+    hashes: Future[list[bytes]] | None
+    new: Sequence[tuple[bytes, bytes]]
+
+
+def _verify_and_store(store: Callable[[Sequence[tuple[bytes, bytes]]], object],
+                      answers: Sequence[_Taken]) -> tuple[int, list[tuple[Peer, list[bytes]]]]:
+    """Store, in one call, the new chunks of every answer of ``answers`` whose chunks all match
+    their addresses (waiting for their hashing if needed); nothing of any other answer.
+    Returns how many chunks were stored and ``(peer, new addresses)`` of each refused answer."""
+    good: list[tuple[bytes, bytes]] = []
+    refused: list[tuple[Peer, list[bytes]]] = []
+    for t in answers:
+        if t.hashes is not None and any(
+                addr != digest for (addr, _), digest in zip(t.chunks, t.hashes.result(),
+                                                            strict=True)):
+            refused.append((t.peer, [addr for addr, _ in t.new]))
+        else:
+            good.extend(t.new)
+    if good:
+        store(good)
+    return len(good), refused
+
+
 async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                     store: Callable[[Sequence[tuple[bytes, bytes]]], object], *,
                     on_bad: Callable[[Peer, str], None] | None = None,
                     progress: Callable[[int], None] | None = None,
                     idle_timeout: float | None = None,
-                    threaded: bool = False, group_bytes: int = GROUP_BYTES) -> bool:
+                    threaded: bool = False, group_bytes: int = GROUP_BYTES,
+                    verify_later: bool = False) -> bool:
     """Fetch until done or stuck over one stream per peer (requests spread by ``fetch``).
     A peer whose stream fails, or that leaves a request unanswered while nothing arrives for
     ``idle_timeout`` seconds, is lost (its requests go to others); a peer sending a bad chunk
     or garbage has its stream reset and is reported to ``on_bad`` (the engine strikes it).
 
-    Throughput (docs/files.md, "filesperf"): each answer's chunk hashes are computed in a
-    worker thread by the stream's reader (hashlib releases the GIL) before the answer is
-    verified. With ``threaded``, ``store`` runs in a worker thread of its own (one call at a
-    time, in order) while answers keep arriving; verified chunks that arrive meanwhile are
-    **grouped** (up to ``group_bytes``; beyond, receiving waits for the write) into the next
-    call: one transaction and one fsync per group instead of per answer. Without it, every
-    answer is stored at once on the loop's thread. Either way every group is stored before
-    this returns; a kill loses at most the groups not stored yet (never reported: a resumed
-    fetch asks for them again). ``progress(n)`` is called with the number of new chunks after
-    each stored group. Returns ``fetch.done``."""
+    Throughput (docs/files.md, "filesperf", "tcpfile2"): each answer's chunk hashes are
+    computed in a worker thread (hashlib releases the GIL). Without ``threaded``, the stream's
+    reader waits for them and ``ChunkFetch.on_response`` compares them before taking the
+    answer, which is stored at once on the loop's thread. With ``threaded``, ``store`` runs in
+    a writer thread of its own (one call at a time, in order). With ``verify_later`` too, the
+    answer is taken (its request's slot freed, so the next request goes out) while its chunks
+    are still being hashed in a hash thread, and the writer first compares every chunk of each
+    answer with its address: an answer with a mismatch is stored not at all, its peer is
+    dropped and reported once and its chunks asked of others (``ChunkFetch.on_invalid``).
+    Otherwise the reader waits for each answer's hashes as without ``threaded``. (Faster with
+    the CPU to spare, slower on an oversubscribed one: docs/files.md "tcpfile2".) Answers
+    taken while a write runs are **grouped** (up to ``group_bytes``; beyond, receiving waits
+    for the write) into the next call: one transaction and one fsync per group instead of per
+    answer. Either way every group is stored (what verifies) before this returns; a kill
+    loses at most the groups not stored yet (never reported: a resumed fetch asks for them
+    again). ``progress(n)`` is called with the number of new chunks after each stored group.
+    Returns ``fetch.done``."""
     rids = itertools.count(1)
     pending: dict[tuple[Peer, int], ChunkRequest] = {}
-    inbox: asyncio.Queue[tuple[Peer, Any, list[bytes] | None]] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[Peer, Any, Any]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(1, thread_name_prefix="p2psync-chunks") if threaded else None
-    group: list[tuple[bytes, bytes]] = []
+    hasher = (ThreadPoolExecutor(1, thread_name_prefix="p2psync-hash")
+              if threaded and verify_later else None)
+    group: list[_Taken] = []
     group_size = 0
-    writing: asyncio.Future[object] | None = None
+    writing: asyncio.Future[tuple[int, list[tuple[Peer, list[bytes]]]]] | None = None
 
-    def gather(pairs: Sequence[tuple[bytes, bytes]]) -> None:
-        nonlocal group_size
-        group.extend(pairs)
-        group_size += sum(len(d) for _, d in pairs)
+    def take(peer: Peer, chunks: Sequence[tuple[bytes, bytes]],
+             hashes: Future[list[bytes]] | None) -> Callable[[Sequence[tuple[bytes, bytes]]],
+                                                             None]:
+        def gather(new: Sequence[tuple[bytes, bytes]]) -> None:
+            nonlocal group_size
+            group.append(_Taken(peer, chunks, hashes, new))
+            group_size += sum(len(d) for _, d in new)
+        return gather
+
+    liars: set[Peer] = set()
+
+    def refuse(refused: list[tuple[Peer, list[bytes]]]) -> None:
+        for peer, addresses in refused:  # nothing of those answers was stored
+            fetch.on_invalid(peer, addresses)
+            if peer not in liars:  # reported once, however many of its answers were taken
+                liars.add(peer)
+                bad(peer, f"peer {peer!r} {NOT_MATCHING}")
 
     def stored(n: int) -> None:
         if progress is not None and n:
@@ -251,18 +311,20 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
         if writing is not None:
             if not writing.done() and not wait and group_size < group_bytes:
                 return
-            await writing  # raises what the store raised
+            _, refused = await writing  # raises what the store raised
             writing = None
+            refuse(refused)
         if not group:
             return
         batch, group, group_size = group, [], 0
         if pool is None:
-            store(batch)
-            stored(len(batch))
+            n, refused = _verify_and_store(store, batch)
+            stored(n)
+            refuse(refused)
             return
-        writing = loop.run_in_executor(pool, store, batch)
+        writing = loop.run_in_executor(pool, _verify_and_store, store, batch)
         writing.add_done_callback(
-            lambda f: stored(len(batch)) if not f.cancelled() and f.exception() is None
+            lambda f: stored(f.result()[0]) if not f.cancelled() and f.exception() is None
             else None)
 
     def bad(peer: Peer, why: str) -> None:
@@ -280,9 +342,12 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                     bad(peer, f"bad chunk response: {exc}")
                     raise
                 msg = env.message
-                hashes = None
+                hashes: Any = None
                 if isinstance(msg, ChunkResponse) and msg.chunks:
-                    hashes = await loop.run_in_executor(None, _hashes, msg.chunks)
+                    if hasher is not None:  # compared by the writer: read on meanwhile
+                        hashes = hasher.submit(_hashes, msg.chunks)
+                    else:
+                        hashes = await loop.run_in_executor(None, _hashes, msg.chunks)
                 await inbox.put((peer, env, hashes))
         except P2PSyncError as exc:
             await inbox.put((peer, exc, None))
@@ -304,7 +369,9 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
             if fetch.done or fetch.stuck:
                 await write(True)
                 await write(True)
-                return fetch.done
+                if fetch.done or fetch.stuck:  # else: a refused answer is wanted again
+                    return fetch.done
+                continue
             await write(False)
             wait = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
             resume = fetch.resume_at  # a peer that said RATE_LIMITED may be asked again then
@@ -336,7 +403,11 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
                 fetch.on_peer_lost(peer)  # an error answer (e.g. no chunk support): ask others
                 continue
             try:
-                fetch.on_response(peer, asked, msg, gather, hashes)
+                if isinstance(hashes, Future):  # taken now, compared before it is stored
+                    fetch.on_response(peer, asked, msg, take(peer, msg.chunks, hashes),
+                                      verify_later=True)
+                else:
+                    fetch.on_response(peer, asked, msg, take(peer, msg.chunks, None), hashes)
             except FileChunkInvalid as exc:
                 bad(peer, str(exc))
                 continue
@@ -350,10 +421,12 @@ async def run_fetch(fetch: ChunkFetch, streams: dict[Peer, PeerStream],
             if writing is not None and not writing.done():
                 await asyncio.shield(writing)
             if group:
-                store(group)
+                _verify_and_store(store, group)  # (waits for the hash thread if needed)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)  # a write cut off by cancellation ends first
+            if hasher is not None:
+                hasher.shutdown(wait=True, cancel_futures=True)
 
 
 # --- engine hooks -------------------------------------------------------------------------------
@@ -382,6 +455,12 @@ def peers_for(engines: Iterable[PeerEngine], space_id: str) -> list[PeerEngine]:
     """Connected, ready engines whose peer shares ``space_id`` (devices and backups alike)."""
     return [e for e in engines
             if e.ready.is_set() and not e.conn.is_closed and space_id in e.shared]
+
+
+#: :func:`fetch_file` takes answers before their hashes are known (``run_fetch``'s
+#: ``verify_later``): ~1.3x the MB/s of a 100 MiB TCP transfer here when the process has the
+#: CPU, ~0.8x on a machine oversubscribed ~5x (docs/files.md, "tcpfile2")
+VERIFY_LATER = True
 
 
 async def fetch_file(engines: Iterable[PeerEngine], space: Space, file_id: bytes, *,
@@ -419,7 +498,7 @@ async def _fetch_chunks(engines: Iterable[PeerEngine], space: Space, file_id: by
 
     try:
         return await run_fetch(fetch, streams, put, on_bad=_strike_engine, progress=progress,
-                               threaded=writer is not None)
+                               threaded=writer is not None, verify_later=VERIFY_LATER)
     finally:
         if writer is not None:
             writer.close()
