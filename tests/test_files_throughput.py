@@ -165,7 +165,7 @@ def _quic_bulk(nbytes: int) -> tuple[int, int]:
 
 
 def test_quic_receiver_replies_once_per_loop_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(quic_mod, "BATCH_TRANSMIT", True)  # opt-in (off by default)
+    monkeypatch.setattr(quic_mod, "BATCH_TRANSMIT", True)  # the default; pinned here
     datagrams, transmits = _quic_bulk(6_000_000)
     assert datagrams > 1000
     assert transmits < datagrams / 2, (datagrams, transmits)
