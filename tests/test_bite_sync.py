@@ -1,0 +1,163 @@
+"""The sync side's security decisions, at unit level: what mutation testing of the responder,
+ingest, access checks, inbound gate, member limits and backup quotas found unguarded
+(``scripts/mutation.py sync``; docs/testing.md, round 5). Each test names the decision it pins.
+
+Built on the sans-IO pairs of ``tests/test_sync_cores.py``: two devices with real stores whose
+responders answer each other in one thread, no sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from p2psync.replica.change import build_change
+from p2psync.replica.document import encode_payload
+from p2psync.replica.space import Space
+from p2psync.replica.tree import AddResult
+from p2psync.sync.effects import Answer, Serve, Submit
+from p2psync.sync.limits import EngineConfig
+from p2psync.sync.messages import (
+    ErrorCode,
+    ErrorMessage,
+    HeadSyncRequest,
+    HeadUpdate,
+    RangeQuery,
+    SpaceTokens,
+)
+from p2psync.sync.responder import Responder
+from p2psync.sync.spacex import SpaceExchange
+from tests.test_sync_cores import NOW, Dev, Pair, _Source, joined
+
+CLOCK = 50.0  #: monotonic time for the inbound gate
+
+
+def _request(space_id: str, n: int = 0) -> HeadSyncRequest:
+    """A head-sync request; ``n`` makes distinct requests (the gate drops duplicates)."""
+    return HeadSyncRequest(space_id, 32 + n, (RangeQuery(0, 0, bytes(32), 0),))
+
+
+class _Recorder:
+    """A pusher that records what it was asked to push (to see who is echoed to)."""
+
+    def __init__(self) -> None:
+        self.trees: list[bytes] = []
+
+    def push_tree(self, space: Space, tree_id: bytes, result: AddResult) -> None:
+        self.trees.append(tree_id)
+
+    def push_acl(self, space: Space, record_ids: list[bytes]) -> None:
+        pass
+
+
+def _change(dev: Dev, space: Space, tid: bytes, prev: tuple[bytes, ...], *,
+            acl_head: bytes | None = None) -> Any:
+    """A change by ``dev`` (a member holding the space) on ``tid``."""
+    held = dev.replicas.spaces[space.id]
+    key = held.acl.read_key(held.acl.state.current_key_id)
+    assert key is not None
+    return build_change(dev.account, key, encode_payload([], []), space_id=space.id,
+                        tree_id=tid, prev_ids=prev,
+                        acl_head=held.acl.heads[-1] if acl_head is None else acl_head,
+                        read_key_id=held.acl.state.current_key_id)
+
+
+# --- the inbound gate: the configured limits, not the gate's defaults ---------------------------
+def test_the_gate_refills_at_the_configured_rate(tmp_path: Path) -> None:
+    """``in_rate`` is what refills the peer's bucket (the gate's own default is 100/s)."""
+    _, _, pair, space = joined(tmp_path)
+    cfg = EngineConfig(in_rate=1.0, in_burst=1.0)
+    r = Responder(Pair(pair.a, pair.b, cfg).sa, _Source(), clock=CLOCK)
+    req = _request(space.id)
+    assert r.receive(req, 1, NOW, CLOCK) == [Serve(req, 1)]
+    r.served(req)
+    out = r.receive(req, 2, NOW, CLOCK + 0.5)  # half a token back at 1/s: still refused
+    assert len(out) == 1 and isinstance(out[0], Answer)
+    assert isinstance(out[0].message, ErrorMessage)
+    assert out[0].message.code == ErrorCode.RATE_LIMITED
+    assert out[0].message.retry_after_ms == 501  # the other half at 1/s, rounded up
+    assert r.receive(req, 3, NOW, CLOCK + 1.0) == [Serve(req, 3)]
+
+
+def test_the_gate_caps_concurrent_requests_at_the_configured_number(tmp_path: Path) -> None:
+    """``in_concurrency`` bounds the peer's requests in progress (the gate's default is 16)."""
+    _, _, pair, space = joined(tmp_path)
+    cfg = EngineConfig(in_concurrency=2)
+    r = Responder(Pair(pair.a, pair.b, cfg).sa, _Source(), clock=CLOCK)
+    first, second, third = (_request(space.id, n) for n in range(3))
+    assert r.receive(first, 1, NOW, CLOCK) == [Serve(first, 1)]
+    assert r.receive(second, 2, NOW, CLOCK) == [Serve(second, 2)]
+    out = r.receive(third, 3, NOW, CLOCK)
+    assert len(out) == 1 and isinstance(out[0], Answer) and out[0].request_id == 3
+    assert isinstance(out[0].message, ErrorMessage)
+    assert out[0].message.code == ErrorCode.RATE_LIMITED
+    r.served(first)
+    assert r.receive(third, 4, NOW, CLOCK) == [Serve(third, 4)]
+
+
+# --- the space exchange: tokens bound to this connection --------------------------------------
+def _exchange_with(pair: Pair, b: Dev, binding: bytes) -> frozenset[str] | None:
+    """``a``'s responder runs the exchange against a hand-made exchange of ``b`` using
+    ``binding``; the spaces ``a`` then finds shared."""
+    r = pair.ra
+    ours = r.hello()
+    theirs = SpaceExchange(b.device.public, pair.a.device.public,
+                           b.replicas.exchange_keys_for(pair.a.account.public),
+                           channel_binding=binding)
+    their_hello = theirs.start()
+    (answer,) = r.receive(their_hello, 0, NOW, CLOCK)
+    assert isinstance(answer, Answer) and isinstance(answer.message, SpaceTokens)
+    replies = theirs.receive(ours)
+    theirs.receive(answer.message)
+    tokens = [m for m in replies if isinstance(m, SpaceTokens)]
+    assert len(tokens) == 1
+    assert r.tokens(tokens[0]) == []
+    return r.exchanged
+
+
+def test_the_space_exchange_binds_its_tokens_to_the_channel(tmp_path: Path) -> None:
+    """Our hello's exchange uses the connection's channel binding: a peer on this channel
+    finds the shared space, tokens made for another channel find nothing."""
+    a, b, _pair, space = joined(tmp_path)
+    pair = Pair(a, b)
+    assert _exchange_with(pair, b, pair.sa.binding) == frozenset({space.id})
+    other = Pair(a, b)
+    assert _exchange_with(other, b, os.urandom(32)) == frozenset()
+
+
+# --- pushes ------------------------------------------------------------------------------------
+def test_a_push_is_not_echoed_to_the_peer_it_came_from(tmp_path: Path) -> None:
+    """The responder applies a push as coming from its engine (``source``): every other
+    connection is told, the pushing one is not."""
+    a, b, pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    engine, other = _Recorder(), _Recorder()
+    a.replicas.pushers += [engine, other]
+    r = Responder(pair.sa, engine, clock=CLOCK)
+    ch = _change(b, space, tid, space.heads(tid))
+    assert r.receive(HeadUpdate(space.id, tid, (ch.id,), (ch.raw,)), 0, NOW, CLOCK) == []
+    assert r.ingest is not None
+    r.ingest.run()
+    r.ingested(NOW)
+    assert ch.id in space.tree(tid)
+    assert other.trees == [tid] and engine.trees == []
+
+
+def test_a_push_naming_an_unknown_acl_head_makes_us_pull_the_acl(tmp_path: Path) -> None:
+    """What the ingest learnt (a change waits for an ACL record we lack) reaches the
+    follow-up: an ACL pull and a tree pull, even when the push's heads are all held."""
+    _a, b, pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    ch = _change(b, space, tid, space.heads(tid), acl_head=os.urandom(32))
+    msg = HeadUpdate(space.id, tid, tuple(space.heads(tid)), (ch.raw,))
+    r = pair.ra
+    assert r.receive(msg, 0, NOW, CLOCK) == []
+    assert r.ingest is not None
+    r.ingest.run()
+    assert r.ingest.unknown_acl
+    out = r.ingested(NOW)
+    assert Submit(("acl", space.id, b""), 0) in out
+    assert Submit(("tree", space.id, tid), 1) in out
+    assert ch.id not in space.tree(tid)
+
