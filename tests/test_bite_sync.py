@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from p2psync.replica.change import build_change
-from p2psync.replica.document import encode_payload
+from p2psync.replica.document import ROOT, encode_payload
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.effects import Answer, Serve, Submit
 from p2psync.sync.limits import EngineConfig
+from p2psync.sync.memberlimits import MemberLimits
 from p2psync.sync.messages import (
     ErrorCode,
     ErrorMessage,
@@ -26,9 +27,11 @@ from p2psync.sync.messages import (
     RangeQuery,
     SpaceTokens,
 )
+from p2psync.sync.pull import TreePull
+from p2psync.sync.replicas import DevicePolicy
 from p2psync.sync.responder import Responder
 from p2psync.sync.spacex import SpaceExchange
-from tests.test_sync_cores import NOW, Dev, Pair, _Source, joined
+from tests.test_sync_cores import NOW, Dev, Pair, _Source, drive, joined, strikes
 
 CLOCK = 50.0  #: monotonic time for the inbound gate
 
@@ -72,6 +75,9 @@ def test_the_gate_refills_at_the_configured_rate(tmp_path: Path) -> None:
     req = _request(space.id)
     assert r.receive(req, 1, NOW, CLOCK) == [Serve(req, 1)]
     r.served(req)
+    empty = r.receive(req, 9, NOW, CLOCK)  # the bucket is empty: one token at 1/s
+    assert isinstance(empty[0], Answer) and isinstance(empty[0].message, ErrorMessage)
+    assert empty[0].message.retry_after_ms == 1001  # a second in ms, rounded up
     out = r.receive(req, 2, NOW, CLOCK + 0.5)  # half a token back at 1/s: still refused
     assert len(out) == 1 and isinstance(out[0], Answer)
     assert isinstance(out[0].message, ErrorMessage)
@@ -161,3 +167,29 @@ def test_a_push_naming_an_unknown_acl_head_makes_us_pull_the_acl(tmp_path: Path)
     assert Submit(("tree", space.id, tid), 1) in out
     assert ch.id not in space.tree(tid)
 
+
+
+# --- what a peer makes us store: the storage policy sees every batch ---------------------------
+def test_a_snapshot_first_base_passes_the_storage_policy(tmp_path: Path) -> None:
+    """The shallow base (root + snapshot) of a snapshot-first fetch is admitted by the storage
+    policy like any batch: over the member limits, nothing of the tree is stored."""
+    _a, b, pair, space = joined(tmp_path)  # b holds the space's first document
+    doc = space.new_document()
+    doc.snapshot_policy = None
+    for j in range(6):
+        with doc.edit() as e:
+            e.put(ROOT, f"k{j}", j)
+    assert doc.snapshot() is not None
+    with doc.edit() as e:
+        e.put(ROOT, "after", 1)
+    tid = doc.tree.id
+    b.replicas.policy = DevicePolicy(MemberLimits(space_documents=1))
+    out = drive(TreePull(pair.sb, _Source(), space.id, tid), pair.ra)
+    assert strikes(out) == []
+    assert not b.replicas.spaces[space.id].has_tree(tid)
+    assert "space document limit" in (pair.sb.space_state(space.id).last_error or "")
+    # without the limit the same fetch takes the snapshot as a shallow base
+    b.replicas.policy = DevicePolicy()
+    drive(TreePull(pair.sb, _Source(), space.id, tid), pair.ra)
+    held = b.replicas.spaces[space.id].tree(tid)
+    assert held.shallow and held.heads == doc.tree.heads
