@@ -26,12 +26,15 @@ from p2psync.sync.effects import Answer, Serve, Submit
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.memberlimits import MemberLimits
 from p2psync.sync.messages import (
+    AclSyncRequest,
+    BootstrapRequest,
     ErrorCode,
     ErrorMessage,
     FullSyncRequest,
     HeadSyncRequest,
     HeadUpdate,
     RangeQuery,
+    ReceiptRequest,
     SpaceTokens,
 )
 from p2psync.sync.pull import TreePull
@@ -249,3 +252,21 @@ def test_backup_usage_counts_what_is_stored_per_space_and_owner() -> None:
     u.stored("s.9", 7, 3)  # a space not registered: counted for itself, no owner
     assert u.spaces["s.9"] == QuotaTally(7, 3) and u.owners == {b"A": QuotaTally(15, 2)}
     assert u.total == QuotaTally(22, 5)
+
+
+# --- the one refusal --------------------------------------------------------------------------
+def test_a_refused_request_gets_the_one_unknown_space_answer(tmp_path: Path) -> None:
+    """Every request about a space the peer may not access is answered exactly
+    ``ERROR(UNKNOWN_SPACE, "unknown space")``, the answer for a space that does not exist."""
+    a, s = Dev(tmp_path, "a"), Dev(tmp_path, "s")
+    space = a.replicas.create_space()
+    tid = space.new_document().tree.id
+    pair = Pair(a, s)
+    refusal = ErrorMessage(ErrorCode.UNKNOWN_SPACE, "unknown space")
+    for sid in (space.id, "doesnotexist.1"):
+        for req in (_request(sid), FullSyncRequest(sid, tid, (), (), (), 1 << 20),
+                    AclSyncRequest(sid, (), (), 1 << 20), BootstrapRequest(sid, None, None, 9),
+                    ReceiptRequest(sid, bytes(32))):
+            reply = pair.ra.answer(req, NOW)
+            assert reply.message == refusal, req
+            assert reply.effects == ()  # no strike: asking is not misbehaviour
