@@ -17,12 +17,14 @@ import pytest
 from p2psync.backup.config import Quotas
 from p2psync.backup.quota import Tally as QuotaTally
 from p2psync.backup.quota import Usage
-from p2psync.errors import QuotaExceeded
+from p2psync.errors import AccessDenied, DecodeError, QuotaExceeded, StoreError
+from p2psync.replica.acl_records import Role
 from p2psync.replica.change import build_change
 from p2psync.replica.document import ROOT, encode_payload
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
-from p2psync.sync.effects import Answer, Serve, Submit
+from p2psync.sync.bootstrap import BootstrapJoin
+from p2psync.sync.effects import Answer, Serve, Strike, Submit
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.memberlimits import MemberLimits
 from p2psync.sync.messages import (
@@ -270,3 +272,45 @@ def test_a_refused_request_gets_the_one_unknown_space_answer(tmp_path: Path) -> 
             reply = pair.ra.answer(req, NOW)
             assert reply.message == refusal, req
             assert reply.effects == ()  # no strike: asking is not misbehaviour
+
+
+def test_how_a_failed_request_is_answered(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer's fault (bad input) is a strike and a typed error; our disk's fault and our
+    own bugs are ``INTERNAL`` without a strike (and say nothing about our internals)."""
+    _a, _b, pair, space = joined(tmp_path)
+    req = _request(space.id)
+
+    def failing(exc: Exception) -> None:
+        def ldiff(_sid: str) -> Any:
+            raise exc
+        monkeypatch.setattr(pair.a.replicas, "ldiff", ldiff)
+
+    for exc, code, text in ((DecodeError("bad bytes"), ErrorCode.MALFORMED, "bad bytes"),
+                            (AccessDenied("no writes"), ErrorCode.ACCESS_DENIED, "no writes")):
+        failing(exc)
+        reply = pair.ra.answer(req, NOW)
+        assert reply.message == ErrorMessage(code, text)
+        assert reply.effects == (Strike(f"request failed: {exc}"),)
+    for exc in (StoreError("disk full at /secret/path"), RuntimeError("a bug of ours")):
+        failing(exc)
+        reply = pair.ra.answer(req, NOW)
+        assert reply.message == ErrorMessage(ErrorCode.INTERNAL)
+        assert reply.effects == ()
+
+
+def test_a_member_that_proved_an_invite_is_no_longer_counted_as_invited(
+        tmp_path: Path) -> None:
+    """Once the ACL makes the invitee a member, its first request moves the space from
+    ``invited`` (ACL access through the invite) to ``shared``."""
+    a, b = Dev(tmp_path, "a"), Dev(tmp_path, "b")
+    space = a.replicas.create_space()
+    raw, code = space.acl.invite(a.account, Role.WRITER, anyone_can_join=False)
+    space.commit_acl(raw)
+    pair = Pair(a, b)
+    assert drive(BootstrapJoin(pair.sb, _Source(), space.id, code), pair.ra) == []
+    assert pair.sa.invited == {space.id: code.invite_id}
+    (request,) = space.acl.pending_requests()
+    space.emit_acl(lambda acl: acl.accept(a.account, request.record_id))
+    assert not isinstance(pair.ra.answer(_request(space.id), NOW).message, ErrorMessage)
+    assert pair.sa.invited == {} and pair.sa.shared == {space.id}
