@@ -33,6 +33,7 @@ from p2psync.sync.messages import (
     ErrorCode,
     ErrorMessage,
     FullSyncRequest,
+    FullSyncResponse,
     HeadSyncRequest,
     HeadUpdate,
     RangeQuery,
@@ -314,3 +315,25 @@ def test_a_member_that_proved_an_invite_is_no_longer_counted_as_invited(
     space.emit_acl(lambda acl: acl.accept(a.account, request.record_id))
     assert not isinstance(pair.ra.answer(_request(space.id), NOW).message, ErrorMessage)
     assert pair.sa.invited == {} and pair.sa.shared == {space.id}
+
+
+def test_a_full_sync_batch_is_capped_by_the_peer_and_by_us(tmp_path: Path) -> None:
+    """``max_bytes`` of a request bounds the answer (0: our ``batch_bytes``), and our own
+    ``batch_bytes`` bounds it whatever the peer asks."""
+    a, b, pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    for j in range(3):
+        with space.document(tid).edit() as e:
+            e.put(ROOT, "j", j)
+    n = len(space.tree(tid).changes())
+
+    def batch(r: Responder, max_bytes: int) -> tuple[int, bool]:
+        reply = r.answer(FullSyncRequest(space.id, tid, (), (), (), max_bytes), NOW).message
+        assert isinstance(reply, FullSyncResponse)
+        return len(reply.changes), reply.more
+
+    assert batch(pair.ra, 1) == (1, True)  # the peer's cap (one change always goes)
+    assert batch(pair.ra, 0) == (n, False)  # no cap asked: ours, 1 MiB
+    assert batch(pair.ra, 1 << 20) == (n, False)
+    small = Pair(a, b, EngineConfig(batch_bytes=1))
+    assert batch(small.ra, 1 << 20) == (1, True)  # ours wins
