@@ -213,6 +213,10 @@ def test_a_snapshot_first_base_passes_the_storage_policy(tmp_path: Path) -> None
     drive(TreePull(pair.sb, _Source(), space.id, tid), pair.ra)
     held = b.replicas.spaces[space.id].tree(tid)
     assert held.shallow and held.heads == doc.tree.heads
+    # a peer that does not ask for the snapshot (a backup) gets the whole history
+    whole = pair.ra.answer(FullSyncRequest(space.id, tid, (), (), (), 1 << 20), NOW).message
+    assert isinstance(whole, FullSyncResponse) and not whole.more
+    assert len(whole.changes) == len(doc.tree.changes()) > len(held.changes())
 
 
 # --- backup quotas (backup/quota.py: mutmut skips its dataclass, mutated by hand) ---------------
