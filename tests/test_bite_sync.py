@@ -17,10 +17,23 @@ import pytest
 from p2psync.backup.config import Quotas
 from p2psync.backup.quota import Tally as QuotaTally
 from p2psync.backup.quota import Usage
-from p2psync.errors import AccessDenied, DecodeError, QuotaExceeded, StoreError
+from p2psync.crypto.box import ReadKey
+from p2psync.crypto.keys import AccountKey
+from p2psync.errors import (
+    AccessDenied,
+    DecodeError,
+    InvalidChange,
+    QuotaExceeded,
+    ReplicaError,
+    StoreError,
+    UnknownReadKey,
+)
+from p2psync.replica.acl import Acl
+from p2psync.replica.acl_gate import OwnerOnlyAcl
 from p2psync.replica.acl_records import Role
 from p2psync.replica.change import build_change
 from p2psync.replica.document import ROOT, encode_payload
+from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.bootstrap import BootstrapJoin
@@ -341,3 +354,72 @@ def test_a_full_sync_batch_is_capped_by_the_peer_and_by_us(tmp_path: Path) -> No
     assert batch(pair.ra, 1 << 20) == (n, False)
     small = Pair(a, b, EngineConfig(batch_bytes=1))
     assert batch(small.ra, 1 << 20) == (1, True)  # ours wins
+
+
+# --- adopting a space from a peer: verified before the storage policy is asked ----------------
+class _AskedPolicy(DevicePolicy):
+    """The default policy, recording what ``admit_space`` was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, bytes, bytes]] = []
+
+    def admit_space(self, space_id: str, header: SpaceHeader, acl: Acl) -> None:
+        self.asked.append((space_id, header.owner, acl.root_id))
+
+
+def test_adopting_a_space_verifies_header_and_acl_before_the_policy_is_asked(
+        tmp_path: Path) -> None:
+    a, b = Dev(tmp_path, "a"), Dev(tmp_path, "b")
+    space, other = a.replicas.create_space(), a.replicas.create_space()
+    policy = _AskedPolicy()
+    b.replicas.policy = policy
+    forged = Acl.create(space.id, AccountKey.generate()).export()  # rooted by a stranger
+    for header, acl in ((other.header.raw, space.acl_records()),  # another space's header
+                        (space.header.raw, forged),
+                        (space.header.raw, other.acl_records())):  # another space's ACL
+        with pytest.raises(ReplicaError):
+            b.replicas.adopt(space.id, header, acl)
+        assert policy.asked == [] and space.id not in b.replicas.spaces
+    held = b.replicas.adopt(space.id, space.header.raw, space.acl_records())
+    assert policy.asked == [(space.id, a.account.public, space.acl.root_id)]
+    assert held.acl.root_id == space.acl.root_id and b.replicas.spaces[space.id] is held
+    # a space held already is returned as it is: not rebuilt from what a peer sent again
+    assert b.replicas.adopt(space.id, space.header.raw, space.acl_records()) is held
+    assert len(policy.asked) == 1
+
+
+# --- the member limits count only what is new -------------------------------------------------
+def test_member_limits_do_not_count_changes_already_held(tmp_path: Path) -> None:
+    """A batch re-sending what we hold plus one new change passes a limit with room for one
+    (the tree named by the batch is what is looked up)."""
+    _a, b, pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    held = [c.raw for c in space.tree(tid).changes()]
+    pair.a.replicas.policy = DevicePolicy(MemberLimits(space_changes=len(held) + 1))
+    ch = _change(b, space, tid, space.heads(tid))
+    pair.a.replicas.apply_changes(_Source(), space, tid, [*held, ch.raw])
+    assert ch.id in space.tree(tid)
+    more = _change(b, space, tid, space.heads(tid))
+    with pytest.raises(QuotaExceeded, match="space change limit"):
+        pair.a.replicas.apply_changes(_Source(), space, tid, [more.raw])
+
+
+# --- the placeholder gate of tree-only tests --------------------------------------------------
+def test_the_owner_only_gate_admits_only_the_owner_at_its_one_record() -> None:
+    owner, root = os.urandom(32), os.urandom(32)
+    key = ReadKey.generate()
+    gate = OwnerOnlyAcl(owner, root, key)
+    gate.check_change(owner, root, root, [root])
+    for author, head, kid, parents, err in (
+            (owner, os.urandom(32), root, [root], InvalidChange),
+            (owner, root, root, [root, os.urandom(32)], InvalidChange),
+            (os.urandom(32), root, root, [root], AccessDenied),
+            (owner, root, os.urandom(32), [root], UnknownReadKey)):
+        with pytest.raises(err):
+            gate.check_change(author, head, kid, parents)
+    assert gate.knows_head(root) and not gate.knows_head(owner)
+    assert gate.read_key(root) is key and gate.read_key(owner) is None
+    assert OwnerOnlyAcl(owner, root, None).read_key(root) is None
+    assert gate.write_position(owner) == (root, root)
+    assert gate.removed_after(owner, root) is None
