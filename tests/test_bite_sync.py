@@ -9,6 +9,7 @@ responders answer each other in one thread, no sockets.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ from p2psync.sync.effects import Answer, Serve, Strike, Submit
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.memberlimits import MemberLimits
 from p2psync.sync.messages import (
+    AclHeadUpdate,
     AclSyncRequest,
+    AclSyncResponse,
     BootstrapRequest,
     ErrorCode,
     ErrorMessage,
@@ -423,3 +426,54 @@ def test_the_owner_only_gate_admits_only_the_owner_at_its_one_record() -> None:
     assert OwnerOnlyAcl(owner, root, None).read_key(root) is None
     assert gate.write_position(owner) == (root, root)
     assert gate.removed_after(owner, root) is None
+
+
+# --- ACL sync: what is served, and what an invitee may push -----------------------------------
+def test_acl_sync_serves_the_records_the_peer_lacks_within_its_cap(tmp_path: Path) -> None:
+    """A member's ACL pull gets every record its heads lack (removals and rotations travel
+    this way too), at most ``max_bytes`` of them per answer."""
+    a, b, pair, space = joined(tmp_path)
+    heads = tuple(space.acl.heads)
+    space.emit_acl(lambda acl: acl.rotate(a.account))
+    space.emit_acl(lambda acl: acl.change_permission(a.account, b.account.public, Role.READER))
+    new = [r for r in space.acl_records() if r not in set(
+        b.replicas.spaces[space.id].acl_records())]
+    assert len(new) == 2
+    reply = pair.ra.answer(AclSyncRequest(space.id, heads, (), 1 << 20), NOW).message
+    assert isinstance(reply, AclSyncResponse) and not reply.more
+    assert sorted(reply.records) == sorted(new) and reply.heads == tuple(space.acl.heads)
+    one = pair.ra.answer(AclSyncRequest(space.id, heads, (), 1), NOW).message
+    assert isinstance(one, AclSyncResponse) and len(one.records) == 1 and one.more
+    none = pair.ra.answer(AclSyncRequest(space.id, tuple(space.acl.heads), (), 1), NOW).message
+    assert isinstance(none, AclSyncResponse) and none.records == () and not none.more
+
+
+def test_an_invitee_cannot_join_through_an_invite_that_has_expired(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invitee (proved an open approval invite, request pending) pushes a join through
+    another, anyone-can-join invite that has expired, back-dated to before the expiry (the
+    ACL judges a record by its own timestamp): refused with a strike, by ACL sync and by ACL
+    push alike — the push is judged at the time it arrives."""
+    a, b = Dev(tmp_path, "a"), Dev(tmp_path, "b")
+    space = a.replicas.create_space()
+    raw, code = space.acl.invite(a.account, Role.WRITER, anyone_can_join=False)
+    space.commit_acl(raw)
+    raw2, code2 = space.acl.invite(a.account, Role.READER, anyone_can_join=True,
+                                   expires_at=int(NOW) + 10)
+    space.commit_acl(raw2)
+    pair = Pair(a, b)
+    assert drive(BootstrapJoin(pair.sb, _Source(), space.id, code), pair.ra) == []
+    late = NOW + 20
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", lambda: NOW)  # the record's timestamp: before the expiry
+        join = b.replicas.spaces[space.id].acl.join(b.account, code2)
+    heads = tuple(space.acl.heads)
+    reply = pair.ra.answer(AclSyncRequest(space.id, heads, (join,), 1 << 20), late)
+    assert isinstance(reply.message, AclSyncResponse)
+    assert [s for s in strikes(list(reply.effects)) if "expired" in s]
+    out = pair.ra.receive(AclHeadUpdate(space.id, heads, (join,)), 0, late, CLOCK)
+    assert [s for s in strikes(out) if "expired" in s]
+    assert b.account.public not in space.acl.state.members
+    # before the expiry the same join is taken: the invite was open then
+    pair.ra.receive(AclHeadUpdate(space.id, heads, (join,)), 0, NOW, CLOCK)
+    assert space.acl.state.members.get(b.account.public) == Role.READER
