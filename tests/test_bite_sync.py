@@ -46,6 +46,7 @@ from p2psync.sync.messages import (
     AclSyncRequest,
     AclSyncResponse,
     BootstrapRequest,
+    BootstrapResponse,
     ErrorCode,
     ErrorMessage,
     FullSyncRequest,
@@ -477,3 +478,50 @@ def test_an_invitee_cannot_join_through_an_invite_that_has_expired(
     # before the expiry the same join is taken: the invite was open then
     pair.ra.receive(AclHeadUpdate(space.id, heads, (join,)), 0, NOW, CLOCK)
     assert space.acl.state.members.get(b.account.public) == Role.READER
+
+
+# --- bootstrap: what a member and an invitee are given ----------------------------------------
+def test_bootstrap_pages_object_ids_to_members_only(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member's bootstrap lists the space's object ids in ascending pages of
+    ``max_objects`` (capped at ``MAX_OBJECT_PAGE``), ``next_after`` continuing a full page;
+    the header comes with the first page only. An invitee gets the header and ACL, no ids."""
+    from p2psync.sync import responder
+
+    a, _b, pair, space = joined(tmp_path)
+    for _ in range(4):
+        space.new_document()
+    ids = sorted(space.tree_ids())
+    assert len(ids) == 5
+
+    def page(after: bytes | None, n: int) -> BootstrapResponse:
+        reply = pair.ra.answer(BootstrapRequest(space.id, None, after, n), NOW).message
+        assert isinstance(reply, BootstrapResponse)
+        return reply
+
+    first = page(None, 2)
+    assert first.header == space.header.raw and first.acl_records
+    assert first.object_ids == tuple(ids[:2]) and first.next_after == ids[1]
+    second = page(first.next_after, 2)
+    assert second.header is None
+    assert second.object_ids == tuple(ids[2:4]) and second.next_after == ids[3]
+    last = page(second.next_after, 2)
+    assert last.object_ids == (ids[4],) and last.next_after is None
+    assert page(None, 9).object_ids == tuple(ids) and page(None, 9).next_after is None
+    assert page(None, 0).object_ids == ()
+    monkeypatch.setattr(responder, "MAX_OBJECT_PAGE", 3)
+    capped = page(None, 4)
+    assert capped.object_ids == tuple(ids[:3]) and capped.next_after is None
+    # an invitee (an approval invite, not a member yet)
+    c = Dev(tmp_path, "c")
+    raw, code = space.acl.invite(a.account, Role.WRITER, anyone_can_join=False)
+    space.commit_acl(raw)
+    invitee = Pair(a, c)
+    boot = BootstrapJoin(invitee.sb, _Source(), space.id, code)
+    nxt = boot.next_request()
+    assert nxt is not None and isinstance(nxt[1], BootstrapRequest)
+    asking = BootstrapRequest(space.id, nxt[1].proof, None, 9)  # its proof, asking for ids
+    reply = invitee.ra.answer(asking, NOW).message
+    assert isinstance(reply, BootstrapResponse)
+    assert reply.header == space.header.raw and reply.acl_records
+    assert reply.object_ids == () and reply.next_after is None
