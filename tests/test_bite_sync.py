@@ -358,6 +358,10 @@ def test_a_full_sync_batch_is_capped_by_the_peer_and_by_us(tmp_path: Path) -> No
     assert batch(pair.ra, 1 << 20) == (n, False)
     small = Pair(a, b, EngineConfig(batch_bytes=1))
     assert batch(small.ra, 1 << 20) == (1, True)  # ours wins
+    # an object we do not hold: an empty, final answer (not an error)
+    absent = os.urandom(32)
+    reply = pair.ra.answer(FullSyncRequest(space.id, absent, (), (), (), 0), NOW).message
+    assert reply == FullSyncResponse(space.id, absent, (), (), False)
 
 
 # --- adopting a space from a peer: verified before the storage policy is asked ----------------
