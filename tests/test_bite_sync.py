@@ -76,12 +76,13 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.trees: list[bytes] = []
+        self.acl: list[bytes] = []
 
     def push_tree(self, space: Space, tree_id: bytes, result: AddResult) -> None:
         self.trees.append(tree_id)
 
     def push_acl(self, space: Space, record_ids: list[bytes]) -> None:
-        pass
+        self.acl += record_ids
 
 
 def _change(dev: Dev, space: Space, tid: bytes, prev: tuple[bytes, ...], *,
@@ -185,6 +186,14 @@ def test_a_push_is_not_echoed_to_the_peer_it_came_from(tmp_path: Path) -> None:
     ing.run()
     assert ch2.id in space.tree(tid)
     assert other.trees == [tid, tid] and engine.trees == []
+    # and ACL records it pushes
+    before = set(space.acl_records())
+    bs = b.replicas.spaces[space.id]
+    bs.emit_acl(lambda acl: acl.leave(b.account))
+    raws = [x for x in bs.acl_records() if x not in before]
+    out = r.receive(AclHeadUpdate(space.id, tuple(bs.acl.heads), tuple(raws)), 0, NOW, CLOCK)
+    assert out == [Submit(("space", space.id, b""), 2)]  # new ACL state: sync the space
+    assert len(raws) == 1 and other.acl == [space.acl.heads[-1]] and engine.acl == []
 
 
 def test_a_push_naming_an_unknown_acl_head_makes_us_pull_the_acl(tmp_path: Path) -> None:
