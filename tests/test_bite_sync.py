@@ -538,3 +538,20 @@ def test_bootstrap_pages_object_ids_to_members_only(tmp_path: Path,
     assert isinstance(reply, BootstrapResponse)
     assert reply.header == space.header.raw and reply.acl_records
     assert reply.object_ids == () and reply.next_after is None
+
+
+def test_an_acl_push_with_gaps_makes_us_pull_the_acl(tmp_path: Path) -> None:
+    """An ACL push whose records wait for parents we lack, or whose heads we do not know,
+    is followed by an ACL pull (a removal or rotation must not wait for the next sync)."""
+    a, b, pair, space = joined(tmp_path)
+    copy = Acl.from_records(space.id, space.acl_records(), me=a.account,
+                            owner=a.account.public)
+    copy.rotate(a.account)
+    child = copy.change_permission(a.account, b.account.public, Role.READER)
+    pull = Submit(("acl", space.id, b""), 0)
+    out = pair.ra.receive(AclHeadUpdate(space.id, (), (child,)), 0, NOW, CLOCK)
+    assert out == [pull]  # waits for its parent
+    out = pair.ra.receive(AclHeadUpdate(space.id, (os.urandom(32),), ()), 0, NOW, CLOCK)
+    assert out == [pull]  # a head we do not know
+    assert pair.ra.receive(AclHeadUpdate(space.id, tuple(space.acl.heads), ()), 0, NOW,
+                           CLOCK) == []
