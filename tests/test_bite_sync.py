@@ -39,6 +39,7 @@ from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.bootstrap import BootstrapJoin
 from p2psync.sync.effects import Answer, Serve, Strike, Submit
+from p2psync.sync.ingest import Ingest
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.memberlimits import MemberLimits
 from p2psync.sync.messages import (
@@ -555,3 +556,33 @@ def test_an_acl_push_with_gaps_makes_us_pull_the_acl(tmp_path: Path) -> None:
     assert out == [pull]  # a head we do not know
     assert pair.ra.receive(AclHeadUpdate(space.id, tuple(space.acl.heads), ()), 0, NOW,
                            CLOCK) == []
+
+
+def test_a_push_never_starts_a_shallow_tree(tmp_path: Path) -> None:
+    """Only a snapshot-first answer we asked for may start a tree at a snapshot: a pushed
+    batch that opens with a root and a snapshot whose parents we lack stores nothing."""
+    _a, b, pair, space = joined(tmp_path)
+    doc = space.new_document()
+    doc.snapshot_policy = None
+    for j in range(4):
+        with doc.edit() as e:
+            e.put(ROOT, f"k{j}", j)
+    snap = doc.snapshot()
+    assert snap is not None
+    tid = doc.tree.id
+    msg = HeadUpdate(space.id, tid, (snap.id,), (doc.tree.root.raw, snap.raw))
+    ing, out = pair.rb.head_update(msg)
+    assert out == [] and ing is not None
+    ing.run()
+    held = b.replicas.spaces[space.id]
+    assert ing.missing and not ing.based
+    assert held.has_tree(tid) and not held.tree(tid).shallow and snap.id not in held.tree(tid)
+    # one change at a time when asked so
+    raws = [c.raw for c in doc.tree.changes()]
+    one = Ingest(pair.sb, _Source(), held, tid, raws, chunk=1)
+    stored = []
+    while not one.done:
+        before = len(held.tree(tid).changes())
+        one.step()
+        stored.append(len(held.tree(tid).changes()) - before)
+    assert set(stored) == {1}
