@@ -586,3 +586,20 @@ def test_a_push_never_starts_a_shallow_tree(tmp_path: Path) -> None:
         one.step()
         stored.append(len(held.tree(tid).changes()) - before)
     assert set(stored) == {1}
+
+
+def test_a_bad_change_in_a_batch_is_a_strike_and_the_rest_is_still_taken(
+        tmp_path: Path) -> None:
+    """Each unparseable change, or one for another object, is one strike; the batch's good
+    changes after it are still stored."""
+    _a, b, pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    other = space.new_document().tree.id
+    wrong = _change(b, space, other, space.heads(other))
+    good = _change(b, space, tid, space.heads(tid))
+    ing = Ingest(pair.sa, _Source(), space, tid, [b"\xc1junk", wrong.raw, good.raw])
+    out = ing.run()
+    assert [type(e) for e in out] == [Strike, Strike]
+    assert strikes(out)[0].startswith("unparseable change: ")
+    assert strikes(out)[1] == "change for another object"
+    assert good.id in space.tree(tid) and wrong.id not in space.tree(other)
