@@ -603,3 +603,26 @@ def test_a_bad_change_in_a_batch_is_a_strike_and_the_rest_is_still_taken(
     assert strikes(out)[0].startswith("unparseable change: ")
     assert strikes(out)[1] == "change for another object"
     assert good.id in space.tree(tid) and wrong.id not in space.tree(other)
+
+
+# --- which spaces the exchange lists to a peer ------------------------------------------------
+def test_the_exchange_lists_a_space_to_members_and_removed_members_only(
+        tmp_path: Path) -> None:
+    """Exchange keys (so tokens) for a space go to its members and replicators, and to an
+    account removed from it (so it learns why); a stranger gets none, nor does a member that
+    left on its own."""
+    a = Dev(tmp_path, "a")
+    space = a.replicas.create_space()
+    other = a.replicas.create_space()
+    member, removed, left, stranger = (AccountKey.generate() for _ in range(4))
+    raw, code = space.acl.invite(a.account, Role.WRITER, anyone_can_join=True)
+    space.commit_acl(raw)
+    for acct in (member, removed, left):
+        space.commit_acl(space.acl.join(acct, code))
+    space.emit_acl(lambda acl: acl.remove(a.account, [removed.public]))
+    space.commit_acl(space.acl.leave(left))
+    keys = a.replicas.exchange_keys_for
+    assert set(keys(member.public)) == {space.id}
+    assert set(keys(removed.public)) == {space.id}
+    assert keys(left.public) == {} and keys(stranger.public) == {}
+    assert set(keys(a.account.public)) == {space.id, other.id}
