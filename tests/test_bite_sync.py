@@ -8,6 +8,7 @@ responders answer each other in one thread, no sockets.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ from p2psync.sync.messages import (
 from p2psync.sync.pull import TreePull
 from p2psync.sync.replicas import DevicePolicy
 from p2psync.sync.responder import Responder
+from p2psync.sync.sched import Admission, InboundGate, TokenBucket
 from p2psync.sync.spacex import SpaceExchange
 from tests.test_sync_cores import NOW, Dev, Pair, _Source, drive, joined, strikes
 
@@ -626,3 +628,39 @@ def test_the_exchange_lists_a_space_to_members_and_removed_members_only(
     assert set(keys(removed.public)) == {space.id}
     assert keys(left.public) == {} and keys(stranger.public) == {}
     assert set(keys(a.account.public)) == {space.id, other.id}
+
+
+# --- the token bucket and the inbound gate (sync/sched.py) -------------------------------------
+def test_the_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    for rate, burst in ((0.0, 1.0), (1.0, 0.0), (-1.0, 1.0), (1.0, -1.0)):
+        with pytest.raises(ValueError):
+            TokenBucket(rate, burst, 0.0)
+    b = TokenBucket(2.0, 1.0, 10.0)  # a burst of one is allowed; starts full
+    assert b.wait_time(10.0) == 0.0
+    assert b.try_take(10.0) and not b.try_take(10.0)
+    assert b.wait_time(10.0) == 0.5 and b.wait_time(10.25) == 0.25
+    assert b.wait_time(10.0, cost=2.0) == math.inf  # more than the burst: never
+    assert not b.try_take(10.25)  # half a token
+    assert b.try_take(10.5)
+    assert not b.try_take(5.0)  # a clock going backwards adds nothing …
+    assert b.try_take(11.0)  # … and takes nothing away: 0.5 s at 2/s since 10.5
+    big = TokenBucket(1.0, 3.0, 0.0)
+    assert big.try_take(0.0, cost=2.0) and not big.try_take(0.0, cost=2.0)
+    assert big.try_take(100.0, cost=3.0) and not big.try_take(100.0)  # capped at the burst
+
+
+def test_the_inbound_gate_drops_duplicates_and_limits_concurrency_and_rate() -> None:
+    g: InboundGate[str] = InboundGate(now=0.0, rate=1.0, burst=3.0, max_concurrent=2)
+    assert g.admit("a", 0.0) is Admission.ACCEPT
+    assert g.admit("a", 0.0) is Admission.DUPLICATE
+    assert g.admit("b", 0.0) is Admission.ACCEPT
+    assert g.admit("c", 0.0) is Admission.BUSY
+    g.finished("a")
+    assert g.admit("c", 0.0) is Admission.ACCEPT
+    g.finished("b")
+    g.finished("c")
+    assert g.admit("d", 0.0) is Admission.RATE_LIMITED  # three taken, none back yet
+    assert g.refused == 3
+    assert g.retry_after(0.0) == 1.0 and g.retry_after(0.5) == 0.5
+    assert g.retry_after(0.0, cost=9.0) == 1.0  # never possible: "try in a second"
+    assert g.admit("d", 1.0) is Admission.ACCEPT
