@@ -643,6 +643,7 @@ def test_the_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     assert not b.try_take(10.25)  # half a token
     assert b.try_take(10.5)
     assert not b.try_take(5.0)  # a clock going backwards adds nothing …
+    assert b.wait_time(5.0) == 0.5
     assert b.try_take(11.0)  # … and takes nothing away: 0.5 s at 2/s since 10.5
     big = TokenBucket(1.0, 3.0, 0.0)
     assert big.try_take(0.0, cost=2.0) and not big.try_take(0.0, cost=2.0)
