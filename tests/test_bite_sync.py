@@ -665,3 +665,5 @@ def test_the_inbound_gate_drops_duplicates_and_limits_concurrency_and_rate() -> 
     assert g.retry_after(0.0) == 1.0 and g.retry_after(0.5) == 0.5
     assert g.retry_after(0.0, cost=9.0) == 1.0  # never possible: "try in a second"
     assert g.admit("d", 1.0) is Admission.ACCEPT
+    assert g.admit("d", 1.0) is Admission.DUPLICATE
+    assert g.refused == 4  # every refusal counted
