@@ -667,3 +667,6 @@ def test_the_inbound_gate_drops_duplicates_and_limits_concurrency_and_rate() -> 
     assert g.admit("d", 1.0) is Admission.ACCEPT
     assert g.admit("d", 1.0) is Admission.DUPLICATE
     assert g.refused == 4  # every refusal counted
+    g.finished("d")
+    assert g.admit("e", 2.0, cost=2.0) is Admission.RATE_LIMITED  # one token back, two asked
+    assert g.admit("e", 2.0) is Admission.ACCEPT
