@@ -25,6 +25,7 @@ from p2psync.errors import (
     AccessDenied,
     DecodeError,
     InvalidChange,
+    MemberLimitExceeded,
     QuotaExceeded,
     ReplicaError,
     StoreError,
@@ -42,7 +43,7 @@ from p2psync.sync.bootstrap import BootstrapJoin
 from p2psync.sync.effects import Answer, Serve, Strike, Submit
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.limits import EngineConfig
-from p2psync.sync.memberlimits import MemberLimits
+from p2psync.sync.memberlimits import MemberLimits, MemberUsage
 from p2psync.sync.messages import (
     AclHeadUpdate,
     AclSyncRequest,
@@ -670,3 +671,85 @@ def test_the_inbound_gate_drops_duplicates_and_limits_concurrency_and_rate() -> 
     g.finished("d")
     assert g.admit("e", 2.0, cost=2.0) is Admission.RATE_LIMITED  # one token back, two asked
     assert g.admit("e", 2.0) is Admission.ACCEPT
+
+
+# --- member limits (sync/memberlimits.py): each limit, per space and per author ----------------
+def test_member_limits_hold_at_their_exact_limits_per_space_and_per_author(
+        tmp_path: Path) -> None:
+    """Every limit admits a batch that reaches it exactly and refuses one more; authors are
+    counted apart (what the store held at start and what was stored since); held and
+    unparseable changes in a batch are skipped, not the rest of the batch after them."""
+    a, b, _pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    held = space.tree(tid).changes()
+    n0, bytes0 = len(held), sum(len(c.raw) for c in held)
+    assert {c.author for c in held} == {a.account.public}
+    prev: tuple[bytes, ...] = tuple(space.heads(tid))
+    chain = []
+    for _ in range(3):
+        ch = _change(b, space, tid, prev)
+        chain.append(ch)
+        prev = (ch.id,)
+    raws = [c.raw for c in chain]
+    size = sum(map(len, raws))
+
+    def verdict(limits: MemberLimits, batch: list[bytes], tree: bytes = tid) -> str | None:
+        u = MemberUsage(limits)
+        try:
+            u.check(space, tree, batch)
+        except MemberLimitExceeded as exc:
+            assert u.refusals == 1 and u.last_refusal == {space.id: str(exc).split(": ")[1]
+                                                          .removesuffix(" reached")}
+            return str(exc)
+        assert u.refusals == 0 and u.last_refusal == {}
+        return None
+
+    for ok, over, what in (
+            (MemberLimits(space_changes=n0 + 3), MemberLimits(space_changes=n0 + 2),
+             f"space change limit ({n0 + 2})"),
+            (MemberLimits(space_bytes=bytes0 + size), MemberLimits(space_bytes=bytes0 + size - 1),
+             f"space byte limit ({bytes0 + size - 1})"),
+            (MemberLimits(author_changes=3), MemberLimits(author_changes=2),
+             "author change limit (2)"),
+            (MemberLimits(author_bytes=size), MemberLimits(author_bytes=size - 1),
+             f"author byte limit ({size - 1})")):
+        assert verdict(ok, raws) is None
+        assert verdict(over, raws) == f"this device refuses more: {what} reached"
+    # held changes and junk are skipped, the new change after them still counts
+    tight = MemberLimits(space_changes=n0)
+    assert verdict(tight, [*(c.raw for c in held), raws[0]]) is not None
+    assert verdict(MemberLimits(space_changes=n0 + 1), [*(c.raw for c in held), raws[0]]) \
+        is None
+    assert verdict(tight, [b"\xc1junk", raws[0]]) is not None
+    # what the store held at start counts for its author (a), not for b
+    assert verdict(MemberLimits(author_changes=n0), [_change(a, space, tid, prev).raw]) \
+        is not None
+    assert verdict(MemberLimits(author_changes=3), raws) is None
+    # what is stored later counts too, for its author
+    u = MemberUsage(MemberLimits(author_changes=3, author_bytes=size + 10_000))
+    u.watch(space)
+    space.add_changes(tid, raws)
+    assert u.spaces[space.id].changes == n0 + 3
+    assert u.authors[(space.id, b.account.public)].changes == 3
+    with pytest.raises(MemberLimitExceeded, match="author change limit"):
+        u.check(space, tid, [_change(b, space, tid, space.heads(tid)).raw])
+    # documents: per space and per author
+    root = space.new_document().tree.root  # a's second document, held
+    doc_b = _root_by(b, space)
+    assert verdict(MemberLimits(space_documents=3), [doc_b.raw], doc_b.id) is None
+    assert verdict(MemberLimits(space_documents=2), [doc_b.raw], doc_b.id) is not None
+    assert verdict(MemberLimits(author_documents=1), [doc_b.raw], doc_b.id) is None
+    assert root.author == a.account.public
+    assert verdict(MemberLimits(author_documents=2),
+                   [_root_by(a, space).raw], doc_b.id) is not None
+
+
+def _root_by(dev: Dev, space: Space) -> Any:
+    """A new document's root change by ``dev`` (not stored)."""
+    held = dev.replicas.spaces[space.id]
+    kid = held.acl.state.current_key_id
+    key = held.acl.read_key(kid)
+    assert key is not None
+    return build_change(dev.account, key, encode_payload([], []), space_id=space.id,
+                        tree_id=None, prev_ids=(), acl_head=held.acl.heads[-1],
+                        read_key_id=kid)
