@@ -82,6 +82,16 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_tree.py", "tests/test_store.py", "tests/test_bite_tree.py",
          "tests/test_tree_mutants.py", "tests/test_parallel_verify.py"],
     ),
+    "sync": (
+        ["p2psync/sync/responder.py", "p2psync/sync/ingest.py", "p2psync/replica/acl_gate.py",
+         "p2psync/sync/peerstate.py", "p2psync/sync/replicas.py", "p2psync/sync/sched.py",
+         "p2psync/backup/quota.py", "p2psync/sync/memberlimits.py"],
+        ["tests/test_sync_cores.py", "tests/test_access.py", "tests/test_sync_inbound.py",
+         "tests/test_full_sync_raw.py", "tests/test_sync_sched.py", "tests/test_shallow.py",
+         "tests/test_store_usage.py", "tests/test_backup.py", "tests/test_limits_config.py",
+         "tests/test_policy_conformance.py", "tests/test_parse_once.py", "tests/test_engine.py",
+         "tests/test_tree.py", "tests/test_bite_sync.py"],
+    ),
 }
 
 KILLED = {1, 3, -24, 24, 152, 255, 36}  # failing tests, pytest internal error, or a timeout
