@@ -178,6 +178,15 @@ def test_quic_batching_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert transmits >= datagrams * 0.9, (datagrams, transmits)
 
 
+def _assert_reopened_holds(path: Path, written: list[bytes]) -> None:
+    """A fresh store on ``path`` holds every chunk written (nothing lost in the WAL)."""
+    again = SqliteStore(path, durable=False)
+    try:
+        assert again.has_chunks(written) == set(written)
+    finally:
+        again.close()
+
+
 def test_chunk_writes_checkpoint_the_wal_rarely(tmp_path: Path) -> None:
     """The chunk connection lets the WAL grow to CHUNK_WAL_BYTES before a checkpoint (copy into
     the database + fsyncs), not SQLite's default ~4 MiB (docs/files.md, "tcpfile"): 16 MiB
@@ -199,11 +208,7 @@ def test_chunk_writes_checkpoint_the_wal_rarely(tmp_path: Path) -> None:
     assert wal.stat().st_size >= 16 << 20
     io.close()
     store.close()
-    again = SqliteStore(path, durable=False)
-    try:
-        assert again.has_chunks(written) == set(written)
-    finally:
-        again.close()
+    _assert_reopened_holds(path, written)
 
 
 @pytest.mark.parametrize("via_io", [False, True])
@@ -381,8 +386,4 @@ def test_chunk_checkpoints_run_beside_the_writes(tmp_path: Path,
     assert not outrun.is_alive() and io.checkpoints >= 1
     io.close()
     store.close()
-    again = SqliteStore(path, durable=False)
-    try:
-        assert again.has_chunks(written) == set(written)
-    finally:
-        again.close()
+    _assert_reopened_holds(path, written)
