@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -189,3 +190,75 @@ def test_pacing_timer_sends_what_it_was_armed_for(monkeypatch: pytest.MonkeyPatc
     sent, empty = _sender_timer_spins(6_000_000)
     assert sent > 3000
     assert empty < sent / 4, (sent, empty)
+
+
+@pytest.mark.parametrize("carrier_name", ["quic", "tcp"])
+async def test_failure_after_fin_never_reads_as_a_clean_end(
+        monkeypatch: pytest.MonkeyPatch, carrier_name: str) -> None:
+    """The pacing test's one short read (docs/transport.md, "quicshort"): the last message and
+    the FIN arrive together, the reader is woken, and before its task runs the link fails with
+    an error that is not a normal close (a keepalive ``PeerTimeout`` on a starved machine).
+    The failure frees queued messages (``Connection._drop_buffers``); the reader then found no
+    message and ``_peer_finished`` set and got ``EndOfStream``: 99 of 100 messages, no error.
+    Made deterministic: the link fails right after the FIN is dispatched. Now the reader gets
+    every message that was not dropped, then the link's error — never a clean end."""
+    config = replace(FAST, keepalive=CFG.keepalive, handshake_timeout=10.0)
+    finished = asyncio.Event()
+    on_event = Connection._on_event
+
+    def hook(self: Connection, ev: Any) -> None:
+        on_event(self, ev)
+        if type(ev).__name__ == "StreamFinished" and not self._link.initiator:
+            self._link.fail(PeerTimeout("keepalive: peer silent (simulated)"))
+            finished.set()
+
+    monkeypatch.setattr(Connection, "_on_event", hook)
+    async with TransportSuite().pair(carrier_name, config=config) as p:
+        st = await p.client.open_stream()
+        await st.send(b"m0")
+        srv = await p.accepted.accept_stream()
+        got = [await srv.recv()]
+        for i in range(1, 4):
+            await st.send(b"m%d" % i)
+        st.finish()
+        await finished.wait()
+        assert srv._peer_finished
+        with pytest.raises(PeerTimeout):
+            async for msg in srv:  # EndOfStream would end this loop silently
+                got.append(msg)
+        assert got[0] == b"m0" and all(m.startswith(b"m") for m in got)
+
+
+def test_idle_timer_late_after_a_stall_reads_the_socket_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LATE_TIMER_GRACE``: the real trigger of the short read. On uvloop, due timers run
+    before the loop polls its sockets; after a stall longer than aioquic's idle timeout
+    (2 × the keepalive timeout: 1.6 s here) aioquic's idle timer fired first and ended a
+    connection whose peer's datagrams sat unread (``PeerTimeout: QUIC idle timeout``). Here
+    the loop blocks for 2 s right after the FIN is dispatched: the connection must survive
+    and the reader get every message and a clean end (switched off: ``PeerTimeout``)."""
+    monkeypatch.setattr(quic_mod, "LATE_TIMER_GRACE", 0.25)
+    on_event = Connection._on_event
+
+    def hook(self: Connection, ev: Any) -> None:
+        on_event(self, ev)
+        if type(ev).__name__ == "StreamFinished" and not self._link.initiator:
+            time.sleep(2.0)  # the stimulus: a starved process, not a wait for an event
+
+    monkeypatch.setattr(Connection, "_on_event", hook)
+
+    async def run() -> tuple[list[bytes], Any]:
+        async with TransportSuite().pair("quic", config=FAST) as p:
+            st = await p.client.open_stream()
+            await st.send(b"m0")
+            srv = await p.accepted.accept_stream()
+            got = [await srv.recv()]
+            for i in range(1, 4):
+                await st.send(b"m%d" % i)
+            st.finish()
+            got += [msg async for msg in srv]
+            return got, p.accepted._link.error
+
+    got, error = uvloop.run(run())
+    assert error is None
+    assert got == [b"m0", b"m1", b"m2", b"m3"]

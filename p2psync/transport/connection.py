@@ -494,7 +494,7 @@ class Link:
             for st in self.session.streams.values():  # ...and really free partial messages
                 st.partial = []
         if self.connection is not None:  # (Link <-> Connection is a cycle: don't wait for gc)
-            self.connection._drop_buffers(keep_accepted=isinstance(exc, ConnectionClosed))
+            self.connection._drop_buffers(exc, keep_accepted=isinstance(exc, ConnectionClosed))
         if send_close and self.session is not None:
             try:
                 self.session.close(code, str(exc))
@@ -847,16 +847,24 @@ class Connection:
         elif isinstance(ev, StreamsAvailable):
             _wake(self._open_waiter)
 
-    def _drop_buffers(self, *, keep_accepted: bool) -> None:
+    def _drop_buffers(self, exc: TransportError, *, keep_accepted: bool) -> None:
         """The connection ended: free queued messages nobody will read — streams never
         accepted always, accepted ones too unless it ended normally (then what arrived before
-        the close stays readable)."""
+        the close stays readable).
+
+        An accepted stream whose messages are dropped gets ``exc`` as its error: its reader
+        must see the failure, not :class:`EndOfStream` — the peer may have finished the
+        stream already (FIN received with the last messages), and ``recv`` would otherwise
+        report a clean end after a short read (docs/transport.md, "quicshort")."""
         for st in self._incoming:
             st._messages.clear()
         self._incoming.clear()
         if not keep_accepted:
             for st in self._streams.values():
-                st._messages.clear()
+                if st._messages:
+                    st._messages.clear()
+                    if st._error is None:
+                        st._error = exc
 
     def _on_closed(self, exc: TransportError) -> None:
         self._cancel_grace()

@@ -251,6 +251,11 @@ BATCH_TRANSMIT = True
 #: After a timer, transmit at the time it was due, not the loop's (cached, coarse) clock:
 #: False restores aioquic's empty pacing spins (:meth:`QuicCarrier._handle_timer`).
 PACE_AT_DUE_TIME = True
+#: A timer that fires this much (s) after it was due means the loop was blocked (a starved
+#: process, CPU-bound work): it is run once more after the loop has read its sockets, so
+#: aioquic's idle timeout never ends a connection whose peer's datagrams sit unread
+#: (:meth:`QuicCarrier._handle_timer`; 0 switches this off).
+LATE_TIMER_GRACE = 0.25
 
 
 class QuicCarrier(QuicConnectionProtocol, Carrier):
@@ -268,6 +273,7 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         self._peer_addr: Any = None
         self._reply_soon = False  #: a transmit is due this loop turn (datagram_received)
         self._due: float | None = None  #: the next transmit's time (after a timer)
+        self._deferred_due: float | None = None  #: a late timer's deadline, run once more
         #: The aioquic connection (the base class keeps it only as private ``_quic``).
         self.quic = quic
         bound_windows(quic)
@@ -370,6 +376,14 @@ class QuicCarrier(QuicConnectionProtocol, Carrier):
         due time the pacer's bucket holds one packet, which goes out."""
         due = self._timer_at
         now = self._loop.time() if due is None else max(due, self._loop.time())
+        if (LATE_TIMER_GRACE and due is not None and now - due > LATE_TIMER_GRACE
+                and self._deferred_due != due):
+            # Stalled: datagrams that came meanwhile are still unread (uvloop runs due
+            # timers before polling), and aioquic would judge idleness without them. Once
+            # per deadline, so a loop that is always late still reaches a verdict.
+            self._deferred_due = due
+            self._timer = self._loop.call_at(now, self._handle_timer)
+            return
         self._timer = None
         self._timer_at = None
         self.quic.handle_timer(now=now)
