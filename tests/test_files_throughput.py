@@ -28,7 +28,7 @@ from p2psync.sync import files_io
 from p2psync.sync.files import ChunkFetch, answer
 from p2psync.sync.messages import ChunkRequest
 from p2psync.transport import quic as quic_mod
-from tests.conformance.transport_suite import TransportSuite
+from tests.conformance.transport_suite import TransportSuite, bulk_one_stream
 
 SIZE = 6_000_000  # ~90 chunks
 
@@ -147,17 +147,7 @@ def _quic_bulk(nbytes: int) -> tuple[int, int]:
 
             carrier.quic.receive_datagram = receive
             carrier.transmit = transmit
-            async def drain() -> int:
-                srv = await p.accepted.accept_stream()
-                return sum([len(msg) async for msg in srv])
-
-            reader = asyncio.create_task(drain())
-            st = await p.client.open_stream()
-            chunk = b"\0" * 60_000
-            for _ in range(nbytes // len(chunk)):
-                await st.send(chunk)
-            st.finish()
-            assert await reader == nbytes // len(chunk) * len(chunk)
+            await bulk_one_stream(p, nbytes)
             return counts[0], counts[1]
 
     result: tuple[int, int] = uvloop.run(run())

@@ -20,7 +20,7 @@ import p2psync.transport.quic as quic_mod
 from p2psync.errors import PeerTimeout
 from p2psync.transport import Connection, Keepalive, TransportConfig, connect, listen
 from p2psync.transport.quic import QuicCarrier
-from tests.conformance.transport_suite import FAST, TransportSuite
+from tests.conformance.transport_suite import FAST, TransportSuite, bulk_one_stream
 from tests.test_transport import echo, identity
 
 #: Pings every 0.25 s, but a peer is given up only after 30 s: these tests are about QUIC
@@ -164,17 +164,7 @@ def _sender_timer_spins(nbytes: int) -> tuple[int, int]:
             carrier.quic.datagrams_to_send = send
             carrier._handle_timer = timer
 
-            async def drain() -> int:
-                srv = await p.accepted.accept_stream()
-                return sum([len(msg) async for msg in srv])
-
-            reader = asyncio.create_task(drain())
-            st = await p.client.open_stream()
-            chunk = b"\0" * 60_000
-            for _ in range(nbytes // len(chunk)):
-                await st.send(chunk)
-            st.finish()
-            assert await reader == nbytes // len(chunk) * len(chunk)
+            await bulk_one_stream(p, nbytes)
             return counts[0], counts[1]
 
     result: tuple[int, int] = uvloop.run(run())

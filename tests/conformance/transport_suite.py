@@ -275,6 +275,24 @@ class TransportSuite:
                 await other.close()
 
 
+async def bulk_one_stream(p: Pair, nbytes: int, chunk_size: int = 60_000) -> None:
+    """Send ``nbytes`` (whole ``chunk_size`` messages) client → accepted side on one stream,
+    finish it, and check the reader got every byte before the end: the bulk load of the
+    carrier tests that count datagrams and transmits."""
+
+    async def drain() -> int:
+        srv = await p.accepted.accept_stream()
+        return sum([len(msg) async for msg in srv])
+
+    reader = asyncio.create_task(drain())
+    st = await p.client.open_stream()
+    chunk = b"\0" * chunk_size
+    for _ in range(nbytes // chunk_size):
+        await st.send(chunk)
+    st.finish()
+    assert await reader == nbytes // chunk_size * chunk_size
+
+
 async def _send_all(st: PeerStream, msgs: list[bytes]) -> None:
     for m in msgs:
         await st.send(m)
