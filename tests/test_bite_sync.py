@@ -41,7 +41,7 @@ from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.bootstrap import BootstrapJoin
-from p2psync.sync.effects import Answer, Push, Serve, Strike, Submit
+from p2psync.sync.effects import Answer, Befriend, Push, Serve, Strike, Submit
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.memberlimits import MemberLimits, MemberUsage
@@ -883,3 +883,30 @@ def test_a_push_makes_us_pull_what_its_heads_show_we_lack(tmp_path: Path) -> Non
     assert r.head_update_done(lacking, None) == pull
     r.state.stuck[(sid, tid)] = 1
     assert r.head_update_done(lacking, None) == []
+
+
+# --- the stranger restriction and ``allowed`` (PeerState: a dataclass, mutated by hand) ---------
+def test_the_stranger_restriction_is_lifted_by_sharing_only(tmp_path: Path) -> None:
+    """A restricted stranger stays restricted when some ACL changes but it is still no member
+    of anything here; an invite it proves lifts it; a member is lifted when the ACL changed."""
+    a, _b, pair, space = joined(tmp_path)
+    stranger = Pair(a, Dev(tmp_path, "c")).sa
+    assert stranger.exchanged([space.id]) == [] and stranger.restricted
+    assert stranger.befriend(acl_changed=True) == [] and stranger.restricted
+    stranger.invited[space.id] = os.urandom(32)
+    assert stranger.befriend() == [Befriend()] and not stranger.restricted
+    member = pair.sa
+    member.shared.clear()
+    member.restricted = True
+    assert member.befriend(acl_changed=True) == [Befriend()] and not member.restricted
+
+
+def test_only_spaces_the_exchange_found_and_our_acl_allows_are_synced(tmp_path: Path) -> None:
+    """``allowed`` (what our pulls sync with this peer) needs both: the space in ``shared`` and
+    the peer's access by our ACL; the exchange adds exactly the accessible spaces it found."""
+    _a, _b, pair, space = joined(tmp_path)
+    st = pair.sa
+    st.shared.clear()
+    assert st.allowed(space.id) is None  # accessible, but not shared on this connection
+    assert st.exchanged([space.id, "s.unknown"]) == [Submit(("space", space.id, b""))]
+    assert st.shared == {space.id} and st.allowed(space.id) is space
