@@ -910,3 +910,11 @@ def test_only_spaces_the_exchange_found_and_our_acl_allows_are_synced(tmp_path: 
     assert st.allowed(space.id) is None  # accessible, but not shared on this connection
     assert st.exchanged([space.id, "s.unknown"]) == [Submit(("space", space.id, b""))]
     assert st.shared == {space.id} and st.allowed(space.id) is space
+
+
+def test_a_created_space_keeps_its_type(tmp_path: Path) -> None:
+    """The space type (which document type, hence which validation, its documents get) is
+    signed into the header of a space created through the replicas."""
+    dev = Dev(tmp_path, "a")
+    assert dev.replicas.create_space("x-custom").header.space_type == "x-custom"
+    assert dev.replicas.create_space().header.space_type == "default"
