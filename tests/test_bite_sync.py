@@ -8,6 +8,7 @@ responders answer each other in one thread, no sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -40,7 +41,7 @@ from p2psync.replica.header import SpaceHeader
 from p2psync.replica.space import Space
 from p2psync.replica.tree import AddResult
 from p2psync.sync.bootstrap import BootstrapJoin
-from p2psync.sync.effects import Answer, Serve, Strike, Submit
+from p2psync.sync.effects import Answer, Befriend, Push, Serve, Strike, Submit
 from p2psync.sync.ingest import Ingest
 from p2psync.sync.limits import EngineConfig
 from p2psync.sync.memberlimits import MemberLimits, MemberUsage
@@ -59,6 +60,7 @@ from p2psync.sync.messages import (
     RangeQuery,
     ReceiptRequest,
     SpaceTokens,
+    StorageRefused,
 )
 from p2psync.sync.pull import TreePull
 from p2psync.sync.replicas import DevicePolicy
@@ -753,3 +755,166 @@ def _root_by(dev: Dev, space: Space) -> Any:
     return build_change(dev.account, key, encode_payload([], []), space_id=space.id,
                         tree_id=None, prev_ids=(), acl_head=held.acl.heads[-1],
                         read_key_id=kid)
+
+
+# --- mutsync2: the ingest's store refusals, the shallow base and the pull after a push ----------
+def _stranger_change(tmp_path: Path, space: Space, tid: bytes) -> Any:
+    """A well-formed change on ``tid`` signed by an account that is no member of ``space``."""
+    c = Dev(tmp_path, "c")
+    kid = space.acl.state.current_key_id
+    key = space.acl.read_key(kid)
+    assert key is not None
+    return build_change(c.account, key, encode_payload([], []), space_id=space.id,
+                        tree_id=tid, prev_ids=tuple(space.heads(tid)),
+                        acl_head=space.acl.heads[-1], read_key_id=kid)
+
+
+def test_the_first_chunk_the_store_refuses_ends_the_batch(tmp_path: Path) -> None:
+    """A chunk the store refuses (a non-member's change) is one strike and ends the batch: the
+    rest is not verified nor stored, and a quota refusal is one ``StorageRefused`` push (to
+    the pushing space's queue), counted once."""
+    a, b, pair, space = joined(tmp_path)
+    tid = space.tree_ids()[0]
+    bad = _stranger_change(tmp_path, space, tid)
+    good = _change(b, space, tid, space.heads(tid))
+    ing = Ingest(pair.sa, _Source(), space, tid, [bad.raw, good.raw], chunk=1)
+    out = ing.step()
+    assert len(strikes(out)) == 1 and strikes(out)[0].startswith("changes refused: ")
+    assert ing.done and ing.refused
+    assert ing.run() == [] and bad.id not in space.tree(tid) and good.id not in space.tree(tid)
+    # the quota path: the first chunk over the member limits ends the batch with one push
+    held = len(space.tree(tid).changes())
+    a.replicas.policy = DevicePolicy(MemberLimits(space_changes=held + 1))
+    c1 = _change(b, space, tid, space.heads(tid))
+    c2 = _change(b, space, tid, (c1.id,))
+    c3 = _change(b, space, tid, (c2.id,))
+    ing = Ingest(pair.sa, _Source(), space, tid, [c1.raw, c2.raw, c3.raw], chunk=1)
+    out = ing.run()
+    assert len(out) == 1 and isinstance(out[0], Push) and out[0].space_id == space.id
+    msg = out[0].message
+    assert isinstance(msg, StorageRefused) and msg.code == ErrorCode.QUOTA_EXCEEDED
+    assert ing.refused and pair.sa.quota_refusals == 1
+    assert c1.id in space.tree(tid) and c2.id not in space.tree(tid)
+    assert (pair.sa.space_state(space.id).last_error or "").startswith("MemberLimitExceeded")
+    again = Ingest(pair.sa, _Source(), space, tid, [c2.raw])
+    assert len(again.run()) == 1 and pair.sa.quota_refusals == 2  # counted per refusal
+
+
+def _snapshotted(space: Space) -> tuple[bytes, Any]:
+    """A new document of ``space`` whose last change is a snapshot (tree id, snapshot)."""
+    doc = space.new_document()
+    doc.snapshot_policy = None
+    for j in range(4):
+        with doc.edit() as e:
+            e.put(ROOT, f"k{j}", j)
+    snap = doc.snapshot()
+    assert snap is not None
+    return doc.tree.id, snap
+
+
+def test_a_shallow_base_is_taken_only_from_a_root_and_a_snapshot(tmp_path: Path) -> None:
+    """A snapshot-first answer of exactly root + snapshot starts a shallow tree (not echoed to
+    the engine it came from); a base that is no snapshot is one strike and ends the batch
+    with nothing stored; a batch opening with another tree's root is the ordinary filter's
+    "another object" strike, not a base attempt."""
+    _a, b, pair, space = joined(tmp_path)
+    tid, snap = _snapshotted(space)
+    root = space.tree(tid).root
+    held = b.replicas.spaces[space.id]
+    src, other = _Recorder(), _Recorder()
+    b.replicas.pushers += [src, other]
+    ing = Ingest(pair.sb, src, held, tid, [root.raw, snap.raw], base_first=True)
+    assert ing.run() == [] and ing.based
+    assert held.tree(tid).shallow and tuple(held.tree(tid).heads) == (snap.id,)
+    assert other.trees == [tid] and src.trees == []
+    # a base that is an ordinary change (its parent is not the root, it is no snapshot)
+    tid2, _snap2 = _snapshotted(space)
+    changes = space.tree(tid2).changes()
+    mid = next(c for c in changes if not c.is_root and c.prev_ids != (tid2,))
+    ing = Ingest(pair.sb, _Source(), held, tid2, [changes[0].raw, mid.raw], base_first=True)
+    out = ing.step()
+    assert len(strikes(out)) == 1 and strikes(out)[0].startswith("shallow base refused: ")
+    assert ing.done and not ing.based and not held.has_tree(tid2)
+    assert (pair.sb.space_state(space.id).last_error or "").startswith("shallow base refused")
+    # another tree's root first: not a base; the filter strikes it, the snapshot is missing
+    tid3, snap3 = _snapshotted(space)
+    ing = Ingest(pair.sb, _Source(), held, tid3, [root.raw, snap3.raw], base_first=True)
+    out = ing.run()
+    assert strikes(out) == ["change for another object"] and ing.missing
+    assert not ing.refused and not held.has_tree(tid3)
+
+
+def test_a_base_over_the_member_limits_ends_the_batch_quietly(tmp_path: Path) -> None:
+    """A shallow base the storage policy refuses ends the batch at once: no strike (not
+    misbehaviour) and no second try of the same changes through the ordinary path."""
+    _a, b, pair, space = joined(tmp_path)
+    tid, snap = _snapshotted(space)
+    b.replicas.policy = DevicePolicy(MemberLimits(space_documents=1))
+    held = b.replicas.spaces[space.id]
+    raws = [space.tree(tid).root.raw, snap.raw]
+    ing = Ingest(pair.sb, _Source(), held, tid, raws, base_first=True)
+    assert ing.step() == [] and ing.done and ing.refused
+    assert pair.sb.quota_refusals == 0 and not held.has_tree(tid)
+
+
+def test_a_push_makes_us_pull_what_its_heads_show_we_lack(tmp_path: Path) -> None:
+    """After a push: a tree we lack, a head we lack, or a change whose parents we lack makes a
+    tree pull (priority 1); heads all held make none; the stuck rule stops it at
+    ``max_stuck`` pulls, counting from zero for a tree never pulled."""
+    _a, _b, pair, space = joined(tmp_path)
+    r, sid = pair.ra, space.id
+    tid = space.tree_ids()[0]
+    pull = [Submit(("tree", sid, tid), 1)]
+    new = os.urandom(32)
+    assert r.head_update_done(HeadUpdate(sid, new, (os.urandom(32),), ()), None) == [
+        Submit(("tree", sid, new), 1)]
+    assert r.head_update_done(HeadUpdate(sid, new, (), ()), None) == []
+    assert r.head_update_done(HeadUpdate(sid, tid, (os.urandom(32),), ()), None) == pull
+    heads = tuple(space.heads(tid))
+    assert r.head_update_done(HeadUpdate(sid, tid, heads, ()), None) == []
+    orphan = _change(_b, space, tid, (os.urandom(32),))
+    msg = HeadUpdate(sid, tid, heads, (orphan.raw,))
+    ing, _ = r.head_update(msg)
+    assert ing is not None
+    ing.run()
+    assert ing.missing and r.head_update_done(msg, ing) == pull
+    r.state.config = dataclasses.replace(r.state.config, max_stuck=1)
+    lacking = HeadUpdate(sid, tid, (os.urandom(32),), ())
+    assert r.head_update_done(lacking, None) == pull
+    r.state.stuck[(sid, tid)] = 1
+    assert r.head_update_done(lacking, None) == []
+
+
+# --- the stranger restriction and ``allowed`` (PeerState: a dataclass, mutated by hand) ---------
+def test_the_stranger_restriction_is_lifted_by_sharing_only(tmp_path: Path) -> None:
+    """A restricted stranger stays restricted when some ACL changes but it is still no member
+    of anything here; an invite it proves lifts it; a member is lifted when the ACL changed."""
+    a, _b, pair, space = joined(tmp_path)
+    stranger = Pair(a, Dev(tmp_path, "c")).sa
+    assert stranger.exchanged([space.id]) == [] and stranger.restricted
+    assert stranger.befriend(acl_changed=True) == [] and stranger.restricted
+    stranger.invited[space.id] = os.urandom(32)
+    assert stranger.befriend() == [Befriend()] and not stranger.restricted
+    member = pair.sa
+    member.shared.clear()
+    member.restricted = True
+    assert member.befriend(acl_changed=True) == [Befriend()] and not member.restricted
+
+
+def test_only_spaces_the_exchange_found_and_our_acl_allows_are_synced(tmp_path: Path) -> None:
+    """``allowed`` (what our pulls sync with this peer) needs both: the space in ``shared`` and
+    the peer's access by our ACL; the exchange adds exactly the accessible spaces it found."""
+    _a, _b, pair, space = joined(tmp_path)
+    st = pair.sa
+    st.shared.clear()
+    assert st.allowed(space.id) is None  # accessible, but not shared on this connection
+    assert st.exchanged([space.id, "s.unknown"]) == [Submit(("space", space.id, b""))]
+    assert st.shared == {space.id} and st.allowed(space.id) is space
+
+
+def test_a_created_space_keeps_its_type(tmp_path: Path) -> None:
+    """The space type (which document type, hence which validation, its documents get) is
+    signed into the header of a space created through the replicas."""
+    dev = Dev(tmp_path, "a")
+    assert dev.replicas.create_space("x-custom").header.space_type == "x-custom"
+    assert dev.replicas.create_space().header.space_type == "default"
